@@ -1,0 +1,173 @@
+//! Fixed-capacity handler registry.
+
+use mk_wire::{Kind, Message, MsgType, Payload, Status};
+
+/// What a handler answers to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Status of the reply.
+    pub status: Status,
+    /// Payload; must be the one the kind requires for `status` (see
+    /// [`mk_wire::expected_payload`]), else the dispatcher answers `InternalError` instead.
+    pub payload: Payload,
+}
+
+impl Reply {
+    /// A successful reply.
+    pub const fn ok(payload: Payload) -> Self {
+        Self {
+            status: Status::Ok,
+            payload,
+        }
+    }
+
+    /// An error reply without payload.
+    pub const fn error(status: Status) -> Self {
+        Self {
+            status,
+            payload: Payload::Empty,
+        }
+    }
+}
+
+/// Handles decoded, validated requests. Called on whatever CPU runs the dispatcher, possibly
+/// from interrupt context and on several CPUs at once: keep it short, lock-free or
+/// interrupt-safe.
+///
+/// Returning `Some(reply)` answers a request that has `NEEDS_REPLY` (ignored otherwise).
+/// Returning `None` for such a request means the handler answers later by itself (or never,
+/// and the caller times out).
+///
+/// Any `Fn(&Message) -> Option<Reply> + Sync` is a handler, so plain `fn`s and closures
+/// work; a struct implementing the trait carries its own context.
+pub trait Handler: Sync {
+    /// Handles one request.
+    fn handle(&self, msg: &Message) -> Option<Reply>;
+}
+
+impl<F: Fn(&Message) -> Option<Reply> + Sync> Handler for F {
+    fn handle(&self, msg: &Message) -> Option<Reply> {
+        self(msg)
+    }
+}
+
+/// What a handler is registered for. A `Kind` handler is preferred over a `Type` handler of
+/// the same type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandlerKey {
+    /// Every subtype of a type.
+    Type(MsgType),
+    /// One (type, subtype).
+    Kind(Kind),
+}
+
+/// Why a registry change failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegistryError {
+    /// The key already has a handler.
+    AlreadyRegistered,
+    /// The key has no handler.
+    NotRegistered,
+    /// All slots are taken.
+    Full,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    key: HandlerKey,
+    handler: &'static dyn Handler,
+}
+
+/// Up to `N` handlers.
+///
+/// Lookups take a read lock just long enough to copy the handler reference out; the handler
+/// runs without any lock, so handlers may themselves register or unregister. Readers never
+/// wait for each other; a writer waits for readers. **Kernel rule:** register and unregister
+/// with local interrupts disabled (or before the messaging IPI is enabled), so that a dispatch
+/// from an interrupt never spins on a writer interrupted on its own CPU. After `unregister`
+/// returns, a dispatch that looked the handler up just before may still run it once (the
+/// reference is `'static`, so that is memory-safe).
+pub struct Registry<const N: usize> {
+    entries: spin::RwLock<[Option<Entry>; N]>,
+}
+
+impl<const N: usize> Default for Registry<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for Registry<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Registry")
+            .field("len", &self.len())
+            .field("capacity", &N)
+            .finish()
+    }
+}
+
+impl<const N: usize> Registry<N> {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self {
+            entries: spin::RwLock::new([None; N]),
+        }
+    }
+
+    /// Registers `handler` for `key`.
+    pub fn register(
+        &self,
+        key: HandlerKey,
+        handler: &'static dyn Handler,
+    ) -> Result<(), RegistryError> {
+        let mut entries = self.entries.write();
+        if entries.iter().flatten().any(|e| e.key == key) {
+            return Err(RegistryError::AlreadyRegistered);
+        }
+        let free = entries
+            .iter_mut()
+            .find(|e| e.is_none())
+            .ok_or(RegistryError::Full)?;
+        *free = Some(Entry { key, handler });
+        Ok(())
+    }
+
+    /// Removes the handler of `key`.
+    pub fn unregister(&self, key: HandlerKey) -> Result<(), RegistryError> {
+        let mut entries = self.entries.write();
+        let slot = entries
+            .iter_mut()
+            .find(|e| e.is_some_and(|e| e.key == key))
+            .ok_or(RegistryError::NotRegistered)?;
+        *slot = None;
+        Ok(())
+    }
+
+    /// Whether `key` has a handler.
+    pub fn is_registered(&self, key: HandlerKey) -> bool {
+        self.entries.read().iter().flatten().any(|e| e.key == key)
+    }
+
+    /// The handler for `kind`: its `Kind` handler, else its type's.
+    pub fn lookup(&self, kind: Kind) -> Option<&'static dyn Handler> {
+        let entries = self.entries.read();
+        let find = |key| {
+            entries
+                .iter()
+                .flatten()
+                .find(|e| e.key == key)
+                .map(|e| e.handler)
+        };
+        find(HandlerKey::Kind(kind)).or_else(|| find(HandlerKey::Type(kind.msg_type())))
+    }
+
+    /// Handlers registered.
+    pub fn len(&self) -> usize {
+        self.entries.read().iter().flatten().count()
+    }
+
+    /// Whether no handler is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

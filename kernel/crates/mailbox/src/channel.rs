@@ -1,0 +1,477 @@
+//! The two ends of one channel: [`SenderEnd`] and [`ReceiverEnd`].
+
+use core::sync::atomic::{AtomicU64, Ordering, fence};
+
+use crate::layout::{Channel, MAGIC, VERSION, bump};
+use crate::{ChannelState, Error, MSG_SIZE, SLOTS};
+
+/// Sequence number of the message with running count `count` (0-based): 1-based, wrapping
+/// `u32` that skips 0 (0 marks a never-used slot).
+#[inline]
+pub(crate) const fn seq_of(count: u64) -> u32 {
+    (count % (u32::MAX as u64)) as u32 + 1
+}
+
+/// The sequence number after `seq`.
+#[inline]
+pub(crate) const fn seq_next(seq: u32) -> u32 {
+    if seq == u32::MAX { 1 } else { seq + 1 }
+}
+
+/// The sequence number `back` messages before `seq` (in the same 0-skipping domain).
+#[inline]
+pub(crate) const fn seq_back(seq: u32, back: u32) -> u32 {
+    let m = u32::MAX as u64;
+    (((seq as u64 - 1) + m - (back as u64 % m)) % m) as u32 + 1
+}
+
+/// What the caller must do after a successful send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "the caller must send the IPI when need_doorbell is true"]
+pub struct SendOutcome {
+    /// True: send the doorbell IPI to the receiver (it is, or may be, going to sleep). False:
+    /// the receiver was awake when the message was published and will see it without an IPI.
+    pub need_doorbell: bool,
+}
+
+/// Whether [`SenderEnd`] suppresses doorbells to a receiver that is awake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DoorbellMode {
+    /// Ask for an IPI only when the receiver has armed its wake flag (the default).
+    #[default]
+    Suppress,
+    /// Ask for an IPI after every message (for measurement, or a receiver that never arms).
+    Always,
+}
+
+/// Checks the channel header; returns the generation on success.
+pub(crate) fn attach_check(chan: &Channel, from: usize, to: usize) -> Result<u32, Error> {
+    let h = &chan.header;
+    // Acquire: pairs with the creator's Release store of `Active` at init / reset, so the lines
+    // and slots it prepared are visible before we read our starting counts.
+    let state = ChannelState::from_raw(h.state.load(Ordering::Acquire));
+    let magic = h.magic.load(Ordering::Relaxed);
+    if magic == 0 && state == ChannelState::Uninit {
+        return Err(Error::NotInitialised);
+    }
+    if magic != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let version = h.version.load(Ordering::Relaxed);
+    if version != VERSION {
+        return Err(Error::VersionMismatch {
+            found: version,
+            expected: VERSION,
+        });
+    }
+    if h.from.load(Ordering::Relaxed) as usize != from
+        || h.to.load(Ordering::Relaxed) as usize != to
+        || h.slots.load(Ordering::Relaxed) as usize != SLOTS
+        || h.slot_size.load(Ordering::Relaxed) as usize != MSG_SIZE
+    {
+        return Err(Error::Corrupt);
+    }
+    state.usable()?;
+    Ok(h.generation.load(Ordering::Relaxed))
+}
+
+/// Per-operation check: state Active and same generation as at attach.
+#[inline]
+fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
+    if fault {
+        return Err(Error::Corrupt);
+    }
+    let h = &chan.header;
+    // Acquire: if a reset completed (Release store of Active) we also see its new generation.
+    ChannelState::from_raw(h.state.load(Ordering::Acquire)).usable()?;
+    if h.generation.load(Ordering::Relaxed) != generation {
+        return Err(Error::Reset);
+    }
+    Ok(())
+}
+
+/// The sending end of channel `from -> to`. One per channel (claimed from the
+/// [`crate::MailboxMatrix`]); released on drop.
+pub struct SenderEnd<'a> {
+    chan: &'a Channel,
+    claim: &'a AtomicU64,
+    bit: u64,
+    from: usize,
+    to: usize,
+    generation: u32,
+    /// Messages published (running count), mirrors `tx.sent`.
+    sent: u64,
+    /// Last acknowledgement read from the receiver (bounds-checked).
+    acked: u64,
+    next_seq: u32,
+    mode: DoorbellMode,
+    fault: bool,
+}
+
+impl<'a> SenderEnd<'a> {
+    pub(crate) fn attach(
+        chan: &'a Channel,
+        claim: &'a AtomicU64,
+        bit: u64,
+        from: usize,
+        to: usize,
+    ) -> Result<Self, Error> {
+        let generation = attach_check(chan, from, to)?;
+        // Our own line: only we (and the creator before Active) write it.
+        let sent = chan.tx.sent.load(Ordering::Relaxed);
+        let fault = chan.tx.fault.load(Ordering::Relaxed) != 0;
+        Ok(Self {
+            chan,
+            claim,
+            bit,
+            from,
+            to,
+            generation,
+            sent,
+            // Conservative: assume every slot may still be occupied until we read the ack (the
+            // first send that needs a slot does), so no trust in the peer's line at attach.
+            acked: sent.wrapping_sub(SLOTS as u64),
+            next_seq: seq_of(sent),
+            mode: DoorbellMode::default(),
+            fault,
+        })
+    }
+
+    /// The sending instance.
+    pub fn from(&self) -> usize {
+        self.from
+    }
+
+    /// The receiving instance.
+    pub fn to(&self) -> usize {
+        self.to
+    }
+
+    /// Selects doorbell suppression (default) or "always ring".
+    pub fn set_doorbell_mode(&mut self, mode: DoorbellMode) {
+        self.mode = mode;
+    }
+
+    /// The current doorbell mode.
+    pub fn doorbell_mode(&self) -> DoorbellMode {
+        self.mode
+    }
+
+    /// Messages sent so far on this channel (running count since init / reset).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn mark_fault(&mut self) -> Error {
+        self.fault = true;
+        self.chan.tx.fault.store(1, Ordering::Relaxed);
+        Error::Corrupt
+    }
+
+    /// Re-reads the receiver's acknowledgement. The peer can write anything there, so it must
+    /// lie in `[acked, sent]` (wrapping): it never goes back and never acknowledges a message
+    /// not yet sent. Anything else marks the channel corrupt on our side.
+    fn refresh_ack(&mut self) -> Result<(), Error> {
+        // Acquire: pairs with the receiver's Release store of `ack` after copying slots out, so
+        // its reads of those slots happen before our next writes to them.
+        let ack = self.chan.rx.ack.load(Ordering::Acquire);
+        if ack.wrapping_sub(self.acked) > self.sent.wrapping_sub(self.acked) {
+            return Err(self.mark_fault());
+        }
+        self.acked = ack;
+        Ok(())
+    }
+
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        self.sent.wrapping_sub(self.acked)
+    }
+
+    /// Free slots, after re-reading the acknowledgement.
+    pub fn free_slots(&mut self) -> Result<usize, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        self.refresh_ack()?;
+        Ok(SLOTS - self.in_flight() as usize)
+    }
+
+    fn send_inner(&mut self, msg: &[u8; MSG_SIZE], count_full: bool) -> Result<SendOutcome, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        if self.in_flight() >= SLOTS as u64 {
+            self.refresh_ack()?;
+            if self.in_flight() >= SLOTS as u64 {
+                if count_full {
+                    bump(&self.chan.tx.full);
+                }
+                return Err(Error::Full);
+            }
+        }
+        let slot = &self.chan.slots[(self.sent % SLOTS as u64) as usize];
+        slot.write_payload(msg);
+        // Release: the payload stores above happen before any Acquire load that reads this
+        // sequence number, i.e. before the receiver's copy.
+        slot.seq.store(self.next_seq, Ordering::Release);
+        self.sent = self.sent.wrapping_add(1);
+        self.next_seq = seq_next(self.next_seq);
+        self.chan.tx.sent.store(self.sent, Ordering::Relaxed);
+        Ok(self.doorbell())
+    }
+
+    /// Decides whether the receiver needs an IPI for the message just published.
+    ///
+    /// Race argument (store-buffering / Dekker): the receiver does `armed = 1; fence(SeqCst);
+    /// load slot.seq`, we do `store slot.seq; fence(SeqCst); load armed`. The two SeqCst fences
+    /// are totally ordered; whichever comes second is guaranteed to see the other side's store.
+    /// So either the receiver's re-check sees our message (and does not halt), or we see
+    /// `armed == 1` (and ring): never both miss. Reading a stale `armed == 1` after the receiver
+    /// has woken only costs a spurious IPI, which the receiver tolerates.
+    #[inline]
+    fn doorbell(&mut self) -> SendOutcome {
+        let need = match self.mode {
+            DoorbellMode::Always => true,
+            DoorbellMode::Suppress => {
+                fence(Ordering::SeqCst);
+                self.chan.wake.armed.load(Ordering::Relaxed) != 0
+            }
+        };
+        if need {
+            bump(&self.chan.tx.doorbells_rung);
+        } else {
+            bump(&self.chan.tx.doorbells_suppressed);
+        }
+        SendOutcome {
+            need_doorbell: need,
+        }
+    }
+
+    /// Sends `msg` if a slot is free, else returns [`Error::Full`] at once. Bytes 0..4 of `msg`
+    /// are ignored: the mailbox puts the sequence number there. The message is never
+    /// overwritten or dropped once `Ok` is returned.
+    pub fn try_send(&mut self, msg: &[u8; MSG_SIZE]) -> Result<SendOutcome, Error> {
+        self.send_inner(msg, true)
+    }
+
+    /// Sends `msg`, waiting while the ring is full until `now() >= deadline`, then returns
+    /// [`Error::Busy`] (the message was not sent; the caller still owns it). `now` is any
+    /// monotonic clock the caller has (TSC, APIC timer ticks, or a spin counter).
+    pub fn send_timeout(
+        &mut self,
+        msg: &[u8; MSG_SIZE],
+        mut now: impl FnMut() -> u64,
+        deadline: u64,
+    ) -> Result<SendOutcome, Error> {
+        loop {
+            match self.send_inner(msg, false) {
+                Err(Error::Full) => {
+                    if now() >= deadline {
+                        bump(&self.chan.tx.busy);
+                        return Err(Error::Busy);
+                    }
+                    core::hint::spin_loop();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Self::send_timeout`] with a budget of `spins` retries instead of a clock.
+    pub fn send_spin(&mut self, msg: &[u8; MSG_SIZE], spins: u64) -> Result<SendOutcome, Error> {
+        let mut n = 0u64;
+        self.send_timeout(
+            msg,
+            || {
+                n += 1;
+                n
+            },
+            spins,
+        )
+    }
+}
+
+impl Drop for SenderEnd<'_> {
+    fn drop(&mut self) {
+        self.claim.fetch_and(!self.bit, Ordering::Release);
+    }
+}
+
+/// The receiving end of channel `from -> to`. The pair identity is the channel's: a message read
+/// here was sent by instance [`ReceiverEnd::from`], whatever its header claims.
+pub struct ReceiverEnd<'a> {
+    chan: &'a Channel,
+    claim: &'a AtomicU64,
+    bit: u64,
+    from: usize,
+    to: usize,
+    generation: u32,
+    /// Messages consumed (running count), mirrors `rx.ack`.
+    consumed: u64,
+    expected: u32,
+    fault: bool,
+}
+
+impl<'a> ReceiverEnd<'a> {
+    pub(crate) fn attach(
+        chan: &'a Channel,
+        claim: &'a AtomicU64,
+        bit: u64,
+        from: usize,
+        to: usize,
+    ) -> Result<Self, Error> {
+        let generation = attach_check(chan, from, to)?;
+        let consumed = chan.rx.ack.load(Ordering::Relaxed);
+        let fault = chan.rx.fault.load(Ordering::Relaxed) != 0;
+        Ok(Self {
+            chan,
+            claim,
+            bit,
+            from,
+            to,
+            generation,
+            consumed,
+            expected: seq_of(consumed),
+            fault,
+        })
+    }
+
+    /// The sending instance (the channel's identity, not anything read from a message).
+    pub fn from(&self) -> usize {
+        self.from
+    }
+
+    /// The receiving instance.
+    pub fn to(&self) -> usize {
+        self.to
+    }
+
+    /// Messages received so far on this channel (running count since init / reset).
+    pub fn received(&self) -> u64 {
+        self.consumed
+    }
+
+    fn mark_fault(&mut self) -> Error {
+        self.fault = true;
+        self.chan.rx.fault.store(1, Ordering::Relaxed);
+        Error::Corrupt
+    }
+
+    /// Is the next slot full? A correct sender leaves the slot holding either the expected
+    /// sequence number (full), the one `SLOTS` earlier (the previous lap, already consumed) or 0
+    /// (never used). Anything else was written by a broken peer: the channel is corrupt.
+    #[inline]
+    fn peek(&mut self) -> Result<bool, Error> {
+        let slot = &self.chan.slots[(self.consumed % SLOTS as u64) as usize];
+        // Acquire: pairs with the sender's Release store of seq; the payload is visible.
+        let seq = slot.seq.load(Ordering::Acquire);
+        if seq == self.expected {
+            Ok(true)
+        } else if seq == 0 || seq == seq_back(self.expected, SLOTS as u32) {
+            Ok(false)
+        } else {
+            Err(self.mark_fault())
+        }
+    }
+
+    /// Copies the next (full) slot out and acknowledges it.
+    #[inline]
+    fn take(&mut self, out: &mut [u8; MSG_SIZE]) {
+        let slot = &self.chan.slots[(self.consumed % SLOTS as u64) as usize];
+        out[0..4].copy_from_slice(&self.expected.to_le_bytes());
+        slot.read_payload(out);
+        self.consumed = self.consumed.wrapping_add(1);
+        self.expected = seq_next(self.expected);
+        // Release: our loads of the slot above happen before the sender's Acquire load of this
+        // ack, hence before it overwrites the slot. From here on only `out` is used.
+        self.chan.rx.ack.store(self.consumed, Ordering::Release);
+        bump(&self.chan.rx.received);
+    }
+
+    /// Receives one message into `out` if there is one: `Ok(true)`; `Ok(false)` if empty. The
+    /// message is copied out of shared memory before this returns, so the caller validates a
+    /// private copy the peer can no longer change.
+    pub fn try_recv(&mut self, out: &mut [u8; MSG_SIZE]) -> Result<bool, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        if !self.peek()? {
+            return Ok(false);
+        }
+        self.take(out);
+        Ok(true)
+    }
+
+    /// Hands up to `limit` waiting messages, in order, to `f` and returns how many. Each is
+    /// copied to a local buffer and acknowledged before `f` sees it. Returning 0 after a doorbell
+    /// means the IPI was spurious (see [`Self::record_spurious`]).
+    pub fn drain_max(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(&[u8; MSG_SIZE]),
+    ) -> Result<usize, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        let mut buf = [0u8; MSG_SIZE];
+        let mut n = 0;
+        while n < limit && self.peek()? {
+            self.take(&mut buf);
+            n += 1;
+            f(&buf);
+        }
+        Ok(n)
+    }
+
+    /// [`Self::drain_max`] with a limit of one ring's worth ([`SLOTS`]), so that a peer that
+    /// keeps sending cannot hold the receiver in one call forever.
+    pub fn drain(&mut self, f: impl FnMut(&[u8; MSG_SIZE])) -> Result<usize, Error> {
+        self.drain_max(SLOTS, f)
+    }
+
+    /// Is a message waiting? (Does not consume it.)
+    pub fn has_pending(&mut self) -> Result<bool, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        self.peek()
+    }
+
+    /// Announces "I am going to sleep, ring me", then re-checks the ring. Returns `Ok(true)` if
+    /// the receiver may halt now (nothing pending, flag left armed), `Ok(false)` if a message
+    /// slipped in (flag cleared again; drain and retry).
+    ///
+    /// The kernel must call this with interrupts disabled and halt with `sti; hlt`, so a doorbell
+    /// that arrives between the re-check and the `hlt` still ends the `hlt`. A receiver of
+    /// several channels arms all of them first and halts only if every one returned `true`
+    /// (disarming the others otherwise). See the sender's `doorbell` for the race argument.
+    pub fn arm(&mut self) -> Result<bool, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        bump(&self.chan.wake.sleeps);
+        self.chan.wake.armed.store(1, Ordering::SeqCst);
+        // Orders the store of `armed` before the load of the slot's seq (store-load: needs a
+        // full fence; pairs with the sender's fence between its seq store and armed load).
+        fence(Ordering::SeqCst);
+        if self.peek()? {
+            self.disarm();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Clears the armed flag: call on waking, before draining. Relaxed is enough: if the
+    /// sender still sees 1 it rings needlessly (a spurious IPI); if it sees 0, we are awake and
+    /// the drain that follows, or the next `arm` re-check, finds its message.
+    pub fn disarm(&mut self) {
+        let armed = &self.chan.wake.armed;
+        if armed.load(Ordering::Relaxed) != 0 {
+            armed.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Is the wake flag set?
+    pub fn is_armed(&self) -> bool {
+        self.chan.wake.armed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts a doorbell that found nothing new on this channel.
+    pub fn record_spurious(&self) {
+        bump(&self.chan.rx.spurious);
+    }
+}
+
+impl Drop for ReceiverEnd<'_> {
+    fn drop(&mut self) {
+        self.claim.fetch_and(!self.bit, Ordering::Release);
+    }
+}

@@ -1,0 +1,554 @@
+//! Messages, the payload enum, encoding and decoding.
+
+use core::fmt;
+
+use crate::bytes::{Rd, Wr};
+use crate::payload::{Fixed, read_fixed};
+use crate::*;
+
+/// Header byte offsets inside a slot.
+pub mod offset {
+    /// `u32` sequence number, owned by the mailbox (never written by [`encode`](crate::encode)).
+    pub const SEQ: usize = 0;
+    /// `u8` protocol version.
+    pub const VERSION: usize = 4;
+    /// `u8` [`MsgFlags`](crate::MsgFlags).
+    pub const FLAGS: usize = 5;
+    /// `u16` sender instance id.
+    pub const SENDER: usize = 6;
+    /// `u16` [`MsgType`](crate::MsgType) code.
+    pub const TYPE: usize = 8;
+    /// `u16` subtype code.
+    pub const SUBTYPE: usize = 10;
+    /// `u16` payload length.
+    pub const PAYLOAD_LEN: usize = 12;
+    /// `u16` [`Status`](crate::Status) code.
+    pub const STATUS: usize = 14;
+    /// `u64` message id.
+    pub const MSG_ID: usize = 16;
+    /// `u64` sender timestamp.
+    pub const TIMESTAMP: usize = 24;
+    /// First payload byte.
+    pub const PAYLOAD: usize = 32;
+}
+
+/// The header fields exactly as they sit in a slot, unchecked. Reading one never fails; use it
+/// for diagnostics (who sent a message that [`decode`] refused, which id to answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawHeader {
+    /// Mailbox sequence number (bytes 0..4).
+    pub seq: u32,
+    /// Protocol version.
+    pub version: u8,
+    /// Flag bits.
+    pub flags: u8,
+    /// Sender instance id.
+    pub sender: u16,
+    /// Type code.
+    pub ty: u16,
+    /// Subtype code.
+    pub subtype: u16,
+    /// Payload length.
+    pub payload_len: u16,
+    /// Status code.
+    pub status: u16,
+    /// Message id.
+    pub msg_id: u64,
+    /// Sender timestamp.
+    pub timestamp: u64,
+}
+
+impl RawHeader {
+    /// Reads the header of `slot`.
+    pub fn read(slot: &Slot) -> Self {
+        let mut r = Rd::new(slot);
+        Self {
+            seq: r.u32(),
+            version: r.u8(),
+            flags: r.u8(),
+            sender: r.u16(),
+            ty: r.u16(),
+            subtype: r.u16(),
+            payload_len: r.u16(),
+            status: r.u16(),
+            msg_id: r.u64(),
+            timestamp: r.u64(),
+        }
+    }
+}
+
+/// Which payload structure a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// No payload (length 0).
+    Empty,
+    /// [`IoIrqPayload`].
+    IoIrq,
+    /// [`CpuPayload`].
+    Cpu,
+    /// [`MemPayload`].
+    Mem,
+    /// [`QueryPayload`].
+    Query,
+    /// [`QueryReply`].
+    QueryReply,
+    /// [`HeartbeatPayload`].
+    Heartbeat,
+    /// [`ShutdownPayload`].
+    Shutdown,
+    /// [`PingPayload`].
+    Ping,
+    /// [`LargeDataPayload`].
+    LargeData,
+    /// [`UserPayload`].
+    User,
+}
+
+/// A decoded payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Payload {
+    /// No payload.
+    Empty,
+    /// IO subtypes.
+    IoIrq(IoIrqPayload),
+    /// CPU_ADD / CPU_REMOVE, requests and `Ok` replies.
+    Cpu(CpuPayload),
+    /// MEM_ADD / MEM_REMOVE, requests and `Ok` replies.
+    Mem(MemPayload),
+    /// QUERY request.
+    Query(QueryPayload),
+    /// QUERY `Ok` reply.
+    QueryReply(QueryReply),
+    /// HEARTBEAT, request and `Ok` reply.
+    Heartbeat(HeartbeatPayload),
+    /// SHUTDOWN request.
+    Shutdown(ShutdownPayload),
+    /// PING, request and `Ok` reply.
+    Ping(PingPayload),
+    /// Any kind, when the header has `LARGE_DATA`.
+    LargeData(LargeDataPayload),
+    /// USER kinds.
+    User(UserPayload),
+}
+
+impl Payload {
+    /// Which structure this is.
+    pub const fn kind(&self) -> PayloadKind {
+        match self {
+            Self::Empty => PayloadKind::Empty,
+            Self::IoIrq(_) => PayloadKind::IoIrq,
+            Self::Cpu(_) => PayloadKind::Cpu,
+            Self::Mem(_) => PayloadKind::Mem,
+            Self::Query(_) => PayloadKind::Query,
+            Self::QueryReply(_) => PayloadKind::QueryReply,
+            Self::Heartbeat(_) => PayloadKind::Heartbeat,
+            Self::Shutdown(_) => PayloadKind::Shutdown,
+            Self::Ping(_) => PayloadKind::Ping,
+            Self::LargeData(_) => PayloadKind::LargeData,
+            Self::User(_) => PayloadKind::User,
+        }
+    }
+
+    /// Encoded length in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::IoIrq(_) => IoIrqPayload::SIZE,
+            Self::Cpu(_) => CpuPayload::SIZE,
+            Self::Mem(_) => MemPayload::SIZE,
+            Self::Query(_) => QueryPayload::SIZE,
+            Self::QueryReply(q) => q.encoded_len(),
+            Self::Heartbeat(_) => HeartbeatPayload::SIZE,
+            Self::Shutdown(_) => ShutdownPayload::SIZE,
+            Self::Ping(_) => PingPayload::SIZE,
+            Self::LargeData(_) => LargeDataPayload::SIZE,
+            Self::User(u) => u.len(),
+        }
+    }
+
+    fn check(&self) -> Result<(), PayloadFault> {
+        match self {
+            Self::Empty | Self::User(_) => Ok(()),
+            Self::IoIrq(p) => p.check(),
+            Self::Cpu(p) => p.check(),
+            Self::Mem(p) => p.check(),
+            Self::Query(p) => p.check(),
+            Self::QueryReply(p) => p.check(),
+            Self::Heartbeat(p) => p.check(),
+            Self::Shutdown(p) => p.check(),
+            Self::Ping(p) => p.check(),
+            Self::LargeData(p) => p.check(),
+        }
+    }
+
+    fn write(&self, w: &mut Wr<'_>) {
+        match self {
+            Self::Empty => {}
+            Self::IoIrq(p) => p.write(w),
+            Self::Cpu(p) => p.write(w),
+            Self::Mem(p) => p.write(w),
+            Self::Query(p) => p.write(w),
+            Self::QueryReply(p) => p.write(w),
+            Self::Heartbeat(p) => p.write(w),
+            Self::Shutdown(p) => p.write(w),
+            Self::Ping(p) => p.write(w),
+            Self::LargeData(p) => p.write(w),
+            Self::User(u) => {
+                for b in u.as_bytes() {
+                    w.u8(*b);
+                }
+            }
+        }
+    }
+
+    fn read(kind: PayloadKind, bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(match kind {
+            PayloadKind::Empty => {
+                if !bytes.is_empty() {
+                    return Err(DecodeError::PayloadSizeMismatch {
+                        expected: 0,
+                        found: bytes.len() as u16,
+                    });
+                }
+                Self::Empty
+            }
+            PayloadKind::IoIrq => Self::IoIrq(read_fixed(bytes)?),
+            PayloadKind::Cpu => Self::Cpu(read_fixed(bytes)?),
+            PayloadKind::Mem => Self::Mem(read_fixed(bytes)?),
+            PayloadKind::Query => Self::Query(read_fixed(bytes)?),
+            PayloadKind::QueryReply => Self::QueryReply(QueryReply::read(bytes)?),
+            PayloadKind::Heartbeat => Self::Heartbeat(read_fixed(bytes)?),
+            PayloadKind::Shutdown => Self::Shutdown(read_fixed(bytes)?),
+            PayloadKind::Ping => Self::Ping(read_fixed(bytes)?),
+            PayloadKind::LargeData => Self::LargeData(read_fixed(bytes)?),
+            PayloadKind::User => Self::User(
+                UserPayload::new(bytes).ok_or(DecodeError::PayloadTooLong(bytes.len() as u16))?,
+            ),
+        })
+    }
+}
+
+/// The payload structure a message must carry, given its header. `None` when the flags
+/// contradict the status (`LARGE_DATA` on an error reply).
+pub const fn expected_payload(
+    kind: Kind,
+    flags: MsgFlags,
+    status: Status,
+) -> Option<PayloadKind> {
+    let reply = flags.contains(MsgFlags::REPLY);
+    let error_reply = reply && !matches!(status, Status::Ok);
+    if flags.contains(MsgFlags::LARGE_DATA) {
+        return if error_reply {
+            None
+        } else {
+            Some(PayloadKind::LargeData)
+        };
+    }
+    if let Kind::User(_) = kind {
+        return Some(PayloadKind::User);
+    }
+    if error_reply {
+        return Some(PayloadKind::Empty);
+    }
+    Some(match (kind, reply) {
+        (Kind::IrqForward | Kind::IrqBalance | Kind::IrqMask | Kind::IrqUnmask, false) => {
+            PayloadKind::IoIrq
+        }
+        (Kind::IrqForward | Kind::IrqBalance | Kind::IrqMask | Kind::IrqUnmask, true) => {
+            PayloadKind::Empty
+        }
+        (Kind::CpuAdd | Kind::CpuRemove, _) => PayloadKind::Cpu,
+        (Kind::MemAdd | Kind::MemRemove, _) => PayloadKind::Mem,
+        (Kind::Query, false) => PayloadKind::Query,
+        (Kind::Query, true) => PayloadKind::QueryReply,
+        (Kind::Heartbeat, _) => PayloadKind::Heartbeat,
+        (Kind::Shutdown, false) => PayloadKind::Shutdown,
+        (Kind::Shutdown, true) => PayloadKind::Empty,
+        (Kind::Ping, _) => PayloadKind::Ping,
+        (Kind::User(_), _) => PayloadKind::User,
+    })
+}
+
+/// A decoded, valid message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Message {
+    /// Instance id of the sender.
+    pub sender: u16,
+    /// Type and subtype.
+    pub kind: Kind,
+    /// Header flags.
+    pub flags: MsgFlags,
+    /// Reply status; `Ok` in requests.
+    pub status: Status,
+    /// Correlation id; non-zero when `REPLY` or `NEEDS_REPLY` is set.
+    pub msg_id: u64,
+    /// Sender's tick when sending (replies built by [`Message::reply_to`] echo the request's).
+    pub timestamp: u64,
+    /// The payload.
+    pub payload: Payload,
+}
+
+impl Message {
+    /// A request without flags, status `Ok`, timestamp 0.
+    pub const fn request(sender: u16, kind: Kind, msg_id: u64, payload: Payload) -> Self {
+        Self {
+            sender,
+            kind,
+            flags: MsgFlags::empty(),
+            status: Status::Ok,
+            msg_id,
+            timestamp: 0,
+            payload,
+        }
+    }
+
+    /// The reply to `request`: same kind and id, `REPLY` set, `HIGH_PRIORITY` copied, the
+    /// request's timestamp echoed (so the caller can measure the round trip).
+    pub const fn reply_to(request: &Message, sender: u16, status: Status, payload: Payload) -> Self {
+        let mut flags = MsgFlags::REPLY;
+        if request.flags.contains(MsgFlags::HIGH_PRIORITY) {
+            flags = flags.union(MsgFlags::HIGH_PRIORITY);
+        }
+        if let Payload::LargeData(_) = payload {
+            flags = flags.union(MsgFlags::LARGE_DATA);
+        }
+        Self {
+            sender,
+            kind: request.kind,
+            flags,
+            status,
+            msg_id: request.msg_id,
+            timestamp: request.timestamp,
+            payload,
+        }
+    }
+
+    /// Returns the message with `flags` added.
+    pub const fn with_flags(mut self, flags: MsgFlags) -> Self {
+        self.flags = self.flags.union(flags);
+        self
+    }
+
+    /// Returns the message with its timestamp set.
+    pub const fn with_timestamp(mut self, timestamp: u64) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The category.
+    pub const fn msg_type(&self) -> MsgType {
+        self.kind.msg_type()
+    }
+
+    /// Whether this is a reply.
+    pub const fn is_reply(&self) -> bool {
+        self.flags.contains(MsgFlags::REPLY)
+    }
+
+    /// Whether the sender waits for a reply.
+    pub const fn needs_reply(&self) -> bool {
+        self.flags.contains(MsgFlags::NEEDS_REPLY)
+    }
+
+    /// Bytes of the slot the encoded message uses (header + payload).
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.payload.encoded_len()
+    }
+
+    /// Checks every rule [`decode`] enforces, so that a message that validates encodes and
+    /// decodes back to itself.
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        let bits = self.flags.bits();
+        if MsgFlags::from_bits(bits).is_none()
+            || self.flags.contains(MsgFlags::REPLY | MsgFlags::NEEDS_REPLY)
+        {
+            return Err(EncodeError::BadFlags { found: bits });
+        }
+        if !self.is_reply() && self.status != Status::Ok {
+            return Err(EncodeError::StatusInRequest(self.status));
+        }
+        if self.msg_id == 0 && (self.is_reply() || self.needs_reply()) {
+            return Err(EncodeError::ZeroMsgId);
+        }
+        let Some(expected) = expected_payload(self.kind, self.flags, self.status) else {
+            return Err(EncodeError::BadFlags { found: bits });
+        };
+        let found = self.payload.kind();
+        if expected != found {
+            return Err(EncodeError::PayloadMismatch { expected, found });
+        }
+        self.payload.check().map_err(EncodeError::BadPayload)
+    }
+}
+
+/// Why [`decode`] refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// The version byte is not [`PROTOCOL_VERSION`].
+    BadVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// Unknown flag bits, `REPLY` together with `NEEDS_REPLY`, or `LARGE_DATA` on an error
+    /// reply.
+    BadFlags {
+        /// The flag byte found.
+        found: u8,
+    },
+    /// The type code is unknown.
+    UnknownType(u16),
+    /// The subtype code is not one of the type's.
+    UnknownSubtype {
+        /// Type code.
+        ty: u16,
+        /// Subtype code.
+        sub: u16,
+    },
+    /// The payload length is above [`MAX_PAYLOAD`].
+    PayloadTooLong(u16),
+    /// The payload length is not the one the kind requires.
+    PayloadSizeMismatch {
+        /// Length the kind requires (minimum for a query reply shorter than its fixed part).
+        expected: u16,
+        /// Length in the header.
+        found: u16,
+    },
+    /// The status code is unknown.
+    BadStatus(u16),
+    /// A request (no `REPLY`) carries a non-zero status.
+    StatusInRequest(u16),
+    /// `REPLY` or `NEEDS_REPLY` with message id 0.
+    ZeroMsgId,
+    /// The payload has the right size but a bad value.
+    BadPayload(PayloadFault),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadVersion { found } => write!(f, "bad protocol version {found}"),
+            Self::BadFlags { found } => write!(f, "bad flags {found:#04x}"),
+            Self::UnknownType(ty) => write!(f, "unknown message type {ty:#06x}"),
+            Self::UnknownSubtype { ty, sub } => {
+                write!(f, "unknown subtype {sub:#06x} of type {ty:#06x}")
+            }
+            Self::PayloadTooLong(len) => write!(f, "payload length {len} > {MAX_PAYLOAD}"),
+            Self::PayloadSizeMismatch { expected, found } => {
+                write!(f, "payload length {found}, expected {expected}")
+            }
+            Self::BadStatus(s) => write!(f, "unknown status {s}"),
+            Self::StatusInRequest(s) => write!(f, "status {s} in a request"),
+            Self::ZeroMsgId => write!(f, "message id 0 on a reply or call"),
+            Self::BadPayload(fault) => write!(f, "bad payload: {fault:?}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Why [`encode`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncodeError {
+    /// Unknown flag bits, `REPLY` together with `NEEDS_REPLY`, or `LARGE_DATA` on an error
+    /// reply.
+    BadFlags {
+        /// The flag byte.
+        found: u8,
+    },
+    /// A request carries a status other than `Ok`.
+    StatusInRequest(Status),
+    /// `REPLY` or `NEEDS_REPLY` with message id 0.
+    ZeroMsgId,
+    /// The payload structure is not the one the kind requires.
+    PayloadMismatch {
+        /// What the header requires.
+        expected: PayloadKind,
+        /// What the message holds.
+        found: PayloadKind,
+    },
+    /// A payload field has a bad value.
+    BadPayload(PayloadFault),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadFlags { found } => write!(f, "bad flags {found:#04x}"),
+            Self::StatusInRequest(s) => write!(f, "status {s:?} in a request"),
+            Self::ZeroMsgId => write!(f, "message id 0 on a reply or call"),
+            Self::PayloadMismatch { expected, found } => {
+                write!(f, "payload {found:?}, expected {expected:?}")
+            }
+            Self::BadPayload(fault) => write!(f, "bad payload: {fault:?}"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Encodes `msg` into `slot`: bytes 4..256, leaving the mailbox's sequence number (bytes 0..4)
+/// untouched and zeroing the unused tail. Returns the bytes used (header + payload).
+pub fn encode(msg: &Message, slot: &mut Slot) -> Result<usize, EncodeError> {
+    msg.validate()?;
+    let payload_len = msg.payload.encoded_len();
+    let mut w = Wr::at(slot, offset::VERSION);
+    w.u8(PROTOCOL_VERSION);
+    w.u8(msg.flags.bits());
+    w.u16(msg.sender);
+    w.u16(msg.kind.msg_type().code());
+    w.u16(msg.kind.subtype_code());
+    w.u16(payload_len as u16);
+    w.u16(msg.status.code());
+    w.u64(msg.msg_id);
+    w.u64(msg.timestamp);
+    msg.payload.write(&mut w);
+    let end = HEADER_LEN + payload_len;
+    if let Some(tail) = slot.get_mut(end..) {
+        tail.fill(0);
+    }
+    Ok(end)
+}
+
+/// Decodes and validates a slot. Bytes 0..4 (the mailbox's) and bytes past the payload are
+/// ignored. Never panics.
+///
+/// Checks, in order: version, flags, type, subtype, payload length bound, status, message id,
+/// payload size for the kind, payload values.
+pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
+    let raw = RawHeader::read(slot);
+    if raw.version != PROTOCOL_VERSION {
+        return Err(DecodeError::BadVersion { found: raw.version });
+    }
+    let flags = MsgFlags::from_bits(raw.flags).ok_or(DecodeError::BadFlags { found: raw.flags })?;
+    if flags.contains(MsgFlags::REPLY | MsgFlags::NEEDS_REPLY) {
+        return Err(DecodeError::BadFlags { found: raw.flags });
+    }
+    let kind = Kind::from_codes(raw.ty, raw.subtype)?;
+    let len = usize::from(raw.payload_len);
+    if len > MAX_PAYLOAD {
+        return Err(DecodeError::PayloadTooLong(raw.payload_len));
+    }
+    let status = Status::from_code(raw.status).ok_or(DecodeError::BadStatus(raw.status))?;
+    let reply = flags.contains(MsgFlags::REPLY);
+    if !reply && status != Status::Ok {
+        return Err(DecodeError::StatusInRequest(raw.status));
+    }
+    if raw.msg_id == 0 && (reply || flags.contains(MsgFlags::NEEDS_REPLY)) {
+        return Err(DecodeError::ZeroMsgId);
+    }
+    let expected =
+        expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?;
+    let bytes = slot
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?;
+    let payload = Payload::read(expected, bytes)?;
+    Ok(Message {
+        sender: raw.sender,
+        kind,
+        flags,
+        status,
+        msg_id: raw.msg_id,
+        timestamp: raw.timestamp,
+        payload,
+    })
+}

@@ -1,0 +1,107 @@
+//! Property tests: decoding never panics, and valid messages survive mutation checks.
+
+mod common;
+
+use common::*;
+use mk_wire::*;
+use proptest::prelude::*;
+
+fn kind_strategy() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        proptest::sample::select(Kind::TYPED.to_vec()),
+        any::<u16>().prop_map(Kind::User),
+    ]
+}
+
+/// A valid message of any kind, request or reply.
+fn message_strategy() -> impl Strategy<Value = Message> {
+    (
+        kind_strategy(),
+        any::<bool>(),
+        proptest::sample::select(Status::ALL.to_vec()),
+        any::<u16>(),
+        1u64..,
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..=MAX_PAYLOAD),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, reply, status, sender, id, ts, user, high)| {
+            let mut req = Message::request(sender, kind, id, request_payload(kind))
+                .with_flags(MsgFlags::NEEDS_REPLY)
+                .with_timestamp(ts);
+            if high {
+                req = req.with_flags(MsgFlags::HIGH_PRIORITY);
+            }
+            let user = Payload::User(UserPayload::new(&user).unwrap());
+            if let Kind::User(_) = kind {
+                req.payload = user;
+            }
+            if !reply {
+                return req;
+            }
+            let payload = match (kind, status) {
+                (Kind::User(_), _) => user,
+                (_, Status::Ok) => reply_payload(kind),
+                _ => Payload::Empty,
+            };
+            Message::reply_to(&req, sender.wrapping_add(1), status, payload)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_slots_never_panic(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE)) {
+        let slot: Slot = bytes.try_into().unwrap();
+        let _ = RawHeader::read(&slot);
+        if let Ok(msg) = decode(&slot) {
+            // Whatever decodes re-encodes to the same message.
+            let mut again = [0u8; SLOT_SIZE];
+            encode(&msg, &mut again).unwrap();
+            prop_assert_eq!(decode(&again), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn random_headers_over_valid_payloads_never_panic(
+        msg in message_strategy(),
+        header in proptest::collection::vec(any::<u8>(), HEADER_LEN - SEQ_LEN),
+    ) {
+        let mut slot = encoded(&msg);
+        slot[SEQ_LEN..HEADER_LEN].copy_from_slice(&header);
+        let _ = decode(&slot);
+    }
+
+    #[test]
+    fn valid_messages_round_trip(msg in message_strategy(), seq in any::<[u8; 4]>()) {
+        let mut slot = [0u8; SLOT_SIZE];
+        slot[..4].copy_from_slice(&seq);
+        let used = encode(&msg, &mut slot).unwrap();
+        prop_assert_eq!(used, msg.encoded_len());
+        prop_assert_eq!(&slot[..4], &seq[..]);
+        prop_assert_eq!(decode(&slot), Ok(msg));
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(
+        msg in message_strategy(),
+        edits in proptest::collection::vec((0..SLOT_SIZE, any::<u8>()), 1..8),
+    ) {
+        let mut slot = encoded(&msg);
+        for (i, b) in edits {
+            slot[i] = b;
+        }
+        if let Ok(m) = decode(&slot) {
+            let mut again = [0u8; SLOT_SIZE];
+            prop_assert!(encode(&m, &mut again).is_ok());
+        }
+    }
+
+    #[test]
+    fn single_bit_flips_never_panic(msg in message_strategy(), bit in 0..SLOT_SIZE * 8) {
+        let mut slot = encoded(&msg);
+        slot[bit / 8] ^= 1 << (bit % 8);
+        let _ = decode(&slot);
+    }
+}

@@ -1,0 +1,181 @@
+//! The local APIC driver: x2APIC mode through MSRs where CPUID offers it, xAPIC (MMIO) where it
+//! does not (QEMU's TCG has no x2APIC). Register access is the `x2apic` crate's; this module adds
+//! what a kernel needs around it: mode detection, timer calibration against the PIT, the
+//! vectors, and work-arounds for the crate's xAPIC bugs (see `id`).
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use x2apic::lapic::{LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
+
+use super::interrupts::vectors;
+
+/// How this instance talks to its local APICs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    X2Apic,
+    XApic,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::X2Apic => "x2APIC",
+            Mode::XApic => "xAPIC",
+        }
+    }
+}
+
+const MODE_UNSET: u8 = 0;
+const MODE_X2APIC: u8 = 1;
+const MODE_XAPIC: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+/// LAPIC timer ticks per second at divide-by-16, measured by `calibrate_timer`.
+static TIMER_HZ_DIV16: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts per second once `start_periodic` ran.
+static TICK_RATE: AtomicU32 = AtomicU32::new(0);
+
+/// Whether CPUID.01H:ECX.x2APIC[bit 21] is set.
+pub fn cpu_has_x2apic() -> bool {
+    // SAFETY: CPUID leaf 1 exists on every x86_64 CPU and has no side effects.
+    let leaf1 = unsafe { core::arch::x86_64::__cpuid(1) };
+    leaf1.ecx & (1 << 21) != 0
+}
+
+pub fn mode() -> Option<Mode> {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_X2APIC => Some(Mode::X2Apic),
+        MODE_XAPIC => Some(Mode::XApic),
+        _ => None,
+    }
+}
+
+/// One CPU's local APIC. It stays with the CPU that created it (see `cpu::PerCpu`).
+pub struct Lapic {
+    inner: LocalApic,
+    mode: Mode,
+}
+
+/// Physical address of the xAPIC register page (from IA32_APIC_BASE).
+pub fn xapic_phys_base() -> u64 {
+    // SAFETY: reading IA32_APIC_BASE has no side effects; every x86_64 CPU has the MSR.
+    unsafe { x2apic::lapic::xapic_base() }
+}
+
+/// Enables the running CPU's local APIC, with the timer stopped.
+///
+/// `xapic_virt` is where the xAPIC page is mapped uncached; it is only used when the CPU has
+/// no x2APIC.
+pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
+    let inner = LocalApicBuilder::new()
+        .timer_vector(vectors::LAPIC_TIMER as usize)
+        .error_vector(vectors::LAPIC_ERROR as usize)
+        .spurious_vector(vectors::SPURIOUS as usize)
+        .timer_mode(TimerMode::OneShot)
+        .timer_divide(TimerDivide::Div16)
+        .timer_initial(0)
+        .set_xapic_base(xapic_virt)
+        .build()?;
+    let mode = if cpu_has_x2apic() {
+        Mode::X2Apic
+    } else {
+        Mode::XApic
+    };
+    let mut lapic = Lapic { inner, mode };
+    // SAFETY: enabling the APIC of the running CPU; its vectors have IDT handlers installed
+    // (interrupts::init ran before), and in xAPIC mode the register page is mapped at
+    // `xapic_virt` (the caller mapped it uncached).
+    unsafe { lapic.inner.enable() };
+    MODE.store(
+        match mode {
+            Mode::X2Apic => MODE_X2APIC,
+            Mode::XApic => MODE_XAPIC,
+        },
+        Ordering::Relaxed,
+    );
+    Ok(lapic)
+}
+
+impl Lapic {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The APIC ID. In xAPIC mode the `x2apic` crate returns the raw ID register, whose ID sits
+    /// in bits 24..32 (crate issue #19), so it is shifted here.
+    pub fn id(&self) -> u32 {
+        // SAFETY: reading the ID register of the running CPU's enabled APIC.
+        let raw = unsafe { self.inner.id() };
+        match self.mode {
+            Mode::X2Apic => raw,
+            Mode::XApic => raw >> 24,
+        }
+    }
+
+    pub fn eoi(&mut self) {
+        // SAFETY: called from an interrupt handler for an APIC-delivered vector on this CPU.
+        unsafe { self.inner.end_of_interrupt() };
+    }
+
+    /// Sends a fixed IPI with `vector` to the CPU with APIC ID `dest`.
+    pub fn send_ipi(&mut self, vector: u8, dest: u32) {
+        // SAFETY: a fixed-delivery IPI only raises `vector` on `dest`, which has a handler for
+        // it. In xAPIC mode the crate writes the destination to ICR bits 32..40 where the
+        // hardware reads bits 56..64 (crate issue #29), so the ID is shifted into place.
+        unsafe {
+            match self.mode {
+                Mode::X2Apic => self.inner.send_ipi(vector, dest),
+                Mode::XApic => self.inner.send_ipi(vector, dest << 24),
+            }
+        }
+    }
+
+    /// Measures the timer's rate against the PIT over `window_ms` and stores it.
+    pub fn calibrate_timer(&mut self, window_ms: u64) -> u64 {
+        // SAFETY: reprogramming this CPU's own timer, which nothing else uses during
+        // calibration (its interrupt is not yet expected: it is one-shot and we stop it).
+        unsafe {
+            self.inner.set_timer_mode(TimerMode::OneShot);
+            self.inner.set_timer_divide(TimerDivide::Div16);
+            self.inner.set_timer_initial(u32::MAX);
+        }
+        let rounds = window_ms.div_ceil(10).max(1);
+        for _ in 0..rounds {
+            super::pit::wait_micros(10_000);
+        }
+        // SAFETY: as above.
+        let left = unsafe { self.inner.timer_current() };
+        // SAFETY: as above; stops the timer.
+        unsafe { self.inner.set_timer_initial(0) };
+        let elapsed = u64::from(u32::MAX - left);
+        let hz = elapsed * 1000 / (rounds * 10);
+        TIMER_HZ_DIV16.store(hz, Ordering::Relaxed);
+        hz
+    }
+
+    /// Starts the periodic timer at `hz` interrupts per second (after `calibrate_timer`).
+    pub fn start_periodic(&mut self, hz: u32) {
+        let initial = (timer_hz_div16() / u64::from(hz.max(1))).clamp(1, u64::from(u32::MAX));
+        // SAFETY: programs this CPU's own timer; LAPIC_TIMER has a handler.
+        unsafe {
+            self.inner.set_timer_divide(TimerDivide::Div16);
+            self.inner.set_timer_mode(TimerMode::Periodic);
+            self.inner.set_timer_initial(initial as u32);
+        }
+        TICK_RATE.store(hz, Ordering::Relaxed);
+    }
+}
+
+pub fn timer_hz_div16() -> u64 {
+    TIMER_HZ_DIV16.load(Ordering::Relaxed)
+}
+
+pub fn tick_rate() -> u32 {
+    TICK_RATE.load(Ordering::Relaxed)
+}
+
+/// End of interrupt on the running CPU.
+pub fn eoi() {
+    if let Some(cpu) = super::cpu::try_current() {
+        cpu.with_lapic(|l| l.eoi());
+    }
+}

@@ -1,0 +1,103 @@
+//! Per-CPU state, reached through the GS base.
+//!
+//! Each CPU that runs this kernel owns one `PerCpu`, leaked for the CPU's lifetime; the GS base
+//! points at it and its first word points at itself, so `current()` is one `mov` from `gs:[0]`
+//! with no MSR read (an MSR read exits to the hypervisor under virtualisation).
+
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use x86_64::VirtAddr;
+use x86_64::registers::model_specific::GsBase;
+
+use super::apic::Lapic;
+
+#[repr(C)]
+pub struct PerCpu {
+    /// Must stay the first field: `current()` loads it from `gs:[0]`.
+    self_ptr: *const PerCpu,
+    /// Index of this CPU within its instance (0 = the instance's first CPU).
+    pub index: u32,
+    /// The CPU's local APIC ID (the x2APIC ID in x2APIC mode).
+    pub apic_id: u32,
+    /// Local APIC timer ticks seen by this CPU.
+    pub ticks: AtomicU64,
+    /// This CPU's local APIC; touched only by this CPU.
+    lapic: UnsafeCell<Option<Lapic>>,
+}
+
+/// Set once the bootstrap CPU has a `PerCpu`; before that, `try_current` returns `None`.
+static BSP_READY: AtomicBool = AtomicBool::new(false);
+
+/// Installs `percpu` as the running CPU's per-CPU block.
+pub fn install(index: u32, apic_id: u32) -> &'static PerCpu {
+    let block: &'static mut PerCpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu {
+        self_ptr: core::ptr::null(),
+        index,
+        apic_id,
+        ticks: AtomicU64::new(0),
+        lapic: UnsafeCell::new(None),
+    }));
+    block.self_ptr = block as *const PerCpu;
+    GsBase::write(VirtAddr::from_ptr(block as *const PerCpu));
+    BSP_READY.store(true, Ordering::Release);
+    block
+}
+
+/// The running CPU's block, if it has one yet.
+pub fn try_current() -> Option<&'static PerCpu> {
+    if !BSP_READY.load(Ordering::Acquire) {
+        return None;
+    }
+    let ptr: *const PerCpu;
+    // SAFETY: once `install` ran on this CPU, GS base points at a leaked `PerCpu` whose first
+    // word is its own address. Every CPU calls `install` before it logs or takes interrupts,
+    // and the bootstrap CPU did so before BSP_READY became true.
+    unsafe {
+        asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, preserves_flags, readonly));
+    }
+    // SAFETY: see above: the pointer is to a leaked, never-freed block.
+    Some(unsafe { &*ptr })
+}
+
+pub fn current() -> &'static PerCpu {
+    try_current().expect("per-CPU state not installed on this CPU")
+}
+
+impl PerCpu {
+    /// Runs `f` with this CPU's local APIC.
+    ///
+    /// Interrupts are off for the duration, so an interrupt handler on this CPU (which may also
+    /// want the APIC, for EOI) cannot run in the middle of it.
+    pub fn with_lapic<R>(&self, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            // SAFETY: the cell is only reached through `current()`, i.e. by the CPU that owns
+            // it, and with interrupts off nothing on this CPU can re-enter; so this is the only
+            // live reference.
+            let slot = unsafe { &mut *self.lapic.get() };
+            slot.as_mut().map(f)
+        })
+    }
+
+    pub fn set_lapic(&self, lapic: Lapic) {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            // SAFETY: as in `with_lapic`.
+            unsafe { *self.lapic.get() = Some(lapic) };
+        });
+    }
+}
+
+/// `(instance id, cpu index)` for log line prefixes.
+pub fn log_identity() -> (u32, u32) {
+    let cpu = try_current().map_or(0, |c| c.index);
+    (crate::instance::id(), cpu)
+}
+
+/// Halts forever with interrupts off.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

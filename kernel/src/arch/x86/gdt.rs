@@ -1,0 +1,78 @@
+//! GDT and TSS. Each CPU gets its own pair (a TSS cannot be shared: it holds the CPU's stacks).
+//! The TSS's interrupt stack table gives the double fault, NMI and machine check their own
+//! stacks, so that a kernel stack overflow still reports instead of triple-faulting.
+
+use alloc::boxed::Box;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+pub const DOUBLE_FAULT_IST: u16 = 0;
+pub const NMI_IST: u16 = 1;
+pub const MACHINE_CHECK_IST: u16 = 2;
+
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+/// Stacks for the bootstrap CPU, which loads its GDT before the heap exists.
+#[repr(align(16))]
+struct Stack([u8; IST_STACK_SIZE]);
+static mut BSP_IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+static mut BSP_TSS: TaskStateSegment = TaskStateSegment::new();
+static mut BSP_GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
+
+fn fill_tss(tss: &mut TaskStateSegment, stacks: [VirtAddr; 3]) {
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = stacks[0];
+    tss.interrupt_stack_table[NMI_IST as usize] = stacks[1];
+    tss.interrupt_stack_table[MACHINE_CHECK_IST as usize] = stacks[2];
+}
+
+fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static TaskStateSegment) {
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    gdt.load();
+    // SAFETY: the selectors were just appended to the GDT that is now loaded, and they describe
+    // flat 64-bit kernel code/data segments and this CPU's own TSS.
+    unsafe {
+        CS::set_reg(code);
+        SS::set_reg(data);
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        load_tss(tss_sel);
+    }
+}
+
+/// Loads the bootstrap CPU's GDT and TSS. Called once, before anything else uses the IST.
+pub fn init_bsp() {
+    // SAFETY: called exactly once, on the bootstrap CPU, before interrupts are enabled and before
+    // any other CPU runs: nothing else can alias these statics.
+    let (stacks, tss, gdt) = unsafe {
+        (
+            &mut *(&raw mut BSP_IST_STACKS),
+            &mut *(&raw mut BSP_TSS),
+            &mut *(&raw mut BSP_GDT),
+        )
+    };
+    let tops = stacks.each_mut().map(|s| {
+        let start = VirtAddr::from_ptr(s.0.as_ptr());
+        start + IST_STACK_SIZE as u64
+    });
+    fill_tss(tss, tops);
+    load(gdt, tss);
+}
+
+/// Builds and loads a GDT/TSS for an application processor, with stacks from the heap. They are
+/// leaked on purpose: a CPU's descriptor tables live as long as the CPU runs this kernel.
+#[allow(dead_code)] // used once further CPUs join an instance
+pub fn init_ap() {
+    let stacks: [VirtAddr; 3] = core::array::from_fn(|_| {
+        let stack = Box::leak(Box::new(Stack([0; IST_STACK_SIZE])));
+        VirtAddr::from_ptr(stack.0.as_ptr()) + IST_STACK_SIZE as u64
+    });
+    let tss = Box::leak(Box::new(TaskStateSegment::new()));
+    fill_tss(tss, stacks);
+    let gdt = Box::leak(Box::new(GlobalDescriptorTable::new()));
+    load(gdt, tss);
+}

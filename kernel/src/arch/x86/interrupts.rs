@@ -1,0 +1,265 @@
+//! The IDT: a reporting handler for every CPU exception, the local APIC's vectors, and a small
+//! table of device interrupt handlers that drivers register at run time.
+//!
+//! An unexpected exception prints a report (vector, name, RIP, error code, CR2 for page faults)
+//! and stops the kernel through `crate::fatal`. Two exceptions have hooks for the tests that
+//! provoke them on purpose: the breakpoint returns, and a page fault at an address announced
+//! with `expect_page_fault` calls the announced continuation instead of stopping.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use spin::Lazy;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use super::gdt;
+
+/// The kernel's interrupt vectors.
+pub mod vectors {
+    /// Legacy PIC vectors (masked; only their spurious interrupts can arrive).
+    pub const PIC_SPURIOUS_1: u8 = super::super::pic::PIC1_VECTOR + 7;
+    pub const PIC_SPURIOUS_2: u8 = super::super::pic::PIC2_VECTOR + 7;
+    pub const LAPIC_TIMER: u8 = 0x30;
+    /// "New messages in your mailboxes": the inter-instance doorbell.
+    pub const MESSAGE_IPI: u8 = 0x31;
+    /// Device interrupts from the IO APIC: IRQ_BASE + line.
+    pub const IRQ_BASE: u8 = 0x40;
+    pub const IRQ_COUNT: usize = 32;
+    pub const LAPIC_ERROR: u8 = 0xFE;
+    pub const SPURIOUS: u8 = 0xFF;
+}
+
+/// Total local APIC timer interrupts taken by this instance (all its CPUs).
+pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Breakpoints taken (they return).
+pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(build_idt);
+
+pub fn init() {
+    IDT.load();
+}
+
+/// Loads the same IDT on a further CPU.
+#[allow(dead_code)] // used once further CPUs join an instance
+pub fn load_on_this_cpu() {
+    IDT.load();
+}
+
+macro_rules! report_no_code {
+    ($name:ident, $vector:expr, $text:expr) => {
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
+            crate::fatal(format_args!(
+                "EXCEPTION {} ({}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
+                $vector,
+                $text,
+                frame.instruction_pointer.as_u64(),
+                frame.stack_pointer.as_u64(),
+                frame.cpu_flags.bits()
+            ));
+        }
+    };
+}
+
+macro_rules! report_with_code {
+    ($name:ident, $vector:expr, $text:expr) => {
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
+            crate::fatal(format_args!(
+                "EXCEPTION {} ({}) at RIP {:#x}, error code {:#x}, RSP {:#x}",
+                $vector,
+                $text,
+                frame.instruction_pointer.as_u64(),
+                code,
+                frame.stack_pointer.as_u64()
+            ));
+        }
+    };
+}
+
+report_no_code!(divide_error, 0, "divide error");
+report_no_code!(debug, 1, "debug");
+report_no_code!(nmi, 2, "non-maskable interrupt");
+report_no_code!(overflow, 4, "overflow");
+report_no_code!(bound_range, 5, "bound range exceeded");
+report_no_code!(invalid_opcode, 6, "invalid opcode");
+report_no_code!(device_not_available, 7, "device not available");
+report_with_code!(invalid_tss, 10, "invalid TSS");
+report_with_code!(segment_not_present, 11, "segment not present");
+report_with_code!(stack_segment, 12, "stack-segment fault");
+report_with_code!(general_protection, 13, "general protection");
+report_no_code!(x87_floating_point, 16, "x87 floating point");
+report_with_code!(alignment_check, 17, "alignment check");
+report_no_code!(simd_floating_point, 19, "SIMD floating point");
+report_no_code!(virtualization, 20, "virtualization");
+report_with_code!(control_protection, 21, "control protection");
+report_no_code!(hv_injection, 28, "hypervisor injection");
+report_with_code!(vmm_communication, 29, "VMM communication");
+report_with_code!(security, 30, "security");
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    crate::fatal(format_args!(
+        "EXCEPTION 8 (double fault) at RIP {:#x}, error code {code:#x}, RSP {:#x}",
+        frame.instruction_pointer.as_u64(),
+        frame.stack_pointer.as_u64()
+    ));
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    crate::fatal(format_args!(
+        "EXCEPTION 18 (machine check) at RIP {:#x}",
+        frame.instruction_pointer.as_u64()
+    ));
+}
+
+extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    BREAKPOINTS.fetch_add(1, Ordering::SeqCst);
+    crate::info!(
+        "breakpoint at RIP {:#x}, returning",
+        frame.instruction_pointer.as_u64()
+    );
+}
+
+/// A page fault the running code provokes on purpose: the faulting address and where to go.
+static EXPECTED_FAULT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
+static EXPECTED_FAULT_THEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Announces that touching `addr` will fault and that the fault should call `then(cr2, code)`
+/// (which does not return) instead of stopping the kernel.
+pub fn expect_page_fault(addr: u64, then: fn(u64, u64) -> !) {
+    EXPECTED_FAULT_THEN.store(then as usize, Ordering::SeqCst);
+    EXPECTED_FAULT_ADDR.store(addr, Ordering::SeqCst);
+}
+
+extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    let cr2 = Cr2::read_raw();
+    if cr2 == EXPECTED_FAULT_ADDR.load(Ordering::SeqCst) {
+        let then = EXPECTED_FAULT_THEN.load(Ordering::SeqCst);
+        if then != 0 {
+            // SAFETY: the value was stored from a `fn(u64, u64) -> !` in `expect_page_fault`.
+            let then: fn(u64, u64) -> ! = unsafe { core::mem::transmute(then) };
+            then(cr2, code.bits());
+        }
+    }
+    crate::fatal(format_args!(
+        "EXCEPTION 14 (page fault) at RIP {:#x}: CR2 {cr2:#x}, error code {:#x} ({:?})",
+        frame.instruction_pointer.as_u64(),
+        code.bits(),
+        code
+    ));
+}
+
+extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
+    TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    if let Some(cpu) = super::cpu::try_current() {
+        cpu.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+    super::apic::eoi();
+}
+
+extern "x86-interrupt" fn lapic_error(_frame: InterruptStackFrame) {
+    crate::warn!("local APIC error interrupt");
+    super::apic::eoi();
+}
+
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
+    // A spurious interrupt needs no EOI (local APIC and PIC alike).
+}
+
+/// Device interrupt handlers, one per IO APIC line.
+static IRQ_HANDLERS: [AtomicUsize; vectors::IRQ_COUNT] =
+    [const { AtomicUsize::new(0) }; vectors::IRQ_COUNT];
+/// Interrupts taken per line (whether or not a handler was registered).
+pub static IRQ_COUNTS: [AtomicU64; vectors::IRQ_COUNT] =
+    [const { AtomicU64::new(0) }; vectors::IRQ_COUNT];
+
+/// Installs `handler` for IO APIC line `line` (vector IRQ_BASE + line). Handlers run with
+/// interrupts off and must not allocate.
+#[allow(dead_code)] // the first drivers arrive with the IRQ-forwarding service
+pub fn set_irq_handler(line: usize, handler: fn(usize)) -> Result<(), &'static str> {
+    let slot = IRQ_HANDLERS.get(line).ok_or("no such IRQ line")?;
+    slot.store(handler as usize, Ordering::SeqCst);
+    Ok(())
+}
+
+extern "x86-interrupt" fn device_irq<const LINE: usize>(_frame: InterruptStackFrame) {
+    IRQ_COUNTS[LINE].fetch_add(1, Ordering::Relaxed);
+    let handler = IRQ_HANDLERS[LINE].load(Ordering::Acquire);
+    if handler != 0 {
+        // SAFETY: the value was stored from a `fn(usize)` in `set_irq_handler`.
+        let handler: fn(usize) = unsafe { core::mem::transmute(handler) };
+        handler(LINE);
+    }
+    super::apic::eoi();
+}
+
+/// The doorbell vector. Messaging installs its drain function here.
+static MESSAGE_HANDLER: AtomicUsize = AtomicUsize::new(0);
+pub static MESSAGE_IPIS: AtomicU64 = AtomicU64::new(0);
+
+#[allow(dead_code)] // installed by the messaging layer
+pub fn set_message_handler(handler: fn()) {
+    MESSAGE_HANDLER.store(handler as usize, Ordering::SeqCst);
+}
+
+extern "x86-interrupt" fn message_ipi(_frame: InterruptStackFrame) {
+    MESSAGE_IPIS.fetch_add(1, Ordering::Relaxed);
+    let handler = MESSAGE_HANDLER.load(Ordering::Acquire);
+    if handler != 0 {
+        // SAFETY: the value was stored from a `fn()` in `set_message_handler`.
+        let handler: fn() = unsafe { core::mem::transmute(handler) };
+        handler();
+    }
+    super::apic::eoi();
+}
+
+macro_rules! device_vectors {
+    ($idt:ident, $($line:literal)*) => {
+        $( $idt[vectors::IRQ_BASE + $line].set_handler_fn(device_irq::<$line>); )*
+    };
+}
+
+fn build_idt() -> InterruptDescriptorTable {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.divide_error.set_handler_fn(divide_error);
+    idt.debug.set_handler_fn(debug);
+    idt.breakpoint.set_handler_fn(breakpoint);
+    idt.overflow.set_handler_fn(overflow);
+    idt.bound_range_exceeded.set_handler_fn(bound_range);
+    idt.invalid_opcode.set_handler_fn(invalid_opcode);
+    idt.device_not_available.set_handler_fn(device_not_available);
+    idt.invalid_tss.set_handler_fn(invalid_tss);
+    idt.segment_not_present.set_handler_fn(segment_not_present);
+    idt.stack_segment_fault.set_handler_fn(stack_segment);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection);
+    idt.page_fault.set_handler_fn(page_fault);
+    idt.x87_floating_point.set_handler_fn(x87_floating_point);
+    idt.alignment_check.set_handler_fn(alignment_check);
+    idt.simd_floating_point.set_handler_fn(simd_floating_point);
+    idt.virtualization.set_handler_fn(virtualization);
+    idt.cp_protection_exception.set_handler_fn(control_protection);
+    idt.hv_injection_exception.set_handler_fn(hv_injection);
+    idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+    idt.security_exception.set_handler_fn(security);
+    // SAFETY: the IST indices name stacks that gdt::init_* placed in this CPU's TSS before the
+    // IDT is loaded, and that are used by nothing else.
+    unsafe {
+        idt.double_fault
+            .set_handler_fn(double_fault)
+            .set_stack_index(gdt::DOUBLE_FAULT_IST);
+        idt.non_maskable_interrupt
+            .set_handler_fn(nmi)
+            .set_stack_index(gdt::NMI_IST);
+        idt.machine_check
+            .set_handler_fn(machine_check)
+            .set_stack_index(gdt::MACHINE_CHECK_IST);
+    }
+    idt[vectors::PIC_SPURIOUS_1].set_handler_fn(spurious);
+    idt[vectors::PIC_SPURIOUS_2].set_handler_fn(spurious);
+    idt[vectors::LAPIC_TIMER].set_handler_fn(lapic_timer);
+    idt[vectors::MESSAGE_IPI].set_handler_fn(message_ipi);
+    idt[vectors::LAPIC_ERROR].set_handler_fn(lapic_error);
+    idt[vectors::SPURIOUS].set_handler_fn(spurious);
+    device_vectors!(idt, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    idt
+}

@@ -1,0 +1,97 @@
+//! The IO APICs, through the `x2apic` crate. Every line starts masked; a line is enabled when a
+//! driver asks for it, routed to one CPU by APIC ID.
+
+use spin::Mutex;
+use x2apic::ioapic::{IoApic, IrqFlags, IrqMode, RedirectionTableEntry};
+
+use super::interrupts::vectors;
+
+/// One IO APIC: its registers and the global system interrupts (GSIs) it serves.
+struct Chip {
+    regs: IoApic,
+    gsi_base: u32,
+    lines: u32,
+}
+
+// SAFETY: `IoApic` is a pointer to the chip's MMIO window, valid from any CPU; all access goes
+// through the `CHIPS` mutex, so no two CPUs program the index/data register pair at once.
+unsafe impl Send for Chip {}
+
+const MAX_CHIPS: usize = 8;
+static CHIPS: Mutex<[Option<Chip>; MAX_CHIPS]> = Mutex::new([const { None }; MAX_CHIPS]);
+
+/// Registers the IO APIC mapped at `virt` serving GSIs from `gsi_base`, with every line masked.
+///
+/// # Safety
+/// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
+pub unsafe fn add(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+    // SAFETY: the caller guarantees `virt` maps an IO APIC.
+    let mut regs = unsafe { IoApic::new(virt) };
+    // SAFETY: as above; only this chip's redirection entries are written.
+    let lines = unsafe {
+        regs.init(vectors::IRQ_BASE);
+        let max = regs.max_table_entry();
+        // `init` only ORs the vector into each entry; mask every line explicitly.
+        for line in 0..=max {
+            regs.disable_irq(line);
+        }
+        u32::from(max) + 1
+    };
+    let mut chips = CHIPS.lock();
+    let slot = chips
+        .iter_mut()
+        .find(|c| c.is_none())
+        .ok_or("too many IO APICs")?;
+    *slot = Some(Chip {
+        regs,
+        gsi_base,
+        lines,
+    });
+    Ok(lines)
+}
+
+/// Routes `gsi` to `vector` on the CPU with APIC ID `dest` and unmasks it.
+pub fn route(gsi: u32, vector: u8, dest: u32, level_low: bool) -> Result<(), &'static str> {
+    with_line(gsi, |chip, line| {
+        let mut entry = RedirectionTableEntry::default();
+        entry.set_mode(IrqMode::Fixed);
+        let mut flags = IrqFlags::empty();
+        if level_low {
+            flags |= IrqFlags::LOW_ACTIVE | IrqFlags::LEVEL_TRIGGERED;
+        }
+        entry.set_flags(flags);
+        entry.set_vector(vector);
+        entry.set_dest(dest as u8);
+        // SAFETY: programs one redirection entry of a registered chip, under the CHIPS lock.
+        unsafe {
+            chip.regs.set_table_entry(line, entry);
+            chip.regs.enable_irq(line);
+        }
+    })
+}
+
+pub fn mask(gsi: u32) -> Result<(), &'static str> {
+    // SAFETY: masks one line of a registered chip, under the CHIPS lock.
+    with_line(gsi, |chip, line| unsafe { chip.regs.disable_irq(line) })
+}
+
+pub fn unmask(gsi: u32) -> Result<(), &'static str> {
+    // SAFETY: unmasks one line of a registered chip, under the CHIPS lock.
+    with_line(gsi, |chip, line| unsafe { chip.regs.enable_irq(line) })
+}
+
+/// Total number of lines over all chips.
+pub fn line_count() -> u32 {
+    CHIPS.lock().iter().flatten().map(|c| c.lines).sum()
+}
+
+fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, &'static str> {
+    let mut chips = CHIPS.lock();
+    let chip = chips
+        .iter_mut()
+        .flatten()
+        .find(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.lines)
+        .ok_or("no IO APIC serves this GSI")?;
+    let line = (gsi - chip.gsi_base) as u8;
+    Ok(f(chip, line))
+}

@@ -1,0 +1,39 @@
+//! The time stamp counter, calibrated once against the PIT; the kernel's clock for timeouts and
+//! measurements.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+
+pub fn read() -> u64 {
+    // SAFETY: RDTSC has no side effects; every x86_64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Measures the TSC frequency over `window_ms` of PIT time.
+pub fn calibrate(window_ms: u64) -> u64 {
+    let start = read();
+    for _ in 0..window_ms.div_ceil(10) {
+        super::pit::wait_micros(10_000);
+    }
+    let per_ms = (read() - start) / window_ms.div_ceil(10).max(1) / 10;
+    TICKS_PER_MS.store(per_ms.max(1), Ordering::Relaxed);
+    per_ms
+}
+
+pub fn ticks_per_ms() -> u64 {
+    TICKS_PER_MS.load(Ordering::Relaxed).max(1)
+}
+
+/// Nanoseconds since an arbitrary origin (the TSC's).
+pub fn nanos() -> u64 {
+    ((read() as u128 * 1_000_000) / ticks_per_ms() as u128) as u64
+}
+
+/// Busy-waits `micros` microseconds on the TSC.
+pub fn spin_micros(micros: u64) {
+    let end = read() + micros * ticks_per_ms() / 1000;
+    while read() < end {
+        core::hint::spin_loop();
+    }
+}

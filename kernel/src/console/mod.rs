@@ -1,0 +1,142 @@
+//! The kernel console: every log line goes to the serial port (COM1) and to the framebuffer.
+//!
+//! Real machines often have no serial port, and QEMU tests read only serial; so both sinks get
+//! every line. A line is formatted into a fixed buffer first and written under one lock with
+//! interrupts off, so lines from different CPUs (and, later, instances that share the serial
+//! port) never interleave mid-line.
+
+mod framebuffer;
+mod serial;
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use bootloader_api::info::FrameBuffer;
+use spin::Mutex;
+
+pub use serial::read_byte as serial_read_byte;
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+impl Level {
+    fn tag(self) -> &'static str {
+        match self {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN ",
+            Level::Info => "INFO ",
+            Level::Debug => "DEBUG",
+        }
+    }
+}
+
+/// Lines above this level are dropped.
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Serialises whole lines across CPUs.
+static LINE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Brings up both sinks. Safe to call once, first thing at boot.
+pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
+    serial::init();
+    if let Some(fb) = framebuffer {
+        framebuffer::init(fb);
+    }
+}
+
+pub fn set_max_level(level: Level) {
+    MAX_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// A line being built in a fixed buffer; overlong lines are cut, never allocated.
+struct LineBuf {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.bytes.len() - self.len;
+        let take = s.len().min(room);
+        self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// Writes one log line: `[i<instance> c<cpu>] LEVEL message`.
+pub fn log(level: Level, args: fmt::Arguments<'_>) {
+    if level as u8 > MAX_LEVEL.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut line = LineBuf {
+        bytes: [0; 512],
+        len: 0,
+    };
+    let (instance, cpu) = crate::arch::cpu::log_identity();
+    let _ = write!(line, "[i{instance} c{cpu}] {} ", level.tag());
+    let _ = line.write_fmt(args);
+    write_raw_line(&line.bytes[..line.len]);
+}
+
+/// Writes a line with no prefix (tables, test markers the harness parses).
+pub fn print_line(args: fmt::Arguments<'_>) {
+    let mut line = LineBuf {
+        bytes: [0; 512],
+        len: 0,
+    };
+    let _ = line.write_fmt(args);
+    write_raw_line(&line.bytes[..line.len]);
+}
+
+fn write_raw_line(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _guard = LINE_LOCK.lock();
+        serial::write_bytes(bytes);
+        serial::write_bytes(b"\n");
+        framebuffer::write_bytes(bytes);
+        framebuffer::write_bytes(b"\n");
+    });
+}
+
+/// Last-resort output for the panic handler: takes no lock that the panicking CPU might hold.
+pub fn emergency_write(args: fmt::Arguments<'_>) {
+    let mut line = LineBuf {
+        bytes: [0; 512],
+        len: 0,
+    };
+    let _ = line.write_fmt(args);
+    serial::force_write_bytes(&line.bytes[..line.len]);
+    serial::force_write_bytes(b"\n");
+    framebuffer::force_write_bytes(&line.bytes[..line.len]);
+    framebuffer::force_write_bytes(b"\n");
+}
+
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::console::log($crate::console::Level::Error, format_args!($($arg)*)) };
+}
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::console::log($crate::console::Level::Warn, format_args!($($arg)*)) };
+}
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::console::log($crate::console::Level::Info, format_args!($($arg)*)) };
+}
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::console::log($crate::console::Level::Debug, format_args!($($arg)*)) };
+}
+/// A raw line with no prefix, for output that programs parse (test markers, tables).
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::console::print_line(format_args!($($arg)*)) };
+}

@@ -1,0 +1,108 @@
+//! The instance's physical frame allocator: `mk-frames` bookkeeping behind a lock, with its
+//! bitmaps stored in the first usable frames large enough to hold them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_frames::{FRAME_SIZE, Frame, FrameAllocator, FrameError, bitmap_words};
+use spin::Mutex;
+use x86_64::PhysAddr;
+use x86_64::structures::paging::{PhysFrame, Size4KiB};
+
+/// Frames below 1 MiB are never handed out: real-mode code (the AP trampoline) needs them, and
+/// firmware leaves data there on real machines.
+pub const LOW_MEMORY_END: u64 = 0x10_0000;
+
+static ALLOCATOR: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+
+/// Virtual address at which physical address `phys` is mapped (the bootloader's physical map).
+pub fn phys_to_virt(phys: u64) -> u64 {
+    PHYS_OFFSET.load(Ordering::Relaxed) + phys
+}
+
+pub fn init(
+    phys_offset: u64,
+    usable: impl Iterator<Item = (u64, u64)> + Clone,
+) -> Result<(), &'static str> {
+    PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
+    let align = |a: u64| a.div_ceil(FRAME_SIZE) * FRAME_SIZE;
+    let ranges = usable.map(move |(s, e)| (align(s.max(LOW_MEMORY_END)), e & !(FRAME_SIZE - 1)));
+    let top_frame = ranges
+        .clone()
+        .filter(|(s, e)| s < e)
+        .map(|(_, e)| e / FRAME_SIZE)
+        .max()
+        .ok_or("no usable memory above 1 MiB")?;
+    let words = bitmap_words(top_frame);
+    let bytes = (words as u64 * 8).div_ceil(FRAME_SIZE) * FRAME_SIZE;
+    let (bitmap_start, _) = ranges
+        .clone()
+        .find(|(s, e)| e.saturating_sub(*s) >= bytes)
+        .ok_or("no usable range holds the frame bitmap")?;
+    // SAFETY: [bitmap_start, bitmap_start + bytes) is usable RAM per the bootloader's memory
+    // map, mapped through the physical-memory map at `phys_offset`, aligned for u64, and it is
+    // excluded from the allocator below, so nothing else will ever use it.
+    let storage: &'static mut [u64] = unsafe {
+        core::slice::from_raw_parts_mut((phys_offset + bitmap_start) as *mut u64, words)
+    };
+    let mut alloc = FrameAllocator::new(storage, 0, top_frame).map_err(|_| "frame bitmap")?;
+    for (start, end) in ranges {
+        let (mut s, e) = (start, end);
+        if s == bitmap_start {
+            s += bytes;
+        }
+        if s < e {
+            alloc
+                .add_range(s / FRAME_SIZE, (e - s) / FRAME_SIZE)
+                .map_err(|_| "overlapping usable ranges in the memory map")?;
+        }
+    }
+    *ALLOCATOR.lock() = Some(alloc);
+    Ok(())
+}
+
+/// Runs `f` on the allocator with interrupts off (the lock is also taken from the page-fault
+/// path of the tests, and must never be held by an interrupted CPU).
+pub fn with<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut guard = ALLOCATOR.lock();
+        f(guard.as_mut().expect("frame allocator not initialised"))
+    })
+}
+
+pub fn alloc() -> Option<PhysFrame<Size4KiB>> {
+    with(|a| a.alloc()).map(to_phys_frame)
+}
+
+pub fn free(frame: PhysFrame<Size4KiB>) -> Result<(), FrameError> {
+    with(|a| a.free(Frame::containing_address(frame.start_address().as_u64())))
+}
+
+fn to_phys_frame(f: Frame) -> PhysFrame<Size4KiB> {
+    PhysFrame::containing_address(PhysAddr::new(f.start_address()))
+}
+
+/// `(free, owned)` frame counts.
+pub fn counts() -> (u64, u64) {
+    with(|a| (a.free_count(), a.owned_count()))
+}
+
+/// Adapter for `x86_64`'s mapper, which asks for page-table frames.
+pub struct PageTableFrames;
+
+// SAFETY: every frame returned comes from the instance's allocator, is unused (the allocator
+// never hands out a frame twice) and is mapped in the physical map for zeroing.
+unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for PageTableFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let frame = alloc()?;
+        // SAFETY: the frame is ours and unused; the physical map covers it.
+        unsafe {
+            core::ptr::write_bytes(
+                phys_to_virt(frame.start_address().as_u64()) as *mut u8,
+                0,
+                FRAME_SIZE as usize,
+            );
+        }
+        Some(frame)
+    }
+}

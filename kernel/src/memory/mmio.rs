@@ -1,0 +1,36 @@
+//! Uncached mappings of device registers (local APIC in xAPIC mode, IO APICs, HPET) in a window
+//! of our own. The physical map the bootloader provides is cacheable, which is wrong for
+//! registers on real hardware.
+
+use spin::Mutex;
+use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::paging;
+
+/// Next free address in the MMIO window (0 until the window is claimed).
+static NEXT: Mutex<u64> = Mutex::new(0);
+
+/// Maps `len` bytes of device registers at physical `phys` and returns their virtual address.
+pub fn map(phys: u64, len: u64) -> Result<u64, &'static str> {
+    let mut next = NEXT.lock();
+    if *next == 0 {
+        *next = paging::claim_free_slot()?;
+    }
+    let page_off = phys & 0xFFF;
+    let first_frame = phys & !0xFFF;
+    let pages = (page_off + len).div_ceil(4096);
+    let base = *next;
+    let flags = PageTableFlags::PRESENT
+        | PageTableFlags::WRITABLE
+        | PageTableFlags::NO_CACHE
+        | PageTableFlags::WRITE_THROUGH
+        | PageTableFlags::NO_EXECUTE;
+    for i in 0..pages {
+        let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(base + i * 4096));
+        let frame = PhysFrame::containing_address(PhysAddr::new(first_frame + i * 4096));
+        paging::map(page, frame, flags).map_err(|_| "mapping device registers failed")?;
+    }
+    *next = base + pages * 4096;
+    Ok(base + page_off)
+}

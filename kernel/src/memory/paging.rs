@@ -1,0 +1,80 @@
+//! The instance's page tables through `x86_64`'s `OffsetPageTable`, and the virtual windows the
+//! kernel carves for itself out of unused top-level slots.
+
+use spin::Mutex;
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::mapper::{MapToError, Translate};
+use x86_64::structures::paging::{
+    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::frames::{self, PageTableFrames};
+
+static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
+
+/// Size of one top-level slot: 512 GiB.
+pub const SLOT_SIZE: u64 = 1 << 39;
+
+pub fn init(phys_offset: u64) -> Result<(), &'static str> {
+    let (root, _) = Cr3::read();
+    let virt = phys_offset + root.start_address().as_u64();
+    // SAFETY: CR3 holds the active level-4 table, which the physical map makes reachable at
+    // `virt`; this is the only `OffsetPageTable` over it (it lives in MAPPER).
+    let table: &'static mut PageTable = unsafe { &mut *(virt as *mut PageTable) };
+    // SAFETY: `phys_offset` is where the bootloader mapped all physical memory.
+    let mapper = unsafe { OffsetPageTable::new(table, VirtAddr::new(phys_offset)) };
+    *MAPPER.lock() = Some(mapper);
+    Ok(())
+}
+
+fn with<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        f(MAPPER.lock().as_mut().expect("paging not initialised"))
+    })
+}
+
+/// Claims an unused top-level slot in the upper half and returns its base address.
+pub fn claim_free_slot() -> Result<u64, &'static str> {
+    with(|m| {
+        let table = m.level_4_table_mut();
+        let index = (256..512)
+            .rev()
+            .find(|&i| table[i].is_unused())
+            .ok_or("no free top-level page-table slot")?;
+        // Mark the slot taken with an empty, present level-3 table, so a second claim cannot
+        // return it before anything is mapped there.
+        let frame = x86_64::structures::paging::FrameAllocator::<Size4KiB>::allocate_frame(
+            &mut PageTableFrames,
+        )
+        .ok_or("out of frames")?;
+        table[index].set_frame(frame, PageTableFlags::PRESENT | PageTableFlags::WRITABLE);
+        let sign_extended = 0xFFFF_0000_0000_0000 | ((index as u64) << 39);
+        Ok(sign_extended)
+    })
+}
+
+/// Maps `page` to `frame` with `flags`.
+pub fn map(
+    page: Page<Size4KiB>,
+    frame: PhysFrame<Size4KiB>,
+    flags: PageTableFlags,
+) -> Result<(), MapToError<Size4KiB>> {
+    with(|m| {
+        // SAFETY: callers map pages inside the windows this kernel claimed, to frames they own
+        // (from the frame allocator) or to device registers; no existing Rust reference can
+        // alias a page that was not mapped before.
+        unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }.map(|flush| flush.flush())
+    })
+}
+
+/// Maps a fresh frame at `page`.
+pub fn map_new(page: Page<Size4KiB>, flags: PageTableFlags) -> Result<(), &'static str> {
+    let frame = frames::alloc().ok_or("out of physical frames")?;
+    map(page, frame, flags).map_err(|_| "mapping failed")
+}
+
+/// The physical address `virt` maps to, if it is mapped.
+pub fn translate(virt: u64) -> Option<u64> {
+    with(|m| m.translate_addr(VirtAddr::new(virt)).map(PhysAddr::as_u64))
+}

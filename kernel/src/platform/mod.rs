@@ -1,0 +1,4 @@
+//! What the firmware tells us about the machine: ACPI tables (MADT, HPET) and QEMU's fw_cfg.
+
+pub mod acpi;
+pub mod qemu;

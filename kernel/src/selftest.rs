@@ -1,0 +1,261 @@
+//! In-kernel test scenarios, compiled in with the `qemu-tests` feature and chosen at boot by the
+//! harness through the fw_cfg file `opt/multikernel/tests`: a space-separated list of
+//! `name[=argument]`. Several cases share one boot (boots are slow under nested KVM); each
+//! stands alone and reports on serial, in the form the harness parses:
+//!
+//! ```text
+//! TEST <name> PASS
+//! TEST <name> FAIL: <reason>
+//! TESTS DONE
+//! ```
+//!
+//! A case that ends the boot by design (the expected page fault) must come last.
+
+use alloc::collections::BTreeSet;
+use alloc::string::String;
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::arch::{apic, interrupts, pit};
+use crate::memory::{self, frames};
+use crate::platform::acpi::Platform;
+use crate::platform::qemu::{self, ExitCode};
+use crate::println;
+
+static ANY_FAILED: AtomicBool = AtomicBool::new(false);
+
+type Outcome = Result<(), String>;
+
+pub fn run(platform: &Platform) -> ! {
+    let Some(list) = qemu::read_string("opt/multikernel/tests") else {
+        println!("TEST harness FAIL: no fw_cfg file opt/multikernel/tests");
+        qemu::exit(ExitCode::Failure);
+    };
+    for spec in list.split_whitespace() {
+        let (name, arg) = spec.split_once('=').unwrap_or((spec, ""));
+        let outcome = match name {
+            "madt_cpus" => madt_cpus(platform, arg),
+            "apic_mode" => apic_mode(arg),
+            "breakpoint" => breakpoint(),
+            "heap_stress" => heap_stress(),
+            "frames_unique" => frames_unique(),
+            "timer_rate" => timer_rate(),
+            "page_fault" => page_fault(),
+            "panic" => panic!("deliberate panic requested by the test harness"),
+            _ => Err(format!("unknown test case '{name}'")),
+        };
+        report(name, outcome);
+    }
+    finish()
+}
+
+fn report(name: &str, outcome: Outcome) {
+    match outcome {
+        Ok(()) => println!("TEST {name} PASS"),
+        Err(reason) => {
+            ANY_FAILED.store(true, Ordering::SeqCst);
+            println!("TEST {name} FAIL: {reason}");
+        }
+    }
+}
+
+fn finish() -> ! {
+    println!("TESTS DONE");
+    if ANY_FAILED.load(Ordering::SeqCst) {
+        qemu::exit(ExitCode::Failure)
+    } else {
+        qemu::exit(ExitCode::Success)
+    }
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// The MADT lists exactly as many enabled CPUs as QEMU's `-smp`.
+fn madt_cpus(platform: &Platform, expected: &str) -> Outcome {
+    let expected: usize = expected
+        .parse()
+        .map_err(|_| format!("bad argument '{expected}'"))?;
+    let found = platform.enabled_cpus().count();
+    let ids: Vec<u32> = platform.enabled_cpus().map(|p| p.apic_id).collect();
+    println!("madt_cpus: {found} enabled CPUs, APIC IDs {ids:?}");
+    ensure(found == expected, || {
+        format!("MADT lists {found} CPUs, expected {expected}")
+    })?;
+    let unique: BTreeSet<u32> = ids.iter().copied().collect();
+    ensure(unique.len() == ids.len(), || {
+        format!("duplicate APIC IDs {ids:?}")
+    })
+}
+
+/// The local APIC runs in the mode the CPU supports: x2APIC under KVM, xAPIC under TCG.
+fn apic_mode(expected: &str) -> Outcome {
+    let mode = apic::mode().ok_or("local APIC not initialised")?;
+    let want = match expected {
+        "x2apic" => apic::Mode::X2Apic,
+        "xapic" => apic::Mode::XApic,
+        other => return Err(format!("bad argument '{other}'")),
+    };
+    ensure(mode == want, || {
+        format!("local APIC in {} mode, expected {}", mode.name(), want.name())
+    })
+}
+
+/// `int3` is reported and execution continues after it.
+fn breakpoint() -> Outcome {
+    let before = interrupts::BREAKPOINTS.load(Ordering::SeqCst);
+    x86_64::instructions::interrupts::int3();
+    let after = interrupts::BREAKPOINTS.load(Ordering::SeqCst);
+    ensure(after == before + 1, || {
+        format!("breakpoint count went from {before} to {after}")
+    })
+}
+
+/// Many allocations of many sizes, each filled with its own pattern, freed in a scrambled order
+/// and reused; every byte is checked before it is freed.
+fn heap_stress() -> Outcome {
+    let (used_before, _) = memory::heap::usage();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..4u64 {
+        let mut blocks: Vec<(u8, Vec<u8>)> = Vec::new();
+        for i in 0..2000u64 {
+            let size = match next() % 10 {
+                0 => (next() % 65536) as usize + 1,
+                1..=3 => (next() % 4096) as usize + 1,
+                _ => (next() % 256) as usize + 1,
+            };
+            let tag = (i ^ round) as u8;
+            blocks.push((tag, vec![tag; size]));
+            if next() % 3 == 0 && !blocks.is_empty() {
+                let victim = (next() as usize) % blocks.len();
+                let (tag, block) = blocks.swap_remove(victim);
+                check_block(tag, &block)?;
+            }
+        }
+        while !blocks.is_empty() {
+            let victim = (next() as usize) % blocks.len();
+            let (tag, block) = blocks.swap_remove(victim);
+            check_block(tag, &block)?;
+        }
+    }
+    let big = vec![0xA5u8; 2 * 1024 * 1024];
+    check_block(0xA5, &big)?;
+    drop(big);
+    let (used_after, _) = memory::heap::usage();
+    ensure(used_after == used_before, || {
+        format!("heap use went from {used_before} to {used_after} bytes: a leak")
+    })
+}
+
+fn check_block(tag: u8, block: &[u8]) -> Outcome {
+    match block.iter().position(|&b| b != tag) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "heap block of {} bytes corrupted at offset {at}: {:#x} instead of {tag:#x}",
+            block.len(),
+            block[at]
+        )),
+    }
+}
+
+/// The frame allocator never hands out one frame twice: allocate many frames, stamp each with
+/// its own address through the physical map, check every stamp, then free them all.
+fn frames_unique() -> Outcome {
+    let (free_before, _) = frames::counts();
+    let want = free_before.min(32_768) as usize;
+    let mut got = Vec::with_capacity(want);
+    for _ in 0..want {
+        let f = frames::alloc().ok_or("allocator ran dry early")?;
+        got.push(f.start_address().as_u64());
+    }
+    let unique: BTreeSet<u64> = got.iter().copied().collect();
+    ensure(unique.len() == got.len(), || {
+        format!("{} duplicate frames among {}", got.len() - unique.len(), got.len())
+    })?;
+    ensure(got.iter().all(|&a| a >= frames::LOW_MEMORY_END), || {
+        "a frame below 1 MiB was handed out".into()
+    })?;
+    for &addr in &got {
+        // SAFETY: the frame was just allocated to us and is mapped by the physical map.
+        unsafe { core::ptr::write_volatile(frames::phys_to_virt(addr) as *mut u64, addr) };
+    }
+    for &addr in &got {
+        // SAFETY: as above.
+        let stamp = unsafe { core::ptr::read_volatile(frames::phys_to_virt(addr) as *const u64) };
+        ensure(stamp == addr, || {
+            format!("frame {addr:#x} holds stamp {stamp:#x}: shared with another frame")
+        })?;
+    }
+    for &addr in &got {
+        let frame = x86_64::structures::paging::PhysFrame::containing_address(
+            x86_64::PhysAddr::new(addr),
+        );
+        frames::free(frame).map_err(|e| format!("freeing {addr:#x}: {e}"))?;
+    }
+    let double = frames::free(x86_64::structures::paging::PhysFrame::containing_address(
+        x86_64::PhysAddr::new(got[0]),
+    ));
+    ensure(double.is_err(), || "a double free was accepted".into())?;
+    let (free_after, _) = frames::counts();
+    println!("frames_unique: {want} frames allocated, all distinct, all returned");
+    ensure(free_after == free_before, || {
+        format!("free frames {free_before} before, {free_after} after")
+    })
+}
+
+/// The LAPIC timer ticks at its calibrated rate within 10 %, measured against the PIT.
+fn timer_rate() -> Outcome {
+    let rate = apic::tick_rate();
+    ensure(rate > 0, || "the timer is not running".into())?;
+    let this = crate::arch::cpu::current();
+    const WINDOW_MS: u64 = 1000;
+    let start = this.ticks.load(Ordering::SeqCst);
+    for _ in 0..WINDOW_MS / 50 {
+        pit::wait_micros(50_000);
+    }
+    let ticks = this.ticks.load(Ordering::SeqCst) - start;
+    let expected = u64::from(rate) * WINDOW_MS / 1000;
+    println!("timer_rate: {ticks} ticks in {WINDOW_MS} ms of PIT time, expected {expected}");
+    ensure(ticks * 10 >= expected * 9 && ticks * 10 <= expected * 11, || {
+        format!("{ticks} ticks in {WINDOW_MS} ms, expected {expected} +/- 10 %")
+    })
+}
+
+const FAULT_ADDR: u64 = 0x0000_5a5a_0000_1238;
+
+/// Touching an unmapped address is reported as a page fault with CR2 = that address. Ends the
+/// boot (the fault continuation reports and finishes), so it must be the last case.
+fn page_fault() -> Outcome {
+    ensure(memory::paging::translate(FAULT_ADDR).is_none(), || {
+        format!("{FAULT_ADDR:#x} is mapped; pick another address")
+    })?;
+    interrupts::expect_page_fault(FAULT_ADDR, page_fault_taken);
+    // SAFETY: not safe in the usual sense: this read faults on purpose. The fault handler
+    // recognises the announced address and continues in `page_fault_taken`, which never returns
+    // here.
+    let value = unsafe { core::ptr::read_volatile(FAULT_ADDR as *const u64) };
+    Err(format!("read {value:#x} from an unmapped address without a fault"))
+}
+
+fn page_fault_taken(cr2: u64, code: u64) -> ! {
+    // Not-present read fault from ring 0: error code bits P=0, W=0, U=0.
+    let outcome = ensure(cr2 == FAULT_ADDR, || {
+        format!("CR2 {cr2:#x}, expected {FAULT_ADDR:#x}")
+    })
+    .and_then(|()| {
+        ensure(code & 0b111 == 0, || {
+            format!("error code {code:#x}, expected a not-present kernel read")
+        })
+    });
+    println!("page_fault: CR2 {cr2:#x}, error code {code:#x}");
+    report("page_fault", outcome);
+    finish()
+}

@@ -1,0 +1,193 @@
+//! The QEMU integration tests: which boots to run, what each asks of the kernel, and how to read
+//! the verdicts off the serial log. The xtask (`cargo xtask test`) builds the images and starts
+//! QEMU; everything here is plain data and parsing, tested on the host.
+//!
+//! A boot runs a list of in-kernel cases (see `kernel/src/selftest.rs`) that the kernel reads
+//! from the fw_cfg file `opt/multikernel/tests`. Several cases share a boot because boots are
+//! slow under this machine's nested KVM (11-16 s for the BIOS image); each case still reports its
+//! own verdict, and each becomes one line of the harness's output.
+
+pub mod log;
+
+/// The accelerator a boot needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM with `-cpu host`: the only way to get an x2APIC in QEMU 7.2. Skipped (never passed)
+    /// where `/dev/kvm` is unusable or `--no-kvm` is given.
+    Kvm,
+    /// QEMU's TCG: software interrupts (`int3`) and OVMF work only here on this machine.
+    Tcg,
+    /// KVM when available, else TCG.
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// What the boot must end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Every case passes and the kernel exits QEMU with the success code.
+    Pass,
+    /// The kernel must fail (failure exit code) and its log must contain this text: checks that
+    /// a failing kernel really fails the harness.
+    FailWith(&'static str),
+}
+
+/// One QEMU boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub name: &'static str,
+    pub accel: Accel,
+    pub firmware: Firmware,
+    pub smp: u32,
+    pub memory_mib: u32,
+    /// `name[=arg]` in-kernel cases, in order.
+    pub cases: &'static [&'static str],
+    pub expect: Expect,
+    /// Seconds before the harness kills QEMU.
+    pub timeout_secs: u64,
+    pub note: &'static str,
+}
+
+impl Boot {
+    /// The name a case is reported under: `boot/case`.
+    pub fn case_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.cases.iter().map(move |c| {
+            let name = c.split('=').next().unwrap_or(c);
+            format!("{}/{}", self.name, name)
+        })
+    }
+
+    /// Whether `filter` selects this boot (substring of the boot or any case name).
+    pub fn matches(&self, filter: &str) -> bool {
+        self.name.contains(filter) || self.case_names().any(|c| c.contains(filter))
+    }
+}
+
+const KVM_TIMEOUT: u64 = 120;
+const TCG_TIMEOUT: u64 = 90;
+
+/// Every QEMU integration test.
+pub fn all() -> Vec<Boot> {
+    let mut boots = Vec::new();
+    for (smp, name_kvm, name_tcg) in [
+        (1, "kvm-smp1", "tcg-smp1"),
+        (2, "kvm-smp2", "tcg-smp2"),
+        (4, "kvm-smp4", "tcg-smp4"),
+    ] {
+        let kvm_cases: &'static [&'static str] = match smp {
+            1 => &[
+                "madt_cpus=1",
+                "apic_mode=x2apic",
+                "heap_stress",
+                "frames_unique",
+                "timer_rate",
+                "page_fault",
+            ],
+            2 => &["madt_cpus=2", "apic_mode=x2apic", "timer_rate"],
+            _ => &["madt_cpus=4", "apic_mode=x2apic", "heap_stress"],
+        };
+        let tcg_cases: &'static [&'static str] = match smp {
+            1 => &[
+                "madt_cpus=1",
+                "apic_mode=xapic",
+                "breakpoint",
+                "heap_stress",
+                "frames_unique",
+                "timer_rate",
+                "page_fault",
+            ],
+            2 => &["madt_cpus=2", "apic_mode=xapic", "breakpoint", "timer_rate"],
+            _ => &["madt_cpus=4", "apic_mode=xapic", "frames_unique"],
+        };
+        boots.push(Boot {
+            name: name_kvm,
+            accel: Accel::Kvm,
+            firmware: Firmware::Bios,
+            smp,
+            memory_mib: 512,
+            cases: kvm_cases,
+            expect: Expect::Pass,
+            timeout_secs: KVM_TIMEOUT,
+            note: "BIOS image under KVM (x2APIC); no int3 here: nested KVM stops on it",
+        });
+        boots.push(Boot {
+            name: name_tcg,
+            accel: Accel::Tcg,
+            firmware: Firmware::Bios,
+            smp,
+            memory_mib: 512,
+            cases: tcg_cases,
+            expect: Expect::Pass,
+            timeout_secs: TCG_TIMEOUT,
+            note: "BIOS image under TCG (xAPIC); breakpoint tested here",
+        });
+    }
+    boots.push(Boot {
+        name: "uefi-tcg",
+        accel: Accel::Tcg,
+        firmware: Firmware::Uefi,
+        smp: 2,
+        memory_mib: 512,
+        cases: &["madt_cpus=2", "apic_mode=xapic", "heap_stress", "timer_rate"],
+        expect: Expect::Pass,
+        timeout_secs: TCG_TIMEOUT,
+        note: "UEFI image (OVMF) under TCG: OVMF fails under this machine's nested KVM",
+    });
+    boots.push(Boot {
+        name: "panic-fails",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 1,
+        memory_mib: 256,
+        cases: &["panic"],
+        expect: Expect::FailWith("deliberate panic requested by the test harness"),
+        timeout_secs: TCG_TIMEOUT,
+        note: "a panicking test kernel must fail its test, with the message shown",
+    });
+    boots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_names_are_unique_and_cases_known() {
+        let boots = all();
+        let mut names: Vec<_> = boots.iter().map(|b| b.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), boots.len());
+        for b in &boots {
+            assert!(!b.cases.is_empty(), "{} has no cases", b.name);
+            // A case that ends the boot must be last.
+            if let Some(pos) = b.cases.iter().position(|c| *c == "page_fault") {
+                assert_eq!(pos, b.cases.len() - 1, "{}: page_fault must be last", b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn madt_count_is_checked_for_each_smp() {
+        for smp in [1, 2, 4] {
+            for accel in [Accel::Kvm, Accel::Tcg] {
+                assert!(all().iter().any(|b| b.smp == smp
+                    && b.accel == accel
+                    && b.cases.contains(&format!("madt_cpus={smp}").as_str())));
+            }
+        }
+    }
+
+    #[test]
+    fn filter_matches_boot_and_case() {
+        let b = &all()[0];
+        assert!(b.matches("kvm-smp1"));
+        assert!(b.matches("heap_stress"));
+        assert!(!b.matches("no-such-test"));
+    }
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask`: builds the kernel and its disk images, runs it in QEMU, runs the tests,
+//! writes images to USB sticks. Everything a newcomer needs goes through here, including setting
+//! up a fresh machine (toolchain, QEMU, OVMF).
+
+mod args;
+mod build;
+mod flash;
+mod image;
+mod qemu;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  run     build the kernel and boot it in QEMU, serial console on this terminal
+            --smp N          CPUs (default 2)
+            --memory SIZE    guest memory, e.g. 512M, 2G (default 1G)
+            --uefi           boot the UEFI image under OVMF (default: BIOS image)
+            --no-kvm         use TCG even where /dev/kvm works
+            --gdb            start halted with a gdb stub on :1234 and print the gdb command
+            --display        open a window with the framebuffer console
+            --release        build the kernel with optimisations
+  test    host unit tests, then every QEMU integration test
+            [NAME]           only tests whose name contains NAME
+            --no-kvm         run only what TCG can run; KVM tests are reported skipped
+            --host-only      only the host unit tests
+            --qemu-only      only the QEMU tests
+  image   build the BIOS and UEFI disk images
+            --out DIR        where to write them (default target/images)
+            --release        optimised kernel (default)
+            --debug          unoptimised kernel
+  flash   write an image to a USB stick
+            DEVICE           whole removable block device, e.g. /dev/sdb
+            --uefi           write the UEFI image (default: BIOS image)
+            --yes            do not ask for confirmation
+  help    this text
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = argv.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "run" => run::main(rest),
+        "test" => test::main(rest),
+        "image" => image::main(rest),
+        "flash" => flash::main(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(args::usage_error(format!("unknown command '{other}'"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Usage(msg)) => {
+            eprintln!("error: {msg}\n");
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Error::Failed(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a command failed: bad usage (exit 2, usage shown) or a failure while doing the work.
+#[derive(Debug)]
+pub enum Error {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Error::Failed(s)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(s: &str) -> Self {
+        Error::Failed(s.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,96 @@
+//! Starting QEMU: the argument files under `qemu/` plus what a run needs (firmware, accelerator,
+//! CPUs, memory, disk image).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use boot::Firmware;
+
+use crate::Result;
+use crate::setup::{find_ovmf, root};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub accel: Accel,
+    pub firmware: Firmware,
+    pub smp: u32,
+    pub memory_mib: u64,
+    pub image: PathBuf,
+}
+
+/// Reads one argument file: one argument per line, `#` comments, blank lines ignored.
+pub fn read_args(name: &str) -> Result<Vec<String>> {
+    let path = root().join("qemu").join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(parse_args(&text))
+}
+
+fn parse_args(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The QEMU command for `machine` with the extra argument files `profiles` (e.g. `test.args`).
+pub fn command(machine: &Machine, profiles: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(read_args("common.args")?);
+    cmd.args(read_args(match machine.accel {
+        Accel::Kvm => "kvm.args",
+        Accel::Tcg => "tcg.args",
+    })?);
+    for p in profiles {
+        cmd.args(read_args(p)?);
+    }
+    cmd.arg("-smp")
+        .arg(machine.smp.to_string())
+        .arg("-m")
+        .arg(format!("{}M", machine.memory_mib));
+    if machine.firmware == Firmware::Uefi {
+        let ovmf = find_ovmf().ok_or("OVMF not found (apt-get install ovmf)")?;
+        cmd.arg("-bios").arg(ovmf);
+    }
+    cmd.arg("-drive").arg(drive_arg(&machine.image));
+    Ok(cmd)
+}
+
+fn drive_arg(image: &Path) -> String {
+    format!("format=raw,file={}", image.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_files_parse() {
+        assert_eq!(parse_args("# c\n-machine\n q35 \n\n"), vec!["-machine", "q35"]);
+        for f in ["common.args", "kvm.args", "tcg.args", "test.args", "run.args"] {
+            assert!(!read_args(f).unwrap().is_empty(), "{f} is empty");
+        }
+    }
+
+    #[test]
+    fn test_profile_has_the_exit_device() {
+        let args = read_args("test.args").unwrap();
+        assert!(args.iter().any(|a| a.starts_with("isa-debug-exit,iobase=0xf4")));
+    }
+}

@@ -1,0 +1,261 @@
+//! `cargo xtask test`: host unit tests, then the QEMU integration tests of `tests/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qemu_tests::log::{self, CaseResult};
+use qemu_tests::{Boot, Expect};
+
+use crate::args::Args;
+use crate::build::{self, Flavor};
+use crate::qemu::{self, Accel, Machine};
+use crate::setup::{self, root};
+use crate::{Error, Result};
+
+/// QEMU's exit status for the kernel's success / failure codes: `(code << 1) | 1`.
+const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
+
+#[derive(Default)]
+struct Tally {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+    failures: Vec<String>,
+}
+
+pub fn main(argv: &[String]) -> Result<()> {
+    let args = Args::parse(argv, &["no-kvm", "host-only", "qemu-only"], &[], 1)?;
+    if args.flag("host-only") && args.flag("qemu-only") {
+        return Err(Error::Usage("--host-only and --qemu-only exclude each other".into()));
+    }
+    let filter = args.positionals.first().cloned();
+    setup::ensure_toolchain()?;
+    let mut tally = Tally::default();
+
+    if !args.flag("qemu-only") {
+        host_tests(&mut tally, filter.as_deref())?;
+    }
+    if !args.flag("host-only") {
+        let boots: Vec<Boot> = qemu_tests::all()
+            .into_iter()
+            .filter(|b| filter.as_deref().is_none_or(|f| b.matches(f)))
+            .collect();
+        if filter.is_some() && boots.is_empty() && tally.passed + tally.failed == 0 {
+            return Err(Error::Usage(format!(
+                "no test matches '{}'",
+                filter.unwrap_or_default()
+            )));
+        }
+        if !boots.is_empty() {
+            qemu_tests_run(&boots, args.flag("no-kvm"), &mut tally)?;
+        }
+    }
+
+    println!();
+    for f in &tally.failures {
+        println!("FAILED: {f}");
+    }
+    println!(
+        "{} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    if tally.failed > 0 {
+        return Err(Error::Failed(format!("{} test(s) failed", tally.failed)));
+    }
+    Ok(())
+}
+
+fn host_tests(tally: &mut Tally, filter: Option<&str>) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let start = Instant::now();
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root())
+        .args(["test", "--quiet"])
+        .env_remove("RUSTFLAGS");
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    let status = cmd.status().map_err(|e| format!("running cargo test: {e}"))?;
+    let line = format!("host unit tests (cargo test{})", filter.map_or(String::new(), |f| format!(" -- {f}")));
+    if status.success() {
+        println!("ok     {line} ({:.1} s)", start.elapsed().as_secs_f64());
+        tally.passed += 1;
+    } else {
+        println!("FAIL   {line} ({:.1} s)", start.elapsed().as_secs_f64());
+        tally.failed += 1;
+        tally.failures.push(line);
+    }
+    Ok(())
+}
+
+fn qemu_tests_run(boots: &[Boot], no_kvm: bool, tally: &mut Tally) -> Result<()> {
+    let needs_uefi = boots.iter().any(|b| b.firmware == qemu_tests::Firmware::Uefi);
+    setup::ensure_qemu(needs_uefi)?;
+    let kvm = !no_kvm && setup::kvm_usable();
+    let skip_reason = if no_kvm {
+        "needs KVM; --no-kvm given"
+    } else {
+        "needs KVM; /dev/kvm is not usable here"
+    };
+    println!(
+        "QEMU tests: KVM {}",
+        if kvm { "available" } else if no_kvm { "disabled (--no-kvm)" } else { "unavailable" }
+    );
+
+    let kernel = build::kernel(true, Flavor::Test)?;
+    let logs = root().join("target/test-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let mut images: Vec<(qemu_tests::Firmware, PathBuf)> = Vec::new();
+
+    for b in boots {
+        let accel = match b.accel {
+            qemu_tests::Accel::Kvm if !kvm => {
+                for name in b.case_names() {
+                    println!("skip   {name} ({skip_reason})");
+                    tally.skipped += 1;
+                }
+                continue;
+            }
+            qemu_tests::Accel::Kvm => Accel::Kvm,
+            qemu_tests::Accel::Tcg => Accel::Tcg,
+            qemu_tests::Accel::Any if kvm => Accel::Kvm,
+            qemu_tests::Accel::Any => Accel::Tcg,
+        };
+        let image = match images.iter().find(|(f, _)| *f == b.firmware) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let fw = firmware(b.firmware);
+                let p = build::image(&kernel, fw, Flavor::Test)?;
+                images.push((b.firmware, p.clone()));
+                p
+            }
+        };
+        run_boot(b, accel, &image, &logs, tally)?;
+    }
+    Ok(())
+}
+
+fn firmware(f: qemu_tests::Firmware) -> boot::Firmware {
+    match f {
+        qemu_tests::Firmware::Bios => boot::Firmware::Bios,
+        qemu_tests::Firmware::Uefi => boot::Firmware::Uefi,
+    }
+}
+
+/// How QEMU ended.
+enum Ending {
+    Exited(Option<i32>),
+    TimedOut,
+}
+
+fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally) -> Result<()> {
+    let log_path = logs.join(format!("{}.log", b.name));
+    let _ = std::fs::remove_file(&log_path);
+    let machine = Machine {
+        accel,
+        firmware: firmware(b.firmware),
+        smp: b.smp,
+        memory_mib: u64::from(b.memory_mib),
+        image: image.to_path_buf(),
+    };
+    let mut cmd = qemu::command(&machine, &["test.args"])?;
+    cmd.arg("-serial")
+        .arg(format!("file:{}", log_path.display()))
+        .arg("-fw_cfg")
+        .arg(format!("name=opt/multikernel/tests,string={}", b.cases.join(" ")));
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    let timeout = Duration::from_secs(b.timeout_secs);
+    let ending = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+            break Ending::Exited(status.code());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Ending::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let serial = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let parsed = log::parse(&serial, b.cases);
+    let how = match ending {
+        Ending::TimedOut => format!("QEMU killed after the {} s timeout", b.timeout_secs),
+        Ending::Exited(Some(EXIT_SUCCESS)) => "kernel reported success".into(),
+        Ending::Exited(Some(EXIT_FAILURE)) => "kernel reported failure".into(),
+        Ending::Exited(code) => format!("QEMU exited with {code:?} (no verdict from the kernel)"),
+    };
+    let exited_ok = matches!(ending, Ending::Exited(Some(EXIT_SUCCESS)));
+    let tag = format!("{}, {}", accel.name(), firmware(b.firmware).name());
+
+    let mut boot_failed = false;
+    match b.expect {
+        Expect::Pass => {
+            for (name, result) in &parsed.results {
+                let full = format!("{}/{}", b.name, name);
+                let problem = match result {
+                    CaseResult::Pass if exited_ok => None,
+                    CaseResult::Pass => Some(format!("passed, but the boot failed: {how}")),
+                    CaseResult::Fail(reason) => Some(reason.clone()),
+                    CaseResult::Missing => Some(match &parsed.crash {
+                        Some(c) => format!("no verdict; {c}"),
+                        None => format!("no verdict; {how}"),
+                    }),
+                };
+                match problem {
+                    None => {
+                        println!("ok     {full} ({tag}; boot {secs:.1} s)");
+                        tally.passed += 1;
+                    }
+                    Some(p) => {
+                        println!("FAIL   {full} ({tag}; boot {secs:.1} s): {p}");
+                        tally.failed += 1;
+                        tally.failures.push(full);
+                        boot_failed = true;
+                    }
+                }
+            }
+        }
+        Expect::FailWith(text) => {
+            let full = format!("{}/{}", b.name, b.cases.join("+"));
+            let failed_right = matches!(ending, Ending::Exited(Some(EXIT_FAILURE)))
+                && serial.contains(text);
+            if failed_right {
+                println!(
+                    "ok     {full} ({tag}; boot {secs:.1} s): kernel failed as expected: {}",
+                    parsed.crash.as_deref().unwrap_or(text)
+                );
+                tally.passed += 1;
+            } else {
+                println!(
+                    "FAIL   {full} ({tag}; boot {secs:.1} s): expected a failure showing '{text}'; {how}"
+                );
+                tally.failed += 1;
+                tally.failures.push(full);
+                boot_failed = true;
+            }
+        }
+    }
+    if boot_failed {
+        println!("       serial log kept at {}; last lines:", log_path.display());
+        for line in log::tail(&serial, 25) {
+            println!("       | {line}");
+        }
+        for line in log::tail(&stderr, 5) {
+            println!("       | qemu: {line}");
+        }
+    }
+    Ok(())
+}
