@@ -81,7 +81,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Err(e) => fatal(format_args!("ACPI: {e}")),
     };
     for p in &platform.processors {
-        info!(
+        debug!(
             "MADT: CPU uid {} APIC ID {} {}",
             p.uid,
             p.apic_id,
@@ -95,15 +95,19 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         );
     }
     for o in &platform.overrides {
-        info!(
+        debug!(
             "MADT: ISA IRQ {} -> GSI {} flags {:#x}",
             o.irq, o.gsi, o.flags
         );
     }
-    match platform.hpet_base {
-        Some(base) => info!("HPET at {base:#x}"),
-        None => info!("no HPET"),
-    }
+    info!(
+        "ACPI: {} CPUs ({} enabled), {} IO APICs, {} ISA overrides, HPET {}",
+        platform.processors.len(),
+        platform.enabled_cpus().count(),
+        platform.io_apics.len(),
+        platform.overrides.len(),
+        if platform.hpet_base.is_some() { "present" } else { "absent" }
+    );
 
     pic::remap_and_mask();
     let xapic_virt = if apic::cpu_has_x2apic() {

@@ -170,7 +170,7 @@ fn check_block(tag: u8, block: &[u8]) -> Outcome {
 /// its own address through the physical map, check every stamp, then free them all.
 fn frames_unique() -> Outcome {
     let (free_before, _) = frames::counts();
-    let want = free_before.min(32_768) as usize;
+    let want = free_before.min(16_384) as usize;
     let mut got = Vec::with_capacity(want);
     for _ in 0..want {
         let f = frames::alloc().ok_or("allocator ran dry early")?;

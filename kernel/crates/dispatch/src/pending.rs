@@ -65,6 +65,10 @@ pub enum CallError {
 
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no alloc in the kernel: the message travels by value (about 300 bytes)"
+)]
 pub enum CallState {
     /// Still waiting (or the reply is being stored right now).
     Pending,

@@ -36,7 +36,11 @@ impl LogLimiter {
         let burst = burst as u64;
         Self {
             window: if window == 0 { 1 } else { window },
-            burst: if burst > COUNT_MASK { COUNT_MASK } else { burst },
+            burst: if burst > COUNT_MASK {
+                COUNT_MASK
+            } else {
+                burst
+            },
             state: AtomicU64::new(0),
             pending_suppressed: AtomicU64::new(0),
             total_suppressed: AtomicU64::new(0),

@@ -112,7 +112,9 @@ impl RejectCounters {
 
     /// Rejections for `reason` so far.
     pub fn get(&self, reason: RejectReason) -> u64 {
-        self.counts.get(reason.index()).map_or(0, |c| c.load(Relaxed))
+        self.counts
+            .get(reason.index())
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     /// Rejections for all reasons.

@@ -90,10 +90,10 @@ pub use message::{
     expected_payload, offset,
 };
 pub use payload::{
-    CpuFlags, CpuPayload, HandoffPhase, HeartbeatPayload, IRQ_BITMAP_BITS, IoIrqPayload,
-    IrqFlags, LargeDataPayload, MemPayload, MemType, PayloadFault, PingPayload,
-    QUERY_REPLY_FIXED, QUERY_REPLY_MAX_APIC_IDS, QueryPayload, QueryReply, QueryWhat,
-    ShutdownFlags, ShutdownPayload, ShutdownReason, UserPayload,
+    CpuFlags, CpuPayload, HandoffPhase, HeartbeatPayload, IRQ_BITMAP_BITS, IoIrqPayload, IrqFlags,
+    LargeDataPayload, MemPayload, MemType, PayloadFault, PingPayload, QUERY_REPLY_FIXED,
+    QUERY_REPLY_MAX_APIC_IDS, QueryPayload, QueryReply, QueryWhat, ShutdownFlags, ShutdownPayload,
+    ShutdownReason, UserPayload,
 };
 pub use types::{Kind, MsgFlags, MsgType, Status};
 

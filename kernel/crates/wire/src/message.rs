@@ -230,11 +230,7 @@ impl Payload {
 
 /// The payload structure a message must carry, given its header. `None` when the flags
 /// contradict the status (`LARGE_DATA` on an error reply).
-pub const fn expected_payload(
-    kind: Kind,
-    flags: MsgFlags,
-    status: Status,
-) -> Option<PayloadKind> {
+pub const fn expected_payload(kind: Kind, flags: MsgFlags, status: Status) -> Option<PayloadKind> {
     let reply = flags.contains(MsgFlags::REPLY);
     let error_reply = reply && !matches!(status, Status::Ok);
     if flags.contains(MsgFlags::LARGE_DATA) {
@@ -304,7 +300,12 @@ impl Message {
 
     /// The reply to `request`: same kind and id, `REPLY` set, `HIGH_PRIORITY` copied, the
     /// request's timestamp echoed (so the caller can measure the round trip).
-    pub const fn reply_to(request: &Message, sender: u16, status: Status, payload: Payload) -> Self {
+    pub const fn reply_to(
+        request: &Message,
+        sender: u16,
+        status: Status,
+        payload: Payload,
+    ) -> Self {
         let mut flags = MsgFlags::REPLY;
         if request.flags.contains(MsgFlags::HIGH_PRIORITY) {
             flags = flags.union(MsgFlags::HIGH_PRIORITY);

@@ -771,7 +771,9 @@ pub struct UserPayload {
 
 impl core::fmt::Debug for UserPayload {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("UserPayload").field(&self.as_bytes()).finish()
+        f.debug_tuple("UserPayload")
+            .field(&self.as_bytes())
+            .finish()
     }
 }
 

@@ -68,9 +68,16 @@ fn large_data_round_trips_for_any_kind() {
 fn user_payload_sizes() {
     for len in [0usize, 1, 100, MAX_PAYLOAD] {
         let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
-        let msg = Message::request(1, Kind::User(0x42), 0, Payload::User(UserPayload::new(&data).unwrap()));
+        let msg = Message::request(
+            1,
+            Kind::User(0x42),
+            0,
+            Payload::User(UserPayload::new(&data).unwrap()),
+        );
         let back = decode(&encoded(&msg)).unwrap();
-        let Payload::User(u) = back.payload else { panic!() };
+        let Payload::User(u) = back.payload else {
+            panic!()
+        };
         assert_eq!(u.as_bytes(), &data[..]);
     }
     assert!(UserPayload::new(&[0; MAX_PAYLOAD + 1]).is_none());
@@ -86,10 +93,15 @@ fn query_reply_sizes() {
         let req = request(Kind::Query);
         let msg = Message::reply_to(&req, 2, Status::Ok, Payload::QueryReply(q));
         let back = decode(&encoded(&msg)).unwrap();
-        let Payload::QueryReply(b) = back.payload else { panic!() };
+        let Payload::QueryReply(b) = back.payload else {
+            panic!()
+        };
         assert_eq!(b.apic_ids(), &ids[..]);
     }
-    assert_eq!(QUERY_REPLY_FIXED + 4 * QUERY_REPLY_MAX_APIC_IDS, MAX_PAYLOAD);
+    assert_eq!(
+        QUERY_REPLY_FIXED + 4 * QUERY_REPLY_MAX_APIC_IDS,
+        MAX_PAYLOAD
+    );
     let mut q = QueryReply::new();
     assert!(q.set_apic_ids(&[0; QUERY_REPLY_MAX_APIC_IDS + 1]).is_err());
     assert!(query_reply().has_irq(255) && query_reply().has_irq(4) && !query_reply().has_irq(5));
@@ -97,13 +109,22 @@ fn query_reply_sizes() {
 
 #[test]
 fn layout_is_as_documented() {
-    let msg = Message::request(0x0102, Kind::MemAdd, 0x1122_3344_5566_7788, Payload::Mem(mem()))
-        .with_flags(MsgFlags::NEEDS_REPLY | MsgFlags::HIGH_PRIORITY)
-        .with_timestamp(0x99);
+    let msg = Message::request(
+        0x0102,
+        Kind::MemAdd,
+        0x1122_3344_5566_7788,
+        Payload::Mem(mem()),
+    )
+    .with_flags(MsgFlags::NEEDS_REPLY | MsgFlags::HIGH_PRIORITY)
+    .with_timestamp(0x99);
     let mut slot = [0u8; SLOT_SIZE];
     slot[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
     encode(&msg, &mut slot).unwrap();
-    assert_eq!(&slot[SEQ_OFFSET..SEQ_OFFSET + SEQ_LEN], &[0xde, 0xad, 0xbe, 0xef], "seq untouched");
+    assert_eq!(
+        &slot[SEQ_OFFSET..SEQ_OFFSET + SEQ_LEN],
+        &[0xde, 0xad, 0xbe, 0xef],
+        "seq untouched"
+    );
     assert_eq!(slot[4], PROTOCOL_VERSION);
     assert_eq!(slot[5], 0x06);
     assert_eq!(&slot[6..8], &[0x02, 0x01]);
@@ -158,40 +179,73 @@ fn malformed_headers_rejected() {
     assert_eq!(corrupt(|s| put16(s, 8, 0)), Err(UnknownType(0)));
     assert_eq!(
         corrupt(|s| put16(s, 10, 0x3004)),
-        Err(UnknownSubtype { ty: 0x3000, sub: 0x3004 })
+        Err(UnknownSubtype {
+            ty: 0x3000,
+            sub: 0x3004
+        })
     );
     // A valid subtype of another type.
     assert_eq!(
         corrupt(|s| put16(s, 10, 0x1001)),
-        Err(UnknownSubtype { ty: 0x3000, sub: 0x1001 })
+        Err(UnknownSubtype {
+            ty: 0x3000,
+            sub: 0x1001
+        })
     );
     assert_eq!(corrupt(|s| put16(s, 12, 225)), Err(PayloadTooLong(225)));
-    assert_eq!(corrupt(|s| put16(s, 12, 0xffff)), Err(PayloadTooLong(0xffff)));
+    assert_eq!(
+        corrupt(|s| put16(s, 12, 0xffff)),
+        Err(PayloadTooLong(0xffff))
+    );
     assert_eq!(
         corrupt(|s| put16(s, 12, 15)),
-        Err(PayloadSizeMismatch { expected: 16, found: 15 })
+        Err(PayloadSizeMismatch {
+            expected: 16,
+            found: 15
+        })
     );
     assert_eq!(
         corrupt(|s| put16(s, 12, 224)),
-        Err(PayloadSizeMismatch { expected: 16, found: 224 })
+        Err(PayloadSizeMismatch {
+            expected: 16,
+            found: 224
+        })
     );
-    assert_eq!(corrupt(|s| { s[5] = 0x01; put16(s, 14, 10) }), Err(BadStatus(10)));
+    assert_eq!(
+        corrupt(|s| {
+            s[5] = 0x01;
+            put16(s, 14, 10)
+        }),
+        Err(BadStatus(10))
+    );
     assert_eq!(corrupt(|s| put16(s, 14, 1)), Err(StatusInRequest(1)));
     assert_eq!(corrupt(|s| s[16..24].fill(0)), Err(ZeroMsgId));
     // An error reply must have an empty payload.
     assert_eq!(
-        corrupt(|s| { s[5] = 0x01; put16(s, 14, 1) }),
-        Err(PayloadSizeMismatch { expected: 0, found: 16 })
+        corrupt(|s| {
+            s[5] = 0x01;
+            put16(s, 14, 1)
+        }),
+        Err(PayloadSizeMismatch {
+            expected: 0,
+            found: 16
+        })
     );
     // LARGE_DATA on an error reply.
     assert_eq!(
-        corrupt(|s| { s[5] = 0x09; put16(s, 14, 1) }),
+        corrupt(|s| {
+            s[5] = 0x09;
+            put16(s, 14, 1)
+        }),
         Err(BadFlags { found: 0x09 })
     );
     // LARGE_DATA with a ping-sized payload.
     assert_eq!(
         corrupt(|s| s[5] = 0x0a),
-        Err(PayloadSizeMismatch { expected: 24, found: 16 })
+        Err(PayloadSizeMismatch {
+            expected: 24,
+            found: 16
+        })
     );
 }
 
@@ -206,15 +260,42 @@ fn malformed_payloads_rejected() {
     use DecodeError::BadPayload;
     use PayloadFault::*;
     let le = |v: u32| v.to_le_bytes();
-    assert_eq!(corrupt_payload(Kind::IrqMask, 12, &le(0x10)), Err(BadPayload(IrqFlags)));
-    assert_eq!(corrupt_payload(Kind::IrqMask, 12, &le(0x0c)), Err(BadPayload(IrqTrigger)));
-    assert_eq!(corrupt_payload(Kind::IrqMask, 4, &le(256)), Err(BadPayload(IrqVector)));
-    assert_eq!(corrupt_payload(Kind::CpuAdd, 8, &le(0x80)), Err(BadPayload(CpuFlags)));
-    assert_eq!(corrupt_payload(Kind::CpuAdd, 16, &le(4)), Err(BadPayload(HandoffPhase)));
-    assert_eq!(corrupt_payload(Kind::MemAdd, 20, &le(3)), Err(BadPayload(MemType)));
-    assert_eq!(corrupt_payload(Kind::MemAdd, 32, &le(9)), Err(BadPayload(HandoffPhase)));
-    assert_eq!(corrupt_payload(Kind::MemAdd, 36, &le(1)), Err(BadPayload(ReservedNonZero)));
-    assert_eq!(corrupt_payload(Kind::MemAdd, 8, &[0; 8]), Err(BadPayload(MemRange)));
+    assert_eq!(
+        corrupt_payload(Kind::IrqMask, 12, &le(0x10)),
+        Err(BadPayload(IrqFlags))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::IrqMask, 12, &le(0x0c)),
+        Err(BadPayload(IrqTrigger))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::IrqMask, 4, &le(256)),
+        Err(BadPayload(IrqVector))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::CpuAdd, 8, &le(0x80)),
+        Err(BadPayload(CpuFlags))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::CpuAdd, 16, &le(4)),
+        Err(BadPayload(HandoffPhase))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::MemAdd, 20, &le(3)),
+        Err(BadPayload(MemType))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::MemAdd, 32, &le(9)),
+        Err(BadPayload(HandoffPhase))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::MemAdd, 36, &le(1)),
+        Err(BadPayload(ReservedNonZero))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::MemAdd, 8, &[0; 8]),
+        Err(BadPayload(MemRange))
+    );
     assert_eq!(
         corrupt_payload(Kind::MemAdd, 0, &u64::MAX.to_le_bytes()),
         Err(BadPayload(MemRange))
@@ -223,10 +304,22 @@ fn malformed_payloads_rejected() {
         corrupt_payload(Kind::MemAdd, 0, &(MAX_FRAME - 511).to_le_bytes()),
         Err(BadPayload(MemRange))
     );
-    assert_eq!(corrupt_payload(Kind::Shutdown, 0, &le(0)), Err(BadPayload(ShutdownReason)));
-    assert_eq!(corrupt_payload(Kind::Shutdown, 4, &le(4)), Err(BadPayload(ShutdownFlags)));
-    assert_eq!(corrupt_payload(Kind::Query, 0, &le(0x100)), Err(BadPayload(QueryFlags)));
-    assert_eq!(corrupt_payload(Kind::Query, 4, &le(1)), Err(BadPayload(ReservedNonZero)));
+    assert_eq!(
+        corrupt_payload(Kind::Shutdown, 0, &le(0)),
+        Err(BadPayload(ShutdownReason))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::Shutdown, 4, &le(4)),
+        Err(BadPayload(ShutdownFlags))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::Query, 0, &le(0x100)),
+        Err(BadPayload(QueryFlags))
+    );
+    assert_eq!(
+        corrupt_payload(Kind::Query, 4, &le(1)),
+        Err(BadPayload(ReservedNonZero))
+    );
 }
 
 #[test]
@@ -239,10 +332,22 @@ fn malformed_query_reply_and_large_data_rejected() {
     // Length does not match apic_count.
     let mut s = base;
     put16(&mut s, 12, len + 4);
-    assert_eq!(decode(&s), Err(PayloadSizeMismatch { expected: len, found: len + 4 }));
+    assert_eq!(
+        decode(&s),
+        Err(PayloadSizeMismatch {
+            expected: len,
+            found: len + 4
+        })
+    );
     let mut s = base;
     put16(&mut s, 12, 10);
-    assert_eq!(decode(&s), Err(PayloadSizeMismatch { expected: QUERY_REPLY_FIXED as u16, found: 10 }));
+    assert_eq!(
+        decode(&s),
+        Err(PayloadSizeMismatch {
+            expected: QUERY_REPLY_FIXED as u16,
+            found: 10
+        })
+    );
     // apic_count over capacity / over cpu_count.
     let mut s = base;
     put16(&mut s, HEADER_LEN + 80, 36);
@@ -254,11 +359,16 @@ fn malformed_query_reply_and_large_data_rejected() {
     put16(&mut s, HEADER_LEN + 82, 1);
     assert_eq!(decode(&s), Err(BadPayload(PayloadFault::ReservedNonZero)));
 
-    let large = Message::request(1, Kind::User(1), 0, Payload::LargeData(LargeDataPayload {
-        pool_frame: 1,
-        page_count: 1,
-        byte_len: 4096,
-    }))
+    let large = Message::request(
+        1,
+        Kind::User(1),
+        0,
+        Payload::LargeData(LargeDataPayload {
+            pool_frame: 1,
+            page_count: 1,
+            byte_len: 4096,
+        }),
+    )
     .with_flags(MsgFlags::LARGE_DATA);
     let base = encoded(&large);
     let mut s = base;
@@ -278,26 +388,49 @@ fn encode_refuses_inconsistent_messages() {
     let wrong = Message::request(1, Kind::CpuAdd, 1, Payload::Mem(mem()));
     assert_eq!(
         encode(&wrong, &mut slot),
-        Err(EncodeError::PayloadMismatch { expected: PayloadKind::Cpu, found: PayloadKind::Mem })
+        Err(EncodeError::PayloadMismatch {
+            expected: PayloadKind::Cpu,
+            found: PayloadKind::Mem
+        })
     );
     let mut status = request(Kind::Ping);
     status.status = Status::Busy;
-    assert_eq!(encode(&status, &mut slot), Err(EncodeError::StatusInRequest(Status::Busy)));
+    assert_eq!(
+        encode(&status, &mut slot),
+        Err(EncodeError::StatusInRequest(Status::Busy))
+    );
     let both = request(Kind::Ping).with_flags(MsgFlags::REPLY);
-    assert_eq!(encode(&both, &mut slot), Err(EncodeError::BadFlags { found: 0x03 }));
+    assert_eq!(
+        encode(&both, &mut slot),
+        Err(EncodeError::BadFlags { found: 0x03 })
+    );
     let unknown = request(Kind::Ping).with_flags(MsgFlags::from_bits_retain(0x80));
-    assert_eq!(encode(&unknown, &mut slot), Err(EncodeError::BadFlags { found: 0x82 }));
+    assert_eq!(
+        encode(&unknown, &mut slot),
+        Err(EncodeError::BadFlags { found: 0x82 })
+    );
     let zero = Message::request(1, Kind::Ping, 0, request_payload(Kind::Ping))
         .with_flags(MsgFlags::NEEDS_REPLY);
     assert_eq!(encode(&zero, &mut slot), Err(EncodeError::ZeroMsgId));
     let mut bad = irq();
     bad.flags = IrqFlags::EDGE_TRIGGERED | IrqFlags::LEVEL_TRIGGERED;
     let m = Message::request(1, Kind::IrqForward, 0, Payload::IoIrq(bad));
-    assert_eq!(encode(&m, &mut slot), Err(EncodeError::BadPayload(PayloadFault::IrqTrigger)));
-    let err_with_payload = Message::reply_to(&request(Kind::Ping), 2, Status::Busy, request_payload(Kind::Ping));
+    assert_eq!(
+        encode(&m, &mut slot),
+        Err(EncodeError::BadPayload(PayloadFault::IrqTrigger))
+    );
+    let err_with_payload = Message::reply_to(
+        &request(Kind::Ping),
+        2,
+        Status::Busy,
+        request_payload(Kind::Ping),
+    );
     assert_eq!(
         encode(&err_with_payload, &mut slot),
-        Err(EncodeError::PayloadMismatch { expected: PayloadKind::Empty, found: PayloadKind::Ping })
+        Err(EncodeError::PayloadMismatch {
+            expected: PayloadKind::Empty,
+            found: PayloadKind::Ping
+        })
     );
     // Nothing was written by the failed attempts.
     assert!(slot.iter().all(|b| *b == 0));

@@ -36,8 +36,7 @@ static TICK_RATE: AtomicU32 = AtomicU32::new(0);
 
 /// Whether CPUID.01H:ECX.x2APIC[bit 21] is set.
 pub fn cpu_has_x2apic() -> bool {
-    // SAFETY: CPUID leaf 1 exists on every x86_64 CPU and has no side effects.
-    let leaf1 = unsafe { core::arch::x86_64::__cpuid(1) };
+    let leaf1 = core::arch::x86_64::__cpuid(1);
     leaf1.ecx & (1 << 21) != 0
 }
 
@@ -173,9 +172,9 @@ pub fn tick_rate() -> u32 {
     TICK_RATE.load(Ordering::Relaxed)
 }
 
-/// End of interrupt on the running CPU.
+/// End of interrupt on the running CPU. Only for interrupt handlers.
 pub fn eoi() {
     if let Some(cpu) = super::cpu::try_current() {
-        cpu.with_lapic(|l| l.eoi());
+        cpu.with_lapic_in_handler(|l| l.eoi());
     }
 }

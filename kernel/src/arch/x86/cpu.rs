@@ -80,6 +80,16 @@ impl PerCpu {
         })
     }
 
+    /// `with_lapic` for interrupt handlers, which run with interrupts already off: skips the
+    /// save/disable/restore of the interrupt flag (each of which traps under a deprivileged
+    /// hypervisor).
+    pub fn with_lapic_in_handler<R>(&self, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
+        // SAFETY: as in `with_lapic`: only the owning CPU reaches the cell, and inside an
+        // interrupt gate the interrupt flag is clear, so nothing on this CPU re-enters.
+        let slot = unsafe { &mut *self.lapic.get() };
+        slot.as_mut().map(f)
+    }
+
     pub fn set_lapic(&self, lapic: Lapic) {
         x86_64::instructions::interrupts::without_interrupts(|| {
             // SAFETY: as in `with_lapic`.
