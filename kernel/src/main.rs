@@ -7,6 +7,10 @@
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
+// Driver APIs (IO APIC routing, IPIs, the RTC, fw_cfg, exits) are exercised by the in-kernel
+// tests; the kernel users run calls them only once the services of later milestones (IRQ
+// forwarding, messaging) do. Until then, their being unused in that build is expected.
+#![cfg_attr(not(feature = "qemu-tests"), allow(dead_code, unused_imports))]
 
 extern crate alloc;
 
@@ -51,6 +55,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         unsafe { &mut *(fb as *mut FrameBuffer) }
     });
     console::init(framebuffer);
+    if cfg!(debug_assertions) {
+        console::set_max_level(console::Level::Debug);
+    }
     info!("multikernel {} booting", env!("CARGO_PKG_VERSION"));
 
     gdt::init_bsp();
@@ -153,6 +160,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     #[cfg(feature = "qemu-tests")]
     selftest::run(&platform);
 
+    #[cfg(not(feature = "qemu-tests"))]
     loop {
         x86_64::instructions::hlt();
     }

@@ -91,7 +91,13 @@ pub fn all() -> Vec<Boot> {
                 "timer_rate",
                 "page_fault",
             ],
-            2 => &["madt_cpus=2", "apic_mode=x2apic", "timer_rate"],
+            2 => &[
+                "madt_cpus=2",
+                "apic_mode=x2apic",
+                "timer_rate",
+                "ipi_self",
+                "ioapic_rtc",
+            ],
             _ => &["madt_cpus=4", "apic_mode=x2apic"],
         };
         let tcg_cases: &'static [&'static str] = match smp {
@@ -104,7 +110,14 @@ pub fn all() -> Vec<Boot> {
                 "timer_rate",
                 "page_fault",
             ],
-            2 => &["madt_cpus=2", "apic_mode=xapic", "breakpoint", "timer_rate"],
+            2 => &[
+                "madt_cpus=2",
+                "apic_mode=xapic",
+                "breakpoint",
+                "timer_rate",
+                "ipi_self",
+                "ioapic_rtc",
+            ],
             _ => &["madt_cpus=4", "apic_mode=xapic", "frames_unique"],
         };
         boots.push(Boot {
@@ -136,7 +149,13 @@ pub fn all() -> Vec<Boot> {
         firmware: Firmware::Uefi,
         smp: 2,
         memory_mib: 512,
-        cases: &["madt_cpus=2", "apic_mode=xapic", "heap_stress", "timer_rate"],
+        cases: &[
+            "madt_cpus=2",
+            "apic_mode=xapic",
+            "heap_stress",
+            "timer_rate",
+            "ipi_self",
+        ],
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "UEFI image (OVMF) under TCG: OVMF fails under this machine's nested KVM",

@@ -14,7 +14,6 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use bootloader_api::info::FrameBuffer;
 use spin::Mutex;
 
-pub use serial::read_byte as serial_read_byte;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +50,7 @@ pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
     }
 }
 
+/// Shows (or hides) debug lines.
 pub fn set_max_level(level: Level) {
     MAX_LEVEL.store(level as u8, Ordering::Relaxed);
 }

@@ -37,8 +37,3 @@ pub fn force_write_bytes(bytes: &[u8]) {
         port.send_bytes_exact(bytes);
     }
 }
-
-/// One received byte, if any is waiting (the shell and the tests' input path).
-pub fn read_byte() -> Option<u8> {
-    PORT.lock().as_mut()?.inner_mut().try_receive_byte().ok()
-}

@@ -13,9 +13,6 @@ use super::frames::{self, PageTableFrames};
 
 static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
-/// Size of one top-level slot: 512 GiB.
-pub const SLOT_SIZE: u64 = 1 << 39;
-
 pub fn init(phys_offset: u64) -> Result<(), &'static str> {
     let (root, _) = Cr3::read();
     let virt = phys_offset + root.start_address().as_u64();

@@ -95,10 +95,6 @@ pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
 }
 
 impl Lapic {
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// The APIC ID. In xAPIC mode the `x2apic` crate returns the raw ID register, whose ID sits
     /// in bits 24..32 (crate issue #19), so it is shifted here.
     pub fn id(&self) -> u32 {

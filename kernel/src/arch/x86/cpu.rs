@@ -71,21 +71,16 @@ impl PerCpu {
     /// Interrupts are off for the duration, so an interrupt handler on this CPU (which may also
     /// want the APIC, for EOI) cannot run in the middle of it.
     pub fn with_lapic<R>(&self, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
-        x86_64::instructions::interrupts::without_interrupts(|| {
-            // SAFETY: the cell is only reached through `current()`, i.e. by the CPU that owns
-            // it, and with interrupts off nothing on this CPU can re-enter; so this is the only
-            // live reference.
-            let slot = unsafe { &mut *self.lapic.get() };
-            slot.as_mut().map(f)
-        })
+        x86_64::instructions::interrupts::without_interrupts(|| self.with_lapic_in_handler(f))
     }
 
     /// `with_lapic` for interrupt handlers, which run with interrupts already off: skips the
     /// save/disable/restore of the interrupt flag (each of which traps under a deprivileged
     /// hypervisor).
     pub fn with_lapic_in_handler<R>(&self, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
-        // SAFETY: as in `with_lapic`: only the owning CPU reaches the cell, and inside an
-        // interrupt gate the interrupt flag is clear, so nothing on this CPU re-enters.
+        // SAFETY: the cell is only reached through `current()`, i.e. by the CPU that owns it,
+        // and callers run with interrupts off (an interrupt gate, or `with_lapic`), so nothing
+        // on this CPU can re-enter: this is the only live reference.
         let slot = unsafe { &mut *self.lapic.get() };
         slot.as_mut().map(f)
     }

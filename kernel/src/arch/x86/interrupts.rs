@@ -157,7 +157,7 @@ extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
 }
 
 extern "x86-interrupt" fn lapic_error(_frame: InterruptStackFrame) {
-    crate::warn!("local APIC error interrupt");
+    crate::error!("local APIC error interrupt");
     super::apic::eoi();
 }
 
