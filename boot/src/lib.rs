@@ -118,7 +118,8 @@ pub fn build_image(
     out: &Path,
 ) -> Result<PathBuf, String> {
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let builder = builder(kernel, ramdisk, out)?;
     let result = match firmware {

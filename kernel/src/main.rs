@@ -70,8 +70,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let (free, owned) = memory::frames::counts();
     info!(
         "memory: {} MiB usable, {} MiB free; kernel ELF at {:#x} ({} KiB), image base {:#x}",
-        owned * 4096 >> 20,
-        free * 4096 >> 20,
+        (owned * 4096) >> 20,
+        (free * 4096) >> 20,
         boot_info.kernel_addr,
         boot_info.kernel_len >> 10,
         boot_info.kernel_image_offset,
@@ -113,7 +113,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         platform.enabled_cpus().count(),
         platform.io_apics.len(),
         platform.overrides.len(),
-        if platform.hpet_base.is_some() { "present" } else { "absent" }
+        if platform.hpet_base.is_some() {
+            "present"
+        } else {
+            "absent"
+        }
     );
 
     pic::remap_and_mask();
@@ -123,8 +127,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         memory::mmio::map(apic::xapic_phys_base(), 4096)
             .unwrap_or_else(|e| fatal(format_args!("mapping the xAPIC: {e}")))
     };
-    let mut lapic = apic::init_this_cpu(xapic_virt)
-        .unwrap_or_else(|e| fatal(format_args!("local APIC: {e}")));
+    let mut lapic =
+        apic::init_this_cpu(xapic_virt).unwrap_or_else(|e| fatal(format_args!("local APIC: {e}")));
     let apic_id = lapic.id();
     let timer_hz = lapic.calibrate_timer(50);
     lapic.start_periodic(TICK_HZ);

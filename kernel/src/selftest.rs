@@ -101,7 +101,11 @@ fn apic_mode(expected: &str) -> Outcome {
         other => return Err(format!("bad argument '{other}'")),
     };
     ensure(mode == want, || {
-        format!("local APIC in {} mode, expected {}", mode.name(), want.name())
+        format!(
+            "local APIC in {} mode, expected {}",
+            mode.name(),
+            want.name()
+        )
     })
 }
 
@@ -180,7 +184,11 @@ fn frames_unique() -> Outcome {
     }
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     ensure(unique.len() == got.len(), || {
-        format!("{} duplicate frames among {}", got.len() - unique.len(), got.len())
+        format!(
+            "{} duplicate frames among {}",
+            got.len() - unique.len(),
+            got.len()
+        )
     })?;
     ensure(got.iter().all(|&a| a >= frames::LOW_MEMORY_END), || {
         "a frame below 1 MiB was handed out".into()
@@ -197,9 +205,8 @@ fn frames_unique() -> Outcome {
         })?;
     }
     for &addr in &got {
-        let frame = x86_64::structures::paging::PhysFrame::containing_address(
-            x86_64::PhysAddr::new(addr),
-        );
+        let frame =
+            x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(addr));
         frames::free(frame).map_err(|e| format!("freeing {addr:#x}: {e}"))?;
     }
     let double = frames::free(x86_64::structures::paging::PhysFrame::containing_address(
@@ -226,9 +233,10 @@ fn timer_rate() -> Outcome {
     let ticks = this.ticks.load(Ordering::SeqCst) - start;
     let expected = u64::from(rate) * WINDOW_MS / 1000;
     println!("timer_rate: {ticks} ticks in {WINDOW_MS} ms of PIT time, expected {expected}");
-    ensure(ticks * 10 >= expected * 9 && ticks * 10 <= expected * 11, || {
-        format!("{ticks} ticks in {WINDOW_MS} ms, expected {expected} +/- 10 %")
-    })
+    ensure(
+        ticks * 10 >= expected * 9 && ticks * 10 <= expected * 11,
+        || format!("{ticks} ticks in {WINDOW_MS} ms, expected {expected} +/- 10 %"),
+    )
 }
 
 /// A fixed IPI to our own APIC ID through the ICR arrives on the message vector: exercises the
@@ -289,9 +297,15 @@ fn ioapic_rtc(platform: &Platform) -> Outcome {
         c3 - c2,
         c4 - c3
     );
-    ensure(c1 - c0 >= 20, || format!("only {} RTC interrupts in 200 ms", c1 - c0))?;
-    ensure(c3 == c2, || format!("{} interrupts arrived while masked", c3 - c2))?;
-    ensure(c4 - c3 >= 20, || format!("only {} interrupts after unmasking", c4 - c3))
+    ensure(c1 - c0 >= 20, || {
+        format!("only {} RTC interrupts in 200 ms", c1 - c0)
+    })?;
+    ensure(c3 == c2, || {
+        format!("{} interrupts arrived while masked", c3 - c2)
+    })?;
+    ensure(c4 - c3 >= 20, || {
+        format!("only {} interrupts after unmasking", c4 - c3)
+    })
 }
 
 const FAULT_ADDR: u64 = 0x0000_5a5a_0000_1238;
@@ -307,7 +321,9 @@ fn page_fault() -> Outcome {
     // recognises the announced address and continues in `page_fault_taken`, which never returns
     // here.
     let value = unsafe { core::ptr::read_volatile(FAULT_ADDR as *const u64) };
-    Err(format!("read {value:#x} from an unmapped address without a fault"))
+    Err(format!(
+        "read {value:#x} from an unmapped address without a fault"
+    ))
 }
 
 fn page_fault_taken(cr2: u64, code: u64) -> ! {

@@ -189,7 +189,12 @@ mod tests {
             assert!(!b.cases.is_empty(), "{} has no cases", b.name);
             // A case that ends the boot must be last.
             if let Some(pos) = b.cases.iter().position(|c| *c == "page_fault") {
-                assert_eq!(pos, b.cases.len() - 1, "{}: page_fault must be last", b.name);
+                assert_eq!(
+                    pos,
+                    b.cases.len() - 1,
+                    "{}: page_fault must be last",
+                    b.name
+                );
             }
         }
     }

@@ -83,11 +83,19 @@ pub fn parse_size_mib(text: &str) -> Result<u64, Error> {
     let n: u64 = digits
         .parse()
         .map_err(|_| usage_error(format!("bad size '{text}': expected e.g. 512M or 2G")))?;
-    let mib = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let mib = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "K" => n / 1024,
         "M" => n,
         "G" => n * 1024,
-        _ => return Err(usage_error(format!("bad size '{text}': unit must be K, M or G"))),
+        _ => {
+            return Err(usage_error(format!(
+                "bad size '{text}': unit must be K, M or G"
+            )));
+        }
     };
     if !(64..=1024 * 1024).contains(&mib) {
         return Err(usage_error(format!(
@@ -107,8 +115,13 @@ mod tests {
 
     #[test]
     fn parses_flags_values_positionals() {
-        let a = Args::parse(&v(&["--smp", "4", "--uefi", "x", "--memory=1G"]), &["uefi"], &["smp", "memory"], 1)
-            .unwrap();
+        let a = Args::parse(
+            &v(&["--smp", "4", "--uefi", "x", "--memory=1G"]),
+            &["uefi"],
+            &["smp", "memory"],
+            1,
+        )
+        .unwrap();
         assert!(a.flag("uefi"));
         assert_eq!(a.value("smp"), Some("4"));
         assert_eq!(a.value("memory"), Some("1G"));
@@ -117,11 +130,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(Args::parse(&v(&["--bogus"]), &[], &[], 0), Err(Error::Usage(_))));
-        assert!(matches!(Args::parse(&v(&["--smp"]), &[], &["smp"], 0), Err(Error::Usage(_))));
-        assert!(matches!(Args::parse(&v(&["a", "b"]), &[], &[], 1), Err(Error::Usage(_))));
-        assert!(matches!(Args::parse(&v(&["--uefi=1"]), &["uefi"], &[], 0), Err(Error::Usage(_))));
-        assert!(matches!(Args::parse(&v(&["-x"]), &[], &[], 1), Err(Error::Usage(_))));
+        assert!(matches!(
+            Args::parse(&v(&["--bogus"]), &[], &[], 0),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            Args::parse(&v(&["--smp"]), &[], &["smp"], 0),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            Args::parse(&v(&["a", "b"]), &[], &[], 1),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            Args::parse(&v(&["--uefi=1"]), &["uefi"], &[], 0),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            Args::parse(&v(&["-x"]), &[], &[], 1),
+            Err(Error::Usage(_))
+        ));
     }
 
     #[test]

@@ -21,7 +21,13 @@ pub fn kernel(release: bool, flavor: Flavor) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root())
-        .args(["build", "--package", "kernel", "--target", "x86_64-unknown-none"])
+        .args([
+            "build",
+            "--package",
+            "kernel",
+            "--target",
+            "x86_64-unknown-none",
+        ])
         // Kernel flags live in .cargo/config.toml; an inherited RUSTFLAGS would override them
         // and force a rebuild of everything.
         .env_remove("RUSTFLAGS")
@@ -32,9 +38,7 @@ pub fn kernel(release: bool, flavor: Flavor) -> Result<PathBuf> {
     if flavor == Flavor::Test {
         cmd.args(["--features", "qemu-tests"]);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
         return Err("building the kernel failed".into());
     }

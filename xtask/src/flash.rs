@@ -24,13 +24,22 @@ pub struct DeviceInfo {
 
 /// Checks that `device` (e.g. `/dev/sdb`) is a whole removable disk with nothing mounted.
 /// `sys` is the sysfs root and `mounts` the text of /proc/mounts (parameters for the tests).
-pub fn check_device(device: &Path, sys: &Path, mounts: &str) -> std::result::Result<DeviceInfo, String> {
+pub fn check_device(
+    device: &Path,
+    sys: &Path,
+    mounts: &str,
+) -> std::result::Result<DeviceInfo, String> {
     let name = device
         .strip_prefix("/dev")
         .ok()
         .and_then(|p| p.to_str())
         .filter(|n| !n.is_empty() && !n.contains('/'))
-        .ok_or_else(|| format!("{}: give a device under /dev, e.g. /dev/sdb", device.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{}: give a device under /dev, e.g. /dev/sdb",
+                device.display()
+            )
+        })?
         .to_string();
     let dir = sys.join("class/block").join(&name);
     if !dir.exists() {
@@ -53,8 +62,14 @@ pub fn check_device(device: &Path, sys: &Path, mounts: &str) -> std::result::Res
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|dev| {
-            dev.strip_prefix("/dev/")
-                .is_some_and(|d| d == name || (d.starts_with(&name) && d[name.len()..].trim_start_matches('p').chars().all(|c| c.is_ascii_digit())))
+            dev.strip_prefix("/dev/").is_some_and(|d| {
+                d == name
+                    || (d.starts_with(&name)
+                        && d[name.len()..]
+                            .trim_start_matches('p')
+                            .chars()
+                            .all(|c| c.is_ascii_digit()))
+            })
         })
         .collect();
     if !mounted.is_empty() {
@@ -85,12 +100,21 @@ pub fn main(argv: &[String]) -> Result<()> {
         .ok_or_else(|| Error::Usage("flash needs a DEVICE, e.g. /dev/sdb".into()))?;
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let info = check_device(&device, Path::new("/sys"), &mounts)?;
-    let firmware = if args.flag("uefi") { Firmware::Uefi } else { Firmware::Bios };
+    let firmware = if args.flag("uefi") {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
     let kernel = build::kernel(true, Flavor::Run)?;
     let image_path = build::image(&kernel, firmware, Flavor::Run)?;
     let image = std::fs::read(&image_path).map_err(|e| format!("reading image: {e}"))?;
     if image.len() as u64 > info.bytes {
-        return Err(format!("the image ({} bytes) does not fit on {}", image.len(), device.display()).into());
+        return Err(format!(
+            "the image ({} bytes) does not fit on {}",
+            image.len(),
+            device.display()
+        )
+        .into());
     }
     println!(
         "{}: {}, {:.1} GiB. Writing the {} image ({} KiB) ERASES it.",
@@ -104,7 +128,9 @@ pub fn main(argv: &[String]) -> Result<()> {
         print!("Type 'yes' to continue: ");
         std::io::stdout().flush().ok();
         let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).map_err(|e| e.to_string())?;
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
         if answer.trim() != "yes" {
             return Err("not confirmed; nothing written".into());
         }
@@ -118,7 +144,8 @@ pub fn main(argv: &[String]) -> Result<()> {
     dev.sync_all().map_err(|e| format!("syncing: {e}"))?;
     dev.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let mut back = vec![0u8; image.len()];
-    dev.read_exact(&mut back).map_err(|e| format!("reading back: {e}"))?;
+    dev.read_exact(&mut back)
+        .map_err(|e| format!("reading back: {e}"))?;
     if back != image {
         return Err("verification failed: what was read back differs from the image".into());
     }
@@ -146,7 +173,12 @@ mod tests {
     #[test]
     fn accepts_an_unmounted_removable_disk() {
         let sys = fake_sys("sdb", "1", false);
-        let info = check_device(Path::new("/dev/sdb"), sys.path(), "/dev/sda1 / ext4 rw 0 0\n").unwrap();
+        let info = check_device(
+            Path::new("/dev/sdb"),
+            sys.path(),
+            "/dev/sda1 / ext4 rw 0 0\n",
+        )
+        .unwrap();
         assert_eq!(info.model, "Flash Disk");
         assert_eq!(info.bytes, 7864320 * 512);
     }
@@ -154,17 +186,42 @@ mod tests {
     #[test]
     fn refuses_the_wrong_devices() {
         let fixed = fake_sys("sda", "0", false);
-        assert!(check_device(Path::new("/dev/sda"), fixed.path(), "").unwrap_err().contains("not a removable"));
+        assert!(
+            check_device(Path::new("/dev/sda"), fixed.path(), "")
+                .unwrap_err()
+                .contains("not a removable")
+        );
         let part = fake_sys("sdb1", "1", true);
-        assert!(check_device(Path::new("/dev/sdb1"), part.path(), "").unwrap_err().contains("partition"));
+        assert!(
+            check_device(Path::new("/dev/sdb1"), part.path(), "")
+                .unwrap_err()
+                .contains("partition")
+        );
         let stick = fake_sys("sdb", "1", false);
-        assert!(check_device(Path::new("/dev/sdb"), stick.path(), "/dev/sdb1 /media vfat rw 0 0\n")
+        assert!(
+            check_device(
+                Path::new("/dev/sdb"),
+                stick.path(),
+                "/dev/sdb1 /media vfat rw 0 0\n"
+            )
             .unwrap_err()
-            .contains("mounted"));
-        assert!(check_device(Path::new("/dev/sdc"), stick.path(), "").unwrap_err().contains("not a block device"));
+            .contains("mounted")
+        );
+        assert!(
+            check_device(Path::new("/dev/sdc"), stick.path(), "")
+                .unwrap_err()
+                .contains("not a block device")
+        );
         assert!(check_device(Path::new("/tmp/x"), stick.path(), "").is_err());
         // A mount of /dev/sdbz (another device) does not block /dev/sdb.
-        assert!(check_device(Path::new("/dev/sdb"), stick.path(), "/dev/sdbz / ext4 rw 0 0\n").is_ok());
+        assert!(
+            check_device(
+                Path::new("/dev/sdb"),
+                stick.path(),
+                "/dev/sdbz / ext4 rw 0 0\n"
+            )
+            .is_ok()
+        );
     }
 
     /// A throw-away directory for the fake sysfs trees.

@@ -36,8 +36,8 @@ pub struct Machine {
 /// Reads one argument file: one argument per line, `#` comments, blank lines ignored.
 pub fn read_args(name: &str) -> Result<Vec<String>> {
     let path = root().join("qemu").join(name);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     Ok(parse_args(&text))
 }
 
@@ -82,8 +82,17 @@ mod tests {
 
     #[test]
     fn argument_files_parse() {
-        assert_eq!(parse_args("# c\n-machine\n q35 \n\n"), vec!["-machine", "q35"]);
-        for f in ["common.args", "kvm.args", "tcg.args", "test.args", "run.args"] {
+        assert_eq!(
+            parse_args("# c\n-machine\n q35 \n\n"),
+            vec!["-machine", "q35"]
+        );
+        for f in [
+            "common.args",
+            "kvm.args",
+            "tcg.args",
+            "test.args",
+            "run.args",
+        ] {
             assert!(!read_args(f).unwrap().is_empty(), "{f} is empty");
         }
     }
@@ -91,6 +100,9 @@ mod tests {
     #[test]
     fn test_profile_has_the_exit_device() {
         let args = read_args("test.args").unwrap();
-        assert!(args.iter().any(|a| a.starts_with("isa-debug-exit,iobase=0xf4")));
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("isa-debug-exit,iobase=0xf4"))
+        );
     }
 }

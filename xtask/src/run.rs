@@ -25,13 +25,19 @@ pub fn main(argv: &[String]) -> Result<()> {
             .parse()
             .ok()
             .filter(|n| (1..=255).contains(n))
-            .ok_or_else(|| Error::Usage(format!("--smp wants a CPU count from 1 to 255, got '{s}'")))?,
+            .ok_or_else(|| {
+                Error::Usage(format!("--smp wants a CPU count from 1 to 255, got '{s}'"))
+            })?,
     };
     let memory_mib = match args.value("memory") {
         None => 1024,
         Some(m) => parse_size_mib(m)?,
     };
-    let firmware = if args.flag("uefi") { Firmware::Uefi } else { Firmware::Bios };
+    let firmware = if args.flag("uefi") {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
     let release = args.flag("release");
 
     setup::ensure_toolchain()?;
@@ -46,11 +52,15 @@ pub fn main(argv: &[String]) -> Result<()> {
         eprintln!("xtask: KVM (/dev/kvm is usable)");
         Accel::Kvm
     } else {
-        eprintln!("xtask: TCG: /dev/kvm is missing or not accessible; the guest will use xAPIC mode");
+        eprintln!(
+            "xtask: TCG: /dev/kvm is missing or not accessible; the guest will use xAPIC mode"
+        );
         Accel::Tcg
     };
     if firmware == Firmware::Uefi && accel == Accel::Kvm {
-        eprintln!("xtask: note: OVMF is known to fail under nested KVM (kvm-pvm); add --no-kvm if it hangs");
+        eprintln!(
+            "xtask: note: OVMF is known to fail under nested KVM (kvm-pvm); add --no-kvm if it hangs"
+        );
     }
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if accel == Accel::Kvm && smp as usize > host_cpus {

@@ -81,7 +81,10 @@ pub fn ensure_toolchain() -> Result<()> {
             .join(" "),
     );
     if output(Command::new("rustup").arg("--version")).is_none() {
-        return Err(format!("rustup not found; install it (https://rustup.rs), then run: {install_cmd}").into());
+        return Err(format!(
+            "rustup not found; install it (https://rustup.rs), then run: {install_cmd}"
+        )
+        .into());
     }
     let components = output(Command::new("rustup").args([
         "component",

@@ -28,7 +28,9 @@ struct Tally {
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(argv, &["no-kvm", "host-only", "qemu-only"], &[], 1)?;
     if args.flag("host-only") && args.flag("qemu-only") {
-        return Err(Error::Usage("--host-only and --qemu-only exclude each other".into()));
+        return Err(Error::Usage(
+            "--host-only and --qemu-only exclude each other".into(),
+        ));
     }
     let filter = args.positionals.first().cloned();
     setup::ensure_toolchain()?;
@@ -77,8 +79,13 @@ fn host_tests(tally: &mut Tally, filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    let status = cmd.status().map_err(|e| format!("running cargo test: {e}"))?;
-    let line = format!("host unit tests (cargo test{})", filter.map_or(String::new(), |f| format!(" -- {f}")));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    let line = format!(
+        "host unit tests (cargo test{})",
+        filter.map_or(String::new(), |f| format!(" -- {f}"))
+    );
     if status.success() {
         println!("ok     {line} ({:.1} s)", start.elapsed().as_secs_f64());
         tally.passed += 1;
@@ -91,7 +98,9 @@ fn host_tests(tally: &mut Tally, filter: Option<&str>) -> Result<()> {
 }
 
 fn qemu_tests_run(boots: &[Boot], no_kvm: bool, tally: &mut Tally) -> Result<()> {
-    let needs_uefi = boots.iter().any(|b| b.firmware == qemu_tests::Firmware::Uefi);
+    let needs_uefi = boots
+        .iter()
+        .any(|b| b.firmware == qemu_tests::Firmware::Uefi);
     setup::ensure_qemu(needs_uefi)?;
     let kvm = !no_kvm && setup::kvm_usable();
     let skip_reason = if no_kvm {
@@ -101,7 +110,13 @@ fn qemu_tests_run(boots: &[Boot], no_kvm: bool, tally: &mut Tally) -> Result<()>
     };
     println!(
         "QEMU tests: KVM {}",
-        if kvm { "available" } else if no_kvm { "disabled (--no-kvm)" } else { "unavailable" }
+        if kvm {
+            "available"
+        } else if no_kvm {
+            "disabled (--no-kvm)"
+        } else {
+            "unavailable"
+        }
     );
 
     let kernel = build::kernel(true, Flavor::Test)?;
@@ -164,7 +179,10 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
     cmd.arg("-serial")
         .arg(format!("file:{}", log_path.display()))
         .arg("-fw_cfg")
-        .arg(format!("name=opt/multikernel/tests,string={}", b.cases.join(" ")));
+        .arg(format!(
+            "name=opt/multikernel/tests,string={}",
+            b.cases.join(" ")
+        ));
     let start = Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::null())
@@ -173,7 +191,10 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         .map_err(|e| format!("starting QEMU: {e}"))?;
     let timeout = Duration::from_secs(b.timeout_secs);
     let ending = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
             break Ending::Exited(status.code());
         }
         if start.elapsed() > timeout {
@@ -233,8 +254,8 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         }
         Expect::FailWith(text) => {
             let full = format!("{}/{}", b.name, b.cases.join("+"));
-            let failed_right = matches!(ending, Ending::Exited(Some(EXIT_FAILURE)))
-                && serial.contains(text);
+            let failed_right =
+                matches!(ending, Ending::Exited(Some(EXIT_FAILURE))) && serial.contains(text);
             if failed_right {
                 println!(
                     "ok     {full} ({tag}; boot {secs:.1} s): kernel failed as expected: {}",
@@ -252,7 +273,10 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         }
     }
     if boot_failed {
-        println!("       serial log kept at {}; last lines:", log_path.display());
+        println!(
+            "       serial log kept at {}; last lines:",
+            log_path.display()
+        );
         for line in log::tail(&serial, 25) {
             println!("       | {line}");
         }

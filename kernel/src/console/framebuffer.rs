@@ -74,8 +74,7 @@ impl Screen {
         let keep_rows = self.info.height / 2;
         let drop_rows = self.info.height - keep_rows;
         let total = self.info.height * row_bytes;
-        self.buf
-            .copy_within(drop_rows * row_bytes..total, 0);
+        self.buf.copy_within(drop_rows * row_bytes..total, 0);
         self.buf[keep_rows * row_bytes..total].fill(0);
         self.y = self.y.saturating_sub(drop_rows);
     }

@@ -14,7 +14,6 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use bootloader_api::info::FrameBuffer;
 use spin::Mutex;
 
-
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]

@@ -42,9 +42,8 @@ pub fn init(
     // SAFETY: [bitmap_start, bitmap_start + bytes) is usable RAM per the bootloader's memory
     // map, mapped through the physical-memory map at `phys_offset`, aligned for u64, and it is
     // excluded from the allocator below, so nothing else will ever use it.
-    let storage: &'static mut [u64] = unsafe {
-        core::slice::from_raw_parts_mut((phys_offset + bitmap_start) as *mut u64, words)
-    };
+    let storage: &'static mut [u64] =
+        unsafe { core::slice::from_raw_parts_mut((phys_offset + bitmap_start) as *mut u64, words) };
     let mut alloc = FrameAllocator::new(storage, 0, top_frame).map_err(|_| "frame bitmap")?;
     for (start, end) in ranges {
         let (mut s, e) = (start, end);

@@ -30,9 +30,7 @@ pub fn init() -> Result<(), &'static str> {
     // SAFETY: [base, base + HEAP_SIZE) was just mapped to fresh frames, is used by nothing
     // else, and `init` runs once.
     unsafe {
-        HEAP
-            .lock()
-            .init(base as *mut u8, HEAP_SIZE as usize);
+        HEAP.lock().init(base as *mut u8, HEAP_SIZE as usize);
     }
     Ok(())
 }

@@ -18,9 +18,16 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 /// Stacks for the bootstrap CPU, which loads its GDT before the heap exists.
 #[repr(align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
-static mut BSP_IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
-static mut BSP_TSS: TaskStateSegment = TaskStateSegment::new();
-static mut BSP_GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
+struct BspTables {
+    stacks: [Stack; 3],
+    tss: TaskStateSegment,
+    gdt: GlobalDescriptorTable,
+}
+static mut BSP_TABLES: BspTables = BspTables {
+    stacks: [const { Stack([0; IST_STACK_SIZE]) }; 3],
+    tss: TaskStateSegment::new(),
+    gdt: GlobalDescriptorTable::new(),
+};
 
 fn fill_tss(tss: &mut TaskStateSegment, stacks: [VirtAddr; 3]) {
     tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = stacks[0];
@@ -48,13 +55,8 @@ fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static TaskStateSegment)
 pub fn init_bsp() {
     // SAFETY: called exactly once, on the bootstrap CPU, before interrupts are enabled and before
     // any other CPU runs: nothing else can alias these statics.
-    let (stacks, tss, gdt) = unsafe {
-        (
-            &mut *(&raw mut BSP_IST_STACKS),
-            &mut *(&raw mut BSP_TSS),
-            &mut *(&raw mut BSP_GDT),
-        )
-    };
+    let tables = unsafe { (&raw mut BSP_TABLES).as_mut() }.expect("a static is never null");
+    let BspTables { stacks, tss, gdt } = tables;
     let tops = stacks.each_mut().map(|s| {
         let start = VirtAddr::from_ptr(s.0.as_ptr());
         start + IST_STACK_SIZE as u64
