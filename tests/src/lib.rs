@@ -214,7 +214,7 @@ mod tests {
     fn filter_matches_boot_and_case() {
         let b = &all()[0];
         assert!(b.matches("kvm-smp1"));
-        assert!(b.matches("heap_stress"));
+        assert!(b.matches("frames_unique"));
         assert!(!b.matches("no-such-test"));
     }
 }
