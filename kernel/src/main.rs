@@ -17,6 +17,7 @@ extern crate alloc;
 mod arch;
 mod console;
 mod instance;
+mod instances;
 mod memory;
 mod platform;
 #[cfg(feature = "qemu-tests")]
@@ -49,6 +50,9 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let boot_tsc = tsc::read();
+    if let Some(desc) = instances::descriptor(boot_info) {
+        instances::secondary::main(boot_info, desc);
+    }
     let framebuffer = boot_info.framebuffer.as_mut().map(|fb| {
         // SAFETY: the framebuffer descriptor is used only by the console from here on; the rest
         // of the boot path reads other fields of `boot_info` and never touches this one.
@@ -121,12 +125,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
 
     pic::remap_and_mask();
-    let xapic_virt = if apic::cpu_has_x2apic() {
-        0
-    } else {
-        memory::mmio::map(apic::xapic_phys_base(), 4096)
-            .unwrap_or_else(|e| fatal(format_args!("mapping the xAPIC: {e}")))
-    };
+    let xapic_virt =
+        apic::xapic_window().unwrap_or_else(|e| fatal(format_args!("mapping the xAPIC: {e}")));
     let mut lapic =
         apic::init_this_cpu(xapic_virt).unwrap_or_else(|e| fatal(format_args!("local APIC: {e}")));
     let apic_id = lapic.id();
@@ -162,7 +162,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     info!("up: {cpus} CPUs in the MADT, this one APIC ID {apic_id}, kernel boot {boot_ms} ms");
 
     #[cfg(feature = "qemu-tests")]
-    selftest::run(&platform);
+    let tests = platform::qemu::read_string("opt/multikernel/tests");
+    #[cfg(not(feature = "qemu-tests"))]
+    let tests: Option<alloc::string::String> = None;
+    instances::start::start_all(boot_info, &platform, tests.as_deref());
+
+    #[cfg(feature = "qemu-tests")]
+    selftest::run(&platform, tests);
 
     #[cfg(not(feature = "qemu-tests"))]
     loop {

@@ -27,8 +27,8 @@ static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
 type Outcome = Result<(), String>;
 
-pub fn run(platform: &Platform) -> ! {
-    let Some(list) = qemu::read_string("opt/multikernel/tests") else {
+pub fn run(platform: &Platform, list: Option<String>) -> ! {
+    let Some(list) = list else {
         println!("TEST harness FAIL: no fw_cfg file opt/multikernel/tests");
         qemu::exit(ExitCode::Failure);
     };
@@ -43,6 +43,11 @@ pub fn run(platform: &Platform) -> ! {
             "timer_rate" => timer_rate(),
             "ipi_self" => ipi_self(),
             "ioapic_rtc" => ioapic_rtc(platform),
+            "plan_rejected" => plan_rejected(),
+            "instances" => instances(arg),
+            "instance_cpus" => instance_cpus(arg),
+            "isolation" => isolation(),
+            "memory_accounting" => memory_accounting(),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),
@@ -305,6 +310,219 @@ fn ioapic_rtc(platform: &Platform) -> Outcome {
     })?;
     ensure(c4 - c3 >= 20, || {
         format!("only {} interrupts after unmasking", c4 - c3)
+    })
+}
+
+// ---- Instances ------------------------------------------------------------------------------
+
+/// A static each instance bumps in its own copy of the kernel: by `1000 * id + 1`. If two
+/// instances shared `.data`, one would see the other's increment.
+static PROBE_COUNTER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Physical address the isolation probe reads: in partition 0 in every plan (partition 0 starts
+/// at 1 MiB), so in no other instance's memory.
+const PROBE_PHYS_IN_0: u64 = 0x20_0000;
+
+/// Report slots every instance fills in the shared region for instance 0 to check.
+mod report {
+    pub const APIC_ID: usize = 0;
+    pub const ONLINE: usize = 1;
+    pub const COUNTER: usize = 2;
+    /// CR2 of the isolation fault, or u64::MAX when the read did not fault.
+    pub const FAULT: usize = 3;
+}
+
+/// What an instance other than 0 runs in a test boot: fill the report, then probe isolation.
+pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> ! {
+    use crate::instances::{region, secondary};
+    let id = u64::from(desc.instance_id);
+    PROBE_COUNTER.fetch_add(1000 * id + 1, Ordering::SeqCst);
+    region::report(
+        report::APIC_ID,
+        u64::from(crate::arch::cpu::current().apic_id),
+    );
+    region::report(
+        report::ONLINE,
+        u64::from(secondary::ONLINE.load(Ordering::SeqCst)),
+    );
+    region::report(report::COUNTER, PROBE_COUNTER.load(Ordering::SeqCst));
+    if desc.tests().split_whitespace().any(|t| t == "isolation") {
+        interrupts::expect_page_fault(frames::phys_to_virt(PROBE_PHYS_IN_0), |cr2, _| {
+            crate::instances::region::report(report::FAULT, cr2);
+            crate::info!("isolation probe: reading instance 0's memory faulted at {cr2:#x}");
+            idle()
+        });
+        // SAFETY: not safe in the usual sense: this read must fault (the address is not
+        // mapped in this instance), and the fault handler continues in the closure above.
+        let v = unsafe {
+            core::ptr::read_volatile(frames::phys_to_virt(PROBE_PHYS_IN_0) as *const u64)
+        };
+        crate::error!("isolation probe: read {v:#x} from instance 0's memory without a fault");
+        region::report(report::FAULT, u64::MAX);
+    }
+    idle()
+}
+
+fn idle() -> ! {
+    x86_64::instructions::interrupts::enable();
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
+
+fn plan() -> Result<&'static mk_plan::Plan, String> {
+    crate::instances::start::PLAN
+        .get()
+        .map(|p| &**p)
+        .ok_or_else(|| "no partition plan".into())
+}
+
+/// Waits (bounded) until instance `id` has filled report `slot`.
+fn wait_report(id: usize, slot: usize) -> Result<u64, String> {
+    let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
+    loop {
+        if let Some(v) = crate::instances::region::read_report(id, slot) {
+            return Ok(v);
+        }
+        if crate::arch::tsc::read() > deadline {
+            return Err(format!(
+                "instance {id} did not report slot {slot} within 5 s"
+            ));
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The plan given at boot was rejected (with a logged reason) and the default plan runs.
+fn plan_rejected() -> Outcome {
+    match crate::instances::start::PLAN_REJECTED.get() {
+        Some(reason) => {
+            println!("plan_rejected: {reason}");
+            Ok(())
+        }
+        None => Err("the plan was accepted".into()),
+    }
+}
+
+/// `instances=N`: N instances run, each reported its own id (its table slot) and the APIC ID
+/// of the CPU the plan gave it first.
+fn instances(expected: &str) -> Outcome {
+    let expected: usize = expected
+        .parse()
+        .map_err(|_| format!("bad argument '{expected}'"))?;
+    let plan = plan()?;
+    ensure(plan.partition_count() == expected, || {
+        format!("{} partitions, expected {expected}", plan.partition_count())
+    })?;
+    for p in plan.partitions() {
+        let (state, _) = crate::instances::region::status(p.index);
+        ensure(state == "running", || {
+            format!("instance {} is {state}", p.index)
+        })?;
+        if p.index == 0 {
+            continue;
+        }
+        let apic = wait_report(p.index, report::APIC_ID)?;
+        println!("instances: instance {} runs on APIC ID {apic}", p.index);
+        ensure(apic == u64::from(p.cpus[0]), || {
+            format!(
+                "instance {} reports APIC ID {apic}, plan says {}",
+                p.index, p.cpus[0]
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `instance_cpus=I:N`: instance I has N CPUs online.
+fn instance_cpus(arg: &str) -> Outcome {
+    let (i, n) = arg
+        .split_once(':')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<u64>().ok()?)))
+        .ok_or_else(|| format!("bad argument '{arg}', expected INSTANCE:CPUS"))?;
+    let online = wait_report(i, report::ONLINE)?;
+    println!("instance_cpus: instance {i} has {online} CPUs online");
+    ensure(online == n, || {
+        format!("instance {i} has {online} CPUs online, expected {n}")
+    })
+}
+
+/// Isolation: every other instance's read of instance 0's memory faulted at that address, and
+/// the static each instance bumped in its copy shows only its own increment, here as there.
+/// Then instance 0 checks that it no longer maps another instance's memory either.
+fn isolation() -> Outcome {
+    let plan = plan()?;
+    PROBE_COUNTER.fetch_add(1, Ordering::SeqCst);
+    for p in plan.partitions().skip(1) {
+        let fault = wait_report(p.index, report::FAULT)?;
+        let want = frames::phys_to_virt(PROBE_PHYS_IN_0);
+        ensure(fault == want, || {
+            format!(
+                "instance {}: probe fault at {fault:#x}, expected {want:#x}",
+                p.index
+            )
+        })?;
+        let counter = wait_report(p.index, report::COUNTER)?;
+        let own = 1000 * p.index as u64 + 1;
+        ensure(counter == own, || {
+            format!(
+                "instance {}: its counter copy holds {counter}, expected {own}",
+                p.index
+            )
+        })?;
+    }
+    let mine = PROBE_COUNTER.load(Ordering::SeqCst);
+    ensure(mine == 1, || {
+        format!("instance 0's counter holds {mine}: another instance wrote it")
+    })?;
+    if let Some(p1) = plan.partition(1) {
+        let addr = frames::phys_to_virt(p1.memory[0].start);
+        ensure(memory::paging::translate(addr).is_none(), || {
+            format!("instance 0 still maps instance 1's memory at {addr:#x}")
+        })?;
+    }
+    println!(
+        "isolation: {} instances faulted on instance 0's memory; counters private",
+        plan.partition_count() - 1
+    );
+    Ok(())
+}
+
+/// The instances' memory, the shared region and what instance 0 keeps in reserve add up to the
+/// usable memory, with no overlap.
+fn memory_accounting() -> Outcome {
+    let plan = plan()?;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for p in plan.partitions() {
+        ranges.extend(p.memory.iter().map(|r| (r.start, r.end())));
+    }
+    let shared = plan.shared().ok_or("no shared region")?;
+    ranges.push((shared.start, shared.end()));
+    ranges.extend(plan.unassigned().iter().map(|r| (r.start, r.end())));
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        ensure(w[0].1 <= w[1].0, || {
+            format!("ranges {:#x?} and {:#x?} overlap", w[0], w[1])
+        })?;
+    }
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    println!(
+        "memory_accounting: {} MiB in partitions + shared + reserve = {} MiB usable",
+        total >> 20,
+        plan.usable_bytes() >> 20
+    );
+    ensure(total == plan.usable_bytes(), || {
+        format!("{total} bytes accounted, {} usable", plan.usable_bytes())
+    })?;
+    // And instance 0's allocator owns no frame of another partition or the shared region.
+    let foreign = frames::with(|a| {
+        plan.partitions()
+            .skip(1)
+            .flat_map(|p| p.memory.iter().copied())
+            .chain(core::iter::once(shared))
+            .any(|r| (r.start / 4096..r.end() / 4096).any(|f| a.is_owned(mk_frames::Frame::new(f))))
+    });
+    ensure(!foreign, || {
+        "instance 0's allocator still owns foreign frames".into()
     })
 }
 

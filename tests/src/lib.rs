@@ -47,6 +47,8 @@ pub struct Boot {
     pub memory_mib: u32,
     /// `name[=arg]` in-kernel cases, in order.
     pub cases: &'static [&'static str],
+    /// Partition plan handed to the kernel (fw_cfg `opt/multikernel/plan`); `None`: default.
+    pub plan: Option<&'static str>,
     pub expect: Expect,
     /// Seconds before the harness kills QEMU.
     pub timeout_secs: u64,
@@ -127,6 +129,7 @@ pub fn all() -> Vec<Boot> {
             smp,
             memory_mib: 512,
             cases: kvm_cases,
+            plan: None,
             expect: Expect::Pass,
             timeout_secs: KVM_TIMEOUT,
             note: "BIOS image under KVM (x2APIC); no int3 here: nested KVM stops on it",
@@ -138,6 +141,7 @@ pub fn all() -> Vec<Boot> {
             smp,
             memory_mib: 512,
             cases: tcg_cases,
+            plan: None,
             expect: Expect::Pass,
             timeout_secs: TCG_TIMEOUT,
             note: "BIOS image under TCG (xAPIC); breakpoint tested here",
@@ -156,10 +160,12 @@ pub fn all() -> Vec<Boot> {
             "timer_rate",
             "ipi_self",
         ],
+        plan: None,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "UEFI image (OVMF) under TCG: OVMF fails under this machine's nested KVM",
     });
+    instance_boots(&mut boots);
     boots.push(Boot {
         name: "panic-fails",
         accel: Accel::Tcg,
@@ -167,11 +173,81 @@ pub fn all() -> Vec<Boot> {
         smp: 1,
         memory_mib: 256,
         cases: &["panic"],
+        plan: None,
         expect: Expect::FailWith("deliberate panic requested by the test harness"),
         timeout_secs: TCG_TIMEOUT,
         note: "a panicking test kernel must fail its test, with the message shown",
     });
     boots
+}
+
+/// Boots that start several kernel instances (one per partition of the plan).
+fn instance_boots(boots: &mut Vec<Boot>) {
+    for (accel, prefix, timeout) in [
+        (Accel::Kvm, "kvm", KVM_TIMEOUT),
+        (Accel::Tcg, "tcg", TCG_TIMEOUT),
+    ] {
+        let name4: &'static str = if accel == Accel::Kvm {
+            "kvm-inst4"
+        } else {
+            "tcg-inst4"
+        };
+        let name13: &'static str = if accel == Accel::Kvm {
+            "kvm-part13"
+        } else {
+            "tcg-part13"
+        };
+        let _ = prefix;
+        boots.push(Boot {
+            name: name4,
+            accel,
+            firmware: Firmware::Bios,
+            smp: 4,
+            memory_mib: 512,
+            cases: &["instances=4", "isolation", "memory_accounting"],
+            plan: None,
+            expect: Expect::Pass,
+            timeout_secs: timeout,
+            note: "default plan: one instance per CPU, each its own kernel copy",
+        });
+        boots.push(Boot {
+            name: name13,
+            accel,
+            firmware: Firmware::Bios,
+            smp: 4,
+            memory_mib: 512,
+            cases: &[
+                "instances=2",
+                "instance_cpus=1:3",
+                "isolation",
+                "memory_accounting",
+            ],
+            plan: Some("1,3"),
+            expect: Expect::Pass,
+            timeout_secs: timeout,
+            note: "plan 1,3: the second instance runs on 3 CPUs",
+        });
+    }
+    // Bad plans: the kernel logs why and falls back to the default plan (one instance per CPU).
+    for (name, plan) in [
+        ("badplan-cpus", "1,2"),
+        ("badplan-empty", "1,,1"),
+        ("badplan-memory", "1:4G,1"),
+        ("badplan-syntax", "two"),
+    ] {
+        boots.push(Boot {
+            name,
+            accel: Accel::Tcg,
+            firmware: Firmware::Bios,
+            smp: 2,
+            memory_mib: 256,
+            cases: &["plan_rejected", "instances=2"],
+            plan: Some(plan),
+            expect: Expect::Pass,
+            timeout_secs: TCG_TIMEOUT,
+            note: "a bad plan is rejected with a logged reason and the default plan runs",
+        });
+    }
 }
 
 #[cfg(test)]

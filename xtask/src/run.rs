@@ -12,11 +12,34 @@ use crate::{Error, Result};
 /// the symbols of the position-independent kernel.
 const KERNEL_BASE: u64 = 0xFFFF_FFFF_8000_0000;
 
+/// Checks a `--partitions` plan against the machine xtask will start: it must parse, use no more
+/// CPUs than `--smp` and no more memory than `--memory`. Returns the plan in canonical form.
+/// (The kernel checks again at boot against what it finds, and falls back to the default plan
+/// with a logged reason.)
+pub fn check_plan(text: &str, smp: u32, memory_mib: u64) -> Result<String> {
+    let spec = mk_plan::PlanSpec::parse(text)
+        .map_err(|e| Error::Usage(format!("--partitions '{text}': {e}")))?;
+    let cpus = spec.total_cpus();
+    if cpus > u64::from(smp) {
+        return Err(Error::Usage(format!(
+            "--partitions '{text}' asks for {cpus} CPUs but --smp gives {smp}"
+        )));
+    }
+    let sized: u64 = spec.partitions().iter().filter_map(|p| p.memory).sum();
+    if sized > memory_mib << 20 {
+        return Err(Error::Usage(format!(
+            "--partitions '{text}' asks for {} MiB but --memory gives {memory_mib} MiB",
+            sized >> 20
+        )));
+    }
+    Ok(spec.to_string())
+}
+
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(
         argv,
         &["uefi", "no-kvm", "gdb", "display", "release"],
-        &["smp", "memory"],
+        &["smp", "memory", "partitions"],
         0,
     )?;
     let smp: u32 = match args.value("smp") {
@@ -32,6 +55,10 @@ pub fn main(argv: &[String]) -> Result<()> {
     let memory_mib = match args.value("memory") {
         None => 1024,
         Some(m) => parse_size_mib(m)?,
+    };
+    let plan = match args.value("partitions") {
+        None => None,
+        Some(text) => Some(check_plan(text, smp, memory_mib)?),
     };
     let firmware = if args.flag("uefi") {
         Firmware::Uefi
@@ -74,6 +101,11 @@ pub fn main(argv: &[String]) -> Result<()> {
         image,
     };
     let mut cmd = qemu::command(&machine, &["run.args"])?;
+    if let Some(plan) = &plan {
+        cmd.arg("-fw_cfg")
+            .arg(format!("name=opt/multikernel/plan,string={plan}"));
+        eprintln!("xtask: partition plan {plan}");
+    }
     if !args.flag("display") {
         cmd.args(["-display", "none"]);
     }
@@ -94,4 +126,33 @@ pub fn main(argv: &[String]) -> Result<()> {
         return Err(format!("QEMU exited with {status}").into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_plans_pass() {
+        assert_eq!(check_plan("2,2,4", 8, 1024).unwrap(), "2,2,4");
+        assert!(check_plan("2:256M,2:256M,4", 8, 1024).is_ok());
+        assert!(check_plan("1,3", 4, 512).is_ok());
+    }
+
+    #[test]
+    fn bad_plans_are_usage_errors() {
+        for (plan, smp, mem) in [
+            ("2,2,4", 4, 1024),  // more CPUs than --smp
+            ("2,,2", 4, 1024),   // empty partition
+            ("0", 4, 1024),      // empty partition
+            ("1:2G,1", 2, 1024), // more memory than --memory
+            ("two", 2, 1024),    // unparsable
+            ("", 2, 1024),       // empty
+        ] {
+            match check_plan(plan, smp, mem) {
+                Err(Error::Usage(msg)) => assert!(msg.contains("--partitions"), "{msg}"),
+                other => panic!("{plan}: expected a usage error, got {other:?}"),
+            }
+        }
+    }
 }

@@ -183,6 +183,10 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
             "name=opt/multikernel/tests,string={}",
             b.cases.join(" ")
         ));
+    if let Some(plan) = b.plan {
+        cmd.arg("-fw_cfg")
+            .arg(format!("name=opt/multikernel/plan,string={plan}"));
+    }
     let start = Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::null())

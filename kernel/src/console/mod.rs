@@ -41,13 +41,28 @@ static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 /// Serialises whole lines across CPUs.
 static LINE_LOCK: Mutex<()> = Mutex::new(());
 
-/// Brings up both sinks. Safe to call once, first thing at boot.
+/// Brings up both sinks. Called once, first thing at boot, by instance 0 (which owns the
+/// serial port's configuration and the framebuffer).
 pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
     serial::init();
     if let Some(fb) = framebuffer {
         framebuffer::init(fb);
     }
 }
+
+/// For instances other than 0: write to the serial port instance 0 configured, without
+/// resetting it (a reset would garble instance 0's output), and no framebuffer.
+pub fn init_guest() {
+    serial::attach();
+}
+
+/// From now on, whole lines are serialised across instances by the console lock in the shared
+/// region, not only across this instance's CPUs.
+pub fn use_shared_lock() {
+    SHARED_LOCK.store(true, Ordering::Release);
+}
+
+static SHARED_LOCK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Shows (or hides) debug lines.
 pub fn set_max_level(level: Level) {
@@ -98,8 +113,13 @@ pub fn print_line(args: fmt::Arguments<'_>) {
 fn write_raw_line(bytes: &[u8]) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();
+        let shared = SHARED_LOCK
+            .load(Ordering::Acquire)
+            .then(crate::instances::region::console_lock)
+            .flatten();
         serial::write_bytes(bytes);
         serial::write_bytes(b"\n");
+        drop(shared);
         framebuffer::write_bytes(bytes);
         framebuffer::write_bytes(b"\n");
     });

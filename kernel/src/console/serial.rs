@@ -16,6 +16,14 @@ pub fn init() {
     *PORT.lock() = port.ok();
 }
 
+/// Uses COM1 as configured by instance 0, without touching its configuration.
+pub fn attach() {
+    // SAFETY: COM1's ports, as in `init`; instance 0 configured and tested the UART.
+    if let Ok(port) = unsafe { uart_16550::Uart16550::new_port(COM1) } {
+        *PORT.lock() = Some(Uart16550Tty::from_inner(port));
+    }
+}
+
 pub fn write_bytes(bytes: &[u8]) {
     if let Some(port) = PORT.lock().as_mut() {
         port.inner_mut().send_bytes_exact(bytes);

@@ -15,9 +15,15 @@ pub const LOW_MEMORY_END: u64 = 0x10_0000;
 static ALLOCATOR: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
 
-/// Virtual address at which physical address `phys` is mapped (the bootloader's physical map).
+/// Virtual address at which physical address `phys` is mapped (the physical map).
 pub fn phys_to_virt(phys: u64) -> u64 {
-    PHYS_OFFSET.load(Ordering::Relaxed) + phys
+    phys_offset() + phys
+}
+
+/// Where the physical map starts. Every instance uses the same offset (instance 0 got it from
+/// the bootloader and gives it on), but maps only its own memory there.
+pub fn phys_offset() -> u64 {
+    PHYS_OFFSET.load(Ordering::Relaxed)
 }
 
 pub fn init(

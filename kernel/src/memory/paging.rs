@@ -70,6 +70,63 @@ pub fn map_new(page: Page<Size4KiB>, flags: PageTableFlags) -> Result<(), &'stat
     map(page, frame, flags).map_err(|_| "mapping failed")
 }
 
+/// Removes physical memory `[start, end)` (4 KiB aligned) from the physical map, splitting the
+/// map's 2 MiB pages where the range starts or ends inside one. Instance 0 calls it for every
+/// other partition once they run, so that it keeps mapped only what it owns.
+pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
+    use x86_64::structures::paging::mapper::{MappedFrame, TranslateResult};
+    use x86_64::structures::paging::{PageSize, Size2MiB};
+    let off = super::frames::phys_offset();
+    with(|m| {
+        let mut pa = start;
+        while pa < end {
+            match m.translate(VirtAddr::new(off + pa)) {
+                TranslateResult::Mapped {
+                    frame: MappedFrame::Size2MiB(_),
+                    flags,
+                    ..
+                } => {
+                    let chunk = pa & !(Size2MiB::SIZE - 1);
+                    let huge: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + chunk));
+                    m.unmap(huge)
+                        .map_err(|_| "unmapping a 2 MiB page of the physical map")?
+                        .1
+                        .flush();
+                    // Keep the parts of the chunk outside the range, as 4 KiB pages.
+                    let small = flags & !PageTableFlags::HUGE_PAGE;
+                    for q in (chunk..chunk + Size2MiB::SIZE).step_by(4096) {
+                        if q < start || q >= end {
+                            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(off + q));
+                            let frame = PhysFrame::containing_address(PhysAddr::new(q));
+                            // SAFETY: re-creates the mapping that the huge page had for `q`.
+                            unsafe { m.map_to(page, frame, small, &mut PageTableFrames) }
+                                .map_err(|_| "splitting a 2 MiB page of the physical map")?
+                                .flush();
+                        }
+                    }
+                    pa = chunk + Size2MiB::SIZE;
+                }
+                TranslateResult::Mapped {
+                    frame: MappedFrame::Size4KiB(_),
+                    ..
+                } => {
+                    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(off + pa));
+                    m.unmap(page)
+                        .map_err(|_| "unmapping a page of the physical map")?
+                        .1
+                        .flush();
+                    pa += 4096;
+                }
+                TranslateResult::Mapped { .. } => {
+                    return Err("the physical map uses 1 GiB pages; not supported");
+                }
+                _ => pa += 4096,
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The physical address `virt` maps to, if it is mapped.
 pub fn translate(virt: u64) -> Option<u64> {
     with(|m| m.translate_addr(VirtAddr::new(virt)).map(PhysAddr::as_u64))

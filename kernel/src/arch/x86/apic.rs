@@ -54,6 +54,20 @@ pub struct Lapic {
     mode: Mode,
 }
 
+/// Where this instance maps the xAPIC register page (0 in x2APIC mode, which uses MSRs).
+static XAPIC_VIRT: spin::Once<u64> = spin::Once::new();
+
+/// The xAPIC register window for `init_this_cpu`: mapped uncached once per instance (every
+/// CPU's APIC answers at the same physical address), 0 where the CPU has an x2APIC.
+pub fn xapic_window() -> Result<u64, &'static str> {
+    if cpu_has_x2apic() {
+        return Ok(0);
+    }
+    XAPIC_VIRT
+        .try_call_once(|| crate::memory::mmio::map(xapic_phys_base(), 4096))
+        .copied()
+}
+
 /// Physical address of the xAPIC register page (from IA32_APIC_BASE).
 pub fn xapic_phys_base() -> u64 {
     // SAFETY: reading IA32_APIC_BASE has no side effects; every x86_64 CPU has the MSR.
@@ -122,6 +136,34 @@ impl Lapic {
                 Mode::XApic => self.inner.send_ipi(vector, dest << 24),
             }
         }
+    }
+
+    /// Sends INIT to `dest` (the first step of starting a CPU).
+    pub fn send_init(&mut self, dest: u32) {
+        // SAFETY: INIT resets `dest`, a CPU that this instance owns and that runs nothing (it
+        // is parked or was never started). xAPIC destination fix as in `send_ipi`.
+        unsafe {
+            match self.mode {
+                Mode::X2Apic => self.inner.send_init_ipi(dest),
+                Mode::XApic => self.inner.send_init_ipi(dest << 24),
+            }
+        }
+    }
+
+    /// Sends a start-up IPI: `dest` starts in real mode at physical `vector << 12`.
+    pub fn send_startup(&mut self, vector: u8, dest: u32) {
+        // SAFETY: as in `send_init`; the page at `vector << 12` holds the trampoline.
+        unsafe {
+            match self.mode {
+                Mode::X2Apic => self.inner.send_sipi(vector, dest),
+                Mode::XApic => self.inner.send_sipi(vector, dest << 24),
+            }
+        }
+    }
+
+    /// Sets the timer rate measured elsewhere (instances other than 0 do not own the PIT).
+    pub fn set_timer_hz(&mut self, hz_div16: u64) {
+        TIMER_HZ_DIV16.store(hz_div16, Ordering::Relaxed);
     }
 
     /// Measures the timer's rate against the PIT over `window_ms` and stores it.

@@ -8,4 +8,5 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod pic;
 pub mod pit;
+pub mod trampoline;
 pub mod tsc;

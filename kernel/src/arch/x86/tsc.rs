@@ -21,6 +21,11 @@ pub fn calibrate(window_ms: u64) -> u64 {
     per_ms
 }
 
+/// Sets the TSC rate measured elsewhere (by instance 0).
+pub fn set_ticks_per_ms(per_ms: u64) {
+    TICKS_PER_MS.store(per_ms.max(1), Ordering::Relaxed);
+}
+
 pub fn ticks_per_ms() -> u64 {
     TICKS_PER_MS.load(Ordering::Relaxed).max(1)
 }

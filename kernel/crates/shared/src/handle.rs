@@ -1,0 +1,327 @@
+//! [`SharedRegion`]: formatting, attaching, and the typed accessors.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_mailbox::MailboxMatrix;
+
+use crate::console::Console;
+use crate::instance::Instance;
+use crate::layout::{
+    ALL_TABLES, ConsoleLine, Header, InstanceEntry, Layout, MAGIC, TableId, VERSION, build_params,
+    layout,
+};
+use crate::owner::{Owner, Resource, Words};
+use crate::region::Raw;
+use crate::{Error, MAX_APIC_IDS, MAX_INSTANCES, MAX_IRQS, MEM_CHUNK_SHIFT, MEM_CHUNKS};
+
+/// This instance's handle on the shared region. Holds only references into the region (no
+/// pointers are stored *in* the region), so every instance can map it at its own address.
+pub struct SharedRegion<'a> {
+    raw: Raw<'a>,
+    header: &'a Header,
+    console: &'a ConsoleLine,
+    instances: &'a [InstanceEntry],
+    cpus: &'a [AtomicU64],
+    irqs: &'a [AtomicU64],
+    memory: &'a [AtomicU64],
+    layout: Layout,
+}
+
+impl<'a> SharedRegion<'a> {
+    /// Instance 0, once, before any other instance starts: zeroes and formats the region for
+    /// `instances` instances (header, console lock, instance table, ownership tables, mailbox
+    /// matrix), recording `now_tsc` as creation time. The magic is stored last with Release.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` must be readable, writable, initialised memory (any contents), mapped
+    /// for all of `'a`, and accessed by nothing but this crate and mk-mailbox (in any instance);
+    /// no other instance may use it until `init` has returned.
+    pub unsafe fn init(
+        base: *mut u8,
+        len: usize,
+        instances: usize,
+        now_tsc: u64,
+    ) -> Result<Self, Error> {
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(Error::BadInstanceCount(instances));
+        }
+        // SAFETY: forwarded caller contract.
+        let raw = unsafe { Raw::new(base, len) }?;
+        let layout = layout(instances);
+        if len < layout.total {
+            return Err(Error::RegionTooSmall {
+                need: layout.total,
+                have: len,
+            });
+        }
+        let r = Self::views(raw, layout)?;
+        let h = r.header;
+        h.magic.store(0, Ordering::Relaxed);
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.instances.store(instances as u32, Ordering::Relaxed);
+        h.total_size.store(layout.total as u64, Ordering::Relaxed);
+        h.created_tsc.store(now_tsc, Ordering::Relaxed);
+        for (field, value) in h.params().into_iter().zip(build_params()) {
+            field.store(value, Ordering::Relaxed);
+        }
+        for (desc, id) in h.tables.iter().zip(ALL_TABLES) {
+            let t = layout.table(id);
+            desc.offset.store(t.offset as u32, Ordering::Relaxed);
+            desc.size.store(t.size as u32, Ordering::Relaxed);
+        }
+        for w in &h._reserved {
+            w.store(0, Ordering::Relaxed);
+        }
+        let c = r.console;
+        for w in [&c.next, &c.serving, &c.holder, &c._reserved] {
+            w.store(0, Ordering::Relaxed);
+        }
+        for w in [&c.acquired, &c.forced, &c.stale_unlocks, &c.requeued] {
+            w.store(0, Ordering::Relaxed);
+        }
+        for e in r.instances {
+            e.clear();
+        }
+        for w in r.cpus.iter().chain(r.irqs).chain(r.memory) {
+            w.store(0, Ordering::Relaxed);
+        }
+        if instances >= 2 {
+            raw.init_mailbox(layout.mailbox.offset, layout.mailbox.size, instances)
+                .map_err(Error::Mailbox)?;
+        }
+        // Release: an attacher that sees the magic (Acquire) sees everything above.
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Any other instance: attaches to a region instance 0 formatted. Checks magic, version,
+    /// this build's parameters, the table directory and that `len` covers the recorded size.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::init`], except that other instances may use the region concurrently.
+    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, Error> {
+        // SAFETY: forwarded caller contract.
+        let raw = unsafe { Raw::new(base, len) }?;
+        let h: &Header = raw.view(0)?;
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic == 0 {
+            return Err(Error::NotInitialised);
+        }
+        if magic != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != VERSION {
+            return Err(Error::VersionMismatch {
+                found: version,
+                expected: VERSION,
+            });
+        }
+        let n = h.instances.load(Ordering::Relaxed) as usize;
+        if !(1..=MAX_INSTANCES).contains(&n) {
+            return Err(Error::BadInstanceCount(n));
+        }
+        let layout = layout(n);
+        if h.total_size.load(Ordering::Relaxed) != layout.total as u64
+            || h.params()
+                .into_iter()
+                .zip(build_params())
+                .any(|(f, v)| f.load(Ordering::Relaxed) != v)
+            || h.tables.iter().zip(ALL_TABLES).any(|(d, id)| {
+                let t = layout.table(id);
+                d.offset.load(Ordering::Relaxed) as usize != t.offset
+                    || d.size.load(Ordering::Relaxed) as usize != t.size
+            })
+        {
+            return Err(Error::LayoutMismatch);
+        }
+        if len < layout.total {
+            return Err(Error::RegionTooSmall {
+                need: layout.total,
+                have: len,
+            });
+        }
+        Self::views(raw, layout)
+    }
+
+    fn views(raw: Raw<'a>, layout: Layout) -> Result<Self, Error> {
+        let t = |id| layout.table(id);
+        Ok(Self {
+            raw,
+            header: raw.view(0)?,
+            console: raw.view(t(TableId::Console).offset)?,
+            instances: raw.view_slice(t(TableId::Instances).offset, MAX_INSTANCES)?,
+            cpus: raw.view_slice(t(TableId::Cpus).offset, MAX_APIC_IDS)?,
+            irqs: raw.view_slice(t(TableId::Irqs).offset, MAX_IRQS)?,
+            memory: raw.view_slice(t(TableId::Memory).offset, MEM_CHUNKS)?,
+            layout,
+        })
+    }
+
+    /// Instances the region was formatted for.
+    pub fn instance_count(&self) -> usize {
+        self.layout.instances
+    }
+
+    /// Where everything lives.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Bytes in use (≤ the length given to `init` / `attach`).
+    pub fn size(&self) -> usize {
+        self.layout.total
+    }
+
+    /// TSC of instance 0 when it formatted the region.
+    pub fn created_tsc(&self) -> u64 {
+        self.header.created_tsc.load(Ordering::Relaxed)
+    }
+
+    /// Entry of instance `i` (`< instance_count()`).
+    pub fn instance(&self, i: usize) -> Result<Instance<'a>, Error> {
+        if i >= self.layout.instances {
+            return Err(Error::BadInstance(i));
+        }
+        Ok(Instance {
+            index: i,
+            e: &self.instances[i],
+        })
+    }
+
+    /// The console lock.
+    pub fn console(&self) -> Console<'a> {
+        Console { line: self.console }
+    }
+
+    fn word(&self, r: Resource) -> Result<(Words, &'a AtomicU64), Error> {
+        let (table, i) = match r {
+            Resource::Cpu(i) => (self.cpus, i),
+            Resource::Irq(i) => (self.irqs, i),
+            Resource::Memory(i) => (self.memory, i),
+        };
+        let w = table.get(i as usize).ok_or(Error::BadResource(r))?;
+        Ok((
+            Words {
+                instances: self.layout.instances,
+            },
+            w,
+        ))
+    }
+
+    /// Current owner (Acquire).
+    pub fn owner(&self, r: Resource) -> Result<Owner, Error> {
+        let (t, w) = self.word(r)?;
+        t.owner(w)
+    }
+
+    /// `by` takes `r`: from free if `expected` is `None`, else from `Owned(expected)` (instance
+    /// 0 distributing or reclaiming a dead instance's resources). Compare-exchange, AcqRel.
+    pub fn claim(&self, r: Resource, by: usize, expected: Option<usize>) -> Result<(), Error> {
+        let (t, w) = self.word(r)?;
+        t.claim(w, by, expected)
+    }
+
+    /// The owner `by` gives `r` up (`Owned(by) -> Free`, Release half of AcqRel).
+    pub fn release(&self, r: Resource, by: usize) -> Result<(), Error> {
+        let (t, w) = self.word(r)?;
+        t.release(w, by)
+    }
+
+    /// The owner `from`, having stopped using `r`, starts handing it to `to`:
+    /// `Owned(from) -> InTransit{from, to, g}` with a fresh generation `g`, returned (to be sent
+    /// to `to`, e.g. in a mailbox message).
+    pub fn begin_transfer(&self, r: Resource, from: usize, to: usize) -> Result<u32, Error> {
+        let (t, w) = self.word(r)?;
+        t.begin_transfer(w, from, to)
+    }
+
+    /// The receiver `to` takes `r`: `InTransit{_, to, generation} -> Owned(to)` (Acquire half:
+    /// it sees everything `from` did before `begin_transfer`).
+    pub fn complete_transfer(&self, r: Resource, to: usize, generation: u32) -> Result<(), Error> {
+        let (t, w) = self.word(r)?;
+        t.complete_transfer(w, to, generation)
+    }
+
+    /// `InTransit{from, _, generation} -> Owned(from)`: the sender takes `r` back (refused, or
+    /// `to` died: instance 0 may call it on `from`'s behalf).
+    pub fn abort_transfer(&self, r: Resource, from: usize, generation: u32) -> Result<(), Error> {
+        let (t, w) = self.word(r)?;
+        t.abort_transfer(w, from, generation)
+    }
+
+    /// Claims every 2 MiB chunk of `start..start + len` (both 2 MiB aligned, `len > 0`) for
+    /// `by`, as [`Self::claim`] does one; all or nothing: on an error the chunks claimed so far
+    /// are put back (each by compare-exchange from the value we installed).
+    pub fn claim_memory(
+        &self,
+        start: u64,
+        len: u64,
+        by: usize,
+        expected: Option<usize>,
+    ) -> Result<(), Error> {
+        let chunks = memory_chunks(start, len)?;
+        let t = Words {
+            instances: self.layout.instances,
+        };
+        // `memory_chunks` checked the chunk numbers against the table size.
+        for c in chunks.clone() {
+            if let Err(e) = t.claim(&self.memory[c as usize], by, expected) {
+                self.undo(&t, chunks.start..c, by, expected);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn undo(&self, t: &Words, done: core::ops::Range<u32>, by: usize, prev: Option<usize>) {
+        for c in done {
+            let w = &self.memory[c as usize];
+            let _ = match prev {
+                None => t.release(w, by),
+                Some(p) => t.claim(w, p, Some(by)),
+            };
+        }
+    }
+
+    /// Base pointer and length of the mailbox matrix (for `mk_mailbox::MailboxMatrix::attach`);
+    /// length 0 for a single-instance region.
+    pub fn mailbox_region(&self) -> (*mut u8, usize) {
+        let t = self.layout.mailbox;
+        (self.raw.ptr_at(t.offset), t.size)
+    }
+
+    /// A mailbox view over the matrix (formatted by `init`), for this instance's ends.
+    pub fn mailbox(&self) -> Result<MailboxMatrix<'a>, mk_mailbox::Error> {
+        let t = self.layout.mailbox;
+        if self.layout.instances < 2 {
+            return Err(mk_mailbox::Error::BadInstanceCount(self.layout.instances));
+        }
+        self.raw.attach_mailbox(t.offset, t.size)
+    }
+
+    /// Length of the memory given to `init` / `attach`.
+    pub fn mapped_len(&self) -> usize {
+        self.raw.len()
+    }
+}
+
+/// The 2 MiB chunk numbers covering `start..start + len`, both 2 MiB aligned.
+pub fn memory_chunks(start: u64, len: u64) -> Result<core::ops::Range<u32>, Error> {
+    let mask = (1u64 << MEM_CHUNK_SHIFT) - 1;
+    if start & mask != 0 || len & mask != 0 || len == 0 {
+        return Err(Error::Unaligned { start, len });
+    }
+    let end = start
+        .checked_add(len)
+        .ok_or(Error::Unaligned { start, len })?;
+    let (a, b) = (start >> MEM_CHUNK_SHIFT, end >> MEM_CHUNK_SHIFT);
+    if b > MEM_CHUNKS as u64 {
+        return Err(Error::BadResource(Resource::Memory(
+            a.min(u64::from(u32::MAX)) as u32,
+        )));
+    }
+    Ok(a as u32..b as u32)
+}

@@ -1,0 +1,62 @@
+//! The boot descriptor: what instance 0 tells a new instance about itself. It travels in the
+//! `BootInfo` that instance 0 builds for the new instance, as that `BootInfo`'s "ramdisk" (the
+//! bootloader never gives instance 0 a ramdisk that starts with this magic).
+
+/// "MKBOOTD1", little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"MKBOOTD1");
+pub const MAX_CPUS: usize = 64;
+pub const MAX_TESTS: usize = 256;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BootDescriptor {
+    pub magic: u64,
+    pub instance_id: u32,
+    pub instance_count: u32,
+    pub cpu_count: u32,
+    pub x2apic: u32,
+    /// This instance's own page below 1 MiB for starting its further CPUs.
+    pub trampoline_page: u64,
+    pub apic_ids: [u32; MAX_CPUS],
+    /// Physical address and length of the shared region.
+    pub shared_phys: u64,
+    pub shared_len: u64,
+    /// Clocks measured by instance 0 (the PIT is not shared: nobody else calibrates).
+    pub tsc_per_ms: u64,
+    pub lapic_hz_div16: u64,
+    /// Instance 0's TSC when it started this instance.
+    pub start_tsc: u64,
+    /// Test cases for this instance (qemu-tests builds), space-separated.
+    pub tests_len: u32,
+    pub tests: [u8; MAX_TESTS],
+}
+
+impl BootDescriptor {
+    pub const fn empty() -> Self {
+        BootDescriptor {
+            magic: MAGIC,
+            instance_id: 0,
+            instance_count: 0,
+            cpu_count: 0,
+            x2apic: 0,
+            trampoline_page: 0,
+            apic_ids: [0; MAX_CPUS],
+            shared_phys: 0,
+            shared_len: 0,
+            tsc_per_ms: 0,
+            lapic_hz_div16: 0,
+            start_tsc: 0,
+            tests_len: 0,
+            tests: [0; MAX_TESTS],
+        }
+    }
+
+    pub fn cpus(&self) -> &[u32] {
+        &self.apic_ids[..(self.cpu_count as usize).min(MAX_CPUS)]
+    }
+
+    pub fn tests(&self) -> &str {
+        let len = (self.tests_len as usize).min(MAX_TESTS);
+        core::str::from_utf8(&self.tests[..len]).unwrap_or("")
+    }
+}

@@ -1,0 +1,263 @@
+//! Building a new instance's world from instance 0: a fresh copy of the kernel image, page
+//! tables that map only the instance's own memory (plus the shared region and the trampoline
+//! page), a stack, and the `BootInfo` + boot descriptor it starts with.
+//!
+//! Everything is allocated from the new partition's own memory with a bump allocator, front to
+//! back; what the bump used is reported to the new instance as not usable, the rest as usable.
+//! Instance 0 writes these frames through its physical-memory map, which still covers the whole
+//! machine at this point (it drops the other partitions from it once all instances run).
+
+use bootloader_api::BootInfo;
+use bootloader_api::info::{MemoryRegion, MemoryRegionKind, Optional};
+use mk_plan::MemRange;
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags, PhysFrame,
+    Size2MiB, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::descriptor::BootDescriptor;
+use crate::memory::frames::{phys_offset, phys_to_virt};
+
+/// Where the new instance's boot stack ends (PML4 slot 510; the kernel image is in slot 511).
+const STACK_TOP: u64 = 0xFFFF_FF00_0010_0000;
+const STACK_PAGES: u64 = 64;
+const MAX_REGIONS: usize = 32;
+
+/// What the trampoline needs to start the instance's first CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch {
+    pub cr3: u64,
+    pub entry: u64,
+    pub stack_top: u64,
+    pub boot_info: u64,
+}
+
+/// Front-to-back allocator over a partition's ranges.
+struct Bump<'a> {
+    ranges: &'a [MemRange],
+    index: usize,
+    next: u64,
+}
+
+impl Bump<'_> {
+    /// `pages` contiguous zeroed frames.
+    fn alloc(&mut self, pages: u64) -> Result<u64, &'static str> {
+        while let Some(r) = self.ranges.get(self.index) {
+            let start = self.next.max(r.start);
+            if start + pages * 4096 <= r.end() {
+                self.next = start + pages * 4096;
+                // SAFETY: the frames belong to the partition being built, which no instance
+                // uses yet; the physical map covers them.
+                unsafe {
+                    core::ptr::write_bytes(
+                        phys_to_virt(start) as *mut u8,
+                        0,
+                        (pages * 4096) as usize,
+                    )
+                };
+                return Ok(start);
+            }
+            self.index += 1;
+            self.next = self.ranges.get(self.index).map_or(0, |r| r.start);
+        }
+        Err("partition too small for the instance's image, tables and stack")
+    }
+
+    /// How much of range `i` the bump has consumed (from its start).
+    fn used_in(&self, i: usize) -> u64 {
+        let r = self.ranges[i];
+        match i.cmp(&self.index) {
+            core::cmp::Ordering::Less => r.len,
+            core::cmp::Ordering::Equal => self.next.saturating_sub(r.start).min(r.len),
+            core::cmp::Ordering::Greater => 0,
+        }
+    }
+}
+
+// SAFETY: frames come from the partition under construction, are unused and zeroed.
+unsafe impl FrameAllocator<Size4KiB> for Bump<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let pa = self.alloc(1).ok()?;
+        Some(PhysFrame::containing_address(PhysAddr::new(pa)))
+    }
+}
+
+fn map4k(
+    m: &mut OffsetPageTable<'_>,
+    bump: &mut Bump<'_>,
+    va: u64,
+    pa: u64,
+    flags: PageTableFlags,
+) -> Result<(), &'static str> {
+    let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(va));
+    let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+    // SAFETY: these page tables are not active on any CPU; mapping into them cannot alias
+    // anything we use.
+    unsafe { m.map_to(page, frame, flags, bump) }
+        .map(|f| f.ignore())
+        .map_err(|_| "mapping into the new instance's page tables failed")
+}
+
+/// Maps [pa, pa+len) at `phys_offset + pa` (2 MiB pages where alignment allows).
+fn map_phys(
+    m: &mut OffsetPageTable<'_>,
+    bump: &mut Bump<'_>,
+    r: MemRange,
+) -> Result<(), &'static str> {
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    let off = phys_offset();
+    let mut pa = r.start & !0xFFF;
+    while pa < r.end() {
+        if pa % Size2MiB::SIZE == 0 && pa + Size2MiB::SIZE <= r.end() {
+            let page: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + pa));
+            let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+            // SAFETY: as in `map4k`.
+            unsafe { m.map_to(page, frame, flags, bump) }
+                .map(|f| f.ignore())
+                .map_err(|_| "mapping the physical map of the new instance failed")?;
+            pa += Size2MiB::SIZE;
+        } else {
+            map4k(m, bump, off + pa, pa, flags)?;
+            pa += 4096;
+        }
+    }
+    Ok(())
+}
+
+/// Builds instance `desc.instance_id` in `ranges` and returns how to start it.
+pub fn prepare(
+    ranges: &[MemRange],
+    shared: MemRange,
+    kernel_elf: &[u8],
+    trampoline_page: u64,
+    desc: &BootDescriptor,
+) -> Result<Launch, &'static str> {
+    let mut bump = Bump {
+        ranges,
+        index: 0,
+        next: ranges.first().map_or(0, |r| r.start),
+    };
+    let pml4 = bump.alloc(1)?;
+    if pml4 >= 1 << 32 {
+        return Err(
+            "the partition's first page is above 4 GiB; the trampoline loads CR3 from 32-bit code",
+        );
+    }
+    // SAFETY: the PML4 frame was just allocated and zeroed; instance 0 reaches it through its
+    // physical map, and `OffsetPageTable` uses that same map for the lower-level tables.
+    let mut m = unsafe {
+        OffsetPageTable::new(
+            &mut *(phys_to_virt(pml4) as *mut PageTable),
+            VirtAddr::new(phys_offset()),
+        )
+    };
+
+    // 1. A fresh copy of the kernel image, relocated for KERNEL_BASE.
+    let elf = mk_elf::Elf::parse(kernel_elf).map_err(|_| "the kernel ELF does not parse")?;
+    let (lo, hi) = elf.span();
+    let pages = (hi - lo) / 4096;
+    let image_pa = bump.alloc(pages)?;
+    // SAFETY: `pages` frames from `image_pa` were just allocated to this image, contiguous and
+    // reached through the physical map.
+    let image = unsafe {
+        core::slice::from_raw_parts_mut(phys_to_virt(image_pa) as *mut u8, (hi - lo) as usize)
+    };
+    let entry = mk_elf::load(&elf, crate::KERNEL_BASE, image)
+        .map_err(|_| "loading the kernel image failed")?;
+    for i in 0..pages {
+        let va = lo + i * 4096;
+        // Pages no segment touches stay unmapped.
+        let Some(seg) = elf.page_flags(va) else {
+            continue;
+        };
+        let (write, exec) = (seg.write, seg.execute);
+        let mut flags = PageTableFlags::PRESENT;
+        if write {
+            flags |= PageTableFlags::WRITABLE;
+        }
+        if !exec {
+            flags |= PageTableFlags::NO_EXECUTE;
+        }
+        map4k(
+            &mut m,
+            &mut bump,
+            crate::KERNEL_BASE + va,
+            image_pa + i * 4096,
+            flags,
+        )?;
+    }
+
+    // 2. The boot stack, with an unmapped guard page below it.
+    let stack_pa = bump.alloc(STACK_PAGES)?;
+    let stack_bottom = STACK_TOP - STACK_PAGES * 4096;
+    for i in 0..STACK_PAGES {
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        map4k(
+            &mut m,
+            &mut bump,
+            stack_bottom + i * 4096,
+            stack_pa + i * 4096,
+            flags,
+        )?;
+    }
+
+    // 3. The trampoline page, identity-mapped: the AP runs on from it right after paging is on.
+    map4k(
+        &mut m,
+        &mut bump,
+        trampoline_page,
+        trampoline_page,
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+    )?;
+
+    // 4. BootInfo, its memory map and the descriptor, in one page.
+    let info_pa = bump.alloc(1)?;
+
+    // 5. The instance's physical map: its own memory and the shared region, nothing else.
+    for r in ranges {
+        map_phys(&mut m, &mut bump, *r)?;
+    }
+    map_phys(&mut m, &mut bump, shared)?;
+
+    // Now that the bump is done, the memory map: what it used is "bootloader", the rest usable.
+    let info_va = phys_offset() + info_pa;
+    let regions_offset = 1024u64;
+    let desc_offset = 2048u64;
+    // SAFETY: the page at `info_pa` is ours and zeroed; the three objects lie at disjoint,
+    // aligned offsets within it (sizes checked below).
+    unsafe {
+        let regions = (phys_to_virt(info_pa) + regions_offset) as *mut MemoryRegion;
+        let mut n = 0usize;
+        for (i, r) in ranges.iter().enumerate() {
+            let used = bump.used_in(i);
+            for (start, end, kind) in [
+                (r.start, r.start + used, MemoryRegionKind::Bootloader),
+                (r.start + used, r.end(), MemoryRegionKind::Usable),
+            ] {
+                if start < end && n < MAX_REGIONS {
+                    regions.add(n).write(MemoryRegion { start, end, kind });
+                    n += 1;
+                }
+            }
+        }
+        let regions_slice: &'static mut [MemoryRegion] =
+            core::slice::from_raw_parts_mut((info_va + regions_offset) as *mut MemoryRegion, n);
+        const _: () = assert!(core::mem::size_of::<BootInfo>() <= 1024);
+        const _: () = assert!(MAX_REGIONS * core::mem::size_of::<MemoryRegion>() <= 1024);
+        const _: () = assert!(core::mem::size_of::<BootDescriptor>() <= 2048);
+        let mut info = BootInfo::new(regions_slice.into());
+        info.physical_memory_offset = Optional::Some(phys_offset());
+        info.ramdisk_addr = Optional::Some(info_va + desc_offset);
+        info.ramdisk_len = core::mem::size_of::<BootDescriptor>() as u64;
+        info.kernel_image_offset = crate::KERNEL_BASE;
+        (phys_to_virt(info_pa) as *mut BootInfo).write(info);
+        ((phys_to_virt(info_pa) + desc_offset) as *mut BootDescriptor).write(*desc);
+    }
+    Ok(Launch {
+        cr3: pml4,
+        entry,
+        stack_top: STACK_TOP,
+        boot_info: info_va,
+    })
+}

@@ -1,0 +1,143 @@
+//! This instance's view of the shared region (`mk-shared`): the instance table, the ownership
+//! tables, the console lock and the mailboxes. Instance 0 formats it; the others attach to it.
+//! It is reached through each instance's physical map (every instance maps it at the same
+//! virtual address, but nothing relies on that).
+
+use alloc::string::String;
+
+use mk_plan::MemRange;
+use mk_shared::{InstanceState, SharedRegion};
+use spin::Once;
+
+use crate::arch::tsc;
+use crate::memory::frames::phys_to_virt;
+
+static REGION: Once<SharedRegion<'static>> = Once::new();
+
+/// Bytes the shared region needs for `instances` instances.
+pub fn size_for(instances: usize) -> u64 {
+    mk_shared::region_size(instances.max(1)) as u64
+}
+
+pub fn get() -> Option<&'static SharedRegion<'static>> {
+    REGION.get()
+}
+
+/// Instance 0: formats the region at `shared` for `count` instances.
+pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
+    // SAFETY: `shared` was carved out of usable memory by the plan and removed from every
+    // allocator; the physical map covers it for the kernel's lifetime; no other instance runs
+    // yet.
+    let region = unsafe {
+        SharedRegion::init(
+            phys_to_virt(shared.start) as *mut u8,
+            shared.len as usize,
+            count,
+            tsc::read(),
+        )
+    }
+    .map_err(|e| alloc::format!("{e:?}"))?;
+    REGION.call_once(|| region);
+    Ok(())
+}
+
+/// Every other instance: attaches to the region instance 0 formatted.
+pub fn attach(phys: u64, len: u64) -> Result<(), String> {
+    // SAFETY: instance 0 formatted the region at `phys` before starting us and mapped it in our
+    // physical map; it is used only through mk-shared / mk-mailbox.
+    let region = unsafe { SharedRegion::attach(phys_to_virt(phys) as *mut u8, len as usize) }
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    REGION.call_once(|| region);
+    Ok(())
+}
+
+/// Instance 0, before it starts instance `id`.
+pub fn set_booting(id: usize, now: u64) {
+    if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
+        let _ = i.start_boot(now);
+    }
+}
+
+/// Instance 0, when instance `id` failed to start.
+pub fn set_dead(id: usize) {
+    if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
+        let _ = i.set_state(InstanceState::Dead);
+    }
+}
+
+/// Publishes this instance's CPUs and memory and declares it running.
+pub fn publish_running(id: u32, cpus: &[u32], _online: u32) {
+    let Some(inst) = get().and_then(|r| r.instance(id as usize).ok()) else {
+        return;
+    };
+    let mut ranges: [(u64, u64); mk_shared::RANGES_PER_INSTANCE] =
+        [(0, 0); mk_shared::RANGES_PER_INSTANCE];
+    let mut n = 0;
+    crate::memory::frames::with(|a| {
+        for run in a.owned_ranges() {
+            if n < ranges.len() {
+                ranges[n] = (run.start * 4096, run.count * 4096);
+                n += 1;
+            }
+        }
+    });
+    let _ = inst.publish_resources(cpus, &ranges[..n]);
+    if id == 0 {
+        let _ = inst.start_boot(tsc::read());
+    }
+    let _ = inst.mark_running(tsc::read());
+}
+
+/// Instance 0: waits up to `ms` for instance `id` to declare itself running.
+pub fn wait_running(id: usize, ms: u64) -> Result<(), &'static str> {
+    let inst = get()
+        .and_then(|r| r.instance(id).ok())
+        .ok_or("no shared region")?;
+    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
+    loop {
+        match inst.state() {
+            Ok(InstanceState::Running) => return Ok(()),
+            Ok(InstanceState::Dead) => return Err("it was declared dead"),
+            _ if tsc::read() > deadline => return Err("it did not report running in time"),
+            _ => core::hint::spin_loop(),
+        }
+    }
+}
+
+/// `(state name, boot time in ms)` of instance `id`.
+pub fn status(id: usize) -> (&'static str, u64) {
+    let Some(inst) = get().and_then(|r| r.instance(id).ok()) else {
+        return ("?", 0);
+    };
+    let state = match inst.state() {
+        Ok(InstanceState::Empty) => "empty",
+        Ok(InstanceState::Booting) => "booting",
+        Ok(InstanceState::Running) => "running",
+        Ok(InstanceState::Stopped) => "stopped",
+        Ok(InstanceState::Dead) => "dead",
+        Err(_) => "corrupt",
+    };
+    let ms = inst.ready_tsc().saturating_sub(inst.boot_tsc()) / tsc::ticks_per_ms();
+    (state, ms)
+}
+
+/// The cross-instance console lock, held while one line goes out on the shared serial port.
+pub fn console_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
+    let r = get()?;
+    Some(r.console().lock(
+        crate::instance::id() as usize,
+        mk_shared::CONSOLE_FORCE_SPINS,
+    ))
+}
+
+/// Publishes report word `slot` of this instance (diagnostics and tests).
+pub fn report(slot: usize, value: u64) {
+    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id() as usize).ok()) {
+        let _ = i.set_report(slot, value);
+    }
+}
+
+/// Report word `slot` of instance `id`, once published.
+pub fn read_report(id: usize, slot: usize) -> Option<u64> {
+    get()?.instance(id).ok()?.report(slot)
+}

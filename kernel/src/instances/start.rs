@@ -1,0 +1,232 @@
+//! Instance 0's side: read and resolve the partition plan, keep only its own partition, set up
+//! the shared region, and start every other instance.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use bootloader_api::BootInfo;
+use bootloader_api::info::MemoryRegionKind;
+use mk_plan::{MemRange, Plan, PlanSpec};
+
+use super::descriptor::BootDescriptor;
+use super::{launch, region, smp};
+use crate::arch::trampoline::Params;
+use crate::arch::{apic, tsc};
+use crate::memory::frames;
+use crate::platform::acpi::Platform;
+use crate::{error, info, println, warn};
+
+/// Where the plan text comes from, in order: QEMU's fw_cfg file `opt/multikernel/plan` (tests
+/// and `cargo xtask run --partitions`), then the boot ramdisk (images written to USB sticks).
+fn plan_text(boot_info: &BootInfo) -> Option<String> {
+    if let Some(text) = crate::platform::qemu::read_string("opt/multikernel/plan") {
+        return Some(text);
+    }
+    let addr = boot_info.ramdisk_addr.into_option()?;
+    let len = boot_info.ramdisk_len.min(4096) as usize;
+    // SAFETY: the bootloader mapped the ramdisk at `addr` for `ramdisk_len` bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
+    core::str::from_utf8(bytes).ok().map(|s| s.trim().into())
+}
+
+/// The usable memory the plan divides: the bootloader's usable ranges above 1 MiB.
+fn usable_ranges(boot_info: &BootInfo) -> Vec<MemRange> {
+    boot_info
+        .memory_regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .filter_map(|r| {
+            let start = r.start.max(frames::LOW_MEMORY_END);
+            (start < r.end).then(|| MemRange::new(start, r.end - start))
+        })
+        .collect()
+}
+
+/// Low pages for the trampolines: one per instance, from usable memory below 640 KiB.
+fn trampoline_pages(boot_info: &BootInfo, count: usize) -> Result<Vec<u64>, &'static str> {
+    let mut pages = Vec::new();
+    for r in boot_info
+        .memory_regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable && r.start < 0xA0000)
+    {
+        let mut p = r.start.max(0x1000).next_multiple_of(4096);
+        while p + 4096 <= r.end.min(0xA0000) && pages.len() < count {
+            pages.push(p);
+            p += 4096;
+        }
+    }
+    if pages.len() < count {
+        return Err("not enough usable pages below 640 KiB for the AP trampolines");
+    }
+    Ok(pages)
+}
+
+/// Why the given plan was rejected, if it was (the default plan runs instead).
+pub static PLAN_REJECTED: spin::Once<String> = spin::Once::new();
+
+/// The resolved plan, kept for the tests and the status table.
+pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
+
+pub fn start_all(boot_info: &'static BootInfo, platform: &Platform, tests: Option<&str>) {
+    let this_apic = crate::arch::cpu::current().apic_id;
+    // The bootstrap CPU first, then the others in MADT order.
+    let mut cpus: Vec<u32> = alloc::vec![this_apic];
+    cpus.extend(
+        platform
+            .enabled_cpus()
+            .map(|p| p.apic_id)
+            .filter(|&a| a != this_apic),
+    );
+    let usable = usable_ranges(boot_info);
+    let default = PlanSpec::default_for(cpus.len() as u32);
+    let spec = match plan_text(boot_info) {
+        None => default.clone(),
+        Some(text) => match PlanSpec::parse(&text) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let reason = alloc::format!("partition plan '{text}' rejected: {e}");
+                warn!("{reason}; using the default plan ({default})");
+                PLAN_REJECTED.call_once(|| reason);
+                default.clone()
+            }
+        },
+    };
+    let shared_bytes = region::size_for(spec.partitions().len());
+    let plan = match spec.resolve(&cpus, usable.iter().copied(), shared_bytes) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let reason = alloc::format!("partition plan '{spec}' does not fit this machine: {e}");
+            warn!("{reason}; using the default plan ({default})");
+            PLAN_REJECTED.call_once(|| reason);
+            match default.resolve(
+                &cpus,
+                usable.iter().copied(),
+                region::size_for(default.partitions().len()),
+            ) {
+                Ok(plan) => plan,
+                Err(e) => crate::fatal(format_args!("even the default plan does not fit: {e}")),
+            }
+        }
+    };
+    let plan = PLAN.call_once(|| Box::new(plan));
+    info!("partition plan: {plan}");
+    let Some(shared) = plan.shared() else {
+        crate::fatal(format_args!("the plan has no shared region"));
+    };
+
+    // Instance 0 keeps its partition and the unassigned reserve; everything else leaves its
+    // frame allocator now, before anything else is started.
+    for p in plan.partitions().skip(1) {
+        for r in p.memory {
+            give_away(*r);
+        }
+    }
+    give_away(shared);
+
+    let count = plan.partition_count();
+    if let Err(e) = region::init(shared, count) {
+        crate::fatal(format_args!("shared region: {e}"));
+    }
+    let me = plan.partition(0).expect("partition 0 exists");
+    region::publish_running(0, me.cpus, 1);
+    crate::console::use_shared_lock();
+
+    let pages = match trampoline_pages(boot_info, count) {
+        Ok(p) => p,
+        Err(e) => crate::fatal(format_args!("{e}")),
+    };
+    // SAFETY: the ELF file of the kernel, as the bootloader loaded it, at `kernel_addr` for
+    // `kernel_len` bytes; reached through the physical map and never written.
+    let kernel_elf = unsafe {
+        core::slice::from_raw_parts(
+            frames::phys_to_virt(boot_info.kernel_addr) as *const u8,
+            boot_info.kernel_len as usize,
+        )
+    };
+    for p in plan.partitions().skip(1) {
+        let started = tsc::read();
+        let mut desc = BootDescriptor::empty();
+        desc.instance_id = p.index as u32;
+        desc.instance_count = count as u32;
+        desc.cpu_count = p.cpus.len().min(desc.apic_ids.len()) as u32;
+        desc.apic_ids[..desc.cpu_count as usize]
+            .copy_from_slice(&p.cpus[..desc.cpu_count as usize]);
+        desc.x2apic = u32::from(apic::cpu_has_x2apic());
+        desc.trampoline_page = pages[p.index];
+        desc.shared_phys = shared.start;
+        desc.shared_len = shared.len;
+        desc.tsc_per_ms = tsc::ticks_per_ms();
+        desc.lapic_hz_div16 = apic::timer_hz_div16();
+        desc.start_tsc = started;
+        if let Some(t) = tests {
+            let n = t.len().min(desc.tests.len());
+            desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
+            desc.tests_len = n as u32;
+        }
+        region::set_booting(p.index, started);
+        let result =
+            launch::prepare(p.memory, shared, kernel_elf, pages[p.index], &desc).and_then(|l| {
+                let params = Params {
+                    cr3: l.cr3,
+                    stack: l.stack_top,
+                    entry: l.entry,
+                    arg: l.boot_info,
+                    started: 0,
+                    _pad: 0,
+                };
+                smp::start_cpu(p.cpus[0], pages[p.index], params)
+            });
+        match result.and_then(|()| region::wait_running(p.index, 5000)) {
+            Ok(()) => {}
+            Err(e) => {
+                error!("instance {} did not start: {e}", p.index);
+                region::set_dead(p.index);
+            }
+        }
+    }
+    // Instance 0 now keeps mapped only what it owns (and the shared region).
+    for p in plan.partitions().skip(1) {
+        for r in p.memory {
+            if let Err(e) = crate::memory::paging::unmap_phys(r.start, r.end()) {
+                error!("cannot unmap instance {}'s memory {r}: {e}", p.index);
+            }
+        }
+    }
+    print_table(plan);
+}
+
+fn give_away(r: MemRange) {
+    if let Err(e) = frames::with(|a| a.remove_range(r.start / 4096, r.len / 4096)) {
+        crate::fatal(format_args!(
+            "instance 0 cannot give away {r}: {e} (it allocated there before the plan was known)"
+        ));
+    }
+}
+
+/// The table of instances, once all are up.
+pub fn print_table(plan: &Plan) {
+    println!("+----+----------------------+-----------+---------+-----------+");
+    println!("| id | CPUs (APIC IDs)      | memory    | state   | boot time |");
+    println!("+----+----------------------+-----------+---------+-----------+");
+    for p in plan.partitions() {
+        let mut ids = String::new();
+        for (i, a) in p.cpus.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push_str(&alloc::format!("{a}"));
+        }
+        let (state, boot_ms) = region::status(p.index);
+        println!(
+            "| {:>2} | {:<20} | {:>5} MiB | {:<7} | {:>6} ms |",
+            p.index,
+            ids,
+            p.bytes >> 20,
+            state,
+            boot_ms
+        );
+    }
+    println!("+----+----------------------+-----------+---------+-----------+");
+}
