@@ -72,6 +72,12 @@ pub fn command(machine: &Machine, profiles: &[&str]) -> Result<Command> {
     Ok(cmd)
 }
 
+/// The argument of `-fw_cfg` for a string item. QEMU splits option values at commas; a comma
+/// in the value is written twice.
+pub fn fw_cfg_string(name: &str, value: &str) -> String {
+    format!("name={name},string={}", value.replace(',', ",,"))
+}
+
 fn drive_arg(image: &Path) -> String {
     format!("format=raw,file={}", image.display())
 }
@@ -95,6 +101,14 @@ mod tests {
         ] {
             assert!(!read_args(f).unwrap().is_empty(), "{f} is empty");
         }
+    }
+
+    #[test]
+    fn fw_cfg_commas_are_escaped() {
+        assert_eq!(
+            fw_cfg_string("opt/multikernel/plan", "1,3"),
+            "name=opt/multikernel/plan,string=1,,3"
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn main(argv: &[String]) -> Result<()> {
     let mut cmd = qemu::command(&machine, &["run.args"])?;
     if let Some(plan) = &plan {
         cmd.arg("-fw_cfg")
-            .arg(format!("name=opt/multikernel/plan,string={plan}"));
+            .arg(qemu::fw_cfg_string("opt/multikernel/plan", plan));
         eprintln!("xtask: partition plan {plan}");
     }
     if !args.flag("display") {

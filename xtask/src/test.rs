@@ -179,13 +179,13 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
     cmd.arg("-serial")
         .arg(format!("file:{}", log_path.display()))
         .arg("-fw_cfg")
-        .arg(format!(
-            "name=opt/multikernel/tests,string={}",
-            b.cases.join(" ")
+        .arg(qemu::fw_cfg_string(
+            "opt/multikernel/tests",
+            &b.cases.join(" "),
         ));
     if let Some(plan) = b.plan {
         cmd.arg("-fw_cfg")
-            .arg(format!("name=opt/multikernel/plan,string={plan}"));
+            .arg(qemu::fw_cfg_string("opt/multikernel/plan", plan));
     }
     let start = Instant::now();
     let mut child = cmd

@@ -214,11 +214,13 @@ pub fn prepare(
     // 4. BootInfo, its memory map and the descriptor, in one page.
     let info_pa = bump.alloc(1)?;
 
-    // 5. The instance's physical map: its own memory and the shared region, nothing else.
+    // 5. The instance's physical map: its own memory, the shared region, and its trampoline
+    // page (through which it starts its further CPUs); nothing else.
     for r in ranges {
         map_phys(&mut m, &mut bump, *r)?;
     }
     map_phys(&mut m, &mut bump, shared)?;
+    map_phys(&mut m, &mut bump, MemRange::new(trampoline_page, 4096))?;
 
     // Now that the bump is done, the memory map: what it used is "bootloader", the rest usable.
     let info_va = phys_offset() + info_pa;
