@@ -165,7 +165,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let tests = platform::qemu::read_string("opt/multikernel/tests");
     #[cfg(not(feature = "qemu-tests"))]
     let tests: Option<alloc::string::String> = None;
-    instances::start::start_all(boot_info, &platform, tests.as_deref());
+    instances::start::start_all(boot_info, &platform, tests.as_deref(), boot_tsc);
 
     #[cfg(feature = "qemu-tests")]
     selftest::run(&platform, tests);

@@ -48,6 +48,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "instance_cpus" => instance_cpus(arg),
             "isolation" => isolation(),
             "memory_accounting" => memory_accounting(),
+            "ownership" => ownership(),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),
@@ -484,6 +485,49 @@ fn isolation() -> Outcome {
         "isolation: {} instances faulted on instance 0's memory; counters private",
         plan.partition_count() - 1
     );
+    Ok(())
+}
+
+/// The shared ownership tables say which instance owns each CPU and memory chunk, as the plan
+/// does, and every IO APIC line belongs to instance 0.
+fn ownership() -> Outcome {
+    use mk_shared::{Owner, Resource};
+    let plan = plan()?;
+    let r = crate::instances::region::get().ok_or("no shared region")?;
+    for p in plan.partitions() {
+        for &apic in p.cpus {
+            let o = r.owner(Resource::Cpu(apic)).map_err(|e| format!("{e:?}"))?;
+            ensure(o == Owner::Owned(p.index), || {
+                format!(
+                    "CPU {apic}: table says {o:?}, plan says instance {}",
+                    p.index
+                )
+            })?;
+        }
+        for m in p.memory {
+            let chunk = mk_shared::MEM_CHUNK_SIZE;
+            let first = m.start.next_multiple_of(chunk);
+            let mut a = first;
+            while a + chunk <= m.end() {
+                let o = r
+                    .owner(Resource::memory_at(a))
+                    .map_err(|e| format!("{e:?}"))?;
+                ensure(o == Owner::Owned(p.index), || {
+                    format!(
+                        "memory {a:#x}: table says {o:?}, plan says instance {}",
+                        p.index
+                    )
+                })?;
+                a += chunk;
+            }
+        }
+    }
+    let irqs = crate::arch::ioapic::line_count();
+    for gsi in 0..irqs {
+        let o = r.owner(Resource::Irq(gsi)).map_err(|e| format!("{e:?}"))?;
+        ensure(o == Owner::Owned(0), || format!("IRQ {gsi}: {o:?}"))?;
+    }
+    println!("ownership: CPUs, memory chunks and {irqs} IRQ lines each have their one owner");
     Ok(())
 }
 

@@ -2,20 +2,40 @@
 
 use std::path::PathBuf;
 
-use crate::Result;
 use crate::args::Args;
 use crate::build::{self, Flavor};
 use crate::setup::{self, root};
+use crate::{Error, Result};
 
 pub fn main(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, &["release", "debug"], &["out"], 0)?;
+    let args = Args::parse(argv, &["release", "debug"], &["out", "partitions"], 0)?;
     let release = !args.flag("debug");
     let out = args
         .value("out")
         .map_or_else(|| root().join("target/images"), PathBuf::from);
+    // A partition plan rides along as the image's ramdisk: real machines have no fw_cfg. Only
+    // its syntax can be checked here; the kernel checks it against the machine at boot and
+    // falls back to the default plan, with the reason on the console, if it does not fit.
+    let plan_file = match args.value("partitions") {
+        None => None,
+        Some(text) => {
+            let spec = mk_plan::PlanSpec::parse(text)
+                .map_err(|e| Error::Usage(format!("--partitions '{text}': {e}")))?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("creating {}: {e}", out.display()))?;
+            let path = out.join("plan.txt");
+            std::fs::write(&path, format!("{spec}\n"))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            println!(
+                "partition plan {spec} written to {} (the images' ramdisk)",
+                path.display()
+            );
+            Some(path)
+        }
+    };
     setup::ensure_toolchain()?;
     let kernel = build::kernel(release, Flavor::Run)?;
-    let images = boot::build_images(&kernel, None, &out, "multikernel")?;
+    let images = boot::build_images(&kernel, plan_file.as_deref(), &out, "multikernel")?;
     for (name, path) in [("BIOS", &images.bios), ("UEFI", &images.uefi)] {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         println!("{name} image: {} ({} KiB)", path.display(), size / 1024);

@@ -19,6 +19,9 @@ usage: cargo xtask <command> [options]
 commands:
   run     build the kernel and boot it in QEMU, serial console on this terminal
             --smp N          CPUs (default 2)
+            --partitions P   partition plan: CPU counts, e.g. 2,2,4, with optional
+                             memory sizes, e.g. 2:256M,2:256M,4 (default: one
+                             instance per CPU, memory split evenly)
             --memory SIZE    guest memory, e.g. 512M, 2G (default 1G)
             --uefi           boot the UEFI image under OVMF (default: BIOS image)
             --no-kvm         use TCG even where /dev/kvm works
@@ -32,6 +35,7 @@ commands:
             --qemu-only      only the QEMU tests
   image   build the BIOS and UEFI disk images
             --out DIR        where to write them (default target/images)
+            --partitions P   partition plan carried in the images (ramdisk)
             --release        optimised kernel (default)
             --debug          unoptimised kernel
   flash   write an image to a USB stick

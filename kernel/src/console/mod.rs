@@ -131,6 +131,8 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
         bytes: [0; 512],
         len: 0,
     };
+    let (instance, cpu) = crate::arch::cpu::log_identity();
+    let _ = write!(line, "[i{instance} c{cpu}] ");
     let _ = line.write_fmt(args);
     serial::force_write_bytes(&line.bytes[..line.len]);
     serial::force_write_bytes(b"\n");

@@ -109,7 +109,7 @@ fn map_phys(
     let off = phys_offset();
     let mut pa = r.start & !0xFFF;
     while pa < r.end() {
-        if pa % Size2MiB::SIZE == 0 && pa + Size2MiB::SIZE <= r.end() {
+        if pa.is_multiple_of(Size2MiB::SIZE) && pa + Size2MiB::SIZE <= r.end() {
             let page: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + pa));
             let frame = PhysFrame::containing_address(PhysAddr::new(pa));
             // SAFETY: as in `map4k`.

@@ -82,9 +82,6 @@ pub fn publish_running(id: u32, cpus: &[u32], _online: u32) {
         }
     });
     let _ = inst.publish_resources(cpus, &ranges[..n]);
-    if id == 0 {
-        let _ = inst.start_boot(tsc::read());
-    }
     let _ = inst.mark_running(tsc::read());
 }
 
@@ -140,4 +137,34 @@ pub fn report(slot: usize, value: u64) {
 /// Report word `slot` of instance `id`, once published.
 pub fn read_report(id: usize, slot: usize) -> Option<u64> {
     get()?.instance(id).ok()?.report(slot)
+}
+
+/// Instance 0, once: records who owns what in the ownership tables: each partition's CPUs and
+/// memory, and every IO APIC line (instance 0 receives device interrupts until the IRQ
+/// services move them). Memory is owned in 2 MiB chunks: a chunk that straddles two partitions
+/// (partition boundaries are only page-aligned) stays unowned in the table, and the partitions'
+/// own frame allocators remain the authority for it.
+pub fn record_ownership(plan: &mk_plan::Plan) -> Result<(), String> {
+    use mk_shared::Resource;
+    let r = get().ok_or("no shared region")?;
+    let chunk = mk_shared::MEM_CHUNK_SIZE;
+    for p in plan.partitions() {
+        for &apic in p.cpus {
+            r.claim(Resource::Cpu(apic), p.index, None)
+                .map_err(|e| alloc::format!("CPU {apic}: {e:?}"))?;
+        }
+        for m in p.memory {
+            let first = m.start.next_multiple_of(chunk);
+            let end = m.end() & !(chunk - 1);
+            if first < end {
+                r.claim_memory(first, end - first, p.index, None)
+                    .map_err(|e| alloc::format!("memory {m}: {e:?}"))?;
+            }
+        }
+    }
+    for gsi in 0..crate::arch::ioapic::line_count().min(mk_shared::MAX_IRQS as u32) {
+        r.claim(Resource::Irq(gsi), 0, None)
+            .map_err(|e| alloc::format!("IRQ {gsi}: {e:?}"))?;
+    }
+    Ok(())
 }

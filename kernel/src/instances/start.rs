@@ -69,7 +69,13 @@ pub static PLAN_REJECTED: spin::Once<String> = spin::Once::new();
 /// The resolved plan, kept for the tests and the status table.
 pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
 
-pub fn start_all(boot_info: &'static BootInfo, platform: &Platform, tests: Option<&str>) {
+/// Instance 0's work at boot; `boot_tsc` is the TSC at kernel entry.
+pub fn start_all(
+    boot_info: &'static BootInfo,
+    platform: &Platform,
+    tests: Option<&str>,
+    boot_tsc: u64,
+) {
     let this_apic = crate::arch::cpu::current().apic_id;
     // The bootstrap CPU first, then the others in MADT order.
     let mut cpus: Vec<u32> = alloc::vec![this_apic];
@@ -82,14 +88,14 @@ pub fn start_all(boot_info: &'static BootInfo, platform: &Platform, tests: Optio
     let usable = usable_ranges(boot_info);
     let default = PlanSpec::default_for(cpus.len() as u32);
     let spec = match plan_text(boot_info) {
-        None => default.clone(),
+        None => default,
         Some(text) => match PlanSpec::parse(&text) {
             Ok(spec) => spec,
             Err(e) => {
                 let reason = alloc::format!("partition plan '{text}' rejected: {e}");
                 warn!("{reason}; using the default plan ({default})");
                 PLAN_REJECTED.call_once(|| reason);
-                default.clone()
+                default
             }
         },
     };
@@ -130,7 +136,11 @@ pub fn start_all(boot_info: &'static BootInfo, platform: &Platform, tests: Optio
         crate::fatal(format_args!("shared region: {e}"));
     }
     let me = plan.partition(0).expect("partition 0 exists");
+    region::set_booting(0, boot_tsc);
     region::publish_running(0, me.cpus, 1);
+    if let Err(e) = region::record_ownership(plan) {
+        error!("ownership tables: {e}");
+    }
     crate::console::use_shared_lock();
 
     let pages = match trampoline_pages(boot_info, count) {

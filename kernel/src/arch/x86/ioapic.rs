@@ -80,6 +80,11 @@ pub fn unmask(gsi: u32) -> Result<(), &'static str> {
     with_line(gsi, |chip, line| unsafe { chip.regs.enable_irq(line) })
 }
 
+/// Total number of lines over all chips.
+pub fn line_count() -> u32 {
+    CHIPS.lock().iter().flatten().map(|c| c.lines).sum()
+}
+
 fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, &'static str> {
     let mut chips = CHIPS.lock();
     let chip = chips
