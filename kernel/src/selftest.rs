@@ -330,6 +330,8 @@ mod report {
     pub const COUNTER: usize = 2;
     /// CR2 of the isolation fault, or u64::MAX when the read did not fault.
     pub const FAULT: usize = 3;
+    /// CPUs of the instance that took timer interrupts within 200 ms of coming up.
+    pub const TICKING: usize = 4;
 }
 
 /// What an instance other than 0 runs in a test boot: fill the report, then probe isolation.
@@ -346,6 +348,8 @@ pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> !
         u64::from(secondary::ONLINE.load(Ordering::SeqCst)),
     );
     region::report(report::COUNTER, PROBE_COUNTER.load(Ordering::SeqCst));
+    crate::arch::tsc::spin_micros(200_000);
+    region::report(report::TICKING, u64::from(secondary::cpus_ticking()));
     if desc.tests().split_whitespace().any(|t| t == "isolation") {
         interrupts::expect_page_fault(frames::phys_to_virt(PROBE_PHYS_IN_0), |cr2, _| {
             crate::instances::region::report(report::FAULT, cr2);
@@ -441,9 +445,15 @@ fn instance_cpus(arg: &str) -> Outcome {
         .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<u64>().ok()?)))
         .ok_or_else(|| format!("bad argument '{arg}', expected INSTANCE:CPUS"))?;
     let online = wait_report(i, report::ONLINE)?;
-    println!("instance_cpus: instance {i} has {online} CPUs online");
+    let ticking = wait_report(i, report::TICKING)?;
+    println!(
+        "instance_cpus: instance {i} has {online} CPUs online, {ticking} taking timer interrupts"
+    );
     ensure(online == n, || {
         format!("instance {i} has {online} CPUs online, expected {n}")
+    })?;
+    ensure(ticking == n, || {
+        format!("only {ticking} of instance {i}'s {n} CPUs take interrupts")
     })
 }
 

@@ -65,6 +65,21 @@ pub fn parse(log: &str, cases: &[&str]) -> BootLog {
     }
 }
 
+/// Lines in which a second log prefix (`[i<instance> c<cpu>]`) starts mid-line: output of two
+/// CPUs or instances interleaved.
+pub fn interleaved_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| {
+            line.char_indices().skip(1).any(|(i, _)| {
+                let rest = &line[i..];
+                rest.starts_with("[i")
+                    && rest[2..].starts_with(|c: char| c.is_ascii_digit())
+                    && rest.contains(" c")
+            })
+        })
+        .collect()
+}
+
 /// The last `n` lines of `log`.
 pub fn tail(log: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = log.lines().collect();
@@ -104,6 +119,16 @@ mod tests {
         let got = parse("TEST a PASS\nTEST a FAIL: second\n", &["a", "a"]);
         assert_eq!(got.results[0].1, CaseResult::Pass);
         assert_eq!(got.results[1].1, CaseResult::Fail("second".into()));
+    }
+
+    #[test]
+    fn finds_interleaved_lines() {
+        let log = "[i0 c0] INFO  whole line\n[i1 c0] INFO  half[i2 c0] INFO  other\nTEST a PASS\n";
+        assert_eq!(
+            interleaved_lines(log),
+            vec!["[i1 c0] INFO  half[i2 c0] INFO  other"]
+        );
+        assert!(interleaved_lines("[i0 c0] INFO  mentions [ix] fine\n").is_empty());
     }
 
     #[test]

@@ -276,6 +276,25 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
             }
         }
     }
+    // Whole lines: the console lock must keep instances' and CPUs' lines apart.
+    let interleaved = log::interleaved_lines(&serial);
+    if !interleaved.is_empty() {
+        let full = format!("{}/whole_log_lines", b.name);
+        println!(
+            "FAIL   {full}: {} interleaved line(s), e.g. {}",
+            interleaved.len(),
+            interleaved[0]
+        );
+        tally.failed += 1;
+        tally.failures.push(full);
+        boot_failed = true;
+    } else if b.cases.iter().any(|c| c.starts_with("instances=")) {
+        println!(
+            "ok     {}/whole_log_lines ({tag}): no line of one CPU or instance cut by another",
+            b.name
+        );
+        tally.passed += 1;
+    }
     if boot_failed {
         println!(
             "       serial log kept at {}; last lines:",

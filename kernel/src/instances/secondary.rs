@@ -3,18 +3,40 @@
 //! memory and the shared region.
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use bootloader_api::BootInfo;
 
-use super::descriptor::BootDescriptor;
+use super::descriptor::{self, BootDescriptor};
 use super::{region, smp};
+use crate::arch::cpu::PerCpu;
 use crate::arch::trampoline::Params;
 use crate::arch::{apic, cpu, gdt, interrupts, tsc};
 use crate::{console, fatal, info, instance, memory};
 
 /// CPUs of this instance that are up (the first one included).
 pub static ONLINE: AtomicU32 = AtomicU32::new(0);
+/// The per-CPU blocks of this instance's CPUs, by index (for status and tests).
+pub static CPUS: [AtomicPtr<PerCpu>; descriptor::MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; descriptor::MAX_CPUS];
+
+/// How many of this instance's CPUs have taken at least one timer interrupt.
+pub fn cpus_ticking() -> u32 {
+    CPUS.iter()
+        .filter_map(|p| {
+            let p = p.load(Ordering::Acquire);
+            // SAFETY: non-null entries point at leaked per-CPU blocks (see `register`).
+            (!p.is_null()).then(|| unsafe { &*p })
+        })
+        .filter(|c| c.ticks.load(Ordering::Relaxed) > 0)
+        .count() as u32
+}
+
+fn register(cpu: &'static PerCpu) {
+    if let Some(slot) = CPUS.get(cpu.index as usize) {
+        slot.store(cpu as *const PerCpu as *mut PerCpu, Ordering::Release);
+    }
+}
 const AP_STACK_SIZE: usize = 64 * 1024;
 
 pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
@@ -32,7 +54,9 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
     console::use_shared_lock();
     let lapic = bring_up_lapic(desc.lapic_hz_div16);
     let apic_id = lapic.id();
-    cpu::install(0, apic_id).set_lapic(lapic);
+    let this = cpu::install(0, apic_id);
+    this.set_lapic(lapic);
+    register(this);
     ONLINE.store(1, Ordering::SeqCst);
     x86_64::instructions::interrupts::enable();
 
@@ -104,7 +128,9 @@ extern "C" fn ap_entry(index: u64) -> ! {
     interrupts::load_on_this_cpu();
     let lapic = bring_up_lapic(apic::timer_hz_div16());
     let apic_id = lapic.id();
-    cpu::install(index as u32, apic_id).set_lapic(lapic);
+    let this = cpu::install(index as u32, apic_id);
+    this.set_lapic(lapic);
+    register(this);
     ONLINE.fetch_add(1, Ordering::SeqCst);
     info!(
         "CPU {index} (APIC ID {apic_id}) joined instance {}",

@@ -117,7 +117,9 @@ pub fn start_all(
         }
     };
     let plan = PLAN.call_once(|| Box::new(plan));
-    info!("partition plan: {plan}");
+    for line in alloc::format!("{plan}").lines() {
+        info!("plan: {line}");
+    }
     let Some(shared) = plan.shared() else {
         crate::fatal(format_args!("the plan has no shared region"));
     };
