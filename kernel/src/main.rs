@@ -19,6 +19,7 @@ mod console;
 mod instance;
 mod instances;
 mod memory;
+mod messaging;
 mod platform;
 #[cfg(feature = "qemu-tests")]
 mod selftest;
@@ -171,9 +172,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     selftest::run(&platform, tests);
 
     #[cfg(not(feature = "qemu-tests"))]
-    loop {
-        x86_64::instructions::hlt();
-    }
+    messaging::serve_forever()
 }
 
 /// Reports an unrecoverable error on every console and stops: test kernels end QEMU with a

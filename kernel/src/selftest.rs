@@ -49,6 +49,13 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "isolation" => isolation(),
             "memory_accounting" => memory_accounting(),
             "ownership" => ownership(),
+            "msg_ping" => msg_ping(arg),
+            "msg_order" => msg_order(arg),
+            "msg_reject" => msg_reject(),
+            "doorbell_always" => {
+                crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
+                Ok(())
+            }
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),
@@ -350,6 +357,7 @@ pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> !
     region::report(report::COUNTER, PROBE_COUNTER.load(Ordering::SeqCst));
     crate::arch::tsc::spin_micros(200_000);
     region::report(report::TICKING, u64::from(secondary::cpus_ticking()));
+    register_test_handlers();
     if desc.tests().split_whitespace().any(|t| t == "isolation") {
         interrupts::expect_page_fault(frames::phys_to_virt(PROBE_PHYS_IN_0), |cr2, _| {
             crate::instances::region::report(report::FAULT, cr2);
@@ -369,9 +377,227 @@ pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> !
 
 fn idle() -> ! {
     x86_64::instructions::interrupts::enable();
-    loop {
-        x86_64::instructions::hlt();
+    crate::messaging::serve_forever()
+}
+
+// ---- Messaging -----------------------------------------------------------------------------
+
+/// USER subtypes the messaging tests use.
+mod user {
+    /// One-way: payload = sequence number (u64 LE) + 200 pattern bytes derived from it.
+    pub const SEQUENCED: u16 = 1;
+    /// Call: reply payload = in-order count, bad count, dispatcher rejections (3 x u64 LE).
+    pub const STATS: u16 = 2;
+}
+
+static SEQ_NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static SEQ_OK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static SEQ_BAD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn pattern(seq: u64, i: usize) -> u8 {
+    (seq.wrapping_mul(31).wrapping_add(i as u64 * 7) & 0xFF) as u8
+}
+
+fn sequenced_payload(seq: u64) -> mk_wire::Payload {
+    let mut bytes = [0u8; 208];
+    bytes[..8].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in bytes[8..].iter_mut().enumerate() {
+        *b = pattern(seq, i);
     }
+    mk_wire::Payload::User(mk_wire::UserPayload::new(&bytes).expect("208 bytes fit"))
+}
+
+/// The receiving side of the messaging tests: checks order and contents of sequenced messages.
+fn register_test_handlers() {
+    use mk_dispatch::{HandlerKey, Reply};
+    use mk_wire::{Kind, Message, Payload, UserPayload};
+    let Some(d) = crate::messaging::dispatcher() else {
+        return;
+    };
+    fn sequenced(m: &Message) -> Option<Reply> {
+        let Payload::User(p) = m.payload else {
+            SEQ_BAD.fetch_add(1, Ordering::SeqCst);
+            return None;
+        };
+        let b = p.as_bytes();
+        let seq = b.get(..8).map_or(u64::MAX, |s| {
+            u64::from_le_bytes(s.try_into().expect("8 bytes"))
+        });
+        let intact = b.len() == 208
+            && b[8..]
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == pattern(seq, i));
+        if intact && seq == SEQ_NEXT.load(Ordering::SeqCst) {
+            SEQ_OK.fetch_add(1, Ordering::SeqCst);
+        } else {
+            SEQ_BAD.fetch_add(1, Ordering::SeqCst);
+        }
+        SEQ_NEXT.store(seq.wrapping_add(1), Ordering::SeqCst);
+        None
+    }
+    fn stats(_m: &Message) -> Option<Reply> {
+        let (_, rejected) = crate::messaging::counters();
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&SEQ_OK.load(Ordering::SeqCst).to_le_bytes());
+        bytes[8..16].copy_from_slice(&SEQ_BAD.load(Ordering::SeqCst).to_le_bytes());
+        bytes[16..].copy_from_slice(&rejected.to_le_bytes());
+        Some(Reply::ok(Payload::User(
+            UserPayload::new(&bytes).expect("24 bytes fit"),
+        )))
+    }
+    use crate::messaging::HandlerFn;
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::SEQUENCED)),
+        &(sequenced as HandlerFn),
+    );
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::STATS)),
+        &(stats as HandlerFn),
+    );
+}
+
+/// Asks instance `to` for (in order, bad, rejected).
+fn peer_stats(to: usize) -> Result<(u64, u64, u64), String> {
+    let reply = crate::messaging::call(
+        to,
+        mk_wire::Kind::User(user::STATS),
+        mk_wire::Payload::User(mk_wire::UserPayload::new(&[]).expect("empty fits")),
+        2000,
+    )
+    .map_err(|e| format!("stats call to instance {to}: {e:?}"))?;
+    let mk_wire::Payload::User(p) = reply.payload else {
+        return Err(format!("stats reply with {:?}", reply.payload.kind()));
+    };
+    let b = p.as_bytes();
+    if b.len() != 24 {
+        return Err(format!("stats reply of {} bytes", b.len()));
+    }
+    let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Ok((word(0), word(1), word(2)))
+}
+
+/// `msg_ping=N`: N PING calls to every other instance; each reply carries back its own nonce.
+fn msg_ping(arg: &str) -> Outcome {
+    let n: u64 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    let plan = plan()?;
+    for p in plan.partitions().skip(1) {
+        let start = crate::arch::tsc::read();
+        for i in 0..n {
+            let ping = mk_wire::PingPayload {
+                nonce: i ^ 0x5a5a,
+                sent_at: i,
+            };
+            let reply = crate::messaging::call(
+                p.index,
+                mk_wire::Kind::Ping,
+                mk_wire::Payload::Ping(ping),
+                2000,
+            )
+            .map_err(|e| format!("ping {i} to instance {}: {e:?}", p.index))?;
+            ensure(reply.payload == mk_wire::Payload::Ping(ping), || {
+                format!(
+                    "ping {i} to instance {}: reply {:?}",
+                    p.index, reply.payload
+                )
+            })?;
+        }
+        let us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
+        println!(
+            "msg_ping: {n} round trips with instance {} in {us} us",
+            p.index
+        );
+    }
+    Ok(())
+}
+
+/// `msg_order=N`: N one-way 240-byte messages to instance 1 arrive intact and in order (the
+/// mailbox fills up and the sender waits for room: nothing is lost or overwritten).
+fn msg_order(arg: &str) -> Outcome {
+    let n: u64 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    let (ok0, bad0, _) = peer_stats(1)?;
+    for seq in ok0 + bad0..ok0 + bad0 + n {
+        let msg = mk_wire::Message::request(
+            0,
+            mk_wire::Kind::User(user::SEQUENCED),
+            seq + 1,
+            sequenced_payload(seq),
+        );
+        let mut tries = 0;
+        loop {
+            match crate::messaging::send(1, &msg) {
+                Ok(()) => break,
+                Err(crate::messaging::SendError::Busy) if tries < 50 => tries += 1,
+                Err(e) => return Err(format!("message {seq}: {e:?}")),
+            }
+        }
+    }
+    let (ok, bad, _) = peer_stats(1)?;
+    println!(
+        "msg_order: instance 1 got {} in order and intact, {} bad",
+        ok - ok0,
+        bad - bad0
+    );
+    ensure(ok - ok0 == n && bad == bad0, || {
+        format!("{} of {n} in order, {} bad", ok - ok0, bad - bad0)
+    })
+}
+
+/// Malformed messages (bad version, unknown type, wrong payload size, a forged sender) are
+/// rejected and counted by the receiver, and the valid messages after them still arrive.
+fn msg_reject() -> Outcome {
+    let (_, _, rejected0) = peer_stats(1)?;
+    let ping = mk_wire::Message::request(
+        0,
+        mk_wire::Kind::Ping,
+        77,
+        mk_wire::Payload::Ping(mk_wire::PingPayload {
+            nonce: 1,
+            sent_at: 2,
+        }),
+    );
+    let mut good = [0u8; mk_wire::SLOT_SIZE];
+    mk_wire::encode(&ping, &mut good).map_err(|e| format!("{e:?}"))?;
+    let mut bad_version = good;
+    bad_version[mk_wire::offset::VERSION] = 99;
+    let mut bad_type = good;
+    bad_type[mk_wire::offset::TYPE..mk_wire::offset::TYPE + 2]
+        .copy_from_slice(&0x7777u16.to_le_bytes());
+    let mut bad_len = good;
+    bad_len[mk_wire::offset::PAYLOAD_LEN..mk_wire::offset::PAYLOAD_LEN + 2]
+        .copy_from_slice(&3u16.to_le_bytes());
+    let mut forged = good;
+    forged[mk_wire::offset::SENDER..mk_wire::offset::SENDER + 2]
+        .copy_from_slice(&5u16.to_le_bytes());
+    for slot in [&bad_version, &bad_type, &bad_len, &forged] {
+        crate::messaging::send_slot(1, slot).map_err(|e| format!("{e:?}"))?;
+    }
+    let reply = crate::messaging::call(
+        1,
+        mk_wire::Kind::Ping,
+        mk_wire::Payload::Ping(mk_wire::PingPayload {
+            nonce: 3,
+            sent_at: 4,
+        }),
+        2000,
+    )
+    .map_err(|e| format!("ping after the bad messages: {e:?}"))?;
+    ensure(
+        reply.payload
+            == mk_wire::Payload::Ping(mk_wire::PingPayload {
+                nonce: 3,
+                sent_at: 4,
+            }),
+        || "wrong ping reply".into(),
+    )?;
+    let (_, _, rejected) = peer_stats(1)?;
+    println!(
+        "msg_reject: instance 1 rejected {} malformed messages and still answered",
+        rejected - rejected0
+    );
+    ensure(rejected - rejected0 == 4, || {
+        format!("{} rejections counted, expected 4", rejected - rejected0)
+    })
 }
 
 fn plan() -> Result<&'static mk_plan::Plan, String> {

@@ -229,6 +229,31 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "plan 1,3: the second instance runs on 3 CPUs",
         });
     }
+    // Messaging between two instances: calls, ordering under back-pressure, rejection.
+    for (name, accel, timeout) in [
+        ("kvm-msg", Accel::Kvm, KVM_TIMEOUT),
+        ("tcg-msg", Accel::Tcg, TCG_TIMEOUT),
+    ] {
+        boots.push(Boot {
+            name,
+            accel,
+            firmware: Firmware::Bios,
+            smp: 2,
+            memory_mib: 512,
+            cases: &[
+                "instances=2",
+                "msg_ping=1000",
+                "msg_order=5000",
+                "msg_reject",
+                "doorbell_always",
+                "msg_ping=200",
+            ],
+            plan: None,
+            expect: Expect::Pass,
+            timeout_secs: timeout,
+            note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
+        });
+    }
     // Bad plans: the kernel logs why and falls back to the default plan (one instance per CPU).
     for (name, plan) in [
         ("badplan-cpus", "1,2"),

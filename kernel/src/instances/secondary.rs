@@ -52,6 +52,9 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
         fatal(format_args!("shared region: {e}"));
     }
     console::use_shared_lock();
+    if let Err(e) = crate::messaging::init(desc.instance_id as usize) {
+        crate::error!("messaging: {e}");
+    }
     let lapic = bring_up_lapic(desc.lapic_hz_div16);
     let apic_id = lapic.id();
     let this = cpu::install(0, apic_id);
@@ -81,9 +84,7 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
         crate::selftest::run_in_instance(desc);
     }
 
-    loop {
-        x86_64::instructions::hlt();
-    }
+    crate::messaging::serve_forever()
 }
 
 /// Enables the running CPU's local APIC with the timer rate instance 0 measured.

@@ -1,0 +1,308 @@
+//! Messaging between instances: the per-pair mailboxes of the shared region (`mk-mailbox`),
+//! the wire format (`mk-wire`), the dispatcher (`mk-dispatch`) and IPIs as doorbells.
+//!
+//! ```text
+//!  sender (instance a)                         receiver (instance b)
+//!  encode(msg) ─► mailbox a→b slot ──────────► drain (b's first CPU, in its serve loop)
+//!       │          (seq published last)            └─► dispatcher: validate, handler
+//!       └─ receiver armed? ─► IPI on MESSAGE_IPI ─► wakes b from hlt (the handler only counts)
+//! ```
+//!
+//! Messages are handled in thread context, never inside the IPI handler: the IPI only wakes the
+//! instance's first CPU from `hlt`, and that CPU's serve loop (or any code waiting for a reply,
+//! through [`poll`]) drains the mailboxes. So handlers may take locks and send replies.
+//!
+//! Doorbell suppression: a receiver arms its mailboxes (a flag on its own cache line) only just
+//! before it halts; a sender rings only when it finds the flag set. `set_doorbell_mode` turns
+//! the suppression off (always ring) so that both can be measured.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_dispatch::{CallState, DispatchOutcome, Dispatcher, HandlerKey, PeerTelemetry, Reply};
+use mk_mailbox::{DoorbellMode, MailboxMatrix, ReceiverEnd, SenderEnd};
+use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
+use spin::{Mutex, Once};
+
+use crate::arch::{cpu, interrupts, tsc};
+use crate::instances::region;
+
+const MAX_PEERS: usize = mk_shared::MAX_INSTANCES;
+
+/// How long a sender waits for room in a full mailbox before `Busy`.
+pub const SEND_TIMEOUT_MS: u64 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Messaging is not up in this instance.
+    NotReady,
+    /// No such instance, or it is this one.
+    NoSuchInstance(usize),
+    /// The peer is not running (booting, stopped or dead).
+    NotRunning(usize),
+    /// The mailbox stayed full for `SEND_TIMEOUT_MS`.
+    Busy,
+    /// The message does not encode (a bug in the caller).
+    Invalid,
+    /// The mailbox refused it (dead, reset or corrupt channel).
+    Mailbox(mk_mailbox::Error),
+}
+
+struct Peers {
+    senders: Vec<Option<SenderEnd<'static>>>,
+    receivers: Vec<Option<ReceiverEnd<'static>>>,
+}
+
+static MATRIX: Once<MailboxMatrix<'static>> = Once::new();
+static ENDS: Once<Mutex<Peers>> = Once::new();
+/// Per-peer counters of the dispatcher (rejections, calls, latency histogram).
+static TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
+static DISPATCHER: Once<Dispatcher<'static, 32, 64>> = Once::new();
+/// Message IPIs that found nothing new in any mailbox.
+pub static SPURIOUS_IPIS: AtomicU64 = AtomicU64::new(0);
+
+fn clock() -> u64 {
+    tsc::read()
+}
+
+pub fn dispatcher() -> Option<&'static Dispatcher<'static, 32, 64>> {
+    DISPATCHER.get()
+}
+
+/// Brings up this instance's ends of every mailbox pair and the dispatcher, with a PING
+/// handler. Called once the shared region is attached.
+pub fn init(me: usize) -> Result<(), &'static str> {
+    let region = region::get().ok_or("no shared region")?;
+    let n = region.instance_count();
+    let matrix = MATRIX.try_call_once(|| region.mailbox().map_err(|_| "no mailbox matrix"))?;
+    let mut peers = Peers {
+        senders: (0..n).map(|_| None).collect(),
+        receivers: (0..n).map(|_| None).collect(),
+    };
+    for p in (0..n).filter(|&p| p != me) {
+        peers.senders[p] = Some(
+            matrix
+                .sender_end(me, p)
+                .map_err(|_| "claiming a sender end")?,
+        );
+        peers.receivers[p] = Some(
+            matrix
+                .receiver_end(p, me)
+                .map_err(|_| "claiming a receiver end")?,
+        );
+    }
+    ENDS.call_once(|| Mutex::new(peers));
+    let ms = tsc::ticks_per_ms();
+    let d = DISPATCHER.call_once(|| Dispatcher::new(me as u16, clock, &TELEMETRY, 1000 * ms, 8));
+    d.registry()
+        .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
+        .map_err(|_| "registering the PING handler")?;
+    interrupts::set_message_handler(on_ipi);
+    Ok(())
+}
+
+/// A handler as a plain function.
+pub type HandlerFn = fn(&Message) -> Option<Reply>;
+
+/// PING: answer with the same payload.
+fn pong(m: &Message) -> Option<Reply> {
+    Some(Reply::ok(m.payload))
+}
+
+/// Sets doorbell suppression on (default) or off for every peer.
+pub fn set_doorbell_mode(mode: DoorbellMode) {
+    if let Some(ends) = ENDS.get() {
+        for s in ends.lock().senders.iter_mut().flatten() {
+            s.set_doorbell_mode(mode);
+        }
+    }
+}
+
+/// Runs in the IPI handler: only notes that it came. The woken CPU drains in thread context.
+fn on_ipi() {}
+
+/// APIC ID of the CPU that serves `peer`'s mailboxes (its first CPU), from the shared table.
+fn doorbell_cpu(peer: usize) -> Option<u32> {
+    let res = region::get()?.instance(peer).ok()?.resources().ok()?;
+    res.cpus().first().copied()
+}
+
+/// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots).
+pub fn send_slot(to: usize, slot: &Slot) -> Result<(), SendError> {
+    let region = region::get().ok_or(SendError::NotReady)?;
+    let inst = region
+        .instance(to)
+        .map_err(|_| SendError::NoSuchInstance(to))?;
+    if inst.state() != Ok(mk_shared::InstanceState::Running) {
+        return Err(SendError::NotRunning(to));
+    }
+    let ends = ENDS.get().ok_or(SendError::NotReady)?;
+    let deadline = tsc::read() + SEND_TIMEOUT_MS * tsc::ticks_per_ms();
+    let outcome = {
+        let mut peers = ends.lock();
+        let sender = peers
+            .senders
+            .get_mut(to)
+            .and_then(Option::as_mut)
+            .ok_or(SendError::NoSuchInstance(to))?;
+        sender.send_timeout(slot, tsc::read, deadline)
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(mk_mailbox::Error::Busy) => {
+            if let Some(t) = TELEMETRY.get(to) {
+                t.record_busy();
+            }
+            return Err(SendError::Busy);
+        }
+        Err(e) => return Err(SendError::Mailbox(e)),
+    };
+    let t = TELEMETRY.get(to);
+    if let Some(t) = t {
+        t.record_sent();
+    }
+    if outcome.need_doorbell {
+        if let Some(apic) = doorbell_cpu(to) {
+            cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::MESSAGE_IPI, apic));
+            if let Some(t) = t {
+                t.record_ipi_sent();
+            }
+        }
+    } else if let Some(t) = t {
+        t.record_ipi_suppressed();
+    }
+    Ok(())
+}
+
+/// Sends `msg` (fire and forget).
+pub fn send(to: usize, msg: &Message) -> Result<(), SendError> {
+    let mut slot = [0u8; SLOT_SIZE];
+    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
+    send_slot(to, &slot)
+}
+
+/// Sends a request and waits (draining the mailboxes meanwhile) for its reply, up to
+/// `timeout_ms`. Returns the reply message.
+pub fn call(
+    to: usize,
+    kind: Kind,
+    payload: Payload,
+    timeout_ms: u64,
+) -> Result<Message, CallFailure> {
+    let d = dispatcher().ok_or(CallFailure::Send(SendError::NotReady))?;
+    let (req, token) = d
+        .prepare_call(to as u16, kind, payload, timeout_ms * tsc::ticks_per_ms())
+        .map_err(|_| CallFailure::Send(SendError::Invalid))?;
+    if let Err(e) = send(to, &req) {
+        d.cancel_call(&token);
+        return Err(CallFailure::Send(e));
+    }
+    loop {
+        poll();
+        match d.poll_call(&token) {
+            CallState::Ready(reply) => return Ok(reply),
+            CallState::TimedOut => return Err(CallFailure::Timeout),
+            CallState::Invalid => return Err(CallFailure::Timeout),
+            CallState::Pending => {
+                d.expire_calls();
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    Send(SendError),
+    Timeout,
+}
+
+/// Drains every mailbox once: dispatches each message, sends the replies handlers produce.
+/// Returns how many messages were taken.
+pub fn poll() -> usize {
+    let (Some(ends), Some(d)) = (ENDS.get(), dispatcher()) else {
+        return 0;
+    };
+    let mut replies: Vec<(usize, Message)> = Vec::new();
+    let mut taken = 0;
+    {
+        let mut peers = ends.lock();
+        for (peer, r) in peers.receivers.iter_mut().enumerate() {
+            let Some(r) = r else { continue };
+            let result = r.drain(|slot| {
+                match d.dispatch(peer as u16, slot) {
+                    Ok(DispatchOutcome::Handled {
+                        reply: Some(reply), ..
+                    }) => replies.push((peer, reply)),
+                    Ok(_) => {}
+                    Err(reject) => {
+                        if let Some(reply) = d.reply_for_reject(slot, &reject) {
+                            replies.push((peer, reply));
+                        }
+                        if let mk_dispatch::LogDecision::Log { suppressed } =
+                            d.log_limiter().check(tsc::read())
+                        {
+                            crate::warn!(
+                                "rejected a message from instance {peer}: {reject} ({suppressed} similar suppressed)"
+                            );
+                        }
+                    }
+                }
+            });
+            match result {
+                Ok(n) => taken += n,
+                Err(e) => crate::warn!("mailbox from instance {peer}: {e:?}"),
+            }
+        }
+    }
+    for (peer, reply) in replies {
+        if let Err(e) = send(peer, &reply) {
+            crate::warn!("reply to instance {peer} not sent: {e:?}");
+        }
+    }
+    taken
+}
+
+/// The serve loop of an instance's first CPU: drain, and when there is nothing to do, arm the
+/// mailboxes and halt until a doorbell or another interrupt.
+pub fn serve_forever() -> ! {
+    loop {
+        if poll() > 0 {
+            continue;
+        }
+        x86_64::instructions::interrupts::disable();
+        let may_sleep = ENDS.get().is_some_and(|ends| {
+            let mut peers = ends.lock();
+            peers
+                .receivers
+                .iter_mut()
+                .flatten()
+                .all(|r| r.arm().unwrap_or(false))
+        });
+        if may_sleep {
+            let before = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed);
+            x86_64::instructions::interrupts::enable_and_hlt();
+            let woke_by_ipi = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed) != before;
+            disarm_all();
+            if woke_by_ipi && poll() == 0 {
+                SPURIOUS_IPIS.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            disarm_all();
+            x86_64::instructions::interrupts::enable();
+        }
+    }
+}
+
+fn disarm_all() {
+    if let Some(ends) = ENDS.get() {
+        for r in ends.lock().receivers.iter_mut().flatten() {
+            r.disarm();
+        }
+    }
+}
+
+/// Messages this instance's dispatcher handled, rejected in total.
+pub fn counters() -> (u64, u64) {
+    dispatcher().map_or((0, 0), |d| (d.handled(), d.rejects().total()))
+}
