@@ -135,6 +135,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     lapic.start_periodic(TICK_HZ);
     let this_cpu = cpu::install(0, apic_id);
     this_cpu.set_lapic(lapic);
+    instances::smp::register(this_cpu);
     info!(
         "local APIC: {} mode, APIC ID {apic_id}, timer {} kHz (/16), ticking at {TICK_HZ} Hz",
         apic::mode().map_or("?", apic::Mode::name),

@@ -46,6 +46,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "plan_rejected" => plan_rejected(),
             "instances" => instances(arg),
             "instance_cpus" => instance_cpus(arg),
+            "local_cpus" => local_cpus(arg),
             "isolation" => isolation(),
             "memory_accounting" => memory_accounting(),
             "ownership" => ownership(),
@@ -343,7 +344,7 @@ mod report {
 
 /// What an instance other than 0 runs in a test boot: fill the report, then probe isolation.
 pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> ! {
-    use crate::instances::{region, secondary};
+    use crate::instances::{region, smp};
     let id = u64::from(desc.instance_id);
     PROBE_COUNTER.fetch_add(1000 * id + 1, Ordering::SeqCst);
     region::report(
@@ -352,11 +353,11 @@ pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> !
     );
     region::report(
         report::ONLINE,
-        u64::from(secondary::ONLINE.load(Ordering::SeqCst)),
+        u64::from(smp::ONLINE.load(Ordering::SeqCst)),
     );
     region::report(report::COUNTER, PROBE_COUNTER.load(Ordering::SeqCst));
     crate::arch::tsc::spin_micros(200_000);
-    region::report(report::TICKING, u64::from(secondary::cpus_ticking()));
+    region::report(report::TICKING, u64::from(smp::cpus_ticking()));
     register_test_handlers();
     if desc.tests().split_whitespace().any(|t| t == "isolation") {
         interrupts::expect_page_fault(frames::phys_to_virt(PROBE_PHYS_IN_0), |cr2, _| {
@@ -662,6 +663,34 @@ fn instances(expected: &str) -> Outcome {
         })?;
     }
     Ok(())
+}
+
+/// `local_cpus=N`: instance 0 itself runs on N CPUs, all taking timer interrupts.
+fn local_cpus(arg: &str) -> Outcome {
+    let n: u32 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    crate::arch::tsc::spin_micros(200_000);
+    let online = crate::instances::smp::ONLINE.load(Ordering::SeqCst);
+    let ticking = crate::instances::smp::cpus_ticking();
+    println!("local_cpus: instance 0 has {online} CPUs online, {ticking} taking timer interrupts");
+    for (i, p) in crate::instances::smp::CPUS
+        .iter()
+        .enumerate()
+        .take(online as usize)
+    {
+        let p = p.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: registered per-CPU blocks are leaked and live forever.
+            let c = unsafe { &*p };
+            println!(
+                "local_cpus: cpu {i} apic {} ticks {}",
+                c.apic_id,
+                c.ticks.load(Ordering::SeqCst)
+            );
+        }
+    }
+    ensure(online == n && ticking == n, || {
+        format!("{online} online, {ticking} ticking, expected {n}")
+    })
 }
 
 /// `instance_cpus=I:N`: instance I has N CPUs online.

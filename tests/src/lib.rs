@@ -229,6 +229,29 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "plan 1,3: the second instance runs on 3 CPUs",
         });
     }
+    // Plan 2,2: instance 0 starts its own second CPU too.
+    for (name, accel, timeout) in [
+        ("kvm-part22", Accel::Kvm, KVM_TIMEOUT),
+        ("tcg-part22", Accel::Tcg, TCG_TIMEOUT),
+    ] {
+        boots.push(Boot {
+            name,
+            accel,
+            firmware: Firmware::Bios,
+            smp: 4,
+            memory_mib: 512,
+            cases: &[
+                "instances=2",
+                "local_cpus=2",
+                "instance_cpus=1:2",
+                "msg_ping=50",
+            ],
+            plan: Some("2,2"),
+            expect: Expect::Pass,
+            timeout_secs: timeout,
+            note: "plan 2,2: every instance, instance 0 included, runs on two CPUs",
+        });
+    }
     // Messaging between two instances: calls, ordering under back-pressure, rejection.
     for (name, accel, timeout) in [
         ("kvm-msg", Accel::Kvm, KVM_TIMEOUT),

@@ -154,6 +154,14 @@ pub fn start_all(
         Ok(p) => p,
         Err(e) => crate::fatal(format_args!("{e}")),
     };
+    // Instance 0's own further CPUs, through its own trampoline page (identity-mapped: the AP
+    // runs on from it right after turning paging on with instance 0's page tables).
+    if me.cpus.len() > 1 {
+        match crate::memory::paging::identity_map(pages[0]) {
+            Ok(()) => smp::start_further_cpus(me.cpus, pages[0]),
+            Err(e) => error!("instance 0 cannot start its further CPUs: {e}"),
+        }
+    }
     // SAFETY: the ELF file of the kernel, as the bootloader loaded it, at `kernel_addr` for
     // `kernel_len` bytes; reached through the physical map and never written.
     let kernel_elf = unsafe {

@@ -127,6 +127,21 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
     })
 }
 
+/// Maps the page at physical `pa` at the same virtual address (for the AP trampoline).
+pub fn identity_map(pa: u64) -> Result<(), &'static str> {
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
+    let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+    if translate(pa) == Some(pa) {
+        return Ok(());
+    }
+    map(
+        page,
+        frame,
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+    )
+    .map_err(|_| "identity-mapping the trampoline page failed")
+}
+
 /// The physical address `virt` maps to, if it is mapped.
 pub fn translate(virt: u64) -> Option<u64> {
     with(|m| m.translate_addr(VirtAddr::new(virt)).map(PhysAddr::as_u64))

@@ -97,7 +97,17 @@ pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
     // SAFETY: enabling the APIC of the running CPU; its vectors have IDT handlers installed
     // (interrupts::init ran before), and in xAPIC mode the register page is mapped at
     // `xapic_virt` (the caller mapped it uncached).
-    unsafe { lapic.inner.enable() };
+    //
+    // Twice: `enable` programs the LVT entries (unmasking the timer) *before* it sets the
+    // software-enable bit, and while an APIC is software-disabled (as it is after INIT, on
+    // every CPU but the bootstrap one, whose firmware enabled it) the LVT mask bits cannot be
+    // cleared. The second pass finds the APIC enabled and unmasks for real. (KVM enforces this;
+    // QEMU's TCG does not, which hid it: measured, the timers of CPUs started by INIT-SIPI
+    // never fired under KVM.)
+    unsafe {
+        lapic.inner.enable();
+        lapic.inner.enable();
+    }
     MODE.store(
         match mode {
             Mode::X2Apic => MODE_X2APIC,
