@@ -53,6 +53,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "msg_ping" => msg_ping(arg),
             "msg_order" => msg_order(arg),
             "msg_reject" => msg_reject(),
+            "msg_flood" => msg_flood(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -387,7 +388,8 @@ fn idle() -> ! {
 mod user {
     /// One-way: payload = sequence number (u64 LE) + 200 pattern bytes derived from it.
     pub const SEQUENCED: u16 = 1;
-    /// Call: reply payload = in-order count, bad count, dispatcher rejections (3 x u64 LE).
+    /// Call: reply payload = in-order count, bad count, dispatcher rejections, spurious IPIs,
+    /// doorbell throttles (5 x u64 LE).
     pub const STATS: u16 = 2;
 }
 
@@ -439,12 +441,19 @@ fn register_test_handlers() {
     }
     fn stats(_m: &Message) -> Option<Reply> {
         let (_, rejected) = crate::messaging::counters();
-        let mut bytes = [0u8; 24];
-        bytes[..8].copy_from_slice(&SEQ_OK.load(Ordering::SeqCst).to_le_bytes());
-        bytes[8..16].copy_from_slice(&SEQ_BAD.load(Ordering::SeqCst).to_le_bytes());
-        bytes[16..].copy_from_slice(&rejected.to_le_bytes());
+        let words = [
+            SEQ_OK.load(Ordering::SeqCst),
+            SEQ_BAD.load(Ordering::SeqCst),
+            rejected,
+            crate::messaging::SPURIOUS_IPIS.load(Ordering::SeqCst),
+            crate::messaging::THROTTLES.load(Ordering::SeqCst),
+        ];
+        let mut bytes = [0u8; 40];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
         Some(Reply::ok(Payload::User(
-            UserPayload::new(&bytes).expect("24 bytes fit"),
+            UserPayload::new(&bytes).expect("40 bytes fit"),
         )))
     }
     use crate::messaging::HandlerFn;
@@ -458,8 +467,17 @@ fn register_test_handlers() {
     );
 }
 
-/// Asks instance `to` for (in order, bad, rejected).
-fn peer_stats(to: usize) -> Result<(u64, u64, u64), String> {
+/// What the receiving side of the messaging tests counted.
+struct PeerStats {
+    in_order: u64,
+    bad: u64,
+    rejected: u64,
+    spurious_ipis: u64,
+    throttles: u64,
+}
+
+/// Asks instance `to` for its counters.
+fn peer_stats(to: usize) -> Result<PeerStats, String> {
     let reply = crate::messaging::call(
         to,
         mk_wire::Kind::User(user::STATS),
@@ -471,11 +489,17 @@ fn peer_stats(to: usize) -> Result<(u64, u64, u64), String> {
         return Err(format!("stats reply with {:?}", reply.payload.kind()));
     };
     let b = p.as_bytes();
-    if b.len() != 24 {
+    if b.len() != 40 {
         return Err(format!("stats reply of {} bytes", b.len()));
     }
     let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    Ok((word(0), word(1), word(2)))
+    Ok(PeerStats {
+        in_order: word(0),
+        bad: word(1),
+        rejected: word(2),
+        spurious_ipis: word(3),
+        throttles: word(4),
+    })
 }
 
 /// `msg_ping=N`: N PING calls to every other instance; each reply carries back its own nonce.
@@ -516,7 +540,11 @@ fn msg_ping(arg: &str) -> Outcome {
 /// mailbox fills up and the sender waits for room: nothing is lost or overwritten).
 fn msg_order(arg: &str) -> Outcome {
     let n: u64 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
-    let (ok0, bad0, _) = peer_stats(1)?;
+    let PeerStats {
+        in_order: ok0,
+        bad: bad0,
+        ..
+    } = peer_stats(1)?;
     for seq in ok0 + bad0..ok0 + bad0 + n {
         let msg = mk_wire::Message::request(
             0,
@@ -533,7 +561,9 @@ fn msg_order(arg: &str) -> Outcome {
             }
         }
     }
-    let (ok, bad, _) = peer_stats(1)?;
+    let PeerStats {
+        in_order: ok, bad, ..
+    } = peer_stats(1)?;
     println!(
         "msg_order: instance 1 got {} in order and intact, {} bad",
         ok - ok0,
@@ -544,10 +574,44 @@ fn msg_order(arg: &str) -> Outcome {
     })
 }
 
+/// `msg_flood=N`: N doorbell IPIs with nothing behind them, as fast as this CPU can send
+/// them, to instance 1. It counts them as spurious, throttles the doorbell when the rate is
+/// beyond its budget, and keeps working: it still answers a ping right after.
+fn msg_flood(arg: &str) -> Outcome {
+    let n: u64 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    let before = peer_stats(1)?;
+    let target = crate::messaging::doorbell_cpu(1).ok_or("instance 1 has no CPU published")?;
+    let this = crate::arch::cpu::current();
+    let start = crate::arch::tsc::read();
+    this.with_lapic(|l| {
+        for _ in 0..n {
+            l.send_ipi(interrupts::vectors::MESSAGE_IPI, target);
+        }
+    })
+    .ok_or("no local APIC")?;
+    let flood_us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
+    let ping = mk_wire::PingPayload {
+        nonce: 9,
+        sent_at: 9,
+    };
+    let reply = crate::messaging::call(1, mk_wire::Kind::Ping, mk_wire::Payload::Ping(ping), 2000)
+        .map_err(|e| format!("instance 1 did not answer after the flood: {e:?}"))?;
+    ensure(reply.payload == mk_wire::Payload::Ping(ping), || {
+        "wrong ping reply".into()
+    })?;
+    let after = peer_stats(1)?;
+    let spurious = after.spurious_ipis - before.spurious_ipis;
+    let throttles = after.throttles - before.throttles;
+    println!(
+        "msg_flood: {n} IPIs in {flood_us} us; instance 1 counted {spurious} spurious wake-ups, throttled {throttles} times, and answered"
+    );
+    ensure(spurious > 0, || "no spurious IPI was counted".into())
+}
+
 /// Malformed messages (bad version, unknown type, wrong payload size, a forged sender) are
 /// rejected and counted by the receiver, and the valid messages after them still arrive.
 fn msg_reject() -> Outcome {
-    let (_, _, rejected0) = peer_stats(1)?;
+    let rejected0 = peer_stats(1)?.rejected;
     let ping = mk_wire::Message::request(
         0,
         mk_wire::Kind::Ping,
@@ -591,7 +655,7 @@ fn msg_reject() -> Outcome {
             }),
         || "wrong ping reply".into(),
     )?;
-    let (_, _, rejected) = peer_stats(1)?;
+    let rejected = peer_stats(1)?.rejected;
     println!(
         "msg_reject: instance 1 rejected {} malformed messages and still answered",
         rejected - rejected0

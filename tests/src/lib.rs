@@ -268,6 +268,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_ping=1000",
                 "msg_order=5000",
                 "msg_reject",
+                "msg_flood=100000",
                 "doorbell_always",
                 "msg_ping=200",
             ],

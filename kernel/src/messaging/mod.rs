@@ -98,6 +98,7 @@ pub fn init(me: usize) -> Result<(), &'static str> {
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
         .map_err(|_| "registering the PING handler")?;
     interrupts::set_message_handler(on_ipi);
+    interrupts::set_tick_hook(on_tick);
     Ok(())
 }
 
@@ -118,11 +119,51 @@ pub fn set_doorbell_mode(mode: DoorbellMode) {
     }
 }
 
-/// Runs in the IPI handler: only notes that it came. The woken CPU drains in thread context.
-fn on_ipi() {}
+/// Doorbells a CPU accepts before throttling: a burst, then one per `IPI_TOKEN_US`.
+const IPI_BURST: u64 = 256;
+const IPI_TOKEN_US: u64 = 50;
+/// How long a throttled CPU keeps the doorbell vector blocked (it polls on timer ticks).
+const THROTTLE_MS: u64 = 20;
+
+static IPI_LIMITER: Mutex<Option<mk_mailbox::RateLimiter>> = Mutex::new(None);
+/// TSC until which the doorbell vector is blocked on the serving CPU (0: not throttled).
+static THROTTLED_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// Times a doorbell flood made this instance block the doorbell vector.
+pub static THROTTLES: AtomicU64 = AtomicU64::new(0);
+
+/// Runs in the IPI handler. Handling happens in thread context (the serve loop); here we only
+/// enforce the doorbell rate: an instance that floods us with IPIs gets the doorbell vector
+/// blocked (CR8, task priority = its class) for `THROTTLE_MS`, during which we poll on timer
+/// ticks instead, so no peer can keep this CPU in its interrupt handler.
+fn on_ipi() {
+    let now = tsc::read();
+    let Some(mut guard) = IPI_LIMITER.try_lock() else {
+        return;
+    };
+    let limiter = guard.get_or_insert_with(|| {
+        mk_mailbox::RateLimiter::new(IPI_BURST, IPI_TOKEN_US * tsc::ticks_per_ms() / 1000, now)
+    });
+    if !limiter.allow(now) {
+        THROTTLED_UNTIL.store(now + THROTTLE_MS * tsc::ticks_per_ms(), Ordering::Relaxed);
+        THROTTLES.fetch_add(1, Ordering::Relaxed);
+        // Raising the task priority only holds back the doorbell's class on this CPU;
+        // `on_tick` lowers it again.
+        x86_64::registers::control::Cr8::write_raw(interrupts::vectors::MESSAGE_CLASS);
+    }
+}
+
+/// Timer-tick hook: ends a doorbell throttle once its time is up.
+fn on_tick() {
+    let until = THROTTLED_UNTIL.load(Ordering::Relaxed);
+    if until != 0 && tsc::read() >= until {
+        THROTTLED_UNTIL.store(0, Ordering::Relaxed);
+        // Back to the normal task priority (nothing else in this kernel raises it).
+        x86_64::registers::control::Cr8::write_raw(0);
+    }
+}
 
 /// APIC ID of the CPU that serves `peer`'s mailboxes (its first CPU), from the shared table.
-fn doorbell_cpu(peer: usize) -> Option<u32> {
+pub fn doorbell_cpu(peer: usize) -> Option<u32> {
     let res = region::get()?.instance(peer).ok()?.resources().ok()?;
     res.cpus().first().copied()
 }

@@ -19,9 +19,14 @@ pub mod vectors {
     /// Legacy PIC vectors (masked; only their spurious interrupts can arrive).
     pub const PIC_SPURIOUS_1: u8 = super::super::pic::PIC1_VECTOR + 7;
     pub const PIC_SPURIOUS_2: u8 = super::super::pic::PIC2_VECTOR + 7;
+    /// "New messages in your mailboxes": the inter-instance doorbell. Alone in the lowest
+    /// priority class in use (0x2_, shared only with the masked PIC's vectors), so that a
+    /// flooded instance can shut it out by raising its task priority to class 2 while the
+    /// timer (class 3) and device interrupts still arrive.
+    pub const MESSAGE_IPI: u8 = 0x2C;
+    /// Priority class of `MESSAGE_IPI`, for CR8.
+    pub const MESSAGE_CLASS: u64 = (MESSAGE_IPI >> 4) as u64;
     pub const LAPIC_TIMER: u8 = 0x30;
-    /// "New messages in your mailboxes": the inter-instance doorbell.
-    pub const MESSAGE_IPI: u8 = 0x31;
     /// Device interrupts from the IO APIC: IRQ_BASE + line.
     pub const IRQ_BASE: u8 = 0x40;
     pub const IRQ_COUNT: usize = 32;
@@ -148,8 +153,21 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
     ));
 }
 
+/// Called on every timer tick (on every CPU), e.g. to end a doorbell throttle.
+static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_tick_hook(hook: fn()) {
+    TICK_HOOK.store(hook as usize, Ordering::SeqCst);
+}
+
 extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    let hook = TICK_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: the value was stored from a `fn()` in `set_tick_hook`.
+        let hook: fn() = unsafe { core::mem::transmute(hook) };
+        hook();
+    }
     if let Some(cpu) = super::cpu::try_current() {
         cpu.ticks.fetch_add(1, Ordering::Relaxed);
     }
