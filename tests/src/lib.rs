@@ -269,6 +269,8 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_order=5000",
                 "msg_reject",
                 "msg_flood=100000",
+                "msg_busy",
+                "msg_stress=100000",
                 "doorbell_always",
                 "msg_ping=200",
             ],

@@ -48,13 +48,14 @@ pub enum SendError {
     Mailbox(mk_mailbox::Error),
 }
 
-struct Peers {
-    senders: Vec<Option<SenderEnd<'static>>>,
-    receivers: Vec<Option<ReceiverEnd<'static>>>,
-}
-
 static MATRIX: Once<MailboxMatrix<'static>> = Once::new();
-static ENDS: Once<Mutex<Peers>> = Once::new();
+/// This instance's sending ends (to each peer) and receiving ends (from each peer), under
+/// separate locks: a CPU waiting for room to send must still be able to drain its inbox (the
+/// peer may be waiting for room in it).
+static SENDERS: Once<Mutex<Vec<Option<SenderEnd<'static>>>>> = Once::new();
+static RECEIVERS: Once<Mutex<Vec<Option<ReceiverEnd<'static>>>>> = Once::new();
+/// Set while one CPU of the instance drains the mailboxes; nobody drains re-entrantly.
+static POLLING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Per-peer counters of the dispatcher (rejections, calls, latency histogram).
 static TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
 static DISPATCHER: Once<Dispatcher<'static, 32, 64>> = Once::new();
@@ -75,23 +76,22 @@ pub fn init(me: usize) -> Result<(), &'static str> {
     let region = region::get().ok_or("no shared region")?;
     let n = region.instance_count();
     let matrix = MATRIX.try_call_once(|| region.mailbox().map_err(|_| "no mailbox matrix"))?;
-    let mut peers = Peers {
-        senders: (0..n).map(|_| None).collect(),
-        receivers: (0..n).map(|_| None).collect(),
-    };
+    let mut senders: Vec<Option<SenderEnd<'static>>> = (0..n).map(|_| None).collect();
+    let mut receivers: Vec<Option<ReceiverEnd<'static>>> = (0..n).map(|_| None).collect();
     for p in (0..n).filter(|&p| p != me) {
-        peers.senders[p] = Some(
+        senders[p] = Some(
             matrix
                 .sender_end(me, p)
                 .map_err(|_| "claiming a sender end")?,
         );
-        peers.receivers[p] = Some(
+        receivers[p] = Some(
             matrix
                 .receiver_end(p, me)
                 .map_err(|_| "claiming a receiver end")?,
         );
     }
-    ENDS.call_once(|| Mutex::new(peers));
+    SENDERS.call_once(|| Mutex::new(senders));
+    RECEIVERS.call_once(|| Mutex::new(receivers));
     let ms = tsc::ticks_per_ms();
     let d = DISPATCHER.call_once(|| Dispatcher::new(me as u16, clock, &TELEMETRY, 1000 * ms, 8));
     d.registry()
@@ -112,8 +112,8 @@ fn pong(m: &Message) -> Option<Reply> {
 
 /// Sets doorbell suppression on (default) or off for every peer.
 pub fn set_doorbell_mode(mode: DoorbellMode) {
-    if let Some(ends) = ENDS.get() {
-        for s in ends.lock().senders.iter_mut().flatten() {
+    if let Some(senders) = SENDERS.get() {
+        for s in senders.lock().iter_mut().flatten() {
             s.set_doorbell_mode(mode);
         }
     }
@@ -168,8 +168,20 @@ pub fn doorbell_cpu(peer: usize) -> Option<u32> {
     res.cpus().first().copied()
 }
 
-/// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots).
+/// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots),
+/// waiting up to `SEND_TIMEOUT_MS` for room.
 pub fn send_slot(to: usize, slot: &Slot) -> Result<(), SendError> {
+    send_slot_inner(to, slot, true)
+}
+
+/// Like `send`, but fails with `Busy` at once when the mailbox is full.
+pub fn try_send(to: usize, msg: &Message) -> Result<(), SendError> {
+    let mut slot = [0u8; SLOT_SIZE];
+    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
+    send_slot_inner(to, &slot, false)
+}
+
+fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> {
     let region = region::get().ok_or(SendError::NotReady)?;
     let inst = region
         .instance(to)
@@ -177,26 +189,32 @@ pub fn send_slot(to: usize, slot: &Slot) -> Result<(), SendError> {
     if inst.state() != Ok(mk_shared::InstanceState::Running) {
         return Err(SendError::NotRunning(to));
     }
-    let ends = ENDS.get().ok_or(SendError::NotReady)?;
+    let senders = SENDERS.get().ok_or(SendError::NotReady)?;
     let deadline = tsc::read() + SEND_TIMEOUT_MS * tsc::ticks_per_ms();
-    let outcome = {
-        let mut peers = ends.lock();
-        let sender = peers
-            .senders
-            .get_mut(to)
-            .and_then(Option::as_mut)
-            .ok_or(SendError::NoSuchInstance(to))?;
-        sender.send_timeout(slot, tsc::read, deadline)
-    };
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(mk_mailbox::Error::Busy) => {
-            if let Some(t) = TELEMETRY.get(to) {
-                t.record_busy();
+    let outcome = loop {
+        let attempt = {
+            let mut senders = senders.lock();
+            let sender = senders
+                .get_mut(to)
+                .and_then(Option::as_mut)
+                .ok_or(SendError::NoSuchInstance(to))?;
+            sender.try_send(slot)
+        };
+        match attempt {
+            Ok(o) => break o,
+            Err(mk_mailbox::Error::Full) if wait && tsc::read() < deadline => {
+                // Drain our own inbox while we wait: the peer may be waiting for room in it.
+                poll();
+                core::hint::spin_loop();
             }
-            return Err(SendError::Busy);
+            Err(mk_mailbox::Error::Full | mk_mailbox::Error::Busy) => {
+                if let Some(t) = TELEMETRY.get(to) {
+                    t.record_busy();
+                }
+                return Err(SendError::Busy);
+            }
+            Err(e) => return Err(SendError::Mailbox(e)),
         }
-        Err(e) => return Err(SendError::Mailbox(e)),
     };
     let t = TELEMETRY.get(to);
     if let Some(t) = t {
@@ -261,14 +279,26 @@ pub enum CallFailure {
 /// Drains every mailbox once: dispatches each message, sends the replies handlers produce.
 /// Returns how many messages were taken.
 pub fn poll() -> usize {
-    let (Some(ends), Some(d)) = (ENDS.get(), dispatcher()) else {
+    let (Some(receivers), Some(d)) = (RECEIVERS.get(), dispatcher()) else {
         return 0;
     };
+    if POLLING.swap(true, Ordering::Acquire) {
+        return 0;
+    }
+    let taken = poll_locked(receivers, d);
+    POLLING.store(false, Ordering::Release);
+    taken
+}
+
+fn poll_locked(
+    receivers: &Mutex<Vec<Option<ReceiverEnd<'static>>>>,
+    d: &Dispatcher<'static, 32, 64>,
+) -> usize {
     let mut replies: Vec<(usize, Message)> = Vec::new();
     let mut taken = 0;
     {
-        let mut peers = ends.lock();
-        for (peer, r) in peers.receivers.iter_mut().enumerate() {
+        let mut receivers = receivers.lock();
+        for (peer, r) in receivers.iter_mut().enumerate() {
             let Some(r) = r else { continue };
             let result = r.drain(|slot| {
                 match d.dispatch(peer as u16, slot) {
@@ -306,16 +336,28 @@ pub fn poll() -> usize {
 
 /// The serve loop of an instance's first CPU: drain, and when there is nothing to do, arm the
 /// mailboxes and halt until a doorbell or another interrupt.
+/// Work the serve loop runs between drains (tests use it to run jobs that send).
+static IDLE_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+pub fn set_idle_hook(hook: fn()) {
+    IDLE_HOOK.store(hook as usize, Ordering::SeqCst);
+}
+
 pub fn serve_forever() -> ! {
     loop {
         if poll() > 0 {
             continue;
         }
+        let hook = IDLE_HOOK.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: the value was stored from a `fn()` in `set_idle_hook`.
+            let hook: fn() = unsafe { core::mem::transmute(hook) };
+            hook();
+        }
         x86_64::instructions::interrupts::disable();
-        let may_sleep = ENDS.get().is_some_and(|ends| {
-            let mut peers = ends.lock();
-            peers
-                .receivers
+        let may_sleep = RECEIVERS.get().is_some_and(|receivers| {
+            receivers
+                .lock()
                 .iter_mut()
                 .flatten()
                 .all(|r| r.arm().unwrap_or(false))
@@ -336,8 +378,8 @@ pub fn serve_forever() -> ! {
 }
 
 fn disarm_all() {
-    if let Some(ends) = ENDS.get() {
-        for r in ends.lock().receivers.iter_mut().flatten() {
+    if let Some(receivers) = RECEIVERS.get() {
+        for r in receivers.lock().iter_mut().flatten() {
             r.disarm();
         }
     }
