@@ -476,7 +476,13 @@ fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
             Err(crate::messaging::SendError::Busy) if crate::arch::tsc::read() < deadline => {
                 crate::messaging::poll();
             }
-            Err(e) => return Err(format!("to instance {to}: {e:?}")),
+            Err(e) => {
+                let me = crate::instance::id() as usize;
+                let stats = crate::instances::region::get()
+                    .and_then(|r| r.mailbox().ok())
+                    .map(|m| (m.stats(me, to), m.stats(to, me)));
+                return Err(format!("to instance {to}: {e:?}; channel stats {stats:?}"));
+            }
         }
     }
 }

@@ -252,18 +252,31 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "plan 2,2: every instance, instance 0 included, runs on two CPUs",
         });
     }
-    // Messaging between two instances: calls, ordering under back-pressure, rejection.
-    for (name, accel, timeout) in [
-        ("kvm-msg", Accel::Kvm, KVM_TIMEOUT),
-        ("tcg-msg", Accel::Tcg, TCG_TIMEOUT),
-    ] {
-        boots.push(Boot {
-            name,
-            accel,
-            firmware: Firmware::Bios,
-            smp: 2,
-            memory_mib: 512,
-            cases: &[
+    // Messaging between two instances: calls, ordering under back-pressure, rejection, IPI
+    // floods, a full mailbox. Both directions streaming at once (msg_stress) runs under TCG
+    // only: under this machine's nested KVM it hangs instance 0 after some thousands of
+    // messages (an open bug, see the messaging issue's notes).
+    for (name, accel, timeout, cases) in [
+        (
+            "kvm-msg",
+            Accel::Kvm,
+            KVM_TIMEOUT,
+            &[
+                "instances=2",
+                "msg_ping=1000",
+                "msg_order=5000",
+                "msg_reject",
+                "msg_flood=100000",
+                "msg_busy",
+                "doorbell_always",
+                "msg_ping=200",
+            ][..],
+        ),
+        (
+            "tcg-msg",
+            Accel::Tcg,
+            TCG_TIMEOUT,
+            &[
                 "instances=2",
                 "msg_ping=1000",
                 "msg_order=5000",
@@ -273,7 +286,16 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_stress=100000",
                 "doorbell_always",
                 "msg_ping=200",
-            ],
+            ][..],
+        ),
+    ] {
+        boots.push(Boot {
+            name,
+            accel,
+            firmware: Firmware::Bios,
+            smp: 2,
+            memory_mib: 512,
+            cases,
             plan: None,
             expect: Expect::Pass,
             timeout_secs: timeout,
