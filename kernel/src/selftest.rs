@@ -58,6 +58,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "msg_ping_all" => msg_ping_all(arg),
             "msg_stress" => msg_stress(arg),
             "msg_busy" => msg_busy(),
+            "msg_bulk" => msg_bulk(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -397,6 +398,8 @@ mod user {
     pub const STATS: u16 = 2;
     /// Call: payload = job kind, argument (2 x u64); queued for the serve loop, answered at once.
     pub const JOB: u16 = 3;
+    /// Call with a `LargeData` payload (shared pool pages); reply = FNV-1a of the data, length.
+    pub const BULK: u16 = 4;
 }
 
 /// Jobs an instance runs from its serve loop when instance 0 asks.
@@ -411,13 +414,12 @@ mod job {
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
 type Counters = [core::sync::atomic::AtomicU64; MAX_I];
-const ZEROS: Counters = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_I];
 /// Receiving side, per sender: next expected sequence, messages in order, bad ones.
-static SEQ_NEXT: Counters = ZEROS;
-static SEQ_OK: Counters = ZEROS;
-static SEQ_BAD: Counters = ZEROS;
+static SEQ_NEXT: Counters = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_I];
+static SEQ_OK: Counters = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_I];
+static SEQ_BAD: Counters = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_I];
 /// Sending side, per receiver: next sequence number to send.
-static SEQ_SEND: Counters = ZEROS;
+static SEQ_SEND: Counters = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_I];
 static JOB: spin::Mutex<Option<(u64, u64)>> = spin::Mutex::new(None);
 static JOBS_DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static JOB_RESULT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -611,6 +613,22 @@ fn register_test_handlers() {
     let _ = d.registry().register(
         HandlerKey::Kind(Kind::User(user::JOB)),
         &(queue_job as HandlerFn),
+    );
+    fn bulk(m: &Message) -> Option<Reply> {
+        let Payload::LargeData(p) = m.payload else {
+            return Some(Reply::error(mk_wire::Status::InvalidArgument));
+        };
+        match crate::messaging::bulk::receive_large(m.sender, &p) {
+            Ok(data) => Some(Reply::ok(words_payload(&[fnv1a(&data), data.len() as u64]))),
+            Err(e) => {
+                crate::warn!("bulk transfer from instance {} refused: {e:?}", m.sender);
+                Some(Reply::error(mk_wire::Status::Refused))
+            }
+        }
+    }
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::BULK)),
+        &(bulk as HandlerFn),
     );
     crate::messaging::set_idle_hook(run_job);
 }
@@ -812,6 +830,47 @@ fn msg_stress(arg: &str) -> Outcome {
         count * (count - 1)
     );
     Ok(())
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `msg_bulk=BYTES`: data larger than a message goes to instance 1 through shared pool pages;
+/// the checksum it computes matches ours, and every pool page is free again afterwards.
+fn msg_bulk(arg: &str) -> Outcome {
+    let n: usize = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    let data: Vec<u8> = (0..n)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let (pool, _) = crate::instances::region::pool().ok_or("no pool")?;
+    let free_before = pool.free_pages();
+    let start = crate::arch::tsc::read();
+    let reply = crate::messaging::bulk::call_large(1, mk_wire::Kind::User(user::BULK), &data, 5000)
+        .map_err(|e| format!("{e:?}"))?;
+    let us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
+    ensure(reply.status == mk_wire::Status::Ok, || {
+        format!("status {:?}", reply.status)
+    })?;
+    let w = payload_words(&reply.payload);
+    ensure(w.len() == 2, || format!("reply of {} words", w.len()))?;
+    let ours = fnv1a(&data);
+    println!(
+        "msg_bulk: {n} bytes through {} pool pages in {us} us; checksum {ours:#018x} here, {:#018x} there",
+        n.div_ceil(4096),
+        w[0]
+    );
+    ensure(w[0] == ours && w[1] == n as u64, || {
+        "checksum or length differ".into()
+    })?;
+    ensure(pool.free_pages() == free_before, || {
+        format!(
+            "{} pool pages free, {free_before} before",
+            pool.free_pages()
+        )
+    })
 }
 
 /// A full mailbox says `Busy` at once and loses nothing: instance 1 stops draining for a

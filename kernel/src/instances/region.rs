@@ -13,10 +13,28 @@ use crate::arch::tsc;
 use crate::memory::frames::phys_to_virt;
 
 static REGION: Once<SharedRegion<'static>> = Once::new();
+/// The page pool for data larger than a message, right after the `mk-shared` region.
+static POOL: Once<(mk_pool::Pool<'static>, u64)> = Once::new();
+/// Pages in the pool: 2 MiB.
+pub const POOL_PAGES: u32 = 512;
 
-/// Bytes the shared region needs for `instances` instances.
+/// Bytes the shared allocation needs for `instances` instances: the `mk-shared` region (instance
+/// table, ownership tables, console lock, mailboxes), then the page pool.
 pub fn size_for(instances: usize) -> u64 {
-    mk_shared::region_size(instances.max(1)) as u64
+    (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES)) as u64
+}
+
+/// The pool and its physical base.
+pub fn pool() -> Option<&'static (mk_pool::Pool<'static>, u64)> {
+    POOL.get()
+}
+
+fn pool_range(start: u64, len: u64, instances: usize) -> Result<(u64, u64), String> {
+    let off = mk_shared::region_size(instances.max(1)) as u64;
+    if len < off + mk_pool::region_size(POOL_PAGES) as u64 {
+        return Err("the shared allocation has no room for the page pool".into());
+    }
+    Ok((start + off, len - off))
 }
 
 pub fn get() -> Option<&'static SharedRegion<'static>> {
@@ -38,6 +56,18 @@ pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
     }
     .map_err(|e| alloc::format!("{e:?}"))?;
     REGION.call_once(|| region);
+    let (pool_phys, pool_len) = pool_range(shared.start, shared.len, count)?;
+    // SAFETY: the pool lies inside the shared allocation, after the region, page aligned,
+    // mapped through the physical map, and used only through mk-pool.
+    let pool = unsafe {
+        mk_pool::Pool::init(
+            phys_to_virt(pool_phys) as *mut u8,
+            pool_len as usize,
+            POOL_PAGES,
+        )
+    }
+    .map_err(|e| alloc::format!("pool: {e:?}"))?;
+    POOL.call_once(|| (pool, pool_phys));
     Ok(())
 }
 
@@ -47,7 +77,14 @@ pub fn attach(phys: u64, len: u64) -> Result<(), String> {
     // physical map; it is used only through mk-shared / mk-mailbox.
     let region = unsafe { SharedRegion::attach(phys_to_virt(phys) as *mut u8, len as usize) }
         .map_err(|e| alloc::format!("{e:?}"))?;
+    let count = region.instance_count();
     REGION.call_once(|| region);
+    let (pool_phys, pool_len) = pool_range(phys, len, count)?;
+    // SAFETY: as in `init`; instance 0 formatted the pool before starting us.
+    let pool =
+        unsafe { mk_pool::Pool::attach(phys_to_virt(pool_phys) as *mut u8, pool_len as usize) }
+            .map_err(|e| alloc::format!("pool: {e:?}"))?;
+    POOL.call_once(|| (pool, pool_phys));
     Ok(())
 }
 

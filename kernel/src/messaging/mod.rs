@@ -16,6 +16,8 @@
 //! before it halts; a sender rings only when it finds the flag set. `set_doorbell_mode` turns
 //! the suppression off (always ring) so that both can be measured.
 
+pub mod bulk;
+
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
