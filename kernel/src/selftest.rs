@@ -848,8 +848,9 @@ fn msg_bulk(arg: &str) -> Outcome {
     let (pool, _) = crate::instances::region::pool().ok_or("no pool")?;
     let free_before = pool.free_pages();
     let start = crate::arch::tsc::read();
-    let reply = crate::messaging::bulk::call_large(1, mk_wire::Kind::User(user::BULK), &data, 5000)
-        .map_err(|e| format!("{e:?}"))?;
+    let reply =
+        crate::messaging::bulk::call_large(1, mk_wire::Kind::User(user::BULK), &data, 60_000)
+            .map_err(|e| format!("{e:?}"))?;
     let us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
     ensure(reply.status == mk_wire::Status::Ok, || {
         format!("status {:?}", reply.status)

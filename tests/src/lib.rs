@@ -204,7 +204,13 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             firmware: Firmware::Bios,
             smp: 4,
             memory_mib: 512,
-            cases: &["instances=4", "isolation", "memory_accounting", "ownership"],
+            cases: &[
+                "instances=4",
+                "isolation",
+                "memory_accounting",
+                "ownership",
+                "msg_ping_all=20",
+            ],
             plan: None,
             expect: Expect::Pass,
             timeout_secs: timeout,
@@ -260,7 +266,8 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         (
             "kvm-msg",
             Accel::Kvm,
-            KVM_TIMEOUT,
+            // The 1 MiB transfer alone takes ~8 s under this machine's nested KVM.
+            180,
             &[
                 "instances=2",
                 "msg_ping=1000",
