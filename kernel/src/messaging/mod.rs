@@ -130,6 +130,8 @@ const THROTTLE_MS: u64 = 20;
 static IPI_LIMITER: Mutex<Option<mk_mailbox::RateLimiter>> = Mutex::new(None);
 /// TSC until which the doorbell vector is blocked on the serving CPU (0: not throttled).
 static THROTTLED_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// Index (in this instance) of the CPU whose CR8 was raised; only it may lower it.
+static THROTTLED_CPU: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 /// Times a doorbell flood made this instance block the doorbell vector.
 pub static THROTTLES: AtomicU64 = AtomicU64::new(0);
 
@@ -146,6 +148,8 @@ fn on_ipi() {
         mk_mailbox::RateLimiter::new(IPI_BURST, IPI_TOKEN_US * tsc::ticks_per_ms() / 1000, now)
     });
     if !limiter.allow(now) {
+        let me = cpu::try_current().map_or(0, |c| c.index);
+        THROTTLED_CPU.store(me, Ordering::Relaxed);
         THROTTLED_UNTIL.store(now + THROTTLE_MS * tsc::ticks_per_ms(), Ordering::Relaxed);
         THROTTLES.fetch_add(1, Ordering::Relaxed);
         // Raising the task priority only holds back the doorbell's class on this CPU;
@@ -154,10 +158,12 @@ fn on_ipi() {
     }
 }
 
-/// Timer-tick hook: ends a doorbell throttle once its time is up.
+/// Timer-tick hook: ends a doorbell throttle once its time is up, on the CPU that raised it
+/// (CR8 is per CPU; every CPU's timer runs this hook).
 fn on_tick() {
     let until = THROTTLED_UNTIL.load(Ordering::Relaxed);
-    if until != 0 && tsc::read() >= until {
+    let me = cpu::try_current().map_or(0, |c| c.index);
+    if until != 0 && me == THROTTLED_CPU.load(Ordering::Relaxed) && tsc::read() >= until {
         THROTTLED_UNTIL.store(0, Ordering::Relaxed);
         // Back to the normal task priority (nothing else in this kernel raises it).
         x86_64::registers::control::Cr8::write_raw(0);
