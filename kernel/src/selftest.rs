@@ -471,11 +471,16 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
 
 /// Sends `msg` to `to`, draining our own inbox while the peer's is full; gives up after 5 s.
 fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
-    let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
+    let mut deadline = None;
     loop {
         match crate::messaging::try_send(to, msg) {
             Ok(()) => return Ok(()),
-            Err(crate::messaging::SendError::Busy) if crate::arch::tsc::read() < deadline => {
+            Err(crate::messaging::SendError::Busy)
+                if crate::arch::tsc::read()
+                    < *deadline.get_or_insert_with(|| {
+                        crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms()
+                    }) =>
+            {
                 crate::messaging::poll();
             }
             Err(e) => {
@@ -496,6 +501,10 @@ fn others() -> impl Iterator<Item = usize> {
 }
 
 /// Sends `n` sequenced messages to every other instance, interleaved. Returns how many went.
+///
+/// Drains its own inbox as it goes (every round, and whenever a peer's mailbox is full): the
+/// peers stream to us at the same time, and a sender that only drains when it is itself
+/// blocked starves a peer whose mailbox to us is full while ours to it never fills.
 fn stream_all(n: u64) -> Result<u64, String> {
     let mut sent = 0;
     for _ in 0..n {
@@ -503,6 +512,7 @@ fn stream_all(n: u64) -> Result<u64, String> {
             send_patiently(to, &sequenced_message(to))?;
             sent += 1;
         }
+        crate::messaging::poll();
     }
     Ok(sent)
 }

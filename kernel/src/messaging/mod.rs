@@ -198,7 +198,9 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
         return Err(SendError::NotRunning(to));
     }
     let senders = SENDERS.get().ok_or(SendError::NotReady)?;
-    let deadline = tsc::read() + SEND_TIMEOUT_MS * tsc::ticks_per_ms();
+    // The deadline is taken only once the mailbox turns out to be full: the fast path reads no
+    // clock (RDTSC may exit to the hypervisor).
+    let mut deadline = None;
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
@@ -210,7 +212,13 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
         };
         match attempt {
             Ok(o) => break o,
-            Err(mk_mailbox::Error::Full) if wait && tsc::read() < deadline => {
+            Err(mk_mailbox::Error::Full)
+                if wait
+                    && tsc::read()
+                        < *deadline.get_or_insert_with(|| {
+                            tsc::read() + SEND_TIMEOUT_MS * tsc::ticks_per_ms()
+                        }) =>
+            {
                 // Drain our own inbox while we wait: the peer may be waiting for room in it.
                 poll();
                 core::hint::spin_loop();
