@@ -120,6 +120,9 @@ pub fn discover(rsdp: u64) -> Result<Platform, &'static str> {
 struct KernelHandler;
 
 impl Handler for KernelHandler {
+    /// # Safety
+    /// As the trait requires: `phys` is a table the firmware described. SAFETY of the result:
+    /// the physical map covers all RAM and the first 4 GiB, so `phys_offset + phys` is mapped.
     unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> PhysicalMapping<Self, T> {
         let virt = phys_to_virt(phys as u64) as *mut T;
         PhysicalMapping {

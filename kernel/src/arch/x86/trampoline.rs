@@ -124,6 +124,8 @@ ap_trampoline_end:
     options(att_syntax)
 );
 
+// SAFETY: these name the labels of the `global_asm!` above; they are only used for their
+// addresses (see `code` and `params_offset`), never read as `u8` values.
 unsafe extern "C" {
     static ap_trampoline_start: u8;
     static ap_trampoline_params: u8;
