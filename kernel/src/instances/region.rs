@@ -103,7 +103,7 @@ pub fn set_dead(id: usize) {
 }
 
 /// Publishes this instance's CPUs and memory and declares it running.
-pub fn publish_running(id: u32, cpus: &[u32], _online: u32) {
+pub fn publish_running(id: u32, cpus: &[u32]) {
     let Some(inst) = get().and_then(|r| r.instance(id as usize).ok()) else {
         return;
     };

@@ -36,11 +36,7 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
 
     smp::start_further_cpus(desc.cpus(), desc.trampoline_page);
     let (free, owned) = memory::frames::counts();
-    region::publish_running(
-        desc.instance_id,
-        desc.cpus(),
-        smp::ONLINE.load(Ordering::SeqCst),
-    );
+    region::publish_running(desc.instance_id, desc.cpus());
     info!(
         "instance {} up: APIC ID {apic_id}, {} of {} CPUs online, {} MiB ({} MiB free)",
         desc.instance_id,

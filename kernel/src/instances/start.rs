@@ -144,7 +144,7 @@ pub fn start_all(
         error!("messaging: {e}");
     }
     region::set_booting(0, boot_tsc);
-    region::publish_running(0, me.cpus, 1);
+    region::publish_running(0, me.cpus);
     if let Err(e) = region::record_ownership(plan) {
         error!("ownership tables: {e}");
     }
