@@ -55,6 +55,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "msg_order" => msg_order(arg),
             "msg_reject" => msg_reject(),
             "msg_flood" => msg_flood(arg),
+            "telemetry_shared" => telemetry_shared(),
             "msg_ping_all" => msg_ping_all(arg),
             "msg_stress" => msg_stress(arg),
             "msg_busy" => msg_busy(),
@@ -985,6 +986,29 @@ fn msg_order(arg: &str) -> Outcome {
     ensure(ok - ok0 == n && bad == bad0, || {
         format!("{} of {n} in order, {} bad", ok - ok0, bad - bad0)
     })
+}
+
+/// The per-pair telemetry lives in the shared region: instance 0 reads instance 1's counters
+/// for the pair (0 -> 1) directly, with no message: what instance 1 received and rejected from
+/// us matches what we did (after `msg_reject`), and our own row shows our calls' latencies.
+fn telemetry_shared() -> Outcome {
+    let theirs = crate::instances::region::telemetry_row(1).ok_or("no telemetry table")?;
+    let ours = crate::instances::region::telemetry_row(0).ok_or("no telemetry table")?;
+    let t = &theirs[0];
+    let received = t.received.load(Ordering::SeqCst);
+    let rejected = t.rejected.total();
+    let sent = ours[1].sent.load(Ordering::SeqCst);
+    let completed = ours[1].calls_completed.load(Ordering::SeqCst);
+    println!(
+        "telemetry_shared: instance 1 received {received} from us and rejected {rejected}; we sent {sent}, {completed} calls completed"
+    );
+    ensure(rejected >= 4, || {
+        format!("instance 1's row shows {rejected} rejections")
+    })?;
+    ensure(received >= rejected && received <= sent, || {
+        format!("received {received}, rejected {rejected}, sent {sent}: inconsistent")
+    })?;
+    ensure(completed > 0, || "no completed call in our row".into())
 }
 
 /// `msg_flood=N`: N doorbell IPIs with nothing behind them, as fast as this CPU can send

@@ -19,9 +19,53 @@ static POOL: Once<(mk_pool::Pool<'static>, u64)> = Once::new();
 pub const POOL_PAGES: u32 = 512;
 
 /// Bytes the shared allocation needs for `instances` instances: the `mk-shared` region (instance
-/// table, ownership tables, console lock, mailboxes), then the page pool.
+/// table, ownership tables, console lock, mailboxes), then the page pool, then the telemetry
+/// table.
 pub fn size_for(instances: usize) -> u64 {
-    (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES)) as u64
+    (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES) + TELEMETRY_BYTES)
+        as u64
+}
+
+/// Per-pair messaging telemetry (`mk_dispatch::PeerTelemetry`, all atomics, `repr(C)`): row `i`
+/// holds instance `i`'s counters for each peer `j` (sent, received, rejected by reason, busy,
+/// doorbells, call latencies). Only instance `i` writes row `i`; every instance may read all.
+const TELEMETRY_ROWS: usize = mk_shared::MAX_INSTANCES;
+const TELEMETRY_BYTES: usize =
+    (TELEMETRY_ROWS * TELEMETRY_ROWS * core::mem::size_of::<mk_dispatch::PeerTelemetry>())
+        .next_multiple_of(4096);
+static TELEMETRY: Once<u64> = Once::new();
+
+/// Instance `i`'s telemetry row (one entry per peer), in shared memory.
+pub fn telemetry_row(i: usize) -> Option<&'static [mk_dispatch::PeerTelemetry]> {
+    let base = *TELEMETRY.get()?;
+    if i >= TELEMETRY_ROWS {
+        return None;
+    }
+    let row =
+        base as usize + i * TELEMETRY_ROWS * core::mem::size_of::<mk_dispatch::PeerTelemetry>();
+    // SAFETY: the table lies inside the shared allocation (checked in `place_telemetry`), mapped
+    // for the kernel's lifetime, aligned (page-aligned base, entries of 8-byte atomics), zeroed
+    // by instance 0 before any other instance started, and an all-zero `PeerTelemetry` is a valid
+    // value (it is only atomics). Shared references to atomics are what every instance uses.
+    Some(unsafe {
+        core::slice::from_raw_parts(row as *const mk_dispatch::PeerTelemetry, TELEMETRY_ROWS)
+    })
+}
+
+/// Records where the telemetry table is; instance 0 also zeroes it.
+fn place_telemetry(start: u64, len: u64, instances: usize, zero: bool) -> Result<(), String> {
+    let off = (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES)) as u64;
+    if len < off + TELEMETRY_BYTES as u64 {
+        return Err("the shared allocation has no room for the telemetry table".into());
+    }
+    let virt = phys_to_virt(start + off);
+    if zero {
+        // SAFETY: the table's bytes are inside the shared allocation, which only instance 0 uses
+        // at this point (no other instance runs yet).
+        unsafe { core::ptr::write_bytes(virt as *mut u8, 0, TELEMETRY_BYTES) };
+    }
+    TELEMETRY.call_once(|| virt);
+    Ok(())
 }
 
 /// The pool and its physical base.
@@ -31,10 +75,11 @@ pub fn pool() -> Option<&'static (mk_pool::Pool<'static>, u64)> {
 
 fn pool_range(start: u64, len: u64, instances: usize) -> Result<(u64, u64), String> {
     let off = mk_shared::region_size(instances.max(1)) as u64;
-    if len < off + mk_pool::region_size(POOL_PAGES) as u64 {
+    let size = mk_pool::region_size(POOL_PAGES) as u64;
+    if len < off + size {
         return Err("the shared allocation has no room for the page pool".into());
     }
-    Ok((start + off, len - off))
+    Ok((start + off, size))
 }
 
 pub fn get() -> Option<&'static SharedRegion<'static>> {
@@ -68,7 +113,7 @@ pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
     }
     .map_err(|e| alloc::format!("pool: {e:?}"))?;
     POOL.call_once(|| (pool, pool_phys));
-    Ok(())
+    place_telemetry(shared.start, shared.len, count, true)
 }
 
 /// Every other instance: attaches to the region instance 0 formatted.
@@ -85,7 +130,7 @@ pub fn attach(phys: u64, len: u64) -> Result<(), String> {
         unsafe { mk_pool::Pool::attach(phys_to_virt(pool_phys) as *mut u8, pool_len as usize) }
             .map_err(|e| alloc::format!("pool: {e:?}"))?;
     POOL.call_once(|| (pool, pool_phys));
-    Ok(())
+    place_telemetry(phys, len, count, false)
 }
 
 /// Instance 0, before it starts instance `id`.

@@ -58,8 +58,18 @@ static SENDERS: Once<Mutex<Vec<Option<SenderEnd<'static>>>>> = Once::new();
 static RECEIVERS: Once<Mutex<Vec<Option<ReceiverEnd<'static>>>>> = Once::new();
 /// Set while one CPU of the instance drains the mailboxes; nobody drains re-entrantly.
 static POLLING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-/// Per-peer counters of the dispatcher (rejections, calls, latency histogram).
-static TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
+/// Fallback per-peer counters, used only if the shared telemetry table is missing.
+static LOCAL_TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
+
+/// This instance's per-peer counters: its row of the shared telemetry table, readable by every
+/// instance.
+fn telemetry_row() -> &'static [PeerTelemetry] {
+    region::telemetry_row(crate::instance::id() as usize).unwrap_or(&LOCAL_TELEMETRY)
+}
+
+fn telemetry(peer: usize) -> Option<&'static PeerTelemetry> {
+    telemetry_row().get(peer)
+}
 static DISPATCHER: Once<Dispatcher<'static, 32, 64>> = Once::new();
 /// Message IPIs that found nothing new in any mailbox.
 pub static SPURIOUS_IPIS: AtomicU64 = AtomicU64::new(0);
@@ -95,7 +105,8 @@ pub fn init(me: usize) -> Result<(), &'static str> {
     SENDERS.call_once(|| Mutex::new(senders));
     RECEIVERS.call_once(|| Mutex::new(receivers));
     let ms = tsc::ticks_per_ms();
-    let d = DISPATCHER.call_once(|| Dispatcher::new(me as u16, clock, &TELEMETRY, 1000 * ms, 8));
+    let d =
+        DISPATCHER.call_once(|| Dispatcher::new(me as u16, clock, telemetry_row(), 1000 * ms, 8));
     d.registry()
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
         .map_err(|_| "registering the PING handler")?;
@@ -224,7 +235,7 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
                 core::hint::spin_loop();
             }
             Err(mk_mailbox::Error::Full | mk_mailbox::Error::Busy) => {
-                if let Some(t) = TELEMETRY.get(to) {
+                if let Some(t) = telemetry(to) {
                     t.record_busy();
                 }
                 return Err(SendError::Busy);
@@ -232,7 +243,7 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
             Err(e) => return Err(SendError::Mailbox(e)),
         }
     };
-    let t = TELEMETRY.get(to);
+    let t = telemetry(to);
     if let Some(t) = t {
         t.record_sent();
     }
