@@ -972,14 +972,16 @@ fn msg_order(arg: &str) -> Outcome {
         bad: bad0,
         ..
     } = peer_stats(1)?;
+    let start = crate::arch::tsc::read();
     for _ in 0..n {
         send_patiently(1, &sequenced_message(1))?;
     }
+    let sent_us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
     let PeerStats {
         in_order: ok, bad, ..
     } = peer_stats(1)?;
     println!(
-        "msg_order: instance 1 got {} in order and intact, {} bad",
+        "msg_order: instance 1 got {} in order and intact, {} bad; sending took {sent_us} us",
         ok - ok0,
         bad - bad0
     );
