@@ -472,27 +472,13 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
 
 /// Sends `msg` to `to`, draining our own inbox while the peer's is full; gives up after 5 s.
 fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
-    let mut deadline = None;
-    loop {
-        match crate::messaging::try_send(to, msg) {
-            Ok(()) => return Ok(()),
-            Err(crate::messaging::SendError::Busy)
-                if crate::arch::tsc::read()
-                    < *deadline.get_or_insert_with(|| {
-                        crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms()
-                    }) =>
-            {
-                crate::messaging::poll();
-            }
-            Err(e) => {
-                let me = crate::instance::id() as usize;
-                let stats = crate::instances::region::get()
-                    .and_then(|r| r.mailbox().ok())
-                    .map(|m| (m.stats(me, to), m.stats(to, me)));
-                return Err(format!("to instance {to}: {e:?}; channel stats {stats:?}"));
-            }
-        }
-    }
+    crate::messaging::send_within(to, msg, 5000).map_err(|e| {
+        let me = crate::instance::id() as usize;
+        let stats = crate::instances::region::get()
+            .and_then(|r| r.mailbox().ok())
+            .map(|m| (m.stats(me, to), m.stats(to, me)));
+        format!("to instance {to}: {e:?}; channel stats {stats:?}")
+    })
 }
 
 fn others() -> impl Iterator<Item = usize> {

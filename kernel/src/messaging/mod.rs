@@ -190,17 +190,22 @@ pub fn doorbell_cpu(peer: usize) -> Option<u32> {
 /// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots),
 /// waiting up to `SEND_TIMEOUT_MS` for room.
 pub fn send_slot(to: usize, slot: &Slot) -> Result<(), SendError> {
-    send_slot_inner(to, slot, true)
+    send_slot_within(to, slot, SEND_TIMEOUT_MS)
 }
 
 /// Like `send`, but fails with `Busy` at once when the mailbox is full.
 pub fn try_send(to: usize, msg: &Message) -> Result<(), SendError> {
-    let mut slot = [0u8; SLOT_SIZE];
-    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
-    send_slot_inner(to, &slot, false)
+    send_within(to, msg, 0)
 }
 
-fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> {
+/// Sends `msg`, waiting up to `wait_ms` for room (draining our own inbox meanwhile).
+pub fn send_within(to: usize, msg: &Message, wait_ms: u64) -> Result<(), SendError> {
+    let mut slot = [0u8; SLOT_SIZE];
+    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
+    send_slot_within(to, &slot, wait_ms)
+}
+
+fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendError> {
     let region = region::get().ok_or(SendError::NotReady)?;
     let inst = region
         .instance(to)
@@ -224,11 +229,10 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
         match attempt {
             Ok(o) => break o,
             Err(mk_mailbox::Error::Full)
-                if wait
+                if wait_ms > 0
                     && tsc::read()
-                        < *deadline.get_or_insert_with(|| {
-                            tsc::read() + SEND_TIMEOUT_MS * tsc::ticks_per_ms()
-                        }) =>
+                        < *deadline
+                            .get_or_insert_with(|| tsc::read() + wait_ms * tsc::ticks_per_ms()) =>
             {
                 // Drain our own inbox while we wait: the peer may be waiting for room in it.
                 poll();
@@ -260,11 +264,9 @@ fn send_slot_inner(to: usize, slot: &Slot, wait: bool) -> Result<(), SendError> 
     Ok(())
 }
 
-/// Sends `msg` (fire and forget).
+/// Sends `msg` (fire and forget), waiting up to `SEND_TIMEOUT_MS` for room.
 pub fn send(to: usize, msg: &Message) -> Result<(), SendError> {
-    let mut slot = [0u8; SLOT_SIZE];
-    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
-    send_slot(to, &slot)
+    send_within(to, msg, SEND_TIMEOUT_MS)
 }
 
 /// Sends a request and waits (draining the mailboxes meanwhile) for its reply, up to

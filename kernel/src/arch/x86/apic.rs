@@ -135,40 +135,37 @@ impl Lapic {
         unsafe { self.inner.end_of_interrupt() };
     }
 
+    /// The destination value to give the crate's ICR writers for APIC ID `apic_id`. In xAPIC
+    /// mode the crate writes the destination to ICR bits 32..40 where the hardware reads bits
+    /// 56..64 (crate issue #29), so the ID is shifted into place.
+    fn icr_dest(&self, apic_id: u32) -> u32 {
+        match self.mode {
+            Mode::X2Apic => apic_id,
+            Mode::XApic => apic_id << 24,
+        }
+    }
+
     /// Sends a fixed IPI with `vector` to the CPU with APIC ID `dest`.
     pub fn send_ipi(&mut self, vector: u8, dest: u32) {
+        let dest = self.icr_dest(dest);
         // SAFETY: a fixed-delivery IPI only raises `vector` on `dest`, which has a handler for
-        // it. In xAPIC mode the crate writes the destination to ICR bits 32..40 where the
-        // hardware reads bits 56..64 (crate issue #29), so the ID is shifted into place.
-        unsafe {
-            match self.mode {
-                Mode::X2Apic => self.inner.send_ipi(vector, dest),
-                Mode::XApic => self.inner.send_ipi(vector, dest << 24),
-            }
-        }
+        // it.
+        unsafe { self.inner.send_ipi(vector, dest) }
     }
 
     /// Sends INIT to `dest` (the first step of starting a CPU).
     pub fn send_init(&mut self, dest: u32) {
+        let dest = self.icr_dest(dest);
         // SAFETY: INIT resets `dest`, a CPU that this instance owns and that runs nothing (it
-        // is parked or was never started). xAPIC destination fix as in `send_ipi`.
-        unsafe {
-            match self.mode {
-                Mode::X2Apic => self.inner.send_init_ipi(dest),
-                Mode::XApic => self.inner.send_init_ipi(dest << 24),
-            }
-        }
+        // is parked or was never started).
+        unsafe { self.inner.send_init_ipi(dest) }
     }
 
     /// Sends a start-up IPI: `dest` starts in real mode at physical `vector << 12`.
     pub fn send_startup(&mut self, vector: u8, dest: u32) {
+        let dest = self.icr_dest(dest);
         // SAFETY: as in `send_init`; the page at `vector << 12` holds the trampoline.
-        unsafe {
-            match self.mode {
-                Mode::X2Apic => self.inner.send_sipi(vector, dest),
-                Mode::XApic => self.inner.send_sipi(vector, dest << 24),
-            }
-        }
+        unsafe { self.inner.send_sipi(vector, dest) }
     }
 
     /// Sets the timer rate measured elsewhere (instances other than 0 do not own the PIT).
