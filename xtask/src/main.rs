@@ -3,6 +3,7 @@
 //! up a fresh machine (toolchain, QEMU, OVMF).
 
 mod args;
+mod bench;
 mod build;
 mod flash;
 mod image;
@@ -42,6 +43,12 @@ commands:
             DEVICE           whole removable block device, e.g. /dev/sdb
             --uefi           write the UEFI image (default: BIOS image)
             --yes            do not ask for confirmation
+  bench   message latency and throughput between instances, with the host's
+          own floor measured in the same run (a report, not a test)
+            --smp N          CPUs, one instance each (default 2)
+            --samples N      round trips per latency figure (default 1000)
+            --msgs N         messages per throughput figure (default 20000)
+            --no-kvm         use TCG even where /dev/kvm works
   help    this text
 ";
 
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
         "test" => test::main(rest),
         "image" => image::main(rest),
         "flash" => flash::main(rest),
+        "bench" => bench::main(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -72,6 +72,55 @@ pub fn command(machine: &Machine, profiles: &[&str]) -> Result<Command> {
     Ok(cmd)
 }
 
+/// How a QEMU run ended.
+pub enum Ending {
+    /// QEMU exited with this status code (`None`: killed by a signal).
+    Exited(Option<i32>),
+    /// It outlived its timeout and was killed.
+    TimedOut,
+}
+
+/// A finished QEMU run: how it ended, how long it took, what it wrote on stderr.
+pub struct Finished {
+    pub ending: Ending,
+    pub secs: f64,
+    pub stderr: String,
+}
+
+/// Starts `cmd` (stdout discarded, stderr kept) and waits for it, killing it after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Result<Finished> {
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    let ending = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
+            break Ending::Exited(status.code());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Ending::TimedOut;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    Ok(Finished {
+        ending,
+        secs: start.elapsed().as_secs_f64(),
+        stderr,
+    })
+}
+
 /// The argument of `-fw_cfg` for a string item. QEMU splits option values at commas; a comma
 /// in the value is written twice.
 pub fn fw_cfg_string(name: &str, value: &str) -> String {

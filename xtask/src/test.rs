@@ -9,7 +9,7 @@ use qemu_tests::{Boot, Expect};
 
 use crate::args::Args;
 use crate::build::{self, Flavor};
-use crate::qemu::{self, Accel, Machine};
+use crate::qemu::{self, Accel, Ending, Finished, Machine};
 use crate::setup::{self, root};
 use crate::{Error, Result};
 
@@ -159,12 +159,6 @@ fn firmware(f: qemu_tests::Firmware) -> boot::Firmware {
     }
 }
 
-/// How QEMU ended.
-enum Ending {
-    Exited(Option<i32>),
-    TimedOut,
-}
-
 fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally) -> Result<()> {
     let log_path = logs.join(format!("{}.log", b.name));
     let _ = std::fs::remove_file(&log_path);
@@ -187,33 +181,11 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         cmd.arg("-fw_cfg")
             .arg(qemu::fw_cfg_string("opt/multikernel/plan", plan));
     }
-    let start = Instant::now();
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting QEMU: {e}"))?;
-    let timeout = Duration::from_secs(b.timeout_secs);
-    let ending = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| format!("waiting for QEMU: {e}"))?
-        {
-            break Ending::Exited(status.code());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break Ending::TimedOut;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let secs = start.elapsed().as_secs_f64();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let Finished {
+        ending,
+        secs,
+        stderr,
+    } = qemu::run_with_timeout(&mut cmd, Duration::from_secs(b.timeout_secs))?;
     let serial = std::fs::read_to_string(&log_path).unwrap_or_default();
     let parsed = log::parse(&serial, b.cases);
     let how = match ending {

@@ -69,6 +69,10 @@ pub static PLAN_REJECTED: spin::Once<String> = spin::Once::new();
 /// The resolved plan, kept for the tests and the status table.
 pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
 
+/// TSC readings of instance 0's boot: at kernel entry, and once every instance of the plan
+/// was running (or given up on). The TSC counts from power-on, so these are times since then.
+pub static BOOT_TSC: spin::Once<(u64, u64)> = spin::Once::new();
+
 /// Instance 0's work at boot; `boot_tsc` is the TSC at kernel entry.
 pub fn start_all(
     boot_info: &'static BootInfo,
@@ -211,6 +215,7 @@ pub fn start_all(
             }
         }
     }
+    BOOT_TSC.call_once(|| (boot_tsc, tsc::read()));
     // Instance 0 now keeps mapped only what it owns (and the shared region).
     for p in plan.partitions().skip(1) {
         for r in p.memory {

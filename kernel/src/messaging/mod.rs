@@ -206,6 +206,60 @@ pub fn send_within(to: usize, msg: &Message, wait_ms: u64) -> Result<(), SendErr
 }
 
 fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendError> {
+    let mut doorbell = Doorbell::default();
+    let sent = publish(to, slot, wait_ms, &mut doorbell);
+    doorbell.ring(to);
+    sent
+}
+
+/// Sends `msgs` to `to` in order, with at most one doorbell for the whole batch (rung at the
+/// end, or earlier if the mailbox fills while the receiver sleeps). Returns how many were
+/// sent; on an error, the messages before it were sent.
+pub fn send_batch(to: usize, msgs: &[Message], wait_ms: u64) -> (usize, Result<(), SendError>) {
+    let mut doorbell = Doorbell::default();
+    let mut sent = 0;
+    let mut result = Ok(());
+    for msg in msgs {
+        let mut slot = [0u8; SLOT_SIZE];
+        if mk_wire::encode(msg, &mut slot).is_err() {
+            result = Err(SendError::Invalid);
+            break;
+        }
+        if let Err(e) = publish(to, &slot, wait_ms, &mut doorbell) {
+            result = Err(e);
+            break;
+        }
+        sent += 1;
+    }
+    doorbell.ring(to);
+    (sent, result)
+}
+
+/// A doorbell owed to a receiver: some message published since the last ring found it armed.
+#[derive(Default)]
+struct Doorbell {
+    owed: bool,
+}
+
+impl Doorbell {
+    /// Sends the IPI if one is owed.
+    fn ring(&mut self, to: usize) {
+        if !core::mem::take(&mut self.owed) {
+            return;
+        }
+        if let Some(apic) = doorbell_cpu(to) {
+            cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::MESSAGE_IPI, apic));
+            if let Some(t) = telemetry(to) {
+                t.record_ipi_sent();
+            }
+        }
+    }
+}
+
+/// Publishes one slot in the mailbox to `to`, waiting up to `wait_ms` for room. Records in
+/// `doorbell` whether the receiver needs waking; rings it before waiting for room (a sleeping
+/// receiver would never make room).
+fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Result<(), SendError> {
     let region = region::get().ok_or(SendError::NotReady)?;
     let inst = region
         .instance(to)
@@ -234,6 +288,7 @@ fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendErro
                         < *deadline
                             .get_or_insert_with(|| tsc::read() + wait_ms * tsc::ticks_per_ms()) =>
             {
+                doorbell.ring(to);
                 // Drain our own inbox while we wait: the peer may be waiting for room in it.
                 poll();
                 core::hint::spin_loop();
@@ -252,12 +307,7 @@ fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendErro
         t.record_sent();
     }
     if outcome.need_doorbell {
-        if let Some(apic) = doorbell_cpu(to) {
-            cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::MESSAGE_IPI, apic));
-            if let Some(t) = t {
-                t.record_ipi_sent();
-            }
-        }
+        doorbell.owed = true;
     } else if let Some(t) = t {
         t.record_ipi_suppressed();
     }
@@ -363,8 +413,6 @@ fn poll_locked(
     taken
 }
 
-/// The serve loop of an instance's first CPU: drain, and when there is nothing to do, arm the
-/// mailboxes and halt until a doorbell or another interrupt.
 /// Work the serve loop runs between drains (tests use it to run jobs that send).
 static IDLE_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -372,6 +420,59 @@ pub fn set_idle_hook(hook: fn()) {
     IDLE_HOOK.store(hook as usize, Ordering::SeqCst);
 }
 
+/// Adaptive notification: how long (TSC ticks) the serve loop keeps polling an empty inbox
+/// before it arms the doorbell and halts. 0 halts at once (the default); `u64::MAX` never
+/// halts (pure polling: lowest latency, a CPU spent spinning, no IPIs needed).
+static IDLE_POLL_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how long the serve loop polls before halting: `Some(µs)`, or `None` for "forever".
+pub fn set_idle_poll(micros: Option<u64>) {
+    let ticks = micros.map_or(u64::MAX, |us| us.saturating_mul(tsc::ticks_per_ms()) / 1000);
+    IDLE_POLL_TICKS.store(ticks, Ordering::Relaxed);
+}
+
+/// Where the serve loop's idle time went, in TSC ticks: spent polling an empty inbox, spent
+/// halted; and how many times it halted.
+pub struct IdleStats {
+    pub polling: AtomicU64,
+    pub halted: AtomicU64,
+    pub halts: AtomicU64,
+}
+
+pub static IDLE: IdleStats = IdleStats {
+    polling: AtomicU64::new(0),
+    halted: AtomicU64::new(0),
+    halts: AtomicU64::new(0),
+};
+
+/// Polls the inbox for up to the idle-poll budget. True if something came in (and was
+/// handled), false once the budget ran out with nothing.
+fn idle_poll() -> bool {
+    let budget = IDLE_POLL_TICKS.load(Ordering::Relaxed);
+    if budget == 0 {
+        return false;
+    }
+    let start = tsc::read();
+    let until = start.saturating_add(budget);
+    let found = 'poll: loop {
+        // The clock is read once every 32 polls: RDTSC may exit to the hypervisor.
+        for _ in 0..32 {
+            if poll() > 0 {
+                break 'poll true;
+            }
+            core::hint::spin_loop();
+        }
+        if tsc::read() >= until || IDLE_POLL_TICKS.load(Ordering::Relaxed) != budget {
+            break false;
+        }
+    };
+    IDLE.polling
+        .fetch_add(tsc::read().saturating_sub(start), Ordering::Relaxed);
+    found
+}
+
+/// The serve loop of an instance's first CPU: drain; when there is nothing to do, poll for
+/// the idle-poll budget, then arm the mailboxes and halt until a doorbell or another interrupt.
 pub fn serve_forever() -> ! {
     loop {
         if poll() > 0 {
@@ -383,6 +484,9 @@ pub fn serve_forever() -> ! {
             let hook: fn() = unsafe { core::mem::transmute(hook) };
             hook();
         }
+        if idle_poll() {
+            continue;
+        }
         x86_64::instructions::interrupts::disable();
         let may_sleep = RECEIVERS.get().is_some_and(|receivers| {
             receivers
@@ -393,7 +497,11 @@ pub fn serve_forever() -> ! {
         });
         if may_sleep {
             let before = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed);
+            let halted_at = tsc::read();
             x86_64::instructions::interrupts::enable_and_hlt();
+            IDLE.halted
+                .fetch_add(tsc::read().saturating_sub(halted_at), Ordering::Relaxed);
+            IDLE.halts.fetch_add(1, Ordering::Relaxed);
             let woke_by_ipi = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed) != before;
             disarm_all();
             if woke_by_ipi && poll() == 0 {

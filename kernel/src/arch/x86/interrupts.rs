@@ -30,6 +30,8 @@ pub mod vectors {
     /// Device interrupts from the IO APIC: IRQ_BASE + line.
     pub const IRQ_BASE: u8 = 0x40;
     pub const IRQ_COUNT: usize = 32;
+    /// A bare IPI with no mailbox behind it: the benchmark's floor (the raw IPI round trip).
+    pub const PROBE_IPI: u8 = 0xE0;
     pub const LAPIC_ERROR: u8 = 0xFE;
     pub const SPURIOUS: u8 = 0xFF;
 }
@@ -230,6 +232,26 @@ extern "x86-interrupt" fn message_ipi(_frame: InterruptStackFrame) {
     super::apic::eoi();
 }
 
+/// The probe vector's handler (the benchmark installs one that answers, or one that counts).
+static PROBE_HANDLER: AtomicUsize = AtomicUsize::new(0);
+pub static PROBE_IPIS: AtomicU64 = AtomicU64::new(0);
+
+#[allow(dead_code)] // installed by the benchmark
+pub fn set_probe_handler(handler: fn()) {
+    PROBE_HANDLER.store(handler as usize, Ordering::SeqCst);
+}
+
+extern "x86-interrupt" fn probe_ipi(_frame: InterruptStackFrame) {
+    PROBE_IPIS.fetch_add(1, Ordering::Release);
+    let handler = PROBE_HANDLER.load(Ordering::Acquire);
+    if handler != 0 {
+        // SAFETY: the value was stored from a `fn()` in `set_probe_handler`.
+        let handler: fn() = unsafe { core::mem::transmute(handler) };
+        handler();
+    }
+    super::apic::eoi();
+}
+
 macro_rules! device_vectors {
     ($idt:ident, $($line:literal)*) => {
         $( $idt[vectors::IRQ_BASE + $line].set_handler_fn(device_irq::<$line>); )*
@@ -279,6 +301,7 @@ fn build_idt() -> InterruptDescriptorTable {
     idt[vectors::PIC_SPURIOUS_2].set_handler_fn(spurious);
     idt[vectors::LAPIC_TIMER].set_handler_fn(lapic_timer);
     idt[vectors::MESSAGE_IPI].set_handler_fn(message_ipi);
+    idt[vectors::PROBE_IPI].set_handler_fn(probe_ipi);
     idt[vectors::LAPIC_ERROR].set_handler_fn(lapic_error);
     idt[vectors::SPURIOUS].set_handler_fn(spurious);
     device_vectors!(idt, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);

@@ -23,6 +23,8 @@ use crate::platform::acpi::Platform;
 use crate::platform::qemu::{self, ExitCode};
 use crate::println;
 
+mod bench;
+
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
 type Outcome = Result<(), String>;
@@ -60,6 +62,12 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "msg_stress" => msg_stress(arg),
             "msg_busy" => msg_busy(),
             "msg_bulk" => msg_bulk(arg),
+            "bench_ipi" => bench::bench_ipi(arg),
+            "bench_rtt" => bench::bench_rtt(arg),
+            "bench_tput" => bench::bench_tput(arg),
+            "bench_all" => bench::bench_all(arg),
+            "bench_boot" => bench::bench_boot(),
+            "bench_ops" => bench::bench_ops(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -411,6 +419,8 @@ mod job {
     pub const STREAM_ALL: u64 = 2;
     /// `arg` PING calls to every other instance.
     pub const PING_ALL: u64 = 3;
+    /// The benchmark's exchange among the first instances (`bench::stream_among`).
+    pub const STREAM_AMONG: u64 = 4;
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -539,6 +549,7 @@ fn run_job() {
             0
         }),
         job::PING_ALL => ping_all(arg),
+        job::STREAM_AMONG => bench::stream_among(arg),
         _ => 0,
     };
     JOB_RESULT.store(result, Ordering::SeqCst);
@@ -627,6 +638,7 @@ fn register_test_handlers() {
         HandlerKey::Kind(Kind::User(user::BULK)),
         &(bulk as HandlerFn),
     );
+    bench::register();
     crate::messaging::set_idle_hook(run_job);
 }
 

@@ -1,0 +1,575 @@
+//! `cargo xtask bench`: message latency and throughput between instances, measured inside the
+//! guest, side by side with the host's own floor measured in the same run.
+//!
+//! A benchmark reports; it does not pass or fail. It fails only when a figure could not be
+//! taken (QEMU did not finish, a guest measurement lost its answer).
+//!
+//! 1. On the host: two pinned threads ping-ponging a cache line, and through eventfds
+//!    (`host.rs`).
+//! 2. In the guest (test kernel, one instance per CPU, KVM where usable): the cases of
+//!    `kernel/src/selftest/bench.rs`, which print `BENCH` lines (`mk-bench`).
+//! 3. A table with each figure and its ratio to the baselines, the aims of the benchmark
+//!    issue checked, and everything as JSON under `target/bench/`.
+
+mod host;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use mk_bench::Summary;
+use serde_json::{Value, json};
+
+use crate::args::Args;
+use crate::build::{self, Flavor};
+use crate::qemu::{self, Accel, Ending, Machine};
+use crate::setup::{self, root};
+use crate::{Error, Result};
+
+/// Exit codes of the test kernel through isa-debug-exit (see tests/src/lib.rs).
+const EXIT_SUCCESS: i32 = 33;
+
+/// How long the guest half may take before QEMU is killed.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
+
+struct Options {
+    smp: u32,
+    samples: usize,
+    msgs: u64,
+    no_kvm: bool,
+}
+
+fn parse_count<T: std::str::FromStr + PartialOrd>(
+    args: &Args,
+    name: &str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T> {
+    match args.value(name) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<T>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| Error::Usage(format!("--{name} wants {what}, got '{s}'"))),
+    }
+}
+
+fn options(argv: &[String]) -> Result<Options> {
+    let args = Args::parse(argv, &["no-kvm"], &["smp", "samples", "msgs"], 0)?;
+    Ok(Options {
+        smp: parse_count(&args, "smp", 2, 2..=16, "a CPU count from 2 to 16")?,
+        samples: parse_count(
+            &args,
+            "samples",
+            1000,
+            10..=1_000_000,
+            "a sample count from 10 to 1000000",
+        )?,
+        msgs: parse_count(
+            &args,
+            "msgs",
+            20_000,
+            100..=100_000_000,
+            "a message count from 100 to 100000000",
+        )?,
+        no_kvm: args.flag("no-kvm"),
+    })
+}
+
+pub fn main(argv: &[String]) -> Result<()> {
+    let opt = options(argv)?;
+    setup::ensure_toolchain()?;
+    setup::ensure_qemu(false)?;
+    let kvm = !opt.no_kvm && setup::kvm_usable();
+    let accel = if kvm { Accel::Kvm } else { Accel::Tcg };
+    let host_cpus = host::host_cpus();
+    if !kvm {
+        println!(
+            "warning: KVM {} : the guest runs under TCG (emulated, xAPIC): its figures measure the emulator",
+            if opt.no_kvm {
+                "disabled (--no-kvm)"
+            } else {
+                "not usable"
+            }
+        );
+    }
+    if opt.smp as usize > host_cpus {
+        println!(
+            "warning: {} vCPUs on {host_cpus} host CPUs: spinning vCPUs will take turns, figures will suffer",
+            opt.smp
+        );
+    }
+
+    println!("host baselines ({} samples each) ...", opt.samples);
+    let warmup = (opt.samples / 10).max(10);
+    let cache = host::cache_line_pingpong(opt.samples, warmup)?;
+    let eventfd = host::eventfd_pingpong(opt.samples, warmup)?;
+    let cache_s = summary(cache.rtt_ns.clone(), "cache-line ping-pong")?;
+    let eventfd_s = summary(eventfd.rtt_ns.clone(), "eventfd ping-pong")?;
+
+    let kernel = build::kernel(true, Flavor::Test)?;
+    let image = build::image(&kernel, boot::Firmware::Bios, Flavor::Test)?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let log_path = out_dir.join("guest.log");
+    println!(
+        "guest: {} instances, one CPU each, {} ({} samples, {} messages per throughput run) ...",
+        opt.smp,
+        accel.name(),
+        opt.samples,
+        opt.msgs
+    );
+    let cases = guest_cases(&opt);
+    let lines = run_guest(&opt, accel, &image, &cases, &log_path)?;
+
+    let table = Table {
+        cache: &cache_s,
+        eventfd: &eventfd_s,
+        guest: &lines,
+    };
+    print!("{}", table.render());
+    let aims = table.aims();
+    println!("\naims (as ratios in this run):");
+    for a in &aims {
+        println!(
+            "  {} {:<52} {}",
+            match a.met {
+                Some(true) => "met    ",
+                Some(false) => "NOT met",
+                None => "n/a    ",
+            },
+            a.what,
+            a.figure
+        );
+    }
+
+    let report = json!({
+        "unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "host": {
+            "cpus": host_cpus,
+            "cpu_model": cpu_model(),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default().trim(),
+        },
+        "guest": {
+            "accel": accel.name(),
+            "smp": opt.smp,
+            "samples": opt.samples,
+            "msgs": opt.msgs,
+            "cases": cases,
+            "figures": lines.iter().map(|l| l.to_json()).collect::<Vec<_>>(),
+        },
+        "host_baselines": {
+            "cache_line": summary_json(&cache_s, &cache.method, cache.pinned),
+            "eventfd": summary_json(&eventfd_s, &eventfd.method, eventfd.pinned),
+        },
+        "aims": aims.iter().map(|a| json!({
+            "what": a.what, "figure": a.figure, "met": a.met,
+        })).collect::<Vec<_>>(),
+    });
+    let stamp = report["unix_time"].as_u64().unwrap_or(0);
+    let path = out_dir.join(format!("bench-{stamp}.json"));
+    let text = serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?;
+    for p in [&path, &out_dir.join("latest.json")] {
+        std::fs::write(p, &text).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    println!(
+        "\nwritten: {} (and latest.json); guest log: {}",
+        path.display(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+fn summary(mut samples: Vec<u64>, what: &str) -> Result<Summary> {
+    Summary::of(&mut samples).ok_or_else(|| Error::Failed(format!("{what}: no samples")))
+}
+
+fn summary_json(s: &Summary, method: &str, pinned: bool) -> Value {
+    json!({
+        "unit": "ns", "n": s.n, "min": s.min, "median": s.median, "p99": s.p99,
+        "max": s.max, "mean": s.mean, "method": method, "pinned": pinned,
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The guest's test list.
+fn guest_cases(opt: &Options) -> Vec<String> {
+    vec![
+        "bench_boot".into(),
+        format!("bench_ops={}", (opt.samples * 10).min(100_000)),
+        format!("bench_ipi={}", opt.samples),
+        format!("bench_rtt={}", opt.samples),
+        format!("bench_tput={}", opt.msgs),
+        format!("bench_all={}", (opt.msgs / 10).max(100)),
+    ]
+}
+
+/// One `BENCH` line of the guest, owned.
+struct Figure {
+    name: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Figure {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn int(&self, key: &str) -> Option<u64> {
+        self.get(key)?.parse().ok()
+    }
+
+    /// The headline number: the median for latencies, the value for rates.
+    fn headline(&self) -> Option<u64> {
+        self.int("median").or_else(|| self.int("value"))
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("name".into(), json!(self.name));
+        for (k, v) in &self.fields {
+            let value = v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n));
+            m.insert(k.clone(), value);
+        }
+        Value::Object(m)
+    }
+}
+
+/// Boots the guest with `cases` and returns its `BENCH` lines; any case that failed, or a
+/// guest that did not finish, is an error.
+fn run_guest(
+    opt: &Options,
+    accel: Accel,
+    image: &Path,
+    cases: &[String],
+    log_path: &Path,
+) -> Result<Vec<Figure>> {
+    let _ = std::fs::remove_file(log_path);
+    let machine = Machine {
+        accel,
+        firmware: boot::Firmware::Bios,
+        smp: opt.smp,
+        memory_mib: 256 * u64::from(opt.smp).max(2),
+        image: image.to_path_buf(),
+    };
+    let mut cmd = qemu::command(&machine, &["test.args"])?;
+    cmd.arg("-serial")
+        .arg(format!("file:{}", log_path.display()))
+        .arg("-fw_cfg")
+        .arg(qemu::fw_cfg_string(
+            "opt/multikernel/tests",
+            &cases.join(" "),
+        ));
+    let run = qemu::run_with_timeout(&mut cmd, GUEST_TIMEOUT)?;
+    let serial = std::fs::read_to_string(log_path).unwrap_or_default();
+    println!("guest finished in {:.1} s", run.secs);
+    let failures: Vec<&str> = serial
+        .lines()
+        .filter(|l| l.starts_with("TEST ") && l.contains(" FAIL"))
+        .collect();
+    let clean_exit = matches!(run.ending, Ending::Exited(Some(EXIT_SUCCESS)));
+    if !failures.is_empty() || !clean_exit {
+        let mut msg = String::from("the guest half of the benchmark did not complete:");
+        for f in &failures {
+            let _ = write!(msg, "\n  {f}");
+        }
+        match run.ending {
+            Ending::TimedOut => {
+                let _ = write!(msg, "\n  QEMU killed after {} s", GUEST_TIMEOUT.as_secs());
+            }
+            Ending::Exited(code) if !clean_exit => {
+                let _ = write!(msg, "\n  QEMU exited with {code:?}");
+                for l in run.stderr.lines().rev().take(3) {
+                    let _ = write!(msg, "\n  qemu: {l}");
+                }
+            }
+            Ending::Exited(_) => {}
+        }
+        let _ = write!(msg, "\n  serial log: {}", log_path.display());
+        return Err(Error::Failed(msg));
+    }
+    let mut figures = Vec::new();
+    for line in serial.lines() {
+        match mk_bench::parse_line(line) {
+            Ok(l) => figures.push(Figure {
+                name: l.name.to_string(),
+                fields: l
+                    .fields()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            Err(mk_bench::ParseError::NotBench) => {}
+            Err(e) => return Err(Error::Failed(format!("bad BENCH line ({e:?}): {line}"))),
+        }
+    }
+    if figures.is_empty() {
+        return Err(Error::Failed(format!(
+            "the guest printed no BENCH lines (serial log: {})",
+            log_path.display()
+        )));
+    }
+    Ok(figures)
+}
+
+/// The report table: every guest figure next to the host baselines.
+struct Table<'a> {
+    cache: &'a Summary,
+    eventfd: &'a Summary,
+    guest: &'a [Figure],
+}
+
+/// One aim of the benchmark issue, checked as a ratio of two figures of this run.
+struct Aim {
+    what: &'static str,
+    figure: String,
+    /// `None` when a figure it needs is missing.
+    met: Option<bool>,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        f64::INFINITY
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl Table<'_> {
+    fn find(&self, name: &str) -> Option<&Figure> {
+        self.guest.iter().find(|f| f.name == name)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n{:<22} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            "figure", "median ns", "p99 ns", "min ns", "max ns", "x cacheln", "x eventfd"
+        );
+        for (name, s) in [
+            ("host.cache_line", self.cache),
+            ("host.eventfd", self.eventfd),
+        ] {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>12} {:>12} {:>12} {:>10.2} {:>10.3}",
+                name,
+                s.median,
+                s.p99,
+                s.min,
+                s.max,
+                ratio(s.median, self.cache.median),
+                ratio(s.median, self.eventfd.median)
+            );
+        }
+        for f in self.guest.iter().filter(|f| f.get("unit") == Some("ns")) {
+            let Some(med) = f.int("median") else { continue };
+            let _ = writeln!(
+                out,
+                "{:<22} {:>12} {:>12} {:>12} {:>12} {:>10.2} {:>10.3}",
+                f.name,
+                med,
+                f.int("p99").unwrap_or(0),
+                f.int("min").unwrap_or(0),
+                f.int("max").unwrap_or(0),
+                ratio(med, self.cache.median),
+                ratio(med, self.eventfd.median)
+            );
+            if let (Some(p), Some(h)) = (
+                f.int("receiver_polling_permille"),
+                f.int("receiver_halted_permille"),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "{:<22} receiver polled {:.1} % and halted {:.1} % of the time ({} halts)",
+                    "",
+                    p as f64 / 10.0,
+                    h as f64 / 10.0,
+                    f.int("receiver_halts").unwrap_or(0)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<22} {:>14} {:>16} {:>10} {:>10}",
+            "figure", "msg/s", "bytes/s", "IPIs", "halts"
+        );
+        for f in self.guest.iter().filter(|f| f.get("unit") == Some("msg/s")) {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>14} {:>16} {:>10} {:>10}",
+                f.name,
+                f.int("value").unwrap_or(0),
+                f.get("bytes_per_s").unwrap_or("-"),
+                f.get("ipis").unwrap_or("-"),
+                f.get("receiver_halts").unwrap_or("-"),
+            );
+        }
+        let ops: Vec<String> = self
+            .guest
+            .iter()
+            .filter(|f| f.get("unit") == Some("ns_per_op"))
+            .map(|f| {
+                format!(
+                    "{} {} ns",
+                    f.name.trim_start_matches("op."),
+                    f.get("value").unwrap_or("?")
+                )
+            })
+            .collect();
+        if !ops.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nprimitive operations in the guest (mean per operation):"
+            );
+            for chunk in ops.chunks(4) {
+                let _ = writeln!(out, "  {}", chunk.join(", "));
+            }
+        }
+        if let Some(b) = self.find("boot") {
+            let _ = writeln!(
+                out,
+                "\npower-on to kernel entry {:.1} ms, to all {} instances running {:.1} ms",
+                b.int("kernel_entry").unwrap_or(0) as f64 / 1e6,
+                b.get("instances").unwrap_or("?"),
+                b.int("value").unwrap_or(0) as f64 / 1e6
+            );
+        }
+        out
+    }
+
+    fn aims(&self) -> Vec<Aim> {
+        let med = |n: &str| self.find(n).and_then(Figure::headline);
+        let mut aims = Vec::new();
+        let mut check = |what: &'static str, value: Option<f64>, bound: f64, below: bool| {
+            let (figure, met) = match value {
+                Some(v) => (
+                    format!("{v:.2} (aim {} {bound})", if below { "<=" } else { ">=" }),
+                    Some(if below { v <= bound } else { v >= bound }),
+                ),
+                None => ("figure missing".to_string(), None),
+            };
+            aims.push(Aim { what, figure, met });
+        };
+        check(
+            "polling RTT / host cache-line RTT",
+            med("rtt.polling").map(|m| ratio(m, self.cache.median)),
+            1.5,
+            true,
+        );
+        check(
+            "IPI-notified RTT / raw IPI RTT (halted receiver)",
+            med("rtt.ipi")
+                .zip(med("ipi_raw.halted"))
+                .map(|(a, b)| ratio(a, b)),
+            1.2,
+            true,
+        );
+        check(
+            "host eventfd RTT / polling RTT",
+            med("rtt.polling").map(|m| ratio(self.eventfd.median, m)),
+            10.0,
+            false,
+        );
+        let best_tput = self
+            .guest
+            .iter()
+            .filter(|f| f.name.starts_with("tput."))
+            .filter_map(|f| f.int("value"))
+            .max();
+        check(
+            "best one-way msg/s per pair, in millions",
+            best_tput.map(|v| v as f64 / 1e6),
+            10.0,
+            false,
+        );
+        aims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options_have_defaults_and_bounds() {
+        let o = options(&[]).unwrap();
+        assert_eq!(
+            (o.smp, o.samples, o.msgs, o.no_kvm),
+            (2, 1000, 20_000, false)
+        );
+        let o = options(&argv("--smp 4 --samples 50 --msgs=1000 --no-kvm")).unwrap();
+        assert_eq!((o.smp, o.samples, o.msgs, o.no_kvm), (4, 50, 1000, true));
+        for bad in [
+            "--smp 1",
+            "--smp 17",
+            "--smp x",
+            "--samples 5",
+            "--msgs 10",
+            "--frobnicate",
+            "extra",
+        ] {
+            assert!(
+                matches!(options(&argv(bad)), Err(Error::Usage(_))),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    fn figure(line: &str) -> Figure {
+        let l = mk_bench::parse_line(line).unwrap();
+        Figure {
+            name: l.name.into(),
+            fields: l.fields().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    #[test]
+    fn aims_are_ratios_of_this_run() {
+        let cache = Summary::of(&mut [100]).unwrap();
+        let eventfd = Summary::of(&mut [30_000]).unwrap();
+        let guest = [
+            figure("BENCH rtt.polling unit=ns n=1 min=140 median=140 p99=140 max=140 mean=140"),
+            figure("BENCH rtt.ipi unit=ns n=1 min=5 median=5000 p99=5 max=5 mean=5"),
+            figure("BENCH ipi_raw.halted unit=ns n=1 min=5 median=4000 p99=5 max=5 mean=5"),
+            figure("BENCH tput.suppress unit=msg/s value=12000000 msgs=5 ns=5"),
+        ];
+        let t = Table {
+            cache: &cache,
+            eventfd: &eventfd,
+            guest: &guest,
+        };
+        let met: Vec<Option<bool>> = t.aims().iter().map(|a| a.met).collect();
+        // 1.4 <= 1.5; 1.25 > 1.2; 214 >= 10; 12 M >= 10 M.
+        assert_eq!(met, [Some(true), Some(false), Some(true), Some(true)]);
+        let t = Table {
+            cache: &cache,
+            eventfd: &eventfd,
+            guest: &guest[3..],
+        };
+        assert_eq!(t.aims()[0].met, None);
+        assert!(t.render().contains("tput.suppress"));
+    }
+}
