@@ -54,6 +54,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if let Some(desc) = instances::descriptor(boot_info) {
         instances::secondary::main(boot_info, desc);
     }
+    // Before any static is written: the ELF file's writable segments are mapped in place.
+    instances::pristine::capture(boot_info);
     let framebuffer = boot_info.framebuffer.as_mut().map(|fb| {
         // SAFETY: the framebuffer descriptor is used only by the console from here on; the rest
         // of the boot path reads other fields of `boot_info` and never touches this one.

@@ -14,6 +14,7 @@
 
 pub mod descriptor;
 pub mod launch;
+pub mod pristine;
 pub mod region;
 pub mod secondary;
 pub mod smp;

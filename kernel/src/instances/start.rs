@@ -166,14 +166,17 @@ pub fn start_all(
             Err(e) => error!("instance 0 cannot start its further CPUs: {e}"),
         }
     }
-    // SAFETY: the ELF file of the kernel, as the bootloader loaded it, at `kernel_addr` for
-    // `kernel_len` bytes; reached through the physical map and never written.
-    let kernel_elf = unsafe {
-        core::slice::from_raw_parts(
-            frames::phys_to_virt(boot_info.kernel_addr) as *const u8,
-            boot_info.kernel_len as usize,
-        )
+    // The kernel file with its writable segments as they were before instance 0 ran (see
+    // `pristine`): every instance starts from the initial values of its statics.
+    let kernel_file = if count > 1 {
+        match super::pristine::kernel_file(boot_info) {
+            Ok(f) => f,
+            Err(e) => crate::fatal(format_args!("the kernel file to copy: {e}")),
+        }
+    } else {
+        Vec::new()
     };
+    let kernel_elf = &kernel_file[..];
     for p in plan.partitions().skip(1) {
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();

@@ -464,13 +464,20 @@ pub(super) fn bench_ops(arg: &str) -> Outcome {
     let lock = spin::Mutex::new(0u64);
     let msg = sink_message(1);
     let mut slot = [0u8; mk_wire::SLOT_SIZE];
+    // Each operation runs up to N times, in rounds of 16, and stops early once 200 ms have
+    // passed (some cost milliseconds under an emulating hypervisor).
+    let budget = 200 * tsc::ticks_per_ms();
     let time = |name: &str, op: &mut dyn FnMut()| {
         let start = tsc::read();
-        for _ in 0..n {
-            op();
+        let mut done = 0;
+        while done < n && tsc::read() - start < budget {
+            for _ in 0..16 {
+                op();
+            }
+            done += 16;
         }
-        let per_op = ns(tsc::read() - start) / n;
-        println!("BENCH op.{name} unit=ns_per_op value={per_op} n={n}");
+        let per_op = ns(tsc::read() - start) / done;
+        println!("BENCH op.{name} unit=ns_per_op value={per_op} n={done}");
     };
     time("empty", &mut || core::hint::black_box(()));
     time("shared_atomic_add", &mut || shared[1].record_busy());
@@ -493,6 +500,25 @@ pub(super) fn bench_ops(arg: &str) -> Outcome {
     });
     time("encode_full", &mut || {
         core::hint::black_box(mk_wire::encode(&msg, &mut slot).is_ok());
+    });
+    time("decode_full", &mut || {
+        core::hint::black_box(mk_wire::decode(&slot).is_ok());
+    });
+    let ping = Message::request(
+        0,
+        Kind::Ping,
+        0,
+        Payload::Ping(mk_wire::PingPayload {
+            nonce: 1,
+            sent_at: 2,
+        }),
+    );
+    time("encode_ping", &mut || {
+        core::hint::black_box(mk_wire::encode(&ping, &mut slot).is_ok());
+    });
+    time("copy_256", &mut || {
+        let copy = core::hint::black_box(slot);
+        core::hint::black_box(copy);
     });
     Ok(())
 }

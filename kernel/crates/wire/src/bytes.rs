@@ -66,6 +66,16 @@ impl<'a> Wr<'a> {
         self.put(v.to_le_bytes());
     }
 
+    /// Copies `bytes` in one go (a byte-at-a-time loop costs one bounds check per byte, which
+    /// shows when every instruction is expensive, as under an emulating hypervisor).
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) {
+        let end = self.pos.saturating_add(bytes.len());
+        if let Some(dst) = self.buf.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.pos = end;
+    }
+
     pub(crate) fn u16(&mut self, v: u16) {
         self.put(v.to_le_bytes());
     }

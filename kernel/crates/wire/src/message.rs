@@ -193,11 +193,7 @@ impl Payload {
             Self::Shutdown(p) => p.write(w),
             Self::Ping(p) => p.write(w),
             Self::LargeData(p) => p.write(w),
-            Self::User(u) => {
-                for b in u.as_bytes() {
-                    w.u8(*b);
-                }
-            }
+            Self::User(u) => w.bytes(u.as_bytes()),
         }
     }
 
