@@ -80,22 +80,35 @@ pub enum Ending {
     TimedOut,
 }
 
-/// A finished QEMU run: how it ended, how long it took, what it wrote on stderr.
+/// A finished QEMU run: how it ended, how long it took, what it wrote on stderr, and when
+/// the watched file (the serial log) first had something in it.
 pub struct Finished {
     pub ending: Ending,
     pub secs: f64,
     pub stderr: String,
+    pub first_output_secs: Option<f64>,
 }
 
 /// Starts `cmd` (stdout discarded, stderr kept) and waits for it, killing it after `timeout`.
-pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Result<Finished> {
+/// Notes when `watch` first becomes non-empty (to the 10 ms).
+pub fn run_with_timeout(
+    cmd: &mut Command,
+    timeout: std::time::Duration,
+    watch: Option<&Path>,
+) -> Result<Finished> {
     let start = std::time::Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting QEMU: {e}"))?;
+    let mut first_output_secs = None;
     let ending = loop {
+        if first_output_secs.is_none()
+            && watch.is_some_and(|w| std::fs::metadata(w).is_ok_and(|m| m.len() > 0))
+        {
+            first_output_secs = Some(start.elapsed().as_secs_f64());
+        }
         if let Some(status) = child
             .try_wait()
             .map_err(|e| format!("waiting for QEMU: {e}"))?
@@ -107,7 +120,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Resu
             let _ = child.wait();
             break Ending::TimedOut;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -118,6 +131,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Resu
         ending,
         secs: start.elapsed().as_secs_f64(),
         stderr,
+        first_output_secs,
     })
 }
 

@@ -185,7 +185,8 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         ending,
         secs,
         stderr,
-    } = qemu::run_with_timeout(&mut cmd, Duration::from_secs(b.timeout_secs))?;
+        ..
+    } = qemu::run_with_timeout(&mut cmd, Duration::from_secs(b.timeout_secs), None)?;
     let serial = std::fs::read_to_string(&log_path).unwrap_or_default();
     let parsed = log::parse(&serial, b.cases);
     let how = match ending {

@@ -400,7 +400,7 @@ fn idle() -> ! {
 
 /// USER subtypes the messaging tests use.
 mod user {
-    /// One-way: payload = sequence number (u64 LE) + 200 pattern bytes derived from it; the
+    /// One-way: payload = sequence number (u64 LE) + 25 pattern words derived from it (LE); the
     /// sequence is per (sender, receiver) pair.
     pub const SEQUENCED: u16 = 1;
     /// Call: payload = a sender id (u64); reply = `super::StatsWords` (7 x u64 LE).
@@ -435,8 +435,10 @@ static JOB: spin::Mutex<Option<(u64, u64)>> = spin::Mutex::new(None);
 static JOBS_DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static JOB_RESULT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn pattern(seq: u64, i: usize) -> u8 {
-    (seq.wrapping_mul(31).wrapping_add(i as u64 * 7) & 0xFF) as u8
+/// Word `i` of the pattern that follows sequence number `seq`. Words, not bytes: under an
+/// emulating hypervisor every instruction costs, and the check runs for every message.
+fn pattern(seq: u64, i: usize) -> u64 {
+    seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 
 fn user_payload(bytes: &[u8]) -> mk_wire::Payload {
@@ -469,8 +471,8 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
     let seq = SEQ_SEND[to].fetch_add(1, Ordering::SeqCst);
     let mut bytes = [0u8; 208];
     bytes[..8].copy_from_slice(&seq.to_le_bytes());
-    for (i, b) in bytes[8..].iter_mut().enumerate() {
-        *b = pattern(seq, i);
+    for (i, w) in bytes[8..].as_chunks_mut::<8>().0.iter_mut().enumerate() {
+        *w = pattern(seq, i).to_le_bytes();
     }
     mk_wire::Message::request(
         crate::instance::id() as u16,
@@ -577,9 +579,11 @@ fn register_test_handlers() {
         });
         let intact = b.len() == 208
             && b[8..]
+                .as_chunks::<8>()
+                .0
                 .iter()
                 .enumerate()
-                .all(|(i, &x)| x == pattern(seq, i));
+                .all(|(i, w)| u64::from_le_bytes(*w) == pattern(seq, i));
         if intact && seq == SEQ_NEXT[from].load(Ordering::SeqCst) {
             SEQ_OK[from].fetch_add(1, Ordering::SeqCst);
         } else {
