@@ -316,6 +316,28 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
         });
     }
+    // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
+    // answer arrives, every message is counted as taken). The figures themselves are not judged.
+    boots.push(Boot {
+        name: "tcg-bench",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 3,
+        memory_mib: 768,
+        cases: &[
+            "instances=3",
+            "bench_boot",
+            "bench_ops=100",
+            "bench_ipi=20",
+            "bench_rtt=20",
+            "bench_tput=500",
+            "bench_all=100",
+        ],
+        plan: None,
+        expect: Expect::Pass,
+        timeout_secs: TCG_TIMEOUT,
+        note: "benchmark cases run to the end (TCG: figures of the emulator, not judged)",
+    });
     // Bad plans: the kernel logs why and falls back to the default plan (one instance per CPU).
     for (name, plan) in [
         ("badplan-cpus", "1,2"),
