@@ -102,7 +102,12 @@ pub fn ensure_toolchain() -> Result<()> {
         &tc.channel,
     ]))
     .unwrap_or_default();
-    let has = |list: &str, name: &str| list.lines().any(|l| l.trim().starts_with(name));
+    // rustup lists components under their current names: `llvm-tools-preview` is installed as
+    // `llvm-tools-<host>`.
+    let has = |list: &str, name: &str| {
+        let name = name.strip_suffix("-preview").unwrap_or(name);
+        list.lines().any(|l| l.trim().starts_with(name))
+    };
     let missing: Vec<&String> = tc
         .components
         .iter()
