@@ -23,6 +23,7 @@ mod messaging;
 mod platform;
 #[cfg(feature = "qemu-tests")]
 mod selftest;
+mod services;
 
 use bootloader_api::config::Mapping;
 use bootloader_api::info::FrameBuffer;
@@ -185,7 +186,14 @@ pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     stop_after_failure()
 }
 
+/// After a panic or fatal error. An instance other than 0 stops beating and halts: instance 0
+/// notices the silence, declares it dead and takes its resources back, and the other instances
+/// go on. Instance 0 ends a test run (QEMU exits with failure) or halts.
 fn stop_after_failure() -> ! {
+    services::heartbeat::STOPPED.store(true, core::sync::atomic::Ordering::SeqCst);
+    if instance::id() != 0 {
+        cpu::halt_forever()
+    }
     #[cfg(feature = "qemu-tests")]
     platform::qemu::exit(platform::qemu::ExitCode::Failure);
     #[cfg(not(feature = "qemu-tests"))]

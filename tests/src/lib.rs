@@ -316,6 +316,32 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
         });
     }
+    // Services: QUERY, heartbeats, a clean SHUTDOWN (an instance of two CPUs), a crash
+    // detected and reclaimed while the others go on.
+    for (name, accel, smp, plan, timeout) in [
+        ("tcg-services", Accel::Tcg, 5, Some("1,2,1,1"), TCG_TIMEOUT),
+        ("kvm-services", Accel::Kvm, 4, None, 300),
+    ] {
+        boots.push(Boot {
+            name,
+            accel,
+            firmware: Firmware::Bios,
+            smp,
+            memory_mib: 1024,
+            cases: &[
+                "instances=4",
+                "query",
+                "heartbeats",
+                "shutdown=1",
+                "crash=2",
+                "query",
+            ],
+            plan,
+            expect: Expect::Pass,
+            timeout_secs: timeout,
+            note: "services over messages: query, heartbeat, shutdown, failure detection",
+        });
+    }
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
     // answer arrives, every message is counted as taken). The figures themselves are not judged.
     boots.push(Boot {

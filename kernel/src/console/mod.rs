@@ -125,7 +125,10 @@ fn write_raw_line(bytes: &[u8]) {
     });
 }
 
-/// Last-resort output for the panic handler: takes no lock that the panicking CPU might hold.
+/// Last-resort output for the panic handler: takes no lock of this instance that the panicking
+/// CPU might hold. It does queue for the cross-instance console lock, with a short bound (the
+/// lock breaks a dead holder's hold after it), so that the other instances' lines, which go on,
+/// do not cut into the report.
 pub fn emergency_write(args: fmt::Arguments<'_>) {
     let mut line = LineBuf {
         bytes: [0; 512],
@@ -134,11 +137,23 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
     let (instance, cpu) = crate::arch::cpu::log_identity();
     let _ = write!(line, "[i{instance} c{cpu}] ");
     let _ = line.write_fmt(args);
-    serial::force_write_bytes(&line.bytes[..line.len]);
-    serial::force_write_bytes(b"\n");
-    framebuffer::force_write_bytes(&line.bytes[..line.len]);
-    framebuffer::force_write_bytes(b"\n");
+    line.len = line.len.min(line.bytes.len() - 1);
+    line.bytes[line.len] = b'\n';
+    let text = &line.bytes[..=line.len];
+    let shared = SHARED_LOCK
+        .load(Ordering::Acquire)
+        .then(|| {
+            crate::instances::region::get()
+                .map(|r| r.console().lock(instance as usize, EMERGENCY_LOCK_SPINS))
+        })
+        .flatten();
+    serial::force_write_bytes(text);
+    drop(shared);
+    framebuffer::force_write_bytes(text);
 }
+
+/// How long a panicking CPU queues for the console lock before writing anyway.
+const EMERGENCY_LOCK_SPINS: u32 = 1 << 20;
 
 #[macro_export]
 macro_rules! error {

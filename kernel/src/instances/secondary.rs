@@ -26,6 +26,8 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
     console::use_shared_lock();
     if let Err(e) = crate::messaging::init(desc.instance_id as usize) {
         crate::error!("messaging: {e}");
+    } else if let Err(e) = crate::services::init(desc.instance_id as usize) {
+        crate::error!("services: {e}");
     }
     let lapic = bring_up_lapic(desc.lapic_hz_div16);
     let apic_id = lapic.id();

@@ -4,7 +4,7 @@
 //! so two instances can start CPUs at the same time).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use super::descriptor;
 use crate::arch::cpu::PerCpu;
@@ -121,5 +121,22 @@ extern "C" fn ap_entry(index: u64) -> ! {
     x86_64::instructions::interrupts::enable();
     loop {
         x86_64::instructions::hlt();
+        if PARK.load(Ordering::SeqCst) {
+            park_this_cpu();
+        }
     }
+}
+
+/// Set when the instance stops: its further CPUs park at their next wake-up.
+pub static PARK: AtomicBool = AtomicBool::new(false);
+/// Further CPUs of this instance that have parked.
+pub static PARKED: AtomicU32 = AtomicU32::new(0);
+
+/// Parks the running CPU: interrupts off, halted for good. Only INIT (a new start through a
+/// trampoline) gets it going again.
+pub fn park_this_cpu() -> ! {
+    if cpu::try_current().is_some_and(|c| c.index != 0) {
+        PARKED.fetch_add(1, Ordering::SeqCst);
+    }
+    cpu::halt_forever()
 }

@@ -142,10 +142,12 @@ pub fn start_all(
         crate::fatal(format_args!("shared region: {e}"));
     }
     let me = plan.partition(0).expect("partition 0 exists");
-    if count > 1
-        && let Err(e) = crate::messaging::init(0)
-    {
-        error!("messaging: {e}");
+    if count > 1 {
+        if let Err(e) = crate::messaging::init(0) {
+            error!("messaging: {e}");
+        } else if let Err(e) = crate::services::init(0) {
+            error!("services: {e}");
+        }
     }
     region::set_booting(0, boot_tsc);
     region::publish_running(0, me.cpus);

@@ -111,7 +111,7 @@ pub fn init(me: usize) -> Result<(), &'static str> {
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
         .map_err(|_| "registering the PING handler")?;
     interrupts::set_message_handler(on_ipi);
-    interrupts::set_tick_hook(on_tick);
+    interrupts::add_tick_hook(on_tick)?;
     Ok(())
 }
 
@@ -366,7 +366,22 @@ pub fn poll() -> usize {
     }
     let taken = poll_locked(receivers, d);
     POLLING.store(false, Ordering::Release);
+    let hook = POLL_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: the value was stored from a `fn()` in `set_poll_hook`.
+        let hook: fn() = unsafe { core::mem::transmute(hook) };
+        hook();
+    }
     taken
+}
+
+/// Work done after every drain (the services' periodic duties: heartbeats, failure
+/// detection). It may send; it must guard itself against re-entry (a send that waits for room
+/// drains, and so calls it again).
+static POLL_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+pub fn set_poll_hook(hook: fn()) {
+    POLL_HOOK.store(hook as usize, Ordering::SeqCst);
 }
 
 fn poll_locked(
@@ -377,8 +392,8 @@ fn poll_locked(
     let mut taken = 0;
     {
         let mut receivers = receivers.lock();
-        for (peer, r) in receivers.iter_mut().enumerate() {
-            let Some(r) = r else { continue };
+        for (peer, slot) in receivers.iter_mut().enumerate() {
+            let Some(r) = slot else { continue };
             let result = r.drain(|slot| {
                 match d.dispatch(peer as u16, slot) {
                     Ok(DispatchOutcome::Handled {
@@ -401,6 +416,12 @@ fn poll_locked(
             });
             match result {
                 Ok(n) => taken += n,
+                Err(mk_mailbox::Error::Dead) => {
+                    // The peer stopped or died (instance 0 marked its channels dead): nothing
+                    // more will come; stop draining this mailbox.
+                    crate::info!("mailbox from instance {peer} is dead; no longer drained");
+                    *slot = None;
+                }
                 Err(e) => crate::warn!("mailbox from instance {peer}: {e:?}"),
             }
         }

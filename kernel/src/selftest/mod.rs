@@ -24,6 +24,7 @@ use crate::platform::qemu::{self, ExitCode};
 use crate::println;
 
 mod bench;
+mod services;
 
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
@@ -68,6 +69,10 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "bench_all" => bench::bench_all(arg),
             "bench_boot" => bench::bench_boot(),
             "bench_ops" => bench::bench_ops(arg),
+            "query" => services::query(),
+            "heartbeats" => services::heartbeats(),
+            "crash" => services::crash(arg),
+            "shutdown" => services::shutdown(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -409,6 +414,8 @@ mod user {
     pub const JOB: u16 = 3;
     /// Call with a `LargeData` payload (shared pool pages); reply = FNV-1a of the data, length.
     pub const BULK: u16 = 4;
+    /// One-way, from instance 0: panic on purpose (the failure-detection test).
+    pub const CRASH: u16 = 7;
 }
 
 /// Jobs an instance runs from its serve loop when instance 0 asks.
@@ -493,10 +500,18 @@ fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
     })
 }
 
+/// The other instances that are running (stopped and dead ones are left out).
 fn others() -> impl Iterator<Item = usize> {
     let me = crate::instance::id() as usize;
-    let n = crate::instances::region::get().map_or(0, |r| r.instance_count());
-    (0..n).filter(move |&i| i != me)
+    let region = crate::instances::region::get();
+    let n = region.map_or(0, |r| r.instance_count());
+    (0..n).filter(move |&i| {
+        i != me
+            && region
+                .and_then(|r| r.instance(i).ok())
+                .map(|inst| inst.state())
+                == Some(Ok(mk_shared::InstanceState::Running))
+    })
 }
 
 /// Sends `n` sequenced messages to every other instance, interleaved. Returns how many went.
@@ -641,6 +656,16 @@ fn register_test_handlers() {
     let _ = d.registry().register(
         HandlerKey::Kind(Kind::User(user::BULK)),
         &(bulk as HandlerFn),
+    );
+    fn crash(m: &Message) -> Option<Reply> {
+        if m.sender == 0 {
+            panic!("deliberate crash requested by instance 0 (failure-detection test)");
+        }
+        Some(Reply::error(mk_wire::Status::Refused))
+    }
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::CRASH)),
+        &(crash as HandlerFn),
     );
     bench::register();
     crate::messaging::set_idle_hook(run_job);

@@ -306,6 +306,103 @@ impl<'a> SharedRegion<'a> {
     pub fn mapped_len(&self) -> usize {
         self.raw.len()
     }
+
+    /// Every resource and its owner, in table order (CPUs, IRQ lines, memory chunks); free
+    /// ones included. A word that does not decode is reported as its error.
+    pub fn resources(&self) -> impl Iterator<Item = (Resource, Result<Owner, Error>)> + '_ {
+        let words = Words {
+            instances: self.layout.instances,
+        };
+        let table = move |t: &'a [AtomicU64], make: fn(u32) -> Resource| {
+            t.iter()
+                .enumerate()
+                .map(move |(i, w)| (make(i as u32), words.owner(w)))
+        };
+        table(self.cpus, Resource::Cpu)
+            .chain(table(self.irqs, Resource::Irq))
+            .chain(table(self.memory, Resource::Memory))
+    }
+
+    /// Instance 0 takes back what `dead` held, into `into`, once `dead` is dead or stopped:
+    ///
+    /// * `Owned(dead)` becomes `Owned(into)`;
+    /// * `InTransit{from: dead, to: into, g}` (handed back before stopping) is completed;
+    /// * `InTransit{from: dead, to, g}` to another instance: the giver is gone before
+    ///   completing, so the transfer rolls back (`abort_transfer`) and the resource is
+    ///   reclaimed like an owned one;
+    /// * `InTransit{from, to: dead, g}`: the receiver is gone, so the transfer rolls back to
+    ///   `from`, which still runs.
+    ///
+    /// Each step is one compare-exchange, so a resource has exactly one owner at every
+    /// instant; a word that changes under us (a live peer completing a transfer from `dead`
+    /// at the same moment) is simply re-read and handled in its new state.
+    pub fn reclaim(&self, dead: usize, into: usize) -> Result<Reclaimed, Error> {
+        let words = Words {
+            instances: self.layout.instances,
+        };
+        words.check(dead)?;
+        words.check(into)?;
+        let mut out = Reclaimed::default();
+        for (table, kind) in [(self.cpus, 0), (self.irqs, 1), (self.memory, 2)] {
+            for w in table {
+                // Bounded: every pass either changes the word or finds it settled.
+                for _ in 0..8 {
+                    match words.owner(w)? {
+                        Owner::Owned(o) if o == dead => {
+                            if words.claim(w, into, Some(dead)).is_ok() {
+                                out.count[kind] += 1;
+                                break;
+                            }
+                        }
+                        Owner::InTransit {
+                            from,
+                            to,
+                            generation,
+                        } if from == dead && to == into => {
+                            // Handed back before stopping: the reclaimer completes it.
+                            if words.complete_transfer(w, into, generation).is_ok() {
+                                out.count[kind] += 1;
+                                break;
+                            }
+                        }
+                        Owner::InTransit {
+                            from,
+                            to,
+                            generation,
+                        } if from == dead || to == dead => {
+                            if words.abort_transfer(w, from, generation).is_ok() {
+                                out.rolled_back += 1;
+                            }
+                            // Re-read: now Owned(from) (reclaimed next pass if from == dead).
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`SharedRegion::reclaim`] took back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Resources now owned by the reclaiming instance: CPUs, IRQ lines, memory chunks.
+    pub count: [u32; 3],
+    /// Transfers rolled back (to or from the dead instance).
+    pub rolled_back: u32,
+}
+
+impl Reclaimed {
+    pub fn cpus(&self) -> u32 {
+        self.count[0]
+    }
+    pub fn irqs(&self) -> u32 {
+        self.count[1]
+    }
+    pub fn memory_chunks(&self) -> u32 {
+        self.count[2]
+    }
 }
 
 /// The 2 MiB chunk numbers covering `start..start + len`, both 2 MiB aligned.

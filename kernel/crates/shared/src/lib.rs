@@ -120,7 +120,7 @@ mod region;
 mod tests;
 
 pub use console::{CONSOLE_FORCE_SPINS, Console, ConsoleGuard, ConsoleStats};
-pub use handle::{SharedRegion, memory_chunks};
+pub use handle::{Reclaimed, SharedRegion, memory_chunks};
 pub use instance::{Instance, InstanceResources, InstanceState, RESOURCE_READ_RETRIES};
 pub use layout::{
     INSTANCE_ENTRY_SIZE, Layout, MAGIC, PAGE, REPORT_WORDS, Table, VERSION, layout, region_size,

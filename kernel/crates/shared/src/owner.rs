@@ -100,12 +100,13 @@ pub(crate) fn decode(w: u64, instances: usize) -> Result<(Owner, u32), Error> {
 }
 
 /// Operations on owner words of a region formatted for `instances` instances.
+#[derive(Clone, Copy)]
 pub(crate) struct Words {
     pub instances: usize,
 }
 
 impl Words {
-    fn check(&self, i: usize) -> Result<(), Error> {
+    pub(crate) fn check(&self, i: usize) -> Result<(), Error> {
         if i >= self.instances {
             Err(Error::BadInstance(i))
         } else {

@@ -155,20 +155,32 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
     ));
 }
 
-/// Called on every timer tick (on every CPU), e.g. to end a doorbell throttle.
-static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
+/// Called on every timer tick (on every CPU), e.g. to end a doorbell throttle or to beat the
+/// heartbeat. Hooks run with interrupts off and must not allocate or take locks that thread
+/// context holds.
+static TICK_HOOKS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
-pub fn set_tick_hook(hook: fn()) {
-    TICK_HOOK.store(hook as usize, Ordering::SeqCst);
+/// Adds a timer-tick hook.
+pub fn add_tick_hook(hook: fn()) -> Result<(), &'static str> {
+    TICK_HOOKS
+        .iter()
+        .find(|slot| {
+            slot.compare_exchange(0, hook as usize, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+        .map(|_| ())
+        .ok_or("no free tick hook slot")
 }
 
 extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-    let hook = TICK_HOOK.load(Ordering::Acquire);
-    if hook != 0 {
-        // SAFETY: the value was stored from a `fn()` in `set_tick_hook`.
-        let hook: fn() = unsafe { core::mem::transmute(hook) };
-        hook();
+    for slot in &TICK_HOOKS {
+        let hook = slot.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: the value was stored from a `fn()` in `add_tick_hook`.
+            let hook: fn() = unsafe { core::mem::transmute(hook) };
+            hook();
+        }
     }
     if let Some(cpu) = super::cpu::try_current() {
         cpu.ticks.fetch_add(1, Ordering::Relaxed);

@@ -332,3 +332,46 @@ fn resource_snapshots_are_never_torn() {
         });
     });
 }
+
+/// Instance 0 reclaims a "dead" instance 1 while instance 2 keeps trying to complete the
+/// transfers 1 had started towards it: every resource ends with exactly one owner, either 2
+/// (it completed first) or 0 (the reclaim rolled the transfer back first), never both.
+#[test]
+fn reclaim_races_with_a_completing_receiver() {
+    for round in 0..200 {
+        let mut reg = Region::new(INSTANCES);
+        let r = reg.init(INSTANCES, 0).unwrap();
+        let res = resources();
+        let mut gens = Vec::new();
+        for &x in &res {
+            r.claim(x, 1, None).unwrap();
+            gens.push(r.begin_transfer(x, 1, 2).unwrap());
+        }
+        let barrier = Barrier::new(2);
+        let (completed, reclaimed) = thread::scope(|s| {
+            let receiver = s.spawn(|| {
+                barrier.wait();
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..res.len()).collect()
+                } else {
+                    (0..res.len()).rev().collect()
+                };
+                order
+                    .into_iter()
+                    .filter(|&i| r.complete_transfer(res[i], 2, gens[i]).is_ok())
+                    .count()
+            });
+            barrier.wait();
+            let got = r.reclaim(1, 0).unwrap();
+            (receiver.join().unwrap(), got)
+        });
+        let total = reclaimed.cpus() + reclaimed.irqs() + reclaimed.memory_chunks();
+        assert_eq!(completed + total as usize, res.len());
+        for &x in &res {
+            match r.owner(x).unwrap() {
+                Owner::Owned(0) | Owner::Owned(2) => {}
+                other => panic!("{x:?} ended {other:?}"),
+            }
+        }
+    }
+}

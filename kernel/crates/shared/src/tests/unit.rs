@@ -517,3 +517,50 @@ fn console_force_path_and_stale_unlock() {
     let s = c.stats();
     assert_eq!((s.forced, s.stale_unlocks, s.acquired), (2, 1, 7));
 }
+
+#[test]
+fn reclaim_takes_back_owned_and_rolls_back_transfers() {
+    let mut reg = Region::new(4);
+    let r = reg.init(4, 0).unwrap();
+    // Instance 2 owns CPU 3, IRQ 5 and memory chunk 7; gives CPU 4 to 1 (in transit) and is
+    // receiving chunk 8 from 3 (in transit). Instance 1 owns CPU 6, untouched.
+    r.claim(Resource::Cpu(3), 2, None).unwrap();
+    r.claim(Resource::Irq(5), 2, None).unwrap();
+    r.claim(Resource::Memory(7), 2, None).unwrap();
+    r.claim(Resource::Cpu(4), 2, None).unwrap();
+    let g_out = r.begin_transfer(Resource::Cpu(4), 2, 1).unwrap();
+    r.claim(Resource::Memory(8), 3, None).unwrap();
+    let g_in = r.begin_transfer(Resource::Memory(8), 3, 2).unwrap();
+    r.claim(Resource::Cpu(6), 1, None).unwrap();
+    // And it had started handing memory chunk 9 back to 0 (a shutdown in progress).
+    r.claim(Resource::Memory(9), 2, None).unwrap();
+    let g_back = r.begin_transfer(Resource::Memory(9), 2, 0).unwrap();
+
+    let got = r.reclaim(2, 0).unwrap();
+    assert_eq!(
+        (got.cpus(), got.irqs(), got.memory_chunks(), got.rolled_back),
+        (2, 1, 2, 2)
+    );
+    assert_eq!(r.owner(Resource::Memory(9)), Ok(Owner::Owned(0)));
+    assert!(r.abort_transfer(Resource::Memory(9), 2, g_back).is_err());
+    for res in [
+        Resource::Cpu(3),
+        Resource::Cpu(4),
+        Resource::Irq(5),
+        Resource::Memory(7),
+    ] {
+        assert_eq!(r.owner(res), Ok(Owner::Owned(0)), "{res:?}");
+    }
+    assert_eq!(r.owner(Resource::Memory(8)), Ok(Owner::Owned(3)));
+    assert_eq!(r.owner(Resource::Cpu(6)), Ok(Owner::Owned(1)));
+    // The stale transfers can no longer complete.
+    assert!(r.complete_transfer(Resource::Cpu(4), 1, g_out).is_err());
+    assert!(r.complete_transfer(Resource::Memory(8), 2, g_in).is_err());
+    // Nothing names instance 2 any more; a second pass finds nothing.
+    assert!(
+        r.resources()
+            .all(|(_, o)| !matches!(o, Ok(Owner::Owned(2))))
+    );
+    assert_eq!(r.reclaim(2, 0).unwrap(), crate::Reclaimed::default());
+    assert_eq!(r.reclaim(4, 0), Err(Error::BadInstance(4)));
+}

@@ -1,0 +1,299 @@
+//! Test cases of the services (`crate::services`): QUERY answers, heartbeats arrive, a
+//! crashed instance is declared dead within the documented bound and its resources come back
+//! while the others go on, a SHUTDOWN gives every resource back and parks the CPUs.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use mk_shared::{InstanceState, Owner, Resource};
+use mk_wire::{Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload};
+
+use super::{Outcome, ensure, job, plan, start_job, user, wait_job};
+use crate::arch::tsc;
+use crate::instances::region;
+use crate::messaging;
+use crate::println;
+use crate::services::{heartbeat, lifecycle};
+
+fn parse_instance(arg: &str) -> Result<usize, String> {
+    let k: usize = arg.parse().map_err(|_| format!("bad instance '{arg}'"))?;
+    let count = plan()?.partition_count();
+    if k == 0 || k >= count {
+        return Err(format!("instance {k} is not one of 1..{count}"));
+    }
+    Ok(k)
+}
+
+fn state(k: usize) -> Result<InstanceState, String> {
+    region::get()
+        .ok_or("no shared region")?
+        .instance(k)
+        .and_then(|i| i.state())
+        .map_err(|e| format!("instance {k}: {e:?}"))
+}
+
+/// `query`: every running instance answers QUERY with its own CPUs (as it published them),
+/// its memory (no more than its partition), no IRQ line (instance 0 owns them all), and
+/// counters that show it handled messages.
+pub(super) fn query() -> Outcome {
+    let plan = plan()?;
+    let all = QueryWhat::CPUS | QueryWhat::MEMORY | QueryWhat::IRQS | QueryWhat::COUNTERS;
+    for p in plan.partitions().skip(1) {
+        if state(p.index)? != InstanceState::Running {
+            continue;
+        }
+        let reply = messaging::call(
+            p.index,
+            Kind::Query,
+            Payload::Query(QueryPayload { what: all }),
+            2000,
+        )
+        .map_err(|e| format!("query to instance {}: {e:?}", p.index))?;
+        let Payload::QueryReply(q) = reply.payload else {
+            return Err(format!(
+                "instance {} answered with {:?}",
+                p.index, reply.payload
+            ));
+        };
+        ensure(q.what == all, || format!("sections {:?}", q.what))?;
+        ensure(q.apic_ids() == p.cpus, || {
+            format!(
+                "instance {}: CPUs {:?}, plan {:?}",
+                p.index,
+                q.apic_ids(),
+                p.cpus
+            )
+        })?;
+        let partition: u64 = p.memory.iter().map(|m| m.len).sum();
+        ensure(
+            q.memory_bytes > 0
+                && q.memory_bytes <= partition
+                && q.free_memory_bytes < q.memory_bytes,
+            || {
+                format!(
+                    "instance {}: {} bytes owned, {} free, partition {partition}",
+                    p.index, q.memory_bytes, q.free_memory_bytes
+                )
+            },
+        )?;
+        ensure((0..256).all(|l| !q.has_irq(l)), || {
+            format!("instance {} claims IRQ lines", p.index)
+        })?;
+        ensure(q.messages_handled > 0 && q.uptime_ticks > 0, || {
+            format!(
+                "instance {}: {} handled, uptime {}",
+                p.index, q.messages_handled, q.uptime_ticks
+            )
+        })?;
+        println!(
+            "query: instance {} has CPUs {:?}, {} MiB ({} MiB free), handled {} messages",
+            p.index,
+            q.apic_ids(),
+            q.memory_bytes >> 20,
+            q.free_memory_bytes >> 20,
+            q.messages_handled
+        );
+    }
+    Ok(())
+}
+
+/// `heartbeats`: every other instance's HEARTBEAT messages reach instance 0 (three each,
+/// within 3 s) and its shared beat counter moves.
+pub(super) fn heartbeats() -> Outcome {
+    let r = region::get().ok_or("no shared region")?;
+    let count = plan()?.partition_count();
+    let before: Vec<u64> = (0..count)
+        .map(|k| heartbeat::RECEIVED[k].load(Ordering::SeqCst))
+        .collect();
+    let counters: Vec<u64> = (0..count)
+        .map(|k| r.instance(k).map_or(0, |i| i.heartbeat()))
+        .collect();
+    let deadline = tsc::read() + 3000 * tsc::ticks_per_ms();
+    loop {
+        messaging::poll();
+        let behind: Vec<usize> = (1..count)
+            .filter(|&k| heartbeat::RECEIVED[k].load(Ordering::SeqCst) < before[k] + 3)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        ensure(tsc::read() < deadline, || {
+            format!("no three beats within 3 s from instance(s) {behind:?}")
+        })?;
+    }
+    for k in 1..count {
+        let now = r.instance(k).map_or(0, |i| i.heartbeat());
+        ensure(now > counters[k], || {
+            format!("instance {k}'s shared beat counter did not move")
+        })?;
+    }
+    Ok(())
+}
+
+/// Nothing in the ownership tables names instance `k` any more, and what the plan gave it
+/// (CPUs, whole memory chunks) is instance 0's.
+fn check_taken_back(k: usize) -> Outcome {
+    let r = region::get().ok_or("no shared region")?;
+    let left: Vec<Resource> = r
+        .resources()
+        .filter(|(_, o)| match o {
+            Ok(Owner::Owned(x)) => *x == k,
+            Ok(Owner::InTransit { from, to, .. }) => *from == k || *to == k,
+            _ => false,
+        })
+        .map(|(res, _)| res)
+        .collect();
+    ensure(left.is_empty(), || {
+        format!(
+            "instance {k} still holds {} resource(s), e.g. {:?}",
+            left.len(),
+            left.first()
+        )
+    })?;
+    let p = plan()?
+        .partition(k)
+        .ok_or_else(|| format!("no partition {k}"))?;
+    for &cpu in p.cpus {
+        ensure(r.owner(Resource::Cpu(cpu)) == Ok(Owner::Owned(0)), || {
+            format!(
+                "CPU {cpu} of instance {k}: {:?}",
+                r.owner(Resource::Cpu(cpu))
+            )
+        })?;
+    }
+    let chunk = mk_shared::MEM_CHUNK_SIZE;
+    for m in p.memory {
+        let (first, end) = (m.start.next_multiple_of(chunk), m.end() & !(chunk - 1));
+        for c in (first..end).step_by(chunk as usize) {
+            let res = Resource::memory_at(c);
+            ensure(r.owner(res) == Ok(Owner::Owned(0)), || {
+                format!("memory at {c:#x} of instance {k}: {:?}", r.owner(res))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Messages still flow among the running instances: instance 0 pings each, and each asks
+/// (as a job) to ping every running instance.
+fn survivors_talk() -> Outcome {
+    let running: Vec<usize> = super::others().collect();
+    ensure(!running.is_empty(), || {
+        String::from("no instance left running")
+    })?;
+    let mut started = Vec::new();
+    for &k in &running {
+        started.push((k, start_job(k, job::PING_ALL, 10)?));
+    }
+    let mine = super::ping_all(10);
+    ensure(mine == 10 * running.len() as u64, || {
+        format!("instance 0: {mine} pings answered")
+    })?;
+    for (k, before) in started {
+        let s = wait_job(k, before, 60_000)?;
+        // Every running instance but itself: the others and instance 0.
+        ensure(s.job_result == 10 * running.len() as u64, || {
+            format!("instance {k}: {} pings answered", s.job_result)
+        })?;
+    }
+    println!("survivors: instances 0 and {running:?} still exchange messages");
+    Ok(())
+}
+
+/// `crash=K`: instance K panics on purpose; instance 0 declares it dead within
+/// `DEAD_AFTER_BEATS + 1` heartbeat periods of its last sign of life (plus 2 s for instance
+/// 0's own polling and the crash message's travel), takes everything it held back, and the
+/// other instances go on exchanging messages. Sending to K is then refused.
+pub(super) fn crash(arg: &str) -> Outcome {
+    let k = parse_instance(arg)?;
+    ensure(state(k)? == InstanceState::Running, || {
+        format!("instance {k} is not running")
+    })?;
+    let crash = Message::request(0, Kind::User(user::CRASH), 1, super::user_payload(&[]));
+    messaging::send(k, &crash).map_err(|e| format!("crash request: {e:?}"))?;
+    let sent = tsc::read();
+    let bound = heartbeat::dead_after_tsc() * (heartbeat::DEAD_AFTER_BEATS + 1)
+        / heartbeat::DEAD_AFTER_BEATS
+        + 2000 * tsc::ticks_per_ms();
+    while state(k)? != InstanceState::Dead {
+        ensure(tsc::read() - sent < 2 * bound, || {
+            format!("instance {k} not declared dead within 2 x the bound")
+        })?;
+        messaging::poll();
+    }
+    let took = lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst) - sent;
+    let ms = took / tsc::ticks_per_ms();
+    println!(
+        "crash: instance {k} declared dead {ms} ms after the crash request (bound {} ms)",
+        bound / tsc::ticks_per_ms()
+    );
+    ensure(took <= bound, || {
+        format!(
+            "declared dead after {ms} ms, bound {} ms",
+            bound / tsc::ticks_per_ms()
+        )
+    })?;
+    check_taken_back(k)?;
+    let ping = Payload::Ping(mk_wire::PingPayload {
+        nonce: 1,
+        sent_at: 0,
+    });
+    ensure(messaging::call(k, Kind::Ping, ping, 100).is_err(), || {
+        format!("instance {k} still answers")
+    })?;
+    survivors_talk()
+}
+
+/// `shutdown=K`: instance K, asked by SHUTDOWN, answers, parks every one of its CPUs, hands
+/// every resource back; instance 0 takes them, and K is no longer sent to.
+pub(super) fn shutdown(arg: &str) -> Outcome {
+    let k = parse_instance(arg)?;
+    let cpus = plan()?.partition(k).map_or(0, |p| p.cpus.len()) as u64;
+    let request = Payload::Shutdown(ShutdownPayload {
+        reason: mk_wire::ShutdownReason::Requested,
+        flags: ShutdownFlags::RETURN_RESOURCES,
+        deadline_ticks: 0,
+    });
+    let reply = messaging::call(k, Kind::Shutdown, request, 2000)
+        .map_err(|e| format!("shutdown call: {e:?}"))?;
+    ensure(reply.status == mk_wire::Status::Ok, || {
+        format!("shutdown answered {:?}", reply.status)
+    })?;
+    let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
+    while !lifecycle::COLLECTED[k].load(Ordering::SeqCst) {
+        ensure(tsc::read() < deadline, || {
+            format!(
+                "instance {k} did not stop within 5 s (state {:?})",
+                state(k)
+            )
+        })?;
+        messaging::poll();
+    }
+    ensure(state(k)? == InstanceState::Stopped, || {
+        format!("instance {k} is {:?}", state(k))
+    })?;
+    let parked = super::wait_report(k, lifecycle::REPORT_PARKED)?;
+    ensure(parked == cpus, || {
+        format!("{parked} of instance {k}'s {cpus} CPUs parked")
+    })?;
+    check_taken_back(k)?;
+    let ping = Payload::Ping(mk_wire::PingPayload {
+        nonce: 1,
+        sent_at: 0,
+    });
+    ensure(
+        matches!(
+            messaging::call(k, Kind::Ping, ping, 100),
+            Err(messaging::CallFailure::Send(
+                messaging::SendError::NotRunning(_)
+            ))
+        ),
+        || format!("sending to stopped instance {k} was not refused"),
+    )?;
+    println!(
+        "shutdown: instance {k} stopped, its {cpus} CPU(s) parked, every resource back with instance 0"
+    );
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Heartbeats and failure detection.
+//!
+//! Every instance but 0 beats on its first CPU's LAPIC timer: every `PERIOD_TICKS` ticks the
+//! timer interrupt bumps the instance's beat counter in the shared instance table and marks a
+//! HEARTBEAT message due, which the next drain of the mailboxes sends to instance 0 (messages
+//! are never sent from an interrupt handler). Instance 0 records, per instance, the last time
+//! it saw either sign of life: a HEARTBEAT message, or the shared counter moving. The counter
+//! keeps an instance that is busy in a long handler (and so sends no message for a while) from
+//! being declared dead while its CPU is plainly alive; a crashed instance stops both, since its
+//! panic handler turns interrupts off and halts.
+//!
+//! ```text
+//!   instance k, timer tick ─► count += 1 (shared) ─► due ─► drain ─► HEARTBEAT ─► instance 0
+//!   instance 0, every drain: for each running k, last sign of life older than
+//!   DEAD_AFTER_BEATS periods? ─► lifecycle::declare_dead(k)
+//! ```
+//!
+//! The bound: an instance is declared dead between `DEAD_AFTER_BEATS` and
+//! `DEAD_AFTER_BEATS + 1` periods after its last sign of life (1.0 to 1.1 s), plus however
+//! long instance 0 goes without draining its mailboxes.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mk_dispatch::Reply;
+use mk_wire::{HeartbeatPayload, Kind, Message, Payload};
+
+use crate::arch::{cpu, interrupts, tsc};
+use crate::instances::region;
+
+/// Timer ticks between beats (100 ms at the 100 Hz tick).
+pub const PERIOD_TICKS: u64 = 10;
+/// Periods without a sign of life after which instance 0 declares an instance dead.
+pub const DEAD_AFTER_BEATS: u64 = 10;
+
+/// Set by the panic handler: an instance whose CPU panicked stops beating at once, even if
+/// another of its CPUs still takes timer interrupts.
+pub static STOPPED: AtomicBool = AtomicBool::new(false);
+
+static DUE: AtomicBool = AtomicBool::new(false);
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+const MAX: usize = mk_shared::MAX_INSTANCES;
+/// Instance 0: HEARTBEAT messages received, per instance.
+pub static RECEIVED: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+/// Instance 0: TSC of the last sign of life, per instance (0: none seen yet).
+static LAST_SIGN: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+/// Instance 0: the shared beat counter as last seen, per instance.
+static LAST_COUNT: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+/// Instance 0: TSC of the last watch pass.
+static LAST_WATCH: AtomicU64 = AtomicU64::new(0);
+
+fn period_ticks_tsc() -> u64 {
+    PERIOD_TICKS * tsc::ticks_per_ms() * 1000 / u64::from(crate::TICK_HZ)
+}
+
+/// The longest silence tolerated, in TSC ticks.
+pub fn dead_after_tsc() -> u64 {
+    DEAD_AFTER_BEATS * period_ticks_tsc()
+}
+
+/// Timer tick (every CPU, interrupts off): the first CPU of an instance other than 0 beats.
+pub fn on_tick() {
+    let me = crate::instance::id() as usize;
+    if me == 0 || STOPPED.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(c) = cpu::try_current() else { return };
+    if c.index != 0 || c.ticks.load(Ordering::Relaxed) % PERIOD_TICKS != 0 {
+        return;
+    }
+    if let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) {
+        inst.beat();
+    }
+    DUE.store(true, Ordering::Release);
+}
+
+/// After a drain, in an instance other than 0: sends the HEARTBEAT that came due, if any. It
+/// never waits for room: a beat that finds instance 0's mailbox full is dropped (the shared
+/// counter still shows this instance alive).
+pub fn send_if_due() {
+    if !DUE.swap(false, Ordering::AcqRel) || STOPPED.load(Ordering::Relaxed) {
+        return;
+    }
+    let counter = SENT.fetch_add(1, Ordering::Relaxed) + 1;
+    let beat = Message::request(
+        crate::instance::id() as u16,
+        Kind::Heartbeat,
+        0,
+        Payload::Heartbeat(HeartbeatPayload {
+            counter,
+            uptime_ticks: interrupts::TIMER_TICKS.load(Ordering::Relaxed),
+        }),
+    );
+    let _ = crate::messaging::try_send(0, &beat);
+}
+
+/// Instance 0's HEARTBEAT handler: a sign of life.
+pub fn handle(m: &Message) -> Option<Reply> {
+    let from = usize::from(m.sender);
+    if let (Some(r), Some(l)) = (RECEIVED.get(from), LAST_SIGN.get(from)) {
+        r.fetch_add(1, Ordering::Relaxed);
+        l.store(tsc::read(), Ordering::Relaxed);
+    }
+    None
+}
+
+/// Instance 0, after each drain (at most once a period): declares dead every running
+/// instance silent for longer than `dead_after_tsc`.
+pub fn watch() {
+    let now = tsc::read();
+    let last = LAST_WATCH.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < period_ticks_tsc() {
+        return;
+    }
+    LAST_WATCH.store(now, Ordering::Relaxed);
+    let Some(r) = region::get() else { return };
+    for k in 1..r.instance_count().min(MAX) {
+        let Ok(inst) = r.instance(k) else { continue };
+        match inst.state() {
+            Ok(mk_shared::InstanceState::Running) => {}
+            Ok(mk_shared::InstanceState::Stopped) => {
+                // Shut down by request: take back what it handed over.
+                super::lifecycle::collect_stopped(k);
+                continue;
+            }
+            _ => continue,
+        }
+        let count = inst.heartbeat();
+        if LAST_COUNT[k].swap(count, Ordering::Relaxed) != count
+            || LAST_SIGN[k].load(Ordering::Relaxed) == 0
+        {
+            LAST_SIGN[k].store(now, Ordering::Relaxed);
+        }
+        let silent = now.saturating_sub(LAST_SIGN[k].load(Ordering::Relaxed));
+        if silent > dead_after_tsc() {
+            super::lifecycle::declare_dead(k, silent);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! An instance's end: declared dead by instance 0 (no sign of life), or shut down on request.
+//! Either way instance 0 ends up owning everything the instance held, and the instance's
+//! mailboxes are marked dead so that nothing more is sent to it or taken from it.
+//!
+//! ```text
+//!  SHUTDOWN (instance 0 -> k)                       k silent for DEAD_AFTER_BEATS periods
+//!   k: reply Ok; after the drain:                    0: state Running -> Dead
+//!      park its further CPUs (cli; hlt)                 mark k's mailboxes dead
+//!      begin_transfer(r, k -> 0) for all it owns        reclaim(k -> 0): Owned(k) -> Owned(0),
+//!      state Running -> Stopped                           transfers from/to k rolled back
+//!      park itself
+//!   0: sees Stopped: reclaim(k -> 0) completes
+//!      the transfers, takes anything left
+//! ```
+//!
+//! A resource is in every instant owned by exactly one instance, or in transit with its giver
+//! recorded (`mk_shared::SharedRegion::reclaim` documents each case). A parked CPU does
+//! nothing until an INIT-SIPI-SIPI starts it again.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mk_dispatch::Reply;
+use mk_shared::{InstanceState, Owner, Reclaimed};
+use mk_wire::{Message, Payload, Status};
+
+use crate::arch::tsc;
+use crate::instances::{region, smp};
+use crate::{info, warn};
+
+const MAX: usize = mk_shared::MAX_INSTANCES;
+
+/// Instance 0: per instance, TSC when it was declared dead (0: never).
+pub static DECLARED_DEAD_AT: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+/// Instance 0: per instance, whether its resources were taken back after it stopped or died.
+pub static COLLECTED: [AtomicBool; MAX] = [const { AtomicBool::new(false) }; MAX];
+
+/// Instance 0: declares instance `k` dead (it was silent for `silent` TSC ticks) and takes
+/// back everything it held.
+pub fn declare_dead(k: usize, silent: u64) {
+    let Some(r) = region::get() else { return };
+    let Ok(inst) = r.instance(k) else { return };
+    if inst.set_state(InstanceState::Dead).is_err() {
+        return;
+    }
+    DECLARED_DEAD_AT[k].store(tsc::read(), Ordering::SeqCst);
+    let got = take_back(k);
+    warn!(
+        "instance {k} declared dead after {} ms without a sign of life; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
+        silent / tsc::ticks_per_ms(),
+        got.cpus(),
+        got.irqs(),
+        u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20),
+        got.rolled_back
+    );
+}
+
+/// Instance 0: instance `k` stopped on request; takes back what it handed over (once).
+pub fn collect_stopped(k: usize) {
+    if k >= MAX || COLLECTED[k].load(Ordering::SeqCst) {
+        return;
+    }
+    let got = take_back(k);
+    info!(
+        "instance {k} stopped; took back {} CPU(s), {} IRQ line(s), {} MiB",
+        got.cpus(),
+        got.irqs(),
+        u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20)
+    );
+}
+
+fn take_back(k: usize) -> Reclaimed {
+    let Some(r) = region::get() else {
+        return Reclaimed::default();
+    };
+    if let Ok(m) = r.mailbox() {
+        let _ = m.mark_instance_dead(k);
+    }
+    let got = r.reclaim(k, 0).unwrap_or_else(|e| {
+        warn!("taking back instance {k}'s resources: {e:?}");
+        Reclaimed::default()
+    });
+    COLLECTED[k].store(true, Ordering::SeqCst);
+    got
+}
+
+/// Set by the SHUTDOWN handler; acted on after the drain that sent the reply.
+static SHUTDOWN_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// SHUTDOWN, in an instance other than 0. Only instance 0 (which takes the resources back)
+/// may ask; anyone else is refused.
+pub fn handle_shutdown(m: &Message) -> Option<Reply> {
+    if m.sender != 0 {
+        return Some(Reply::error(Status::Refused));
+    }
+    SHUTDOWN_ASKED.store(true, Ordering::SeqCst);
+    Some(Reply::ok(Payload::Empty))
+}
+
+/// After a drain: carries out a requested shutdown (the reply has been sent by then).
+pub fn finish_shutdown_if_asked() {
+    if SHUTDOWN_ASKED.load(Ordering::SeqCst) {
+        shut_down();
+    }
+}
+
+/// Report word in which a stopping instance leaves how many of its CPUs parked.
+pub const REPORT_PARKED: usize = 6;
+
+fn shut_down() -> ! {
+    let me = crate::instance::id() as usize;
+    super::heartbeat::STOPPED.store(true, Ordering::SeqCst);
+    // Further CPUs first: they park from their idle loop at their next timer tick.
+    let others = smp::ONLINE.load(Ordering::SeqCst).saturating_sub(1);
+    smp::PARK.store(true, Ordering::SeqCst);
+    let deadline = tsc::read() + 1000 * tsc::ticks_per_ms();
+    while smp::PARKED.load(Ordering::SeqCst) < others && tsc::read() < deadline {
+        core::hint::spin_loop();
+    }
+    let parked = smp::PARKED.load(Ordering::SeqCst);
+    let mut handed = 0;
+    if let Some(r) = region::get() {
+        let mine: alloc::vec::Vec<_> = r
+            .resources()
+            .filter(|(_, o)| *o == Ok(Owner::Owned(me)))
+            .map(|(res, _)| res)
+            .collect();
+        for res in mine {
+            if r.begin_transfer(res, me, 0).is_ok() {
+                handed += 1;
+            }
+        }
+        region::report(REPORT_PARKED, u64::from(parked) + 1);
+        if let Ok(inst) = r.instance(me) {
+            let _ = inst.set_state(InstanceState::Stopped);
+        }
+    }
+    info!(
+        "instance {me} stopped: {parked} further CPU(s) parked, {handed} resource(s) handed back to instance 0; parking this CPU"
+    );
+    smp::park_this_cpu()
+}

@@ -1,0 +1,64 @@
+//! The services that run over messages: each is a handler on the dispatcher, and each changes
+//! the ownership tables of the shared region only by compare-exchange, so that no CPU, memory
+//! chunk or IRQ line is ever owned by two instances.
+//!
+//! | service | file | who handles it |
+//! |---|---|---|
+//! | HEARTBEAT: liveness, failure detection, reclaiming a dead instance | `heartbeat.rs`, `lifecycle.rs` | instance 0 |
+//! | QUERY: an instance's CPUs, memory, IRQ lines, counters | `query.rs` | every instance |
+//! | SHUTDOWN: stop cleanly, give every resource back to instance 0, park the CPUs | `lifecycle.rs` | every instance but 0 |
+//!
+//! Periodic duties (sending beats, watching them, finishing a shutdown) run after each drain
+//! of the mailboxes (`messaging::set_poll_hook`), in thread context, never in an interrupt
+//! handler: so they may send messages and take locks.
+
+pub mod heartbeat;
+pub mod lifecycle;
+pub mod query;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use mk_dispatch::HandlerKey;
+use mk_wire::Kind;
+
+use crate::messaging::{self, HandlerFn};
+
+/// Registers the services of instance `me` and their periodic duties.
+pub fn init(me: usize) -> Result<(), &'static str> {
+    let d = messaging::dispatcher().ok_or("messaging is not up")?;
+    let reg = d.registry();
+    reg.register(HandlerKey::Kind(Kind::Query), &(query::handle as HandlerFn))
+        .map_err(|_| "registering QUERY")?;
+    if me == 0 {
+        reg.register(
+            HandlerKey::Kind(Kind::Heartbeat),
+            &(heartbeat::handle as HandlerFn),
+        )
+        .map_err(|_| "registering HEARTBEAT")?;
+    } else {
+        reg.register(
+            HandlerKey::Kind(Kind::Shutdown),
+            &(lifecycle::handle_shutdown as HandlerFn),
+        )
+        .map_err(|_| "registering SHUTDOWN")?;
+    }
+    crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
+    messaging::set_poll_hook(on_poll);
+    Ok(())
+}
+
+/// Set while `on_poll` runs: what it sends may drain the mailboxes, which calls it again.
+static IN_POLL_HOOK: AtomicBool = AtomicBool::new(false);
+
+fn on_poll() {
+    if IN_POLL_HOOK.swap(true, Ordering::Acquire) {
+        return;
+    }
+    if crate::instance::id() == 0 {
+        heartbeat::watch();
+    } else {
+        heartbeat::send_if_due();
+        lifecycle::finish_shutdown_if_asked();
+    }
+    IN_POLL_HOOK.store(false, Ordering::Release);
+}
