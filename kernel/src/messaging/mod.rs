@@ -31,8 +31,9 @@ use crate::instances::region;
 
 const MAX_PEERS: usize = mk_shared::MAX_INSTANCES;
 
-/// How long a sender waits for room in a full mailbox before `Busy`.
-pub const SEND_TIMEOUT_MS: u64 = 100;
+/// How long a sender waits for room in a full mailbox before `Busy` (generous: under an
+/// emulating hypervisor a receiver may take that long to come back to its mailboxes).
+pub const SEND_TIMEOUT_MS: u64 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! The bound: an instance is declared dead between `DEAD_AFTER_BEATS` and
-//! `DEAD_AFTER_BEATS + 1` periods after its last sign of life (1.0 to 1.1 s), plus however
+//! `DEAD_AFTER_BEATS + 1` periods after its last sign of life (2.0 to 2.1 s), plus however
 //! long instance 0 goes without draining its mailboxes.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use crate::instances::region;
 /// Timer ticks between beats (100 ms at the 100 Hz tick).
 pub const PERIOD_TICKS: u64 = 10;
 /// Periods without a sign of life after which instance 0 declares an instance dead.
-pub const DEAD_AFTER_BEATS: u64 = 10;
+pub const DEAD_AFTER_BEATS: u64 = 20;
 
 /// Set by the panic handler: an instance whose CPU panicked stops beating at once, even if
 /// another of its CPUs still takes timer interrupts.

@@ -20,7 +20,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mk_dispatch::Reply;
-use mk_shared::{InstanceState, Owner, Reclaimed};
+use mk_shared::{InstanceState, Owner, Reclaimed, Resource};
 use mk_wire::{Message, Payload, Status};
 
 use crate::arch::tsc;
@@ -103,12 +103,35 @@ pub fn finish_shutdown_if_asked() {
     }
 }
 
+/// What instance `me` may own: its published CPUs, the 2 MiB chunks of its published memory,
+/// every IRQ line. (Walking these instead of the whole tables matters where every instruction
+/// is expensive.)
+fn own_resources(r: &mk_shared::SharedRegion<'_>, me: usize) -> alloc::vec::Vec<Resource> {
+    let mut out = alloc::vec::Vec::new();
+    if let Ok(res) = r.instance(me).and_then(|i| i.resources()) {
+        out.extend(res.cpus().iter().map(|&c| Resource::Cpu(c)));
+        let chunk = mk_shared::MEM_CHUNK_SIZE;
+        for &(start, len) in res.ranges() {
+            let (first, end) = (start.next_multiple_of(chunk), (start + len) & !(chunk - 1));
+            out.extend(
+                (first..end)
+                    .step_by(chunk as usize)
+                    .map(Resource::memory_at),
+            );
+        }
+    }
+    out.extend((0..mk_shared::MAX_IRQS as u32).map(Resource::Irq));
+    out.retain(|&res| r.owner(res) == Ok(Owner::Owned(me)));
+    out
+}
+
 /// Report word in which a stopping instance leaves how many of its CPUs parked.
 pub const REPORT_PARKED: usize = 6;
 
 fn shut_down() -> ! {
     let me = crate::instance::id() as usize;
-    super::heartbeat::STOPPED.store(true, Ordering::SeqCst);
+    // The heartbeat goes on until the very end: handing resources back takes a while on a slow
+    // machine, and instance 0 must not take this instance for dead in the middle of it.
     // Further CPUs first: they park from their idle loop at their next timer tick.
     let others = smp::ONLINE.load(Ordering::SeqCst).saturating_sub(1);
     smp::PARK.store(true, Ordering::SeqCst);
@@ -119,17 +142,13 @@ fn shut_down() -> ! {
     let parked = smp::PARKED.load(Ordering::SeqCst);
     let mut handed = 0;
     if let Some(r) = region::get() {
-        let mine: alloc::vec::Vec<_> = r
-            .resources()
-            .filter(|(_, o)| *o == Ok(Owner::Owned(me)))
-            .map(|(res, _)| res)
-            .collect();
-        for res in mine {
+        for res in own_resources(r, me) {
             if r.begin_transfer(res, me, 0).is_ok() {
                 handed += 1;
             }
         }
         region::report(REPORT_PARKED, u64::from(parked) + 1);
+        super::heartbeat::STOPPED.store(true, Ordering::SeqCst);
         if let Ok(inst) = r.instance(me) {
             let _ = inst.set_state(InstanceState::Stopped);
         }
