@@ -316,11 +316,40 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
         });
     }
-    // Services: QUERY, heartbeats, a clean SHUTDOWN (an instance of two CPUs), a crash
-    // detected and reclaimed while the others go on.
-    for (name, accel, smp, plan, timeout) in [
-        ("tcg-services", Accel::Tcg, 5, Some("1,2,1,1"), TCG_TIMEOUT),
-        ("kvm-services", Accel::Kvm, 4, None, 300),
+    // Services: QUERY, heartbeats, CPU hotplug (instance 1 has two CPUs), a crash detected
+    // and reclaimed while the others go on, a clean SHUTDOWN of the two-CPU instance.
+    for (name, accel, smp, plan, timeout, cases) in [
+        (
+            "tcg-services",
+            Accel::Tcg,
+            5,
+            "1,2,1,1",
+            TCG_TIMEOUT,
+            &[
+                "instances=4",
+                "query",
+                "heartbeats",
+                "cpu_hotplug",
+                "crash=2",
+                "shutdown=1",
+                "query",
+            ][..],
+        ),
+        (
+            "kvm-services",
+            Accel::Kvm,
+            4,
+            "1,2,1",
+            300,
+            &[
+                "instances=3",
+                "query",
+                "heartbeats",
+                "cpu_hotplug",
+                "crash=2",
+                "shutdown=1",
+            ][..],
+        ),
     ] {
         boots.push(Boot {
             name,
@@ -328,18 +357,11 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             firmware: Firmware::Bios,
             smp,
             memory_mib: 1024,
-            cases: &[
-                "instances=4",
-                "query",
-                "heartbeats",
-                "shutdown=1",
-                "crash=2",
-                "query",
-            ],
-            plan,
+            cases,
+            plan: Some(plan),
             expect: Expect::Pass,
             timeout_secs: timeout,
-            note: "services over messages: query, heartbeat, shutdown, failure detection",
+            note: "services over messages: query, heartbeat, CPU hotplug, failure detection, shutdown",
         });
     }
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each

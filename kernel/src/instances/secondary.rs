@@ -36,6 +36,7 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
     smp::register(this);
     x86_64::instructions::interrupts::enable();
 
+    smp::TRAMPOLINE.store(desc.trampoline_page, Ordering::SeqCst);
     smp::start_further_cpus(desc.cpus(), desc.trampoline_page);
     let (free, owned) = memory::frames::counts();
     region::publish_running(desc.instance_id, desc.cpus());

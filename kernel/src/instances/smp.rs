@@ -79,10 +79,23 @@ pub fn start_further_cpus(cpus: &[u32], page: u64) {
     }
 }
 
-/// Starts one further CPU of this instance on its own stack.
+/// Kernel stacks of the CPU slots, allocated on first use and reused by later CPUs in the same
+/// slot (see `gdt::IST_STACKS` for why that is safe).
+static AP_STACKS: spin::Mutex<[u64; descriptor::MAX_CPUS]> =
+    spin::Mutex::new([0; descriptor::MAX_CPUS]);
+
+/// Starts one further CPU of this instance in slot `index`.
 fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
-    let stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; AP_STACK_SIZE].into_boxed_slice());
-    let top = (stack.as_ptr() as u64 + AP_STACK_SIZE as u64) & !0xF;
+    let top = {
+        let mut stacks = AP_STACKS.lock();
+        let slot = stacks.get_mut(index as usize).ok_or("no such CPU slot")?;
+        if *slot == 0 {
+            let stack: &'static mut [u8] =
+                Box::leak(alloc::vec![0u8; AP_STACK_SIZE].into_boxed_slice());
+            *slot = (stack.as_ptr() as u64 + AP_STACK_SIZE as u64) & !0xF;
+        }
+        *slot
+    };
     let (cr3, _) = x86_64::registers::control::Cr3::read();
     let params = Params {
         cr3: cr3.start_address().as_u64(),
@@ -93,9 +106,9 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
         _pad: 0,
     };
     start_cpu(apic_id, page, params)?;
-    // Wait until it has installed its per-CPU state (it counts itself online).
+    // Wait until it has installed its per-CPU state (it registers itself in its slot).
     let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
-    while ONLINE.load(Ordering::SeqCst) <= index {
+    while CPUS[index as usize].load(Ordering::SeqCst).is_null() {
         if tsc::read() > deadline {
             return Err("the CPU reached long mode but did not come online");
         }
@@ -107,13 +120,14 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
 /// Where a further CPU of an instance lands from the trampoline, on its own stack, with its
 /// index in the instance.
 extern "C" fn ap_entry(index: u64) -> ! {
-    gdt::init_ap();
+    gdt::init_ap(index as usize);
     interrupts::load_on_this_cpu();
     let lapic = super::secondary::bring_up_lapic(apic::timer_hz_div16());
     let apic_id = lapic.id();
     let this = cpu::install(index as u32, apic_id);
     this.set_lapic(lapic);
     register(this);
+    crate::services::cpu::joined(apic_id);
     info!(
         "CPU {index} (APIC ID {apic_id}) joined instance {}",
         instance::id()
@@ -121,7 +135,7 @@ extern "C" fn ap_entry(index: u64) -> ! {
     x86_64::instructions::interrupts::enable();
     loop {
         x86_64::instructions::hlt();
-        if PARK.load(Ordering::SeqCst) {
+        if PARK.load(Ordering::SeqCst) || PARK_CPU[index as usize].load(Ordering::SeqCst) {
             park_this_cpu();
         }
     }
@@ -129,14 +143,80 @@ extern "C" fn ap_entry(index: u64) -> ! {
 
 /// Set when the instance stops: its further CPUs park at their next wake-up.
 pub static PARK: AtomicBool = AtomicBool::new(false);
+/// Per CPU slot: park this one CPU at its next wake-up (it leaves the instance).
+static PARK_CPU: [AtomicBool; descriptor::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; descriptor::MAX_CPUS];
 /// Further CPUs of this instance that have parked.
 pub static PARKED: AtomicU32 = AtomicU32::new(0);
 
-/// Parks the running CPU: interrupts off, halted for good. Only INIT (a new start through a
-/// trampoline) gets it going again.
+/// Parks the running CPU: it leaves its slot, turns interrupts off and halts for good. Only
+/// INIT (a new start through a trampoline, in this instance or another) gets it going again.
 pub fn park_this_cpu() -> ! {
-    if cpu::try_current().is_some_and(|c| c.index != 0) {
+    x86_64::instructions::interrupts::disable();
+    if let Some(c) = cpu::try_current()
+        && c.index != 0
+    {
+        let i = c.index as usize;
+        CPUS[i].store(core::ptr::null_mut(), Ordering::SeqCst);
+        PARK_CPU[i].store(false, Ordering::SeqCst);
+        ONLINE.fetch_sub(1, Ordering::SeqCst);
         PARKED.fetch_add(1, Ordering::SeqCst);
     }
     cpu::halt_forever()
+}
+
+/// This instance's trampoline page (physical, identity-mapped), for starting CPUs that join it
+/// later.
+pub static TRAMPOLINE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// APIC IDs of this instance's online CPUs, its first CPU first.
+pub fn cpu_list() -> alloc::vec::Vec<u32> {
+    CPUS.iter()
+        .filter_map(|p| {
+            let p = p.load(Ordering::Acquire);
+            // SAFETY: non-null entries point at leaked per-CPU blocks (see `register`).
+            (!p.is_null()).then(|| unsafe { (*p).apic_id })
+        })
+        .collect()
+}
+
+/// The slot of the online CPU with APIC ID `apic`.
+pub fn slot_of(apic: u32) -> Option<usize> {
+    CPUS.iter().position(|p| {
+        let p = p.load(Ordering::Acquire);
+        // SAFETY: as in `cpu_list`.
+        !p.is_null() && unsafe { (*p).apic_id } == apic
+    })
+}
+
+/// Asks the further CPU with APIC ID `apic` to park, and waits (up to `ms`) until it has.
+pub fn park_cpu(apic: u32, ms: u64) -> Result<(), &'static str> {
+    let slot = slot_of(apic).ok_or("not an online CPU of this instance")?;
+    if slot == 0 {
+        return Err("the first CPU serves the mailboxes and cannot leave");
+    }
+    PARK_CPU[slot].store(true, Ordering::SeqCst);
+    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
+    while !CPUS[slot].load(Ordering::SeqCst).is_null() {
+        if tsc::read() > deadline {
+            PARK_CPU[slot].store(false, Ordering::SeqCst);
+            return Err("the CPU did not park in time");
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// Starts the (parked, or never started) CPU with APIC ID `apic` in this instance, in the
+/// first free slot, through this instance's trampoline page. Returns the slot.
+pub fn start_joining_cpu(apic: u32) -> Result<usize, &'static str> {
+    let page = TRAMPOLINE.load(Ordering::SeqCst);
+    if page == 0 {
+        return Err("this instance has no trampoline page");
+    }
+    let slot = (1..descriptor::MAX_CPUS)
+        .find(|&i| CPUS[i].load(Ordering::SeqCst).is_null())
+        .ok_or("no free CPU slot")?;
+    start_ap(slot as u32, apic, page)?;
+    Ok(slot)
 }

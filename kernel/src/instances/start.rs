@@ -161,12 +161,14 @@ pub fn start_all(
         Err(e) => crate::fatal(format_args!("{e}")),
     };
     // Instance 0's own further CPUs, through its own trampoline page (identity-mapped: the AP
-    // runs on from it right after turning paging on with instance 0's page tables).
-    if me.cpus.len() > 1 {
-        match crate::memory::paging::identity_map(pages[0]) {
-            Ok(()) => smp::start_further_cpus(me.cpus, pages[0]),
-            Err(e) => error!("instance 0 cannot start its further CPUs: {e}"),
+    // runs on from it right after turning paging on with instance 0's page tables). Mapped even
+    // for a single-CPU instance 0: CPUs may join it later.
+    match crate::memory::paging::identity_map(pages[0]) {
+        Ok(()) => {
+            smp::TRAMPOLINE.store(pages[0], core::sync::atomic::Ordering::SeqCst);
+            smp::start_further_cpus(me.cpus, pages[0]);
         }
+        Err(e) => error!("instance 0 cannot start its further CPUs: {e}"),
     }
     // The kernel file with its writable segments as they were before instance 0 ran (see
     // `pristine`): every instance starts from the initial values of its statics.

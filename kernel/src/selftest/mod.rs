@@ -73,6 +73,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "heartbeats" => services::heartbeats(),
             "crash" => services::crash(arg),
             "shutdown" => services::shutdown(arg),
+            "cpu_hotplug" => services::cpu_hotplug(),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -416,6 +417,9 @@ mod user {
     pub const BULK: u16 = 4;
     /// One-way, from instance 0: panic on purpose (the failure-detection test).
     pub const CRASH: u16 = 7;
+    /// Call: payload = an APIC ID; reply = the timer interrupts that CPU took in this instance
+    /// (error `NoSuchResource` if it is not one of this instance's CPUs).
+    pub const CPU_TICKS: u16 = 8;
 }
 
 /// Jobs an instance runs from its serve loop when instance 0 asks.
@@ -666,6 +670,28 @@ fn register_test_handlers() {
     let _ = d.registry().register(
         HandlerKey::Kind(Kind::User(user::CRASH)),
         &(crash as HandlerFn),
+    );
+    fn cpu_ticks(m: &Message) -> Option<Reply> {
+        let apic = payload_words(&m.payload)
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let slot = u32::try_from(apic)
+            .ok()
+            .and_then(crate::instances::smp::slot_of);
+        let ticks = slot.and_then(|s| {
+            let p = crate::instances::smp::CPUS[s].load(Ordering::Acquire);
+            // SAFETY: non-null entries of CPUS point at leaked per-CPU blocks.
+            (!p.is_null()).then(|| unsafe { (*p).ticks.load(Ordering::Relaxed) })
+        });
+        Some(match ticks {
+            Some(t) => Reply::ok(words_payload(&[t])),
+            None => Reply::error(mk_wire::Status::NoSuchResource),
+        })
+    }
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::CPU_TICKS)),
+        &(cpu_ticks as HandlerFn),
     );
     bench::register();
     crate::messaging::set_idle_hook(run_job);

@@ -8,7 +8,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use mk_shared::{InstanceState, Owner, Resource};
-use mk_wire::{Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload};
+use mk_wire::{
+    Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload, Status,
+};
 
 use super::{Outcome, ensure, job, plan, start_job, user, wait_job};
 use crate::arch::tsc;
@@ -290,6 +292,128 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
     )?;
     println!(
         "shutdown: instance {k} stopped, its {cpus} CPU(s) parked, every resource back with instance 0"
+    );
+    Ok(())
+}
+
+/// Timer interrupts CPU `apic` took in instance `k` (asked of `k`).
+fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
+    let reply = super::call_patiently(
+        k,
+        Kind::User(user::CPU_TICKS),
+        super::words_payload(&[u64::from(apic)]),
+    )
+    .map_err(|e| format!("ticks call to instance {k}: {e:?}"))?;
+    if reply.status != mk_wire::Status::Ok {
+        return Err(format!(
+            "instance {k} has no CPU {apic} ({:?})",
+            reply.status
+        ));
+    }
+    super::payload_words(&reply.payload)
+        .first()
+        .copied()
+        .ok_or_else(|| String::from("empty ticks reply"))
+}
+
+/// Moves `apic` from `from` to `to` and checks that it runs there: the ownership table names
+/// `to`; `to` lists it among its CPUs and `from` no longer does; the CPU itself wrote its APIC
+/// ID into `to`'s report word from `to`'s code; and it takes `to`'s timer interrupts.
+fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
+    use crate::services::cpu::{REPORT_JOINED, move_cpu};
+    let r = region::get().ok_or("no shared region")?;
+    let joins_before = region::read_report(to, REPORT_JOINED).map_or(0, |v| v >> 32);
+    move_cpu(apic, from, to).map_err(|e| format!("moving CPU {apic} {from} -> {to}: {e:?}"))?;
+    ensure(r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(to)), || {
+        format!("CPU {apic}: {:?}", r.owner(Resource::Cpu(apic)))
+    })?;
+    let listed = |k: usize| {
+        r.instance(k)
+            .and_then(|i| i.resources())
+            .is_ok_and(|res| res.cpus().contains(&apic))
+    };
+    ensure(listed(to) && !listed(from), || {
+        format!(
+            "CPU {apic} listed by {to}: {}, by {from}: {}",
+            listed(to),
+            listed(from)
+        )
+    })?;
+    let joined = region::read_report(to, REPORT_JOINED).unwrap_or(0);
+    ensure(
+        joined & 0xFFFF_FFFF == u64::from(apic) && joined >> 32 > joins_before,
+        || format!("instance {to}'s join report is {joined:#x}"),
+    )?;
+    let t0 = ticks_in(to, apic)?;
+    tsc::spin_micros(100_000);
+    let t1 = ticks_in(to, apic)?;
+    ensure(t1 > t0, || {
+        format!("CPU {apic} took no timer interrupt in instance {to} ({t0} -> {t1})")
+    })?;
+    ensure(ticks_in(from, apic).is_err(), || {
+        format!("instance {from} still has CPU {apic}")
+    })?;
+    println!(
+        "cpu_hotplug: CPU {apic} moved from instance {from} to {to}, runs there ({} ticks in 100 ms)",
+        t1 - t0
+    );
+    Ok(())
+}
+
+/// `cpu_hotplug` (plan 1,2,1): instance 1's second CPU moves to instance 2 and runs there,
+/// then back; removing an instance's first (or only) CPU, a CPU it does not own, or a CPU that
+/// does not exist is refused, and leaves every CPU where it was.
+pub(super) fn cpu_hotplug() -> Outcome {
+    use crate::services::cpu::{MoveError, move_cpu};
+    let plan = plan()?;
+    let (p1, p2) = (
+        plan.partition(1).ok_or("no instance 1")?,
+        plan.partition(2).ok_or("no instance 2")?,
+    );
+    ensure(p1.cpus.len() == 2 && p2.cpus.len() == 1, || {
+        String::from("needs the plan 1,2,1")
+    })?;
+    let (first1, second1, only2) = (p1.cpus[0], p1.cpus[1], p2.cpus[0]);
+    move_and_check(second1, 1, 2)?;
+    move_and_check(second1, 2, 1)?;
+    let refusals = [
+        (first1, 1, 2, Status::Refused, "instance 1's first CPU"),
+        (only2, 2, 1, Status::Refused, "instance 2's only CPU"),
+        (
+            only2,
+            1,
+            2,
+            Status::NotOwner,
+            "a CPU instance 1 does not own",
+        ),
+        (
+            300,
+            1,
+            2,
+            Status::NoSuchResource,
+            "a CPU that does not exist",
+        ),
+    ];
+    for (apic, from, to, want, what) in refusals {
+        let got = move_cpu(apic, from, to);
+        ensure(got == Err(MoveError::Refused(want)), || {
+            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        })?;
+    }
+    let r = region::get().ok_or("no shared region")?;
+    for (apic, owner) in [(first1, 1), (second1, 1), (only2, 2)] {
+        ensure(
+            r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(owner)),
+            || {
+                format!(
+                    "after the refusals CPU {apic}: {:?}",
+                    r.owner(Resource::Cpu(apic))
+                )
+            },
+        )?;
+    }
+    println!(
+        "cpu_hotplug: first CPU, only CPU, foreign CPU and unknown CPU refused; nothing moved"
     );
     Ok(())
 }

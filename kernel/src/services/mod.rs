@@ -7,11 +7,13 @@
 //! | HEARTBEAT: liveness, failure detection, reclaiming a dead instance | `heartbeat.rs`, `lifecycle.rs` | instance 0 |
 //! | QUERY: an instance's CPUs, memory, IRQ lines, counters | `query.rs` | every instance |
 //! | SHUTDOWN: stop cleanly, give every resource back to instance 0, park the CPUs | `lifecycle.rs` | every instance but 0 |
+//! | CPU_REMOVE / CPU_ADD: a CPU leaves one instance and runs in another (instance 0 brokers) | `cpu.rs` | every instance but 0 |
 //!
 //! Periodic duties (sending beats, watching them, finishing a shutdown) run after each drain
 //! of the mailboxes (`messaging::set_poll_hook`), in thread context, never in an interrupt
 //! handler: so they may send messages and take locks.
 
+pub mod cpu;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod query;
@@ -41,6 +43,16 @@ pub fn init(me: usize) -> Result<(), &'static str> {
             &(lifecycle::handle_shutdown as HandlerFn),
         )
         .map_err(|_| "registering SHUTDOWN")?;
+        reg.register(
+            HandlerKey::Kind(Kind::CpuRemove),
+            &(cpu::handle_remove as HandlerFn),
+        )
+        .map_err(|_| "registering CPU_REMOVE")?;
+        reg.register(
+            HandlerKey::Kind(Kind::CpuAdd),
+            &(cpu::handle_add as HandlerFn),
+        )
+        .map_err(|_| "registering CPU_ADD")?;
     }
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
     messaging::set_poll_hook(on_poll);

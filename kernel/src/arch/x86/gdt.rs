@@ -65,14 +65,25 @@ pub fn init_bsp() {
     load(gdt, tss);
 }
 
-/// Builds and loads a GDT/TSS for an application processor, with stacks from the heap. They are
-/// leaked on purpose: a CPU's descriptor tables live as long as the CPU runs this kernel.
-#[allow(dead_code)] // used once further CPUs join an instance
-pub fn init_ap() {
-    let stacks: [VirtAddr; 3] = core::array::from_fn(|_| {
-        let stack = Box::leak(Box::new(Stack([0; IST_STACK_SIZE])));
-        VirtAddr::from_ptr(stack.0.as_ptr()) + IST_STACK_SIZE as u64
-    });
+/// IST stacks of the CPU slots of this instance, allocated the first time a slot is used and
+/// kept: a CPU that leaves (parks) and a CPU that joins later in the same slot reuse them, so
+/// moving CPUs around does not leak memory. (A parked CPU never runs again on its old stacks.)
+static IST_STACKS: spin::Mutex<[Option<[VirtAddr; 3]>; 64]> = spin::Mutex::new([None; 64]);
+
+/// Builds and loads a GDT/TSS for the application processor in slot `index` of this instance,
+/// with that slot's IST stacks. The TSS and GDT (a few hundred bytes) are leaked on purpose:
+/// a CPU's descriptor tables live as long as the CPU runs this kernel.
+pub fn init_ap(index: usize) {
+    let fresh = || -> [VirtAddr; 3] {
+        core::array::from_fn(|_| {
+            let stack = Box::leak(Box::new(Stack([0; IST_STACK_SIZE])));
+            VirtAddr::from_ptr(stack.0.as_ptr()) + IST_STACK_SIZE as u64
+        })
+    };
+    let stacks = match IST_STACKS.lock().get_mut(index) {
+        Some(slot) => *slot.get_or_insert_with(fresh),
+        None => fresh(),
+    };
     let tss = Box::leak(Box::new(TaskStateSegment::new()));
     fill_tss(tss, stacks);
     let gdt = Box::leak(Box::new(GlobalDescriptorTable::new()));
