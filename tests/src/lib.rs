@@ -316,8 +316,9 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
         });
     }
-    // Services: QUERY, heartbeats, CPU hotplug (instance 1 has two CPUs), a crash detected
-    // and reclaimed while the others go on, a clean SHUTDOWN of the two-CPU instance.
+    // Services: QUERY, heartbeats, CPU hotplug (instance 1 has two CPUs), memory hotplug
+    // (16 MiB from instance 1 to 2), a crash detected and reclaimed while the others go on, a
+    // clean SHUTDOWN of the two-CPU instance.
     for (name, accel, smp, plan, timeout, cases) in [
         (
             "tcg-services",
@@ -330,6 +331,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "query",
                 "heartbeats",
                 "cpu_hotplug",
+                "mem_hotplug",
                 "crash=2",
                 "shutdown=1",
                 "query",
@@ -346,6 +348,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "query",
                 "heartbeats",
                 "cpu_hotplug",
+                "mem_hotplug",
                 "crash=2",
                 "shutdown=1",
             ][..],
@@ -361,7 +364,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             plan: Some(plan),
             expect: Expect::Pass,
             timeout_secs: timeout,
-            note: "services over messages: query, heartbeat, CPU hotplug, failure detection, shutdown",
+            note: "services over messages: query, heartbeat, CPU and memory hotplug, failure detection, shutdown",
         });
     }
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each

@@ -127,6 +127,39 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
     })
 }
 
+/// Adds physical memory `[start, end)` (4 KiB aligned) to the physical map, writable and not
+/// executable, with 2 MiB pages where the range allows (memory hot-add). Nothing in the range
+/// may be mapped already.
+pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
+    use x86_64::structures::paging::{PageSize, Size2MiB};
+    let off = super::frames::phys_offset();
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    with(|m| {
+        let mut pa = start;
+        while pa < end {
+            if pa % Size2MiB::SIZE == 0 && end - pa >= Size2MiB::SIZE {
+                let page: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + pa));
+                let frame: PhysFrame<Size2MiB> = PhysFrame::containing_address(PhysAddr::new(pa));
+                // SAFETY: the range was just handed to this instance (nothing here refers to
+                // it yet); it is mapped in the physical-map window, at its physical offset.
+                unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }
+                    .map_err(|_| "mapping a 2 MiB page of added memory")?
+                    .flush();
+                pa += Size2MiB::SIZE;
+            } else {
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(off + pa));
+                let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+                // SAFETY: as above.
+                unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }
+                    .map_err(|_| "mapping a page of added memory")?
+                    .flush();
+                pa += 4096;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Maps the page at physical `pa` at the same virtual address (for the AP trampoline).
 pub fn identity_map(pa: u64) -> Result<(), &'static str> {
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));

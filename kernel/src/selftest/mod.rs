@@ -74,6 +74,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "crash" => services::crash(arg),
             "shutdown" => services::shutdown(arg),
             "cpu_hotplug" => services::cpu_hotplug(),
+            "mem_hotplug" => services::mem_hotplug(),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -432,6 +433,11 @@ mod job {
     pub const PING_ALL: u64 = 3;
     /// The benchmark's exchange among the first instances (`bench::stream_among`).
     pub const STREAM_AMONG: u64 = 4;
+    /// Allocate, fill and check the memory at `arg & 0xFFFF_FFFF_FFFF` (physical) for
+    /// `arg >> 48` MiB; result: the words found right (`services::fill_check`).
+    pub const FILL_CHECK: u64 = 5;
+    /// Read the physical address `arg`, which must fault (`services::probe_fault`).
+    pub const PROBE_FAULT: u64 = 6;
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -571,6 +577,8 @@ fn run_job() {
         }),
         job::PING_ALL => ping_all(arg),
         job::STREAM_AMONG => bench::stream_among(arg),
+        job::FILL_CHECK => services::fill_check(arg),
+        job::PROBE_FAULT => services::probe_fault(arg),
         _ => 0,
     };
     JOB_RESULT.store(result, Ordering::SeqCst);

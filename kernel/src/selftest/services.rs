@@ -417,3 +417,148 @@ pub(super) fn cpu_hotplug() -> Outcome {
     );
     Ok(())
 }
+
+/// The word written at physical address `pa` by `fill_check`.
+fn fill_pattern(pa: u64) -> u64 {
+    pa.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5A5A_5A5A_5A5A_5A5A
+}
+
+/// Job: allocates the frames of `[start, start + mib MiB)` from this instance's frame allocator
+/// (they must be free in it), writes every word, reads every word back, frees the frames.
+/// Returns the words found right (0 if the frames could not be allocated).
+pub(super) fn fill_check(arg: u64) -> u64 {
+    use crate::memory::frames;
+    let start = arg & 0xFFFF_FFFF_FFFF;
+    let len = (arg >> 48) << 20;
+    if frames::with(|a| a.alloc_range(start / 4096, len / 4096)).is_err() {
+        crate::error!("fill_check: {start:#x}+{len:#x} is not free here");
+        return 0;
+    }
+    let words = (len / 8) as usize;
+    // SAFETY: the frames were just allocated to this job from this instance's allocator and
+    // are mapped in its physical map; nothing else refers to them until they are freed below.
+    let mem =
+        unsafe { core::slice::from_raw_parts_mut(frames::phys_to_virt(start) as *mut u64, words) };
+    for (i, w) in mem.iter_mut().enumerate() {
+        *w = fill_pattern(start + 8 * i as u64);
+    }
+    let right = mem
+        .iter()
+        .enumerate()
+        .filter(|&(i, &w)| w == fill_pattern(start + 8 * i as u64))
+        .count() as u64;
+    let _ = frames::with(|a| a.free_range(start / 4096, len / 4096));
+    right
+}
+
+/// Report word where `probe_fault` leaves the faulting address (u64::MAX: no fault).
+const REPORT_PROBE: usize = 3;
+
+/// Job: reads physical address `pa` through this instance's physical map, expecting a page
+/// fault; reports CR2 (or u64::MAX if the read succeeded) and goes back to serving.
+pub(super) fn probe_fault(pa: u64) -> u64 {
+    let virt = crate::memory::frames::phys_to_virt(pa);
+    crate::arch::interrupts::expect_page_fault(virt, |cr2, _| {
+        region::report(REPORT_PROBE, cr2);
+        crate::info!("probe: reading memory given away faulted at {cr2:#x}");
+        super::idle()
+    });
+    // SAFETY: not safe in the usual sense: this read must fault (the range was unmapped when
+    // it was given away), and the fault handler continues in the closure above.
+    let v = unsafe { core::ptr::read_volatile(virt as *const u64) };
+    crate::error!("probe: read {v:#x} from memory this instance gave away");
+    region::report(REPORT_PROBE, u64::MAX);
+    0
+}
+
+/// `mem_hotplug` (instances 1 and 2 other than 0): 16 MiB at the top of instance 1's memory
+/// move to instance 2, which allocates, fills and checks all of it; instance 1 reading it
+/// afterwards faults; moving memory that is in use, a range that is not 2 MiB aligned, or a
+/// range the giver does not own is refused and changes nothing.
+pub(super) fn mem_hotplug() -> Outcome {
+    use crate::services::memory::{MoveError, move_memory};
+    const MIB: u64 = 1 << 20;
+    let chunk = mk_shared::MEM_CHUNK_SIZE;
+    let plan = plan()?;
+    let (p1, p2) = (
+        plan.partition(1).ok_or("no instance 1")?,
+        plan.partition(2).ok_or("no instance 2")?,
+    );
+    let top = p1.memory.iter().map(|m| m.end()).max().ok_or("no memory")? & !(chunk - 1);
+    let (start, len) = (top - 16 * MIB, 16 * MIB);
+    let r = region::get().ok_or("no shared region")?;
+    let owners = |s: u64, l: u64| -> Vec<Result<Owner, mk_shared::Error>> {
+        (s..s + l)
+            .step_by(chunk as usize)
+            .map(|a| r.owner(Resource::memory_at(a)))
+            .collect()
+    };
+    ensure(
+        owners(start, len).iter().all(|o| *o == Ok(Owner::Owned(1))),
+        || format!("{start:#x}+16 MiB is not all instance 1's"),
+    )?;
+
+    // Refusals first: nothing may move.
+    let low1 = p1.memory[0].start.next_multiple_of(chunk);
+    let low2 = p2.memory[0].start.next_multiple_of(chunk);
+    for (s, l, want, what) in [
+        (low1, chunk, Status::Busy, "instance 1's memory in use"),
+        (
+            start + 4096,
+            len - chunk,
+            Status::InvalidArgument,
+            "a range not 2 MiB aligned",
+        ),
+        (
+            low2,
+            chunk,
+            Status::NotOwner,
+            "memory instance 1 does not own",
+        ),
+    ] {
+        let got = move_memory(s, l, 1, 2);
+        ensure(got == Err(MoveError::Refused(want)), || {
+            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        })?;
+    }
+    ensure(
+        owners(low1, chunk) == [Ok(Owner::Owned(1))]
+            && owners(low2, chunk) == [Ok(Owner::Owned(2))],
+        || String::from("a refused move changed the ownership table"),
+    )?;
+
+    move_memory(start, len, 1, 2).map_err(|e| format!("moving 16 MiB: {e:?}"))?;
+    ensure(
+        owners(start, len).iter().all(|o| *o == Ok(Owner::Owned(2))),
+        || format!("after the move: {:?}", owners(start, len).first()),
+    )?;
+    let before = start_job(2, job::FILL_CHECK, start | (16 << 48))?;
+    let done = wait_job(2, before, 120_000)?;
+    ensure(done.job_result == len / 8, || {
+        format!(
+            "instance 2 found {} of {} words right",
+            done.job_result,
+            len / 8
+        )
+    })?;
+    let probe = start + 8 * MIB;
+    start_job(1, job::PROBE_FAULT, probe)?;
+    let want = crate::memory::frames::phys_to_virt(probe);
+    let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
+    loop {
+        messaging::poll();
+        match region::read_report(1, REPORT_PROBE) {
+            Some(v) if v == want => break,
+            Some(u64::MAX) => return Err(String::from("instance 1 read the memory it gave away")),
+            _ => {}
+        }
+        ensure(tsc::read() < deadline, || {
+            String::from("instance 1's probe did not report")
+        })?;
+    }
+    println!(
+        "mem_hotplug: {start:#x}..{:#x} moved from instance 1 to 2, filled and checked there; instance 1 faults on it; refusals left the table unchanged",
+        start + len
+    );
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //! | QUERY: an instance's CPUs, memory, IRQ lines, counters | `query.rs` | every instance |
 //! | SHUTDOWN: stop cleanly, give every resource back to instance 0, park the CPUs | `lifecycle.rs` | every instance but 0 |
 //! | CPU_REMOVE / CPU_ADD: a CPU leaves one instance and runs in another (instance 0 brokers) | `cpu.rs` | every instance but 0 |
+//! | MEM_REMOVE / MEM_ADD: a range leaves one frame allocator and joins another's (instance 0 brokers) | `memory.rs` | every instance but 0 |
 //!
 //! Periodic duties (sending beats, watching them, finishing a shutdown) run after each drain
 //! of the mailboxes (`messaging::set_poll_hook`), in thread context, never in an interrupt
@@ -16,6 +17,7 @@
 pub mod cpu;
 pub mod heartbeat;
 pub mod lifecycle;
+pub mod memory;
 pub mod query;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +55,16 @@ pub fn init(me: usize) -> Result<(), &'static str> {
             &(cpu::handle_add as HandlerFn),
         )
         .map_err(|_| "registering CPU_ADD")?;
+        reg.register(
+            HandlerKey::Kind(Kind::MemRemove),
+            &(memory::handle_remove as HandlerFn),
+        )
+        .map_err(|_| "registering MEM_REMOVE")?;
+        reg.register(
+            HandlerKey::Kind(Kind::MemAdd),
+            &(memory::handle_add as HandlerFn),
+        )
+        .map_err(|_| "registering MEM_ADD")?;
     }
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
     messaging::set_poll_hook(on_poll);

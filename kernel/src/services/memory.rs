@@ -1,0 +1,267 @@
+//! Memory hotplug: a physical range leaves one instance's frame allocator and joins another's.
+//!
+//! Ranges move in whole 2 MiB chunks, the grain of the shared ownership table. Instance 0
+//! brokers every move, two-phase per chunk, like CPU moves (`cpu.rs`):
+//!
+//! ```text
+//!  instance 0 (broker)            giver g                           receiver r
+//!  MEM_REMOVE{start, pages} ────► sender 0? 2 MiB aligned? every
+//!                                 chunk Owned(g)? every frame free?
+//!                                 remove_range from the allocator,
+//!                                 unmap from the physical map,
+//!                                 begin_transfer(chunk, g -> 0) each
+//!          ◄──────────────────────── Ok
+//!  complete_transfer(chunk, 0) each; begin_transfer(chunk, 0 -> r) each
+//!  MEM_ADD{start, pages} ───────────────────────────────────────────► every chunk in transit to r?
+//!                                                                    inside r's frame bitmap?
+//!                                                                    map it, add_range, complete
+//!          ◄──────────────────────────────────────────────────────────── Ok
+//! ```
+//!
+//! A giver that refuses changes nothing. A receiver that refuses or does not answer leaves the
+//! range with instance 0, unmapped and unused (documented, recoverable: a later move can give
+//! it to anyone). Known limits: the giver flushes only its own TLB when it unmaps (the memory
+//! must not be in use on its other CPUs, which in this kernel only idle), and a receiver can
+//! take only ranges its frame bitmap covers (below the top of its own memory at boot).
+
+use mk_dispatch::Reply;
+use mk_shared::{MEM_CHUNK_SIZE, Owner, Resource};
+use mk_wire::{HandoffPhase, Kind, MemPayload, MemType, Message, Payload, Status};
+
+use crate::instances::region;
+use crate::memory::{frames, paging};
+use crate::messaging;
+
+/// How long the broker waits for each step's reply.
+const STEP_TIMEOUT_MS: u64 = 10_000;
+
+fn payload(start: u64, len: u64, phase: HandoffPhase) -> Payload {
+    Payload::Mem(MemPayload {
+        start_frame: start / 4096,
+        page_count: len / 4096,
+        numa_node: 0,
+        mem_type: MemType::Normal,
+        generation: 0,
+        phase,
+    })
+}
+
+/// The chunks of `[start, start + len)`, if it is a non-empty, 2 MiB aligned range.
+fn chunks(start: u64, len: u64) -> Result<impl Iterator<Item = Resource>, Status> {
+    if len == 0 || start % MEM_CHUNK_SIZE != 0 || len % MEM_CHUNK_SIZE != 0 {
+        return Err(Status::InvalidArgument);
+    }
+    let end = start.checked_add(len).ok_or(Status::InvalidArgument)?;
+    Ok((start..end)
+        .step_by(MEM_CHUNK_SIZE as usize)
+        .map(Resource::memory_at))
+}
+
+/// Republishes this instance's memory ranges (from its frame allocator).
+fn republish() {
+    let me = crate::instance::id() as usize;
+    let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) else {
+        return;
+    };
+    let cpus = inst
+        .resources()
+        .map(|r| r.cpus().to_vec())
+        .unwrap_or_default();
+    let mut ranges = alloc::vec::Vec::new();
+    frames::with(|a| {
+        for run in a.owned_ranges().take(mk_shared::RANGES_PER_INSTANCE) {
+            ranges.push((run.start * 4096, run.count * 4096));
+        }
+    });
+    let _ = inst.publish_resources(&cpus, &ranges);
+}
+
+fn range_of(p: &Payload) -> Option<(u64, u64)> {
+    match p {
+        Payload::Mem(m) => Some((
+            m.start_frame.checked_mul(4096)?,
+            m.page_count.checked_mul(4096)?,
+        )),
+        _ => None,
+    }
+}
+
+/// MEM_REMOVE, in the giver.
+pub fn handle_remove(m: &Message) -> Option<Reply> {
+    let Some((start, len)) = range_of(&m.payload) else {
+        return Some(Reply::error(Status::InvalidArgument));
+    };
+    if m.sender != 0 {
+        return Some(Reply::error(Status::Refused));
+    }
+    Some(match remove(start, len) {
+        Ok(()) => Reply::ok(payload(start, len, HandoffPhase::Prepare)),
+        Err(s) => Reply::error(s),
+    })
+}
+
+/// Takes `[start, start + len)` out of this instance and hands its chunks to instance 0.
+fn remove(start: u64, len: u64) -> Result<(), Status> {
+    let me = crate::instance::id() as usize;
+    let r = region::get().ok_or(Status::InternalError)?;
+    for c in chunks(start, len)? {
+        match r.owner(c) {
+            Ok(Owner::Owned(o)) if o == me => {}
+            Ok(_) => return Err(Status::NotOwner),
+            Err(_) => return Err(Status::NoSuchResource),
+        }
+    }
+    frames::with(|a| a.remove_range(start / 4096, len / 4096)).map_err(|e| match e {
+        mk_frames::FrameError::InUse => Status::Busy,
+        _ => Status::NotOwner,
+    })?;
+    if let Err(e) = paging::unmap_phys(start, start + len) {
+        crate::error!("unmapping {start:#x}+{len:#x}: {e}");
+        let _ = frames::with(|a| a.add_range(start / 4096, len / 4096));
+        return Err(Status::InternalError);
+    }
+    let mut begun = alloc::vec::Vec::new();
+    for c in chunks(start, len)? {
+        match r.begin_transfer(c, me, 0) {
+            Ok(g) => begun.push((c, g)),
+            Err(e) => {
+                // Put everything back as it was.
+                for (c, g) in begun {
+                    let _ = r.abort_transfer(c, me, g);
+                }
+                let _ = paging::map_phys(start, start + len);
+                let _ = frames::with(|a| a.add_range(start / 4096, len / 4096));
+                crate::error!("handing {c:?} over: {e:?}");
+                return Err(Status::InternalError);
+            }
+        }
+    }
+    republish();
+    crate::info!(
+        "memory {start:#x}..{:#x} ({} MiB) left instance {me}, handed to instance 0",
+        start + len,
+        len >> 20
+    );
+    Ok(())
+}
+
+/// MEM_ADD, in the receiver.
+pub fn handle_add(m: &Message) -> Option<Reply> {
+    let Some((start, len)) = range_of(&m.payload) else {
+        return Some(Reply::error(Status::InvalidArgument));
+    };
+    if m.sender != 0 {
+        return Some(Reply::error(Status::Refused));
+    }
+    Some(match add(start, len) {
+        Ok(()) => Reply::ok(payload(start, len, HandoffPhase::Commit)),
+        Err(s) => Reply::error(s),
+    })
+}
+
+/// Takes `[start, start + len)`, in transit from instance 0 to this one, into use.
+fn add(start: u64, len: u64) -> Result<(), Status> {
+    let me = crate::instance::id() as usize;
+    let r = region::get().ok_or(Status::InternalError)?;
+    let mut gens = alloc::vec::Vec::new();
+    for c in chunks(start, len)? {
+        match r.owner(c) {
+            Ok(Owner::InTransit { to, generation, .. }) if to == me => gens.push((c, generation)),
+            Ok(_) => return Err(Status::NotOwner),
+            Err(_) => return Err(Status::NoSuchResource),
+        }
+    }
+    let covered = frames::with(|a| {
+        let cov = a.coverage();
+        start / 4096 >= cov.start && (start + len) / 4096 <= cov.start + cov.count
+    });
+    if !covered {
+        return Err(Status::Refused);
+    }
+    paging::map_phys(start, start + len).map_err(|e| {
+        crate::error!("mapping added memory {start:#x}+{len:#x}: {e}");
+        Status::InternalError
+    })?;
+    frames::with(|a| a.add_range(start / 4096, len / 4096)).map_err(|_| Status::InternalError)?;
+    for (c, g) in gens {
+        r.complete_transfer(c, me, g)
+            .map_err(|_| Status::StaleGeneration)?;
+    }
+    republish();
+    crate::info!(
+        "memory {start:#x}..{:#x} ({} MiB) joined instance {me}",
+        start + len,
+        len >> 20
+    );
+    Ok(())
+}
+
+/// What went wrong in a memory move, and where the range is afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveError {
+    /// Refused before anything moved (bad range, not the owner's, in use, ...).
+    Refused(Status),
+    /// A call failed; the range is where the ownership table says.
+    Call(messaging::CallFailure),
+    /// The receiver refused: the range stays with instance 0, unmapped and unused.
+    ReceiverRefused(Status),
+    /// The ownership table did not allow a step.
+    Table(mk_shared::Error),
+}
+
+/// Instance 0: moves `[start, start + len)` from instance `from` to instance `to` (both other
+/// than 0).
+pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), MoveError> {
+    if from == 0 || to == 0 || from == to {
+        return Err(MoveError::Refused(Status::InvalidArgument));
+    }
+    let list: alloc::vec::Vec<Resource> = chunks(start, len).map_err(MoveError::Refused)?.collect();
+    let r = region::get().ok_or(MoveError::Refused(Status::InternalError))?;
+    let reply = messaging::call(
+        from,
+        Kind::MemRemove,
+        payload(start, len, HandoffPhase::Prepare),
+        STEP_TIMEOUT_MS,
+    )
+    .map_err(MoveError::Call)?;
+    if reply.status != Status::Ok {
+        return Err(MoveError::Refused(reply.status));
+    }
+    for &c in &list {
+        match r.owner(c) {
+            Ok(Owner::InTransit {
+                from: f,
+                to: 0,
+                generation,
+            }) if f == from => r
+                .complete_transfer(c, 0, generation)
+                .map_err(MoveError::Table)?,
+            Ok(found) => {
+                return Err(MoveError::Table(mk_shared::Error::WrongOwner { found }));
+            }
+            Err(e) => return Err(MoveError::Table(e)),
+        }
+    }
+    let mut begun = alloc::vec::Vec::new();
+    for &c in &list {
+        begun.push((c, r.begin_transfer(c, 0, to).map_err(MoveError::Table)?));
+    }
+    let outcome = messaging::call(
+        to,
+        Kind::MemAdd,
+        payload(start, len, HandoffPhase::Commit),
+        STEP_TIMEOUT_MS,
+    );
+    match outcome {
+        Ok(reply) if reply.status == Status::Ok => Ok(()),
+        other => {
+            for (c, g) in begun {
+                let _ = r.abort_transfer(c, 0, g);
+            }
+            Err(match other {
+                Ok(reply) => MoveError::ReceiverRefused(reply.status),
+                Err(e) => MoveError::Call(e),
+            })
+        }
+    }
+}
