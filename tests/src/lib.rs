@@ -317,8 +317,9 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         });
     }
     // Services: QUERY, heartbeats, CPU hotplug (instance 1 has two CPUs), memory hotplug
-    // (16 MiB from instance 1 to 2), a crash detected and reclaimed while the others go on, a
-    // clean SHUTDOWN of the two-CPU instance.
+    // (16 MiB from instance 1 to 2), the RTC's interrupt forwarded, balanced, masked and
+    // unmasked, a crash detected and reclaimed while the others go on, a clean SHUTDOWN of the
+    // two-CPU instance.
     for (name, accel, smp, plan, timeout, cases) in [
         (
             "tcg-services",
@@ -332,6 +333,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "heartbeats",
                 "cpu_hotplug",
                 "mem_hotplug",
+                "irq_forwarding=2:3",
                 "crash=2",
                 "shutdown=1",
                 "query",
@@ -349,6 +351,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "heartbeats",
                 "cpu_hotplug",
                 "mem_hotplug",
+                "irq_forwarding=1:2",
                 "crash=2",
                 "shutdown=1",
             ][..],
@@ -364,7 +367,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             plan: Some(plan),
             expect: Expect::Pass,
             timeout_secs: timeout,
-            note: "services over messages: query, heartbeat, CPU and memory hotplug, failure detection, shutdown",
+            note: "services over messages: query, heartbeat, CPU and memory hotplug, IRQ forwarding, failure detection, shutdown",
         });
     }
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each

@@ -6,6 +6,7 @@
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MKBOOTD1");
 pub const MAX_CPUS: usize = 64;
 pub const MAX_TESTS: usize = 256;
+pub const MAX_IOAPICS: usize = 4;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +27,12 @@ pub struct BootDescriptor {
     pub lapic_hz_div16: u64,
     /// Instance 0's TSC when it started this instance.
     pub start_tsc: u64,
+    /// The IO APICs (register window, first GSI), which every instance programs for the lines
+    /// it owns; and the GSI of the RTC (ISA IRQ 8), whose interrupts need acknowledging.
+    pub ioapic_count: u32,
+    pub rtc_gsi: u32,
+    pub ioapic_phys: [u64; MAX_IOAPICS],
+    pub ioapic_gsi_base: [u32; MAX_IOAPICS],
     /// Test cases for this instance (qemu-tests builds), space-separated.
     pub tests_len: u32,
     pub tests: [u8; MAX_TESTS],
@@ -46,6 +53,10 @@ impl BootDescriptor {
             tsc_per_ms: 0,
             lapic_hz_div16: 0,
             start_tsc: 0,
+            ioapic_count: 0,
+            rtc_gsi: u32::MAX,
+            ioapic_phys: [0; MAX_IOAPICS],
+            ioapic_gsi_base: [0; MAX_IOAPICS],
             tests_len: 0,
             tests: [0; MAX_TESTS],
         }

@@ -209,6 +209,16 @@ pub fn console_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
     ))
 }
 
+/// The cross-instance IO APIC lock (none before the shared region exists: then only instance
+/// 0 runs).
+pub fn ioapic_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
+    let r = get()?;
+    Some(r.ioapic_lock().lock(
+        crate::instance::id() as usize,
+        mk_shared::CONSOLE_FORCE_SPINS,
+    ))
+}
+
 /// Publishes report word `slot` of this instance (diagnostics and tests).
 pub fn report(slot: usize, value: u64) {
     if let Some(i) = get().and_then(|r| r.instance(crate::instance::id() as usize).ok()) {

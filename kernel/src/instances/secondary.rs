@@ -36,6 +36,8 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
     smp::register(this);
     x86_64::instructions::interrupts::enable();
 
+    attach_ioapics(desc);
+    crate::services::irq::set_rtc_gsi(desc.rtc_gsi);
     smp::TRAMPOLINE.store(desc.trampoline_page, Ordering::SeqCst);
     smp::start_further_cpus(desc.cpus(), desc.trampoline_page);
     let (free, owned) = memory::frames::counts();
@@ -65,4 +67,19 @@ pub fn bring_up_lapic(hz_div16: u64) -> apic::Lapic {
     lapic.set_timer_hz(hz_div16);
     lapic.start_periodic(crate::TICK_HZ);
     lapic
+}
+
+/// Maps and joins the IO APICs instance 0 set up (it owns every line at first; the IRQ
+/// services hand lines over).
+fn attach_ioapics(desc: &BootDescriptor) {
+    let n = (desc.ioapic_count as usize).min(super::descriptor::MAX_IOAPICS);
+    for i in 0..n {
+        let result = memory::mmio::map(desc.ioapic_phys[i], 0x20).and_then(|virt| {
+            // SAFETY: `virt` maps this IO APIC's register window uncached, permanently.
+            unsafe { crate::arch::ioapic::attach(virt, desc.ioapic_gsi_base[i]) }
+        });
+        if let Err(e) = result {
+            crate::error!("IO APIC at {:#x}: {e}", desc.ioapic_phys[i]);
+        }
+    }
 }

@@ -142,6 +142,7 @@ pub fn start_all(
         crate::fatal(format_args!("shared region: {e}"));
     }
     let me = plan.partition(0).expect("partition 0 exists");
+    crate::services::irq::set_rtc_gsi(platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0);
     if count > 1 {
         if let Err(e) = crate::messaging::init(0) {
             error!("messaging: {e}");
@@ -196,6 +197,17 @@ pub fn start_all(
         desc.tsc_per_ms = tsc::ticks_per_ms();
         desc.lapic_hz_div16 = apic::timer_hz_div16();
         desc.start_tsc = started;
+        for (i, chip) in platform
+            .io_apics
+            .iter()
+            .take(super::descriptor::MAX_IOAPICS)
+            .enumerate()
+        {
+            desc.ioapic_phys[i] = u64::from(chip.address);
+            desc.ioapic_gsi_base[i] = chip.gsi_base;
+            desc.ioapic_count = i as u32 + 1;
+        }
+        desc.rtc_gsi = platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0;
         if let Some(t) = tests {
             let n = t.len().min(desc.tests.len());
             desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);

@@ -75,6 +75,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "shutdown" => services::shutdown(arg),
             "cpu_hotplug" => services::cpu_hotplug(),
             "mem_hotplug" => services::mem_hotplug(),
+            "irq_forwarding" => services::irq_forwarding(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -421,6 +422,9 @@ mod user {
     /// Call: payload = an APIC ID; reply = the timer interrupts that CPU took in this instance
     /// (error `NoSuchResource` if it is not one of this instance's CPUs).
     pub const CPU_TICKS: u16 = 8;
+    /// Call: payload = an IRQ line; reply = the interrupts of that line this instance took
+    /// directly, and the IRQ_FORWARD deliveries of it it received (2 x u64).
+    pub const IRQ_STATS: u16 = 9;
 }
 
 /// Jobs an instance runs from its serve loop when instance 0 asks.
@@ -700,6 +704,26 @@ fn register_test_handlers() {
     let _ = d.registry().register(
         HandlerKey::Kind(Kind::User(user::CPU_TICKS)),
         &(cpu_ticks as HandlerFn),
+    );
+    fn irq_stats(m: &Message) -> Option<Reply> {
+        let line = payload_words(&m.payload)
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX) as usize;
+        let (Some(direct), Some(forwarded)) = (
+            interrupts::IRQ_COUNTS.get(line),
+            crate::services::irq::FORWARDED_IN.get(line),
+        ) else {
+            return Some(Reply::error(mk_wire::Status::NoSuchResource));
+        };
+        Some(Reply::ok(words_payload(&[
+            direct.load(Ordering::Relaxed),
+            forwarded.load(Ordering::Relaxed),
+        ])))
+    }
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::IRQ_STATS)),
+        &(irq_stats as HandlerFn),
     );
     bench::register();
     crate::messaging::set_idle_hook(run_job);

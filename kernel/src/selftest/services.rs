@@ -37,8 +37,8 @@ fn state(k: usize) -> Result<InstanceState, String> {
 }
 
 /// `query`: every running instance answers QUERY with its own CPUs (as it published them),
-/// its memory (no more than its partition), no IRQ line (instance 0 owns them all), and
-/// counters that show it handled messages.
+/// its memory (no more than its partition), exactly the IRQ lines the ownership table gives
+/// it, and counters that show it handled messages.
 pub(super) fn query() -> Outcome {
     let plan = plan()?;
     let all = QueryWhat::CPUS | QueryWhat::MEMORY | QueryWhat::IRQS | QueryWhat::COUNTERS;
@@ -80,8 +80,15 @@ pub(super) fn query() -> Outcome {
                 )
             },
         )?;
-        ensure((0..256).all(|l| !q.has_irq(l)), || {
-            format!("instance {} claims IRQ lines", p.index)
+        let r = region::get().ok_or("no shared region")?;
+        let owned = |l: usize| {
+            l < mk_shared::MAX_IRQS && r.owner(Resource::Irq(l as u32)) == Ok(Owner::Owned(p.index))
+        };
+        ensure((0..256).all(|l| q.has_irq(l) == owned(l)), || {
+            format!(
+                "instance {}'s IRQ lines differ from the ownership table",
+                p.index
+            )
         })?;
         ensure(q.messages_handled > 0 && q.uptime_ticks > 0, || {
             format!(
@@ -569,6 +576,135 @@ pub(super) fn mem_hotplug() -> Outcome {
     println!(
         "mem_hotplug: {start:#x}..{:#x} moved from instance 1 to 2, filled and checked there; instance 1 faults on it; refusals left the table unchanged",
         start + len
+    );
+    Ok(())
+}
+
+/// (direct interrupts, forwarded deliveries) of `line` in instance `k`.
+fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
+    if k == 0 {
+        return Ok((
+            crate::arch::interrupts::IRQ_COUNTS[line].load(Ordering::Relaxed),
+            crate::services::irq::FORWARDED_IN[line].load(Ordering::Relaxed),
+        ));
+    }
+    let reply = super::call_patiently(
+        k,
+        Kind::User(user::IRQ_STATS),
+        super::words_payload(&[line as u64]),
+    )
+    .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
+    match super::payload_words(&reply.payload)[..] {
+        [direct, forwarded] => Ok((direct, forwarded)),
+        _ => Err(format!("irq stats reply {:?}", reply.status)),
+    }
+}
+
+/// Waits (draining, up to 5 s) until `get` has grown by at least `by` from its first value.
+fn wait_growth(what: &str, by: u64, mut get: impl FnMut() -> Result<u64, String>) -> Outcome {
+    let first = get()?;
+    let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
+    loop {
+        messaging::poll();
+        let now = get()?;
+        if now >= first + by {
+            return Ok(());
+        }
+        ensure(tsc::read() < deadline, || {
+            format!("{what}: {} more in 5 s, wanted {by}", now - first)
+        })?;
+        tsc::spin_micros(20_000);
+    }
+}
+
+/// Checks that `get` stays put (at most one more, in flight) over 300 ms.
+fn stays(what: &str, mut get: impl FnMut() -> Result<u64, String>) -> Outcome {
+    let first = get()?;
+    let deadline = tsc::read() + 300 * tsc::ticks_per_ms();
+    while tsc::read() < deadline {
+        messaging::poll();
+    }
+    let now = get()?;
+    ensure(now <= first + 1, || {
+        format!("{what}: {} more in 300 ms", now - first)
+    })
+}
+
+/// `irq_forwarding=F:B`: the RTC's periodic interrupt (a real interrupting device), owned by
+/// instance 0, is forwarded to instance F and counted there; balanced to instance B, which then
+/// takes it directly (and instance 0 no more); masked by B on request, no more deliveries;
+/// unmasked, deliveries resume. Requests about the line to an instance that does not own it, or
+/// about a line that does not exist, and a balance nobody started, are refused.
+pub(super) fn irq_forwarding(arg: &str) -> Outcome {
+    use crate::services::irq;
+    let (f, b) = arg
+        .split_once(':')
+        .and_then(|(f, b)| Some((f.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .ok_or_else(|| format!("bad argument '{arg}' (want F:B)"))?;
+    let gsi = irq::rtc_gsi();
+    let line = gsi as usize;
+    ensure(line < mk_shared::MAX_IRQS, || format!("RTC GSI {gsi}"))?;
+    irq::claim_local(line).map_err(|s| format!("claiming line {line}: {s:?}"))?;
+    crate::platform::rtc::start_periodic(10); // 64 Hz
+    irq::forward(line, f).map_err(|s| format!("forwarding: {s:?}"))?;
+    wait_growth("forwarded deliveries", 10, || Ok(irq_stats(f, line)?.1))?;
+    println!("irq_forwarding: RTC line {line} forwarded to instance {f}, counted there");
+
+    irq::balance(line, b).map_err(|s| format!("balancing to {b}: {s:?}"))?;
+    let r = region::get().ok_or("no shared region")?;
+    ensure(r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(b)), || {
+        format!("line {line}: {:?}", r.owner(Resource::Irq(gsi)))
+    })?;
+    wait_growth("direct interrupts in the new owner", 10, || {
+        Ok(irq_stats(b, line)?.0)
+    })?;
+    stays("interrupts still reaching instance 0", || {
+        Ok(irq_stats(0, line)?.0)
+    })?;
+    println!("irq_forwarding: line {line} balanced to instance {b}, which takes it directly");
+
+    irq::request_mask(b, gsi, true).map_err(|s| format!("mask: {s:?}"))?;
+    stays("interrupts while masked", || Ok(irq_stats(b, line)?.0))?;
+    irq::request_mask(b, gsi, false).map_err(|s| format!("unmask: {s:?}"))?;
+    wait_growth("interrupts after unmasking", 10, || {
+        Ok(irq_stats(b, line)?.0)
+    })?;
+    println!("irq_forwarding: masked, no deliveries; unmasked, deliveries resume");
+
+    let refusals = [
+        (
+            "mask at a non-owner",
+            irq::request_mask(f, gsi, true),
+            Status::NotOwner,
+        ),
+        (
+            "mask of a line that does not exist",
+            irq::request_mask(b, 200, true),
+            Status::NoSuchResource,
+        ),
+        (
+            "a balance nobody started",
+            irq::request_balance_unprepared(f, gsi),
+            Status::NotOwner,
+        ),
+        (
+            "a balance by a non-owner",
+            irq::balance(line, f),
+            Status::NotOwner,
+        ),
+    ];
+    for (what, got, want) in refusals {
+        ensure(got == Err(want), || {
+            format!("{what}: {got:?}, expected {want:?}")
+        })?;
+    }
+    ensure(r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(b)), || {
+        String::from("a refused request moved the line")
+    })?;
+    irq::request_mask(b, gsi, true).map_err(|s| format!("final mask: {s:?}"))?;
+    crate::platform::rtc::stop_periodic();
+    println!(
+        "irq_forwarding: requests to a non-owner, for an unknown line, and unprepared balances refused"
     );
     Ok(())
 }

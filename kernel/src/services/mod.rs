@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | HEARTBEAT: liveness, failure detection, reclaiming a dead instance | `heartbeat.rs`, `lifecycle.rs` | instance 0 |
 //! | QUERY: an instance's CPUs, memory, IRQ lines, counters | `query.rs` | every instance |
+//! | IRQ_FORWARD / BALANCE / MASK / UNMASK: device interrupts between instances | `irq.rs` | every instance |
 //! | SHUTDOWN: stop cleanly, give every resource back to instance 0, park the CPUs | `lifecycle.rs` | every instance but 0 |
 //! | CPU_REMOVE / CPU_ADD: a CPU leaves one instance and runs in another (instance 0 brokers) | `cpu.rs` | every instance but 0 |
 //! | MEM_REMOVE / MEM_ADD: a range leaves one frame allocator and joins another's (instance 0 brokers) | `memory.rs` | every instance but 0 |
@@ -16,6 +17,7 @@
 
 pub mod cpu;
 pub mod heartbeat;
+pub mod irq;
 pub mod lifecycle;
 pub mod memory;
 pub mod query;
@@ -27,12 +29,23 @@ use mk_wire::Kind;
 
 use crate::messaging::{self, HandlerFn};
 
+static IRQ_HANDLERS: [(Kind, HandlerFn); 4] = [
+    (Kind::IrqForward, irq::handle_forward),
+    (Kind::IrqBalance, irq::handle_balance),
+    (Kind::IrqMask, irq::handle_mask),
+    (Kind::IrqUnmask, irq::handle_mask),
+];
+
 /// Registers the services of instance `me` and their periodic duties.
 pub fn init(me: usize) -> Result<(), &'static str> {
     let d = messaging::dispatcher().ok_or("messaging is not up")?;
     let reg = d.registry();
     reg.register(HandlerKey::Kind(Kind::Query), &(query::handle as HandlerFn))
         .map_err(|_| "registering QUERY")?;
+    for (kind, handler) in &IRQ_HANDLERS {
+        reg.register(HandlerKey::Kind(*kind), handler)
+            .map_err(|_| "registering the IRQ services")?;
+    }
     if me == 0 {
         reg.register(
             HandlerKey::Kind(Kind::Heartbeat),
@@ -78,6 +91,7 @@ fn on_poll() {
     if IN_POLL_HOOK.swap(true, Ordering::Acquire) {
         return;
     }
+    irq::flush_forwards();
     if crate::instance::id() == 0 {
         heartbeat::watch();
     } else {

@@ -20,6 +20,7 @@ pub struct SharedRegion<'a> {
     raw: Raw<'a>,
     header: &'a Header,
     console: &'a ConsoleLine,
+    ioapic: &'a ConsoleLine,
     instances: &'a [InstanceEntry],
     cpus: &'a [AtomicU64],
     irqs: &'a [AtomicU64],
@@ -73,12 +74,13 @@ impl<'a> SharedRegion<'a> {
         for w in &h._reserved {
             w.store(0, Ordering::Relaxed);
         }
-        let c = r.console;
-        for w in [&c.next, &c.serving, &c.holder, &c._reserved] {
-            w.store(0, Ordering::Relaxed);
-        }
-        for w in [&c.acquired, &c.forced, &c.stale_unlocks, &c.requeued] {
-            w.store(0, Ordering::Relaxed);
+        for c in [r.console, r.ioapic] {
+            for w in [&c.next, &c.serving, &c.holder, &c._reserved] {
+                w.store(0, Ordering::Relaxed);
+            }
+            for w in [&c.acquired, &c.forced, &c.stale_unlocks, &c.requeued] {
+                w.store(0, Ordering::Relaxed);
+            }
         }
         for e in r.instances {
             e.clear();
@@ -152,6 +154,7 @@ impl<'a> SharedRegion<'a> {
             raw,
             header: raw.view(0)?,
             console: raw.view(t(TableId::Console).offset)?,
+            ioapic: raw.view(t(TableId::Console).offset + core::mem::size_of::<ConsoleLine>())?,
             instances: raw.view_slice(t(TableId::Instances).offset, MAX_INSTANCES)?,
             cpus: raw.view_slice(t(TableId::Cpus).offset, MAX_APIC_IDS)?,
             irqs: raw.view_slice(t(TableId::Irqs).offset, MAX_IRQS)?,
@@ -194,6 +197,13 @@ impl<'a> SharedRegion<'a> {
     /// The console lock.
     pub fn console(&self) -> Console<'a> {
         Console { line: self.console }
+    }
+
+    /// The IO APIC lock: the same ticket lock as the console's, held by whichever instance
+    /// programs an IO APIC (an index write followed by a data access must not interleave with
+    /// another instance's).
+    pub fn ioapic_lock(&self) -> Console<'a> {
+        Console { line: self.ioapic }
     }
 
     fn word(&self, r: Resource) -> Result<(Words, &'a AtomicU64), Error> {

@@ -17,7 +17,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MKSHARED");
 
 /// Layout version. Bump on any change of layout or protocol; `attach` to a region of another
 /// version fails with [`crate::Error::VersionMismatch`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Page alignment required of the region base and used for the mailbox offset.
 pub const PAGE: usize = 4096;
@@ -70,8 +70,11 @@ pub(crate) enum TableId {
     Mailbox = 5,
 }
 
-/// The console lock line. Every instance writes it (ticket lock), only for the shared serial
-/// port.
+/// Lines of the lock table: the console lock, then the IO APIC lock (same ticket lock).
+pub(crate) const LOCK_LINES: usize = 2;
+
+/// A lock line (ticket lock). Every instance writes it. Line 0 guards the shared serial port,
+/// line 1 the IO APICs' index/data register pairs.
 #[repr(C, align(64))]
 pub(crate) struct ConsoleLine {
     /// Next ticket to hand out (`fetch_add`).
@@ -240,7 +243,7 @@ pub const fn layout(instances: usize) -> Layout {
     };
     let console = Table {
         offset: header.end(),
-        size: size_of::<ConsoleLine>(),
+        size: LOCK_LINES * size_of::<ConsoleLine>(),
     };
     let instance_table = Table {
         offset: console.end(),

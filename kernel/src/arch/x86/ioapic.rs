@@ -50,6 +50,33 @@ pub unsafe fn add(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
     Ok(lines)
 }
 
+/// Registers the IO APIC mapped at `virt` serving GSIs from `gsi_base` *as it is*: an
+/// instance other than 0 joins the chips instance 0 set up, and must not mask lines other
+/// instances own.
+///
+/// # Safety
+/// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
+pub unsafe fn attach(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+    // SAFETY: the caller guarantees `virt` maps an IO APIC; only the version register is read.
+    let mut regs = unsafe { IoApic::new(virt) };
+    let lines = {
+        let _shared = crate::instances::region::ioapic_lock();
+        // SAFETY: as above.
+        u32::from(unsafe { regs.max_table_entry() }) + 1
+    };
+    let mut chips = CHIPS.lock();
+    let slot = chips
+        .iter_mut()
+        .find(|c| c.is_none())
+        .ok_or("too many IO APICs")?;
+    *slot = Some(Chip {
+        regs,
+        gsi_base,
+        lines,
+    });
+    Ok(lines)
+}
+
 /// Routes `gsi` to `vector` on the CPU with APIC ID `dest` and unmasks it.
 pub fn route(gsi: u32, vector: u8, dest: u32, level_low: bool) -> Result<(), &'static str> {
     with_line(gsi, |chip, line| {
@@ -85,8 +112,12 @@ pub fn line_count() -> u32 {
     CHIPS.lock().iter().flatten().map(|c| c.lines).sum()
 }
 
+/// Runs `f` on the chip serving `gsi` under this instance's CHIPS lock and the shared IO APIC
+/// lock (other instances program the same chips: an index write and the data access after it
+/// must not interleave with theirs).
 fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, &'static str> {
     let mut chips = CHIPS.lock();
+    let _shared = crate::instances::region::ioapic_lock();
     let chip = chips
         .iter_mut()
         .flatten()

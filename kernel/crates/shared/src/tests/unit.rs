@@ -11,14 +11,14 @@ fn layout_numbers() {
     let l = layout(16);
     assert_eq!(INSTANCE_ENTRY_SIZE, 768);
     assert_eq!((l.header.offset, l.header.size), (0, 128));
-    assert_eq!((l.console.offset, l.console.size), (0x80, 64));
+    assert_eq!((l.console.offset, l.console.size), (0x80, 128));
     assert_eq!(
         (l.instance_table.offset, l.instance_table.size),
-        (0xc0, 12_288)
+        (0x100, 12_288)
     );
-    assert_eq!((l.cpus.offset, l.cpus.size), (0x30c0, 2048));
-    assert_eq!((l.irqs.offset, l.irqs.size), (0x38c0, 512));
-    assert_eq!((l.memory.offset, l.memory.size), (0x3ac0, 262_144));
+    assert_eq!((l.cpus.offset, l.cpus.size), (0x3100, 2048));
+    assert_eq!((l.irqs.offset, l.irqs.size), (0x3900, 512));
+    assert_eq!((l.memory.offset, l.memory.size), (0x3b00, 262_144));
     assert_eq!(l.mailbox.offset, 0x44000);
     assert_eq!(l.mailbox.size, mk_mailbox::region_size(16));
     assert_eq!(l.total, 0x144000);

@@ -1,0 +1,252 @@
+//! IRQ forwarding: every IO APIC line has one owning instance (shared ownership table), which
+//! has the line routed to its first CPU and handles its interrupts.
+//!
+//! | request | sent by → to | what happens |
+//! |---|---|---|
+//! | IRQ_FORWARD (one-way) | owner → subscriber | "line N fired": the owner forwards each interrupt of a line to the instances it forwards that line to (`forward`); the subscriber counts it |
+//! | IRQ_BALANCE (call) | owner → new owner | two-phase: the owner `begin_transfer`s the line to the target; the target routes the line's redirection entry to its own first CPU, installs its handler and `complete_transfer`s; a refusal makes the owner abort (the line stays routed to it) |
+//! | IRQ_MASK / IRQ_UNMASK (call) | anyone → owner | the owner masks or unmasks the line |
+//!
+//! Refused with a status: a line that does not exist (`NoSuchResource`), a request to an
+//! instance that does not own the line, or a balance the sender has not started
+//! (`NotOwner`). The IO APIC is shared hardware: every access to it holds the cross-instance
+//! IO APIC lock (`arch::x86::ioapic`).
+//!
+//! Interrupt handlers only count (and acknowledge the device); the forwarding messages go out
+//! after the next drain of the mailboxes, in thread context.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use mk_dispatch::Reply;
+use mk_shared::{MAX_IRQS, Owner, Resource};
+use mk_wire::{IoIrqPayload, IrqFlags, Kind, Message, Payload, Status};
+
+use crate::arch::interrupts::vectors;
+use crate::arch::{cpu, interrupts, ioapic};
+use crate::instances::region;
+use crate::messaging;
+
+/// Per line (owner side): bit k set = forward this line's interrupts to instance k.
+static FORWARD_TO: [AtomicU32; MAX_IRQS] = [const { AtomicU32::new(0) }; MAX_IRQS];
+/// Per line (owner side): interrupts taken and not yet forwarded.
+static PENDING: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
+/// Per line (subscriber side): IRQ_FORWARD deliveries received.
+pub static FORWARDED_IN: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
+/// GSI of the RTC, whose every interrupt must be acknowledged (u32::MAX: unknown).
+static RTC_GSI: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Most forwards of one line sent per drain; the rest wait for the next one.
+const FORWARD_BURST: u64 = 8;
+
+pub fn set_rtc_gsi(gsi: u32) {
+    RTC_GSI.store(gsi, Ordering::Relaxed);
+}
+
+/// The RTC's GSI (u32::MAX if unknown).
+pub fn rtc_gsi() -> u32 {
+    RTC_GSI.load(Ordering::Relaxed)
+}
+
+fn line_of(irq: u32) -> Result<usize, Status> {
+    if (irq as usize) < MAX_IRQS.min(ioapic::line_count() as usize) {
+        Ok(irq as usize)
+    } else {
+        Err(Status::NoSuchResource)
+    }
+}
+
+fn owns(line: usize) -> Result<(), Status> {
+    let me = crate::instance::id() as usize;
+    let r = region::get().ok_or(Status::InternalError)?;
+    match r.owner(Resource::Irq(line as u32)) {
+        Ok(Owner::Owned(o)) if o == me => Ok(()),
+        _ => Err(Status::NotOwner),
+    }
+}
+
+/// The line's interrupt handler in its owner (interrupts off: counts only).
+fn on_irq(line: usize) {
+    if line as u32 == RTC_GSI.load(Ordering::Relaxed) {
+        crate::platform::rtc::acknowledge();
+    }
+    if FORWARD_TO[line].load(Ordering::Relaxed) != 0 {
+        PENDING[line].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Routes `line` (owned by this instance) to this CPU and handles it here.
+fn take_line(line: usize) -> Result<(), Status> {
+    interrupts::set_irq_handler(line, on_irq).map_err(|_| Status::NoSuchResource)?;
+    let apic = cpu::current().apic_id;
+    ioapic::route(line as u32, vectors::IRQ_BASE + line as u8, apic, false)
+        .map_err(|_| Status::InternalError)?;
+    if line as u32 == RTC_GSI.load(Ordering::Relaxed) {
+        // An edge the old owner never acknowledged would hold the RTC forever.
+        crate::platform::rtc::acknowledge();
+    }
+    Ok(())
+}
+
+/// Owner: starts handling `line` here (instance 0 at boot owns every line but routes none).
+pub fn claim_local(line: usize) -> Result<(), Status> {
+    owns(line)?;
+    take_line(line)
+}
+
+/// Owner: forwards every interrupt of `line` to instance `to` from now on.
+pub fn forward(line: usize, to: usize) -> Result<(), Status> {
+    owns(line)?;
+    if to >= 32 || to == crate::instance::id() as usize {
+        return Err(Status::InvalidArgument);
+    }
+    FORWARD_TO[line].fetch_or(1 << to, Ordering::SeqCst);
+    Ok(())
+}
+
+/// After a drain: sends the IRQ_FORWARD messages the handlers have queued up.
+pub fn flush_forwards() {
+    let me = crate::instance::id() as u16;
+    for line in 0..MAX_IRQS {
+        let subscribers = FORWARD_TO[line].load(Ordering::Relaxed);
+        if subscribers == 0 || PENDING[line].load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let n = PENDING[line].swap(0, Ordering::Relaxed).min(FORWARD_BURST);
+        let msg = Message::request(me, Kind::IrqForward, 0, payload(line));
+        for to in (0..32).filter(|k| subscribers & (1 << k) != 0) {
+            for _ in 0..n {
+                // Never wait: a subscriber that does not keep up loses deliveries, not us.
+                let _ = messaging::try_send(to, &msg);
+            }
+        }
+    }
+}
+
+fn payload(line: usize) -> Payload {
+    Payload::IoIrq(IoIrqPayload {
+        irq: line as u32,
+        vector: u32::from(vectors::IRQ_BASE) + line as u32,
+        device_id: 0,
+        flags: IrqFlags::empty(),
+    })
+}
+
+fn irq_of(m: &Message) -> Result<usize, Status> {
+    match m.payload {
+        Payload::IoIrq(p) => line_of(p.irq),
+        _ => Err(Status::InvalidArgument),
+    }
+}
+
+/// IRQ_FORWARD, in a subscriber: one delivery.
+pub fn handle_forward(m: &Message) -> Option<Reply> {
+    if let Ok(line) = irq_of(m) {
+        FORWARDED_IN[line].fetch_add(1, Ordering::Relaxed);
+    }
+    None
+}
+
+/// IRQ_MASK and IRQ_UNMASK, in the owner.
+pub fn handle_mask(m: &Message) -> Option<Reply> {
+    let result = irq_of(m).and_then(|line| {
+        owns(line)?;
+        let gsi = line as u32;
+        if m.kind == Kind::IrqMask {
+            ioapic::mask(gsi).map_err(|_| Status::InternalError)
+        } else {
+            ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
+            if gsi == RTC_GSI.load(Ordering::Relaxed) {
+                crate::platform::rtc::acknowledge();
+            }
+            Ok(())
+        }
+    });
+    Some(reply(result))
+}
+
+/// Replies to the IRQ requests carry no payload (`mk_wire::expected_payload`).
+fn reply(result: Result<(), Status>) -> Reply {
+    match result {
+        Ok(()) => Reply::ok(Payload::Empty),
+        Err(s) => Reply::error(s),
+    }
+}
+
+/// IRQ_BALANCE, in the new owner: take the line the sender has started handing over.
+pub fn handle_balance(m: &Message) -> Option<Reply> {
+    let me = crate::instance::id() as usize;
+    let result = irq_of(m).and_then(|line| {
+        let r = region::get().ok_or(Status::InternalError)?;
+        let res = Resource::Irq(line as u32);
+        let generation = match r.owner(res) {
+            Ok(Owner::InTransit {
+                from,
+                to,
+                generation,
+            }) if from == usize::from(m.sender) && to == me => generation,
+            _ => return Err(Status::NotOwner),
+        };
+        take_line(line)?;
+        r.complete_transfer(res, me, generation)
+            .map_err(|_| Status::StaleGeneration)
+    });
+    Some(reply(result))
+}
+
+/// Owner: hands `line` to instance `to`, which routes it to itself. Forwarding set up here
+/// stops (the new owner decides its own).
+pub fn balance(line: usize, to: usize) -> Result<(), Status> {
+    let me = crate::instance::id() as usize;
+    owns(line)?;
+    let r = region::get().ok_or(Status::InternalError)?;
+    let res = Resource::Irq(line as u32);
+    let g = r
+        .begin_transfer(res, me, to)
+        .map_err(|_| Status::InvalidArgument)?;
+    let outcome = messaging::call(to, Kind::IrqBalance, payload(line), 5000);
+    match outcome {
+        Ok(reply) if reply.status == Status::Ok => {
+            FORWARD_TO[line].store(0, Ordering::SeqCst);
+            Ok(())
+        }
+        other => {
+            let _ = r.abort_transfer(res, me, g);
+            Err(match other {
+                Ok(reply) => reply.status,
+                Err(_) => Status::Timeout,
+            })
+        }
+    }
+}
+
+/// Asks the owner `owner` to mask (`mask`) or unmask line `irq`.
+pub fn request_mask(owner: usize, irq: u32, mask: bool) -> Result<(), Status> {
+    let kind = if mask { Kind::IrqMask } else { Kind::IrqUnmask };
+    let p = Payload::IoIrq(IoIrqPayload {
+        irq,
+        vector: 0,
+        device_id: 0,
+        flags: IrqFlags::empty(),
+    });
+    match messaging::call(owner, kind, p, 5000) {
+        Ok(reply) if reply.status == Status::Ok => Ok(()),
+        Ok(reply) => Err(reply.status),
+        Err(_) => Err(Status::Timeout),
+    }
+}
+
+/// Asks instance `to` to take line `irq` with IRQ_BALANCE without having started the transfer
+/// (only tests do this: it must be refused).
+pub fn request_balance_unprepared(to: usize, irq: u32) -> Result<(), Status> {
+    let p = Payload::IoIrq(IoIrqPayload {
+        irq,
+        vector: 0,
+        device_id: 0,
+        flags: IrqFlags::empty(),
+    });
+    match messaging::call(to, Kind::IrqBalance, p, 5000) {
+        Ok(reply) if reply.status == Status::Ok => Ok(()),
+        Ok(reply) => Err(reply.status),
+        Err(_) => Err(Status::Timeout),
+    }
+}
