@@ -318,15 +318,16 @@ fn instance_boots(boots: &mut Vec<Boot>) {
     }
     // Services: QUERY, heartbeats, CPU hotplug (instance 1 has two CPUs), memory hotplug
     // (16 MiB from instance 1 to 2), the RTC's interrupt forwarded, balanced, masked and
-    // unmasked, a crash detected and reclaimed while the others go on, a clean SHUTDOWN of the
-    // two-CPU instance.
+    // unmasked, (TCG) a storm of 1,000 random moves, a crash detected and reclaimed while the
+    // others go on, a clean SHUTDOWN of the two-CPU instance.
     for (name, accel, smp, plan, timeout, cases) in [
         (
             "tcg-services",
             Accel::Tcg,
             5,
             "1,2,1,1",
-            TCG_TIMEOUT,
+            // The storm of 1,000 moves takes most of it.
+            300,
             &[
                 "instances=4",
                 "query",
@@ -334,6 +335,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "cpu_hotplug",
                 "mem_hotplug",
                 "irq_forwarding=2:3",
+                "storm=1000",
                 "crash=2",
                 "shutdown=1",
                 "query",

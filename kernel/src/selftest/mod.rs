@@ -76,6 +76,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "cpu_hotplug" => services::cpu_hotplug(),
             "mem_hotplug" => services::mem_hotplug(),
             "irq_forwarding" => services::irq_forwarding(arg),
+            "storm" => services::storm(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
@@ -442,6 +443,9 @@ mod job {
     pub const FILL_CHECK: u64 = 5;
     /// Read the physical address `arg`, which must fault (`services::probe_fault`).
     pub const PROBE_FAULT: u64 = 6;
+    /// Balance IRQ line `arg & 0xFFFF_FFFF` to instance `arg >> 32` (this instance owns it);
+    /// result: 0 on success, else the refusal's status code + 1.
+    pub const BALANCE_LINE: u64 = 7;
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -583,6 +587,13 @@ fn run_job() {
         job::STREAM_AMONG => bench::stream_among(arg),
         job::FILL_CHECK => services::fill_check(arg),
         job::PROBE_FAULT => services::probe_fault(arg),
+        job::BALANCE_LINE => {
+            match crate::services::irq::balance((arg & 0xFFFF_FFFF) as usize, (arg >> 32) as usize)
+            {
+                Ok(()) => 0,
+                Err(s) => u64::from(s.code()) + 1,
+            }
+        }
         _ => 0,
     };
     JOB_RESULT.store(result, Ordering::SeqCst);

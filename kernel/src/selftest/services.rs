@@ -60,22 +60,36 @@ pub(super) fn query() -> Outcome {
             ));
         };
         ensure(q.what == all, || format!("sections {:?}", q.what))?;
-        ensure(q.apic_ids() == p.cpus, || {
+        let listed = region::get()
+            .and_then(|r| r.instance(p.index).ok())
+            .and_then(|i| i.resources().ok())
+            .map(|res| res.cpus().to_vec())
+            .unwrap_or_default();
+        ensure(q.apic_ids() == listed, || {
             format!(
-                "instance {}: CPUs {:?}, plan {:?}",
+                "instance {}: CPUs {:?}, published {listed:?}",
                 p.index,
-                q.apic_ids(),
-                p.cpus
+                q.apic_ids()
             )
         })?;
-        let partition: u64 = p.memory.iter().map(|m| m.len).sum();
+        // The instance publishes its allocator's ranges, at most RANGES_PER_INSTANCE of them
+        // (after memory moves there may be more): all of its memory, or a part.
+        let (published, complete) = region::get()
+            .and_then(|r| r.instance(p.index).ok())
+            .and_then(|i| i.resources().ok())
+            .map_or((0, false), |res| {
+                (
+                    res.total_bytes,
+                    res.ranges().len() < mk_shared::RANGES_PER_INSTANCE,
+                )
+            });
         ensure(
             q.memory_bytes > 0
-                && q.memory_bytes <= partition
+                && (q.memory_bytes == published || !complete && q.memory_bytes > published)
                 && q.free_memory_bytes < q.memory_bytes,
             || {
                 format!(
-                    "instance {}: {} bytes owned, {} free, partition {partition}",
+                    "instance {}: {} bytes owned, {} free, {published} published",
                     p.index, q.memory_bytes, q.free_memory_bytes
                 )
             },
@@ -137,9 +151,18 @@ pub(super) fn heartbeats() -> Outcome {
     }
 }
 
-/// Nothing in the ownership tables names instance `k` any more, and what the plan gave it
-/// (CPUs, whole memory chunks) is instance 0's.
-fn check_taken_back(k: usize) -> Outcome {
+/// What instance `k` owns now, by the ownership table.
+fn held_by(k: usize) -> Result<Vec<Resource>, String> {
+    let r = region::get().ok_or("no shared region")?;
+    Ok(r.resources()
+        .filter(|(_, o)| *o == Ok(Owner::Owned(k)))
+        .map(|(res, _)| res)
+        .collect())
+}
+
+/// Nothing in the ownership tables names instance `k` any more, and everything it `held`
+/// before it went is instance 0's now.
+fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
     let r = region::get().ok_or("no shared region")?;
     let left: Vec<Resource> = r
         .resources()
@@ -157,26 +180,11 @@ fn check_taken_back(k: usize) -> Outcome {
             left.first()
         )
     })?;
-    let p = plan()?
-        .partition(k)
-        .ok_or_else(|| format!("no partition {k}"))?;
-    for &cpu in p.cpus {
-        ensure(r.owner(Resource::Cpu(cpu)) == Ok(Owner::Owned(0)), || {
-            format!(
-                "CPU {cpu} of instance {k}: {:?}",
-                r.owner(Resource::Cpu(cpu))
-            )
+    ensure(!held.is_empty(), || format!("instance {k} held nothing"))?;
+    for &res in held {
+        ensure(r.owner(res) == Ok(Owner::Owned(0)), || {
+            format!("{res:?} of instance {k}: {:?}", r.owner(res))
         })?;
-    }
-    let chunk = mk_shared::MEM_CHUNK_SIZE;
-    for m in p.memory {
-        let (first, end) = (m.start.next_multiple_of(chunk), m.end() & !(chunk - 1));
-        for c in (first..end).step_by(chunk as usize) {
-            let res = Resource::memory_at(c);
-            ensure(r.owner(res) == Ok(Owner::Owned(0)), || {
-                format!("memory at {c:#x} of instance {k}: {:?}", r.owner(res))
-            })?;
-        }
     }
     Ok(())
 }
@@ -216,6 +224,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
     ensure(state(k)? == InstanceState::Running, || {
         format!("instance {k} is not running")
     })?;
+    let held = held_by(k)?;
     let crash = Message::request(0, Kind::User(user::CRASH), 1, super::user_payload(&[]));
     messaging::send(k, &crash).map_err(|e| format!("crash request: {e:?}"))?;
     let sent = tsc::read();
@@ -240,7 +249,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
             bound / tsc::ticks_per_ms()
         )
     })?;
-    check_taken_back(k)?;
+    check_taken_back(k, &held)?;
     let ping = Payload::Ping(mk_wire::PingPayload {
         nonce: 1,
         sent_at: 0,
@@ -255,7 +264,11 @@ pub(super) fn crash(arg: &str) -> Outcome {
 /// every resource back; instance 0 takes them, and K is no longer sent to.
 pub(super) fn shutdown(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
-    let cpus = plan()?.partition(k).map_or(0, |p| p.cpus.len()) as u64;
+    let cpus = region::get()
+        .and_then(|r| r.instance(k).ok())
+        .and_then(|i| i.resources().ok())
+        .map_or(0, |res| res.cpus().len()) as u64;
+    let held = held_by(k)?;
     let request = Payload::Shutdown(ShutdownPayload {
         reason: mk_wire::ShutdownReason::Requested,
         flags: ShutdownFlags::RETURN_RESOURCES,
@@ -283,7 +296,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
     ensure(parked == cpus, || {
         format!("{parked} of instance {k}'s {cpus} CPUs parked")
     })?;
-    check_taken_back(k)?;
+    check_taken_back(k, &held)?;
     let ping = Payload::Ping(mk_wire::PingPayload {
         nonce: 1,
         sent_at: 0,
@@ -705,6 +718,187 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
     crate::platform::rtc::stop_periodic();
     println!(
         "irq_forwarding: requests to a non-owner, for an unknown line, and unprepared balances refused"
+    );
+    Ok(())
+}
+
+/// A small xorshift generator for the storm (seeded from the TSC, printed for replay).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Who owns what: per kind (CPU, IRQ, memory chunk), per owner, the count; and how many
+/// resources are in transit.
+struct Census {
+    owned: [[u64; mk_shared::MAX_INSTANCES]; 3],
+    in_transit: u64,
+}
+
+fn census() -> Result<Census, String> {
+    let r = region::get().ok_or("no shared region")?;
+    let mut c = Census {
+        owned: [[0; mk_shared::MAX_INSTANCES]; 3],
+        in_transit: 0,
+    };
+    for (res, owner) in r.resources() {
+        let kind = match res {
+            Resource::Cpu(_) => 0,
+            Resource::Irq(_) => 1,
+            Resource::Memory(_) => 2,
+        };
+        match owner.map_err(|e| format!("{res:?}: {e:?}"))? {
+            Owner::Owned(o) => c.owned[kind][o] += 1,
+            Owner::InTransit { .. } => c.in_transit += 1,
+            Owner::Free => {}
+        }
+    }
+    Ok(c)
+}
+
+/// Memory (bytes) instance `k` has in its frame allocator, asked with QUERY.
+fn memory_of(k: usize) -> Result<u64, String> {
+    let reply = messaging::call(
+        k,
+        Kind::Query,
+        Payload::Query(QueryPayload {
+            what: QueryWhat::MEMORY,
+        }),
+        5000,
+    )
+    .map_err(|e| format!("query to instance {k}: {e:?}"))?;
+    match reply.payload {
+        Payload::QueryReply(q) => Ok(q.memory_bytes),
+        other => Err(format!("query reply {other:?}")),
+    }
+}
+
+/// `storm=N` (plan 1,2,1,1): N random moves among the instances: instance 1's second CPU
+/// from wherever it is to any other instance, a random 2 MiB chunk of one instance's memory to
+/// another (refusals for memory in use are part of the game), and idle IRQ lines from their
+/// owner to another instance. Afterwards nothing is in transit, every kind of resource has as
+/// many owned items as before, the CPU runs where the table says, and each instance's frame
+/// allocator grew or shrank by exactly the memory chunks the table says it gained or lost.
+pub(super) fn storm(arg: &str) -> Outcome {
+    use crate::services::{cpu, irq, memory};
+    const LINES: [u32; 4] = [5, 9, 10, 11];
+    let n: u64 = arg.parse().map_err(|_| format!("bad count '{arg}'"))?;
+    let plan = plan()?;
+    let count = plan.partition_count();
+    let floating = plan.partition(1).ok_or("no instance 1")?.cpus[1];
+    let chunk = mk_shared::MEM_CHUNK_SIZE;
+    let tops: Vec<u64> = plan
+        .partitions()
+        .map(|p| p.memory.iter().map(|m| m.end()).max().unwrap_or(0))
+        .collect();
+    let r = region::get().ok_or("no shared region")?;
+    let before = census()?;
+    let mem_before: Vec<u64> = (1..count).map(memory_of).collect::<Result<_, _>>()?;
+    let chunks_before: Vec<u64> = (0..count).map(|k| before.owned[2][k]).collect();
+    let seed = tsc::read() | 1;
+    let mut rng = Rng(seed);
+    let mut moved = [0u64; 3];
+    let mut refused = [0u64; 3];
+    let owner_of = |res: Resource| match r.owner(res) {
+        Ok(Owner::Owned(o)) => Ok(o),
+        other => Err(format!("{res:?} is {other:?}")),
+    };
+    for i in 0..n {
+        match rng.below(3) {
+            0 => {
+                let from = owner_of(Resource::Cpu(floating))?;
+                let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
+                cpu::move_cpu(floating, from, to)
+                    .map_err(|e| format!("move {i}: CPU {floating} {from} -> {to}: {e:?}"))?;
+                moved[0] += 1;
+            }
+            1 => {
+                let from = 1 + rng.below(count as u64 - 1) as usize;
+                let mine: Vec<u64> = (0..tops.iter().copied().max().unwrap_or(0))
+                    .step_by(chunk as usize)
+                    .filter(|&a| r.owner(Resource::memory_at(a)) == Ok(Owner::Owned(from)))
+                    .collect();
+                // A receiver whose frame bitmap covers the chunk (its memory reaches above it).
+                let Some(&start) = mine.get(rng.below(mine.len() as u64) as usize) else {
+                    continue;
+                };
+                let takers: Vec<usize> = (1..count)
+                    .filter(|&t| t != from && tops[t] > start + chunk)
+                    .collect();
+                let Some(&to) = takers.get(rng.below(takers.len() as u64) as usize) else {
+                    continue;
+                };
+                match memory::move_memory(start, chunk, from, to) {
+                    Ok(()) => moved[1] += 1,
+                    Err(memory::MoveError::Refused(Status::Busy)) => refused[1] += 1,
+                    Err(e) => {
+                        return Err(format!("move {i}: memory {start:#x} {from} -> {to}: {e:?}"));
+                    }
+                }
+            }
+            _ => {
+                let line = LINES[rng.below(LINES.len() as u64) as usize];
+                let from = owner_of(Resource::Irq(line))?;
+                let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
+                let result = if from == 0 {
+                    irq::balance(line as usize, to).map_or_else(|s| u64::from(s.code()) + 1, |()| 0)
+                } else {
+                    let jobs =
+                        start_job(from, job::BALANCE_LINE, u64::from(line) | (to as u64) << 32)?;
+                    wait_job(from, jobs, 10_000)?.job_result
+                };
+                ensure(result == 0, || {
+                    format!(
+                        "move {i}: IRQ line {line} {from} -> {to}: status code {}",
+                        result - 1
+                    )
+                })?;
+                moved[2] += 1;
+            }
+        }
+    }
+    let after = census()?;
+    ensure(after.in_transit == 0, || {
+        format!("{} resources left in transit", after.in_transit)
+    })?;
+    for (kind, name) in ["CPUs", "IRQ lines", "memory chunks"].iter().enumerate() {
+        let (b, a): (u64, u64) = (
+            before.owned[kind].iter().sum(),
+            after.owned[kind].iter().sum(),
+        );
+        ensure(a == b, || format!("{name}: {b} owned before, {a} after"))?;
+    }
+    let cpu_owner = owner_of(Resource::Cpu(floating))?;
+    let runs = if cpu_owner == 0 {
+        crate::instances::smp::slot_of(floating).is_some()
+    } else {
+        ticks_in(cpu_owner, floating).is_ok()
+    };
+    ensure(runs, || {
+        format!("CPU {floating} is instance {cpu_owner}'s but does not run there")
+    })?;
+    for k in 1..count {
+        let gained = after.owned[2][k] as i64 - chunks_before[k] as i64;
+        let grew = memory_of(k)? as i64 - mem_before[k - 1] as i64;
+        ensure(grew == gained * chunk as i64, || {
+            format!("instance {k}: allocator changed by {grew} bytes, the table by {gained} chunks")
+        })?;
+    }
+    println!(
+        "storm (seed {seed:#x}): {n} moves: {} CPU, {} memory ({} refused: in use), {} IRQ; nothing in transit, every count and every allocator adds up",
+        moved[0], moved[1], refused[1], moved[2]
     );
     Ok(())
 }

@@ -134,12 +134,13 @@ fn shut_down() -> ! {
     // machine, and instance 0 must not take this instance for dead in the middle of it.
     // Further CPUs first: they park from their idle loop at their next timer tick.
     let others = smp::ONLINE.load(Ordering::SeqCst).saturating_sub(1);
+    let parked_before = smp::PARKED.load(Ordering::SeqCst);
     smp::PARK.store(true, Ordering::SeqCst);
     let deadline = tsc::read() + 1000 * tsc::ticks_per_ms();
-    while smp::PARKED.load(Ordering::SeqCst) < others && tsc::read() < deadline {
+    while smp::PARKED.load(Ordering::SeqCst) - parked_before < others && tsc::read() < deadline {
         core::hint::spin_loop();
     }
-    let parked = smp::PARKED.load(Ordering::SeqCst);
+    let parked = smp::PARKED.load(Ordering::SeqCst) - parked_before;
     let mut handed = 0;
     if let Some(r) = region::get() {
         for res in own_resources(r, me) {
