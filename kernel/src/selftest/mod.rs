@@ -446,6 +446,10 @@ mod job {
     /// Balance IRQ line `arg & 0xFFFF_FFFF` to instance `arg >> 32` (this instance owns it);
     /// result: 0 on success, else the refusal's status code + 1.
     pub const BALANCE_LINE: u64 = 7;
+    /// Start handing the 2 MiB memory chunk at `arg & 0xFFFF_FFFF_FFFF` to instance
+    /// `arg >> 48` in the ownership table, and go no further (a hand-off cut short by a
+    /// crash); result: the transfer's generation + 1, or 0 if refused.
+    pub const HANDOFF_BEGIN: u64 = 8;
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -587,6 +591,12 @@ fn run_job() {
         job::STREAM_AMONG => bench::stream_among(arg),
         job::FILL_CHECK => services::fill_check(arg),
         job::PROBE_FAULT => services::probe_fault(arg),
+        job::HANDOFF_BEGIN => crate::instances::region::get().map_or(0, |r| {
+            let chunk = mk_shared::Resource::memory_at(arg & 0xFFFF_FFFF_FFFF);
+            let me = crate::instance::id() as usize;
+            r.begin_transfer(chunk, me, (arg >> 48) as usize)
+                .map_or(0, |g| u64::from(g) + 1)
+        }),
         job::BALANCE_LINE => {
             match crate::services::irq::balance((arg & 0xFFFF_FFFF) as usize, (arg >> 32) as usize)
             {

@@ -215,16 +215,54 @@ fn survivors_talk() -> Outcome {
     Ok(())
 }
 
-/// `crash=K`: instance K panics on purpose; instance 0 declares it dead within
+/// `crash=K`: instance 0 starts handing a memory chunk to K and K starts handing one of its
+/// own to a third instance; then K panics on purpose; instance 0 declares it dead within
 /// `DEAD_AFTER_BEATS + 1` heartbeat periods of its last sign of life (plus 2 s for instance
-/// 0's own polling and the crash message's travel), takes everything it held back, and the
-/// other instances go on exchanging messages. Sending to K is then refused.
+/// 0's own polling and the crash message's travel), takes everything it held back, both
+/// hand-offs end with exactly one owner (rolled back), and the other instances go on
+/// exchanging messages. Sending to K is then refused.
 pub(super) fn crash(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
     ensure(state(k)? == InstanceState::Running, || {
         format!("instance {k} is not running")
     })?;
     let held = held_by(k)?;
+    let r = region::get().ok_or("no shared region")?;
+    // Two hand-offs cut short by the crash: instance 0 starts giving K a memory chunk (K never
+    // takes it), and K starts giving one of its chunks to another instance (and never finishes).
+    let chunk_size = mk_shared::MEM_CHUNK_SIZE;
+    let top0 = plan()?
+        .partition(0)
+        .ok_or("no instance 0")?
+        .memory
+        .iter()
+        .map(|m| m.end())
+        .max()
+        .unwrap_or(0);
+    let incoming = Resource::memory_at((top0 & !(chunk_size - 1)) - chunk_size);
+    let g_in = r
+        .begin_transfer(incoming, 0, k)
+        .map_err(|e| format!("starting a hand-off to {k}: {e:?}"))?;
+    let Some(&Resource::Memory(out_chunk)) = held
+        .iter()
+        .rev()
+        .find(|res| matches!(res, Resource::Memory(_)))
+    else {
+        return Err(format!("instance {k} holds no memory chunk"));
+    };
+    let outgoing = Resource::Memory(out_chunk);
+    let third = super::others()
+        .find(|&x| x != k)
+        .ok_or("no third instance")?;
+    let jobs = start_job(
+        k,
+        job::HANDOFF_BEGIN,
+        (u64::from(out_chunk) * chunk_size) | (third as u64) << 48,
+    )?;
+    let g_out = wait_job(k, jobs, 10_000)?.job_result;
+    ensure(g_out != 0, || {
+        format!("instance {k} could not start its hand-off")
+    })?;
     let crash = Message::request(0, Kind::User(user::CRASH), 1, super::user_payload(&[]));
     messaging::send(k, &crash).map_err(|e| format!("crash request: {e:?}"))?;
     let sent = tsc::read();
@@ -250,6 +288,22 @@ pub(super) fn crash(arg: &str) -> Outcome {
         )
     })?;
     check_taken_back(k, &held)?;
+    // Both cut-short hand-offs ended with exactly one owner, and cannot complete late.
+    ensure(r.owner(incoming) == Ok(Owner::Owned(0)), || {
+        format!(
+            "{incoming:?} (was being given to {k}): {:?}",
+            r.owner(incoming)
+        )
+    })?;
+    ensure(
+        r.complete_transfer(incoming, k, g_in).is_err()
+            && r.complete_transfer(outgoing, third, (g_out - 1) as u32)
+                .is_err(),
+        || String::from("a cut-short hand-off could still complete"),
+    )?;
+    println!(
+        "crash: the hand-offs cut short ({incoming:?} to {k}, {outgoing:?} from {k} to {third}) rolled back; each has one owner"
+    );
     let ping = Payload::Ping(mk_wire::PingPayload {
         nonce: 1,
         sent_at: 0,
