@@ -181,57 +181,24 @@ pub fn start_all(
     } else {
         Vec::new()
     };
-    let kernel_elf = &kernel_file[..];
+    let ioapics: Vec<(u64, u32)> = platform
+        .io_apics
+        .iter()
+        .map(|c| (u64::from(c.address), c.gsi_base))
+        .collect();
+    let how = LAUNCH.call_once(|| Launcher {
+        kernel_file,
+        trampolines: pages.clone(),
+        shared,
+        count,
+        ioapics,
+        rtc_gsi: platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0,
+        tests: tests.map(String::from),
+    });
     for p in plan.partitions().skip(1) {
-        let started = tsc::read();
-        let mut desc = BootDescriptor::empty();
-        desc.instance_id = p.index as u32;
-        desc.instance_count = count as u32;
-        desc.cpu_count = p.cpus.len().min(desc.apic_ids.len()) as u32;
-        desc.apic_ids[..desc.cpu_count as usize]
-            .copy_from_slice(&p.cpus[..desc.cpu_count as usize]);
-        desc.x2apic = u32::from(apic::cpu_has_x2apic());
-        desc.trampoline_page = pages[p.index];
-        desc.shared_phys = shared.start;
-        desc.shared_len = shared.len;
-        desc.tsc_per_ms = tsc::ticks_per_ms();
-        desc.lapic_hz_div16 = apic::timer_hz_div16();
-        desc.start_tsc = started;
-        for (i, chip) in platform
-            .io_apics
-            .iter()
-            .take(super::descriptor::MAX_IOAPICS)
-            .enumerate()
-        {
-            desc.ioapic_phys[i] = u64::from(chip.address);
-            desc.ioapic_gsi_base[i] = chip.gsi_base;
-            desc.ioapic_count = i as u32 + 1;
-        }
-        desc.rtc_gsi = platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0;
-        if let Some(t) = tests {
-            let n = t.len().min(desc.tests.len());
-            desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
-            desc.tests_len = n as u32;
-        }
-        region::set_booting(p.index, started);
-        let result =
-            launch::prepare(p.memory, shared, kernel_elf, pages[p.index], &desc).and_then(|l| {
-                let params = Params {
-                    cr3: l.cr3,
-                    stack: l.stack_top,
-                    entry: l.entry,
-                    arg: l.boot_info,
-                    started: 0,
-                    _pad: 0,
-                };
-                smp::start_cpu(p.cpus[0], pages[p.index], params)
-            });
-        match result.and_then(|()| region::wait_running(p.index, 5000)) {
-            Ok(()) => {}
-            Err(e) => {
-                error!("instance {} did not start: {e}", p.index);
-                region::set_dead(p.index);
-            }
+        if let Err(e) = how.launch(p.index, p.memory, p.cpus) {
+            error!("instance {} did not start: {e}", p.index);
+            region::set_dead(p.index);
         }
     }
     BOOT_TSC.call_once(|| (boot_tsc, tsc::read()));
@@ -244,6 +211,71 @@ pub fn start_all(
         }
     }
     print_table(plan);
+}
+
+/// What instance 0 needs to (re)start an instance: kept from boot for respawns.
+pub struct Launcher {
+    /// The pristine kernel file (see `pristine`).
+    kernel_file: Vec<u8>,
+    /// Trampoline page of each instance, below 1 MiB.
+    trampolines: Vec<u64>,
+    shared: MemRange,
+    count: usize,
+    ioapics: Vec<(u64, u32)>,
+    rtc_gsi: u32,
+    tests: Option<String>,
+}
+
+pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
+
+impl Launcher {
+    /// Builds instance `id` from a fresh copy of the kernel in `memory` (reachable through
+    /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
+    pub fn launch(&self, id: usize, memory: &[MemRange], cpus: &[u32]) -> Result<(), &'static str> {
+        let page = *self.trampolines.get(id).ok_or("no trampoline page")?;
+        let first = *cpus.first().ok_or("no CPU")?;
+        let started = tsc::read();
+        let mut desc = BootDescriptor::empty();
+        desc.instance_id = id as u32;
+        desc.instance_count = self.count as u32;
+        desc.cpu_count = cpus.len().min(desc.apic_ids.len()) as u32;
+        desc.apic_ids[..desc.cpu_count as usize].copy_from_slice(&cpus[..desc.cpu_count as usize]);
+        desc.x2apic = u32::from(apic::cpu_has_x2apic());
+        desc.trampoline_page = page;
+        desc.shared_phys = self.shared.start;
+        desc.shared_len = self.shared.len;
+        desc.tsc_per_ms = tsc::ticks_per_ms();
+        desc.lapic_hz_div16 = apic::timer_hz_div16();
+        desc.start_tsc = started;
+        for (i, &(phys, gsi_base)) in self
+            .ioapics
+            .iter()
+            .take(super::descriptor::MAX_IOAPICS)
+            .enumerate()
+        {
+            desc.ioapic_phys[i] = phys;
+            desc.ioapic_gsi_base[i] = gsi_base;
+            desc.ioapic_count = i as u32 + 1;
+        }
+        desc.rtc_gsi = self.rtc_gsi;
+        if let Some(t) = &self.tests {
+            let n = t.len().min(desc.tests.len());
+            desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
+            desc.tests_len = n as u32;
+        }
+        region::set_booting(id, started);
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)?;
+        let params = Params {
+            cr3: l.cr3,
+            stack: l.stack_top,
+            entry: l.entry,
+            arg: l.boot_info,
+            started: 0,
+            _pad: 0,
+        };
+        smp::start_cpu(first, page, params)?;
+        region::wait_running(id, 5000)
+    }
 }
 
 fn give_away(r: MemRange) {

@@ -272,6 +272,7 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
     // The deadline is taken only once the mailbox turns out to be full: the fast path reads no
     // clock (RDTSC may exit to the hypervisor).
     let mut deadline = None;
+    let mut reattached = false;
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
@@ -300,6 +301,12 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
                 }
                 return Err(SendError::Busy);
             }
+            // The peer was started again and its channels reset: this end belongs to the old
+            // incarnation. Claim the new one (once) and go on.
+            Err(mk_mailbox::Error::Reset | mk_mailbox::Error::Dead) if !reattached => {
+                reattached = true;
+                reattach_sender(to)?;
+            }
             Err(e) => return Err(SendError::Mailbox(e)),
         }
     };
@@ -312,6 +319,19 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
     } else if let Some(t) = t {
         t.record_ipi_suppressed();
     }
+    Ok(())
+}
+
+/// Drops this instance's sending end towards `to` and claims the channel's current one.
+fn reattach_sender(to: usize) -> Result<(), SendError> {
+    let me = crate::instance::id() as usize;
+    let matrix = MATRIX.get().ok_or(SendError::NotReady)?;
+    let senders = SENDERS.get().ok_or(SendError::NotReady)?;
+    let mut senders = senders.lock();
+    let slot = senders.get_mut(to).ok_or(SendError::NoSuchInstance(to))?;
+    // Release the old claim before taking the new one.
+    *slot = None;
+    *slot = Some(matrix.sender_end(me, to).map_err(SendError::Mailbox)?);
     Ok(())
 }
 
@@ -393,7 +413,13 @@ fn poll_locked(
     let mut taken = 0;
     {
         let mut receivers = receivers.lock();
+        let me = crate::instance::id() as usize;
         for (peer, slot) in receivers.iter_mut().enumerate() {
+            if slot.is_none() && peer != me {
+                // A peer whose channels were marked dead may have been started again (reset
+                // channels): take the new receiving end. Fails quietly while still dead.
+                *slot = MATRIX.get().and_then(|m| m.receiver_end(peer, me).ok());
+            }
             let Some(r) = slot else { continue };
             let result = r.drain(|slot| {
                 match d.dispatch(peer as u16, slot) {
@@ -419,8 +445,12 @@ fn poll_locked(
                 Ok(n) => taken += n,
                 Err(mk_mailbox::Error::Dead) => {
                     // The peer stopped or died (instance 0 marked its channels dead): nothing
-                    // more will come; stop draining this mailbox.
+                    // more will come until it is started again.
                     crate::info!("mailbox from instance {peer} is dead; no longer drained");
+                    *slot = None;
+                }
+                Err(mk_mailbox::Error::Reset) => {
+                    // Started again: the next drain takes the new incarnation's end.
                     *slot = None;
                 }
                 Err(e) => crate::warn!("mailbox from instance {peer}: {e:?}"),

@@ -73,6 +73,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "heartbeats" => services::heartbeats(),
             "crash" => services::crash(arg),
             "shutdown" => services::shutdown(arg),
+            "respawn" => services::respawn(arg),
             "cpu_hotplug" => services::cpu_hotplug(),
             "mem_hotplug" => services::mem_hotplug(),
             "irq_forwarding" => services::irq_forwarding(arg),

@@ -266,6 +266,11 @@ pub(super) fn crash(arg: &str) -> Outcome {
     let crash = Message::request(0, Kind::User(user::CRASH), 1, super::user_payload(&[]));
     messaging::send(k, &crash).map_err(|e| format!("crash request: {e:?}"))?;
     let sent = tsc::read();
+    // Messages queued behind the crash request: K never takes them. A respawned K must not
+    // get them either (`respawn`).
+    for _ in 0..3 {
+        let _ = messaging::try_send(k, &super::sequenced_message(k));
+    }
     let bound = heartbeat::dead_after_tsc() * (heartbeat::DEAD_AFTER_BEATS + 1)
         / heartbeat::DEAD_AFTER_BEATS
         + 2000 * tsc::ticks_per_ms();
@@ -954,5 +959,44 @@ pub(super) fn storm(arg: &str) -> Outcome {
         "storm (seed {seed:#x}): {n} moves: {} CPU, {} memory ({} refused: in use), {} IRQ; nothing in transit, every count and every allocator adds up",
         moved[0], moved[1], refused[1], moved[2]
     );
+    Ok(())
+}
+
+/// `respawn=K` (after `crash=K` or `shutdown=K`): instance 0 starts K again from a fresh copy of
+/// the kernel on the resources it holds back; K runs, owns its CPUs again, answers pings and
+/// pings every running instance; the messages queued for the old K (by `crash`) are not
+/// delivered to the new one: it sees exactly the sequenced messages sent after the respawn, in
+/// order from 0.
+pub(super) fn respawn(arg: &str) -> Outcome {
+    let k = parse_instance(arg)?;
+    crate::services::lifecycle::respawn(k).map_err(|e| format!("respawning {k}: {e}"))?;
+    ensure(state(k)? == InstanceState::Running, || {
+        format!("instance {k} is {:?}", state(k))
+    })?;
+    let r = region::get().ok_or("no shared region")?;
+    let cpus = r
+        .instance(k)
+        .and_then(|i| i.resources())
+        .map(|res| res.cpus().to_vec())
+        .map_err(|e| format!("{e:?}"))?;
+    for &c in &cpus {
+        ensure(r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(k)), || {
+            format!("CPU {c}: {:?}", r.owner(Resource::Cpu(c)))
+        })?;
+    }
+    super::SEQ_SEND[k].store(0, Ordering::SeqCst);
+    for _ in 0..3 {
+        messaging::send(k, &super::sequenced_message(k))
+            .map_err(|e| format!("sending to the new instance {k}: {e:?}"))?;
+    }
+    let s = super::peer_stats(k)?;
+    ensure(s.in_order == 3 && s.bad == 0, || {
+        format!(
+            "the new instance {k} saw {} in order and {} bad (stale messages delivered?)",
+            s.in_order, s.bad
+        )
+    })?;
+    survivors_talk()?;
+    println!("respawn: instance {k} runs again on CPUs {cpus:?}; no stale message reached it");
     Ok(())
 }

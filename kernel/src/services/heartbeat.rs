@@ -137,3 +137,10 @@ pub fn watch() {
         }
     }
 }
+
+/// Instance 0: forgets instance `k`'s last sign of life (before it is started again).
+pub fn forget(k: usize) {
+    if k < MAX {
+        LAST_SIGN[k].store(0, Ordering::Relaxed);
+    }
+}

@@ -159,3 +159,116 @@ fn shut_down() -> ! {
     );
     smp::park_this_cpu()
 }
+
+/// Instance 0: starts instance `k` again (it is stopped or dead, and its resources are back)
+/// with a fresh copy of the kernel image, on the resources of its partition that instance 0
+/// holds: its CPUs that are instance 0's (parked first if instance 0 runs them), its memory
+/// minus any 2 MiB chunk someone else holds now. Its mailboxes are reset first (new
+/// generation: nothing sent to the old incarnation is delivered to the new one; every peer
+/// re-attaches on its next use).
+pub fn respawn(k: usize) -> Result<(), &'static str> {
+    let r = region::get().ok_or("no shared region")?;
+    let inst = r.instance(k).map_err(|_| "no such instance")?;
+    match inst.state() {
+        Ok(InstanceState::Dead | InstanceState::Stopped) => {}
+        _ => return Err("the instance is neither stopped nor dead"),
+    }
+    if !COLLECTED.get(k).is_some_and(|c| c.load(Ordering::SeqCst)) {
+        return Err("its resources are not back with instance 0 yet");
+    }
+    let plan = crate::instances::start::PLAN.get().ok_or("no plan")?;
+    let p = plan.partition(k).ok_or("no such partition")?;
+    let mut cpus = alloc::vec::Vec::new();
+    for &c in p.cpus {
+        if r.owner(Resource::Cpu(c)) != Ok(Owner::Owned(0)) {
+            continue;
+        }
+        if smp::slot_of(c).is_some() {
+            smp::park_cpu(c, 1000)?;
+        }
+        cpus.push(c);
+    }
+    if cpus.is_empty() {
+        return Err("none of its CPUs is with instance 0");
+    }
+    let memory = usable_part(r, p.memory);
+    if memory.is_empty() {
+        return Err("none of its memory is with instance 0");
+    }
+    // Give the resources to k (it is not running: a plain claim from instance 0).
+    for &c in &cpus {
+        r.claim(Resource::Cpu(c), k, Some(0))
+            .map_err(|_| "claiming a CPU for it")?;
+    }
+    for m in &memory {
+        for chunk in whole_chunks(m.start, m.end()) {
+            let _ = r.claim(chunk, k, Some(0));
+        }
+    }
+    if let Ok(m) = r.mailbox() {
+        m.reset_instance(k).map_err(|_| "resetting its mailboxes")?;
+    }
+    COLLECTED[k].store(false, Ordering::SeqCst);
+    DECLARED_DEAD_AT[k].store(0, Ordering::SeqCst);
+    super::heartbeat::forget(k);
+    inst.set_state(InstanceState::Empty)
+        .map_err(|_| "resetting its state")?;
+    // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
+    for m in &memory {
+        crate::memory::paging::map_phys(m.start, m.end())?;
+    }
+    let launcher = crate::instances::start::LAUNCH
+        .get()
+        .ok_or("nothing to launch with")?;
+    let result = launcher.launch(k, &memory, &cpus);
+    for m in &memory {
+        let _ = crate::memory::paging::unmap_phys(m.start, m.end());
+    }
+    if result.is_err() {
+        let _ = inst.set_state(InstanceState::Dead);
+    } else {
+        info!(
+            "instance {k} respawned on CPUs {cpus:?}, {} MiB",
+            memory.iter().map(|m| m.len).sum::<u64>() >> 20
+        );
+    }
+    result
+}
+
+/// The 2 MiB chunks lying wholly inside `[start, end)`.
+fn whole_chunks(start: u64, end: u64) -> impl Iterator<Item = Resource> {
+    let size = mk_shared::MEM_CHUNK_SIZE;
+    (start.next_multiple_of(size)..end & !(size - 1))
+        .step_by(size as usize)
+        .map(Resource::memory_at)
+}
+
+/// `ranges` less every whole 2 MiB chunk that instance 0 does not hold. (Partial chunks at a
+/// range's edges are in no ownership word: moves are by whole chunks, so they never left.)
+fn usable_part(
+    r: &mk_shared::SharedRegion<'_>,
+    ranges: &[mk_plan::MemRange],
+) -> alloc::vec::Vec<mk_plan::MemRange> {
+    let size = mk_shared::MEM_CHUNK_SIZE;
+    let mut out = alloc::vec::Vec::new();
+    for m in ranges {
+        let (s, e) = (m.start, m.end());
+        let mut run: Option<u64> = None;
+        let mut a = s;
+        while a < e {
+            let c = a & !(size - 1);
+            let next = (c + size).min(e);
+            let whole = c >= s && c + size <= e;
+            if !whole || r.owner(Resource::memory_at(c)) == Ok(Owner::Owned(0)) {
+                run.get_or_insert(a);
+            } else if let Some(rs) = run.take() {
+                out.push(mk_plan::MemRange::new(rs, a - rs));
+            }
+            a = next;
+        }
+        if let Some(rs) = run {
+            out.push(mk_plan::MemRange::new(rs, e - rs));
+        }
+    }
+    out
+}
