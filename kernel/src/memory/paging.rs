@@ -137,7 +137,7 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
     with(|m| {
         let mut pa = start;
         while pa < end {
-            if pa % Size2MiB::SIZE == 0 && end - pa >= Size2MiB::SIZE {
+            if pa.is_multiple_of(Size2MiB::SIZE) && end - pa >= Size2MiB::SIZE {
                 let page: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + pa));
                 let frame: PhysFrame<Size2MiB> = PhysFrame::containing_address(PhysAddr::new(pa));
                 // SAFETY: the range was just handed to this instance (nothing here refers to

@@ -48,7 +48,7 @@ fn payload(start: u64, len: u64, phase: HandoffPhase) -> Payload {
 
 /// The chunks of `[start, start + len)`, if it is a non-empty, 2 MiB aligned range.
 fn chunks(start: u64, len: u64) -> Result<impl Iterator<Item = Resource>, Status> {
-    if len == 0 || start % MEM_CHUNK_SIZE != 0 || len % MEM_CHUNK_SIZE != 0 {
+    if len == 0 || !start.is_multiple_of(MEM_CHUNK_SIZE) || !len.is_multiple_of(MEM_CHUNK_SIZE) {
         return Err(Status::InvalidArgument);
     }
     let end = start.checked_add(len).ok_or(Status::InvalidArgument)?;
