@@ -170,8 +170,12 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         image: image.to_path_buf(),
     };
     let mut cmd = qemu::command(&machine, &["test.args"])?;
+    // COM1: the kernel's console, to the log. COM2: nothing attached; the `serial_irq` case
+    // runs it in loopback as an interrupting device.
     cmd.arg("-serial")
         .arg(format!("file:{}", log_path.display()))
+        .arg("-serial")
+        .arg("null")
         .arg("-fw_cfg")
         .arg(qemu::fw_cfg_string(
             "opt/multikernel/tests",

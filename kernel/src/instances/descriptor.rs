@@ -31,6 +31,8 @@ pub struct BootDescriptor {
     /// it owns; and the GSI of the RTC (ISA IRQ 8), whose interrupts need acknowledging.
     pub ioapic_count: u32,
     pub rtc_gsi: u32,
+    /// The GSI of COM2 (ISA IRQ 3), whose receive interrupts need the bytes taken.
+    pub com2_gsi: u32,
     pub ioapic_phys: [u64; MAX_IOAPICS],
     pub ioapic_gsi_base: [u32; MAX_IOAPICS],
     /// Test cases for this instance (qemu-tests builds), space-separated.
@@ -55,6 +57,7 @@ impl BootDescriptor {
             start_tsc: 0,
             ioapic_count: 0,
             rtc_gsi: u32::MAX,
+            com2_gsi: u32::MAX,
             ioapic_phys: [0; MAX_IOAPICS],
             ioapic_gsi_base: [0; MAX_IOAPICS],
             tests_len: 0,

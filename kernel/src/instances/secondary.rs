@@ -38,6 +38,7 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
 
     attach_ioapics(desc);
     crate::services::irq::set_rtc_gsi(desc.rtc_gsi);
+    crate::services::irq::set_com2_gsi(desc.com2_gsi);
     smp::TRAMPOLINE.store(desc.trampoline_page, Ordering::SeqCst);
     smp::start_further_cpus(desc.cpus(), desc.trampoline_page);
     let (free, owned) = memory::frames::counts();

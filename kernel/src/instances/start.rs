@@ -143,6 +143,7 @@ pub fn start_all(
     }
     let me = plan.partition(0).expect("partition 0 exists");
     crate::services::irq::set_rtc_gsi(platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0);
+    crate::services::irq::set_com2_gsi(platform.isa_irq_to_gsi(crate::platform::com2::ISA_IRQ).0);
     if count > 1 {
         if let Err(e) = crate::messaging::init(0) {
             error!("messaging: {e}");
@@ -193,6 +194,7 @@ pub fn start_all(
         count,
         ioapics,
         rtc_gsi: platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0,
+        com2_gsi: platform.isa_irq_to_gsi(crate::platform::com2::ISA_IRQ).0,
         tests: tests.map(String::from),
     });
     for p in plan.partitions().skip(1) {
@@ -223,6 +225,7 @@ pub struct Launcher {
     count: usize,
     ioapics: Vec<(u64, u32)>,
     rtc_gsi: u32,
+    com2_gsi: u32,
     tests: Option<String>,
 }
 
@@ -258,6 +261,7 @@ impl Launcher {
             desc.ioapic_count = i as u32 + 1;
         }
         desc.rtc_gsi = self.rtc_gsi;
+        desc.com2_gsi = self.com2_gsi;
         if let Some(t) = &self.tests {
             let n = t.len().min(desc.tests.len());
             desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);

@@ -77,6 +77,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "cpu_hotplug" => services::cpu_hotplug(),
             "mem_hotplug" => services::mem_hotplug(),
             "irq_forwarding" => services::irq_forwarding(arg),
+            "serial_irq" => services::serial_irq(arg),
             "storm" => services::storm(arg),
             "doorbell_always" => {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
@@ -425,7 +426,8 @@ mod user {
     /// (error `NoSuchResource` if it is not one of this instance's CPUs).
     pub const CPU_TICKS: u16 = 8;
     /// Call: payload = an IRQ line; reply = the interrupts of that line this instance took
-    /// directly, and the IRQ_FORWARD deliveries of it it received (2 x u64).
+    /// directly, the IRQ_FORWARD deliveries of it it received, and the bytes (and their sum)
+    /// it took from COM2 (4 x u64).
     pub const IRQ_STATS: u16 = 9;
 }
 
@@ -741,6 +743,8 @@ fn register_test_handlers() {
         Some(Reply::ok(words_payload(&[
             direct.load(Ordering::Relaxed),
             forwarded.load(Ordering::Relaxed),
+            crate::platform::com2::RECEIVED.load(Ordering::Relaxed),
+            crate::platform::com2::RECEIVED_SUM.load(Ordering::Relaxed),
         ])))
     }
     let _ = d.registry().register(

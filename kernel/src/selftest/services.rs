@@ -443,7 +443,8 @@ fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
 /// then back; removing an instance's first (or only) CPU, a CPU it does not own, or a CPU that
 /// does not exist is refused, and leaves every CPU where it was.
 pub(super) fn cpu_hotplug() -> Outcome {
-    use crate::services::cpu::{MoveError, move_cpu};
+    use crate::services::MoveError;
+    use crate::services::cpu::move_cpu;
     let plan = plan()?;
     let (p1, p2) = (
         plan.partition(1).ok_or("no instance 1")?,
@@ -565,7 +566,8 @@ pub(super) fn probe_fault(pa: u64) -> u64 {
 /// afterwards faults; moving memory that is in use, a range that is not 2 MiB aligned, or a
 /// range the giver does not own is refused and changes nothing.
 pub(super) fn mem_hotplug() -> Outcome {
-    use crate::services::memory::{MoveError, move_memory};
+    use crate::services::MoveError;
+    use crate::services::memory::move_memory;
     const MIB: u64 = 1 << 20;
     let chunk = mk_shared::MEM_CHUNK_SIZE;
     let plan = plan()?;
@@ -667,9 +669,69 @@ fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
     )
     .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
     match super::payload_words(&reply.payload)[..] {
-        [direct, forwarded] => Ok((direct, forwarded)),
+        [direct, forwarded, ..] => Ok((direct, forwarded)),
         _ => Err(format!("irq stats reply {:?}", reply.status)),
     }
+}
+
+/// (bytes, their sum) instance `k` took from COM2.
+fn com2_stats(k: usize) -> Result<(u64, u64), String> {
+    let reply = super::call_patiently(k, Kind::User(user::IRQ_STATS), super::words_payload(&[0]))
+        .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
+    match super::payload_words(&reply.payload)[..] {
+        [_, _, bytes, sum] => Ok((bytes, sum)),
+        _ => Err(format!("irq stats reply {:?}", reply.status)),
+    }
+}
+
+/// `serial_irq=K`: COM2 in loopback, a device that really raises receive interrupts: its line
+/// is balanced from instance 0 to K; each of 32 bytes sent through it comes back as a receive
+/// interrupt that K takes (reading the byte acknowledges it): K got exactly those 32 bytes.
+pub(super) fn serial_irq(arg: &str) -> Outcome {
+    use crate::platform::com2;
+    use crate::services::irq;
+    let k = parse_instance(arg)?;
+    ensure(com2::present(), || {
+        String::from("no UART at COM2 (the harness passes a second -serial)")
+    })?;
+    let gsi = irq::com2_gsi();
+    com2::init_loopback();
+    irq::balance(gsi as usize, k)
+        .map_err(|s| format!("balancing COM2's line {gsi} to {k}: {s:?}"))?;
+    let (bytes0, sum0) = com2_stats(k)?;
+    let (irqs0, _) = irq_stats(k, gsi as usize)?;
+    let mut sum = 0;
+    for i in 0..32u64 {
+        let b = (i * 7 + 1) as u8;
+        sum += u64::from(b);
+        com2::send(b);
+        // One byte at a time: the UART has no FIFO in this mode, so wait until K took it.
+        let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+        while com2_stats(k)?.0 < bytes0 + i + 1 {
+            ensure(tsc::read() < deadline, || {
+                format!("instance {k} did not receive byte {i} within 2 s")
+            })?;
+        }
+    }
+    let (bytes, got_sum) = com2_stats(k)?;
+    let (irqs, _) = irq_stats(k, gsi as usize)?;
+    ensure(
+        bytes - bytes0 == 32 && got_sum - sum0 == sum && irqs > irqs0,
+        || {
+            format!(
+                "instance {k}: {} bytes (sum {}, want {sum}) in {} interrupts",
+                bytes - bytes0,
+                got_sum - sum0,
+                irqs - irqs0
+            )
+        },
+    )?;
+    irq::request_mask(k, gsi, true).map_err(|s| format!("mask: {s:?}"))?;
+    println!(
+        "serial_irq: COM2 receive line {gsi} balanced to instance {k}: 32 bytes in {} interrupts, intact",
+        irqs - irqs0
+    );
+    Ok(())
 }
 
 /// Waits (draining, up to 5 s) until `get` has grown by at least `by` from its first value.
@@ -901,7 +963,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 };
                 match memory::move_memory(start, chunk, from, to) {
                     Ok(()) => moved[1] += 1,
-                    Err(memory::MoveError::Refused(Status::Busy)) => refused[1] += 1,
+                    Err(crate::services::MoveError::Refused(Status::Busy)) => refused[1] += 1,
                     Err(e) => {
                         return Err(format!("move {i}: memory {start:#x} {from} -> {to}: {e:?}"));
                     }

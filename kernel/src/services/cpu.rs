@@ -29,6 +29,7 @@ use mk_dispatch::Reply;
 use mk_shared::{Owner, Resource};
 use mk_wire::{CpuFlags, CpuPayload, HandoffPhase, Kind, Message, Payload, Status};
 
+use super::MoveError;
 use crate::instances::{region, smp};
 use crate::messaging;
 
@@ -149,19 +150,6 @@ fn join(apic: u32) -> Result<(), Status> {
         crate::instance::id()
     );
     Ok(())
-}
-
-/// What went wrong in a move, and where the CPU is afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveError {
-    /// The giver refused (the status says why); nothing changed.
-    Refused(Status),
-    /// A call failed (no answer, not running); the resource is where `owner` says.
-    Call(messaging::CallFailure),
-    /// The receiver refused; the CPU is parked and owned by instance 0.
-    ReceiverRefused(Status),
-    /// The ownership table did not allow a step (a bug or a race with another broker).
-    Table(mk_shared::Error),
 }
 
 /// Instance 0: moves CPU `apic` from instance `from` to instance `to` (either may be 0).

@@ -34,12 +34,34 @@ static PENDING: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
 pub static FORWARDED_IN: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
 /// GSI of the RTC, whose every interrupt must be acknowledged (u32::MAX: unknown).
 static RTC_GSI: AtomicU32 = AtomicU32::new(u32::MAX);
+/// GSI of COM2, whose received bytes must be taken to acknowledge it (u32::MAX: unknown).
+static COM2_GSI: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// Most forwards of one line sent per drain; the rest wait for the next one.
 const FORWARD_BURST: u64 = 8;
 
 pub fn set_rtc_gsi(gsi: u32) {
     RTC_GSI.store(gsi, Ordering::Relaxed);
+}
+
+pub fn set_com2_gsi(gsi: u32) {
+    COM2_GSI.store(gsi, Ordering::Relaxed);
+}
+
+/// COM2's GSI (u32::MAX if unknown).
+pub fn com2_gsi() -> u32 {
+    COM2_GSI.load(Ordering::Relaxed)
+}
+
+/// Acknowledges the device behind `line`, where it needs it (an edge left unacknowledged
+/// holds the device's line forever): the RTC (register C), COM2 (take the received bytes).
+fn acknowledge_device(line: usize) {
+    let gsi = line as u32;
+    if gsi == RTC_GSI.load(Ordering::Relaxed) {
+        crate::platform::rtc::acknowledge();
+    } else if gsi == COM2_GSI.load(Ordering::Relaxed) {
+        crate::platform::com2::drain();
+    }
 }
 
 /// The RTC's GSI (u32::MAX if unknown).
@@ -66,9 +88,7 @@ fn owns(line: usize) -> Result<(), Status> {
 
 /// The line's interrupt handler in its owner (interrupts off: counts only).
 fn on_irq(line: usize) {
-    if line as u32 == RTC_GSI.load(Ordering::Relaxed) {
-        crate::platform::rtc::acknowledge();
-    }
+    acknowledge_device(line);
     if FORWARD_TO[line].load(Ordering::Relaxed) != 0 {
         PENDING[line].fetch_add(1, Ordering::Relaxed);
     }
@@ -80,10 +100,8 @@ fn take_line(line: usize) -> Result<(), Status> {
     let apic = cpu::current().apic_id;
     ioapic::route(line as u32, vectors::IRQ_BASE + line as u8, apic, false)
         .map_err(|_| Status::InternalError)?;
-    if line as u32 == RTC_GSI.load(Ordering::Relaxed) {
-        // An edge the old owner never acknowledged would hold the RTC forever.
-        crate::platform::rtc::acknowledge();
-    }
+    // An edge the old owner never acknowledged would hold the device forever.
+    acknowledge_device(line);
     Ok(())
 }
 
@@ -155,9 +173,7 @@ pub fn handle_mask(m: &Message) -> Option<Reply> {
             ioapic::mask(gsi).map_err(|_| Status::InternalError)
         } else {
             ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
-            if gsi == RTC_GSI.load(Ordering::Relaxed) {
-                crate::platform::rtc::acknowledge();
-            }
+            acknowledge_device(line);
             Ok(())
         }
     });

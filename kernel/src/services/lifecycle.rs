@@ -43,9 +43,10 @@ pub fn declare_dead(k: usize, silent: u64) {
         return;
     }
     DECLARED_DEAD_AT[k].store(tsc::read(), Ordering::SeqCst);
+    let stopped = stop_cpus_of(r, k);
     let got = take_back(k);
     warn!(
-        "instance {k} declared dead after {} ms without a sign of life; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
+        "instance {k} declared dead after {} ms without a sign of life; stopped its CPUs {stopped:?}; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
         silent / tsc::ticks_per_ms(),
         got.cpus(),
         got.irqs(),
@@ -66,6 +67,27 @@ pub fn collect_stopped(k: usize) {
         got.irqs(),
         u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20)
     );
+}
+
+/// Stops every CPU the ownership table gives to (or has in transit to or from) the dead
+/// instance `k` with an INIT IPI: a crashed instance's other CPUs would otherwise go on
+/// running its code from memory that instance 0 is about to take back (and may give to a new
+/// instance). INIT leaves a CPU waiting for a start-up IPI, which any later start sends.
+fn stop_cpus_of(r: &mk_shared::SharedRegion<'_>, k: usize) -> alloc::vec::Vec<u32> {
+    let mut stopped = alloc::vec::Vec::new();
+    for (res, owner) in r.resources().take(mk_shared::MAX_APIC_IDS) {
+        let Resource::Cpu(apic) = res else { break };
+        let involved = match owner {
+            Ok(Owner::Owned(o)) => o == k,
+            Ok(Owner::InTransit { from, to, .. }) => from == k || to == k,
+            _ => false,
+        };
+        if involved {
+            crate::arch::cpu::current().with_lapic(|l| l.send_init(apic));
+            stopped.push(apic);
+        }
+    }
+    stopped
 }
 
 fn take_back(k: usize) -> Reclaimed {

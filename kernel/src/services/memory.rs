@@ -28,6 +28,7 @@ use mk_dispatch::Reply;
 use mk_shared::{MEM_CHUNK_SIZE, Owner, Resource};
 use mk_wire::{HandoffPhase, Kind, MemPayload, MemType, Message, Payload, Status};
 
+use super::MoveError;
 use crate::instances::region;
 use crate::memory::{frames, paging};
 use crate::messaging;
@@ -194,19 +195,6 @@ fn add(start: u64, len: u64) -> Result<(), Status> {
         len >> 20
     );
     Ok(())
-}
-
-/// What went wrong in a memory move, and where the range is afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveError {
-    /// Refused before anything moved (bad range, not the owner's, in use, ...).
-    Refused(Status),
-    /// A call failed; the range is where the ownership table says.
-    Call(messaging::CallFailure),
-    /// The receiver refused: the range stays with instance 0, unmapped and unused.
-    ReceiverRefused(Status),
-    /// The ownership table did not allow a step.
-    Table(mk_shared::Error),
 }
 
 /// Instance 0: moves `[start, start + len)` from instance `from` to instance `to` (both other

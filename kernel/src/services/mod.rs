@@ -36,6 +36,21 @@ static IRQ_HANDLERS: [(Kind, HandlerFn); 4] = [
     (Kind::IrqUnmask, irq::handle_mask),
 ];
 
+/// What went wrong in a move brokered by instance 0 (a CPU or a memory range), and where the
+/// resource is afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveError {
+    /// The giver refused (the status says why); nothing changed.
+    Refused(mk_wire::Status),
+    /// A call failed (no answer, not running); the resource is where its owner word says.
+    Call(messaging::CallFailure),
+    /// The receiver refused: the resource stays with instance 0 (a CPU parked, memory
+    /// unmapped), free for a later move.
+    ReceiverRefused(mk_wire::Status),
+    /// The ownership table did not allow a step (a bug, or a race with another broker).
+    Table(mk_shared::Error),
+}
+
 /// Registers the services of instance `me` and their periodic duties.
 pub fn init(me: usize) -> Result<(), &'static str> {
     let d = messaging::dispatcher().ok_or("messaging is not up")?;

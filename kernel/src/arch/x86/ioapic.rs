@@ -37,17 +37,11 @@ pub unsafe fn add(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
         }
         u32::from(max) + 1
     };
-    let mut chips = CHIPS.lock();
-    let slot = chips
-        .iter_mut()
-        .find(|c| c.is_none())
-        .ok_or("too many IO APICs")?;
-    *slot = Some(Chip {
+    register(Chip {
         regs,
         gsi_base,
         lines,
-    });
-    Ok(lines)
+    })
 }
 
 /// Registers the IO APIC mapped at `virt` serving GSIs from `gsi_base` *as it is*: an
@@ -64,16 +58,22 @@ pub unsafe fn attach(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
         // SAFETY: as above.
         u32::from(unsafe { regs.max_table_entry() }) + 1
     };
+    register(Chip {
+        regs,
+        gsi_base,
+        lines,
+    })
+}
+
+/// Keeps `chip` in the first free slot; returns its line count.
+fn register(chip: Chip) -> Result<u32, &'static str> {
+    let lines = chip.lines;
     let mut chips = CHIPS.lock();
     let slot = chips
         .iter_mut()
         .find(|c| c.is_none())
         .ok_or("too many IO APICs")?;
-    *slot = Some(Chip {
-        regs,
-        gsi_base,
-        lines,
-    });
+    *slot = Some(chip);
     Ok(lines)
 }
 
