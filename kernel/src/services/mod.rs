@@ -29,11 +29,25 @@ use mk_wire::Kind;
 
 use crate::messaging::{self, HandlerFn};
 
-static IRQ_HANDLERS: [(Kind, HandlerFn); 4] = [
+/// Handlers every instance registers.
+static EVERY_INSTANCE: [(Kind, HandlerFn); 5] = [
+    (Kind::Query, query::handle),
     (Kind::IrqForward, irq::handle_forward),
     (Kind::IrqBalance, irq::handle_balance),
     (Kind::IrqMask, irq::handle_mask),
     (Kind::IrqUnmask, irq::handle_mask),
+];
+
+/// Handlers of instance 0 only (it watches the others).
+static INSTANCE_0: [(Kind, HandlerFn); 1] = [(Kind::Heartbeat, heartbeat::handle)];
+
+/// Handlers of every instance but 0 (instance 0 asks, brokers and takes back).
+static OTHER_INSTANCES: [(Kind, HandlerFn); 5] = [
+    (Kind::Shutdown, lifecycle::handle_shutdown),
+    (Kind::CpuRemove, cpu::handle_remove),
+    (Kind::CpuAdd, cpu::handle_add),
+    (Kind::MemRemove, memory::handle_remove),
+    (Kind::MemAdd, memory::handle_add),
 ];
 
 /// What went wrong in a move brokered by instance 0 (a CPU or a memory range), and where the
@@ -55,44 +69,14 @@ pub enum MoveError {
 pub fn init(me: usize) -> Result<(), &'static str> {
     let d = messaging::dispatcher().ok_or("messaging is not up")?;
     let reg = d.registry();
-    reg.register(HandlerKey::Kind(Kind::Query), &(query::handle as HandlerFn))
-        .map_err(|_| "registering QUERY")?;
-    for (kind, handler) in &IRQ_HANDLERS {
-        reg.register(HandlerKey::Kind(*kind), handler)
-            .map_err(|_| "registering the IRQ services")?;
-    }
-    if me == 0 {
-        reg.register(
-            HandlerKey::Kind(Kind::Heartbeat),
-            &(heartbeat::handle as HandlerFn),
-        )
-        .map_err(|_| "registering HEARTBEAT")?;
+    let own: &'static [(Kind, HandlerFn)] = if me == 0 {
+        &INSTANCE_0
     } else {
-        reg.register(
-            HandlerKey::Kind(Kind::Shutdown),
-            &(lifecycle::handle_shutdown as HandlerFn),
-        )
-        .map_err(|_| "registering SHUTDOWN")?;
-        reg.register(
-            HandlerKey::Kind(Kind::CpuRemove),
-            &(cpu::handle_remove as HandlerFn),
-        )
-        .map_err(|_| "registering CPU_REMOVE")?;
-        reg.register(
-            HandlerKey::Kind(Kind::CpuAdd),
-            &(cpu::handle_add as HandlerFn),
-        )
-        .map_err(|_| "registering CPU_ADD")?;
-        reg.register(
-            HandlerKey::Kind(Kind::MemRemove),
-            &(memory::handle_remove as HandlerFn),
-        )
-        .map_err(|_| "registering MEM_REMOVE")?;
-        reg.register(
-            HandlerKey::Kind(Kind::MemAdd),
-            &(memory::handle_add as HandlerFn),
-        )
-        .map_err(|_| "registering MEM_ADD")?;
+        &OTHER_INSTANCES
+    };
+    for (kind, handler) in EVERY_INSTANCE.iter().chain(own) {
+        reg.register(HandlerKey::Kind(*kind), handler)
+            .map_err(|_| "registering a service handler")?;
     }
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
     messaging::set_poll_hook(on_poll);
