@@ -24,6 +24,7 @@ mod platform;
 #[cfg(feature = "qemu-tests")]
 mod selftest;
 mod services;
+mod shell;
 
 use bootloader_api::config::Mapping;
 use bootloader_api::info::FrameBuffer;
@@ -176,7 +177,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     selftest::run(&platform, tests);
 
     #[cfg(not(feature = "qemu-tests"))]
-    messaging::serve_forever()
+    {
+        shell::start();
+        messaging::serve_forever()
+    }
 }
 
 /// Reports an unrecoverable error on every console and stops: test kernels end QEMU with a

@@ -41,6 +41,23 @@ pub fn write_bytes(bytes: &[u8]) {
     }
 }
 
+/// Draws `parts` on the current row, over whatever was there, and leaves the cursor at the
+/// row's start: the next write (the same row redrawn, or a log line) replaces it.
+pub fn input_line(parts: &[&[u8]]) {
+    if let Some(screen) = SCREEN.lock().as_mut() {
+        screen.clear_row();
+        for part in parts {
+            for &b in *part {
+                if screen.x + CHAR_W + MARGIN > screen.info.width {
+                    break;
+                }
+                screen.put(b as char);
+            }
+        }
+        screen.x = MARGIN;
+    }
+}
+
 pub fn force_write_bytes(bytes: &[u8]) {
     if let Some(mut guard) = SCREEN.try_lock()
         && let Some(screen) = guard.as_mut()
@@ -59,6 +76,17 @@ impl Screen {
                 _ => self.put(b as char),
             }
         }
+    }
+
+    fn clear_row(&mut self) {
+        let bpp = self.info.bytes_per_pixel;
+        for y in self.y..(self.y + CHAR_H).min(self.info.height) {
+            let row = y * self.info.stride * bpp;
+            if let Some(px) = self.buf.get_mut(row..row + self.info.width * bpp) {
+                px.fill(0);
+            }
+        }
+        self.x = MARGIN;
     }
 
     fn newline(&mut self) {

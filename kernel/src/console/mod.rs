@@ -125,6 +125,41 @@ fn write_raw_line(bytes: &[u8]) {
     });
 }
 
+/// The shell's echo on the serial terminal: raw bytes (characters, escape sequences), no
+/// newline added, under the same locks as whole lines so they never land inside one.
+pub fn shell_echo(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _guard = LINE_LOCK.lock();
+        let _shared = SHARED_LOCK
+            .load(Ordering::Acquire)
+            .then(crate::instances::region::console_lock)
+            .flatten();
+        serial::write_bytes(bytes);
+    });
+}
+
+/// The line being typed, on the framebuffer: redrawn in place on the pane's current row.
+pub fn shell_input(prompt: &str, line: &str) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _guard = LINE_LOCK.lock();
+        framebuffer::input_line(&[prompt.as_bytes(), line.as_bytes()]);
+    });
+}
+
+/// A typed line, entered: stays on the framebuffer as a line of the log.
+pub fn shell_commit(prompt: &str, line: &str) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _guard = LINE_LOCK.lock();
+        framebuffer::input_line(&[prompt.as_bytes(), line.as_bytes()]);
+        framebuffer::write_bytes(b"\n");
+    });
+}
+
+/// A byte typed on the serial terminal, if one waits.
+pub fn serial_read() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(serial::read_byte)
+}
+
 /// Last-resort output for the panic handler: takes no lock of this instance that the panicking
 /// CPU might hold. It does queue for the cross-instance console lock, with a short bound (the
 /// lock breaks a dead holder's hold after it), so that the other instances' lines, which go on,

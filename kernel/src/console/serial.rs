@@ -45,3 +45,10 @@ pub fn force_write_bytes(bytes: &[u8]) {
         port.send_bytes_exact(bytes);
     }
 }
+
+/// The next byte received on COM1, if one waits (the shell's input).
+pub fn read_byte() -> Option<u8> {
+    PORT.lock()
+        .as_mut()
+        .and_then(|port| port.inner_mut().try_receive_byte().ok())
+}

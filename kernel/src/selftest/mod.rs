@@ -69,6 +69,11 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "bench_all" => bench::bench_all(arg),
             "bench_boot" => bench::bench_boot(),
             "bench_ops" => bench::bench_ops(arg),
+            // The operator's shell, driven by the harness over COM1: it never returns.
+            "shell" => {
+                crate::shell::start();
+                crate::messaging::serve_forever()
+            }
             "query" => services::query(),
             "heartbeats" => services::heartbeats(),
             "crash" => services::crash(arg),

@@ -166,18 +166,22 @@ pub fn handle_forward(m: &Message) -> Option<Reply> {
 
 /// IRQ_MASK and IRQ_UNMASK, in the owner.
 pub fn handle_mask(m: &Message) -> Option<Reply> {
-    let result = irq_of(m).and_then(|line| {
-        owns(line)?;
-        let gsi = line as u32;
-        if m.kind == Kind::IrqMask {
-            ioapic::mask(gsi).map_err(|_| Status::InternalError)
-        } else {
-            ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
-            acknowledge_device(line);
-            Ok(())
-        }
-    });
+    let result = irq_of(m).and_then(|line| set_masked_here(line, m.kind == Kind::IrqMask));
     Some(reply(result))
+}
+
+/// Owner: masks (`mask`) or unmasks `line`, which this instance must own.
+pub fn set_masked_here(line: usize, mask: bool) -> Result<(), Status> {
+    let line = line_of(line as u32)?;
+    owns(line)?;
+    let gsi = line as u32;
+    if mask {
+        ioapic::mask(gsi).map_err(|_| Status::InternalError)
+    } else {
+        ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
+        acknowledge_device(line);
+        Ok(())
+    }
 }
 
 /// Replies to the IRQ requests carry no payload (`mk_wire::expected_payload`).

@@ -108,11 +108,20 @@ fn take_back(k: usize) -> Reclaimed {
 /// Set by the SHUTDOWN handler; acted on after the drain that sent the reply.
 static SHUTDOWN_ASKED: AtomicBool = AtomicBool::new(false);
 
+/// Set by a SHUTDOWN carrying `CRASH`: the instance panics after the drain that replied.
+static CRASH_ASKED: AtomicBool = AtomicBool::new(false);
+
 /// SHUTDOWN, in an instance other than 0. Only instance 0 (which takes the resources back)
 /// may ask; anyone else is refused.
 pub fn handle_shutdown(m: &Message) -> Option<Reply> {
     if m.sender != 0 {
         return Some(Reply::error(Status::Refused));
+    }
+    if let Payload::Shutdown(p) = m.payload
+        && p.flags.contains(mk_wire::ShutdownFlags::CRASH)
+    {
+        CRASH_ASKED.store(true, Ordering::SeqCst);
+        return Some(Reply::ok(Payload::Empty));
     }
     SHUTDOWN_ASKED.store(true, Ordering::SeqCst);
     Some(Reply::ok(Payload::Empty))
@@ -120,6 +129,9 @@ pub fn handle_shutdown(m: &Message) -> Option<Reply> {
 
 /// After a drain: carries out a requested shutdown (the reply has been sent by then).
 pub fn finish_shutdown_if_asked() {
+    if CRASH_ASKED.load(Ordering::SeqCst) {
+        panic!("deliberate crash requested by instance 0 (SHUTDOWN with CRASH)");
+    }
     if SHUTDOWN_ASKED.load(Ordering::SeqCst) {
         shut_down();
     }

@@ -72,6 +72,9 @@ bitflags::bitflags! {
         const FORCE = 0x01;
         /// Give every owned resource back to the sender before stopping.
         const RETURN_RESOURCES = 0x02;
+        /// Do not stop cleanly: panic, as a failing instance would (the operator's `crash`,
+        /// to watch failure detection and reclaiming at work).
+        const CRASH = 0x04;
     }
 }
 

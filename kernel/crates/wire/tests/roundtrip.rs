@@ -309,7 +309,7 @@ fn malformed_payloads_rejected() {
         Err(BadPayload(ShutdownReason))
     );
     assert_eq!(
-        corrupt_payload(Kind::Shutdown, 4, &le(4)),
+        corrupt_payload(Kind::Shutdown, 4, &le(8)),
         Err(BadPayload(ShutdownFlags))
     );
     assert_eq!(

@@ -1,0 +1,481 @@
+//! The shell's commands. Each checks what it can before acting (the instance exists and runs,
+//! the resource is where the command says) and reports the outcome in one or a few lines. The
+//! moves go through the same brokers the services use (`services::cpu::move_cpu`,
+//! `services::memory::move_memory`, `services::irq::balance`), which move a resource with
+//! compare-exchanges on the ownership table and roll back on any refusal: a command that fails
+//! leaves every resource with exactly one owner.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use mk_shared::{InstanceState, Owner, Resource};
+use mk_shell::{COMMANDS, Command, format_size};
+use mk_wire::{Kind, Payload, PingPayload, ShutdownFlags, ShutdownPayload, ShutdownReason, Status};
+
+use crate::arch::tsc;
+use crate::instances::region;
+use crate::messaging::{self, CallFailure, SendError};
+use crate::println;
+use crate::services::{self, MoveError, heartbeat, lifecycle};
+
+type Outcome = Result<(), String>;
+
+pub fn run(command: Command) {
+    let outcome = match command {
+        Command::Help(topic) => {
+            help(topic);
+            Ok(())
+        }
+        Command::Instances => instances(),
+        Command::Stats => stats(),
+        Command::Ping { instance, count } => ping(instance, count),
+        Command::CpuMove { apic, to } => cpu_move(apic, to),
+        Command::MemMove { bytes, from, to } => mem_move(bytes, from, to),
+        Command::IrqRoute { line, to } => irq_route(line, to),
+        Command::IrqMask { line, mask } => irq_mask(line, mask),
+        Command::Shutdown { instance } => shutdown(instance),
+        Command::Respawn { instance } => respawn(instance),
+        Command::Crash { instance } => crash(instance),
+        Command::Bench { rounds } => bench(rounds),
+    };
+    if let Err(message) = outcome {
+        println!("error: {message}");
+    }
+}
+
+fn help(topic: Option<&'static mk_shell::CommandInfo>) {
+    match topic {
+        Some(c) => {
+            println!("usage: {}", c.usage);
+            println!("  {}", c.about);
+        }
+        None => {
+            println!("commands:");
+            for c in COMMANDS {
+                println!("  {:<44} {}", c.usage, c.about);
+            }
+            println!("keys: arrows (history, cursor), Backspace, Delete, Home/End, Ctrl-C, Ctrl-U");
+        }
+    }
+}
+
+fn shared() -> Result<&'static mk_shared::SharedRegion<'static>, String> {
+    region::get().ok_or_else(|| String::from("no other instances run (single-instance boot)"))
+}
+
+fn state_of(k: usize) -> Result<InstanceState, String> {
+    let r = shared()?;
+    let inst = r.instance(k).map_err(|_| {
+        format!(
+            "no instance {k} (instances are 0..{})",
+            r.instance_count().saturating_sub(1)
+        )
+    })?;
+    inst.state()
+        .map_err(|e| format!("instance {k}'s state word is corrupt: {e:?}"))
+}
+
+/// Instance `k` exists, is not instance 0, and runs.
+fn running_peer(k: usize, what: &str) -> Outcome {
+    if k == 0 {
+        return Err(format!("instance 0 is this shell's own instance: cannot {what} it"));
+    }
+    match state_of(k)? {
+        InstanceState::Running => Ok(()),
+        s => Err(format!("instance {k} is {}, not running", state_name(s))),
+    }
+}
+
+fn state_name(s: InstanceState) -> &'static str {
+    match s {
+        InstanceState::Empty => "empty",
+        InstanceState::Booting => "booting",
+        InstanceState::Running => "running",
+        InstanceState::Stopped => "stopped",
+        InstanceState::Dead => "dead",
+    }
+}
+
+fn ms_since(t: u64) -> u64 {
+    tsc::read().saturating_sub(t) / tsc::ticks_per_ms()
+}
+
+fn instances() -> Outcome {
+    let r = shared()?;
+    println!(
+        "{:<5}{:<9}{:<18}{:>10}{:>10}{:>12}",
+        "inst", "state", "CPUs (APIC IDs)", "memory", "uptime", "last beat"
+    );
+    for k in 0..r.instance_count() {
+        let Ok(inst) = r.instance(k) else { continue };
+        let state = inst.state().map_or("corrupt", state_name);
+        let (cpus, memory) = match inst.resources() {
+            Ok(res) => (
+                res.cpus()
+                    .iter()
+                    .map(|c| format!("{c}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format_size(res.total_bytes),
+            ),
+            Err(_) => (String::from("?"), String::from("?")),
+        };
+        let running = inst.state() == Ok(InstanceState::Running);
+        let boot = if k == 0 {
+            crate::instances::start::BOOT_TSC.get().map_or(0, |b| b.0)
+        } else {
+            inst.boot_tsc()
+        };
+        let uptime = if running && boot != 0 {
+            format!("{}.{} s", ms_since(boot) / 1000, ms_since(boot) % 1000 / 100)
+        } else {
+            String::from("-")
+        };
+        let beat = match (k, heartbeat::last_sign(k)) {
+            (0, _) => String::from("(self)"),
+            (_, Some(t)) if running => format!("{} ms ago", ms_since(t)),
+            _ => String::from("-"),
+        };
+        let cpus = if cpus.is_empty() { String::from("-") } else { cpus };
+        println!("{k:<5}{state:<9}{cpus:<18}{memory:>10}{uptime:>10}{beat:>12}");
+    }
+    Ok(())
+}
+
+fn stats() -> Outcome {
+    let r = shared()?;
+    println!(
+        "{:<10}{:>10}{:>10}{:>8}{:>8}{:>10}{:>8}{:>9}",
+        "mailbox", "sent", "received", "full", "IPIs", "no-IPI", "calls", "timeouts"
+    );
+    let n = r.instance_count();
+    for from in 0..n {
+        let Some(row) = region::telemetry_row(from) else { continue };
+        for to in (0..n).filter(|&to| to != from) {
+            let Some(out) = row.get(to) else { continue };
+            let received = region::telemetry_row(to)
+                .and_then(|r| r.get(from))
+                .map_or(0, |t| t.received.load(Ordering::Relaxed));
+            let sent = out.sent.load(Ordering::Relaxed);
+            if sent == 0 && received == 0 {
+                continue;
+            }
+            println!(
+                "{:<10}{sent:>10}{received:>10}{:>8}{:>8}{:>10}{:>8}{:>9}",
+                format!("{from} -> {to}"),
+                out.busy.load(Ordering::Relaxed),
+                out.ipis_sent.load(Ordering::Relaxed),
+                out.ipis_suppressed.load(Ordering::Relaxed),
+                out.calls_completed.load(Ordering::Relaxed),
+                out.calls_timed_out.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let (handled, rejected) = messaging::counters();
+    println!("instance 0's dispatcher: {handled} handled, {rejected} rejected");
+    Ok(())
+}
+
+/// One PING call; its round trip in TSC ticks.
+fn ping_once(k: usize, nonce: u64) -> Result<u64, CallFailure> {
+    let sent_at = tsc::read();
+    let reply = messaging::call(k, Kind::Ping, Payload::Ping(PingPayload { nonce, sent_at }), 1000)?;
+    let rtt = tsc::read().saturating_sub(sent_at);
+    match reply.payload {
+        Payload::Ping(p) if p.nonce == nonce && reply.status == Status::Ok => Ok(rtt),
+        _ => Err(CallFailure::Send(SendError::Invalid)),
+    }
+}
+
+fn micros(ticks: u64) -> String {
+    let ns = mk_bench::scale(ticks, 1_000_000, tsc::ticks_per_ms());
+    format!("{}.{:03} us", ns / 1000, ns % 1000)
+}
+
+fn ping(k: usize, count: u32) -> Outcome {
+    running_peer(k, "ping")?;
+    let mut rtts = Vec::new();
+    for seq in 0..u64::from(count) {
+        match ping_once(k, seq) {
+            Ok(rtt) => {
+                println!("reply from instance {k}: seq={seq} time={}", micros(rtt));
+                rtts.push(rtt);
+            }
+            Err(e) => println!("no reply from instance {k}: seq={seq}: {}", call_failure(e)),
+        }
+    }
+    let answered = rtts.len();
+    match mk_bench::Summary::of(&mut rtts) {
+        Some(s) => println!(
+            "{count} sent, {answered} answered; min {} median {} max {}",
+            micros(s.min),
+            micros(s.median),
+            micros(s.max)
+        ),
+        None => println!("{count} sent, 0 answered"),
+    }
+    if answered == count as usize {
+        Ok(())
+    } else {
+        Err(format!("{} of {count} pings unanswered", count as usize - answered))
+    }
+}
+
+fn call_failure(e: CallFailure) -> String {
+    match e {
+        CallFailure::Timeout => String::from("no answer in time"),
+        CallFailure::Send(SendError::NotRunning(k)) => format!("instance {k} is not running"),
+        CallFailure::Send(e) => format!("send failed: {e:?}"),
+    }
+}
+
+fn move_error(e: MoveError) -> String {
+    match e {
+        MoveError::Refused(s) => format!("the giver refused ({s:?}); nothing moved"),
+        MoveError::Call(c) => format!("{}; the resource stays with its recorded owner", call_failure(c)),
+        MoveError::ReceiverRefused(s) => {
+            format!("the receiver refused ({s:?}); the resource is held by instance 0")
+        }
+        MoveError::Table(e) => format!("the ownership table refused a step ({e:?})"),
+    }
+}
+
+fn owner_of(res: Resource, what: &str) -> Result<usize, String> {
+    match shared()?.owner(res) {
+        Ok(Owner::Owned(o)) => Ok(o),
+        Ok(Owner::Free) => Err(format!("{what} is owned by no instance")),
+        Ok(Owner::InTransit { from, to, .. }) => {
+            Err(format!("{what} is being moved from instance {from} to {to}; try again"))
+        }
+        Err(_) => Err(format!("there is no {what}")),
+    }
+}
+
+fn destination(to: usize) -> Outcome {
+    if to == 0 {
+        return Ok(());
+    }
+    match state_of(to)? {
+        InstanceState::Running => Ok(()),
+        s => Err(format!("instance {to} is {}, not running", state_name(s))),
+    }
+}
+
+fn cpu_move(apic: u32, to: usize) -> Outcome {
+    let what = format!("CPU {apic}");
+    let from = owner_of(Resource::Cpu(apic), &what)?;
+    if from == to {
+        return Err(format!("{what} already belongs to instance {to}"));
+    }
+    destination(to)?;
+    if from != 0 {
+        running_peer(from, "take a CPU from")?;
+    }
+    services::cpu::move_cpu(apic, from, to).map_err(move_error)?;
+    println!("CPU {apic} moved from instance {from} to instance {to}");
+    Ok(())
+}
+
+fn mem_move(bytes: u64, from: usize, to: usize) -> Outcome {
+    let chunk = mk_shared::MEM_CHUNK_SIZE;
+    if from == 0 || to == 0 {
+        return Err(String::from(
+            "memory moves only between instances other than 0 (instance 0's allocator holds the shared region and the images)",
+        ));
+    }
+    if from == to {
+        return Err(format!("instance {from} cannot give memory to itself"));
+    }
+    if bytes % chunk != 0 {
+        return Err(format!(
+            "{} is not a multiple of {} (the ownership table's chunk)",
+            format_size(bytes),
+            format_size(chunk)
+        ));
+    }
+    running_peer(from, "take memory from")?;
+    destination(to)?;
+    // The chunks `from` owns, highest first; candidate ranges are runs of consecutive chunks.
+    let r = shared()?;
+    let mut owned: Vec<u32> = r
+        .resources()
+        .filter_map(|(res, owner)| match (res, owner) {
+            (Resource::Memory(c), Ok(Owner::Owned(o))) if o == from => Some(c),
+            _ => None,
+        })
+        .collect();
+    owned.sort_unstable_by(|a, b| b.cmp(a));
+    let need = (bytes / chunk) as usize;
+    let mut tried = 0;
+    let mut last = None;
+    for window in owned.windows(need) {
+        let consecutive = window.windows(2).all(|w| w[0] == w[1] + 1);
+        if !consecutive {
+            continue;
+        }
+        let start = u64::from(window[need - 1]) * chunk;
+        match services::memory::move_memory(start, bytes, from, to) {
+            Ok(()) => {
+                println!(
+                    "moved {} at {start:#x} from instance {from} to instance {to}",
+                    format_size(bytes)
+                );
+                return Ok(());
+            }
+            // In use there: try a lower range, a few times.
+            Err(MoveError::Refused(Status::Busy)) if tried < 4 => {
+                tried += 1;
+                last = Some(MoveError::Refused(Status::Busy));
+            }
+            Err(e) => return Err(move_error(e)),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("every range tried was in use: {}", move_error(e)),
+        None => format!(
+            "instance {from} owns no {} of consecutive 2 MiB chunks",
+            format_size(bytes)
+        ),
+    })
+}
+
+fn irq_route(line: u32, to: usize) -> Outcome {
+    let what = format!("IRQ line {line}");
+    let owner = owner_of(Resource::Irq(line), &what)?;
+    if owner == to {
+        return Err(format!("{what} already belongs to instance {to}"));
+    }
+    if owner != 0 {
+        return Err(format!(
+            "{what} belongs to instance {owner}: only its owner can hand it on, and the shell runs in instance 0"
+        ));
+    }
+    running_peer(to, "route a line to")?;
+    services::irq::balance(line as usize, to)
+        .map_err(|s| format!("instance {to} did not take {what} ({s:?}); it stays with instance 0"))?;
+    println!("{what} now delivered to instance {to}");
+    Ok(())
+}
+
+fn irq_mask(line: u32, mask: bool) -> Outcome {
+    let what = format!("IRQ line {line}");
+    let owner = owner_of(Resource::Irq(line), &what)?;
+    let verb = if mask { "masked" } else { "unmasked" };
+    let result = if owner == 0 {
+        services::irq::set_masked_here(line as usize, mask)
+    } else {
+        services::irq::request_mask(owner, line, mask)
+    };
+    result.map_err(|s| format!("instance {owner} did not change {what} ({s:?})"))?;
+    println!("{what} {verb} by its owner, instance {owner}");
+    Ok(())
+}
+
+/// Polls the mailboxes until `done` or `ms` pass; true if done.
+fn wait_for(ms: u64, done: impl Fn() -> bool) -> bool {
+    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
+    while !done() {
+        if tsc::read() > deadline {
+            return false;
+        }
+        messaging::poll();
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn request_stop(k: usize, flags: ShutdownFlags) -> Outcome {
+    let request = Payload::Shutdown(ShutdownPayload {
+        reason: ShutdownReason::Requested,
+        flags,
+        deadline_ticks: 0,
+    });
+    let reply = messaging::call(k, Kind::Shutdown, request, 2000).map_err(call_failure)?;
+    if reply.status != Status::Ok {
+        return Err(format!("instance {k} refused ({:?})", reply.status));
+    }
+    Ok(())
+}
+
+fn shutdown(k: usize) -> Outcome {
+    running_peer(k, "shut down")?;
+    request_stop(k, ShutdownFlags::RETURN_RESOURCES)?;
+    if !wait_for(5000, || lifecycle::COLLECTED[k].load(Ordering::SeqCst)) {
+        return Err(format!("instance {k} agreed but did not stop within 5 s"));
+    }
+    println!("instance {k} stopped; its resources are back with instance 0");
+    Ok(())
+}
+
+fn crash(k: usize) -> Outcome {
+    running_peer(k, "crash")?;
+    let asked = tsc::read();
+    request_stop(k, ShutdownFlags::CRASH)?;
+    println!("instance {k} told to panic; waiting for the heartbeat watch to notice");
+    let bound = heartbeat::dead_after_tsc() / tsc::ticks_per_ms() + 5000;
+    if !wait_for(bound, || lifecycle::COLLECTED[k].load(Ordering::SeqCst)) {
+        return Err(format!("instance {k} was not declared dead within {bound} ms"));
+    }
+    let dead_at = lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst);
+    println!(
+        "instance {k} declared dead {} ms after the request; its resources are back with instance 0",
+        dead_at.saturating_sub(asked) / tsc::ticks_per_ms()
+    );
+    Ok(())
+}
+
+fn respawn(k: usize) -> Outcome {
+    if k == 0 {
+        return Err(String::from("instance 0 is this shell's own instance"));
+    }
+    match state_of(k)? {
+        InstanceState::Stopped | InstanceState::Dead => {}
+        s => return Err(format!("instance {k} is {}: only a stopped or dead one can be started again", state_name(s))),
+    }
+    lifecycle::respawn(k).map_err(|e| format!("instance {k} not started again: {e}"))?;
+    println!("instance {k} running again");
+    Ok(())
+}
+
+fn bench(rounds: u32) -> Outcome {
+    let r = shared()?;
+    println!(
+        "PING round trips, {rounds} per instance (cargo xtask bench measures the rest)"
+    );
+    println!(
+        "{:<6}{:>14}{:>14}{:>14}{:>14}{:>8}",
+        "inst", "min", "median", "p99", "max", "lost"
+    );
+    let mut measured = 0;
+    for k in 1..r.instance_count() {
+        if state_of(k)? != InstanceState::Running {
+            continue;
+        }
+        let mut rtts = Vec::with_capacity(rounds as usize);
+        let mut lost = 0;
+        for seq in 0..u64::from(rounds) {
+            match ping_once(k, seq) {
+                Ok(t) => rtts.push(t),
+                Err(_) => lost += 1,
+            }
+        }
+        if let Some(s) = mk_bench::Summary::of(&mut rtts) {
+            println!(
+                "{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}",
+                micros(s.min),
+                micros(s.median),
+                micros(s.p99),
+                micros(s.max)
+            );
+            measured += 1;
+        } else {
+            println!("{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}", "-", "-", "-", "-");
+        }
+    }
+    if measured == 0 {
+        return Err(String::from("no running instance answered"));
+    }
+    Ok(())
+}
