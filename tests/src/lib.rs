@@ -7,7 +7,9 @@
 //! slow under this machine's nested KVM (11-16 s for the BIOS image); each case still reports its
 //! own verdict, and each becomes one line of the harness's output.
 
+pub mod console;
 pub mod log;
+pub mod screen;
 
 /// The accelerator a boot needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod build;
+mod console_test;
 mod flash;
 mod image;
 mod qemu;

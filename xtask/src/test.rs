@@ -9,6 +9,7 @@ use qemu_tests::{Boot, Expect};
 
 use crate::args::Args;
 use crate::build::{self, Flavor};
+use crate::console_test;
 use crate::qemu::{self, Accel, Ending, Finished, Machine};
 use crate::setup::{self, root};
 use crate::{Error, Result};
@@ -18,11 +19,41 @@ const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
 
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     passed: u32,
     failed: u32,
     skipped: u32,
     failures: Vec<String>,
+}
+
+impl Tally {
+    pub fn pass(&mut self) {
+        self.passed += 1;
+    }
+
+    pub fn fail(&mut self, name: String) {
+        self.failed += 1;
+        self.failures.push(name);
+    }
+
+    /// Whether a test named `<prefix>/...` failed.
+    pub fn failed_in(&self, prefix: &str) -> bool {
+        self.failures
+            .iter()
+            .any(|f| f.strip_prefix(prefix).is_some_and(|r| r.starts_with('/')))
+    }
+}
+
+/// Whether `filter` selects the console test (its name or one of its checks).
+fn console_selected(filter: Option<&str>) -> bool {
+    let script = &qemu_tests::console::SCRIPT;
+    filter.is_none_or(|f| {
+        script.name.contains(f)
+            || script
+                .checks
+                .iter()
+                .any(|c| format!("{}/{}", script.name, c.name).contains(f))
+    })
 }
 
 pub fn main(argv: &[String]) -> Result<()> {
@@ -44,14 +75,15 @@ pub fn main(argv: &[String]) -> Result<()> {
             .into_iter()
             .filter(|b| filter.as_deref().is_none_or(|f| b.matches(f)))
             .collect();
-        if filter.is_some() && boots.is_empty() && tally.passed + tally.failed == 0 {
+        let console = console_selected(filter.as_deref());
+        if filter.is_some() && boots.is_empty() && !console && tally.passed + tally.failed == 0 {
             return Err(Error::Usage(format!(
                 "no test matches '{}'",
                 filter.unwrap_or_default()
             )));
         }
-        if !boots.is_empty() {
-            qemu_tests_run(&boots, args.flag("no-kvm"), &mut tally)?;
+        if !boots.is_empty() || console {
+            qemu_tests_run(&boots, console, args.flag("no-kvm"), &mut tally)?;
         }
     }
 
@@ -97,7 +129,7 @@ fn host_tests(tally: &mut Tally, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn qemu_tests_run(boots: &[Boot], no_kvm: bool, tally: &mut Tally) -> Result<()> {
+fn qemu_tests_run(boots: &[Boot], console: bool, no_kvm: bool, tally: &mut Tally) -> Result<()> {
     let needs_uefi = boots
         .iter()
         .any(|b| b.firmware == qemu_tests::Firmware::Uefi);
@@ -148,6 +180,20 @@ fn qemu_tests_run(boots: &[Boot], no_kvm: bool, tally: &mut Tally) -> Result<()>
             }
         };
         run_boot(b, accel, &image, &logs, tally)?;
+    }
+    if console {
+        // Under TCG, so it runs (and is never skipped) everywhere.
+        let image = match images
+            .iter()
+            .find(|(f, _)| *f == qemu_tests::Firmware::Bios)
+        {
+            Some((_, p)) => p.clone(),
+            None => build::image(&kernel, boot::Firmware::Bios, Flavor::Test)?,
+        };
+        let shots = root().join("target/screenshots");
+        std::fs::create_dir_all(&shots)
+            .map_err(|e| format!("creating {}: {e}", shots.display()))?;
+        console_test::run(&qemu_tests::console::SCRIPT, &image, &logs, &shots, tally)?;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The kernel console: every log line goes to the serial port (COM1) and to the framebuffer.
+//! The kernel console: every log line goes to the serial port (COM1) and to this instance's
+//! pane on the framebuffer.
 //!
 //! Real machines often have no serial port, and QEMU tests read only serial; so both sinks get
 //! every line. A line is formatted into a fixed buffer first and written under one lock with
@@ -51,7 +52,8 @@ pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
 }
 
 /// For instances other than 0: write to the serial port instance 0 configured, without
-/// resetting it (a reset would garble instance 0's output), and no framebuffer.
+/// resetting it (a reset would garble instance 0's output). The framebuffer comes later
+/// (`attach_framebuffer`), once this instance can map it.
 pub fn init_guest() {
     serial::attach();
 }
@@ -119,9 +121,9 @@ fn write_raw_line(bytes: &[u8]) {
             .flatten();
         serial::write_bytes(bytes);
         serial::write_bytes(b"\n");
+        // Still under the console lock: panes are re-laid under it (see framebuffer.rs).
+        framebuffer::write_line(bytes);
         drop(shared);
-        framebuffer::write_bytes(bytes);
-        framebuffer::write_bytes(b"\n");
     });
 }
 
@@ -138,21 +140,70 @@ pub fn shell_echo(bytes: &[u8]) {
     });
 }
 
-/// The line being typed, on the framebuffer: redrawn in place on the pane's current row.
-pub fn shell_input(prompt: &str, line: &str) {
+/// Runs `f` holding this instance's line lock and the cross-instance console lock, interrupts
+/// off: how every drawing on the framebuffer happens.
+fn locked<R>(f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();
-        framebuffer::input_line(&[prompt.as_bytes(), line.as_bytes()]);
-    });
+        let _shared = SHARED_LOCK
+            .load(Ordering::Acquire)
+            .then(crate::instances::region::console_lock)
+            .flatten();
+        f()
+    })
+}
+
+/// The line being typed, on the framebuffer: redrawn in place on the pane's current row.
+pub fn shell_input(prompt: &str, line: &str) {
+    locked(|| framebuffer::input_line(&[prompt.as_bytes(), line.as_bytes()]));
 }
 
 /// A typed line, entered: stays on the framebuffer as a line of the log.
 pub fn shell_commit(prompt: &str, line: &str) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let _guard = LINE_LOCK.lock();
-        framebuffer::input_line(&[prompt.as_bytes(), line.as_bytes()]);
-        framebuffer::write_bytes(b"\n");
-    });
+    let mut text = LineBuf {
+        bytes: [0; 512],
+        len: 0,
+    };
+    let _ = text.write_str(prompt);
+    let _ = text.write_str(line);
+    locked(|| framebuffer::write_line(&text.bytes[..text.len]));
+}
+
+/// Re-lays this instance's pane if instances started, stopped or died, and refreshes its
+/// header; at most every `REFRESH_MS` (it is called after every drain of the mailboxes).
+pub fn refresh_screen() {
+    let now = crate::arch::tsc::read();
+    let every = REFRESH_MS * crate::arch::tsc::ticks_per_ms();
+    let last = LAST_REFRESH.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < every
+        || LAST_REFRESH
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    locked(framebuffer::refresh);
+}
+
+const REFRESH_MS: u64 = 100;
+static LAST_REFRESH: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Instance 0: the framebuffer, for the boot descriptors of the other instances.
+pub fn framebuffer_desc() -> crate::instances::descriptor::FramebufferDesc {
+    framebuffer::describe()
+}
+
+/// Another instance: maps the framebuffer instance 0 described and draws its pane on it.
+pub fn attach_framebuffer(desc: &crate::instances::descriptor::FramebufferDesc) {
+    if desc.phys == 0 || desc.len == 0 {
+        return;
+    }
+    match crate::memory::mmio::map_memory(desc.phys, desc.len) {
+        // SAFETY: `virt` maps the whole framebuffer, writable, for good; only the console
+        // draws on it.
+        Ok(virt) => unsafe { framebuffer::attach(virt, desc) },
+        Err(e) => crate::warn!("framebuffer not mapped: {e}"),
+    }
 }
 
 /// A byte typed on the serial terminal, if one waits.
@@ -183,8 +234,8 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
         })
         .flatten();
     serial::force_write_bytes(text);
+    framebuffer::force_write_line(&text[..text.len() - 1]);
     drop(shared);
-    framebuffer::force_write_bytes(text);
 }
 
 /// How long a panicking CPU queues for the console lock before writing anyway.

@@ -8,6 +8,21 @@ pub const MAX_CPUS: usize = 64;
 pub const MAX_TESTS: usize = 256;
 pub const MAX_IOAPICS: usize = 4;
 
+/// A linear framebuffer, as instance 0 got it from the bootloader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FramebufferDesc {
+    pub phys: u64,
+    pub len: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Pixels per row in memory.
+    pub stride: u32,
+    pub bytes_per_pixel: u32,
+    /// 0 RGB, 1 BGR, 2 one byte grey, 3 unknown (drawn as RGB).
+    pub format: u32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct BootDescriptor {
@@ -35,6 +50,8 @@ pub struct BootDescriptor {
     pub com2_gsi: u32,
     pub ioapic_phys: [u64; MAX_IOAPICS],
     pub ioapic_gsi_base: [u32; MAX_IOAPICS],
+    /// The framebuffer every instance draws its pane on (`phys == 0`: none).
+    pub framebuffer: FramebufferDesc,
     /// Test cases for this instance (qemu-tests builds), space-separated.
     pub tests_len: u32,
     pub tests: [u8; MAX_TESTS],
@@ -60,6 +77,15 @@ impl BootDescriptor {
             com2_gsi: u32::MAX,
             ioapic_phys: [0; MAX_IOAPICS],
             ioapic_gsi_base: [0; MAX_IOAPICS],
+            framebuffer: FramebufferDesc {
+                phys: 0,
+                len: 0,
+                width: 0,
+                height: 0,
+                stride: 0,
+                bytes_per_pixel: 0,
+                format: 0,
+            },
             tests_len: 0,
             tests: [0; MAX_TESTS],
         }

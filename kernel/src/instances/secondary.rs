@@ -20,6 +20,7 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
         fatal(format_args!("memory init failed: {e}"));
     }
     tsc::set_ticks_per_ms(desc.tsc_per_ms);
+    console::attach_framebuffer(&desc.framebuffer);
     if let Err(e) = region::attach(desc.shared_phys, desc.shared_len) {
         fatal(format_args!("shared region: {e}"));
     }

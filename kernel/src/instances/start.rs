@@ -262,6 +262,7 @@ impl Launcher {
         }
         desc.rtc_gsi = self.rtc_gsi;
         desc.com2_gsi = self.com2_gsi;
+        desc.framebuffer = crate::console::framebuffer_desc();
         if let Some(t) = &self.tests {
             let n = t.len().min(desc.tests.len());
             desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);

@@ -13,6 +13,21 @@ static NEXT: Mutex<u64> = Mutex::new(0);
 
 /// Maps `len` bytes of device registers at physical `phys` and returns their virtual address.
 pub fn map(phys: u64, len: u64) -> Result<u64, &'static str> {
+    map_with(
+        phys,
+        len,
+        PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH,
+    )
+}
+
+/// Maps `len` bytes of device memory (a framebuffer) at `phys` with the page attributes left
+/// at write-back, so the firmware's MTRRs decide: write-combining where it set the
+/// framebuffer so (as the bootloader's own mapping does), uncached otherwise.
+pub fn map_memory(phys: u64, len: u64) -> Result<u64, &'static str> {
+    map_with(phys, len, PageTableFlags::empty())
+}
+
+fn map_with(phys: u64, len: u64, caching: PageTableFlags) -> Result<u64, &'static str> {
     let mut next = NEXT.lock();
     if *next == 0 {
         *next = paging::claim_free_slot()?;
@@ -21,11 +36,8 @@ pub fn map(phys: u64, len: u64) -> Result<u64, &'static str> {
     let first_frame = phys & !0xFFF;
     let pages = (page_off + len).div_ceil(4096);
     let base = *next;
-    let flags = PageTableFlags::PRESENT
-        | PageTableFlags::WRITABLE
-        | PageTableFlags::NO_CACHE
-        | PageTableFlags::WRITE_THROUGH
-        | PageTableFlags::NO_EXECUTE;
+    let flags =
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE | caching;
     for i in 0..pages {
         let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(base + i * 4096));
         let frame = PhysFrame::containing_address(PhysAddr::new(first_frame + i * 4096));

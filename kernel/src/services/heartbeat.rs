@@ -140,7 +140,10 @@ pub fn watch() {
 
 /// Instance 0: when instance `k` last gave a sign of life (TSC), if it has.
 pub fn last_sign(k: usize) -> Option<u64> {
-    LAST_SIGN.get(k).map(|t| t.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    LAST_SIGN
+        .get(k)
+        .map(|t| t.load(Ordering::Relaxed))
+        .filter(|&t| t != 0)
 }
 
 /// Instance 0: forgets instance `k`'s last sign of life (before it is started again).

@@ -91,6 +91,7 @@ fn on_poll() {
         return;
     }
     irq::flush_forwards();
+    crate::console::refresh_screen();
     if crate::instance::id() == 0 {
         heartbeat::watch();
     } else {

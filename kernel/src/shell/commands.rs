@@ -80,7 +80,9 @@ fn state_of(k: usize) -> Result<InstanceState, String> {
 /// Instance `k` exists, is not instance 0, and runs.
 fn running_peer(k: usize, what: &str) -> Outcome {
     if k == 0 {
-        return Err(format!("instance 0 is this shell's own instance: cannot {what} it"));
+        return Err(format!(
+            "instance 0 is this shell's own instance: cannot {what} it"
+        ));
     }
     match state_of(k)? {
         InstanceState::Running => Ok(()),
@@ -111,14 +113,19 @@ fn instances() -> Outcome {
     for k in 0..r.instance_count() {
         let Ok(inst) = r.instance(k) else { continue };
         let state = inst.state().map_or("corrupt", state_name);
+        let holds = matches!(
+            inst.state(),
+            Ok(InstanceState::Running | InstanceState::Booting)
+        );
         let (cpus, memory) = match inst.resources() {
+            _ if !holds => (String::new(), String::from("-")),
             Ok(res) => (
                 res.cpus()
                     .iter()
                     .map(|c| format!("{c}"))
                     .collect::<Vec<_>>()
                     .join(","),
-                format_size(res.total_bytes),
+                format!("{} MiB", res.total_bytes >> 20),
             ),
             Err(_) => (String::from("?"), String::from("?")),
         };
@@ -129,7 +136,11 @@ fn instances() -> Outcome {
             inst.boot_tsc()
         };
         let uptime = if running && boot != 0 {
-            format!("{}.{} s", ms_since(boot) / 1000, ms_since(boot) % 1000 / 100)
+            format!(
+                "{}.{} s",
+                ms_since(boot) / 1000,
+                ms_since(boot) % 1000 / 100
+            )
         } else {
             String::from("-")
         };
@@ -138,7 +149,11 @@ fn instances() -> Outcome {
             (_, Some(t)) if running => format!("{} ms ago", ms_since(t)),
             _ => String::from("-"),
         };
-        let cpus = if cpus.is_empty() { String::from("-") } else { cpus };
+        let cpus = if cpus.is_empty() {
+            String::from("-")
+        } else {
+            cpus
+        };
         println!("{k:<5}{state:<9}{cpus:<18}{memory:>10}{uptime:>10}{beat:>12}");
     }
     Ok(())
@@ -152,7 +167,9 @@ fn stats() -> Outcome {
     );
     let n = r.instance_count();
     for from in 0..n {
-        let Some(row) = region::telemetry_row(from) else { continue };
+        let Some(row) = region::telemetry_row(from) else {
+            continue;
+        };
         for to in (0..n).filter(|&to| to != from) {
             let Some(out) = row.get(to) else { continue };
             let received = region::telemetry_row(to)
@@ -181,7 +198,12 @@ fn stats() -> Outcome {
 /// One PING call; its round trip in TSC ticks.
 fn ping_once(k: usize, nonce: u64) -> Result<u64, CallFailure> {
     let sent_at = tsc::read();
-    let reply = messaging::call(k, Kind::Ping, Payload::Ping(PingPayload { nonce, sent_at }), 1000)?;
+    let reply = messaging::call(
+        k,
+        Kind::Ping,
+        Payload::Ping(PingPayload { nonce, sent_at }),
+        1000,
+    )?;
     let rtt = tsc::read().saturating_sub(sent_at);
     match reply.payload {
         Payload::Ping(p) if p.nonce == nonce && reply.status == Status::Ok => Ok(rtt),
@@ -219,7 +241,10 @@ fn ping(k: usize, count: u32) -> Outcome {
     if answered == count as usize {
         Ok(())
     } else {
-        Err(format!("{} of {count} pings unanswered", count as usize - answered))
+        Err(format!(
+            "{} of {count} pings unanswered",
+            count as usize - answered
+        ))
     }
 }
 
@@ -234,7 +259,10 @@ fn call_failure(e: CallFailure) -> String {
 fn move_error(e: MoveError) -> String {
     match e {
         MoveError::Refused(s) => format!("the giver refused ({s:?}); nothing moved"),
-        MoveError::Call(c) => format!("{}; the resource stays with its recorded owner", call_failure(c)),
+        MoveError::Call(c) => format!(
+            "{}; the resource stays with its recorded owner",
+            call_failure(c)
+        ),
         MoveError::ReceiverRefused(s) => {
             format!("the receiver refused ({s:?}); the resource is held by instance 0")
         }
@@ -246,9 +274,9 @@ fn owner_of(res: Resource, what: &str) -> Result<usize, String> {
     match shared()?.owner(res) {
         Ok(Owner::Owned(o)) => Ok(o),
         Ok(Owner::Free) => Err(format!("{what} is owned by no instance")),
-        Ok(Owner::InTransit { from, to, .. }) => {
-            Err(format!("{what} is being moved from instance {from} to {to}; try again"))
-        }
+        Ok(Owner::InTransit { from, to, .. }) => Err(format!(
+            "{what} is being moved from instance {from} to {to}; try again"
+        )),
         Err(_) => Err(format!("there is no {what}")),
     }
 }
@@ -272,6 +300,16 @@ fn cpu_move(apic: u32, to: usize) -> Outcome {
     destination(to)?;
     if from != 0 {
         running_peer(from, "take a CPU from")?;
+        let cpus = shared()?
+            .instance(from)
+            .ok()
+            .and_then(|i| i.resources().ok())
+            .map_or(0, |res| res.cpus().len());
+        if cpus <= 1 {
+            return Err(format!(
+                "{what} is instance {from}'s last CPU; an instance keeps at least one"
+            ));
+        }
     }
     services::cpu::move_cpu(apic, from, to).map_err(move_error)?;
     println!("CPU {apic} moved from instance {from} to instance {to}");
@@ -353,8 +391,9 @@ fn irq_route(line: u32, to: usize) -> Outcome {
         ));
     }
     running_peer(to, "route a line to")?;
-    services::irq::balance(line as usize, to)
-        .map_err(|s| format!("instance {to} did not take {what} ({s:?}); it stays with instance 0"))?;
+    services::irq::balance(line as usize, to).map_err(|s| {
+        format!("instance {to} did not take {what} ({s:?}); it stays with instance 0")
+    })?;
     println!("{what} now delivered to instance {to}");
     Ok(())
 }
@@ -416,7 +455,9 @@ fn crash(k: usize) -> Outcome {
     println!("instance {k} told to panic; waiting for the heartbeat watch to notice");
     let bound = heartbeat::dead_after_tsc() / tsc::ticks_per_ms() + 5000;
     if !wait_for(bound, || lifecycle::COLLECTED[k].load(Ordering::SeqCst)) {
-        return Err(format!("instance {k} was not declared dead within {bound} ms"));
+        return Err(format!(
+            "instance {k} was not declared dead within {bound} ms"
+        ));
     }
     let dead_at = lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst);
     println!(
@@ -432,7 +473,12 @@ fn respawn(k: usize) -> Outcome {
     }
     match state_of(k)? {
         InstanceState::Stopped | InstanceState::Dead => {}
-        s => return Err(format!("instance {k} is {}: only a stopped or dead one can be started again", state_name(s))),
+        s => {
+            return Err(format!(
+                "instance {k} is {}: only a stopped or dead one can be started again",
+                state_name(s)
+            ));
+        }
     }
     lifecycle::respawn(k).map_err(|e| format!("instance {k} not started again: {e}"))?;
     println!("instance {k} running again");
@@ -441,9 +487,7 @@ fn respawn(k: usize) -> Outcome {
 
 fn bench(rounds: u32) -> Outcome {
     let r = shared()?;
-    println!(
-        "PING round trips, {rounds} per instance (cargo xtask bench measures the rest)"
-    );
+    println!("PING round trips, {rounds} per instance (cargo xtask bench measures the rest)");
     println!(
         "{:<6}{:>14}{:>14}{:>14}{:>14}{:>8}",
         "inst", "min", "median", "p99", "max", "lost"
@@ -471,7 +515,10 @@ fn bench(rounds: u32) -> Outcome {
             );
             measured += 1;
         } else {
-            println!("{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}", "-", "-", "-", "-");
+            println!(
+                "{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}",
+                "-", "-", "-", "-"
+            );
         }
     }
     if measured == 0 {

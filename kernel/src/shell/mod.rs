@@ -53,7 +53,11 @@ fn poll() {
             let Some(shell) = guard.as_mut() else { return };
             let Some(key) = next_key(shell) else { return };
             let edit = shell.editor.key(key);
-            (edit, String::from(shell.editor.line()), shell.editor.cursor())
+            (
+                edit,
+                String::from(shell.editor.line()),
+                shell.editor.cursor(),
+            )
         };
         // The lock is dropped: a command may take long and drain mailboxes meanwhile.
         let (edit, line, cursor) = key;

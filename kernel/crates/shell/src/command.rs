@@ -151,9 +151,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
     let parsed = match name {
         "help" => match args {
             [] => Command::Help(None),
-            [topic] => Command::Help(Some(info(topic).ok_or_else(|| {
-                usage_error(cmd, format!("no command '{topic}'"))
-            })?)),
+            [topic] => Command::Help(Some(
+                info(topic).ok_or_else(|| usage_error(cmd, format!("no command '{topic}'")))?,
+            )),
             _ => return Err(usage_error(cmd, String::from("too many arguments"))),
         },
         "instances" => arity(0).map(|()| Command::Instances)?,
@@ -165,8 +165,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             },
             [inst, count] => Command::Ping {
                 instance: instance(inst)?,
-                count: num("count", count, 1000)
-                    .and_then(|c| positive(cmd, "count", c))? as u32,
+                count: num("count", count, 1000).and_then(|c| positive(cmd, "count", c))? as u32,
             },
             _ => return Err(usage_error(cmd, String::from("expected INST [COUNT]"))),
         },
@@ -183,7 +182,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         "mem" => match args {
             ["move", size, from, to] => Command::MemMove {
                 bytes: parse_size(size).ok_or_else(|| {
-                    usage_error(cmd, format!("size '{size}' is not a size (e.g. 4096, 16M, 1G)"))
+                    usage_error(
+                        cmd,
+                        format!("size '{size}' is not a size (e.g. 4096, 16M, 1G)"),
+                    )
                 })?,
                 from: instance(from)?,
                 to: instance(to)?,
@@ -192,7 +194,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 return Err(usage_error(cmd, format!("no subcommand 'mem {sub}'")));
             }
             _ => {
-                return Err(usage_error(cmd, String::from("expected: move SIZE FROM TO")));
+                return Err(usage_error(
+                    cmd,
+                    String::from("expected: move SIZE FROM TO"),
+                ));
             }
         },
         "irq" => match args {
@@ -221,8 +226,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         "bench" => match args {
             [] => Command::Bench { rounds: 1000 },
             [r] => Command::Bench {
-                rounds: num("rounds", r, 100_000).and_then(|c| positive(cmd, "rounds", c))?
-                    as u32,
+                rounds: num("rounds", r, 100_000).and_then(|c| positive(cmd, "rounds", c))? as u32,
             },
             _ => return Err(usage_error(cmd, String::from("too many arguments"))),
         },
@@ -298,16 +302,44 @@ mod tests {
         assert_eq!(ok("help ping"), Command::Help(info("ping")));
         assert_eq!(ok("instances"), Command::Instances);
         assert_eq!(ok("  stats  "), Command::Stats);
-        assert_eq!(ok("ping 2"), Command::Ping { instance: 2, count: 4 });
-        assert_eq!(ok("ping 1 10"), Command::Ping { instance: 1, count: 10 });
+        assert_eq!(
+            ok("ping 2"),
+            Command::Ping {
+                instance: 2,
+                count: 4
+            }
+        );
+        assert_eq!(
+            ok("ping 1 10"),
+            Command::Ping {
+                instance: 1,
+                count: 10
+            }
+        );
         assert_eq!(ok("cpu move 2 3"), Command::CpuMove { apic: 2, to: 3 });
         assert_eq!(
             ok("mem move 16M 1 2"),
-            Command::MemMove { bytes: 16 << 20, from: 1, to: 2 }
+            Command::MemMove {
+                bytes: 16 << 20,
+                from: 1,
+                to: 2
+            }
         );
         assert_eq!(ok("irq route 8 2"), Command::IrqRoute { line: 8, to: 2 });
-        assert_eq!(ok("irq mask 0x8"), Command::IrqMask { line: 8, mask: true });
-        assert_eq!(ok("irq unmask 3"), Command::IrqMask { line: 3, mask: false });
+        assert_eq!(
+            ok("irq mask 0x8"),
+            Command::IrqMask {
+                line: 8,
+                mask: true
+            }
+        );
+        assert_eq!(
+            ok("irq unmask 3"),
+            Command::IrqMask {
+                line: 3,
+                mask: false
+            }
+        );
         assert_eq!(ok("shutdown 3"), Command::Shutdown { instance: 3 });
         assert_eq!(ok("respawn 3"), Command::Respawn { instance: 3 });
         assert_eq!(ok("crash 2"), Command::Crash { instance: 2 });
@@ -316,7 +348,11 @@ mod tests {
         assert_eq!(parse("   "), Ok(None));
         // Every listed command is reachable by name.
         for c in COMMANDS {
-            assert!(!matches!(parse(c.name), Err(UsageError { usage: None, .. })), "{}", c.name);
+            assert!(
+                !matches!(parse(c.name), Err(UsageError { usage: None, .. })),
+                "{}",
+                c.name
+            );
         }
     }
 
@@ -327,18 +363,30 @@ mod tests {
         assert_eq!(e.usage, None);
         for (line, says, usage) in [
             ("ping", "expected INST", "ping INST [COUNT]"),
-            ("ping x", "instance 'x' is not a number", "ping INST [COUNT]"),
+            (
+                "ping x",
+                "instance 'x' is not a number",
+                "ping INST [COUNT]",
+            ),
             ("ping 1 0", "count must be at least 1", "ping INST [COUNT]"),
             ("ping 1 1001", "count '1001'", "ping INST [COUNT]"),
             ("ping 64", "instance '64'", "ping INST [COUNT]"),
-            ("cpu add 1 2", "no subcommand 'cpu add'", "cpu move CPU INST"),
+            (
+                "cpu add 1 2",
+                "no subcommand 'cpu add'",
+                "cpu move CPU INST",
+            ),
             ("cpu move 1", "expected: move CPU INST", "cpu move CPU INST"),
             ("cpu move -1 2", "CPU '-1'", "cpu move CPU INST"),
             ("mem move 16Q 1 2", "size '16Q'", "mem move SIZE FROM TO"),
             ("mem move 0 1 2", "size '0'", "mem move SIZE FROM TO"),
             ("mem move 99999999999G 1 2", "size", "mem move SIZE FROM TO"),
             ("irq mask", "wrong arguments", COMMANDS[6].usage),
-            ("irq reroute 1 2", "no subcommand 'irq reroute'", COMMANDS[6].usage),
+            (
+                "irq reroute 1 2",
+                "no subcommand 'irq reroute'",
+                COMMANDS[6].usage,
+            ),
             ("irq route 300 1", "line '300'", COMMANDS[6].usage),
             ("shutdown", "takes 1 argument(s), got 0", "shutdown INST"),
             ("crash 1 2", "takes 1 argument(s), got 2", "crash INST"),
@@ -360,7 +408,17 @@ mod tests {
         assert_eq!(parse_size("1g"), Some(1 << 30));
         assert_eq!(parse_size("512kb"), Some(512 << 10));
         assert_eq!(parse_size("0x200000"), Some(2 << 20));
-        for bad in ["", "M", "0", "1T", "1.5M", "-2M", "0x", "0x10M", "18446744073709551615K"] {
+        for bad in [
+            "",
+            "M",
+            "0",
+            "1T",
+            "1.5M",
+            "-2M",
+            "0x",
+            "0x10M",
+            "18446744073709551615K",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
         assert_eq!(format_size(16 << 20), "16 MiB");

@@ -85,7 +85,9 @@ impl AnsiDecoder {
             }
             AnsiState::Sequence(param) => {
                 if byte.is_ascii_digit() {
-                    let next = param.saturating_mul(10).saturating_add(u16::from(byte - b'0'));
+                    let next = param
+                        .saturating_mul(10)
+                        .saturating_add(u16::from(byte - b'0'));
                     self.state = AnsiState::Sequence(next);
                     return None;
                 }
@@ -245,12 +247,15 @@ mod tests {
             ]
         );
         assert_eq!(ansi(b"\r\r"), vec![Key::Enter, Key::Enter]);
-        assert_eq!(ansi(b"\x7f\x08\x03\x15"), vec![
-            Key::Backspace,
-            Key::Backspace,
-            Key::Cancel,
-            Key::KillToStart
-        ]);
+        assert_eq!(
+            ansi(b"\x7f\x08\x03\x15"),
+            vec![
+                Key::Backspace,
+                Key::Backspace,
+                Key::Cancel,
+                Key::KillToStart
+            ]
+        );
     }
 
     #[test]
@@ -309,19 +314,25 @@ mod tests {
         );
         // Arrows and Delete are E0-prefixed; their break codes give nothing.
         assert_eq!(
-            set1(&[0xe0, 0x48, 0xe0, 0xc8, 0xe0, 0x50, 0xe0, 0x4b, 0xe0, 0x4d, 0xe0, 0x53]),
+            set1(&[
+                0xe0, 0x48, 0xe0, 0xc8, 0xe0, 0x50, 0xe0, 0x4b, 0xe0, 0x4d, 0xe0, 0x53
+            ]),
             vec![Key::Up, Key::Down, Key::Left, Key::Right, Key::Delete]
         );
         // Caps lock shifts letters only; Ctrl-C cancels.
         assert_eq!(
             set1(&[0x3a, 0x1e, 0x02, 0x1d, 0x2e, 0x9d, 0x2e]),
-            vec![Key::Char(b'A'), Key::Char(b'1'), Key::Cancel, Key::Char(b'C')]
+            vec![
+                Key::Char(b'A'),
+                Key::Char(b'1'),
+                Key::Cancel,
+                Key::Char(b'C')
+            ]
         );
-        assert_eq!(set1(&[0x0e, 0x39, 0x0c]), vec![
-            Key::Backspace,
-            Key::Char(b' '),
-            Key::Char(b'-')
-        ]);
+        assert_eq!(
+            set1(&[0x0e, 0x39, 0x0c]),
+            vec![Key::Backspace, Key::Char(b' '), Key::Char(b'-')]
+        );
         // Keys with no character (F1, Escape) give nothing.
         assert_eq!(set1(&[0x3b, 0x01, 0x58]), vec![]);
     }
