@@ -1,5 +1,5 @@
 //! The framebuffer console, split into panes: one per live instance, each instance drawing its
-//! own log in its own pane under a header line (id, CPUs, memory, state, uptime).
+//! own log in its own pane under a header line (id, CPUs, memory, state).
 //!
 //! Every instance maps the same framebuffer (instance 0 gets it from the bootloader and passes
 //! its physical address on in the boot descriptor) and computes the same layout from the set of
@@ -64,7 +64,12 @@ struct Console {
     row: usize,
     /// The header as last drawn.
     header: LineBuf<160>,
+    /// One line of pixels being composed before it is copied to the framebuffer.
+    scratch: [u8; SCRATCH],
 }
+
+/// Bytes of the composing line: 4096 pixels of 4 bytes (wider screens are drawn 4096 wide).
+const SCRATCH: usize = 4096 * 4;
 
 static CONSOLE: Mutex<Console> = Mutex::new(Console {
     surface: None,
@@ -77,6 +82,7 @@ static CONSOLE: Mutex<Console> = Mutex::new(Console {
     pane: None,
     row: 0,
     header: LineBuf::new(),
+    scratch: [0; SCRATCH],
 });
 
 /// Formats into a fixed buffer (the console runs before the heap exists).
@@ -193,7 +199,7 @@ pub fn input_line(parts: &[&[u8]]) {
 }
 
 /// Re-lays the pane if the set of live instances changed, and redraws the header if what it
-/// says changed (CPUs, memory, state, uptime).
+/// says changed (CPUs, memory, state).
 pub fn refresh() {
     let mut c = CONSOLE.lock();
     c.relayout_if_needed();
@@ -287,7 +293,6 @@ impl Console {
             if self.row >= rows {
                 self.scroll_half(rows);
             }
-            self.clear_row(self.row);
             self.draw_text_row(self.row, now);
             self.row += 1;
             rest = later;
@@ -312,7 +317,6 @@ impl Console {
         // The end of the line, if it is longer than the pane is wide.
         let b = line.as_bytes();
         let shown = &b[b.len().saturating_sub(cols)..];
-        self.clear_row(self.row);
         self.draw_text_row(self.row, shown);
     }
 
@@ -353,17 +357,11 @@ impl Console {
         self.header = text;
         let me = crate::instance::id() as usize;
         let bg = mk_screen::header_color(me);
-        self.fill(
-            Rect {
-                h: HEADER_HEIGHT.min(p.h),
-                ..p
-            },
-            bg,
-        );
-        let max = p.w.saturating_sub(2 * MARGIN) / CHAR_W;
+        let h = HEADER_HEIGHT.min(p.h);
+        self.fill(Rect { h, ..p }, bg);
         let header = self.header;
-        for (i, &b) in header.as_bytes().iter().take(max).enumerate() {
-            self.glyph(p.x + MARGIN + i * CHAR_W, p.y + 2, b, HEADER_TEXT, bg);
+        if h >= CHAR_H + 2 {
+            self.draw_text(p.x, p.y + 2, p.w, header.as_bytes(), HEADER_TEXT, bg);
         }
     }
 
@@ -389,70 +387,123 @@ impl Console {
     }
 
     fn clear_row(&mut self, row: usize) {
-        let Some(body) = self.body() else { return };
-        self.fill(
-            Rect {
-                x: body.x,
-                y: body.y + MARGIN / 2 + row * CHAR_H,
-                w: body.w,
-                h: CHAR_H,
-            },
-            [0, 0, 0],
-        );
+        self.draw_text_row(row, b"");
     }
 
+    /// Draws `text` on body row `row`, the rest of the row cleared.
     fn draw_text_row(&mut self, row: usize, text: &[u8]) {
         let Some(body) = self.body() else { return };
         let y = body.y + MARGIN / 2 + row * CHAR_H;
-        for (i, &b) in text.iter().enumerate() {
-            self.glyph(body.x + MARGIN + i * CHAR_W, y, b, TEXT, [0, 0, 0]);
-        }
+        self.draw_text(body.x, y, body.w, text, TEXT, [0, 0, 0]);
     }
 
-    fn glyph(&mut self, x: usize, y: usize, c: u8, fg: [u8; 3], bg: [u8; 3]) {
+    /// Draws one row of text `width` pixels wide at `(x, y)`: `MARGIN` pixels of background,
+    /// the glyphs, background to the end. Each of the 16 pixel lines is composed in `scratch`
+    /// first and copied to the framebuffer in one go: writes to video memory are far costlier
+    /// than to RAM in a virtual machine (each may trap to the hypervisor), so the framebuffer
+    /// sees a few long copies, never a write per pixel.
+    fn draw_text(
+        &mut self,
+        x: usize,
+        y: usize,
+        width: usize,
+        text: &[u8],
+        fg: [u8; 3],
+        bg: [u8; 3],
+    ) {
         let Some(s) = self.surface.as_mut() else {
             return;
         };
-        let ch = if c.is_ascii_graphic() || c == b' ' {
-            c as char
-        } else {
-            '?'
-        };
-        let Some(glyph) =
-            get_raster(ch, WEIGHT, HEIGHT).or_else(|| get_raster('?', WEIGHT, HEIGHT))
-        else {
+        let bpp = s.bpp;
+        let width = width.min(s.width.saturating_sub(x)).min(SCRATCH / 4);
+        // 1 (grey), 3 or 4 bytes per pixel; other depths are not drawn.
+        if !matches!(bpp, 1 | 3 | 4) || y + CHAR_H > s.height {
             return;
-        };
-        for (dy, row) in glyph.raster().iter().enumerate() {
-            for (dx, &a) in row.iter().enumerate() {
-                let mix = |f: u8, b: u8| {
-                    ((u16::from(f) * u16::from(a) + u16::from(b) * (255 - u16::from(a))) / 255)
-                        as u8
-                };
-                s.put(
-                    x + dx,
-                    y + dy,
-                    [mix(fg[0], bg[0]), mix(fg[1], bg[1]), mix(fg[2], bg[2])],
-                );
+        }
+        let fits = width.saturating_sub(MARGIN) / CHAR_W;
+        let mut glyphs: [&'static [&'static [u8]]; 256] = [&[]; 256];
+        let n = text.len().min(fits).min(glyphs.len());
+        for (g, &c) in glyphs.iter_mut().zip(&text[..n]) {
+            let ch = if c.is_ascii_graphic() || c == b' ' {
+                c as char
+            } else {
+                '?'
+            };
+            *g = get_raster(ch, WEIGHT, HEIGHT)
+                .or_else(|| get_raster('?', WEIGHT, HEIGHT))
+                .map_or(&[], |r| r.raster());
+        }
+        // The 256 shades of a glyph pixel between background and foreground, encoded once.
+        let mut shades = [[0u8; 4]; 256];
+        for (a, shade) in shades.iter_mut().enumerate() {
+            let mix = |f: u8, b: u8| {
+                ((u16::from(f) * a as u16 + u16::from(b) * (255 - a as u16)) / 255) as u8
+            };
+            *shade = s.encode([mix(fg[0], bg[0]), mix(fg[1], bg[1]), mix(fg[2], bg[2])]);
+        }
+        for dy in 0..CHAR_H {
+            let line = &mut self.scratch[..width * bpp];
+            fill_pattern(line, &shades[0][..bpp]);
+            for (i, g) in glyphs[..n].iter().enumerate() {
+                let Some(row) = g.get(dy) else { continue };
+                let base = (MARGIN + i * CHAR_W) * bpp;
+                for (dx, &a) in row.iter().enumerate() {
+                    if a != 0 {
+                        let at = base + dx * bpp;
+                        if at + bpp <= line.len() {
+                            let px = &shades[usize::from(a)];
+                            line[at] = px[0];
+                            if bpp >= 3 {
+                                line[at + 1] = px[1];
+                                line[at + 2] = px[2];
+                            }
+                        }
+                    }
+                }
+            }
+            let start = ((y + dy) * s.stride + x) * bpp;
+            if let Some(dst) = s.buf.get_mut(start..start + width * bpp) {
+                dst.copy_from_slice(line);
             }
         }
     }
 
+    /// Fills `r` with one colour: a line composed in `scratch`, copied row by row.
     fn fill(&mut self, r: Rect, rgb: [u8; 3]) {
         let Some(s) = self.surface.as_mut() else {
             return;
         };
-        let px = s.encode(rgb);
         let bpp = s.bpp;
+        if !matches!(bpp, 1 | 3 | 4) {
+            return;
+        }
+        let w = r.w.min(s.width.saturating_sub(r.x)).min(SCRATCH / 4);
+        let px = s.encode(rgb);
+        let line = &mut self.scratch[..w * bpp];
+        fill_pattern(line, &px[..bpp]);
         for y in r.y..(r.y + r.h).min(s.height) {
             let start = (y * s.stride + r.x) * bpp;
-            let end = (y * s.stride + (r.x + r.w).min(s.width)) * bpp;
-            if let Some(row) = s.buf.get_mut(start..end) {
-                for p in row.chunks_exact_mut(bpp) {
-                    p.copy_from_slice(&px[..bpp]);
-                }
+            if let Some(dst) = s.buf.get_mut(start..start + w * bpp) {
+                dst.copy_from_slice(line);
             }
         }
+    }
+}
+
+/// Fills `line` with copies of `pixel`: one pixel written, then doubled by block copies (a
+/// call per pixel is slow where every instruction counts, as under nested KVM).
+fn fill_pattern(line: &mut [u8], pixel: &[u8]) {
+    if pixel.iter().all(|&b| b == pixel[0]) {
+        line.fill(pixel[0]);
+        return;
+    }
+    let n = pixel.len().min(line.len());
+    line[..n].copy_from_slice(&pixel[..n]);
+    let mut done = n;
+    while done < line.len() {
+        let take = done.min(line.len() - done);
+        line.copy_within(..take, done);
+        done += take;
     }
 }
 
@@ -467,17 +518,6 @@ impl Surface {
                 0,
             ],
             _ => [r, g, b, 0],
-        }
-    }
-
-    fn put(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
-        if x >= self.width || y >= self.height || self.bpp > 4 {
-            return;
-        }
-        let px = self.encode(rgb);
-        let offset = (y * self.stride + x) * self.bpp;
-        if let Some(dst) = self.buf.get_mut(offset..offset + self.bpp) {
-            dst.copy_from_slice(&px[..self.bpp]);
         }
     }
 }
@@ -498,7 +538,8 @@ impl Ring {
     }
 }
 
-/// `instance 1 | CPUs 1,2 | 336 MiB | running | up 12 s`
+/// `instance 1 | CPUs 1,2 | 336 MiB | running`: what changes only when the instance's
+/// resources or state do (a clock here would redraw every header every second).
 fn header_text() -> LineBuf<160> {
     let me = crate::instance::id() as usize;
     let mut t = LineBuf::new();
@@ -516,16 +557,5 @@ fn header_text() -> LineBuf<160> {
     }
     let (state, _) = crate::instances::region::status(me);
     let _ = write!(t, " | {state}");
-    let boot = if me == 0 {
-        crate::instances::start::BOOT_TSC.get().map_or(0, |b| b.0)
-    } else {
-        inst.boot_tsc()
-    };
-    if boot != 0 {
-        let secs = crate::arch::tsc::read().saturating_sub(boot)
-            / crate::arch::tsc::ticks_per_ms().max(1)
-            / 1000;
-        let _ = write!(t, " | up {secs} s");
-    }
     t
 }

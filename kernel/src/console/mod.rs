@@ -113,35 +113,22 @@ pub fn print_line(args: fmt::Arguments<'_>) {
 }
 
 fn write_raw_line(bytes: &[u8]) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let _guard = LINE_LOCK.lock();
-        let shared = SHARED_LOCK
-            .load(Ordering::Acquire)
-            .then(crate::instances::region::console_lock)
-            .flatten();
+    locked(|| {
         serial::write_bytes(bytes);
         serial::write_bytes(b"\n");
         // Still under the console lock: panes are re-laid under it (see framebuffer.rs).
         framebuffer::write_line(bytes);
-        drop(shared);
     });
 }
 
 /// The shell's echo on the serial terminal: raw bytes (characters, escape sequences), no
 /// newline added, under the same locks as whole lines so they never land inside one.
 pub fn shell_echo(bytes: &[u8]) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let _guard = LINE_LOCK.lock();
-        let _shared = SHARED_LOCK
-            .load(Ordering::Acquire)
-            .then(crate::instances::region::console_lock)
-            .flatten();
-        serial::write_bytes(bytes);
-    });
+    locked(|| serial::write_bytes(bytes));
 }
 
-/// Runs `f` holding this instance's line lock and the cross-instance console lock, interrupts
-/// off: how every drawing on the framebuffer happens.
+/// Runs `f` holding this instance's line lock and the cross-instance console lock (once the
+/// shared region exists), interrupts off: how every line and every drawing goes out.
 fn locked<R>(f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();

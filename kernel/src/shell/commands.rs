@@ -54,7 +54,12 @@ fn help(topic: Option<&'static mk_shell::CommandInfo>) {
         None => {
             println!("commands:");
             for c in COMMANDS {
-                println!("  {:<44} {}", c.usage, c.about);
+                if c.usage.len() < 28 {
+                    println!("  {:<28}{}", c.usage, c.about);
+                } else {
+                    println!("  {}", c.usage);
+                    println!("  {:<28}{}", "", c.about);
+                }
             }
             println!("keys: arrows (history, cursor), Backspace, Delete, Home/End, Ctrl-C, Ctrl-U");
         }
