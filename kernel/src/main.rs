@@ -15,6 +15,7 @@
 extern crate alloc;
 
 mod arch;
+mod bench;
 mod console;
 mod instance;
 mod instances;

@@ -251,12 +251,19 @@ pub const SCRIPT: Script = Script {
             reject: &[],
             timeout_secs: 30,
         },
-        typed(
-            "bench",
-            "bench 20\r",
-            &["PING round trips, 20 per instance", "median", "1 ", "3 "],
-            &["error"],
-        ),
+        Check {
+            name: "bench",
+            action: Action::Type("bench 20 3\r"),
+            expect: &[
+                "in-kernel measurements against instance 3, 20 samples each",
+                "BENCH ipi_raw.polling unit=ns",
+                "BENCH rtt.ipi unit=ns",
+                "BENCH tput.batch16 unit=msg/s",
+                "BENCH op.encode_full",
+            ],
+            reject: &["error"],
+            timeout_secs: 120,
+        },
     ],
 };
 

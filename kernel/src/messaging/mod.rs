@@ -370,6 +370,17 @@ pub fn call(
     }
 }
 
+/// `call` with a 2 s timeout, tried again for up to 5 s while the peer's mailbox is full.
+pub fn call_patiently(to: usize, kind: Kind, payload: Payload) -> Result<Message, CallFailure> {
+    let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
+    loop {
+        match call(to, kind, payload, 2000) {
+            Err(CallFailure::Send(SendError::Busy)) if tsc::read() < deadline => {}
+            other => return other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallFailure {
     Send(SendError),

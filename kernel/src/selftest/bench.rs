@@ -1,125 +1,18 @@
-//! The guest half of `cargo xtask bench`: instance 0 measures, instance 1 (and, for the
-//! all-instances exchange, every other instance) answers. Each measurement is a case of the
-//! test list (`bench_ipi=N`, `bench_rtt=N`, `bench_tput=N`, `bench_all=N`, `bench_boot`) and
-//! prints its figures as `BENCH` lines (format and statistics: `mk-bench`), which xtask
-//! collects. A case fails only when a measurement could not be taken (an answer that never
-//! came, a message that did not arrive); how fast anything was never fails it.
-//!
-//! Times are TSC ticks converted with this instance's calibration. Every latency figure is
-//! the median, p99, min and max over N samples, after N/10 (at least 10) warm-up samples that
-//! are thrown away.
-//!
-//! Instance 1's serve loop is switched between the notification modes by a CONTROL message
-//! before each measurement:
-//!
-//! ```text
-//!  polling   the receiver never halts: it spins on its mailboxes (no IPI needed)
-//!  ipi       the receiver halts as soon as its inbox is empty; each message needs a doorbell
-//!  adaptive  the receiver polls for ADAPTIVE_POLL_US, then arms the doorbell and halts
-//! ```
+//! The `bench_*` cases of the test kernel: `cargo xtask bench` boots them and collects their
+//! `BENCH` lines. The measurements themselves live in `crate::bench` (the shell's `bench` runs
+//! them too); what is here needs the test kernel: the all-instances exchange (jobs in the
+//! other instances) and the boot time.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use mk_bench::{Summary, SummaryFields};
-use mk_mailbox::DoorbellMode;
-use mk_wire::{Kind, Message, Payload};
-
-use super::{Outcome, call_patiently, payload_words, start_job, user_payload, words_payload};
-use crate::arch::{cpu, interrupts, tsc};
+use super::{Outcome, start_job};
+use crate::arch::tsc;
+use crate::bench::{SUNK, idle_stats, ns, sink_message, wait_sunk};
 use crate::messaging;
 use crate::println;
-
-/// USER subtypes of the benchmark.
-pub(super) mod user {
-    /// Call: payload = op, argument (2 x u64); see `op`.
-    pub const CONTROL: u16 = 5;
-    /// One-way: a full-size message that is only counted.
-    pub const SINK: u16 = 6;
-}
-
-/// CONTROL operations.
-mod op {
-    /// Set the serve loop's idle poll: argument µs, or `FOREVER`.
-    pub const IDLE_POLL: u64 = 1;
-    /// Reply: polling ns, halted ns, halts, SINK messages taken (4 x u64).
-    pub const STATS: u64 = 2;
-    /// Answer every probe IPI with one to APIC ID `argument` (`FOREVER`: stop answering).
-    pub const ECHO: u64 = 3;
-}
-
-const FOREVER: u64 = u64::MAX;
-/// The adaptive mode's polling budget.
-const ADAPTIVE_POLL_US: u64 = 50;
-/// A reply or an echo that takes longer than this is a failed measurement.
-const ANSWER_TIMEOUT_MS: u64 = 1000;
-
-/// SINK messages this instance took.
-static SUNK: AtomicU64 = AtomicU64::new(0);
-/// Where probe IPIs are echoed to (`FOREVER`: nowhere).
-static ECHO_TO: AtomicU64 = AtomicU64::new(FOREVER);
-
-/// Registers the benchmark's handlers (in every instance of a test boot).
-pub(super) fn register() {
-    use messaging::HandlerFn;
-    use mk_dispatch::{HandlerKey, Reply};
-    let Some(d) = messaging::dispatcher() else {
-        return;
-    };
-    fn control(m: &Message) -> Option<Reply> {
-        let w = payload_words(&m.payload);
-        let [op, arg] = w[..] else {
-            return Some(Reply::error(mk_wire::Status::InvalidArgument));
-        };
-        let words = match op {
-            op::IDLE_POLL => {
-                messaging::set_idle_poll((arg != FOREVER).then_some(arg));
-                Vec::new()
-            }
-            op::STATS => alloc::vec![
-                ns(messaging::IDLE.polling.load(Ordering::Relaxed)),
-                ns(messaging::IDLE.halted.load(Ordering::Relaxed)),
-                messaging::IDLE.halts.load(Ordering::Relaxed),
-                SUNK.load(Ordering::Relaxed),
-            ],
-            op::ECHO => {
-                ECHO_TO.store(arg, Ordering::SeqCst);
-                interrupts::set_probe_handler(echo);
-                Vec::new()
-            }
-            _ => return Some(Reply::error(mk_wire::Status::InvalidArgument)),
-        };
-        Some(Reply::ok(words_payload(&words)))
-    }
-    fn sink(_: &Message) -> Option<Reply> {
-        SUNK.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-    let _ = d.registry().register(
-        HandlerKey::Kind(Kind::User(user::CONTROL)),
-        &(control as HandlerFn),
-    );
-    let _ = d.registry().register(
-        HandlerKey::Kind(Kind::User(user::SINK)),
-        &(sink as HandlerFn),
-    );
-}
-
-/// The probe vector's handler in an echoing instance: answer at once.
-fn echo() {
-    let to = ECHO_TO.load(Ordering::Relaxed);
-    if to != FOREVER
-        && let Some(cpu) = cpu::try_current()
-    {
-        cpu.with_lapic_in_handler(|l| l.send_ipi(interrupts::vectors::PROBE_IPI, to as u32));
-    }
-}
-
-fn ns(ticks: u64) -> u64 {
-    mk_bench::scale(ticks, 1_000_000, tsc::ticks_per_ms())
-}
 
 fn parse_n(arg: &str) -> Result<usize, String> {
     match arg.parse::<usize>() {
@@ -128,235 +21,20 @@ fn parse_n(arg: &str) -> Result<usize, String> {
     }
 }
 
-/// Sends a CONTROL call to `to`; returns the reply's words.
-fn control(to: usize, op: u64, arg: u64) -> Result<Vec<u64>, String> {
-    let reply = call_patiently(to, Kind::User(user::CONTROL), words_payload(&[op, arg]))
-        .map_err(|e| format!("control call to instance {to}: {e:?}"))?;
-    if reply.status != mk_wire::Status::Ok {
-        return Err(format!(
-            "control call to instance {to}: status {:?}",
-            reply.status
-        ));
-    }
-    Ok(payload_words(&reply.payload))
-}
-
-/// Instance `to`'s idle accounting and sink count.
-struct IdleSnapshot {
-    polling_ns: u64,
-    halted_ns: u64,
-    halts: u64,
-    sunk: u64,
-}
-
-fn idle_stats(to: usize) -> Result<IdleSnapshot, String> {
-    let w = control(to, op::STATS, 0)?;
-    let [polling_ns, halted_ns, halts, sunk] = w[..] else {
-        return Err(format!("stats reply of {} words", w.len()));
-    };
-    Ok(IdleSnapshot {
-        polling_ns,
-        halted_ns,
-        halts,
-        sunk,
-    })
-}
-
-/// Takes `n` samples of `one` after the warm-up; returns their summary in ns.
-fn sample(n: usize, mut one: impl FnMut() -> Result<u64, String>) -> Result<Summary, String> {
-    for _ in 0..(n / 10).max(10) {
-        one()?;
-    }
-    let mut ticks = Vec::with_capacity(n);
-    for _ in 0..n {
-        ticks.push(one()?);
-    }
-    Ok(Summary::of(&mut ticks).ok_or("no samples")?.map(ns))
-}
-
-fn print_summary(name: &str, s: &Summary, extra: &str) {
-    println!(
-        "BENCH {name} {} {extra}",
-        SummaryFields {
-            unit: "ns",
-            summary: s
-        }
-    );
-}
-
-/// `bench_ipi=N`: the raw IPI round trip, no mailbox: instance 0 sends a probe IPI to
-/// instance 1's CPU, whose handler answers with one; instance 0 spins until it arrives. Once
-/// with instance 1 polling (its CPU is running: the floor of an IPI), once with it halted (the
-/// IPI also has to wake it: the floor of an IPI-notified message).
 pub(super) fn bench_ipi(arg: &str) -> Outcome {
-    let n = parse_n(arg)?;
-    let peer = messaging::doorbell_cpu(1).ok_or("instance 1 has no CPU")?;
-    let me = cpu::current().apic_id;
-    control(1, op::ECHO, u64::from(me))?;
-    let timeout = ANSWER_TIMEOUT_MS * tsc::ticks_per_ms();
-    let probe = || {
-        let before = interrupts::PROBE_IPIS.load(Ordering::Acquire);
-        let start = tsc::read();
-        cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::PROBE_IPI, peer));
-        while interrupts::PROBE_IPIS.load(Ordering::Acquire) == before {
-            if tsc::read() - start > timeout {
-                return Err(String::from("no answer to a probe IPI"));
-            }
-            core::hint::spin_loop();
-        }
-        Ok(tsc::read() - start)
-    };
-    let result = (|| {
-        for (name, idle) in [("ipi_raw.polling", FOREVER), ("ipi_raw.halted", 0)] {
-            control(1, op::IDLE_POLL, idle)?;
-            let s = sample(n, probe)?;
-            print_summary(name, &s, "");
-        }
-        Ok(())
-    })();
-    control(1, op::ECHO, FOREVER)?;
-    control(1, op::IDLE_POLL, 0)?;
-    result
+    crate::bench::ipi(parse_n(arg)?, 1)
 }
 
-/// `bench_rtt=N`: the round trip of a minimal message (a PING call and its reply, through
-/// the mailboxes and the dispatcher on both sides), in each notification mode. The adaptive
-/// mode runs twice: with requests back to back (the receiver finds the next one while
-/// polling) and with a 500 µs pause between them (longer than its polling budget, so it
-/// halts). Each line also gives the share of the receiver's time spent polling an empty inbox
-/// and how often it halted.
 pub(super) fn bench_rtt(arg: &str) -> Outcome {
-    let n = parse_n(arg)?;
-    let timeout = ANSWER_TIMEOUT_MS;
-    let variants = [
-        ("rtt.polling", FOREVER, 0),
-        ("rtt.ipi", 0, 0),
-        ("rtt.adaptive", ADAPTIVE_POLL_US, 0),
-        ("rtt.adaptive_paced", ADAPTIVE_POLL_US, 500),
-    ];
-    let result = (|| {
-        for (name, idle, gap_us) in variants {
-            control(1, op::IDLE_POLL, idle)?;
-            let before = idle_stats(1)?;
-            let start = tsc::read();
-            let mut nonce = 0;
-            let s = sample(n, || {
-                if gap_us > 0 {
-                    tsc::spin_micros(gap_us);
-                }
-                nonce += 1;
-                let ping = Payload::Ping(mk_wire::PingPayload { nonce, sent_at: 0 });
-                let t0 = tsc::read();
-                let reply = messaging::call(1, Kind::Ping, ping, timeout)
-                    .map_err(|e| format!("{name}: ping {nonce}: {e:?}"))?;
-                let t = tsc::read() - t0;
-                if reply.payload != ping {
-                    return Err(format!(
-                        "{name}: ping {nonce} answered with another payload"
-                    ));
-                }
-                Ok(t)
-            })?;
-            let elapsed = ns(tsc::read() - start).max(1);
-            let after = idle_stats(1)?;
-            let polling = after.polling_ns - before.polling_ns;
-            print_summary(
-                name,
-                &s,
-                &format!(
-                    "idle_poll_us={} gap_us={gap_us} receiver_polling_permille={} receiver_halted_permille={} receiver_halts={}",
-                    if idle == FOREVER {
-                        String::from("forever")
-                    } else {
-                        format!("{idle}")
-                    },
-                    polling.saturating_mul(1000) / elapsed,
-                    (after.halted_ns - before.halted_ns).saturating_mul(1000) / elapsed,
-                    after.halts - before.halts
-                ),
-            );
-        }
-        Ok(())
-    })();
-    control(1, op::IDLE_POLL, 0)?;
-    result
+    crate::bench::rtt(parse_n(arg)?, 1)
 }
 
-/// A full-size (256-byte) SINK message.
-fn sink_message(id: u64) -> Message {
-    Message::request(
-        crate::instance::id() as u16,
-        Kind::User(user::SINK),
-        id,
-        user_payload(&[0x5a; mk_wire::MAX_PAYLOAD]),
-    )
-}
-
-/// Waits until instance `to` has taken `want` SINK messages in total, draining our inbox.
-fn wait_sunk(to: usize, want: u64, timeout_ms: u64) -> Result<(), String> {
-    let deadline = tsc::read() + timeout_ms * tsc::ticks_per_ms();
-    loop {
-        let got = if to == crate::instance::id() as usize {
-            messaging::poll();
-            SUNK.load(Ordering::Relaxed)
-        } else {
-            idle_stats(to)?.sunk
-        };
-        if got >= want {
-            return Ok(());
-        }
-        if tsc::read() > deadline {
-            return Err(format!(
-                "instance {to} took {got} of {want} messages in {timeout_ms} ms"
-            ));
-        }
-    }
-}
-
-/// `bench_tput=N`: one-way throughput of N full 256-byte messages from instance 0 to
-/// instance 1: with doorbell suppression (the default), with a doorbell for every message,
-/// with batches of 16 messages under one doorbell, and to a polling receiver. Timed from the
-/// first send until instance 1 has taken the last message.
 pub(super) fn bench_tput(arg: &str) -> Outcome {
-    let n = parse_n(arg)? as u64;
-    let variants = [
-        ("tput.suppress", 0, DoorbellMode::Suppress, 1),
-        ("tput.always", 0, DoorbellMode::Always, 1),
-        ("tput.batch16", 0, DoorbellMode::Suppress, 16),
-        ("tput.polling", FOREVER, DoorbellMode::Suppress, 1),
-    ];
-    let row = crate::instances::region::telemetry_row(0).ok_or("no telemetry table")?;
-    let result = (|| {
-        for (name, idle, mode, batch) in variants {
-            control(1, op::IDLE_POLL, idle)?;
-            messaging::set_doorbell_mode(mode);
-            let before = idle_stats(1)?;
-            let ipis_before = row[1].snapshot().ipis_sent;
-            let batch_msgs: Vec<Message> = (0..batch).map(|i| sink_message(i + 1)).collect();
-            let start = tsc::read();
-            let mut sent = 0;
-            while sent < n {
-                let k = batch.min(n - sent) as usize;
-                let (ok, r) = messaging::send_batch(1, &batch_msgs[..k], 5000);
-                sent += ok as u64;
-                r.map_err(|e| format!("{name}: message {sent}: {e:?}"))?;
-            }
-            wait_sunk(1, before.sunk + n, 60_000)?;
-            let elapsed = ns(tsc::read() - start).max(1);
-            let after = idle_stats(1)?;
-            let per_sec = mk_bench::scale(n, 1_000_000_000, elapsed);
-            println!(
-                "BENCH {name} unit=msg/s value={per_sec} msgs={n} ns={elapsed} bytes_per_s={} ipis={} receiver_halts={}",
-                per_sec * mk_wire::SLOT_SIZE as u64,
-                row[1].snapshot().ipis_sent - ipis_before,
-                after.halts - before.halts
-            );
-        }
-        Ok(())
-    })();
-    messaging::set_doorbell_mode(DoorbellMode::Suppress);
-    control(1, op::IDLE_POLL, 0)?;
-    result
+    crate::bench::tput(parse_n(arg)?, 1)
+}
+
+pub(super) fn bench_ops(arg: &str) -> Outcome {
+    crate::bench::ops(parse_n(arg)?)
 }
 
 /// Job argument of `stream_among`: N in the low 48 bits, the number of instances above.
@@ -450,75 +128,5 @@ pub(super) fn bench_boot() -> Outcome {
         "BENCH boot.instances unit=ns value={} instances={count}",
         ns(running - entry)
     );
-    Ok(())
-}
-
-/// `bench_ops=N`: what the primitive operations on the message path cost on this machine, each
-/// timed over N repetitions (ns per operation, mean): a memory write to the shared region, a
-/// lock round trip, reading the TSC, turning interrupts off and on, a local APIC register read,
-/// polling empty mailboxes, encoding a full message. Under a hypervisor that traps privileged
-/// instructions these differ by orders of magnitude; this shows which ones the path pays for.
-pub(super) fn bench_ops(arg: &str) -> Outcome {
-    let n = parse_n(arg)? as u64;
-    let shared = crate::instances::region::telemetry_row(0).ok_or("no telemetry table")?;
-    let lock = spin::Mutex::new(0u64);
-    let msg = sink_message(1);
-    let mut slot = [0u8; mk_wire::SLOT_SIZE];
-    // Each operation runs up to N times, in rounds of 16, and stops early once 200 ms have
-    // passed (some cost milliseconds under an emulating hypervisor).
-    let budget = 200 * tsc::ticks_per_ms();
-    let time = |name: &str, op: &mut dyn FnMut()| {
-        let start = tsc::read();
-        let mut done = 0;
-        while done < n && tsc::read() - start < budget {
-            for _ in 0..16 {
-                op();
-            }
-            done += 16;
-        }
-        let per_op = ns(tsc::read() - start) / done;
-        println!("BENCH op.{name} unit=ns_per_op value={per_op} n={done}");
-    };
-    time("empty", &mut || core::hint::black_box(()));
-    time("shared_atomic_add", &mut || shared[1].record_busy());
-    time("spin_lock", &mut || *lock.lock() += 1);
-    time("rdtsc", &mut || {
-        core::hint::black_box(tsc::read());
-    });
-    time("cli_sti", &mut || {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::interrupts::enable();
-    });
-    time("without_interrupts", &mut || {
-        x86_64::instructions::interrupts::without_interrupts(|| ())
-    });
-    time("lapic_read", &mut || {
-        core::hint::black_box(cpu::current().with_lapic(|l| l.id()));
-    });
-    time("poll_empty", &mut || {
-        core::hint::black_box(messaging::poll());
-    });
-    time("encode_full", &mut || {
-        core::hint::black_box(mk_wire::encode(&msg, &mut slot).is_ok());
-    });
-    time("decode_full", &mut || {
-        core::hint::black_box(mk_wire::decode(&slot).is_ok());
-    });
-    let ping = Message::request(
-        0,
-        Kind::Ping,
-        0,
-        Payload::Ping(mk_wire::PingPayload {
-            nonce: 1,
-            sent_at: 2,
-        }),
-    );
-    time("encode_ping", &mut || {
-        core::hint::black_box(mk_wire::encode(&ping, &mut slot).is_ok());
-    });
-    time("copy_256", &mut || {
-        let copy = core::hint::black_box(slot);
-        core::hint::black_box(copy);
-    });
     Ok(())
 }

@@ -19,6 +19,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::{apic, interrupts, pit};
 use crate::memory::{self, frames};
+use crate::messaging::call_patiently;
 use crate::platform::acpi::Platform;
 use crate::platform::qemu::{self, ExitCode};
 use crate::println;
@@ -756,7 +757,6 @@ fn register_test_handlers() {
         HandlerKey::Kind(Kind::User(user::IRQ_STATS)),
         &(irq_stats as HandlerFn),
     );
-    bench::register();
     crate::messaging::set_idle_hook(run_job);
 }
 
@@ -791,23 +791,6 @@ fn peer_stats_from(to: usize, from: usize) -> Result<PeerStats, String> {
         jobs_done: w[5],
         job_result: w[6],
     })
-}
-
-/// A call that retries while the peer's mailbox is full (it may be paused on purpose), for up
-/// to 5 s.
-fn call_patiently(
-    to: usize,
-    kind: mk_wire::Kind,
-    payload: mk_wire::Payload,
-) -> Result<mk_wire::Message, crate::messaging::CallFailure> {
-    use crate::messaging::{CallFailure, SendError};
-    let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
-    loop {
-        match crate::messaging::call(to, kind, payload, 2000) {
-            Err(CallFailure::Send(SendError::Busy)) if crate::arch::tsc::read() < deadline => {}
-            other => return other,
-        }
-    }
 }
 
 /// What instance `to` counted of this instance's messages.

@@ -78,6 +78,7 @@ pub fn init(me: usize) -> Result<(), &'static str> {
         reg.register(HandlerKey::Kind(*kind), handler)
             .map_err(|_| "registering a service handler")?;
     }
+    crate::bench::register();
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
     messaging::set_poll_hook(on_poll);
     Ok(())

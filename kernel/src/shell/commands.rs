@@ -38,7 +38,7 @@ pub fn run(command: Command) {
         Command::Shutdown { instance } => shutdown(instance),
         Command::Respawn { instance } => respawn(instance),
         Command::Crash { instance } => crash(instance),
-        Command::Bench { rounds } => bench(rounds),
+        Command::Bench { rounds, instance } => bench(rounds, instance),
     };
     if let Err(message) = outcome {
         println!("error: {message}");
@@ -490,44 +490,15 @@ fn respawn(k: usize) -> Outcome {
     Ok(())
 }
 
-fn bench(rounds: u32) -> Outcome {
-    let r = shared()?;
-    println!("PING round trips, {rounds} per instance (cargo xtask bench measures the rest)");
+fn bench(rounds: u32, k: usize) -> Outcome {
+    running_peer(k, "measure against")?;
+    let n = rounds as usize;
     println!(
-        "{:<6}{:>14}{:>14}{:>14}{:>14}{:>8}",
-        "inst", "min", "median", "p99", "max", "lost"
+        "in-kernel measurements against instance {k}, {n} samples each (ns; `cargo xtask bench` runs the same and compares them with host baselines)"
     );
-    let mut measured = 0;
-    for k in 1..r.instance_count() {
-        if state_of(k)? != InstanceState::Running {
-            continue;
-        }
-        let mut rtts = Vec::with_capacity(rounds as usize);
-        let mut lost = 0;
-        for seq in 0..u64::from(rounds) {
-            match ping_once(k, seq) {
-                Ok(t) => rtts.push(t),
-                Err(_) => lost += 1,
-            }
-        }
-        if let Some(s) = mk_bench::Summary::of(&mut rtts) {
-            println!(
-                "{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}",
-                micros(s.min),
-                micros(s.median),
-                micros(s.p99),
-                micros(s.max)
-            );
-            measured += 1;
-        } else {
-            println!(
-                "{k:<6}{:>14}{:>14}{:>14}{:>14}{lost:>8}",
-                "-", "-", "-", "-"
-            );
-        }
-    }
-    if measured == 0 {
-        return Err(String::from("no running instance answered"));
-    }
+    crate::bench::ipi(n, k)?;
+    crate::bench::rtt(n, k)?;
+    crate::bench::tput(n, k)?;
+    crate::bench::ops(n)?;
     Ok(())
 }

@@ -31,8 +31,8 @@ pub enum Command {
     Respawn { instance: usize },
     /// `crash INST`
     Crash { instance: usize },
-    /// `bench [ROUNDS]`
-    Bench { rounds: u32 },
+    /// `bench [ROUNDS] [INST]`
+    Bench { rounds: u32, instance: usize },
 }
 
 /// One command's name, usage and one-line description (what `help` prints).
@@ -97,8 +97,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "bench",
-        usage: "bench [ROUNDS]",
-        about: "ping round trips to every instance (ROUNDS 1..100000, default 1000)",
+        usage: "bench [ROUNDS] [INST]",
+        about: "in-kernel benchmark against INST (default 1): round trips, throughput, op costs; ROUNDS 1..100000 (200)",
     },
 ];
 
@@ -223,13 +223,25 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 _ => Command::Crash { instance },
             }
         }
-        "bench" => match args {
-            [] => Command::Bench { rounds: 1000 },
-            [r] => Command::Bench {
-                rounds: num("rounds", r, 100_000).and_then(|c| positive(cmd, "rounds", c))? as u32,
-            },
-            _ => return Err(usage_error(cmd, String::from("too many arguments"))),
-        },
+        "bench" => {
+            let rounds = match args.first() {
+                None => 200,
+                Some(r) => {
+                    num("rounds", r, 100_000).and_then(|c| positive(cmd, "rounds", c))? as u32
+                }
+            };
+            match args {
+                [] | [_] => Command::Bench {
+                    rounds,
+                    instance: 1,
+                },
+                [_, inst] => Command::Bench {
+                    rounds,
+                    instance: instance(inst)?,
+                },
+                _ => return Err(usage_error(cmd, String::from("too many arguments"))),
+            }
+        }
         _ => unreachable!("every name in COMMANDS is parsed above"),
     };
     Ok(Some(parsed))
@@ -343,8 +355,27 @@ mod tests {
         assert_eq!(ok("shutdown 3"), Command::Shutdown { instance: 3 });
         assert_eq!(ok("respawn 3"), Command::Respawn { instance: 3 });
         assert_eq!(ok("crash 2"), Command::Crash { instance: 2 });
-        assert_eq!(ok("bench"), Command::Bench { rounds: 1000 });
-        assert_eq!(ok("bench 50"), Command::Bench { rounds: 50 });
+        assert_eq!(
+            ok("bench"),
+            Command::Bench {
+                rounds: 200,
+                instance: 1
+            }
+        );
+        assert_eq!(
+            ok("bench 50"),
+            Command::Bench {
+                rounds: 50,
+                instance: 1
+            }
+        );
+        assert_eq!(
+            ok("bench 50 3"),
+            Command::Bench {
+                rounds: 50,
+                instance: 3
+            }
+        );
         assert_eq!(parse("   "), Ok(None));
         // Every listed command is reachable by name.
         for c in COMMANDS {
@@ -392,7 +423,12 @@ mod tests {
             ("crash 1 2", "takes 1 argument(s), got 2", "crash INST"),
             ("instances now", "takes 0 argument(s), got 1", "instances"),
             ("help nothing", "no command 'nothing'", "help [COMMAND]"),
-            ("bench 0", "rounds must be at least 1", "bench [ROUNDS]"),
+            (
+                "bench 0",
+                "rounds must be at least 1",
+                "bench [ROUNDS] [INST]",
+            ),
+            ("bench 5 1 2", "too many arguments", "bench [ROUNDS] [INST]"),
         ] {
             let e = err(line);
             assert!(e.message.contains(says), "{line}: {e:?}");

@@ -451,3 +451,16 @@ fn codes_are_consistent() {
     }
     assert_eq!(Status::from_code(Status::ALL.len() as u16), None);
 }
+
+#[test]
+fn user_payload_words() {
+    let words = [0, 1, u64::MAX, 0x0102_0304_0506_0708];
+    let p = UserPayload::from_words(&words).unwrap();
+    assert_eq!(p.len(), 32);
+    assert_eq!(p.as_bytes()[24..], [8, 7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(p.words().collect::<Vec<_>>(), words);
+    assert!(UserPayload::from_words(&[7; MAX_PAYLOAD / 8]).is_some());
+    assert!(UserPayload::from_words(&[7; MAX_PAYLOAD / 8 + 1]).is_none());
+    // A trailing partial word is not read.
+    assert_eq!(UserPayload::new(&[1; 12]).unwrap().words().count(), 1);
+}
