@@ -60,7 +60,7 @@ impl Session {
                     Err(_) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(100))
                     }
-                    Err(e) => return Err(format!("connecting to the QEMU monitor: {e}").into()),
+                    Err(e) => return Err(format!("connecting to the QEMU monitor: {e}")),
                 }
             };
             stream
@@ -178,10 +178,13 @@ fn drive(
     let deadline = started + Duration::from_secs(script.boot_timeout_secs);
     while !s.text().contains(console::PROMPT) {
         if Instant::now() > deadline {
-            return Err(format!("no shell prompt within {} s", script.boot_timeout_secs).into());
+            return Err(format!(
+                "no shell prompt within {} s",
+                script.boot_timeout_secs
+            ));
         }
         if let Ok(Some(status)) = s.child.try_wait() {
-            return Err(format!("QEMU exited ({status}) before the prompt").into());
+            return Err(format!("QEMU exited ({status}) before the prompt"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -233,10 +236,9 @@ fn run_check(check: &Check, s: &mut Session, shots: &Path) -> Outcome<String> {
                     "no '{}' in the answer within {} s",
                     console::missing(&out, check).unwrap_or(console::PROMPT),
                     check.timeout_secs
-                )
-                .into());
+                ));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -258,7 +260,7 @@ fn screenshot(check: &Check, panes: &[usize], s: &mut Session, shots: &Path) -> 
             s.monitor(&format!("screendump {} -f png", png.display()))?;
             return outcome
                 .map(|found| format!(": {found}; screenshot {}", png.display()))
-                .map_err(|e| format!("{e}; screenshot {}", png.display()).into());
+                .map_err(|e| format!("{e}; screenshot {}", png.display()));
         }
     }
 }

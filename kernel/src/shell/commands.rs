@@ -331,7 +331,7 @@ fn mem_move(bytes: u64, from: usize, to: usize) -> Outcome {
     if from == to {
         return Err(format!("instance {from} cannot give memory to itself"));
     }
-    if bytes % chunk != 0 {
+    if !bytes.is_multiple_of(chunk) {
         return Err(format!(
             "{} is not a multiple of {} (the ownership table's chunk)",
             format_size(bytes),

@@ -289,7 +289,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// Bytes in the largest binary unit that divides them (`16 MiB`, `1536 KiB`, `100 B`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }

@@ -811,8 +811,8 @@ impl UserPayload {
     pub fn from_words(words: &[u64]) -> Option<Self> {
         let mut data = [0; MAX_PAYLOAD];
         let bytes = data.get_mut(..words.len() * 8)?;
-        for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
-            chunk.copy_from_slice(&w.to_le_bytes());
+        for (chunk, w) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(words) {
+            *chunk = w.to_le_bytes();
         }
         Some(Self {
             len: (words.len() * 8) as u8,
@@ -823,7 +823,9 @@ impl UserPayload {
     /// The payload read as little-endian 64-bit words (a trailing partial word is ignored).
     pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
         self.as_bytes()
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| u64::from_le_bytes(*c))
     }
 }
