@@ -7,8 +7,7 @@
 //! Everything here is data and matching, tested on the host; `xtask/src/console_test.rs`
 //! drives QEMU.
 
-/// The shell's prompt (`kernel/src/shell/mod.rs`).
-pub const PROMPT: &str = "mk> ";
+pub use mk_shell::PROMPT;
 
 /// What the harness does for one check.
 #[derive(Debug, Clone, Copy)]

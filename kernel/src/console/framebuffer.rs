@@ -207,7 +207,8 @@ pub fn refresh() {
 }
 
 /// The live instances (booting or running), a bit per id; just this one before the shared
-/// region exists.
+/// region exists (then only instance 0 runs, or an instance not yet attached to it, which
+/// has no framebuffer yet either).
 fn live_mask() -> u64 {
     let me = crate::instance::id() as usize;
     let Some(r) = crate::instances::region::get() else {
@@ -224,8 +225,10 @@ fn live_mask() -> u64 {
             mask |= 1 << k;
         }
     }
-    // This instance draws while it runs, whatever the table says (before it is published).
-    mask | 1 << me
+    // Instance 0 runs as long as the machine does. Any other instance draws only while the
+    // table says it boots or runs: one that stopped or is declared dead has lost its pane to
+    // the others and must not draw into it (its last lines go to serial only).
+    mask | 1
 }
 
 impl Console {

@@ -20,8 +20,7 @@ use spin::Mutex;
 use crate::console;
 use crate::platform::ps2;
 
-/// The prompt, also what the test harness waits for before typing.
-pub const PROMPT: &str = "mk> ";
+use mk_shell::PROMPT;
 
 struct Shell {
     editor: LineEditor,
@@ -41,14 +40,14 @@ pub fn start() {
     });
     ps2::init();
     crate::println!("multikernel shell: type 'help' for the commands");
-    show_prompt("");
+    show_prompt();
     crate::messaging::set_idle_hook(poll);
 }
 
 /// The serve loop's idle hook: takes every key waiting on either input and acts on it.
 fn poll() {
     loop {
-        let key = {
+        let (edit, line, cursor) = {
             let mut guard = SHELL.lock();
             let Some(shell) = guard.as_mut() else { return };
             let Some(key) = next_key(shell) else { return };
@@ -60,7 +59,6 @@ fn poll() {
             )
         };
         // The lock is dropped: a command may take long and drain mailboxes meanwhile.
-        let (edit, line, cursor) = key;
         match edit {
             Edit::None => {}
             Edit::Bell => console::shell_echo(b"\x07"),
@@ -76,13 +74,13 @@ fn poll() {
             Edit::Cancelled => {
                 console::shell_echo(b"^C\r\n");
                 console::shell_commit(PROMPT, "^C");
-                show_prompt("");
+                show_prompt();
             }
             Edit::Submit(line) => {
                 console::shell_echo(b"\r\n");
                 console::shell_commit(PROMPT, &line);
                 run_line(&line);
-                show_prompt("");
+                show_prompt();
             }
         }
     }
@@ -102,9 +100,9 @@ fn next_key(shell: &mut Shell) -> Option<Key> {
     None
 }
 
-fn show_prompt(line: &str) {
+fn show_prompt() {
     console::shell_echo(PROMPT.as_bytes());
-    console::shell_input(PROMPT, line);
+    console::shell_input(PROMPT, "");
 }
 
 /// Redraws the line on the terminal: back to column 0, prompt, line, erase the rest, cursor
