@@ -98,9 +98,14 @@ pub fn run(
     shots: &Path,
     tally: &mut Tally,
 ) -> Result<()> {
+    let firmware = match script.firmware {
+        qemu_tests::Firmware::Bios => boot::Firmware::Bios,
+        qemu_tests::Firmware::Uefi => boot::Firmware::Uefi,
+    };
+    let tag = format!("TCG, {}", firmware.name());
     let machine = Machine {
         accel: Accel::Tcg,
-        firmware: boot::Firmware::Bios,
+        firmware,
         smp: script.smp,
         memory_mib: u64::from(script.memory_mib),
         image: image.to_path_buf(),
@@ -144,7 +149,7 @@ pub fn run(
         monitor_path,
     };
     let started = Instant::now();
-    let result = drive(script, &mut session, shots, tally, started);
+    let result = drive(script, &mut session, shots, &tag, tally, started);
     let _ = session.child.kill();
     let _ = session.child.wait();
     let _ = std::fs::remove_file(&session.monitor_path);
@@ -153,7 +158,7 @@ pub fn run(
     let _ = std::fs::write(&log_path, &text);
     if let Err(e) = result {
         let name = format!("{}/boot", script.name);
-        println!("FAIL   {name} (TCG, BIOS): {e}");
+        println!("FAIL   {name} ({tag}): {e}");
         tally.fail(name);
     }
     if tally.failed_in(script.name) {
@@ -172,6 +177,7 @@ fn drive(
     script: &Script,
     s: &mut Session,
     shots: &Path,
+    tag: &str,
     tally: &mut Tally,
     started: Instant,
 ) -> Outcome<()> {
@@ -196,16 +202,16 @@ fn drive(
     for check in script.checks {
         let name = format!("{}/{}", script.name, check.name);
         let t = Instant::now();
-        match run_check(check, s, shots) {
+        match run_check(script.name, check, s, shots) {
             Ok(detail) => {
                 println!(
-                    "ok     {name} (TCG, BIOS; {:.1} s){detail}",
+                    "ok     {name} ({tag}; {:.1} s){detail}",
                     t.elapsed().as_secs_f64()
                 );
                 tally.pass();
             }
             Err(e) => {
-                println!("FAIL   {name} (TCG, BIOS): {e}");
+                println!("FAIL   {name} ({tag}): {e}");
                 tally.fail(name);
             }
         }
@@ -213,7 +219,7 @@ fn drive(
     Ok(())
 }
 
-fn run_check(check: &Check, s: &mut Session, shots: &Path) -> Outcome<String> {
+fn run_check(script: &str, check: &Check, s: &mut Session, shots: &Path) -> Outcome<String> {
     let from = s.len();
     match check.action {
         Action::Type(text) => s.type_text(text)?,
@@ -223,7 +229,7 @@ fn run_check(check: &Check, s: &mut Session, shots: &Path) -> Outcome<String> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Action::Screen(panes) => return screenshot(check, panes, s, shots),
+        Action::Screen(panes) => return screenshot(script, check, panes, s, shots),
     }
     let deadline = Instant::now() + Duration::from_secs(check.timeout_secs);
     loop {
@@ -244,9 +250,15 @@ fn run_check(check: &Check, s: &mut Session, shots: &Path) -> Outcome<String> {
 }
 
 /// Takes the screenshot twice: PPM for the check, PNG kept for a person to look at.
-fn screenshot(check: &Check, panes: &[usize], s: &mut Session, shots: &Path) -> Outcome<String> {
-    let ppm = shots.join(format!("{}.ppm", check.name));
-    let png = shots.join(format!("{}.png", check.name));
+fn screenshot(
+    script: &str,
+    check: &Check,
+    panes: &[usize],
+    s: &mut Session,
+    shots: &Path,
+) -> Outcome<String> {
+    let ppm = shots.join(format!("{script}-{}.ppm", check.name));
+    let png = shots.join(format!("{script}-{}.png", check.name));
     let _ = std::fs::remove_file(&ppm);
     // The panes are re-laid by the instances themselves after a change; give them a moment
     // (they redraw within a few timer ticks), then retry for a while before failing.

@@ -44,9 +44,15 @@ impl Tally {
     }
 }
 
-/// Whether `filter` selects the console test (its name or one of its checks).
-fn console_selected(filter: Option<&str>) -> bool {
-    let script = &qemu_tests::console::SCRIPT;
+/// The console boots `filter` selects (by their name or one of their checks).
+fn console_selected(filter: Option<&str>) -> Vec<&'static qemu_tests::console::Script> {
+    qemu_tests::console::SCRIPTS
+        .into_iter()
+        .filter(|script| console_matches(script, filter))
+        .collect()
+}
+
+fn console_matches(script: &qemu_tests::console::Script, filter: Option<&str>) -> bool {
     filter.is_none_or(|f| {
         script.name.contains(f)
             || script
@@ -76,14 +82,18 @@ pub fn main(argv: &[String]) -> Result<()> {
             .filter(|b| filter.as_deref().is_none_or(|f| b.matches(f)))
             .collect();
         let console = console_selected(filter.as_deref());
-        if filter.is_some() && boots.is_empty() && !console && tally.passed + tally.failed == 0 {
+        if filter.is_some()
+            && boots.is_empty()
+            && console.is_empty()
+            && tally.passed + tally.failed == 0
+        {
             return Err(Error::Usage(format!(
                 "no test matches '{}'",
                 filter.unwrap_or_default()
             )));
         }
-        if !boots.is_empty() || console {
-            qemu_tests_run(&boots, console, args.flag("no-kvm"), &mut tally)?;
+        if !boots.is_empty() || !console.is_empty() {
+            qemu_tests_run(&boots, &console, args.flag("no-kvm"), &mut tally)?;
         }
     }
 
@@ -129,10 +139,17 @@ fn host_tests(tally: &mut Tally, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn qemu_tests_run(boots: &[Boot], console: bool, no_kvm: bool, tally: &mut Tally) -> Result<()> {
+fn qemu_tests_run(
+    boots: &[Boot],
+    console: &[&qemu_tests::console::Script],
+    no_kvm: bool,
+    tally: &mut Tally,
+) -> Result<()> {
     let needs_uefi = boots
         .iter()
-        .any(|b| b.firmware == qemu_tests::Firmware::Uefi);
+        .map(|b| b.firmware)
+        .chain(console.iter().map(|s| s.firmware))
+        .any(|f| f == qemu_tests::Firmware::Uefi);
     setup::ensure_qemu(needs_uefi)?;
     let kvm = !no_kvm && setup::kvm_usable();
     let skip_reason = if no_kvm {
@@ -181,19 +198,20 @@ fn qemu_tests_run(boots: &[Boot], console: bool, no_kvm: bool, tally: &mut Tally
         };
         run_boot(b, accel, &image, &logs, tally)?;
     }
-    if console {
-        // Under TCG, so it runs (and is never skipped) everywhere.
-        let image = match images
-            .iter()
-            .find(|(f, _)| *f == qemu_tests::Firmware::Bios)
-        {
+    // Under TCG, so they run (and are never skipped) everywhere.
+    for script in console {
+        let image = match images.iter().find(|(f, _)| *f == script.firmware) {
             Some((_, p)) => p.clone(),
-            None => build::image(&kernel, boot::Firmware::Bios, Flavor::Test)?,
+            None => {
+                let p = build::image(&kernel, firmware(script.firmware), Flavor::Test)?;
+                images.push((script.firmware, p.clone()));
+                p
+            }
         };
         let shots = root().join("target/screenshots");
         std::fs::create_dir_all(&shots)
             .map_err(|e| format!("creating {}: {e}", shots.display()))?;
-        console_test::run(&qemu_tests::console::SCRIPT, &image, &logs, &shots, tally)?;
+        console_test::run(script, &image, &logs, &shots, tally)?;
     }
     Ok(())
 }
