@@ -37,11 +37,14 @@ use crate::println;
 /// A measurement that could not be taken, and why.
 pub type Outcome = Result<(), String>;
 
-fn words_payload(words: &[u64]) -> Payload {
+/// A USER payload of little-endian words (the CONTROL requests and replies; the test kernel's
+/// too).
+pub fn words_payload(words: &[u64]) -> Payload {
     Payload::User(UserPayload::from_words(words).expect("a few words fit in a message"))
 }
 
-fn payload_words(p: &Payload) -> Vec<u64> {
+/// The words of a USER payload (none for any other payload).
+pub fn payload_words(p: &Payload) -> Vec<u64> {
     match p {
         Payload::User(u) => u.words().collect(),
         _ => Vec::new(),

@@ -18,6 +18,7 @@ use alloc::{format, vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::{apic, interrupts, pit};
+use crate::bench::{payload_words, words_payload};
 use crate::memory::{self, frames};
 use crate::messaging::call_patiently;
 use crate::platform::acpi::Platform;
@@ -481,27 +482,6 @@ fn pattern(seq: u64, i: usize) -> u64 {
 
 fn user_payload(bytes: &[u8]) -> mk_wire::Payload {
     mk_wire::Payload::User(mk_wire::UserPayload::new(bytes).expect("fits in a message"))
-}
-
-fn words_payload(words: &[u64]) -> mk_wire::Payload {
-    let mut bytes = [0u8; 8 * 8];
-    for (chunk, w) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(words) {
-        *chunk = w.to_le_bytes();
-    }
-    user_payload(&bytes[..words.len() * 8])
-}
-
-fn payload_words(p: &mk_wire::Payload) -> Vec<u64> {
-    match p {
-        mk_wire::Payload::User(u) => u
-            .as_bytes()
-            .as_chunks::<8>()
-            .0
-            .iter()
-            .map(|c| u64::from_le_bytes(*c))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// The next sequenced message from this instance to `to`.
