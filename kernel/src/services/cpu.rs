@@ -188,17 +188,12 @@ pub fn move_cpu(apic: u32, from: usize, to: usize) -> Result<(), MoveError> {
         payload(apic, g, HandoffPhase::Commit),
         STEP_TIMEOUT_MS,
     );
-    match outcome {
-        Ok(reply) if reply.status == Status::Ok => Ok(()),
-        other => {
-            // Roll back if the receiver did not take it: the CPU stays parked with instance 0.
-            let _ = r.abort_transfer(cpu, 0, g);
-            Err(match other {
-                Ok(reply) => MoveError::ReceiverRefused(reply.status),
-                Err(e) => MoveError::Call(e),
-            })
-        }
+    let result = super::receiver_answer(outcome);
+    if result.is_err() {
+        // Roll back if the receiver did not take it: the CPU stays parked with instance 0.
+        let _ = r.abort_transfer(cpu, 0, g);
     }
+    result
 }
 
 /// Called on a CPU that just joined its instance (from the AP entry): leaves its APIC ID in

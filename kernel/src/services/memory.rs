@@ -240,16 +240,12 @@ pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), M
         payload(start, len, HandoffPhase::Commit),
         STEP_TIMEOUT_MS,
     );
-    match outcome {
-        Ok(reply) if reply.status == Status::Ok => Ok(()),
-        other => {
-            for (c, g) in begun {
-                let _ = r.abort_transfer(c, 0, g);
-            }
-            Err(match other {
-                Ok(reply) => MoveError::ReceiverRefused(reply.status),
-                Err(e) => MoveError::Call(e),
-            })
+    let result = super::receiver_answer(outcome);
+    if result.is_err() {
+        // Roll back: the range stays with instance 0 (unmapped), free for a later move.
+        for (c, g) in begun {
+            let _ = r.abort_transfer(c, 0, g);
         }
     }
+    result
 }

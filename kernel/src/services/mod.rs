@@ -65,6 +65,18 @@ pub enum MoveError {
     Table(mk_shared::Error),
 }
 
+/// What the receiver's answer to the last step of a move (CPU_ADD, MEM_ADD) means: done, or
+/// why not (the caller then rolls its hand-off back).
+fn receiver_answer(
+    answer: Result<mk_wire::Message, messaging::CallFailure>,
+) -> Result<(), MoveError> {
+    match answer {
+        Ok(reply) if reply.status == mk_wire::Status::Ok => Ok(()),
+        Ok(reply) => Err(MoveError::ReceiverRefused(reply.status)),
+        Err(e) => Err(MoveError::Call(e)),
+    }
+}
+
 /// Registers the services of instance `me` and their periodic duties.
 pub fn init(me: usize) -> Result<(), &'static str> {
     let d = messaging::dispatcher().ok_or("messaging is not up")?;
