@@ -8,6 +8,7 @@
 //! own verdict, and each becomes one line of the harness's output.
 
 pub mod console;
+pub mod layers;
 pub mod log;
 pub mod screen;
 

@@ -4,4 +4,4 @@
 
 pub mod x86;
 
-pub use x86::{apic, cpu, gdt, interrupts, ioapic, pic, pit, trampoline, tsc};
+pub use x86::{apic, cpu, gdt, interrupts, ioapic, pic, pit, trampoline, tsc, vectors};

@@ -21,7 +21,7 @@ use mk_screen::{HEADER_HEIGHT, Rect};
 use noto_sans_mono_bitmap::{FontWeight, RasterHeight, get_raster, get_raster_width};
 use spin::Mutex;
 
-use crate::instances::descriptor::FramebufferDesc;
+use crate::platform::descriptor::FramebufferDesc;
 
 const HEIGHT: RasterHeight = RasterHeight::Size16;
 const WEIGHT: FontWeight = FontWeight::Regular;
@@ -124,9 +124,9 @@ fn format_code(f: PixelFormat) -> u32 {
 }
 
 /// Instance 0: the bootloader's framebuffer.
-pub fn init(fb: &'static mut FrameBuffer) {
+pub fn init(fb: FrameBuffer) {
     let info = fb.info();
-    let buf = fb.buffer_mut();
+    let buf = fb.into_buffer();
     buf.fill(0);
     CONSOLE.lock().surface = Some(Surface {
         buf,
@@ -211,7 +211,7 @@ pub fn refresh() {
 /// has no framebuffer yet either).
 fn live_mask() -> u64 {
     let me = crate::instance::id() as usize;
-    let Some(r) = crate::instances::region::get() else {
+    let Some(r) = super::shared::shared() else {
         return 1 << me;
     };
     let mut mask = 0;
@@ -547,7 +547,7 @@ fn header_text() -> LineBuf<160> {
     let me = crate::instance::id() as usize;
     let mut t = LineBuf::new();
     let _ = write!(t, "instance {me}");
-    let Some(inst) = crate::instances::region::get().and_then(|r| r.instance(me).ok()) else {
+    let Some(inst) = super::shared::shared().and_then(|r| r.instance(me).ok()) else {
         let _ = write!(t, " | starting");
         return t;
     };
@@ -558,7 +558,9 @@ fn header_text() -> LineBuf<160> {
         }
         let _ = write!(t, " | {} MiB", res.total_bytes >> 20);
     }
-    let (state, _) = crate::instances::region::status(me);
+    let state = inst
+        .state()
+        .map_or("corrupt", mk_shared::InstanceState::name);
     let _ = write!(t, " | {state}");
     t
 }

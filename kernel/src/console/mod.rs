@@ -8,11 +8,13 @@
 
 mod framebuffer;
 mod serial;
+mod shared;
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use bootloader_api::info::FrameBuffer;
+use bootloader_api::BootInfo;
+use bootloader_api::info::Optional;
 use spin::Mutex;
 
 /// Severity of a log line.
@@ -43,10 +45,12 @@ static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static LINE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Brings up both sinks. Called once, first thing at boot, by instance 0 (which owns the
-/// serial port's configuration and the framebuffer).
-pub fn init(framebuffer: Option<&'static mut FrameBuffer>) {
+/// serial port's configuration and the framebuffer): the console takes the framebuffer out of
+/// `boot_info` (nothing else draws on it).
+pub fn init(boot_info: &mut BootInfo) {
     serial::init();
-    if let Some(fb) = framebuffer {
+    let fb = core::mem::replace(&mut boot_info.framebuffer, Optional::None);
+    if let Some(fb) = fb.into_option() {
         framebuffer::init(fb);
     }
 }
@@ -58,13 +62,8 @@ pub fn init_guest() {
     serial::attach();
 }
 
-/// From now on, whole lines are serialised across instances by the console lock in the shared
-/// region, not only across this instance's CPUs.
-pub fn use_shared_lock() {
-    SHARED_LOCK.store(true, Ordering::Release);
-}
-
-static SHARED_LOCK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+use shared::shared;
+pub use shared::use_shared;
 
 /// Shows (or hides) debug lines.
 pub fn set_max_level(level: Level) {
@@ -132,10 +131,12 @@ pub fn shell_echo(bytes: &[u8]) {
 fn locked<R>(f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();
-        let _shared = SHARED_LOCK
-            .load(Ordering::Acquire)
-            .then(crate::instances::region::console_lock)
-            .flatten();
+        let _shared = shared().map(|r| {
+            r.console().lock(
+                crate::instance::id() as usize,
+                mk_shared::CONSOLE_FORCE_SPINS,
+            )
+        });
         f()
     })
 }
@@ -176,12 +177,12 @@ const REFRESH_MS: u64 = 100;
 static LAST_REFRESH: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Instance 0: the framebuffer, for the boot descriptors of the other instances.
-pub fn framebuffer_desc() -> crate::instances::descriptor::FramebufferDesc {
+pub fn framebuffer_desc() -> crate::platform::descriptor::FramebufferDesc {
     framebuffer::describe()
 }
 
 /// Another instance: maps the framebuffer instance 0 described and draws its pane on it.
-pub fn attach_framebuffer(desc: &crate::instances::descriptor::FramebufferDesc) {
+pub fn attach_framebuffer(desc: &crate::platform::descriptor::FramebufferDesc) {
     if desc.phys == 0 || desc.len == 0 {
         return;
     }
@@ -213,13 +214,7 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
     line.len = line.len.min(line.bytes.len() - 1);
     line.bytes[line.len] = b'\n';
     let text = &line.bytes[..=line.len];
-    let shared = SHARED_LOCK
-        .load(Ordering::Acquire)
-        .then(|| {
-            crate::instances::region::get()
-                .map(|r| r.console().lock(instance as usize, EMERGENCY_LOCK_SPINS))
-        })
-        .flatten();
+    let shared = shared().map(|r| r.console().lock(instance as usize, EMERGENCY_LOCK_SPINS));
     serial::force_write_bytes(text);
     framebuffer::force_write_line(&text[..text.len() - 1]);
     drop(shared);

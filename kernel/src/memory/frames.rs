@@ -85,6 +85,75 @@ fn to_phys_frame(f: Frame) -> PhysFrame<Size4KiB> {
     PhysFrame::containing_address(PhysAddr::new(f.start_address()))
 }
 
+/// Frames taken from this instance's allocator for one user, who reaches them as words through
+/// the physical map; they go back to the allocator when dropped (or by `release`).
+pub struct OwnedFrames {
+    start: u64,
+    pages: u64,
+}
+
+impl OwnedFrames {
+    /// Any one free frame.
+    pub fn take_one() -> Option<Self> {
+        let f = with(|a| a.alloc())?;
+        Some(Self {
+            start: f.start_address(),
+            pages: 1,
+        })
+    }
+
+    /// The `pages` frames from physical address `start` (page aligned), if all are free.
+    pub fn take_range(start: u64, pages: u64) -> Result<Self, FrameError> {
+        with(|a| a.alloc_range(start / FRAME_SIZE, pages))?;
+        Ok(Self {
+            start: start & !(FRAME_SIZE - 1),
+            pages,
+        })
+    }
+
+    /// Physical address of the first frame.
+    pub fn phys(&self) -> u64 {
+        self.start
+    }
+
+    /// The frames' contents, as words.
+    pub fn words(&self) -> &[u64] {
+        // SAFETY: the frames were allocated to `self` alone (the allocator never hands a frame
+        // out twice) and stay so until `self` is dropped; the physical map covers them; any bit
+        // pattern is a valid `u64`.
+        unsafe {
+            core::slice::from_raw_parts(
+                phys_to_virt(self.start) as *const u64,
+                (self.pages * FRAME_SIZE / 8) as usize,
+            )
+        }
+    }
+
+    /// The frames' contents, as words, for writing.
+    pub fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as in `words`; `&mut self` makes this the only reference.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                phys_to_virt(self.start) as *mut u64,
+                (self.pages * FRAME_SIZE / 8) as usize,
+            )
+        }
+    }
+
+    /// Gives the frames back now, with the allocator's verdict.
+    pub fn release(self) -> Result<(), FrameError> {
+        let result = with(|a| a.free_range(self.start / FRAME_SIZE, self.pages));
+        core::mem::forget(self);
+        result
+    }
+}
+
+impl Drop for OwnedFrames {
+    fn drop(&mut self) {
+        let _ = with(|a| a.free_range(self.start / FRAME_SIZE, self.pages));
+    }
+}
+
 /// `(free, owned)` frame counts.
 pub fn counts() -> (u64, u64) {
     with(|a| (a.free_count(), a.owned_count()))

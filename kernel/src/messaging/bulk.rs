@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use mk_pool::Owner;
 use mk_wire::{Kind, LargeDataPayload, Message, Payload};
 
-use crate::instances::region;
+use crate::shared::region;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BulkError {

@@ -16,18 +16,21 @@
 //! before it halts; a sender rings only when it finds the flag set. `set_doorbell_mode` turns
 //! the suppression off (always ring) so that both can be measured.
 
+#![forbid(unsafe_code)]
+
 pub mod bulk;
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_dispatch::{CallState, DispatchOutcome, Dispatcher, HandlerKey, PeerTelemetry, Reply};
+use mk_hook::{Full, Hook};
 use mk_mailbox::{DoorbellMode, MailboxMatrix, ReceiverEnd, SenderEnd};
 use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
 use spin::{Mutex, Once};
 
 use crate::arch::{cpu, interrupts, tsc};
-use crate::instances::region;
+use crate::shared::region;
 
 const MAX_PEERS: usize = mk_shared::MAX_INSTANCES;
 
@@ -111,8 +114,8 @@ pub fn init(me: usize) -> Result<(), &'static str> {
     d.registry()
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
         .map_err(|_| "registering the PING handler")?;
-    interrupts::set_message_handler(on_ipi);
-    interrupts::add_tick_hook(on_tick)?;
+    interrupts::set_message_handler(on_ipi).map_err(|_| "no free doorbell hook")?;
+    interrupts::add_tick_hook(on_tick).map_err(|_| "no free timer hook")?;
     Ok(())
 }
 
@@ -166,7 +169,7 @@ fn on_ipi() {
         THROTTLES.fetch_add(1, Ordering::Relaxed);
         // Raising the task priority only holds back the doorbell's class on this CPU;
         // `on_tick` lowers it again.
-        x86_64::registers::control::Cr8::write_raw(interrupts::vectors::MESSAGE_CLASS);
+        x86_64::registers::control::Cr8::write_raw(crate::arch::vectors::MESSAGE_CLASS);
     }
 }
 
@@ -249,7 +252,7 @@ impl Doorbell {
             return;
         }
         if let Some(apic) = doorbell_cpu(to) {
-            cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::MESSAGE_IPI, apic));
+            cpu::current().with_lapic(|l| l.send_ipi(crate::arch::vectors::MESSAGE_IPI, apic));
             if let Some(t) = telemetry(to) {
                 t.record_ipi_sent();
             }
@@ -398,10 +401,7 @@ pub fn poll() -> usize {
     }
     let taken = poll_locked(receivers, d);
     POLLING.store(false, Ordering::Release);
-    let hook = POLL_HOOK.load(Ordering::Acquire);
-    if hook != 0 {
-        // SAFETY: the value was stored from a `fn()` in `set_poll_hook`.
-        let hook: fn() = unsafe { core::mem::transmute(hook) };
+    if let Some(hook) = POLL_HOOK.get() {
         hook();
     }
     taken
@@ -410,10 +410,10 @@ pub fn poll() -> usize {
 /// Work done after every drain (the services' periodic duties: heartbeats, failure
 /// detection). It may send; it must guard itself against re-entry (a send that waits for room
 /// drains, and so calls it again).
-static POLL_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static POLL_HOOK: Hook<fn()> = Hook::new();
 
-pub fn set_poll_hook(hook: fn()) {
-    POLL_HOOK.store(hook as usize, Ordering::SeqCst);
+pub fn set_poll_hook(hook: fn()) -> Result<(), Full> {
+    POLL_HOOK.set(hook)
 }
 
 fn poll_locked(
@@ -477,10 +477,10 @@ fn poll_locked(
 }
 
 /// Work the serve loop runs between drains (tests use it to run jobs that send).
-static IDLE_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static IDLE_HOOK: Hook<fn()> = Hook::new();
 
-pub fn set_idle_hook(hook: fn()) {
-    IDLE_HOOK.store(hook as usize, Ordering::SeqCst);
+pub fn set_idle_hook(hook: fn()) -> Result<(), Full> {
+    IDLE_HOOK.set(hook)
 }
 
 /// Adaptive notification: how long (TSC ticks) the serve loop keeps polling an empty inbox
@@ -541,10 +541,7 @@ pub fn serve_forever() -> ! {
         if poll() > 0 {
             continue;
         }
-        let hook = IDLE_HOOK.load(Ordering::Acquire);
-        if hook != 0 {
-            // SAFETY: the value was stored from a `fn()` in `set_idle_hook`.
-            let hook: fn() = unsafe { core::mem::transmute(hook) };
+        if let Some(hook) = IDLE_HOOK.get() {
             hook();
         }
         if idle_poll() {

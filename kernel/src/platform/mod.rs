@@ -3,6 +3,8 @@
 
 pub mod acpi;
 pub mod com2;
+pub mod descriptor;
+pub mod failure;
 pub mod ps2;
 pub mod qemu;
 pub mod rtc;

@@ -1,5 +1,5 @@
 //! The `bench_*` cases of the test kernel: `cargo xtask bench` boots them and collects their
-//! `BENCH` lines. The measurements themselves live in `crate::bench` (the shell's `bench` runs
+//! `BENCH` lines. The measurements themselves live in `crate::services::bench` (the shell's `bench` runs
 //! them too); what is here needs the test kernel: the all-instances exchange (jobs in the
 //! other instances) and the boot time.
 
@@ -10,9 +10,9 @@ use core::sync::atomic::Ordering;
 
 use super::{Outcome, start_job};
 use crate::arch::tsc;
-use crate::bench::{SUNK, idle_stats, ns, sink_message, wait_sunk};
 use crate::messaging;
 use crate::println;
+use crate::services::bench::{SUNK, idle_stats, ns, sink_message, wait_sunk};
 
 fn parse_n(arg: &str) -> Result<usize, String> {
     match arg.parse::<usize>() {
@@ -22,19 +22,19 @@ fn parse_n(arg: &str) -> Result<usize, String> {
 }
 
 pub(super) fn bench_ipi(arg: &str) -> Outcome {
-    crate::bench::ipi(parse_n(arg)?, 1)
+    crate::services::bench::ipi(parse_n(arg)?, 1)
 }
 
 pub(super) fn bench_rtt(arg: &str) -> Outcome {
-    crate::bench::rtt(parse_n(arg)?, 1)
+    crate::services::bench::rtt(parse_n(arg)?, 1)
 }
 
 pub(super) fn bench_tput(arg: &str) -> Outcome {
-    crate::bench::tput(parse_n(arg)?, 1)
+    crate::services::bench::tput(parse_n(arg)?, 1)
 }
 
 pub(super) fn bench_ops(arg: &str) -> Outcome {
-    crate::bench::ops(parse_n(arg)?)
+    crate::services::bench::ops(parse_n(arg)?)
 }
 
 /// Job argument of `stream_among`: N in the low 48 bits, the number of instances above.
@@ -120,7 +120,7 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
 /// the TSC; the time from power-on to kernel entry is measured by xtask on the host, since the
 /// TSC does not start from 0 under every hypervisor).
 pub(super) fn bench_boot() -> Outcome {
-    let &(entry, running) = crate::instances::start::BOOT_TSC
+    let &(entry, running) = crate::boot::start::BOOT_TSC
         .get()
         .ok_or("instance 0 did not record its boot")?;
     let count = super::plan()?.partition_count();

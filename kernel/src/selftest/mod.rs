@@ -11,6 +11,8 @@
 //!
 //! A case that ends the boot by design (the expected page fault) must come last.
 
+#![forbid(unsafe_code)]
+
 use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -18,12 +20,12 @@ use alloc::{format, vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::{apic, interrupts, pit};
-use crate::bench::{payload_words, words_payload};
 use crate::memory::{self, frames};
 use crate::messaging::call_patiently;
 use crate::platform::acpi::Platform;
 use crate::platform::qemu::{self, ExitCode};
 use crate::println;
+use crate::services::bench::{payload_words, words_payload};
 
 mod bench;
 mod services;
@@ -224,11 +226,11 @@ fn check_block(tag: u8, block: &[u8]) -> Outcome {
 fn frames_unique() -> Outcome {
     let (free_before, _) = frames::counts();
     let want = free_before.min(16_384) as usize;
-    let mut got = Vec::with_capacity(want);
+    let mut held = Vec::with_capacity(want);
     for _ in 0..want {
-        let f = frames::alloc().ok_or("allocator ran dry early")?;
-        got.push(f.start_address().as_u64());
+        held.push(frames::OwnedFrames::take_one().ok_or("allocator ran dry early")?);
     }
+    let got: Vec<u64> = held.iter().map(frames::OwnedFrames::phys).collect();
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     ensure(unique.len() == got.len(), || {
         format!(
@@ -240,21 +242,19 @@ fn frames_unique() -> Outcome {
     ensure(got.iter().all(|&a| a >= frames::LOW_MEMORY_END), || {
         "a frame below 1 MiB was handed out".into()
     })?;
-    for &addr in &got {
-        // SAFETY: the frame was just allocated to us and is mapped by the physical map.
-        unsafe { core::ptr::write_volatile(frames::phys_to_virt(addr) as *mut u64, addr) };
+    for f in &mut held {
+        let addr = f.phys();
+        f.words_mut()[0] = addr;
     }
-    for &addr in &got {
-        // SAFETY: as above.
-        let stamp = unsafe { core::ptr::read_volatile(frames::phys_to_virt(addr) as *const u64) };
+    for f in &held {
+        let (addr, stamp) = (f.phys(), f.words()[0]);
         ensure(stamp == addr, || {
             format!("frame {addr:#x} holds stamp {stamp:#x}: shared with another frame")
         })?;
     }
-    for &addr in &got {
-        let frame =
-            x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(addr));
-        frames::free(frame).map_err(|e| format!("freeing {addr:#x}: {e}"))?;
+    for f in held {
+        let addr = f.phys();
+        f.release().map_err(|e| format!("freeing {addr:#x}: {e}"))?;
     }
     let double = frames::free(x86_64::structures::paging::PhysFrame::containing_address(
         x86_64::PhysAddr::new(got[0]),
@@ -296,7 +296,7 @@ fn ipi_self() -> Outcome {
     // One at a time: IPIs of one vector that are pending together coalesce into one (the IRR
     // has one bit per vector), so each must land before the next is sent.
     for i in 1..=SENT {
-        this.with_lapic(|l| l.send_ipi(interrupts::vectors::MESSAGE_IPI, this.apic_id))
+        this.with_lapic(|l| l.send_ipi(crate::arch::vectors::MESSAGE_IPI, this.apic_id))
             .ok_or("no local APIC")?;
         let deadline = crate::arch::tsc::read() + 100 * crate::arch::tsc::ticks_per_ms();
         while count() < before + i && crate::arch::tsc::read() < deadline {
@@ -316,7 +316,7 @@ fn ioapic_rtc(platform: &Platform) -> Outcome {
     let line = gsi as usize;
     let count = || interrupts::IRQ_COUNTS[line].load(Ordering::SeqCst);
     interrupts::set_irq_handler(line, |_| rtc::acknowledge())?;
-    let vector = interrupts::vectors::IRQ_BASE + gsi as u8;
+    let vector = crate::arch::vectors::IRQ_BASE + gsi as u8;
     ioapic::route(gsi, vector, crate::arch::cpu::current().apic_id, false)?;
     rtc::start_periodic(6); // 1024 Hz
     let wait = |ms: u64| {
@@ -376,8 +376,9 @@ mod report {
 }
 
 /// What an instance other than 0 runs in a test boot: fill the report, then probe isolation.
-pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> ! {
-    use crate::instances::{region, smp};
+pub fn run_in_instance(desc: &crate::platform::descriptor::BootDescriptor) -> ! {
+    use crate::cpus::smp;
+    use crate::shared::region;
     let id = u64::from(desc.instance_id);
     PROBE_COUNTER.fetch_add(1000 * id + 1, Ordering::SeqCst);
     region::report(
@@ -394,16 +395,16 @@ pub fn run_in_instance(desc: &crate::instances::descriptor::BootDescriptor) -> !
     register_test_handlers();
     if desc.tests().split_whitespace().any(|t| t == "isolation") {
         interrupts::expect_page_fault(frames::phys_to_virt(PROBE_PHYS_IN_0), |cr2, _| {
-            crate::instances::region::report(report::FAULT, cr2);
+            crate::shared::region::report(report::FAULT, cr2);
             crate::info!("isolation probe: reading instance 0's memory faulted at {cr2:#x}");
             idle()
         });
-        // SAFETY: not safe in the usual sense: this read must fault (the address is not
-        // mapped in this instance), and the fault handler continues in the closure above.
-        let v = unsafe {
-            core::ptr::read_volatile(frames::phys_to_virt(PROBE_PHYS_IN_0) as *const u64)
-        };
-        crate::error!("isolation probe: read {v:#x} from instance 0's memory without a fault");
+        match crate::memory::read_unmapped(frames::phys_to_virt(PROBE_PHYS_IN_0)) {
+            Ok(v) => crate::error!(
+                "isolation probe: read {v:#x} from instance 0's memory without a fault"
+            ),
+            Err(e) => crate::error!("isolation probe: instance 0's memory: {e}"),
+        }
         region::report(report::FAULT, u64::MAX);
     }
     idle()
@@ -504,7 +505,7 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
 fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
     crate::messaging::send_within(to, msg, 5000).map_err(|e| {
         let me = crate::instance::id() as usize;
-        let stats = crate::instances::region::get()
+        let stats = crate::shared::region::get()
             .and_then(|r| r.mailbox().ok())
             .map(|m| (m.stats(me, to), m.stats(to, me)));
         format!("to instance {to}: {e:?}; channel stats {stats:?}")
@@ -514,7 +515,7 @@ fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
 /// The other instances that are running (stopped and dead ones are left out).
 fn others() -> impl Iterator<Item = usize> {
     let me = crate::instance::id() as usize;
-    let region = crate::instances::region::get();
+    let region = crate::shared::region::get();
     let n = region.map_or(0, |r| r.instance_count());
     (0..n).filter(move |&i| {
         i != me
@@ -580,7 +581,7 @@ fn run_job() {
         job::STREAM_AMONG => bench::stream_among(arg),
         job::FILL_CHECK => services::fill_check(arg),
         job::PROBE_FAULT => services::probe_fault(arg),
-        job::HANDOFF_BEGIN => crate::instances::region::get().map_or(0, |r| {
+        job::HANDOFF_BEGIN => crate::shared::region::get().map_or(0, |r| {
             let chunk = mk_shared::Resource::memory_at(arg & 0xFFFF_FFFF_FFFF);
             let me = crate::instance::id() as usize;
             r.begin_transfer(chunk, me, (arg >> 48) as usize)
@@ -698,14 +699,10 @@ fn register_test_handlers() {
             .first()
             .copied()
             .unwrap_or(u64::MAX);
-        let slot = u32::try_from(apic)
-            .ok()
-            .and_then(crate::instances::smp::slot_of);
-        let ticks = slot.and_then(|s| {
-            let p = crate::instances::smp::CPUS[s].load(Ordering::Acquire);
-            // SAFETY: non-null entries of CPUS point at leaked per-CPU blocks.
-            (!p.is_null()).then(|| unsafe { (*p).ticks.load(Ordering::Relaxed) })
-        });
+        let slot = u32::try_from(apic).ok().and_then(crate::cpus::smp::slot_of);
+        let ticks = slot
+            .and_then(crate::arch::cpu::by_slot)
+            .map(|c| c.ticks.load(Ordering::Relaxed));
         Some(match ticks {
             Some(t) => Reply::ok(words_payload(&[t])),
             None => Reply::error(mk_wire::Status::NoSuchResource),
@@ -737,7 +734,9 @@ fn register_test_handlers() {
         HandlerKey::Kind(Kind::User(user::IRQ_STATS)),
         &(irq_stats as HandlerFn),
     );
-    crate::messaging::set_idle_hook(run_job);
+    if let Err(e) = crate::messaging::set_idle_hook(run_job) {
+        crate::error!("selftest: jobs from instance 0 cannot run: {e}");
+    }
 }
 
 /// What instance `to` counted (for messages from `from`).
@@ -900,7 +899,7 @@ fn msg_stress(arg: &str) -> Outcome {
     }
     let ms = (crate::arch::tsc::read() - start) / crate::arch::tsc::ticks_per_ms();
     // The channels' own counters, read from the shared region.
-    let matrix = crate::instances::region::get()
+    let matrix = crate::shared::region::get()
         .ok_or("no shared region")?
         .mailbox()
         .map_err(|e| format!("{e:?}"))?;
@@ -944,7 +943,7 @@ fn msg_bulk(arg: &str) -> Outcome {
     let data: Vec<u8> = (0..n)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
-    let (pool, _) = crate::instances::region::pool().ok_or("no pool")?;
+    let (pool, _) = crate::shared::region::pool().ok_or("no pool")?;
     let free_before = pool.free_pages();
     let start = crate::arch::tsc::read();
     let reply =
@@ -1082,8 +1081,8 @@ fn msg_order(arg: &str) -> Outcome {
 /// for the pair (0 -> 1) directly, with no message: what instance 1 received and rejected from
 /// us matches what we did (after `msg_reject`), and our own row shows our calls' latencies.
 fn telemetry_shared() -> Outcome {
-    let theirs = crate::instances::region::telemetry_row(1).ok_or("no telemetry table")?;
-    let ours = crate::instances::region::telemetry_row(0).ok_or("no telemetry table")?;
+    let theirs = crate::shared::region::telemetry_row(1).ok_or("no telemetry table")?;
+    let ours = crate::shared::region::telemetry_row(0).ok_or("no telemetry table")?;
     let t = &theirs[0];
     let received = t.received.load(Ordering::SeqCst);
     let rejected = t.rejected.total();
@@ -1112,7 +1111,7 @@ fn msg_flood(arg: &str) -> Outcome {
     let start = crate::arch::tsc::read();
     this.with_lapic(|l| {
         for _ in 0..n {
-            l.send_ipi(interrupts::vectors::MESSAGE_IPI, target);
+            l.send_ipi(crate::arch::vectors::MESSAGE_IPI, target);
         }
     })
     .ok_or("no local APIC")?;
@@ -1193,7 +1192,7 @@ fn msg_reject() -> Outcome {
 }
 
 fn plan() -> Result<&'static mk_plan::Plan, String> {
-    crate::instances::start::PLAN
+    crate::cpus::launch::PLAN
         .get()
         .map(|p| &**p)
         .ok_or_else(|| "no partition plan".into())
@@ -1203,7 +1202,7 @@ fn plan() -> Result<&'static mk_plan::Plan, String> {
 fn wait_report(id: usize, slot: usize) -> Result<u64, String> {
     let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
     loop {
-        if let Some(v) = crate::instances::region::read_report(id, slot) {
+        if let Some(v) = crate::shared::region::read_report(id, slot) {
             return Ok(v);
         }
         if crate::arch::tsc::read() > deadline {
@@ -1217,7 +1216,7 @@ fn wait_report(id: usize, slot: usize) -> Result<u64, String> {
 
 /// The plan given at boot was rejected (with a logged reason) and the default plan runs.
 fn plan_rejected() -> Outcome {
-    match crate::instances::start::PLAN_REJECTED.get() {
+    match crate::boot::start::PLAN_REJECTED.get() {
         Some(reason) => {
             println!("plan_rejected: {reason}");
             Ok(())
@@ -1237,7 +1236,7 @@ fn instances(expected: &str) -> Outcome {
         format!("{} partitions, expected {expected}", plan.partition_count())
     })?;
     for p in plan.partitions() {
-        let (state, _) = crate::instances::region::status(p.index);
+        let (state, _) = crate::shared::region::status(p.index);
         ensure(state == "running", || {
             format!("instance {} is {state}", p.index)
         })?;
@@ -1260,24 +1259,16 @@ fn instances(expected: &str) -> Outcome {
 fn local_cpus(arg: &str) -> Outcome {
     let n: u32 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
     crate::arch::tsc::spin_micros(200_000);
-    let online = crate::instances::smp::ONLINE.load(Ordering::SeqCst);
-    let ticking = crate::instances::smp::cpus_ticking();
+    let online = crate::cpus::smp::ONLINE.load(Ordering::SeqCst);
+    let ticking = crate::cpus::smp::cpus_ticking();
     println!("local_cpus: instance 0 has {online} CPUs online, {ticking} taking timer interrupts");
-    for (i, p) in crate::instances::smp::CPUS
-        .iter()
-        .enumerate()
-        .take(online as usize)
-    {
-        let p = p.load(Ordering::Acquire);
-        if !p.is_null() {
-            // SAFETY: registered per-CPU blocks are leaked and live forever.
-            let c = unsafe { &*p };
-            println!(
-                "local_cpus: cpu {i} apic {} ticks {}",
-                c.apic_id,
-                c.ticks.load(Ordering::SeqCst)
-            );
-        }
+    for c in crate::arch::cpu::online().take(online as usize) {
+        println!(
+            "local_cpus: cpu {} apic {} ticks {}",
+            c.index,
+            c.apic_id,
+            c.ticks.load(Ordering::SeqCst)
+        );
     }
     ensure(online == n && ticking == n, || {
         format!("{online} online, {ticking} ticking, expected {n}")
@@ -1349,7 +1340,7 @@ fn isolation() -> Outcome {
 fn ownership() -> Outcome {
     use mk_shared::{Owner, Resource};
     let plan = plan()?;
-    let r = crate::instances::region::get().ok_or("no shared region")?;
+    let r = crate::shared::region::get().ok_or("no shared region")?;
     for p in plan.partitions() {
         for &apic in p.cpus {
             let o = r.owner(Resource::Cpu(apic)).map_err(|e| format!("{e:?}"))?;
@@ -1435,10 +1426,9 @@ fn page_fault() -> Outcome {
         format!("{FAULT_ADDR:#x} is mapped; pick another address")
     })?;
     interrupts::expect_page_fault(FAULT_ADDR, page_fault_taken);
-    // SAFETY: not safe in the usual sense: this read faults on purpose. The fault handler
-    // recognises the announced address and continues in `page_fault_taken`, which never returns
-    // here.
-    let value = unsafe { core::ptr::read_volatile(FAULT_ADDR as *const u64) };
+    // The fault handler recognises the announced address and continues in `page_fault_taken`,
+    // which never returns here.
+    let value = memory::read_unmapped(FAULT_ADDR)?;
     Err(format!(
         "read {value:#x} from an unmapped address without a fault"
     ))

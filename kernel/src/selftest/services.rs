@@ -14,10 +14,10 @@ use mk_wire::{
 
 use super::{Outcome, ensure, job, plan, start_job, user, wait_job};
 use crate::arch::tsc;
-use crate::instances::region;
 use crate::messaging;
 use crate::println;
 use crate::services::{heartbeat, lifecycle};
+use crate::shared::region;
 
 fn parse_instance(arg: &str) -> Result<usize, String> {
     let k: usize = arg.parse().map_err(|_| format!("bad instance '{arg}'"))?;
@@ -443,8 +443,8 @@ fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
 /// then back; removing an instance's first (or only) CPU, a CPU it does not own, or a CPU that
 /// does not exist is refused, and leaves every CPU where it was.
 pub(super) fn cpu_hotplug() -> Outcome {
-    use crate::services::MoveError;
     use crate::services::cpu::move_cpu;
+    use crate::services::moves::MoveError;
     let plan = plan()?;
     let (p1, p2) = (
         plan.partition(1).ok_or("no instance 1")?,
@@ -510,15 +510,11 @@ pub(super) fn fill_check(arg: u64) -> u64 {
     use crate::memory::frames;
     let start = arg & 0xFFFF_FFFF_FFFF;
     let len = (arg >> 48) << 20;
-    if frames::with(|a| a.alloc_range(start / 4096, len / 4096)).is_err() {
+    let Ok(mut owned) = frames::OwnedFrames::take_range(start, len / 4096) else {
         crate::error!("fill_check: {start:#x}+{len:#x} is not free here");
         return 0;
-    }
-    let words = (len / 8) as usize;
-    // SAFETY: the frames were just allocated to this job from this instance's allocator and
-    // are mapped in its physical map; nothing else refers to them until they are freed below.
-    let mem =
-        unsafe { core::slice::from_raw_parts_mut(frames::phys_to_virt(start) as *mut u64, words) };
+    };
+    let mem = owned.words_mut();
     // In blocks, draining the mailboxes between them: this takes a while where memory-bound
     // code is slow (nested KVM), and the instance must keep answering meanwhile.
     const BLOCK: usize = 8192;
@@ -537,7 +533,7 @@ pub(super) fn fill_check(arg: u64) -> u64 {
             .count() as u64;
         messaging::poll();
     }
-    let _ = frames::with(|a| a.free_range(start / 4096, len / 4096));
+    drop(owned);
     right
 }
 
@@ -553,10 +549,10 @@ pub(super) fn probe_fault(pa: u64) -> u64 {
         crate::info!("probe: reading memory given away faulted at {cr2:#x}");
         super::idle()
     });
-    // SAFETY: not safe in the usual sense: this read must fault (the range was unmapped when
-    // it was given away), and the fault handler continues in the closure above.
-    let v = unsafe { core::ptr::read_volatile(virt as *const u64) };
-    crate::error!("probe: read {v:#x} from memory this instance gave away");
+    match crate::memory::read_unmapped(virt) {
+        Ok(v) => crate::error!("probe: read {v:#x} from memory this instance gave away"),
+        Err(e) => crate::error!("probe: memory this instance gave away: {e}"),
+    }
     region::report(REPORT_PROBE, u64::MAX);
     0
 }
@@ -566,8 +562,8 @@ pub(super) fn probe_fault(pa: u64) -> u64 {
 /// afterwards faults; moving memory that is in use, a range that is not 2 MiB aligned, or a
 /// range the giver does not own is refused and changes nothing.
 pub(super) fn mem_hotplug() -> Outcome {
-    use crate::services::MoveError;
     use crate::services::memory::move_memory;
+    use crate::services::moves::MoveError;
     const MIB: u64 = 1 << 20;
     let chunk = mk_shared::MEM_CHUNK_SIZE;
     let plan = plan()?;
@@ -963,7 +959,9 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 };
                 match memory::move_memory(start, chunk, from, to) {
                     Ok(()) => moved[1] += 1,
-                    Err(crate::services::MoveError::Refused(Status::Busy)) => refused[1] += 1,
+                    Err(crate::services::moves::MoveError::Refused(Status::Busy)) => {
+                        refused[1] += 1
+                    }
                     Err(e) => {
                         return Err(format!("move {i}: memory {start:#x} {from} -> {to}: {e:?}"));
                     }
@@ -1003,7 +1001,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
     }
     let cpu_owner = owner_of(Resource::Cpu(floating))?;
     let runs = if cpu_owner == 0 {
-        crate::instances::smp::slot_of(floating).is_some()
+        crate::cpus::smp::slot_of(floating).is_some()
     } else {
         ticks_in(cpu_owner, floating).is_ok()
     };

@@ -29,9 +29,10 @@ use mk_dispatch::Reply;
 use mk_shared::{Owner, Resource};
 use mk_wire::{CpuFlags, CpuPayload, HandoffPhase, Kind, Message, Payload, Status};
 
-use super::MoveError;
-use crate::instances::{region, smp};
+use super::moves::MoveError;
+use crate::cpus::smp;
 use crate::messaging;
+use crate::shared::region;
 
 /// How long the giver waits for the CPU to park.
 const PARK_TIMEOUT_MS: u64 = 1000;
@@ -188,7 +189,7 @@ pub fn move_cpu(apic: u32, from: usize, to: usize) -> Result<(), MoveError> {
         payload(apic, g, HandoffPhase::Commit),
         STEP_TIMEOUT_MS,
     );
-    let result = super::receiver_answer(outcome);
+    let result = super::moves::receiver_answer(outcome);
     if result.is_err() {
         // Roll back if the receiver did not take it: the CPU stays parked with instance 0.
         let _ = r.abort_transfer(cpu, 0, g);

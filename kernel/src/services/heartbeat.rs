@@ -25,16 +25,12 @@ use mk_dispatch::Reply;
 use mk_wire::{HeartbeatPayload, Kind, Message, Payload};
 
 use crate::arch::{cpu, interrupts, tsc};
-use crate::instances::region;
+use crate::shared::region;
 
 /// Timer ticks between beats (100 ms at the 100 Hz tick).
 pub const PERIOD_TICKS: u64 = 10;
 /// Periods without a sign of life after which instance 0 declares an instance dead.
 pub const DEAD_AFTER_BEATS: u64 = 20;
-
-/// Set by the panic handler: an instance whose CPU panicked stops beating at once, even if
-/// another of its CPUs still takes timer interrupts.
-pub static STOPPED: AtomicBool = AtomicBool::new(false);
 
 static DUE: AtomicBool = AtomicBool::new(false);
 static SENT: AtomicU64 = AtomicU64::new(0);
@@ -50,7 +46,7 @@ static LAST_COUNT: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
 static LAST_WATCH: AtomicU64 = AtomicU64::new(0);
 
 fn period_ticks_tsc() -> u64 {
-    PERIOD_TICKS * tsc::ticks_per_ms() * 1000 / u64::from(crate::TICK_HZ)
+    PERIOD_TICKS * tsc::ticks_per_ms() * 1000 / u64::from(crate::arch::apic::TICK_HZ)
 }
 
 /// The longest silence tolerated, in TSC ticks.
@@ -61,7 +57,7 @@ pub fn dead_after_tsc() -> u64 {
 /// Timer tick (every CPU, interrupts off): the first CPU of an instance other than 0 beats.
 pub fn on_tick() {
     let me = crate::instance::id() as usize;
-    if me == 0 || STOPPED.load(Ordering::Relaxed) {
+    if me == 0 || crate::platform::failure::stopped() {
         return;
     }
     let Some(c) = cpu::try_current() else { return };
@@ -78,7 +74,7 @@ pub fn on_tick() {
 /// never waits for room: a beat that finds instance 0's mailbox full is dropped (the shared
 /// counter still shows this instance alive).
 pub fn send_if_due() {
-    if !DUE.swap(false, Ordering::AcqRel) || STOPPED.load(Ordering::Relaxed) {
+    if !DUE.swap(false, Ordering::AcqRel) || crate::platform::failure::stopped() {
         return;
     }
     let counter = SENT.fetch_add(1, Ordering::Relaxed) + 1;
@@ -104,38 +100,28 @@ pub fn handle(m: &Message) -> Option<Reply> {
     None
 }
 
-/// Instance 0, after each drain (at most once a period): declares dead every running
-/// instance silent for longer than `dead_after_tsc`.
-pub fn watch() {
+/// Instance 0: whether a watch pass is due (at most one a period); if so, starts it now.
+pub fn watch_due() -> bool {
     let now = tsc::read();
     let last = LAST_WATCH.load(Ordering::Relaxed);
     if now.saturating_sub(last) < period_ticks_tsc() {
-        return;
+        return false;
     }
     LAST_WATCH.store(now, Ordering::Relaxed);
-    let Some(r) = region::get() else { return };
-    for k in 1..r.instance_count().min(MAX) {
-        let Ok(inst) = r.instance(k) else { continue };
-        match inst.state() {
-            Ok(mk_shared::InstanceState::Running) => {}
-            Ok(mk_shared::InstanceState::Stopped) => {
-                // Shut down by request: take back what it handed over.
-                super::lifecycle::collect_stopped(k);
-                continue;
-            }
-            _ => continue,
-        }
-        let count = inst.heartbeat();
-        if LAST_COUNT[k].swap(count, Ordering::Relaxed) != count
-            || LAST_SIGN[k].load(Ordering::Relaxed) == 0
-        {
-            LAST_SIGN[k].store(now, Ordering::Relaxed);
-        }
-        let silent = now.saturating_sub(LAST_SIGN[k].load(Ordering::Relaxed));
-        if silent > dead_after_tsc() {
-            super::lifecycle::declare_dead(k, silent);
-        }
+    true
+}
+
+/// Instance 0: how long instance `k` has been silent (TSC ticks) at `now`, given its shared
+/// beat counter `count` as read now: a counter that moved is a sign of life.
+pub fn silence(k: usize, count: u64, now: u64) -> u64 {
+    let (Some(last_count), Some(last_sign)) = (LAST_COUNT.get(k), LAST_SIGN.get(k)) else {
+        return 0;
+    };
+    if last_count.swap(count, Ordering::Relaxed) != count || last_sign.load(Ordering::Relaxed) == 0
+    {
+        last_sign.store(now, Ordering::Relaxed);
     }
+    now.saturating_sub(last_sign.load(Ordering::Relaxed))
 }
 
 /// Instance 0: when instance `k` last gave a sign of life (TSC), if it has.

@@ -21,10 +21,10 @@ use mk_dispatch::Reply;
 use mk_shared::{MAX_IRQS, Owner, Resource};
 use mk_wire::{IoIrqPayload, IrqFlags, Kind, Message, Payload, Status};
 
-use crate::arch::interrupts::vectors;
+use crate::arch::vectors;
 use crate::arch::{cpu, interrupts, ioapic};
-use crate::instances::region;
 use crate::messaging;
+use crate::shared::region;
 
 /// Per line (owner side): bit k set = forward this line's interrupts to instance k.
 static FORWARD_TO: [AtomicU32; MAX_IRQS] = [const { AtomicU32::new(0) }; MAX_IRQS];

@@ -23,8 +23,10 @@ use mk_dispatch::Reply;
 use mk_shared::{InstanceState, Owner, Reclaimed, Resource};
 use mk_wire::{Message, Payload, Status};
 
+use super::heartbeat;
 use crate::arch::tsc;
-use crate::instances::{region, smp};
+use crate::cpus::smp;
+use crate::shared::region;
 use crate::{info, warn};
 
 const MAX: usize = mk_shared::MAX_INSTANCES;
@@ -33,6 +35,33 @@ const MAX: usize = mk_shared::MAX_INSTANCES;
 pub static DECLARED_DEAD_AT: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
 /// Instance 0: per instance, whether its resources were taken back after it stopped or died.
 pub static COLLECTED: [AtomicBool; MAX] = [const { AtomicBool::new(false) }; MAX];
+
+/// Instance 0, after each drain (at most once a heartbeat period): takes back what every
+/// instance that shut down handed over, and declares dead every running instance silent for
+/// longer than `heartbeat::dead_after_tsc`.
+pub fn watch() {
+    if !heartbeat::watch_due() {
+        return;
+    }
+    let now = tsc::read();
+    let Some(r) = region::get() else { return };
+    for k in 1..r.instance_count().min(mk_shared::MAX_INSTANCES) {
+        let Ok(inst) = r.instance(k) else { continue };
+        match inst.state() {
+            Ok(InstanceState::Running) => {}
+            Ok(InstanceState::Stopped) => {
+                // Shut down by request: take back what it handed over.
+                collect_stopped(k);
+                continue;
+            }
+            _ => continue,
+        }
+        let silent = heartbeat::silence(k, inst.heartbeat(), now);
+        if silent > heartbeat::dead_after_tsc() {
+            declare_dead(k, silent);
+        }
+    }
+}
 
 /// Instance 0: declares instance `k` dead (it was silent for `silent` TSC ticks) and takes
 /// back everything it held.
@@ -183,7 +212,7 @@ fn shut_down() -> ! {
             }
         }
         region::report(REPORT_PARKED, u64::from(parked) + 1);
-        super::heartbeat::STOPPED.store(true, Ordering::SeqCst);
+        crate::platform::failure::STOPPED.store(true, Ordering::SeqCst);
         if let Ok(inst) = r.instance(me) {
             let _ = inst.set_state(InstanceState::Stopped);
         }
@@ -210,7 +239,7 @@ pub fn respawn(k: usize) -> Result<(), &'static str> {
     if !COLLECTED.get(k).is_some_and(|c| c.load(Ordering::SeqCst)) {
         return Err("its resources are not back with instance 0 yet");
     }
-    let plan = crate::instances::start::PLAN.get().ok_or("no plan")?;
+    let plan = crate::cpus::launch::PLAN.get().ok_or("no plan")?;
     let p = plan.partition(k).ok_or("no such partition")?;
     let mut cpus = alloc::vec::Vec::new();
     for &c in p.cpus {
@@ -244,14 +273,14 @@ pub fn respawn(k: usize) -> Result<(), &'static str> {
     }
     COLLECTED[k].store(false, Ordering::SeqCst);
     DECLARED_DEAD_AT[k].store(0, Ordering::SeqCst);
-    super::heartbeat::forget(k);
+    heartbeat::forget(k);
     inst.set_state(InstanceState::Empty)
         .map_err(|_| "resetting its state")?;
     // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
     for m in &memory {
         crate::memory::paging::map_phys(m.start, m.end())?;
     }
-    let launcher = crate::instances::start::LAUNCH
+    let launcher = crate::cpus::launch::LAUNCH
         .get()
         .ok_or("nothing to launch with")?;
     let result = launcher.launch(k, &memory, &cpus);

@@ -28,10 +28,10 @@ use mk_dispatch::Reply;
 use mk_shared::{MEM_CHUNK_SIZE, Owner, Resource};
 use mk_wire::{HandoffPhase, Kind, MemPayload, MemType, Message, Payload, Status};
 
-use super::MoveError;
-use crate::instances::region;
+use super::moves::MoveError;
 use crate::memory::{frames, paging};
 use crate::messaging;
+use crate::shared::region;
 
 /// How long the broker waits for each step's reply.
 const STEP_TIMEOUT_MS: u64 = 10_000;
@@ -240,7 +240,7 @@ pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), M
         payload(start, len, HandoffPhase::Commit),
         STEP_TIMEOUT_MS,
     );
-    let result = super::receiver_answer(outcome);
+    let result = super::moves::receiver_answer(outcome);
     if result.is_err() {
         // Roll back: the range stays with instance 0 (unmapped), free for a later move.
         for (c, g) in begun {

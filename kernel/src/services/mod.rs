@@ -15,11 +15,15 @@
 //! of the mailboxes (`messaging::set_poll_hook`), in thread context, never in an interrupt
 //! handler: so they may send messages and take locks.
 
+#![forbid(unsafe_code)]
+
+pub mod bench;
 pub mod cpu;
 pub mod heartbeat;
 pub mod irq;
 pub mod lifecycle;
 pub mod memory;
+pub mod moves;
 pub mod query;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -50,33 +54,6 @@ static OTHER_INSTANCES: [(Kind, HandlerFn); 5] = [
     (Kind::MemAdd, memory::handle_add),
 ];
 
-/// What went wrong in a move brokered by instance 0 (a CPU or a memory range), and where the
-/// resource is afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveError {
-    /// The giver refused (the status says why); nothing changed.
-    Refused(mk_wire::Status),
-    /// A call failed (no answer, not running); the resource is where its owner word says.
-    Call(messaging::CallFailure),
-    /// The receiver refused: the resource stays with instance 0 (a CPU parked, memory
-    /// unmapped), free for a later move.
-    ReceiverRefused(mk_wire::Status),
-    /// The ownership table did not allow a step (a bug, or a race with another broker).
-    Table(mk_shared::Error),
-}
-
-/// What the receiver's answer to the last step of a move (CPU_ADD, MEM_ADD) means: done, or
-/// why not (the caller then rolls its hand-off back).
-fn receiver_answer(
-    answer: Result<mk_wire::Message, messaging::CallFailure>,
-) -> Result<(), MoveError> {
-    match answer {
-        Ok(reply) if reply.status == mk_wire::Status::Ok => Ok(()),
-        Ok(reply) => Err(MoveError::ReceiverRefused(reply.status)),
-        Err(e) => Err(MoveError::Call(e)),
-    }
-}
-
 /// Registers the services of instance `me` and their periodic duties.
 pub fn init(me: usize) -> Result<(), &'static str> {
     let d = messaging::dispatcher().ok_or("messaging is not up")?;
@@ -90,9 +67,10 @@ pub fn init(me: usize) -> Result<(), &'static str> {
         reg.register(HandlerKey::Kind(*kind), handler)
             .map_err(|_| "registering a service handler")?;
     }
-    crate::bench::register();
-    crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)?;
-    messaging::set_poll_hook(on_poll);
+    crate::services::bench::register();
+    crate::arch::interrupts::add_tick_hook(heartbeat::on_tick).map_err(|_| "no free timer hook")?;
+    messaging::set_poll_hook(on_poll).map_err(|_| "no free poll hook")?;
+    crate::cpus::smp::on_cpu_joined(cpu::joined).map_err(|_| "no free CPU join hook")?;
     Ok(())
 }
 
@@ -106,7 +84,7 @@ fn on_poll() {
     irq::flush_forwards();
     crate::console::refresh_screen();
     if crate::instance::id() == 0 {
-        heartbeat::watch();
+        lifecycle::watch();
     } else {
         heartbeat::send_if_due();
         lifecycle::finish_shutdown_if_asked();

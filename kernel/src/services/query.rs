@@ -8,7 +8,8 @@ use mk_dispatch::Reply;
 use mk_shared::{Owner, Resource};
 use mk_wire::{Message, Payload, QueryReply, QueryWhat, Status};
 
-use crate::instances::{region, smp};
+use crate::cpus::smp;
+use crate::shared::region;
 
 pub fn handle(m: &Message) -> Option<Reply> {
     let Payload::Query(q) = m.payload else {

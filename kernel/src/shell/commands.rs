@@ -15,10 +15,11 @@ use mk_shell::{COMMANDS, Command, format_size};
 use mk_wire::{Kind, Payload, PingPayload, ShutdownFlags, ShutdownPayload, ShutdownReason, Status};
 
 use crate::arch::tsc;
-use crate::instances::region;
 use crate::messaging::{self, CallFailure, SendError};
 use crate::println;
-use crate::services::{self, MoveError, heartbeat, lifecycle};
+use crate::services::moves::MoveError;
+use crate::services::{self, heartbeat, lifecycle};
+use crate::shared::region;
 
 type Outcome = Result<(), String>;
 
@@ -136,7 +137,7 @@ fn instances() -> Outcome {
         };
         let running = inst.state() == Ok(InstanceState::Running);
         let boot = if k == 0 {
-            crate::instances::start::BOOT_TSC.get().map_or(0, |b| b.0)
+            crate::boot::start::BOOT_TSC.get().map_or(0, |b| b.0)
         } else {
             inst.boot_tsc()
         };
@@ -496,9 +497,9 @@ fn bench(rounds: u32, k: usize) -> Outcome {
     println!(
         "in-kernel measurements against instance {k}, {n} samples each (ns; `cargo xtask bench` runs the same and compares them with host baselines)"
     );
-    crate::bench::ipi(n, k)?;
-    crate::bench::rtt(n, k)?;
-    crate::bench::tput(n, k)?;
-    crate::bench::ops(n)?;
+    crate::services::bench::ipi(n, k)?;
+    crate::services::bench::rtt(n, k)?;
+    crate::services::bench::tput(n, k)?;
+    crate::services::bench::ops(n)?;
     Ok(())
 }

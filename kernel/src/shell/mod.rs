@@ -10,6 +10,8 @@
 //! The line logic (decoding, editing, history, parsing) is the host-tested `mk-shell` crate;
 //! this module only moves bytes and draws. `commands.rs` carries the commands out.
 
+#![forbid(unsafe_code)]
+
 mod commands;
 
 use alloc::string::String;
@@ -41,7 +43,9 @@ pub fn start() {
     ps2::init();
     crate::println!("multikernel shell: type 'help' for the commands");
     show_prompt();
-    crate::messaging::set_idle_hook(poll);
+    if let Err(e) = crate::messaging::set_idle_hook(poll) {
+        crate::error!("shell: no keyboard input: {e}");
+    }
 }
 
 /// The serve loop's idle hook: takes every key waiting on either input and acts on it.

@@ -32,6 +32,18 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// The state's name as people read it (tables, screen headers, the shell): `empty`,
+    /// `booting`, `running`, `stopped`, `dead`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Booting => "booting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Dead => "dead",
+        }
+    }
+
     /// Decodes a state word.
     pub const fn from_raw(v: u32) -> Option<Self> {
         Some(match v {

@@ -7,7 +7,10 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use x2apic::lapic::{LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
 
-use super::interrupts::vectors;
+use super::vectors;
+
+/// Periodic LAPIC timer rate, in every instance.
+pub const TICK_HZ: u32 = 100;
 
 /// How this instance talks to its local APICs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,11 +218,4 @@ pub fn timer_hz_div16() -> u64 {
 
 pub fn tick_rate() -> u32 {
     TICK_RATE.load(Ordering::Relaxed)
-}
-
-/// End of interrupt on the running CPU. Only for interrupt handlers.
-pub fn eoi() {
-    if let Some(cpu) = super::cpu::try_current() {
-        cpu.with_lapic_in_handler(|l| l.eoi());
-    }
 }

@@ -6,7 +6,7 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
@@ -93,6 +93,42 @@ impl PerCpu {
     }
 }
 
+/// Most CPUs one instance can have (slots of the registry below).
+pub const MAX_SLOTS: usize = 64;
+
+/// The per-CPU blocks of this instance's online CPUs, by index: a block is published here once
+/// its CPU is up and removed when the CPU parks (the block itself stays allocated for good).
+static SLOTS: [AtomicPtr<PerCpu>; MAX_SLOTS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_SLOTS];
+
+/// Publishes `cpu` in the slot of its index (ignored beyond `MAX_SLOTS`).
+pub fn publish(cpu: &'static PerCpu) -> bool {
+    SLOTS.get(cpu.index as usize).is_some_and(|slot| {
+        slot.store(cpu as *const PerCpu as *mut PerCpu, Ordering::Release);
+        true
+    })
+}
+
+/// Removes the CPU in slot `index` from the registry.
+pub fn withdraw(index: usize) {
+    if let Some(slot) = SLOTS.get(index) {
+        slot.store(core::ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
+/// The online CPU in slot `index`, if any.
+pub fn by_slot(index: usize) -> Option<&'static PerCpu> {
+    let p = SLOTS.get(index)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries were stored by `publish` from a `&'static PerCpu` (a block
+    // leaked by `install` and never freed).
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// The online CPUs of this instance, by slot.
+pub fn online() -> impl Iterator<Item = &'static PerCpu> {
+    (0..MAX_SLOTS).filter_map(by_slot)
+}
+
 /// `(instance id, cpu index)` for log line prefixes.
 pub fn log_identity() -> (u32, u32) {
     let cpu = try_current().map_or(0, |c| c.index);
@@ -104,5 +140,12 @@ pub fn halt_forever() -> ! {
     loop {
         x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();
+    }
+}
+
+/// End of interrupt on the running CPU. Only for interrupt handlers.
+pub fn eoi() {
+    if let Some(cpu) = try_current() {
+        cpu.with_lapic_in_handler(|l| l.eoi());
     }
 }

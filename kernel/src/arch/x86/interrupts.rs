@@ -6,35 +6,16 @@
 //! provoke them on purpose: the breakpoint returns, and a page fault at an address announced
 //! with `expect_page_fault` calls the announced continuation instead of stopping.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_hook::{Full, Hook, HookList};
 
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 use super::gdt;
-
-/// The kernel's interrupt vectors.
-pub mod vectors {
-    /// Legacy PIC vectors (masked; only their spurious interrupts can arrive).
-    pub const PIC_SPURIOUS_1: u8 = super::super::pic::PIC1_VECTOR + 7;
-    pub const PIC_SPURIOUS_2: u8 = super::super::pic::PIC2_VECTOR + 7;
-    /// "New messages in your mailboxes": the inter-instance doorbell. Alone in the lowest
-    /// priority class in use (0x2_, shared only with the masked PIC's vectors), so that a
-    /// flooded instance can shut it out by raising its task priority to class 2 while the
-    /// timer (class 3) and device interrupts still arrive.
-    pub const MESSAGE_IPI: u8 = 0x2C;
-    /// Priority class of `MESSAGE_IPI`, for CR8.
-    pub const MESSAGE_CLASS: u64 = (MESSAGE_IPI >> 4) as u64;
-    pub const LAPIC_TIMER: u8 = 0x30;
-    /// Device interrupts from the IO APIC: IRQ_BASE + line.
-    pub const IRQ_BASE: u8 = 0x40;
-    pub const IRQ_COUNT: usize = 32;
-    /// A bare IPI with no mailbox behind it: the benchmark's floor (the raw IPI round trip).
-    pub const PROBE_IPI: u8 = 0xE0;
-    pub const LAPIC_ERROR: u8 = 0xFE;
-    pub const SPURIOUS: u8 = 0xFF;
-}
+use super::vectors;
 
 /// Total local APIC timer interrupts taken by this instance (all its CPUs).
 pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
@@ -56,7 +37,7 @@ pub fn load_on_this_cpu() {
 macro_rules! report_no_code {
     ($name:ident, $vector:expr, $text:expr) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
-            crate::fatal(format_args!(
+            crate::platform::failure::fatal(format_args!(
                 "EXCEPTION {} ({}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
                 $vector,
                 $text,
@@ -71,7 +52,7 @@ macro_rules! report_no_code {
 macro_rules! report_with_code {
     ($name:ident, $vector:expr, $text:expr) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
-            crate::fatal(format_args!(
+            crate::platform::failure::fatal(format_args!(
                 "EXCEPTION {} ({}) at RIP {:#x}, error code {:#x}, RSP {:#x}",
                 $vector,
                 $text,
@@ -104,7 +85,7 @@ report_with_code!(vmm_communication, 29, "VMM communication");
 report_with_code!(security, 30, "security");
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
-    crate::fatal(format_args!(
+    crate::platform::failure::fatal(format_args!(
         "EXCEPTION 8 (double fault) at RIP {:#x}, error code {code:#x}, RSP {:#x}",
         frame.instruction_pointer.as_u64(),
         frame.stack_pointer.as_u64()
@@ -112,7 +93,7 @@ extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) ->
 }
 
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
-    crate::fatal(format_args!(
+    crate::platform::failure::fatal(format_args!(
         "EXCEPTION 18 (machine check) at RIP {:#x}",
         frame.instruction_pointer.as_u64()
     ));
@@ -128,26 +109,25 @@ extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
 
 /// A page fault the running code provokes on purpose: the faulting address and where to go.
 static EXPECTED_FAULT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
-static EXPECTED_FAULT_THEN: AtomicUsize = AtomicUsize::new(0);
+static EXPECTED_FAULT_THEN: Hook<fn(u64, u64) -> !> = Hook::new();
 
 /// Announces that touching `addr` will fault and that the fault should call `then(cr2, code)`
 /// (which does not return) instead of stopping the kernel.
 pub fn expect_page_fault(addr: u64, then: fn(u64, u64) -> !) {
-    EXPECTED_FAULT_THEN.store(then as usize, Ordering::SeqCst);
+    if let Err(e) = EXPECTED_FAULT_THEN.set(then) {
+        crate::platform::failure::fatal(format_args!("expect_page_fault: {e}"));
+    }
     EXPECTED_FAULT_ADDR.store(addr, Ordering::SeqCst);
 }
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let cr2 = Cr2::read_raw();
     if cr2 == EXPECTED_FAULT_ADDR.load(Ordering::SeqCst) {
-        let then = EXPECTED_FAULT_THEN.load(Ordering::SeqCst);
-        if then != 0 {
-            // SAFETY: the value was stored from a `fn(u64, u64) -> !` in `expect_page_fault`.
-            let then: fn(u64, u64) -> ! = unsafe { core::mem::transmute(then) };
+        if let Some(then) = EXPECTED_FAULT_THEN.get() {
             then(cr2, code.bits());
         }
     }
-    crate::fatal(format_args!(
+    crate::platform::failure::fatal(format_args!(
         "EXCEPTION 14 (page fault) at RIP {:#x}: CR2 {cr2:#x}, error code {:#x} ({:?})",
         frame.instruction_pointer.as_u64(),
         code.bits(),
@@ -158,39 +138,27 @@ extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFault
 /// Called on every timer tick (on every CPU), e.g. to end a doorbell throttle or to beat the
 /// heartbeat. Hooks run with interrupts off and must not allocate or take locks that thread
 /// context holds.
-static TICK_HOOKS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+static TICK_HOOKS: HookList<fn()> = HookList::new();
 
 /// Adds a timer-tick hook.
-pub fn add_tick_hook(hook: fn()) -> Result<(), &'static str> {
-    TICK_HOOKS
-        .iter()
-        .find(|slot| {
-            slot.compare_exchange(0, hook as usize, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        })
-        .map(|_| ())
-        .ok_or("no free tick hook slot")
+pub fn add_tick_hook(hook: fn()) -> Result<(), Full> {
+    TICK_HOOKS.add(hook)
 }
 
 extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-    for slot in &TICK_HOOKS {
-        let hook = slot.load(Ordering::Acquire);
-        if hook != 0 {
-            // SAFETY: the value was stored from a `fn()` in `add_tick_hook`.
-            let hook: fn() = unsafe { core::mem::transmute(hook) };
-            hook();
-        }
+    for hook in TICK_HOOKS.iter() {
+        hook();
     }
     if let Some(cpu) = super::cpu::try_current() {
         cpu.ticks.fetch_add(1, Ordering::Relaxed);
     }
-    super::apic::eoi();
+    super::cpu::eoi();
 }
 
 extern "x86-interrupt" fn lapic_error(_frame: InterruptStackFrame) {
     crate::error!("local APIC error interrupt");
-    super::apic::eoi();
+    super::cpu::eoi();
 }
 
 extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
@@ -198,70 +166,58 @@ extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
 }
 
 /// Device interrupt handlers, one per IO APIC line.
-static IRQ_HANDLERS: [AtomicUsize; vectors::IRQ_COUNT] =
-    [const { AtomicUsize::new(0) }; vectors::IRQ_COUNT];
+static IRQ_HANDLERS: [Hook<fn(usize)>; vectors::IRQ_COUNT] =
+    [const { Hook::new() }; vectors::IRQ_COUNT];
 /// Interrupts taken per line (whether or not a handler was registered).
 pub static IRQ_COUNTS: [AtomicU64; vectors::IRQ_COUNT] =
     [const { AtomicU64::new(0) }; vectors::IRQ_COUNT];
 
 /// Installs `handler` for IO APIC line `line` (vector IRQ_BASE + line). Handlers run with
 /// interrupts off and must not allocate.
-#[allow(dead_code)] // the first drivers arrive with the IRQ-forwarding service
 pub fn set_irq_handler(line: usize, handler: fn(usize)) -> Result<(), &'static str> {
     let slot = IRQ_HANDLERS.get(line).ok_or("no such IRQ line")?;
-    slot.store(handler as usize, Ordering::SeqCst);
-    Ok(())
+    slot.set(handler)
+        .map_err(|_| "the line's handler hook is full")
 }
 
 extern "x86-interrupt" fn device_irq<const LINE: usize>(_frame: InterruptStackFrame) {
     IRQ_COUNTS[LINE].fetch_add(1, Ordering::Relaxed);
-    let handler = IRQ_HANDLERS[LINE].load(Ordering::Acquire);
-    if handler != 0 {
-        // SAFETY: the value was stored from a `fn(usize)` in `set_irq_handler`.
-        let handler: fn(usize) = unsafe { core::mem::transmute(handler) };
+    if let Some(handler) = IRQ_HANDLERS[LINE].get() {
         handler(LINE);
     }
-    super::apic::eoi();
+    super::cpu::eoi();
 }
 
 /// The doorbell vector. Messaging installs its drain function here.
-static MESSAGE_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static MESSAGE_HANDLER: Hook<fn()> = Hook::new();
 pub static MESSAGE_IPIS: AtomicU64 = AtomicU64::new(0);
 
-#[allow(dead_code)] // installed by the messaging layer
-pub fn set_message_handler(handler: fn()) {
-    MESSAGE_HANDLER.store(handler as usize, Ordering::SeqCst);
+pub fn set_message_handler(handler: fn()) -> Result<(), Full> {
+    MESSAGE_HANDLER.set(handler)
 }
 
 extern "x86-interrupt" fn message_ipi(_frame: InterruptStackFrame) {
     MESSAGE_IPIS.fetch_add(1, Ordering::Relaxed);
-    let handler = MESSAGE_HANDLER.load(Ordering::Acquire);
-    if handler != 0 {
-        // SAFETY: the value was stored from a `fn()` in `set_message_handler`.
-        let handler: fn() = unsafe { core::mem::transmute(handler) };
+    if let Some(handler) = MESSAGE_HANDLER.get() {
         handler();
     }
-    super::apic::eoi();
+    super::cpu::eoi();
 }
 
 /// The probe vector's handler (the benchmark installs one that answers, or one that counts).
-static PROBE_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static PROBE_HANDLER: Hook<fn()> = Hook::new();
 pub static PROBE_IPIS: AtomicU64 = AtomicU64::new(0);
 
-#[allow(dead_code)] // installed by the benchmark
-pub fn set_probe_handler(handler: fn()) {
-    PROBE_HANDLER.store(handler as usize, Ordering::SeqCst);
+pub fn set_probe_handler(handler: fn()) -> Result<(), Full> {
+    PROBE_HANDLER.set(handler)
 }
 
 extern "x86-interrupt" fn probe_ipi(_frame: InterruptStackFrame) {
     PROBE_IPIS.fetch_add(1, Ordering::Release);
-    let handler = PROBE_HANDLER.load(Ordering::Acquire);
-    if handler != 0 {
-        // SAFETY: the value was stored from a `fn()` in `set_probe_handler`.
-        let handler: fn() = unsafe { core::mem::transmute(handler) };
+    if let Some(handler) = PROBE_HANDLER.get() {
         handler();
     }
-    super::apic::eoi();
+    super::cpu::eoi();
 }
 
 macro_rules! device_vectors {

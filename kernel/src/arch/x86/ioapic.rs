@@ -4,7 +4,7 @@
 use spin::Mutex;
 use x2apic::ioapic::{IoApic, IrqFlags, IrqMode, RedirectionTableEntry};
 
-use super::interrupts::vectors;
+use super::vectors;
 
 /// One IO APIC: its registers and the global system interrupts (GSIs) it serves.
 struct Chip {
@@ -20,11 +20,42 @@ unsafe impl Send for Chip {}
 const MAX_CHIPS: usize = 8;
 static CHIPS: Mutex<[Option<Chip>; MAX_CHIPS]> = Mutex::new([const { None }; MAX_CHIPS]);
 
+/// The cross-instance IO APIC lock, once the shared region exists (before, only instance 0
+/// runs). Other instances program the same chips.
+static SHARED_LOCK: spin::Once<(mk_shared::Console<'static>, usize)> = spin::Once::new();
+
+/// From now on, every access to the chips is also serialised with the other instances by
+/// `lock` (the shared region's IO APIC lock), taken as instance `me`.
+pub fn use_shared_lock(lock: mk_shared::Console<'static>, me: usize) {
+    SHARED_LOCK.call_once(|| (lock, me));
+}
+
+fn shared_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
+    SHARED_LOCK
+        .get()
+        .map(|(lock, me)| lock.lock(*me, mk_shared::CONSOLE_FORCE_SPINS))
+}
+
+/// Maps the IO APIC at physical `phys` (uncached, for good) and registers it as serving GSIs
+/// from `gsi_base`, with every line masked. Returns its line count.
+pub fn add(phys: u64, gsi_base: u32) -> Result<u32, &'static str> {
+    let virt = crate::memory::mmio::map(phys, 0x20)?;
+    // SAFETY: `virt` maps this IO APIC's register window uncached, for the kernel's lifetime.
+    unsafe { add_mapped(virt, gsi_base) }
+}
+
+/// Maps the IO APIC at physical `phys` and registers it *as it is* (see `attach_mapped`).
+pub fn attach(phys: u64, gsi_base: u32) -> Result<u32, &'static str> {
+    let virt = crate::memory::mmio::map(phys, 0x20)?;
+    // SAFETY: as in `add`.
+    unsafe { attach_mapped(virt, gsi_base) }
+}
+
 /// Registers the IO APIC mapped at `virt` serving GSIs from `gsi_base`, with every line masked.
 ///
 /// # Safety
 /// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
-pub unsafe fn add(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+unsafe fn add_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
     // SAFETY: the caller guarantees `virt` maps an IO APIC.
     let mut regs = unsafe { IoApic::new(virt) };
     // SAFETY: as above; only this chip's redirection entries are written.
@@ -50,11 +81,11 @@ pub unsafe fn add(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
 ///
 /// # Safety
 /// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
-pub unsafe fn attach(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+unsafe fn attach_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
     // SAFETY: the caller guarantees `virt` maps an IO APIC; only the version register is read.
     let mut regs = unsafe { IoApic::new(virt) };
     let lines = {
-        let _shared = crate::instances::region::ioapic_lock();
+        let _shared = shared_lock();
         // SAFETY: as above.
         u32::from(unsafe { regs.max_table_entry() }) + 1
     };
@@ -117,7 +148,7 @@ pub fn line_count() -> u32 {
 /// must not interleave with theirs).
 fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, &'static str> {
     let mut chips = CHIPS.lock();
-    let _shared = crate::instances::region::ioapic_lock();
+    let _shared = shared_lock();
     let chip = chips
         .iter_mut()
         .flatten()

@@ -10,3 +10,4 @@ pub mod pic;
 pub mod pit;
 pub mod trampoline;
 pub mod tsc;
+pub mod vectors;

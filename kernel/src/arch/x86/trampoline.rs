@@ -172,7 +172,7 @@ fn params_offset() -> usize {
 /// # Safety
 /// `page_virt` must map `page_phys` writable, and the page must be reserved for the trampoline
 /// (no other use while an AP may execute it).
-pub unsafe fn install(page_phys: u64, page_virt: u64, params: Params) -> u8 {
+unsafe fn install(page_phys: u64, page_virt: u64, params: Params) -> u8 {
     assert!(
         page_phys < 0x10_0000 && page_phys % 4096 == 0,
         "trampoline page must be below 1 MiB"
@@ -191,8 +191,30 @@ pub unsafe fn install(page_phys: u64, page_virt: u64, params: Params) -> u8 {
     (page_phys >> 12) as u8
 }
 
-/// Whether the AP that runs the trampoline at `page_virt` reached long mode.
-pub fn started(page_virt: u64) -> bool {
+/// Copies the trampoline with `params` to this instance's trampoline page `page_phys` and
+/// returns the SIPI vector. The page must be below 1 MiB (where the frame allocator never hands
+/// out frames, so no kernel data lives there), 4 KiB aligned, and reachable through the
+/// physical map (instance 0 maps each instance's page into it); all three are checked.
+pub fn install_at(page_phys: u64, params: Params) -> Result<u8, &'static str> {
+    if page_phys == 0
+        || page_phys >= crate::memory::frames::LOW_MEMORY_END
+        || !page_phys.is_multiple_of(4096)
+    {
+        return Err("the trampoline page must be a page between 4 KiB and 1 MiB");
+    }
+    let page_virt = crate::memory::frames::phys_to_virt(page_phys);
+    if crate::memory::paging::translate(page_virt) != Some(page_phys) {
+        return Err("the trampoline page is not in this instance's physical map");
+    }
+    // SAFETY: `page_virt` maps `page_phys` (checked), which lies below 1 MiB, outside every
+    // frame allocator; by the boot protocol each instance has its own trampoline page, and this
+    // instance starts its CPUs one at a time, so no AP executes from it now.
+    Ok(unsafe { install(page_phys, page_virt, params) })
+}
+
+/// Whether the AP that runs the trampoline at physical `page_phys` reached long mode.
+pub fn started(page_phys: u64) -> bool {
+    let page_virt = crate::memory::frames::phys_to_virt(page_phys);
     let offset = params_offset() + core::mem::offset_of!(Params, started);
     // SAFETY: `install` wrote a `Params` there; the AP increments `started` atomically.
     let word = unsafe { &*((page_virt as usize + offset) as *const core::sync::atomic::AtomicU32) };

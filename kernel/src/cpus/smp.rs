@@ -4,25 +4,22 @@
 //! so two instances can start CPUs at the same time).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use super::descriptor;
 use crate::arch::cpu::PerCpu;
 use crate::arch::trampoline::{self, Params};
 use crate::arch::{apic, cpu, gdt, interrupts, tsc};
-use crate::memory::frames::phys_to_virt;
+use crate::platform::descriptor;
 use crate::{info, instance};
+
+use mk_hook::{Full, Hook};
 
 const AP_STACK_SIZE: usize = 64 * 1024;
 
 /// Starts the CPU with APIC ID `apic_id` in the trampoline at physical `page` (which the caller
 /// reserved and can reach through its physical map) with `params`.
 pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), &'static str> {
-    let page_virt = phys_to_virt(page);
-    // SAFETY: `page` is this instance's trampoline page (reserved below 1 MiB, mapped at
-    // `page_virt`), and no other CPU is running the trampoline from it now: starts from one
-    // instance are sequential.
-    let vector = unsafe { trampoline::install(page, page_virt, params) };
+    let vector = trampoline::install_at(page, params)?;
     let this = cpu::current();
     this.with_lapic(|l| l.send_init(apic_id))
         .ok_or("no local APIC")?;
@@ -30,11 +27,11 @@ pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), &'static
     tsc::spin_micros(10_000);
     this.with_lapic(|l| l.send_startup(vector, apic_id));
     tsc::spin_micros(200);
-    if !trampoline::started(page_virt) {
+    if !trampoline::started(page) {
         this.with_lapic(|l| l.send_startup(vector, apic_id));
     }
     let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
-    while !trampoline::started(page_virt) {
+    while !trampoline::started(page) {
         if tsc::read() > deadline {
             return Err("the CPU did not reach long mode within 2 s of its start-up IPI");
         }
@@ -45,27 +42,17 @@ pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), &'static
 
 /// CPUs of this instance that are up (the first one included).
 pub static ONLINE: AtomicU32 = AtomicU32::new(0);
-/// The per-CPU blocks of this instance's CPUs, by index (for status and tests).
-pub static CPUS: [AtomicPtr<PerCpu>; descriptor::MAX_CPUS] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; descriptor::MAX_CPUS];
 
 /// How many of this instance's CPUs have taken at least one timer interrupt.
 pub fn cpus_ticking() -> u32 {
-    CPUS.iter()
-        .filter_map(|p| {
-            let p = p.load(Ordering::Acquire);
-            // SAFETY: non-null entries point at leaked per-CPU blocks (see `register`).
-            (!p.is_null()).then(|| unsafe { &*p })
-        })
+    cpu::online()
         .filter(|c| c.ticks.load(Ordering::Relaxed) > 0)
         .count() as u32
 }
 
 /// Records a CPU of this instance as online.
 pub fn register(cpu: &'static PerCpu) {
-    if let Some(slot) = CPUS.get(cpu.index as usize) {
-        slot.store(cpu as *const PerCpu as *mut PerCpu, Ordering::Release);
-    }
+    cpu::publish(cpu);
     ONLINE.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -108,7 +95,7 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
     start_cpu(apic_id, page, params)?;
     // Wait until it has installed its per-CPU state (it registers itself in its slot).
     let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
-    while CPUS[index as usize].load(Ordering::SeqCst).is_null() {
+    while cpu::by_slot(index as usize).is_none() {
         if tsc::read() > deadline {
             return Err("the CPU reached long mode but did not come online");
         }
@@ -117,17 +104,39 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Enables the running CPU's local APIC with the timer rate instance 0 measured.
+pub fn bring_up_lapic(hz_div16: u64) -> apic::Lapic {
+    let xapic_virt = apic::xapic_window()
+        .unwrap_or_else(|e| crate::platform::failure::fatal(format_args!("{e}")));
+    let mut lapic = apic::init_this_cpu(xapic_virt)
+        .unwrap_or_else(|e| crate::platform::failure::fatal(format_args!("local APIC: {e}")));
+    lapic.set_timer_hz(hz_div16);
+    lapic.start_periodic(apic::TICK_HZ);
+    lapic
+}
+
+/// Called on a further CPU once it is online in this instance, with its APIC ID (the CPU
+/// service records the join).
+static ON_JOIN: Hook<fn(u32)> = Hook::new();
+
+/// Installs the function every further CPU calls once it is online.
+pub fn on_cpu_joined(hook: fn(u32)) -> Result<(), Full> {
+    ON_JOIN.set(hook)
+}
+
 /// Where a further CPU of an instance lands from the trampoline, on its own stack, with its
 /// index in the instance.
 extern "C" fn ap_entry(index: u64) -> ! {
     gdt::init_ap(index as usize);
     interrupts::load_on_this_cpu();
-    let lapic = super::secondary::bring_up_lapic(apic::timer_hz_div16());
+    let lapic = bring_up_lapic(apic::timer_hz_div16());
     let apic_id = lapic.id();
     let this = cpu::install(index as u32, apic_id);
     this.set_lapic(lapic);
     register(this);
-    crate::services::cpu::joined(apic_id);
+    if let Some(hook) = ON_JOIN.get() {
+        hook(apic_id);
+    }
     info!(
         "CPU {index} (APIC ID {apic_id}) joined instance {}",
         instance::id()
@@ -157,7 +166,7 @@ pub fn park_this_cpu() -> ! {
         && c.index != 0
     {
         let i = c.index as usize;
-        CPUS[i].store(core::ptr::null_mut(), Ordering::SeqCst);
+        cpu::withdraw(i);
         PARK_CPU[i].store(false, Ordering::SeqCst);
         ONLINE.fetch_sub(1, Ordering::SeqCst);
         PARKED.fetch_add(1, Ordering::SeqCst);
@@ -171,22 +180,14 @@ pub static TRAMPOLINE: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomi
 
 /// APIC IDs of this instance's online CPUs, its first CPU first.
 pub fn cpu_list() -> alloc::vec::Vec<u32> {
-    CPUS.iter()
-        .filter_map(|p| {
-            let p = p.load(Ordering::Acquire);
-            // SAFETY: non-null entries point at leaked per-CPU blocks (see `register`).
-            (!p.is_null()).then(|| unsafe { (*p).apic_id })
-        })
-        .collect()
+    cpu::online().map(|c| c.apic_id).collect()
 }
 
 /// The slot of the online CPU with APIC ID `apic`.
 pub fn slot_of(apic: u32) -> Option<usize> {
-    CPUS.iter().position(|p| {
-        let p = p.load(Ordering::Acquire);
-        // SAFETY: as in `cpu_list`.
-        !p.is_null() && unsafe { (*p).apic_id } == apic
-    })
+    cpu::online()
+        .find(|c| c.apic_id == apic)
+        .map(|c| c.index as usize)
 }
 
 /// Asks the further CPU with APIC ID `apic` to park, and waits (up to `ms`) until it has.
@@ -197,7 +198,7 @@ pub fn park_cpu(apic: u32, ms: u64) -> Result<(), &'static str> {
     }
     PARK_CPU[slot].store(true, Ordering::SeqCst);
     let deadline = tsc::read() + ms * tsc::ticks_per_ms();
-    while !CPUS[slot].load(Ordering::SeqCst).is_null() {
+    while cpu::by_slot(slot).is_some() {
         if tsc::read() > deadline {
             PARK_CPU[slot].store(false, Ordering::SeqCst);
             return Err("the CPU did not park in time");
@@ -215,7 +216,7 @@ pub fn start_joining_cpu(apic: u32) -> Result<usize, &'static str> {
         return Err("this instance has no trampoline page");
     }
     let slot = (1..descriptor::MAX_CPUS)
-        .find(|&i| CPUS[i].load(Ordering::SeqCst).is_null())
+        .find(|&i| cpu::by_slot(i).is_none())
         .ok_or("no free CPU slot")?;
     start_ap(slot as u32, apic, page)?;
     Ok(slot)

@@ -16,8 +16,8 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::descriptor::BootDescriptor;
 use crate::memory::frames::{phys_offset, phys_to_virt};
+use crate::platform::descriptor::BootDescriptor;
 
 /// Where the new instance's boot stack ends (PML4 slot 510; the kernel image is in slot 511).
 const STACK_TOP: u64 = 0xFFFF_FF00_0010_0000;
@@ -125,7 +125,24 @@ fn map_phys(
     Ok(())
 }
 
-/// Builds instance `desc.instance_id` in `ranges` and returns how to start it.
+/// Whether `ranges` are free of everything this instance uses: its frame allocator's memory and
+/// the first 1 MiB, where the firmware's data and the trampolines are. Building writes every
+/// frame it takes from `ranges` (through the physical map), so only such ranges are safe.
+fn foreign(ranges: &[MemRange]) -> bool {
+    let overlaps = |a: &MemRange, start: u64, end: u64| a.start < end && start < a.end();
+    crate::memory::frames::with(|alloc| {
+        alloc.owned_ranges().all(|run| {
+            let (start, end) = (run.start * 4096, (run.start + run.count) * 4096);
+            ranges.iter().all(|r| !overlaps(r, start, end))
+        })
+    }) && ranges
+        .iter()
+        .all(|r| r.start >= crate::memory::frames::LOW_MEMORY_END)
+}
+
+/// Builds instance `desc.instance_id` in `ranges` and returns how to start it. The ranges must
+/// be memory this instance has given up (checked: none of it is in its allocator or below
+/// 1 MiB).
 pub fn prepare(
     ranges: &[MemRange],
     shared: MemRange,
@@ -133,6 +150,9 @@ pub fn prepare(
     trampoline_page: u64,
     desc: &BootDescriptor,
 ) -> Result<Launch, &'static str> {
+    if !foreign(ranges) {
+        return Err("the new instance's memory overlaps this instance's own");
+    }
     let mut bump = Bump {
         ranges,
         index: 0,
@@ -163,7 +183,7 @@ pub fn prepare(
     let image = unsafe {
         core::slice::from_raw_parts_mut(phys_to_virt(image_pa) as *mut u8, (hi - lo) as usize)
     };
-    let entry = mk_elf::load(&elf, crate::KERNEL_BASE, image)
+    let entry = mk_elf::load(&elf, crate::memory::KERNEL_BASE, image)
         .map_err(|_| "loading the kernel image failed")?;
     for i in 0..pages {
         let va = lo + i * 4096;
@@ -182,7 +202,7 @@ pub fn prepare(
         map4k(
             &mut m,
             &mut bump,
-            crate::KERNEL_BASE + va,
+            crate::memory::KERNEL_BASE + va,
             image_pa + i * 4096,
             flags,
         )?;
@@ -252,7 +272,7 @@ pub fn prepare(
         info.physical_memory_offset = Optional::Some(phys_offset());
         info.ramdisk_addr = Optional::Some(info_va + desc_offset);
         info.ramdisk_len = core::mem::size_of::<BootDescriptor>() as u64;
-        info.kernel_image_offset = crate::KERNEL_BASE;
+        info.kernel_image_offset = crate::memory::KERNEL_BASE;
         (phys_to_virt(info_pa) as *mut BootInfo).write(info);
         ((phys_to_virt(info_pa) + desc_offset) as *mut BootDescriptor).write(*desc);
     }

@@ -12,28 +12,34 @@
 //!                  └─ starts the rest of its partition's CPUs through its own trampoline page
 //! ```
 
-pub mod descriptor;
-pub mod launch;
-pub mod pristine;
-pub mod region;
+#![forbid(unsafe_code)]
+
+pub mod primary;
 pub mod secondary;
-pub mod smp;
 pub mod start;
 
 use bootloader_api::BootInfo;
 
-use descriptor::BootDescriptor;
+use crate::arch::tsc;
+use crate::platform::descriptor::{self, BootDescriptor};
 
-/// The boot descriptor, if this kernel was started by instance 0 (not by the bootloader).
-pub fn descriptor(boot_info: &BootInfo) -> Option<&'static BootDescriptor> {
-    let addr = boot_info.ramdisk_addr.into_option()?;
-    if boot_info.ramdisk_len != core::mem::size_of::<BootDescriptor>() as u64
-        || addr % core::mem::align_of::<BootDescriptor>() as u64 != 0
-    {
-        return None;
+/// Which instance this kernel is, once booted.
+pub enum Role {
+    /// Instance 0, started by the bootloader; every other instance has been started.
+    Primary(primary::Primary),
+    /// Another instance, started by instance 0 from this descriptor; it is up and running.
+    Secondary(&'static BootDescriptor),
+}
+
+/// Brings this instance up: instance 0 when the bootloader started us, another instance when
+/// instance 0 did (its boot descriptor rides in the `BootInfo`).
+pub fn start(boot_info: &'static mut BootInfo) -> Role {
+    let boot_tsc = tsc::read();
+    match descriptor::find(boot_info) {
+        Some(desc) => {
+            secondary::start(boot_info, desc);
+            Role::Secondary(desc)
+        }
+        None => Role::Primary(primary::start(boot_info, boot_tsc)),
     }
-    // SAFETY: the ramdisk is mapped for `ramdisk_len` bytes (by the bootloader, or by instance
-    // 0 for an instance it built), which is the size of a descriptor, and aligned for it.
-    let desc = unsafe { &*(addr as *const BootDescriptor) };
-    (desc.magic == descriptor::MAGIC).then_some(desc)
 }

@@ -100,7 +100,8 @@ pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
         )
     }
     .map_err(|e| alloc::format!("{e:?}"))?;
-    REGION.call_once(|| region);
+    let region = REGION.call_once(|| region);
+    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), 0);
     let (pool_phys, pool_len) = pool_range(shared.start, shared.len, count)?;
     // SAFETY: the pool lies inside the shared allocation, after the region, page aligned,
     // mapped through the physical map, and used only through mk-pool.
@@ -123,7 +124,8 @@ pub fn attach(phys: u64, len: u64) -> Result<(), String> {
     let region = unsafe { SharedRegion::attach(phys_to_virt(phys) as *mut u8, len as usize) }
         .map_err(|e| alloc::format!("{e:?}"))?;
     let count = region.instance_count();
-    REGION.call_once(|| region);
+    let region = REGION.call_once(|| region);
+    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id() as usize);
     let (pool_phys, pool_len) = pool_range(phys, len, count)?;
     // SAFETY: as in `init`; instance 0 formatted the pool before starting us.
     let pool =
@@ -188,35 +190,9 @@ pub fn status(id: usize) -> (&'static str, u64) {
     let Some(inst) = get().and_then(|r| r.instance(id).ok()) else {
         return ("?", 0);
     };
-    let state = match inst.state() {
-        Ok(InstanceState::Empty) => "empty",
-        Ok(InstanceState::Booting) => "booting",
-        Ok(InstanceState::Running) => "running",
-        Ok(InstanceState::Stopped) => "stopped",
-        Ok(InstanceState::Dead) => "dead",
-        Err(_) => "corrupt",
-    };
+    let state = inst.state().map_or("corrupt", InstanceState::name);
     let ms = inst.ready_tsc().saturating_sub(inst.boot_tsc()) / tsc::ticks_per_ms();
     (state, ms)
-}
-
-/// The cross-instance console lock, held while one line goes out on the shared serial port.
-pub fn console_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
-    let r = get()?;
-    Some(r.console().lock(
-        crate::instance::id() as usize,
-        mk_shared::CONSOLE_FORCE_SPINS,
-    ))
-}
-
-/// The cross-instance IO APIC lock (none before the shared region exists: then only instance
-/// 0 runs).
-pub fn ioapic_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
-    let r = get()?;
-    Some(r.ioapic_lock().lock(
-        crate::instance::id() as usize,
-        mk_shared::CONSOLE_FORCE_SPINS,
-    ))
 }
 
 /// Publishes report word `slot` of this instance (diagnostics and tests).

@@ -6,12 +6,14 @@ use core::sync::atomic::Ordering;
 
 use bootloader_api::BootInfo;
 
-use super::descriptor::BootDescriptor;
-use super::{region, smp};
-use crate::arch::{apic, cpu, gdt, interrupts, tsc};
-use crate::{console, fatal, info, instance, memory};
+use crate::arch::{cpu, gdt, interrupts, tsc};
+use crate::cpus::smp;
+use crate::platform::descriptor::BootDescriptor;
+use crate::platform::failure::fatal;
+use crate::shared::region;
+use crate::{console, info, instance, memory};
 
-pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
+pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     console::init_guest();
     instance::set_id(desc.instance_id);
     gdt::init_bsp();
@@ -24,13 +26,15 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
     if let Err(e) = region::attach(desc.shared_phys, desc.shared_len) {
         fatal(format_args!("shared region: {e}"));
     }
-    console::use_shared_lock();
+    if let Some(r) = region::get() {
+        console::use_shared(r);
+    }
     if let Err(e) = crate::messaging::init(desc.instance_id as usize) {
         crate::error!("messaging: {e}");
     } else if let Err(e) = crate::services::init(desc.instance_id as usize) {
         crate::error!("services: {e}");
     }
-    let lapic = bring_up_lapic(desc.lapic_hz_div16);
+    let lapic = smp::bring_up_lapic(desc.lapic_hz_div16);
     let apic_id = lapic.id();
     let this = cpu::install(0, apic_id);
     this.set_lapic(lapic);
@@ -52,35 +56,14 @@ pub fn main(boot_info: &'static BootInfo, desc: &'static BootDescriptor) -> ! {
         (owned * 4096) >> 20,
         (free * 4096) >> 20
     );
-
-    #[cfg(feature = "qemu-tests")]
-    if !desc.tests().is_empty() {
-        crate::selftest::run_in_instance(desc);
-    }
-
-    crate::messaging::serve_forever()
-}
-
-/// Enables the running CPU's local APIC with the timer rate instance 0 measured.
-pub fn bring_up_lapic(hz_div16: u64) -> apic::Lapic {
-    let xapic_virt = apic::xapic_window().unwrap_or_else(|e| fatal(format_args!("{e}")));
-    let mut lapic =
-        apic::init_this_cpu(xapic_virt).unwrap_or_else(|e| fatal(format_args!("local APIC: {e}")));
-    lapic.set_timer_hz(hz_div16);
-    lapic.start_periodic(crate::TICK_HZ);
-    lapic
 }
 
 /// Maps and joins the IO APICs instance 0 set up (it owns every line at first; the IRQ
 /// services hand lines over).
 fn attach_ioapics(desc: &BootDescriptor) {
-    let n = (desc.ioapic_count as usize).min(super::descriptor::MAX_IOAPICS);
+    let n = (desc.ioapic_count as usize).min(crate::platform::descriptor::MAX_IOAPICS);
     for i in 0..n {
-        let result = memory::mmio::map(desc.ioapic_phys[i], 0x20).and_then(|virt| {
-            // SAFETY: `virt` maps this IO APIC's register window uncached, permanently.
-            unsafe { crate::arch::ioapic::attach(virt, desc.ioapic_gsi_base[i]) }
-        });
-        if let Err(e) = result {
+        if let Err(e) = crate::arch::ioapic::attach(desc.ioapic_phys[i], desc.ioapic_gsi_base[i]) {
             crate::error!("IO APIC at {:#x}: {e}", desc.ioapic_phys[i]);
         }
     }

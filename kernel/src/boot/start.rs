@@ -9,12 +9,12 @@ use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use mk_plan::{MemRange, Plan, PlanSpec};
 
-use super::descriptor::BootDescriptor;
-use super::{launch, region, smp};
-use crate::arch::trampoline::Params;
-use crate::arch::{apic, tsc};
+use crate::arch::tsc;
+use crate::cpus::launch::{LAUNCH, Launcher, PLAN};
+use crate::cpus::smp;
 use crate::memory::frames;
 use crate::platform::acpi::Platform;
+use crate::shared::region;
 use crate::{error, info, println, warn};
 
 /// Where the plan text comes from, in order: QEMU's fw_cfg file `opt/multikernel/plan` (tests
@@ -23,10 +23,7 @@ fn plan_text(boot_info: &BootInfo) -> Option<String> {
     if let Some(text) = crate::platform::qemu::read_string("opt/multikernel/plan") {
         return Some(text);
     }
-    let addr = boot_info.ramdisk_addr.into_option()?;
-    let len = boot_info.ramdisk_len.min(4096) as usize;
-    // SAFETY: the bootloader mapped the ramdisk at `addr` for `ramdisk_len` bytes.
-    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
+    let bytes = crate::memory::ramdisk(boot_info, 4096)?;
     core::str::from_utf8(bytes).ok().map(|s| s.trim().into())
 }
 
@@ -65,9 +62,6 @@ fn trampoline_pages(boot_info: &BootInfo, count: usize) -> Result<Vec<u64>, &'st
 
 /// Why the given plan was rejected, if it was (the default plan runs instead).
 pub static PLAN_REJECTED: spin::Once<String> = spin::Once::new();
-
-/// The resolved plan, kept for the tests and the status table.
-pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
 
 /// TSC readings of instance 0's boot: at kernel entry, and once every instance of the plan
 /// was running (or given up on). The TSC counts from power-on, so these are times since then.
@@ -116,7 +110,9 @@ pub fn start_all(
                 region::size_for(default.partitions().len()),
             ) {
                 Ok(plan) => plan,
-                Err(e) => crate::fatal(format_args!("even the default plan does not fit: {e}")),
+                Err(e) => crate::platform::failure::fatal(format_args!(
+                    "even the default plan does not fit: {e}"
+                )),
             }
         }
     };
@@ -125,7 +121,7 @@ pub fn start_all(
         info!("plan: {line}");
     }
     let Some(shared) = plan.shared() else {
-        crate::fatal(format_args!("the plan has no shared region"));
+        crate::platform::failure::fatal(format_args!("the plan has no shared region"));
     };
 
     // Instance 0 keeps its partition and the unassigned reserve; everything else leaves its
@@ -139,7 +135,7 @@ pub fn start_all(
 
     let count = plan.partition_count();
     if let Err(e) = region::init(shared, count) {
-        crate::fatal(format_args!("shared region: {e}"));
+        crate::platform::failure::fatal(format_args!("shared region: {e}"));
     }
     let me = plan.partition(0).expect("partition 0 exists");
     crate::services::irq::set_rtc_gsi(platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0);
@@ -156,11 +152,13 @@ pub fn start_all(
     if let Err(e) = region::record_ownership(plan) {
         error!("ownership tables: {e}");
     }
-    crate::console::use_shared_lock();
+    if let Some(r) = region::get() {
+        crate::console::use_shared(r);
+    }
 
     let pages = match trampoline_pages(boot_info, count) {
         Ok(p) => p,
-        Err(e) => crate::fatal(format_args!("{e}")),
+        Err(e) => crate::platform::failure::fatal(format_args!("{e}")),
     };
     // Instance 0's own further CPUs, through its own trampoline page (identity-mapped: the AP
     // runs on from it right after turning paging on with instance 0's page tables). Mapped even
@@ -175,9 +173,9 @@ pub fn start_all(
     // The kernel file with its writable segments as they were before instance 0 ran (see
     // `pristine`): every instance starts from the initial values of its statics.
     let kernel_file = if count > 1 {
-        match super::pristine::kernel_file(boot_info) {
+        match crate::memory::pristine::kernel_file(boot_info) {
             Ok(f) => f,
-            Err(e) => crate::fatal(format_args!("the kernel file to copy: {e}")),
+            Err(e) => crate::platform::failure::fatal(format_args!("the kernel file to copy: {e}")),
         }
     } else {
         Vec::new()
@@ -215,77 +213,9 @@ pub fn start_all(
     print_table(plan);
 }
 
-/// What instance 0 needs to (re)start an instance: kept from boot for respawns.
-pub struct Launcher {
-    /// The pristine kernel file (see `pristine`).
-    kernel_file: Vec<u8>,
-    /// Trampoline page of each instance, below 1 MiB.
-    trampolines: Vec<u64>,
-    shared: MemRange,
-    count: usize,
-    ioapics: Vec<(u64, u32)>,
-    rtc_gsi: u32,
-    com2_gsi: u32,
-    tests: Option<String>,
-}
-
-pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
-
-impl Launcher {
-    /// Builds instance `id` from a fresh copy of the kernel in `memory` (reachable through
-    /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
-    pub fn launch(&self, id: usize, memory: &[MemRange], cpus: &[u32]) -> Result<(), &'static str> {
-        let page = *self.trampolines.get(id).ok_or("no trampoline page")?;
-        let first = *cpus.first().ok_or("no CPU")?;
-        let started = tsc::read();
-        let mut desc = BootDescriptor::empty();
-        desc.instance_id = id as u32;
-        desc.instance_count = self.count as u32;
-        desc.cpu_count = cpus.len().min(desc.apic_ids.len()) as u32;
-        desc.apic_ids[..desc.cpu_count as usize].copy_from_slice(&cpus[..desc.cpu_count as usize]);
-        desc.x2apic = u32::from(apic::cpu_has_x2apic());
-        desc.trampoline_page = page;
-        desc.shared_phys = self.shared.start;
-        desc.shared_len = self.shared.len;
-        desc.tsc_per_ms = tsc::ticks_per_ms();
-        desc.lapic_hz_div16 = apic::timer_hz_div16();
-        desc.start_tsc = started;
-        for (i, &(phys, gsi_base)) in self
-            .ioapics
-            .iter()
-            .take(super::descriptor::MAX_IOAPICS)
-            .enumerate()
-        {
-            desc.ioapic_phys[i] = phys;
-            desc.ioapic_gsi_base[i] = gsi_base;
-            desc.ioapic_count = i as u32 + 1;
-        }
-        desc.rtc_gsi = self.rtc_gsi;
-        desc.com2_gsi = self.com2_gsi;
-        desc.framebuffer = crate::console::framebuffer_desc();
-        if let Some(t) = &self.tests {
-            let n = t.len().min(desc.tests.len());
-            desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
-            desc.tests_len = n as u32;
-        }
-        region::set_booting(id, started);
-        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)?;
-        let params = Params {
-            cr3: l.cr3,
-            stack: l.stack_top,
-            entry: l.entry,
-            arg: l.boot_info,
-            started: 0,
-            _pad: 0,
-        };
-        smp::start_cpu(first, page, params)?;
-        region::wait_running(id, 5000)
-    }
-}
-
 fn give_away(r: MemRange) {
     if let Err(e) = frames::with(|a| a.remove_range(r.start / 4096, r.len / 4096)) {
-        crate::fatal(format_args!(
+        crate::platform::failure::fatal(format_args!(
             "instance 0 cannot give away {r}: {e} (it allocated there before the plan was known)"
         ));
     }

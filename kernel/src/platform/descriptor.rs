@@ -100,3 +100,18 @@ impl BootDescriptor {
         core::str::from_utf8(&self.tests[..len]).unwrap_or("")
     }
 }
+
+/// The boot descriptor, if this kernel was started by instance 0 (not by the bootloader).
+pub fn find(boot_info: &bootloader_api::BootInfo) -> Option<&'static BootDescriptor> {
+    let addr = boot_info.ramdisk_addr.into_option()?;
+    if boot_info.ramdisk_len != core::mem::size_of::<BootDescriptor>() as u64
+        || !addr.is_multiple_of(core::mem::align_of::<BootDescriptor>() as u64)
+    {
+        return None;
+    }
+    // SAFETY: the ramdisk is mapped for `ramdisk_len` bytes (by the bootloader, or by instance
+    // 0 for an instance it built), which is the size of a descriptor, and aligned for it; every
+    // field of a descriptor is an integer, valid for any bit pattern.
+    let desc = unsafe { &*(addr as *const BootDescriptor) };
+    (desc.magic == MAGIC).then_some(desc)
+}

@@ -105,7 +105,9 @@ pub fn register() {
             ],
             op::ECHO => {
                 ECHO_TO.store(arg, Ordering::SeqCst);
-                interrupts::set_probe_handler(echo);
+                if interrupts::set_probe_handler(echo).is_err() {
+                    return Some(Reply::error(mk_wire::Status::InternalError));
+                }
                 Vec::new()
             }
             _ => return Some(Reply::error(mk_wire::Status::InvalidArgument)),
@@ -132,7 +134,7 @@ fn echo() {
     if to != FOREVER
         && let Some(cpu) = cpu::try_current()
     {
-        cpu.with_lapic_in_handler(|l| l.send_ipi(interrupts::vectors::PROBE_IPI, to as u32));
+        cpu.with_lapic_in_handler(|l| l.send_ipi(crate::arch::vectors::PROBE_IPI, to as u32));
     }
 }
 
@@ -209,7 +211,7 @@ pub fn ipi(n: usize, peer: usize) -> Outcome {
     let probe = || {
         let before = interrupts::PROBE_IPIS.load(Ordering::Acquire);
         let start = tsc::read();
-        cpu::current().with_lapic(|l| l.send_ipi(interrupts::vectors::PROBE_IPI, peer_cpu));
+        cpu::current().with_lapic(|l| l.send_ipi(crate::arch::vectors::PROBE_IPI, peer_cpu));
         while interrupts::PROBE_IPIS.load(Ordering::Acquire) == before {
             if tsc::read() - start > timeout {
                 return Err(String::from("no answer to a probe IPI"));
@@ -336,7 +338,7 @@ pub fn tput(n: usize, peer: usize) -> Outcome {
         ("tput.batch16", 0, DoorbellMode::Suppress, 16),
         ("tput.polling", FOREVER, DoorbellMode::Suppress, 1),
     ];
-    let row = crate::instances::region::telemetry_row(crate::instance::id() as usize)
+    let row = crate::shared::region::telemetry_row(crate::instance::id() as usize)
         .ok_or("no telemetry table")?;
     let result = (|| {
         for (name, idle, mode, batch) in variants {
@@ -380,7 +382,7 @@ pub fn ops(n: usize) -> Outcome {
     let n = n as u64;
     // A counter in the shared region nobody reads: this instance's entry for itself.
     let me = crate::instance::id() as usize;
-    let shared = crate::instances::region::telemetry_row(me).ok_or("no telemetry table")?;
+    let shared = crate::shared::region::telemetry_row(me).ok_or("no telemetry table")?;
     let lock = spin::Mutex::new(0u64);
     let msg = sink_message(1);
     let mut slot = [0u8; mk_wire::SLOT_SIZE];

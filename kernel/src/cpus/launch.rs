@@ -1,0 +1,87 @@
+//! Starting another instance: its first CPU on a fresh copy of the kernel, in memory this
+//! instance gave up, through that instance's trampoline page. Instance 0 does it at boot
+//! (`boot::start`) and again on respawn (`services::lifecycle`), from the records kept here.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use mk_plan::{MemRange, Plan};
+
+use super::smp;
+use crate::arch::trampoline::Params;
+use crate::arch::{apic, tsc};
+use crate::memory::launch;
+use crate::platform::descriptor::BootDescriptor;
+use crate::shared::region;
+
+/// The resolved plan, kept for the services, the tests and the status table.
+pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
+
+/// What instance 0 needs to (re)start an instance: kept from boot for respawns.
+pub struct Launcher {
+    /// The pristine kernel file (see `pristine`).
+    pub kernel_file: Vec<u8>,
+    /// Trampoline page of each instance, below 1 MiB.
+    pub trampolines: Vec<u64>,
+    pub shared: MemRange,
+    pub count: usize,
+    pub ioapics: Vec<(u64, u32)>,
+    pub rtc_gsi: u32,
+    pub com2_gsi: u32,
+    pub tests: Option<String>,
+}
+
+pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
+
+impl Launcher {
+    /// Builds instance `id` from a fresh copy of the kernel in `memory` (reachable through
+    /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
+    pub fn launch(&self, id: usize, memory: &[MemRange], cpus: &[u32]) -> Result<(), &'static str> {
+        let page = *self.trampolines.get(id).ok_or("no trampoline page")?;
+        let first = *cpus.first().ok_or("no CPU")?;
+        let started = tsc::read();
+        let mut desc = BootDescriptor::empty();
+        desc.instance_id = id as u32;
+        desc.instance_count = self.count as u32;
+        desc.cpu_count = cpus.len().min(desc.apic_ids.len()) as u32;
+        desc.apic_ids[..desc.cpu_count as usize].copy_from_slice(&cpus[..desc.cpu_count as usize]);
+        desc.x2apic = u32::from(apic::cpu_has_x2apic());
+        desc.trampoline_page = page;
+        desc.shared_phys = self.shared.start;
+        desc.shared_len = self.shared.len;
+        desc.tsc_per_ms = tsc::ticks_per_ms();
+        desc.lapic_hz_div16 = apic::timer_hz_div16();
+        desc.start_tsc = started;
+        for (i, &(phys, gsi_base)) in self
+            .ioapics
+            .iter()
+            .take(crate::platform::descriptor::MAX_IOAPICS)
+            .enumerate()
+        {
+            desc.ioapic_phys[i] = phys;
+            desc.ioapic_gsi_base[i] = gsi_base;
+            desc.ioapic_count = i as u32 + 1;
+        }
+        desc.rtc_gsi = self.rtc_gsi;
+        desc.com2_gsi = self.com2_gsi;
+        desc.framebuffer = crate::console::framebuffer_desc();
+        if let Some(t) = &self.tests {
+            let n = t.len().min(desc.tests.len());
+            desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
+            desc.tests_len = n as u32;
+        }
+        region::set_booting(id, started);
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)?;
+        let params = Params {
+            cr3: l.cr3,
+            stack: l.stack_top,
+            entry: l.entry,
+            arg: l.boot_info,
+            started: 0,
+            _pad: 0,
+        };
+        smp::start_cpu(first, page, params)?;
+        region::wait_running(id, 5000)
+    }
+}

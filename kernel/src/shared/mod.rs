@@ -1,0 +1,4 @@
+//! This instance's view of shared memory: the shared region (instance table, ownership tables,
+//! locks, mailboxes, page pool, telemetry) through `mk-shared`.
+
+pub mod region;
