@@ -321,6 +321,26 @@ impl<'a> Raw<'a> {
         zero_bytes(tail, self.len);
     }
 
+    /// Copies `src` to `offset..offset + src.len()`, byte by byte through Relaxed atomic stores
+    /// (sound whoever else writes there; plain moves on x86_64).
+    pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), Error> {
+        let dst = self.slice::<AtomicU8>(offset, src.len())?;
+        for (d, &s) in dst.iter().zip(src) {
+            d.store(s, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Copies `offset..offset + dst.len()` into `dst` through Relaxed atomic loads. The copy is
+    /// stable even if the shared bytes are not: validate the copy, not the shared memory.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
+        let src = self.slice::<AtomicU8>(offset, dst.len())?;
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// `len` plain bytes at `offset`, shared.
     ///
     /// # Safety

@@ -114,6 +114,18 @@ fn zero_clears_every_byte() {
 }
 
 #[test]
+fn write_then_read() {
+    let mem = pages(1);
+    let raw = Raw::from_pages(&mem).sub(1, 100).unwrap();
+    raw.write(90, &[1, 2, 3]).unwrap();
+    assert!(raw.write(98, &[1, 2, 3]).is_err());
+    let mut got = [0u8; 5];
+    raw.read(89, &mut got).unwrap();
+    assert_eq!(got, [0, 1, 2, 3, 0]);
+    assert!(raw.read(96, &mut got).is_err());
+}
+
+#[test]
 fn plain_bytes() {
     let mem = pages(1);
     let raw = Raw::from_pages(&mem);
