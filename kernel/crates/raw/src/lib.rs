@@ -248,6 +248,12 @@ impl<'a> Raw<'a> {
         self.len == 0
     }
 
+    /// The view's start address in this mapping (for diagnostics and tests; other instances
+    /// see the same memory elsewhere).
+    pub fn addr(&self) -> usize {
+        self.base.as_ptr().addr()
+    }
+
     /// Whether the view's start is a multiple of `align` (a power of two) in this mapping.
     pub fn is_aligned_to(&self, align: usize) -> bool {
         self.base.as_ptr().addr().is_multiple_of(align)
