@@ -16,9 +16,7 @@ pub const fn region_size(n: usize) -> usize {
 
 /// The header line at the start of `raw` (which must be 64-byte aligned).
 fn view_header<'a>(raw: Raw<'a>) -> Result<&'a RegionHeader, Error> {
-    if !raw.is_aligned_to(core::mem::align_of::<Channel>()) {
-        return Err(Error::Misaligned);
-    }
+    raw.ensure_aligned(core::mem::align_of::<Channel>())?;
     Ok(raw.at(0)?)
 }
 
@@ -95,12 +93,7 @@ impl<'a> MailboxMatrix<'a> {
         }
         let header = view_header(raw)?;
         let need = region_size(n);
-        if raw.len() < need {
-            return Err(Error::RegionTooSmall {
-                need,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(need)?;
         let channels = view_channels(raw, n)?;
         header.magic.store(0, Ordering::Relaxed);
         header.version.store(VERSION, Ordering::Relaxed);

@@ -279,14 +279,9 @@ impl<'a> Pool<'a> {
         if pages == 0 {
             return Err(Error::ZeroPages);
         }
-        check_base(raw)?;
+        raw.ensure_aligned(PAGE)?;
         let need = region_size(pages);
-        if raw.len() < need {
-            return Err(Error::RegionTooSmall {
-                need,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(need)?;
         let header: &Header = raw.at(0)?;
         let words: &[AtomicU64] = raw.slice(PAGE, pages as usize)?;
         header.magic.store(0, Ordering::Relaxed);
@@ -318,7 +313,7 @@ impl<'a> Pool<'a> {
     /// Attaches to a pool formatted by [`Pool::init`] (possibly mapped at another address):
     /// checks the magic, the version, the layout fields and that `raw` covers the pool.
     pub fn attach(raw: Raw<'a>) -> Result<Self, Error> {
-        check_base(raw)?;
+        raw.ensure_aligned(PAGE)?;
         let header: &Header = raw.at(0)?;
         if header.magic.load(Ordering::Acquire) != MAGIC {
             return Err(Error::BadMagic);
@@ -338,12 +333,7 @@ impl<'a> Pool<'a> {
         {
             return Err(Error::VersionMismatch);
         }
-        if raw.len() < need {
-            return Err(Error::RegionTooSmall {
-                need,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(need)?;
         let words = raw.slice(PAGE, pages as usize)?;
         Ok(Self {
             raw,
@@ -741,15 +731,6 @@ impl<'a> Pool<'a> {
             self.data_offset + first as usize * PAGE,
             pages as usize * PAGE,
         )?)
-    }
-}
-
-/// The base must be 4 KiB aligned: data pages are frames the kernel names by number.
-fn check_base(raw: Raw<'_>) -> Result<(), Error> {
-    if raw.is_aligned_to(PAGE) {
-        Ok(())
-    } else {
-        Err(Error::Misaligned)
     }
 }
 

@@ -259,6 +259,28 @@ impl<'a> Raw<'a> {
         self.base.as_ptr().addr().is_multiple_of(align)
     }
 
+    /// `Ok` if the view holds at least `need` bytes, else [`Error::RegionTooSmall`]: the one
+    /// size check of every layout (`need` being the layout's total).
+    pub fn ensure_len(&self, need: usize) -> Result<(), Error> {
+        if self.len < need {
+            return Err(Error::RegionTooSmall {
+                need,
+                have: self.len,
+            });
+        }
+        Ok(())
+    }
+
+    /// `Ok` if the view starts at a multiple of `align`, else [`Error::Misaligned`]: the base
+    /// alignment a layout needs (4 KiB for pages, 64 for cache lines).
+    pub fn ensure_aligned(&self, align: usize) -> Result<(), Error> {
+        if self.is_aligned_to(align) {
+            Ok(())
+        } else {
+            Err(Error::Misaligned)
+        }
+    }
+
     /// `offset .. offset + count * size_of::<T>()` lies in the view and starts aligned for `T`.
     fn check<T>(&self, offset: usize, count: usize) -> Result<(), Error> {
         let need = count

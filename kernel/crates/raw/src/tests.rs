@@ -91,7 +91,17 @@ fn bounds_and_alignment() {
         }
     );
     assert!(raw.sub(PAGE, 0).unwrap().is_empty());
+    assert_eq!(raw.ensure_len(PAGE), Ok(()));
+    assert_eq!(
+        raw.ensure_len(PAGE + 1),
+        Err(Error::RegionTooSmall {
+            need: PAGE + 1,
+            have: PAGE
+        })
+    );
+    assert_eq!(raw.ensure_aligned(PAGE), Ok(()));
     let odd = raw.sub(8, 64).unwrap();
+    assert_eq!(odd.ensure_aligned(16), Err(Error::Misaligned));
     assert!(odd.is_aligned_to(8) && !odd.is_aligned_to(16));
     assert_eq!(odd.at::<Line>(0).unwrap_err(), Error::Misaligned);
     assert!(odd.at::<Line>(56).is_err());

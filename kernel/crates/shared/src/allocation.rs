@@ -111,12 +111,7 @@ impl<'a, T: AtomicOnly> Allocation<'a, T> {
             return Err(Error::BadInstanceCount(instances));
         }
         let layout = allocation_layout::<T>(instances, pool_pages);
-        if raw.len() < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(layout.total)?;
         let region = SharedRegion::init(raw, instances, now_tsc)?;
         let pool = Pool::init(part(raw, layout.pool)?, pool_pages).map_err(Error::Pool)?;
         let table = part(raw, layout.telemetry)?;
@@ -141,12 +136,7 @@ impl<'a, T: AtomicOnly> Allocation<'a, T> {
         let rest = raw.len().saturating_sub(pool_offset);
         let pool = Pool::attach(raw.sub(pool_offset, rest)?).map_err(Error::Pool)?;
         let layout = allocation_layout::<T>(region.instance_count(), pool.pages());
-        if raw.len() < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(layout.total)?;
         let telemetry = Telemetry {
             entries: part(raw, layout.telemetry)?.slice(0, TELEMETRY_ROWS * TELEMETRY_ROWS)?,
         };

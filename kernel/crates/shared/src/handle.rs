@@ -37,14 +37,9 @@ impl<'a> SharedRegion<'a> {
         if !(1..=MAX_INSTANCES).contains(&instances) {
             return Err(Error::BadInstanceCount(instances));
         }
-        check_base(raw)?;
+        raw.ensure_aligned(crate::PAGE)?;
         let layout = layout(instances);
-        if raw.len() < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(layout.total)?;
         let r = Self::views(raw, layout)?;
         let h = r.header;
         h.magic.store(0, Ordering::Relaxed);
@@ -88,7 +83,7 @@ impl<'a> SharedRegion<'a> {
     /// Any other instance: attaches to a region instance 0 formatted. Checks magic, version,
     /// this build's parameters, the table directory and that `raw` covers the recorded size.
     pub fn attach(raw: Raw<'a>) -> Result<Self, Error> {
-        check_base(raw)?;
+        raw.ensure_aligned(crate::PAGE)?;
         let h: &Header = raw.at(0)?;
         let magic = h.magic.load(Ordering::Acquire);
         if magic == 0 {
@@ -122,12 +117,7 @@ impl<'a> SharedRegion<'a> {
         {
             return Err(Error::LayoutMismatch);
         }
-        if raw.len() < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: raw.len(),
-            });
-        }
+        raw.ensure_len(layout.total)?;
         Self::views(raw, layout)
     }
 
@@ -414,13 +404,4 @@ pub fn memory_chunks(start: u64, len: u64) -> Result<core::ops::Range<u32>, Erro
         )));
     }
     Ok(a as u32..b as u32)
-}
-
-/// The region must start 4 KiB aligned (its layout is in pages).
-fn check_base(raw: Raw<'_>) -> Result<(), Error> {
-    if raw.is_aligned_to(crate::PAGE) {
-        Ok(())
-    } else {
-        Err(Error::Misaligned)
-    }
 }
