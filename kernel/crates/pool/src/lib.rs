@@ -282,8 +282,8 @@ impl<'a> Pool<'a> {
         raw.ensure_aligned(PAGE)?;
         let need = region_size(pages);
         raw.ensure_len(need)?;
-        let header: &Header = raw.at(0)?;
-        let words: &[AtomicU64] = raw.slice(PAGE, pages as usize)?;
+        let pool = Self::view(raw, pages)?;
+        let (header, words) = (pool.header, pool.words);
         header.magic.store(0, Ordering::Relaxed);
         for w in words {
             w.store(encode(Owner::Free, 0), Ordering::Relaxed);
@@ -301,13 +301,7 @@ impl<'a> Pool<'a> {
         header.next_generation.store(1, Ordering::Relaxed);
         // Publishes everything above to whoever loads the magic with Acquire.
         header.magic.store(MAGIC, Ordering::Release);
-        Ok(Self {
-            raw,
-            header,
-            words,
-            pages,
-            data_offset: data_offset(pages),
-        })
+        Ok(pool)
     }
 
     /// Attaches to a pool formatted by [`Pool::init`] (possibly mapped at another address):
@@ -334,11 +328,15 @@ impl<'a> Pool<'a> {
             return Err(Error::VersionMismatch);
         }
         raw.ensure_len(need)?;
-        let words = raw.slice(PAGE, pages as usize)?;
+        Self::view(raw, pages)
+    }
+
+    /// The typed parts of a pool of `pages` pages at `raw`.
+    fn view(raw: Raw<'a>, pages: u32) -> Result<Self, Error> {
         Ok(Self {
             raw,
-            header,
-            words,
+            header: raw.at(0)?,
+            words: raw.slice(PAGE, pages as usize)?,
             pages,
             data_offset: data_offset(pages),
         })
