@@ -774,3 +774,31 @@ fn threads_reclaim_while_live_instances_work() {
     assert_eq!(p.reclaim_from(dead), 0);
     assert_all_free(&p);
 }
+
+#[test]
+fn checked_write_needs_ownership() {
+    let r = Region::new(region_size(4));
+    let p = init(&r, 4);
+    let l = p.alloc(1, 2).unwrap();
+    let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    assert_eq!(
+        p.checked_write(l.first, l.pages, 2, &data).unwrap_err(),
+        Error::WrongOwner {
+            page: l.first,
+            found: Owner::Owned(1)
+        }
+    );
+    assert_eq!(
+        p.checked_write(l.first, l.pages, 1, &vec![0; 2 * PAGE + 1]),
+        Err(Error::OutOfRange)
+    );
+    p.checked_write(l.first, l.pages, 1, &data).unwrap();
+    let t = p.hand_over(l, 1, 2).unwrap();
+    assert!(p.checked_write(t.first, t.pages, 1, &data).is_err());
+    let got = p.accept(t.first, t.pages, 2, t.generation).unwrap();
+    let mut copy = vec![0; data.len()];
+    p.checked_copy(got.first, got.pages, 2, &mut copy).unwrap();
+    assert_eq!(copy, data);
+    p.release(got, 2).unwrap();
+    assert_all_free(&p);
+}
