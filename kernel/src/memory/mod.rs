@@ -59,3 +59,37 @@ pub fn read_unmapped(virt: u64) -> Result<u64, &'static str> {
     // page fault before it completes.
     Ok(unsafe { core::ptr::read_volatile(virt as *const u64) })
 }
+
+/// The shared allocation at physical `phys..phys + len`, through the physical map, as the raw
+/// view mk-shared, mk-mailbox and mk-pool work on. Refused unless the range is page aligned,
+/// wholly mapped, and outside this instance's frame allocator and the first 1 MiB: memory no
+/// Rust object of this kernel lives in, which every instance then reaches only through atomics.
+pub fn shared_window(phys: u64, len: u64) -> Result<mk_raw::Raw<'static>, &'static str> {
+    let end = phys
+        .checked_add(len)
+        .ok_or("the shared range wraps around")?;
+    if len == 0 || !phys.is_multiple_of(4096) || !len.is_multiple_of(4096) {
+        return Err("the shared range is empty or not page aligned");
+    }
+    if phys < frames::LOW_MEMORY_END {
+        return Err("the shared range reaches below 1 MiB");
+    }
+    let owned = frames::with(|a| {
+        a.owned_ranges().any(|run| {
+            let (s, e) = (run.start * 4096, (run.start + run.count) * 4096);
+            s < end && phys < e
+        })
+    });
+    if owned {
+        return Err("the shared range overlaps this instance's own memory");
+    }
+    let virt = frames::phys_to_virt(phys);
+    if paging::translate(virt) != Some(phys) || paging::translate(virt + len - 1) != Some(end - 1) {
+        return Err("the shared range is not in the physical map");
+    }
+    // SAFETY: the range is mapped for the kernel's lifetime (the physical map is never torn
+    // down for it), is not memory this kernel's allocator manages (checked above), so no Rust
+    // object of this instance lives there, and every instance reaches it only through mk-raw's
+    // atomic accesses.
+    unsafe { mk_raw::Raw::new(virt as *mut u8, len as usize) }.map_err(|_| "null shared range")
+}

@@ -35,9 +35,8 @@ pub fn call_large(
     let me = crate::instance::id() as u16;
     let pages = data.len().div_ceil(mk_pool::PAGE).max(1) as u32;
     let lease = pool.alloc(me, pages).map_err(BulkError::Pool)?;
-    // SAFETY: the run was just allocated to us; nobody else touches it until we hand it over.
-    let bytes = unsafe { pool.bytes_mut(lease.first, lease.pages) }.map_err(BulkError::Pool)?;
-    bytes[..data.len()].copy_from_slice(data);
+    pool.checked_write(lease.first, lease.pages, me, data)
+        .map_err(BulkError::Pool)?;
     let lease = pool
         .hand_over(lease, me, to as u16)
         .map_err(BulkError::Pool)?;

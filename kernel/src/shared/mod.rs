@@ -1,4 +1,6 @@
 //! This instance's view of shared memory: the shared region (instance table, ownership tables,
 //! locks, mailboxes, page pool, telemetry) through `mk-shared`.
 
+#![forbid(unsafe_code)]
+
 pub mod region;

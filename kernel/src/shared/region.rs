@@ -5,67 +5,33 @@
 
 use alloc::string::String;
 
+use mk_dispatch::PeerTelemetry;
 use mk_plan::MemRange;
-use mk_shared::{InstanceState, SharedRegion};
+use mk_shared::{Allocation, InstanceState, SharedRegion, Telemetry};
 use spin::Once;
 
 use crate::arch::tsc;
-use crate::memory::frames::phys_to_virt;
 
 static REGION: Once<SharedRegion<'static>> = Once::new();
-/// The page pool for data larger than a message, right after the `mk-shared` region.
+/// The page pool for data larger than a message, and its physical base.
 static POOL: Once<(mk_pool::Pool<'static>, u64)> = Once::new();
+/// Per-pair messaging telemetry (`mk_dispatch::PeerTelemetry`, all atomics, `repr(C)`): row `i`
+/// holds instance `i`'s counters for each peer `j` (sent, received, rejected by reason, busy,
+/// doorbells, call latencies). Only instance `i` writes row `i`; every instance may read all.
+static TELEMETRY: Once<Telemetry<'static, PeerTelemetry>> = Once::new();
 /// Pages in the pool: 2 MiB.
 pub const POOL_PAGES: u32 = 512;
 
 /// Bytes the shared allocation needs for `instances` instances: the `mk-shared` region (instance
 /// table, ownership tables, console lock, mailboxes), then the page pool, then the telemetry
-/// table.
+/// table (the layout is mk-shared's `allocation_layout`).
 pub fn size_for(instances: usize) -> u64 {
-    (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES) + TELEMETRY_BYTES)
-        as u64
+    mk_shared::allocation_size::<PeerTelemetry>(instances.max(1), POOL_PAGES) as u64
 }
-
-/// Per-pair messaging telemetry (`mk_dispatch::PeerTelemetry`, all atomics, `repr(C)`): row `i`
-/// holds instance `i`'s counters for each peer `j` (sent, received, rejected by reason, busy,
-/// doorbells, call latencies). Only instance `i` writes row `i`; every instance may read all.
-const TELEMETRY_ROWS: usize = mk_shared::MAX_INSTANCES;
-const TELEMETRY_BYTES: usize =
-    (TELEMETRY_ROWS * TELEMETRY_ROWS * core::mem::size_of::<mk_dispatch::PeerTelemetry>())
-        .next_multiple_of(4096);
-static TELEMETRY: Once<u64> = Once::new();
 
 /// Instance `i`'s telemetry row (one entry per peer), in shared memory.
-pub fn telemetry_row(i: usize) -> Option<&'static [mk_dispatch::PeerTelemetry]> {
-    let base = *TELEMETRY.get()?;
-    if i >= TELEMETRY_ROWS {
-        return None;
-    }
-    let row =
-        base as usize + i * TELEMETRY_ROWS * core::mem::size_of::<mk_dispatch::PeerTelemetry>();
-    // SAFETY: the table lies inside the shared allocation (checked in `place_telemetry`), mapped
-    // for the kernel's lifetime, aligned (page-aligned base, entries of 8-byte atomics), zeroed
-    // by instance 0 before any other instance started, and an all-zero `PeerTelemetry` is a valid
-    // value (it is only atomics). Shared references to atomics are what every instance uses.
-    Some(unsafe {
-        core::slice::from_raw_parts(row as *const mk_dispatch::PeerTelemetry, TELEMETRY_ROWS)
-    })
-}
-
-/// Records where the telemetry table is; instance 0 also zeroes it.
-fn place_telemetry(start: u64, len: u64, instances: usize, zero: bool) -> Result<(), String> {
-    let off = (mk_shared::region_size(instances.max(1)) + mk_pool::region_size(POOL_PAGES)) as u64;
-    if len < off + TELEMETRY_BYTES as u64 {
-        return Err("the shared allocation has no room for the telemetry table".into());
-    }
-    let virt = phys_to_virt(start + off);
-    if zero {
-        // SAFETY: the table's bytes are inside the shared allocation, which only instance 0 uses
-        // at this point (no other instance runs yet).
-        unsafe { core::ptr::write_bytes(virt as *mut u8, 0, TELEMETRY_BYTES) };
-    }
-    TELEMETRY.call_once(|| virt);
-    Ok(())
+pub fn telemetry_row(i: usize) -> Option<&'static [PeerTelemetry]> {
+    TELEMETRY.get()?.row(i)
 }
 
 /// The pool and its physical base.
@@ -73,66 +39,34 @@ pub fn pool() -> Option<&'static (mk_pool::Pool<'static>, u64)> {
     POOL.get()
 }
 
-fn pool_range(start: u64, len: u64, instances: usize) -> Result<(u64, u64), String> {
-    let off = mk_shared::region_size(instances.max(1)) as u64;
-    let size = mk_pool::region_size(POOL_PAGES) as u64;
-    if len < off + size {
-        return Err("the shared allocation has no room for the page pool".into());
-    }
-    Ok((start + off, size))
-}
-
 pub fn get() -> Option<&'static SharedRegion<'static>> {
     REGION.get()
 }
 
-/// Instance 0: formats the region at `shared` for `count` instances.
-pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
-    // SAFETY: `shared` was carved out of usable memory by the plan and removed from every
-    // allocator; the physical map covers it for the kernel's lifetime; no other instance runs
-    // yet.
-    let region = unsafe {
-        SharedRegion::init(
-            phys_to_virt(shared.start) as *mut u8,
-            shared.len as usize,
-            count,
-            tsc::read(),
-        )
-    }
-    .map_err(|e| alloc::format!("{e:?}"))?;
-    let region = REGION.call_once(|| region);
-    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), 0);
-    let (pool_phys, pool_len) = pool_range(shared.start, shared.len, count)?;
-    // SAFETY: the pool lies inside the shared allocation, after the region, page aligned,
-    // mapped through the physical map, and used only through mk-pool.
-    let pool = unsafe {
-        mk_pool::Pool::init(
-            phys_to_virt(pool_phys) as *mut u8,
-            pool_len as usize,
-            POOL_PAGES,
-        )
-    }
-    .map_err(|e| alloc::format!("pool: {e:?}"))?;
-    POOL.call_once(|| (pool, pool_phys));
-    place_telemetry(shared.start, shared.len, count, true)
+/// Keeps the parts of the allocation for the accessors above.
+fn publish(all: Allocation<'static, PeerTelemetry>, phys: u64) {
+    let pool_phys = phys + all.layout.pool.offset as u64;
+    let region = REGION.call_once(|| all.region);
+    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id() as usize);
+    POOL.call_once(|| (all.pool, pool_phys));
+    TELEMETRY.call_once(|| all.telemetry);
 }
 
-/// Every other instance: attaches to the region instance 0 formatted.
-pub fn attach(phys: u64, len: u64) -> Result<(), String> {
-    // SAFETY: instance 0 formatted the region at `phys` before starting us and mapped it in our
-    // physical map; it is used only through mk-shared / mk-mailbox.
-    let region = unsafe { SharedRegion::attach(phys_to_virt(phys) as *mut u8, len as usize) }
+/// Instance 0: formats the shared allocation at `shared` for `count` instances.
+pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
+    let raw = crate::memory::shared_window(shared.start, shared.len)?;
+    let all = Allocation::init(raw, count, POOL_PAGES, tsc::read())
         .map_err(|e| alloc::format!("{e:?}"))?;
-    let count = region.instance_count();
-    let region = REGION.call_once(|| region);
-    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id() as usize);
-    let (pool_phys, pool_len) = pool_range(phys, len, count)?;
-    // SAFETY: as in `init`; instance 0 formatted the pool before starting us.
-    let pool =
-        unsafe { mk_pool::Pool::attach(phys_to_virt(pool_phys) as *mut u8, pool_len as usize) }
-            .map_err(|e| alloc::format!("pool: {e:?}"))?;
-    POOL.call_once(|| (pool, pool_phys));
-    place_telemetry(phys, len, count, false)
+    publish(all, shared.start);
+    Ok(())
+}
+
+/// Every other instance: attaches to the allocation instance 0 formatted.
+pub fn attach(phys: u64, len: u64) -> Result<(), String> {
+    let raw = crate::memory::shared_window(phys, len)?;
+    let all = Allocation::attach(raw).map_err(|e| alloc::format!("{e:?}"))?;
+    publish(all, phys);
+    Ok(())
 }
 
 /// Instance 0, before it starts instance `id`.
@@ -190,7 +124,14 @@ pub fn status(id: usize) -> (&'static str, u64) {
     let Some(inst) = get().and_then(|r| r.instance(id).ok()) else {
         return ("?", 0);
     };
-    let state = inst.state().map_or("corrupt", InstanceState::name);
+    let state = match inst.state() {
+        Ok(InstanceState::Empty) => "empty",
+        Ok(InstanceState::Booting) => "booting",
+        Ok(InstanceState::Running) => "running",
+        Ok(InstanceState::Stopped) => "stopped",
+        Ok(InstanceState::Dead) => "dead",
+        Err(_) => "corrupt",
+    };
     let ms = inst.ready_tsc().saturating_sub(inst.boot_tsc()) / tsc::ticks_per_ms();
     (state, ms)
 }

@@ -82,11 +82,13 @@ impl RejectReason {
     }
 }
 
-/// One counter per [`RejectReason`].
-#[derive(Debug)]
-#[repr(C)]
-pub struct RejectCounters {
-    counts: [AtomicU64; RejectReason::COUNT],
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// One counter per [`RejectReason`].
+    #[derive(Debug)]
+    pub struct RejectCounters {
+        counts: [AtomicU64; RejectReason::COUNT],
+    }
 }
 
 impl Default for RejectCounters {
@@ -146,13 +148,15 @@ pub const fn latency_bucket(ticks: u64) -> usize {
     }
 }
 
-/// Log2 histogram of call latencies in ticks.
-#[derive(Debug)]
-#[repr(C)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS],
-    max: AtomicU64,
-    sum: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// Log2 histogram of call latencies in ticks.
+    #[derive(Debug)]
+    pub struct LatencyHistogram {
+        buckets: [AtomicU64; LATENCY_BUCKETS],
+        max: AtomicU64,
+        sum: AtomicU64,
+    }
 }
 
 impl Default for LatencyHistogram {
@@ -190,36 +194,38 @@ impl LatencyHistogram {
     }
 }
 
-/// Counters of one direction of a peer pair, as seen by the instance that owns them. The
-/// dispatcher updates `received`, `rejected`, `calls_*` and `latency`; the mailbox / kernel
-/// updates the send-side and IPI fields through the `record_*` methods.
-#[derive(Debug, Default)]
-#[repr(C)]
-pub struct PeerTelemetry {
-    /// Messages sent to the peer.
-    pub sent: AtomicU64,
-    /// Slots received from the peer and given to the dispatcher (rejected ones included).
-    pub received: AtomicU64,
-    /// Sends that found the peer's mailbox full.
-    pub busy: AtomicU64,
-    /// IPIs sent to the peer.
-    pub ipis_sent: AtomicU64,
-    /// IPIs not sent because the peer was already notified.
-    pub ipis_suppressed: AtomicU64,
-    /// IPIs from the peer that found no message.
-    pub spurious_ipis: AtomicU64,
-    /// Messages waiting in the mailbox at the last look (a gauge).
-    pub queue_depth: AtomicU64,
-    /// Highest `queue_depth` seen.
-    pub queue_depth_max: AtomicU64,
-    /// Calls to the peer answered in time.
-    pub calls_completed: AtomicU64,
-    /// Calls to the peer that timed out.
-    pub calls_timed_out: AtomicU64,
-    /// Rejected slots from the peer, by reason.
-    pub rejected: RejectCounters,
-    /// Latency of completed calls.
-    pub latency: LatencyHistogram,
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// Counters of one direction of a peer pair, as seen by the instance that owns them. The
+    /// dispatcher updates `received`, `rejected`, `calls_*` and `latency`; the mailbox / kernel
+    /// updates the send-side and IPI fields through the `record_*` methods.
+    #[derive(Debug, Default)]
+    pub struct PeerTelemetry {
+        /// Messages sent to the peer.
+        pub sent: AtomicU64,
+        /// Slots received from the peer and given to the dispatcher (rejected ones included).
+        pub received: AtomicU64,
+        /// Sends that found the peer's mailbox full.
+        pub busy: AtomicU64,
+        /// IPIs sent to the peer.
+        pub ipis_sent: AtomicU64,
+        /// IPIs not sent because the peer was already notified.
+        pub ipis_suppressed: AtomicU64,
+        /// IPIs from the peer that found no message.
+        pub spurious_ipis: AtomicU64,
+        /// Messages waiting in the mailbox at the last look (a gauge).
+        pub queue_depth: AtomicU64,
+        /// Highest `queue_depth` seen.
+        pub queue_depth_max: AtomicU64,
+        /// Calls to the peer answered in time.
+        pub calls_completed: AtomicU64,
+        /// Calls to the peer that timed out.
+        pub calls_timed_out: AtomicU64,
+        /// Rejected slots from the peer, by reason.
+        pub rejected: RejectCounters,
+        /// Latency of completed calls.
+        pub latency: LatencyHistogram,
+    }
 }
 
 impl PeerTelemetry {

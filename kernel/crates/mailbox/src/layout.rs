@@ -30,100 +30,112 @@ pub(crate) fn bump(counter: &AtomicU64) {
     );
 }
 
-/// First line of the region. Written by the creator only, before anyone attaches.
-#[repr(C, align(64))]
-pub(crate) struct RegionHeader {
-    /// [`MAGIC`], stored last (Release) by `init`, so an attacher that sees it sees the rest.
-    pub magic: AtomicU32,
-    pub version: AtomicU32,
-    /// Number of instances `n`; the region holds `n * (n - 1)` channels.
-    pub instances: AtomicU32,
-    /// [`SLOTS`] the creator was built with.
-    pub slots: AtomicU32,
-    /// `size_of::<Channel>()` the creator was built with.
-    pub channel_size: AtomicU32,
-    pub _reserved: AtomicU32,
-    /// Total bytes used, header included.
-    pub region_size: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// First line of the region. Written by the creator only, before anyone attaches.
+    pub(crate) struct RegionHeader {
+        /// [`MAGIC`], stored last (Release) by `init`, so an attacher that sees it sees the rest.
+        pub magic: AtomicU32,
+        pub version: AtomicU32,
+        /// Number of instances `n`; the region holds `n * (n - 1)` channels.
+        pub instances: AtomicU32,
+        /// [`SLOTS`] the creator was built with.
+        pub slots: AtomicU32,
+        /// `size_of::<Channel>()` the creator was built with.
+        pub channel_size: AtomicU32,
+        pub _reserved: AtomicU32,
+        /// Total bytes used, header included.
+        pub region_size: AtomicU64,
+    }
 }
 
-/// Line 0 of a channel. Written by the creator only (init, mark dead, reset); read by both ends
-/// on every operation, so it stays shared in every cache.
-#[repr(C, align(64))]
-pub(crate) struct ChannelHeader {
-    pub magic: AtomicU32,
-    pub version: AtomicU32,
-    /// A [`crate::ChannelState`] value.
-    pub state: AtomicU32,
-    /// Bumped by every reset; an end attached under another generation gets `Error::Reset`.
-    pub generation: AtomicU32,
-    /// The sending instance, as placed by the creator (checked on attach).
-    pub from: AtomicU32,
-    /// The receiving instance.
-    pub to: AtomicU32,
-    pub slots: AtomicU32,
-    pub slot_size: AtomicU32,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 0 of a channel. Written by the creator only (init, mark dead, reset); read by both ends
+    /// on every operation, so it stays shared in every cache.
+    pub(crate) struct ChannelHeader {
+        pub magic: AtomicU32,
+        pub version: AtomicU32,
+        /// A [`crate::ChannelState`] value.
+        pub state: AtomicU32,
+        /// Bumped by every reset; an end attached under another generation gets `Error::Reset`.
+        pub generation: AtomicU32,
+        /// The sending instance, as placed by the creator (checked on attach).
+        pub from: AtomicU32,
+        /// The receiving instance.
+        pub to: AtomicU32,
+        pub slots: AtomicU32,
+        pub slot_size: AtomicU32,
+    }
 }
 
-/// Line 1: the sender's line. Written by the sender only (and by the creator at init / reset).
-#[repr(C, align(64))]
-pub(crate) struct TxLine {
-    /// Messages published so far (the running count; the channel starts at 0 or at the test
-    /// start value). Used to resume on attach and for statistics; the receiver never reads it.
-    pub sent: AtomicU64,
-    /// `try_send` calls that found the ring full.
-    pub full: AtomicU64,
-    /// `send_timeout` / `send_spin` calls that gave up.
-    pub busy: AtomicU64,
-    /// Sends that told the caller to ring the doorbell.
-    pub doorbells_rung: AtomicU64,
-    /// Sends where the doorbell was suppressed because the receiver was not armed.
-    pub doorbells_suppressed: AtomicU64,
-    /// Non-zero once the sender saw an impossible acknowledgement.
-    pub fault: AtomicU32,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 1: the sender's line. Written by the sender only (and by the creator at init / reset).
+    pub(crate) struct TxLine {
+        /// Messages published so far (the running count; the channel starts at 0 or at the test
+        /// start value). Used to resume on attach and for statistics; the receiver never reads it.
+        pub sent: AtomicU64,
+        /// `try_send` calls that found the ring full.
+        pub full: AtomicU64,
+        /// `send_timeout` / `send_spin` calls that gave up.
+        pub busy: AtomicU64,
+        /// Sends that told the caller to ring the doorbell.
+        pub doorbells_rung: AtomicU64,
+        /// Sends where the doorbell was suppressed because the receiver was not armed.
+        pub doorbells_suppressed: AtomicU64,
+        /// Non-zero once the sender saw an impossible acknowledgement.
+        pub fault: AtomicU32,
+    }
 }
 
-/// Line 2: the receiver's acknowledgement line. Written by the receiver only.
-#[repr(C, align(64))]
-pub(crate) struct RxLine {
-    /// Messages consumed (copied out) so far, same running count as `TxLine::sent`. Stored with
-    /// Release after the copy, loaded by the sender with Acquire to learn which slots are free.
-    pub ack: AtomicU64,
-    /// Messages received.
-    pub received: AtomicU64,
-    /// Doorbells the receiver's owner reported as spurious (nothing new to read).
-    pub spurious: AtomicU64,
-    /// Non-zero once the receiver saw an impossible slot sequence number.
-    pub fault: AtomicU32,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 2: the receiver's acknowledgement line. Written by the receiver only.
+    pub(crate) struct RxLine {
+        /// Messages consumed (copied out) so far, same running count as `TxLine::sent`. Stored with
+        /// Release after the copy, loaded by the sender with Acquire to learn which slots are free.
+        pub ack: AtomicU64,
+        /// Messages received.
+        pub received: AtomicU64,
+        /// Doorbells the receiver's owner reported as spurious (nothing new to read).
+        pub spurious: AtomicU64,
+        /// Non-zero once the receiver saw an impossible slot sequence number.
+        pub fault: AtomicU32,
+    }
 }
 
-/// Line 3: the receiver's wake line. Written by the receiver only, and rarely (when it goes to
-/// sleep and when it wakes), while the sender reads `armed` after every send: keeping it off the
-/// acknowledgement line, which the receiver writes per message, stops that line from bouncing
-/// between the two caches on every message.
-#[repr(C, align(64))]
-pub(crate) struct WakeLine {
-    /// 1: "I am going to sleep, ring me". 0: awake, no doorbell needed.
-    pub armed: AtomicU32,
-    pub _reserved: AtomicU32,
-    /// How many times the receiver armed (went towards sleep).
-    pub sleeps: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 3: the receiver's wake line. Written by the receiver only, and rarely (when it goes to
+    /// sleep and when it wakes), while the sender reads `armed` after every send: keeping it off the
+    /// acknowledgement line, which the receiver writes per message, stops that line from bouncing
+    /// between the two caches on every message.
+    pub(crate) struct WakeLine {
+        /// 1: "I am going to sleep, ring me". 0: awake, no doorbell needed.
+        pub armed: AtomicU32,
+        pub _reserved: AtomicU32,
+        /// How many times the receiver armed (went towards sleep).
+        pub sleeps: AtomicU64,
+    }
 }
 
-/// One 256-byte message slot. Written by the sender only (and zeroed by the creator).
-///
-/// Bytes 0..4 are the sequence number owned by the mailbox protocol; bytes 4..256 carry the
-/// message's other 252 bytes, kept in native byte order so that the slot's memory image is the
-/// message's bytes.
-#[repr(C, align(64))]
-pub(crate) struct Slot {
-    /// 0 = never used since init/reset; otherwise the 1-based sequence number of the message
-    /// the slot holds. Stored last with Release; it is what makes the slot "full".
-    pub seq: AtomicU32,
-    /// Message bytes 4..8.
-    pub head: AtomicU32,
-    /// Message bytes 8..256.
-    pub body: [AtomicU64; (MSG_SIZE - 8) / 8],
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// One 256-byte message slot. Written by the sender only (and zeroed by the creator).
+    ///
+    /// Bytes 0..4 are the sequence number owned by the mailbox protocol; bytes 4..256 carry the
+    /// message's other 252 bytes, kept in native byte order so that the slot's memory image is the
+    /// message's bytes.
+    pub(crate) struct Slot {
+        /// 0 = never used since init/reset; otherwise the 1-based sequence number of the message
+        /// the slot holds. Stored last with Release; it is what makes the slot "full".
+        pub seq: AtomicU32,
+        /// Message bytes 4..8.
+        pub head: AtomicU32,
+        /// Message bytes 8..256.
+        pub body: [AtomicU64; (MSG_SIZE - 8) / 8],
+    }
 }
 
 impl Slot {
@@ -160,14 +172,16 @@ impl Slot {
     }
 }
 
-/// One channel: header line, sender line, two receiver lines, then the ring.
-#[repr(C, align(64))]
-pub(crate) struct Channel {
-    pub header: ChannelHeader,
-    pub tx: TxLine,
-    pub rx: RxLine,
-    pub wake: WakeLine,
-    pub slots: [Slot; SLOTS],
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// One channel: header line, sender line, two receiver lines, then the ring.
+    pub(crate) struct Channel {
+        pub header: ChannelHeader,
+        pub tx: TxLine,
+        pub rx: RxLine,
+        pub wake: WakeLine,
+        pub slots: [Slot; SLOTS],
+    }
 }
 
 impl Channel {

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! [`MailboxMatrix`] formats a caller-supplied region (base pointer + length, 64-byte aligned)
+//! [`MailboxMatrix`] formats a caller-supplied region (an [`mk_raw::Raw`] view, 64-byte aligned)
 //! as one header line followed by `n * (n - 1)` channels, row-major by sender, the diagonal
 //! omitted: channel `(from, to)` is number `from * (n - 1) + (to if to < from else to - 1)`.
 //! [`region_size`]`(n)` = 64 + n(n-1) × [`CHANNEL_SIZE`] (4 352 bytes with [`SLOTS`] = 16), e.g.
@@ -100,16 +100,17 @@
 //!
 //! All shared memory is accessed only through atomics (a `Relaxed` aligned atomic access is a
 //! plain `mov` on x86_64), so even a peer that breaks the protocol cannot cause a data race,
-//! only garbage, which the bounds checks and the wire crate's validation catch. The only
-//! `unsafe` is in the `region` module, which turns the raw region pointer into references.
+//! only garbage, which the bounds checks and the wire crate's validation catch. The
+//! crate has no `unsafe` (`forbid(unsafe_code)`): the region comes in as an [`mk_raw::Raw`]
+//! view, which does the bounds- and alignment-checked casts.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 mod channel;
 mod layout;
 mod matrix;
 mod rate;
-mod region;
 
 #[cfg(test)]
 mod tests;
@@ -117,6 +118,7 @@ mod tests;
 pub use channel::{DoorbellMode, ReceiverEnd, SendOutcome, SenderEnd};
 pub use layout::{MAGIC, VERSION};
 pub use matrix::{CHANNEL_SIZE, ChannelStats, MailboxMatrix, region_size};
+pub use mk_raw::Raw;
 pub use rate::RateLimiter;
 
 /// Size of a message and of a slot, in bytes.
@@ -212,4 +214,13 @@ pub enum Error {
     },
     /// That end is already claimed in this view.
     AlreadyClaimed,
+}
+
+impl From<mk_raw::Error> for Error {
+    fn from(e: mk_raw::Error) -> Self {
+        match e {
+            mk_raw::Error::Null | mk_raw::Error::Misaligned => Self::Misaligned,
+            mk_raw::Error::RegionTooSmall { need, have } => Self::RegionTooSmall { need, have },
+        }
+    }
 }

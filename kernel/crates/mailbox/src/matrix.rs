@@ -5,12 +5,24 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::channel::{ReceiverEnd, SenderEnd};
 use crate::layout::{Channel, MAGIC, RegionHeader, VERSION};
-use crate::{ChannelState, Error, MAX_INSTANCES, MSG_SIZE, SLOTS, region};
+use crate::{ChannelState, Error, MAX_INSTANCES, MSG_SIZE, SLOTS};
+use mk_raw::Raw;
 
 /// Bytes of shared memory needed for `n` instances: one header line plus one channel per
 /// ordered pair of distinct instances (`n * (n - 1)`), each [`CHANNEL_SIZE`] bytes.
 pub const fn region_size(n: usize) -> usize {
     size_of::<RegionHeader>() + n * n.saturating_sub(1) * size_of::<Channel>()
+}
+
+/// The header line at the start of `raw` (which must be 64-byte aligned).
+fn view_header<'a>(raw: Raw<'a>) -> Result<&'a RegionHeader, Error> {
+    raw.ensure_aligned(core::mem::align_of::<Channel>())?;
+    Ok(raw.at(0)?)
+}
+
+/// The `n * (n - 1)` channels after the header line.
+fn view_channels<'a>(raw: Raw<'a>, n: usize) -> Result<&'a [Channel], Error> {
+    Ok(raw.slice(size_of::<RegionHeader>(), n * n.saturating_sub(1))?)
 }
 
 /// Bytes of one channel (4 control lines + the ring).
@@ -67,41 +79,22 @@ pub struct MailboxMatrix<'a> {
 impl<'a> MailboxMatrix<'a> {
     /// Formats the region for `n` instances (the creator, instance 0, does this once before
     /// any other instance attaches): every channel is zeroed, gets its header and becomes
-    /// [`ChannelState::Active`]; the region magic is written last.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must be readable, writable, initialised memory (any contents), mapped
-    /// for all of `'a`, and accessed by nothing but this crate (in any instance); no other
-    /// instance may use it until `init` has returned.
-    pub unsafe fn init(base: *mut u8, len: usize, n: usize) -> Result<Self, Error> {
-        // SAFETY: forwarded caller contract.
-        unsafe { Self::init_with_start(base, len, n, 0) }
+    /// [`ChannelState::Active`]; the region magic is written last. `raw` must start 64-byte
+    /// aligned, and no other instance may use it until `init` has returned.
+    pub fn init(raw: Raw<'a>, n: usize) -> Result<Self, Error> {
+        Self::init_with_start(raw, n, 0)
     }
 
     /// `init`, with every channel's running count starting at `start` (tests use a value near
     /// the `u32` sequence wrap point).
-    ///
-    /// # Safety
-    ///
-    /// As for [`Self::init`].
-    pub(crate) unsafe fn init_with_start(
-        base: *mut u8,
-        len: usize,
-        n: usize,
-        start: u64,
-    ) -> Result<Self, Error> {
+    pub(crate) fn init_with_start(raw: Raw<'a>, n: usize, start: u64) -> Result<Self, Error> {
         if !(2..=MAX_INSTANCES).contains(&n) {
             return Err(Error::BadInstanceCount(n));
         }
-        // SAFETY: caller contract of `init`, which is that of `view_header`.
-        let header = unsafe { region::view_header(base, len) }?;
+        let header = view_header(raw)?;
         let need = region_size(n);
-        if len < need {
-            return Err(Error::RegionTooSmall { need, have: len });
-        }
-        // SAFETY: as above.
-        let channels = unsafe { region::view_channels(base, len, n * (n - 1)) }?;
+        raw.ensure_len(need)?;
+        let channels = view_channels(raw, n)?;
         header.magic.store(0, Ordering::Relaxed);
         header.version.store(VERSION, Ordering::Relaxed);
         header.instances.store(n as u32, Ordering::Relaxed);
@@ -137,14 +130,8 @@ impl<'a> MailboxMatrix<'a> {
 
     /// Attaches to a region another instance formatted: checks magic, version, ring size and
     /// channel size against this build.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must be readable, writable, initialised memory (any contents), mapped
-    /// for all of `'a`, and accessed by nothing but this crate (in any instance).
-    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, Error> {
-        // SAFETY: caller contract, which is that of `view_header`.
-        let header = unsafe { region::view_header(base, len) }?;
+    pub fn attach(raw: Raw<'a>) -> Result<Self, Error> {
+        let header = view_header(raw)?;
         let magic = header.magic.load(Ordering::Acquire);
         if magic == 0 {
             return Err(Error::NotInitialised);
@@ -168,8 +155,7 @@ impl<'a> MailboxMatrix<'a> {
         {
             return Err(Error::LayoutMismatch);
         }
-        // SAFETY: caller contract; `view_channels` checks `len` covers n*(n-1) channels.
-        let channels = unsafe { region::view_channels(base, len, n * (n - 1)) }?;
+        let channels = view_channels(raw, n)?;
         Ok(Self::new_view(header, channels, n))
     }
 

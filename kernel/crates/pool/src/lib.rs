@@ -56,7 +56,7 @@
 //! ```text
 //!  sender S                                   receiver R
 //!  l = alloc(S, k)          Free -> Owned(S, g1)
-//!  write bytes_mut(l)       (S only)
+//!  checked_write(l, ..)     (S only)
 //!  l' = hand_over(l, S, R)  Owned(S, g1) -> InTransit{S, R, g2}      [CAS Release]
 //!  S never touches the pages again
 //!  message (l'.first, k, g2) ---------------> accept(first, k, R, g2)     [CAS Acquire]
@@ -102,8 +102,10 @@
 //! longer owns (through its own mapping, which no check here can stop) causes no undefined
 //! behaviour, only data that changes under the reader. That residual race is why the receiver
 //! copies the data out ([`Pool::checked_copy`]) and validates the copy (checksum, lengths)
-//! instead of parsing the shared pages in place. The fast `unsafe` accessors [`Pool::bytes`]
-//! and [`Pool::bytes_mut`] hand out plain slices and leave exclusivity to the caller.
+//! instead of parsing the shared pages in place; [`Pool::checked_write`] is the sender's side of
+//! the same. For plain slices, [`Pool::data`] gives the run's window as an [`mk_raw::Raw`],
+//! whose `unsafe` [`mk_raw::Raw::bytes`] / [`mk_raw::Raw::bytes_mut`] leave exclusivity to the
+//! caller.
 //!
 //! # Failure recovery
 //!
@@ -116,18 +118,18 @@
 //! with an owner who does not know it owns it. Pages of live instances are untouched; reclaim
 //! may run while they keep working (each page is one CAS).
 //!
-//! The only `unsafe` is in the `raw` module and the four `unsafe fn`s of [`Pool`] that forward
-//! their callers' guarantees to it.
+//! This crate has no `unsafe` (`forbid(unsafe_code)`): the pool comes in as an
+//! [`mk_raw::Raw`] view, which does the checked casts.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
-mod raw;
 mod word;
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use raw::Raw;
+pub use mk_raw::Raw;
 pub use word::{GENERATION_BITS, GENERATION_MASK, Owner};
 use word::{decode, encode};
 
@@ -210,20 +212,22 @@ impl Lease {
     }
 }
 
-/// The header page (first 128 bytes used). Only atomics, so sharing it is sound.
-#[repr(C)]
-pub(crate) struct Header {
-    magic: AtomicU64,
-    version: AtomicU32,
-    pages: AtomicU32,
-    page_size: AtomicU32,
-    word_pages: AtomicU32,
-    data_offset: AtomicU64,
-    total_size: AtomicU64,
-    _reserved: [AtomicU64; 3],
-    /// Own cache line: the one header word written after `init`.
-    next_generation: AtomicU64,
-    _reserved2: [AtomicU64; 7],
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// The header page (first 128 bytes used). Only atomics, so sharing it is sound.
+    pub(crate) struct Header {
+        magic: AtomicU64,
+        version: AtomicU32,
+        pages: AtomicU32,
+        page_size: AtomicU32,
+        word_pages: AtomicU32,
+        data_offset: AtomicU64,
+        total_size: AtomicU64,
+        _reserved: [AtomicU64; 3],
+        /// Own cache line: the one header word written after `init`.
+        next_generation: AtomicU64,
+        _reserved2: [AtomicU64; 7],
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 128);
@@ -267,28 +271,19 @@ impl core::fmt::Debug for Pool<'_> {
 }
 
 impl<'a> Pool<'a> {
-    /// Formats `base..base + len` as a pool of `pages` data pages, all `Free`, and returns a
-    /// view of it. Done once, by instance 0, before anyone attaches.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must be readable and writable memory that stays mapped for `'a`, in
-    /// no use by anyone else yet (nobody else may attach until `init` returns), and afterwards
-    /// accessed only through this crate by every instance, each following the ownership
-    /// protocol: data pages are read or written only by their owner (see [`Pool::bytes`],
-    /// [`Pool::bytes_mut`]).
-    pub unsafe fn init(base: *mut u8, len: usize, pages: u32) -> Result<Self, Error> {
+    /// Formats `raw` (4 KiB aligned) as a pool of `pages` data pages, all `Free`, and returns a
+    /// view of it. Done once, by instance 0, before anyone attaches (nobody else may attach
+    /// until `init` returns). Afterwards every instance follows the ownership protocol: data
+    /// pages are read or written only by their owner.
+    pub fn init(raw: Raw<'a>, pages: u32) -> Result<Self, Error> {
         if pages == 0 {
             return Err(Error::ZeroPages);
         }
-        // SAFETY: forwarded from this function's contract.
-        let raw = unsafe { Raw::new(base, len) }?;
+        raw.ensure_aligned(PAGE)?;
         let need = region_size(pages);
-        if len < need {
-            return Err(Error::RegionTooSmall { need, have: len });
-        }
-        let header: &Header = raw.view(0)?;
-        let words: &[AtomicU64] = raw.view_slice(PAGE, pages as usize)?;
+        raw.ensure_len(need)?;
+        let pool = Self::view(raw, pages)?;
+        let (header, words) = (pool.header, pool.words);
         header.magic.store(0, Ordering::Relaxed);
         for w in words {
             w.store(encode(Owner::Free, 0), Ordering::Relaxed);
@@ -306,28 +301,14 @@ impl<'a> Pool<'a> {
         header.next_generation.store(1, Ordering::Relaxed);
         // Publishes everything above to whoever loads the magic with Acquire.
         header.magic.store(MAGIC, Ordering::Release);
-        Ok(Self {
-            raw,
-            header,
-            words,
-            pages,
-            data_offset: data_offset(pages),
-        })
+        Ok(pool)
     }
 
     /// Attaches to a pool formatted by [`Pool::init`] (possibly mapped at another address):
-    /// checks the magic, the version, the layout fields and that `len` covers the pool.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must be readable and writable memory, initialised (any byte values),
-    /// that stays mapped for `'a` and is accessed only through this crate by every instance,
-    /// each following the ownership protocol: data pages are read or written only by their
-    /// owner (see [`Pool::bytes`], [`Pool::bytes_mut`]).
-    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, Error> {
-        // SAFETY: forwarded from this function's contract.
-        let raw = unsafe { Raw::new(base, len) }?;
-        let header: &Header = raw.view(0)?;
+    /// checks the magic, the version, the layout fields and that `raw` covers the pool.
+    pub fn attach(raw: Raw<'a>) -> Result<Self, Error> {
+        raw.ensure_aligned(PAGE)?;
+        let header: &Header = raw.at(0)?;
         if header.magic.load(Ordering::Acquire) != MAGIC {
             return Err(Error::BadMagic);
         }
@@ -346,14 +327,16 @@ impl<'a> Pool<'a> {
         {
             return Err(Error::VersionMismatch);
         }
-        if len < need {
-            return Err(Error::RegionTooSmall { need, have: len });
-        }
-        let words = raw.view_slice(PAGE, pages as usize)?;
+        raw.ensure_len(need)?;
+        Self::view(raw, pages)
+    }
+
+    /// The typed parts of a pool of `pages` pages at `raw`.
+    fn view(raw: Raw<'a>, pages: u32) -> Result<Self, Error> {
         Ok(Self {
             raw,
-            header,
-            words,
+            header: raw.at(0)?,
+            words: raw.slice(PAGE, pages as usize)?,
             pages,
             data_offset: data_offset(pages),
         })
@@ -693,10 +676,10 @@ impl<'a> Pool<'a> {
                 return Err(Error::WrongOwner { page: p, found });
             }
         }
-        self.raw.view_slice(
+        Ok(self.raw.slice(
             self.data_offset + first as usize * PAGE,
             pages as usize * PAGE,
-        )
+        )?)
     }
 
     /// [`Pool::checked_bytes`], then copies the first `dst.len()` bytes of the run into `dst`
@@ -717,41 +700,43 @@ impl<'a> Pool<'a> {
         Ok(())
     }
 
-    fn data_range(&self, first: u32, pages: u32) -> Result<(usize, usize), Error> {
+    /// [`Pool::checked_bytes`], then copies `src` into the start of the run
+    /// ([`Error::OutOfRange`] if `src` is longer than the run): the sender filling pages it
+    /// owns, without `unsafe`.
+    pub fn checked_write(
+        &self,
+        first: u32,
+        pages: u32,
+        owner: u16,
+        src: &[u8],
+    ) -> Result<(), Error> {
+        let dst = self.checked_bytes(first, pages, owner)?;
+        let dst = dst.get(..src.len()).ok_or(Error::OutOfRange)?;
+        for (d, &s) in dst.iter().zip(src) {
+            d.store(s, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The window of pages `first .. first + pages` as an [`mk_raw::Raw`] (range-checked:
+    /// [`Error::ZeroPages`], [`Error::OutOfRange`]; ownership is not), for callers that want
+    /// plain slices: its `unsafe` [`Raw::bytes`] / [`Raw::bytes_mut`] are sound while the
+    /// caller's instance owns the pages (`Owned(by)`, e.g. after `alloc` or `accept`), keeps them
+    /// (no `release` or `hand_over`) and takes no other slice of them meanwhile.
+    pub fn data(&self, first: u32, pages: u32) -> Result<Raw<'a>, Error> {
         self.range(first, pages)?;
-        Ok((
+        Ok(self.raw.sub(
             self.data_offset + first as usize * PAGE,
             pages as usize * PAGE,
-        ))
+        )?)
     }
+}
 
-    /// The bytes of pages `first .. first + pages`, shared. Range-checked
-    /// ([`Error::ZeroPages`], [`Error::OutOfRange`]); ownership is not.
-    ///
-    /// # Safety
-    ///
-    /// For as long as the slice lives nobody, in this or any other instance, may write these
-    /// pages: normally the caller's instance owns them (`Owned(by)`, e.g. after `accept`) and
-    /// keeps them (no `release` or `hand_over`) and takes no `bytes_mut` of them meanwhile.
-    pub unsafe fn bytes(&self, first: u32, pages: u32) -> Result<&'a [u8], Error> {
-        let (offset, len) = self.data_range(first, pages)?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.raw.bytes(offset, len) }
-    }
-
-    /// The bytes of pages `first .. first + pages`, exclusive. Range-checked
-    /// ([`Error::ZeroPages`], [`Error::OutOfRange`]); ownership is not.
-    ///
-    /// # Safety
-    ///
-    /// For as long as the slice lives nothing else, in this or any other instance, may read or
-    /// write these pages (through any view of this crate, `checked_bytes` included): normally
-    /// the caller owns them (`Owned(by)`, e.g. after `alloc`), keeps them (no `release` or
-    /// `hand_over` until the slice is dead) and takes no other slice of them.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn bytes_mut(&self, first: u32, pages: u32) -> Result<&'a mut [u8], Error> {
-        let (offset, len) = self.data_range(first, pages)?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.raw.bytes_mut(offset, len) }
+impl From<mk_raw::Error> for Error {
+    fn from(e: mk_raw::Error) -> Self {
+        match e {
+            mk_raw::Error::Null | mk_raw::Error::Misaligned => Self::Misaligned,
+            mk_raw::Error::RegionTooSmall { need, have } => Self::RegionTooSmall { need, have },
+        }
     }
 }

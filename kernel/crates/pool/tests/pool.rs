@@ -5,48 +5,58 @@ use std::sync::mpsc;
 use std::thread;
 
 use mk_pool::{Error, Lease, MAGIC, Owner, PAGE, Pool, VERSION, region_size};
+use mk_raw::{Page, Raw};
 
-#[repr(C, align(4096))]
-struct PageBuf([u8; PAGE]);
-
-/// Page-aligned memory standing in for the shared region. The pointer is taken once; the
-/// vector is never touched again until dropped, so views through the pointer stay valid.
+/// Page-aligned memory standing in for the shared region, filled with garbage, to show init
+/// does not depend on zeroed memory.
 struct Region {
-    ptr: *mut u8,
-    len: usize,
-    _mem: Vec<PageBuf>,
+    mem: Vec<Page>,
 }
 
 impl Region {
     fn new(bytes: usize) -> Self {
-        let pages = bytes.div_ceil(PAGE);
-        // Filled with garbage, to show init does not depend on zeroed memory.
-        let mut mem: Vec<PageBuf> = (0..pages).map(|_| PageBuf([0xa5; PAGE])).collect();
         Self {
-            ptr: mem.as_mut_ptr().cast(),
-            len: pages * PAGE,
-            _mem: mem,
+            mem: (0..bytes.div_ceil(PAGE))
+                .map(|_| Page::filled(0xa5))
+                .collect(),
         }
     }
-    fn ptr(&self) -> *mut u8 {
-        self.ptr
+    fn raw(&self) -> Raw<'_> {
+        Raw::from_pages(&self.mem)
     }
     fn len(&self) -> usize {
-        self.len
+        self.raw().len()
     }
 }
 
 fn init(r: &Region, pages: u32) -> Pool<'_> {
-    let len = r.len();
-    // SAFETY: the buffer is valid, writable, initialised and outlives the returned pool (the
-    // borrow of `r`); only this crate touches it while the pool lives.
-    unsafe { Pool::init(r.ptr(), len, pages) }.unwrap()
+    Pool::init(r.raw(), pages).unwrap()
 }
 
 fn attach(r: &Region) -> Result<Pool<'_>, Error> {
-    let len = r.len();
-    // SAFETY: as in `init`.
-    unsafe { Pool::attach(r.ptr(), len) }
+    Pool::attach(r.raw())
+}
+
+/// The run's bytes, shared.
+///
+/// # Safety
+///
+/// As for [`Raw::bytes`]: nobody writes the pages while the slice lives.
+unsafe fn bytes<'a>(p: &Pool<'a>, first: u32, pages: u32) -> Result<&'a [u8], Error> {
+    let d = p.data(first, pages)?;
+    // SAFETY: forwarded from this function's contract.
+    Ok(unsafe { d.bytes(0, d.len()) }.unwrap())
+}
+
+/// The run's bytes, exclusive.
+///
+/// # Safety
+///
+/// As for [`Raw::bytes_mut`]: nothing else touches the pages while the slice lives.
+unsafe fn bytes_mut<'a>(p: &Pool<'a>, first: u32, pages: u32) -> Result<&'a mut [u8], Error> {
+    let d = p.data(first, pages)?;
+    // SAFETY: forwarded from this function's contract.
+    Ok(unsafe { d.bytes_mut(0, d.len()) }.unwrap())
 }
 
 /// Fills `buf` with a pattern derived from `seed`; the last 8 bytes are a checksum.
@@ -103,12 +113,15 @@ fn init_attach_round_trip_at_another_address() {
     assert_all_free(&p);
     let l = p.alloc(1, 3).unwrap();
     // SAFETY: instance 1 owns the run; nothing else looks at it.
-    unsafe { p.bytes_mut(l.first, l.pages) }.unwrap().fill(0x5c);
+    unsafe { bytes_mut(&p, l.first, l.pages) }
+        .unwrap()
+        .fill(0x5c);
     let t = p.hand_over(l, 1, 2).unwrap();
     let len = a.len();
     let b = Region::new(len);
-    // SAFETY: both buffers are `len` bytes; nothing uses the pool concurrently (single thread).
-    unsafe { std::ptr::copy_nonoverlapping(a.ptr(), b.ptr(), len) };
+    let mut bytes = vec![0; len];
+    a.raw().read(0, &mut bytes).unwrap();
+    b.raw().write(0, &bytes).unwrap();
     let q = attach(&b).unwrap();
     assert_eq!(q.pages(), pages);
     assert_eq!(
@@ -145,37 +158,27 @@ fn bad_header_rejected() {
     init(&r, pages);
     assert!(attach(&r).is_ok());
 
-    let header = |r: &Region| -> *mut u8 { r.ptr() };
     // Version.
-    // SAFETY: single-threaded test; the pool views are dead; offsets inside the header page.
-    unsafe { header(&r).add(8).cast::<u32>().write(VERSION + 1) };
+    r.raw().write(8, &(VERSION + 1).to_ne_bytes()).unwrap();
     assert_eq!(attach(&r).unwrap_err(), Error::VersionMismatch);
-    // SAFETY: as above.
-    unsafe { header(&r).add(8).cast::<u32>().write(VERSION) };
+    r.raw().write(8, &VERSION.to_ne_bytes()).unwrap();
     // Page count that does not match the stored layout.
-    // SAFETY: as above.
-    unsafe { header(&r).add(12).cast::<u32>().write(5000) };
+    r.raw().write(12, &5000u32.to_ne_bytes()).unwrap();
     assert_eq!(attach(&r).unwrap_err(), Error::VersionMismatch);
-    // SAFETY: as above.
-    unsafe { header(&r).add(12).cast::<u32>().write(pages) };
+    r.raw().write(12, &pages.to_ne_bytes()).unwrap();
     // Zero pages.
-    // SAFETY: as above.
-    unsafe { header(&r).add(12).cast::<u32>().write(0) };
+    r.raw().write(12, &0u32.to_ne_bytes()).unwrap();
     assert_eq!(attach(&r).unwrap_err(), Error::ZeroPages);
-    // SAFETY: as above.
-    unsafe { header(&r).add(12).cast::<u32>().write(pages) };
+    r.raw().write(12, &pages.to_ne_bytes()).unwrap();
     assert!(attach(&r).is_ok());
     // Magic.
-    // SAFETY: as above.
-    unsafe { header(&r).cast::<u64>().write(MAGIC ^ 1) };
+    r.raw().write(0, &(MAGIC ^ 1).to_ne_bytes()).unwrap();
     assert_eq!(attach(&r).unwrap_err(), Error::BadMagic);
-    // SAFETY: as above.
-    unsafe { header(&r).cast::<u64>().write(MAGIC) };
+    r.raw().write(0, &MAGIC.to_ne_bytes()).unwrap();
 
     // Region shorter than the pool.
-    let p = r.ptr();
-    // SAFETY: a prefix of the valid buffer.
-    let e = unsafe { Pool::attach(p, size - PAGE) }.unwrap_err();
+    let raw = r.raw();
+    let e = Pool::attach(raw.sub(0, size - PAGE).unwrap()).unwrap_err();
     assert_eq!(
         e,
         Error::RegionTooSmall {
@@ -183,11 +186,9 @@ fn bad_header_rejected() {
             have: size - PAGE
         }
     );
-    // SAFETY: as above.
-    let e = unsafe { Pool::attach(p, 64) }.unwrap_err();
+    let e = Pool::attach(raw.sub(0, 64).unwrap()).unwrap_err();
     assert!(matches!(e, Error::RegionTooSmall { .. }));
-    // SAFETY: as above.
-    let e = unsafe { Pool::init(p, size - 1, pages) }.unwrap_err();
+    let e = Pool::init(raw.sub(0, size - 1).unwrap(), pages).unwrap_err();
     assert_eq!(
         e,
         Error::RegionTooSmall {
@@ -195,18 +196,12 @@ fn bad_header_rejected() {
             have: size - 1
         }
     );
-    // SAFETY: as above.
-    let e = unsafe { Pool::init(p, size, 0) }.unwrap_err();
+    let e = Pool::init(raw, 0).unwrap_err();
     assert_eq!(e, Error::ZeroPages);
-    // Misaligned and null bases.
-    // SAFETY: inside the valid buffer (rejected before any access anyway).
-    let e = unsafe { Pool::attach(p.add(8), size - 8) }.unwrap_err();
+    // Misaligned bases (null ones cannot be made safely; mk-raw refuses them).
+    let e = Pool::attach(raw.sub(8, size - 8).unwrap()).unwrap_err();
     assert_eq!(e, Error::Misaligned);
-    // SAFETY: as above.
-    let e = unsafe { Pool::init(p.add(64), size - 64, 1) }.unwrap_err();
-    assert_eq!(e, Error::Misaligned);
-    // SAFETY: null is rejected before any access.
-    let e = unsafe { Pool::attach(std::ptr::null_mut(), size) }.unwrap_err();
+    let e = Pool::init(raw.sub(64, size - 64).unwrap(), 1).unwrap_err();
     assert_eq!(e, Error::Misaligned);
 }
 
@@ -221,7 +216,7 @@ fn happy_path_there_and_back() {
         assert_eq!(p.owner(i).unwrap(), (Owner::Owned(s), l.generation));
     }
     // SAFETY: the sender owns the run and is the only one touching it.
-    fill(unsafe { p.bytes_mut(l.first, l.pages) }.unwrap(), 42);
+    fill(unsafe { bytes_mut(&p, l.first, l.pages) }.unwrap(), 42);
     let t = p.hand_over(l, s, rc).unwrap();
     assert_ne!(t.generation, l.generation);
     assert_eq!(
@@ -236,10 +231,10 @@ fn happy_path_there_and_back() {
     p.checked_copy(got.first, got.pages, rc, &mut copy).unwrap();
     assert!(verify(&copy));
     // SAFETY: the receiver owns the run now.
-    assert!(verify(unsafe { p.bytes(got.first, got.pages) }.unwrap()));
+    assert!(verify(unsafe { bytes(&p, got.first, got.pages) }.unwrap()));
     // The receiver writes an answer and hands the pages back.
     // SAFETY: the receiver owns the run.
-    fill(unsafe { p.bytes_mut(got.first, got.pages) }.unwrap(), 7);
+    fill(unsafe { bytes_mut(&p, got.first, got.pages) }.unwrap(), 7);
     let back = p.hand_over(got, rc, s).unwrap();
     let mine = p
         .accept(back.first, back.pages, s, back.generation)
@@ -273,7 +268,7 @@ fn every_error() {
     assert_eq!(p.cancel(z, 1).unwrap_err(), Error::ZeroPages);
     assert_eq!(p.checked_bytes(0, 0, 1).unwrap_err(), Error::ZeroPages);
     // SAFETY: rejected before any slice exists.
-    assert_eq!(unsafe { p.bytes(0, 0) }.unwrap_err(), Error::ZeroPages);
+    assert_eq!(unsafe { bytes(&p, 0, 0) }.unwrap_err(), Error::ZeroPages);
     // Exhausted: too big, and full.
     assert_eq!(p.alloc(1, 9).unwrap_err(), Error::Exhausted);
     let a = p.alloc(1, 5).unwrap();
@@ -288,10 +283,10 @@ fn every_error() {
             Error::OutOfRange
         );
         // SAFETY: rejected before any slice exists.
-        let e = unsafe { p.bytes_mut(first, pages) }.unwrap_err();
+        let e = unsafe { bytes_mut(&p, first, pages) }.unwrap_err();
         assert_eq!(e, Error::OutOfRange);
         // SAFETY: as above.
-        let e = unsafe { p.bytes(first, pages) }.unwrap_err();
+        let e = unsafe { bytes(&p, first, pages) }.unwrap_err();
         assert_eq!(e, Error::OutOfRange);
         let l = Lease {
             first,
@@ -423,9 +418,7 @@ fn every_error() {
     assert_all_free(&p);
     // A corrupted word is refused by everyone and left alone by reclaim.
     let off = PAGE; // owner word of page 0
-    let base = r.ptr();
-    // SAFETY: single-threaded; the word lies in the owner-word page of the valid buffer.
-    unsafe { base.add(off).cast::<u64>().write(0xf) };
+    r.raw().write(off, &0xfu64.to_ne_bytes()).unwrap();
     let p = attach(&r).unwrap();
     assert_eq!(p.owner(0).unwrap().0, Owner::Invalid(0xf));
     assert_eq!(p.alloc(1, 8).unwrap_err(), Error::Exhausted);
@@ -561,7 +554,7 @@ fn threads_senders_to_receiver() {
                         }
                     };
                     // SAFETY: this sender owns the run until it hands it over below.
-                    let buf = unsafe { p.bytes_mut(l.first, l.pages) }.unwrap();
+                    let buf = unsafe { bytes_mut(&p, l.first, l.pages) }.unwrap();
                     fill(buf, (u64::from(id) << 32) | i);
                     let t = p.hand_over(l, id, RECEIVER).unwrap();
                     // The message: three numbers (and who sent it).
@@ -584,7 +577,7 @@ fn threads_senders_to_receiver() {
                 assert!(verify(&copy), "checksum from {from}");
                 // Also through the fast path, with the same result.
                 // SAFETY: the receiver owns the run until the release below.
-                assert!(verify(unsafe { p.bytes(l.first, l.pages) }.unwrap()));
+                assert!(verify(unsafe { bytes(&p, l.first, l.pages) }.unwrap()));
                 p.release(l, RECEIVER).unwrap();
                 got += 1;
             }
@@ -614,7 +607,7 @@ fn threads_ping_pong_and_release_by_either() {
                         }
                     };
                     // SAFETY: `a` owns the run.
-                    fill(unsafe { p.bytes_mut(l.first, l.pages) }.unwrap(), i);
+                    fill(unsafe { bytes_mut(&p, l.first, l.pages) }.unwrap(), i);
                     to_b.send(p.hand_over(l, a, b).unwrap()).unwrap();
                     let back = from_b.recv().unwrap();
                     let mine = p
@@ -631,7 +624,7 @@ fn threads_ping_pong_and_release_by_either() {
                 for (i, t) in from_a.iter().enumerate() {
                     let l = p.accept(t.first, t.pages, b, t.generation).unwrap();
                     // SAFETY: `b` owns the run.
-                    let buf = unsafe { p.bytes_mut(l.first, l.pages) }.unwrap();
+                    let buf = unsafe { bytes_mut(&p, l.first, l.pages) }.unwrap();
                     assert!(verify(buf));
                     fill(buf, 1000 + i as u64);
                     to_a.send(p.hand_over(l, b, a).unwrap()).unwrap();
@@ -751,7 +744,7 @@ fn threads_reclaim_while_live_instances_work() {
                 for i in 0..300u64 {
                     let l = alloc(me, 1 + (i % 2) as u32);
                     // SAFETY: `me` owns the run.
-                    fill(unsafe { p.bytes_mut(l.first, l.pages) }.unwrap(), i);
+                    fill(unsafe { bytes_mut(&p, l.first, l.pages) }.unwrap(), i);
                     let t = p.hand_over(l, me, peer).unwrap();
                     // The peer is simulated inline: accept, verify, release.
                     let g = p.accept(t.first, t.pages, peer, t.generation).unwrap();
@@ -779,5 +772,33 @@ fn threads_reclaim_while_live_instances_work() {
     // Anything the reclaim raced past? A second pass finds nothing: no transition ever gives a
     // page to the dead instance after it stopped.
     assert_eq!(p.reclaim_from(dead), 0);
+    assert_all_free(&p);
+}
+
+#[test]
+fn checked_write_needs_ownership() {
+    let r = Region::new(region_size(4));
+    let p = init(&r, 4);
+    let l = p.alloc(1, 2).unwrap();
+    let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    assert_eq!(
+        p.checked_write(l.first, l.pages, 2, &data).unwrap_err(),
+        Error::WrongOwner {
+            page: l.first,
+            found: Owner::Owned(1)
+        }
+    );
+    assert_eq!(
+        p.checked_write(l.first, l.pages, 1, &vec![0; 2 * PAGE + 1]),
+        Err(Error::OutOfRange)
+    );
+    p.checked_write(l.first, l.pages, 1, &data).unwrap();
+    let t = p.hand_over(l, 1, 2).unwrap();
+    assert!(p.checked_write(t.first, t.pages, 1, &data).is_err());
+    let got = p.accept(t.first, t.pages, 2, t.generation).unwrap();
+    let mut copy = vec![0; data.len()];
+    p.checked_copy(got.first, got.pages, 2, &mut copy).unwrap();
+    assert_eq!(copy, data);
+    p.release(got, 2).unwrap();
     assert_all_free(&p);
 }

@@ -11,8 +11,8 @@ use crate::layout::{
     layout,
 };
 use crate::owner::{Owner, Resource, Words};
-use crate::region::Raw;
 use crate::{Error, MAX_APIC_IDS, MAX_INSTANCES, MAX_IRQS, MEM_CHUNK_SHIFT, MEM_CHUNKS};
+use mk_raw::Raw;
 
 /// This instance's handle on the shared region. Holds only references into the region (no
 /// pointers are stored *in* the region), so every instance can map it at its own address.
@@ -32,30 +32,14 @@ impl<'a> SharedRegion<'a> {
     /// Instance 0, once, before any other instance starts: zeroes and formats the region for
     /// `instances` instances (header, console lock, instance table, ownership tables, mailbox
     /// matrix), recording `now_tsc` as creation time. The magic is stored last with Release.
-    ///
-    /// # Safety
-    ///
-    /// `base..base + len` must be readable, writable, initialised memory (any contents), mapped
-    /// for all of `'a`, and accessed by nothing but this crate and mk-mailbox (in any instance);
-    /// no other instance may use it until `init` has returned.
-    pub unsafe fn init(
-        base: *mut u8,
-        len: usize,
-        instances: usize,
-        now_tsc: u64,
-    ) -> Result<Self, Error> {
+    /// `raw` must start 4 KiB aligned; no other instance may use it until `init` has returned.
+    pub fn init(raw: Raw<'a>, instances: usize, now_tsc: u64) -> Result<Self, Error> {
         if !(1..=MAX_INSTANCES).contains(&instances) {
             return Err(Error::BadInstanceCount(instances));
         }
-        // SAFETY: forwarded caller contract.
-        let raw = unsafe { Raw::new(base, len) }?;
+        raw.ensure_aligned(crate::PAGE)?;
         let layout = layout(instances);
-        if len < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: len,
-            });
-        }
+        raw.ensure_len(layout.total)?;
         let r = Self::views(raw, layout)?;
         let h = r.header;
         h.magic.store(0, Ordering::Relaxed);
@@ -89,8 +73,7 @@ impl<'a> SharedRegion<'a> {
             w.store(0, Ordering::Relaxed);
         }
         if instances >= 2 {
-            raw.init_mailbox(layout.mailbox.offset, layout.mailbox.size, instances)
-                .map_err(Error::Mailbox)?;
+            MailboxMatrix::init(r.mailbox_region()?, instances).map_err(Error::Mailbox)?;
         }
         // Release: an attacher that sees the magic (Acquire) sees everything above.
         h.magic.store(MAGIC, Ordering::Release);
@@ -98,15 +81,10 @@ impl<'a> SharedRegion<'a> {
     }
 
     /// Any other instance: attaches to a region instance 0 formatted. Checks magic, version,
-    /// this build's parameters, the table directory and that `len` covers the recorded size.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Self::init`], except that other instances may use the region concurrently.
-    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, Error> {
-        // SAFETY: forwarded caller contract.
-        let raw = unsafe { Raw::new(base, len) }?;
-        let h: &Header = raw.view(0)?;
+    /// this build's parameters, the table directory and that `raw` covers the recorded size.
+    pub fn attach(raw: Raw<'a>) -> Result<Self, Error> {
+        raw.ensure_aligned(crate::PAGE)?;
+        let h: &Header = raw.at(0)?;
         let magic = h.magic.load(Ordering::Acquire);
         if magic == 0 {
             return Err(Error::NotInitialised);
@@ -139,12 +117,7 @@ impl<'a> SharedRegion<'a> {
         {
             return Err(Error::LayoutMismatch);
         }
-        if len < layout.total {
-            return Err(Error::RegionTooSmall {
-                need: layout.total,
-                have: len,
-            });
-        }
+        raw.ensure_len(layout.total)?;
         Self::views(raw, layout)
     }
 
@@ -152,13 +125,13 @@ impl<'a> SharedRegion<'a> {
         let t = |id| layout.table(id);
         Ok(Self {
             raw,
-            header: raw.view(0)?,
-            console: raw.view(t(TableId::Console).offset)?,
-            ioapic: raw.view(t(TableId::Console).offset + core::mem::size_of::<ConsoleLine>())?,
-            instances: raw.view_slice(t(TableId::Instances).offset, MAX_INSTANCES)?,
-            cpus: raw.view_slice(t(TableId::Cpus).offset, MAX_APIC_IDS)?,
-            irqs: raw.view_slice(t(TableId::Irqs).offset, MAX_IRQS)?,
-            memory: raw.view_slice(t(TableId::Memory).offset, MEM_CHUNKS)?,
+            header: raw.at(0)?,
+            console: raw.at(t(TableId::Console).offset)?,
+            ioapic: raw.at(t(TableId::Console).offset + core::mem::size_of::<ConsoleLine>())?,
+            instances: raw.slice(t(TableId::Instances).offset, MAX_INSTANCES)?,
+            cpus: raw.slice(t(TableId::Cpus).offset, MAX_APIC_IDS)?,
+            irqs: raw.slice(t(TableId::Irqs).offset, MAX_IRQS)?,
+            memory: raw.slice(t(TableId::Memory).offset, MEM_CHUNKS)?,
             layout,
         })
     }
@@ -296,11 +269,11 @@ impl<'a> SharedRegion<'a> {
         }
     }
 
-    /// Base pointer and length of the mailbox matrix (for `mk_mailbox::MailboxMatrix::attach`);
-    /// length 0 for a single-instance region.
-    pub fn mailbox_region(&self) -> (*mut u8, usize) {
+    /// The mailbox matrix's window of the region (for `mk_mailbox::MailboxMatrix::attach`);
+    /// empty for a single-instance region.
+    pub fn mailbox_region(&self) -> Result<Raw<'a>, Error> {
         let t = self.layout.mailbox;
-        (self.raw.ptr_at(t.offset), t.size)
+        Ok(self.raw.sub(t.offset, t.size)?)
     }
 
     /// A mailbox view over the matrix (formatted by `init`), for this instance's ends.
@@ -309,7 +282,7 @@ impl<'a> SharedRegion<'a> {
         if self.layout.instances < 2 {
             return Err(mk_mailbox::Error::BadInstanceCount(self.layout.instances));
         }
-        self.raw.attach_mailbox(t.offset, t.size)
+        MailboxMatrix::attach(self.raw.sub(t.offset, t.size)?)
     }
 
     /// Length of the memory given to `init` / `attach`.

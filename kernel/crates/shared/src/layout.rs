@@ -25,38 +25,42 @@ pub const PAGE: usize = 4096;
 /// Number of tables listed in the header directory.
 pub(crate) const TABLES: usize = 6;
 
-/// One header directory entry: byte offset and size of a table, from the region base.
-#[repr(C)]
-pub(crate) struct TableDesc {
-    pub offset: AtomicU32,
-    pub size: AtomicU32,
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// One header directory entry: byte offset and size of a table, from the region base.
+    pub(crate) struct TableDesc {
+        pub offset: AtomicU32,
+        pub size: AtomicU32,
+    }
 }
 
-/// Header: two cache lines. Written by instance 0 only, once, before any other instance starts;
-/// read-only afterwards (so sharing it among all caches costs nothing).
-#[repr(C, align(64))]
-pub(crate) struct Header {
-    // Line 0: identity and build parameters.
-    /// [`MAGIC`], stored last with Release.
-    pub magic: AtomicU64,
-    pub version: AtomicU32,
-    /// Instances the region was formatted for (`1..=MAX_INSTANCES`).
-    pub instances: AtomicU32,
-    /// Bytes in use ([`crate::region_size`]).
-    pub total_size: AtomicU64,
-    /// TSC of instance 0 when it formatted the region.
-    pub created_tsc: AtomicU64,
-    pub header_size: AtomicU32,
-    pub max_instances: AtomicU32,
-    pub cpu_entries: AtomicU32,
-    pub irq_entries: AtomicU32,
-    pub mem_chunks: AtomicU32,
-    pub mem_chunk_shift: AtomicU32,
-    pub cpus_per_instance: AtomicU32,
-    pub ranges_per_instance: AtomicU32,
-    // Line 1: table directory, in [`Table`] order.
-    pub tables: [TableDesc; TABLES],
-    pub _reserved: [AtomicU32; 4],
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Header: two cache lines. Written by instance 0 only, once, before any other instance starts;
+    /// read-only afterwards (so sharing it among all caches costs nothing).
+    pub(crate) struct Header {
+        // Line 0: identity and build parameters.
+        /// [`MAGIC`], stored last with Release.
+        pub magic: AtomicU64,
+        pub version: AtomicU32,
+        /// Instances the region was formatted for (`1..=MAX_INSTANCES`).
+        pub instances: AtomicU32,
+        /// Bytes in use ([`crate::region_size`]).
+        pub total_size: AtomicU64,
+        /// TSC of instance 0 when it formatted the region.
+        pub created_tsc: AtomicU64,
+        pub header_size: AtomicU32,
+        pub max_instances: AtomicU32,
+        pub cpu_entries: AtomicU32,
+        pub irq_entries: AtomicU32,
+        pub mem_chunks: AtomicU32,
+        pub mem_chunk_shift: AtomicU32,
+        pub cpus_per_instance: AtomicU32,
+        pub ranges_per_instance: AtomicU32,
+        // Line 1: table directory, in [`Table`] order.
+        pub tables: [TableDesc; TABLES],
+        pub _reserved: [AtomicU32; 4],
+    }
 }
 
 /// Index of a table in the header directory.
@@ -73,93 +77,111 @@ pub(crate) enum TableId {
 /// Lines of the lock table: the console lock, then the IO APIC lock (same ticket lock).
 pub(crate) const LOCK_LINES: usize = 2;
 
-/// A lock line (ticket lock). Every instance writes it. Line 0 guards the shared serial port,
-/// line 1 the IO APICs' index/data register pairs.
-#[repr(C, align(64))]
-pub(crate) struct ConsoleLine {
-    /// Next ticket to hand out (`fetch_add`).
-    pub next: AtomicU32,
-    /// Ticket now allowed in; advanced by the holder on unlock or by a waiter that forces.
-    pub serving: AtomicU32,
-    /// Instance + 1 of the current holder (0: none yet), for diagnostics only.
-    pub holder: AtomicU32,
-    pub _reserved: AtomicU32,
-    /// Acquisitions.
-    pub acquired: AtomicU64,
-    /// Locks broken by a waiter after its spin bound (holder presumed dead).
-    pub forced: AtomicU64,
-    /// Unlocks that found their lock already broken.
-    pub stale_unlocks: AtomicU64,
-    /// Waiters whose turn was skipped by a force and who took a new ticket.
-    pub requeued: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// A lock line (ticket lock). Every instance writes it. Line 0 guards the shared serial port,
+    /// line 1 the IO APICs' index/data register pairs.
+    pub(crate) struct ConsoleLine {
+        /// Next ticket to hand out (`fetch_add`).
+        pub next: AtomicU32,
+        /// Ticket now allowed in; advanced by the holder on unlock or by a waiter that forces.
+        pub serving: AtomicU32,
+        /// Instance + 1 of the current holder (0: none yet), for diagnostics only.
+        pub holder: AtomicU32,
+        pub _reserved: AtomicU32,
+        /// Acquisitions.
+        pub acquired: AtomicU64,
+        /// Locks broken by a waiter after its spin bound (holder presumed dead).
+        pub forced: AtomicU64,
+        /// Unlocks that found their lock already broken.
+        pub stale_unlocks: AtomicU64,
+        /// Waiters whose turn was skipped by a force and who took a new ticket.
+        pub requeued: AtomicU64,
+    }
 }
 
-/// Line 0 of an instance entry: life cycle.
-#[repr(C, align(64))]
-pub(crate) struct StatusLine {
-    /// An [`crate::InstanceState`]; transitions by compare-exchange.
-    pub state: AtomicU32,
-    /// Last error code the instance reported (0: none). Instance only.
-    pub last_error: AtomicU32,
-    /// TSC when instance 0 started booting it. Instance 0 only.
-    pub boot_tsc: AtomicU64,
-    /// TSC when it declared itself running. Instance only.
-    pub ready_tsc: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 0 of an instance entry: life cycle.
+    pub(crate) struct StatusLine {
+        /// An [`crate::InstanceState`]; transitions by compare-exchange.
+        pub state: AtomicU32,
+        /// Last error code the instance reported (0: none). Instance only.
+        pub last_error: AtomicU32,
+        /// TSC when instance 0 started booting it. Instance 0 only.
+        pub boot_tsc: AtomicU64,
+        /// TSC when it declared itself running. Instance only.
+        pub ready_tsc: AtomicU64,
+    }
 }
 
-/// Line 1: heartbeat, the one frequently written word, alone on its line. Instance only.
-#[repr(C, align(64))]
-pub(crate) struct HeartbeatLine {
-    pub count: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 1: heartbeat, the one frequently written word, alone on its line. Instance only.
+    pub(crate) struct HeartbeatLine {
+        pub count: AtomicU64,
+    }
 }
 
-/// Line 2: resource summary and the sequence word of the resource seqlock. Instance only.
-#[repr(C, align(64))]
-pub(crate) struct ResourceHead {
-    /// Seqlock: odd while `publish_resources` is writing lines 2..=10.
-    pub seq: AtomicU32,
-    pub cpu_count: AtomicU32,
-    pub range_count: AtomicU32,
-    pub _reserved: AtomicU32,
-    pub total_bytes: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 2: resource summary and the sequence word of the resource seqlock. Instance only.
+    pub(crate) struct ResourceHead {
+        /// Seqlock: odd while `publish_resources` is writing lines 2..=10.
+        pub seq: AtomicU32,
+        pub cpu_count: AtomicU32,
+        pub range_count: AtomicU32,
+        pub _reserved: AtomicU32,
+        pub total_bytes: AtomicU64,
+    }
 }
 
-/// One published memory range.
-#[repr(C)]
-pub(crate) struct RangeWords {
-    pub start: AtomicU64,
-    pub len: AtomicU64,
+mk_raw::atomic_struct! {
+    #[repr(C)]
+    /// One published memory range.
+    pub(crate) struct RangeWords {
+        pub start: AtomicU64,
+        pub len: AtomicU64,
+    }
 }
 
-/// Lines 3..=6: APIC IDs of the instance's CPUs. Instance only.
-#[repr(C, align(64))]
-pub(crate) struct ApicIds(pub [AtomicU32; CPUS_PER_INSTANCE]);
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Lines 3..=6: APIC IDs of the instance's CPUs. Instance only.
+    pub(crate) struct ApicIds(pub [AtomicU32; CPUS_PER_INSTANCE]);
+}
 
-/// Lines 7..=10: the instance's memory ranges. Instance only.
-#[repr(C, align(64))]
-pub(crate) struct Ranges(pub [RangeWords; RANGES_PER_INSTANCE]);
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Lines 7..=10: the instance's memory ranges. Instance only.
+    pub(crate) struct Ranges(pub [RangeWords; RANGES_PER_INSTANCE]);
+}
 
-/// Line 11: report words, free-form values the instance publishes for diagnostics and tests
-/// (e.g. "CPUs online", "fault address of the isolation probe"). Instance only.
-#[repr(C, align(64))]
-pub(crate) struct ReportLine {
-    /// Bit `i` set: `words[i]` holds a published value.
-    pub present: AtomicU64,
-    pub words: [AtomicU64; REPORT_WORDS],
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// Line 11: report words, free-form values the instance publishes for diagnostics and tests
+    /// (e.g. "CPUs online", "fault address of the isolation probe"). Instance only.
+    pub(crate) struct ReportLine {
+        /// Bit `i` set: `words[i]` holds a published value.
+        pub present: AtomicU64,
+        pub words: [AtomicU64; REPORT_WORDS],
+    }
 }
 
 /// Number of report words per instance.
 pub const REPORT_WORDS: usize = 7;
 
-/// One instance table entry (12 cache lines).
-#[repr(C, align(64))]
-pub(crate) struct InstanceEntry {
-    pub status: StatusLine,
-    pub heartbeat: HeartbeatLine,
-    pub res: ResourceHead,
-    pub apic_ids: ApicIds,
-    pub ranges: Ranges,
-    pub reports: ReportLine,
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// One instance table entry (12 cache lines).
+    pub(crate) struct InstanceEntry {
+        pub status: StatusLine,
+        pub heartbeat: HeartbeatLine,
+        pub res: ResourceHead,
+        pub apic_ids: ApicIds,
+        pub ranges: Ranges,
+        pub reports: ReportLine,
+    }
 }
 
 impl InstanceEntry {

@@ -104,21 +104,26 @@
 //! single-writer (instance entries, mailboxes).
 //!
 //! All shared memory is accessed only through atomics, so even a broken peer cannot cause a
-//! data race, only values that the decoders reject ([`Error::Corrupt`]). The only `unsafe` is in
-//! the `region` module.
+//! data race, only values that the decoders reject ([`Error::Corrupt`]). The crate has no
+//! `unsafe` (`forbid(unsafe_code)`): memory comes in as an [`mk_raw::Raw`] view, which does the
+//! checked casts.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
+mod allocation;
 mod console;
 mod handle;
 mod instance;
 mod layout;
 mod owner;
-mod region;
 
 #[cfg(test)]
 mod tests;
 
+pub use allocation::{
+    Allocation, AllocationLayout, TELEMETRY_ROWS, Telemetry, allocation_layout, allocation_size,
+};
 pub use console::{CONSOLE_FORCE_SPINS, Console, ConsoleGuard, ConsoleStats};
 pub use handle::{Reclaimed, SharedRegion, memory_chunks};
 pub use instance::{Instance, InstanceResources, InstanceState, RESOURCE_READ_RETRIES};
@@ -240,4 +245,15 @@ pub enum Error {
     Corrupt(u64),
     /// Formatting the mailbox matrix failed.
     Mailbox(mk_mailbox::Error),
+    /// Formatting or attaching to the page pool of the shared allocation failed.
+    Pool(mk_pool::Error),
+}
+
+impl From<mk_raw::Error> for Error {
+    fn from(e: mk_raw::Error) -> Self {
+        match e {
+            mk_raw::Error::Null | mk_raw::Error::Misaligned => Self::Misaligned,
+            mk_raw::Error::RegionTooSmall { need, have } => Self::RegionTooSmall { need, have },
+        }
+    }
 }

@@ -3,15 +3,14 @@
 mod threads;
 mod unit;
 
+use mk_raw::{Page, Raw};
+
 use crate::{MSG_SIZE, MailboxMatrix, region_size};
 
-/// A 64-byte aligned, zeroed buffer standing in for the shared region.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
-
+/// A zeroed, page-aligned buffer standing in for the shared region (`len` bytes of it used).
 pub(crate) struct Region {
-    mem: Vec<Line>,
+    mem: Vec<Page>,
+    len: usize,
 }
 
 impl Region {
@@ -21,16 +20,34 @@ impl Region {
 
     pub fn with_len(len: usize) -> Self {
         Self {
-            mem: vec![Line([0; 64]); len.div_ceil(64)],
+            mem: (0..len.div_ceil(mk_raw::PAGE))
+                .map(|_| Page::default())
+                .collect(),
+            len,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.mem.len() * 64
+        self.len
     }
 
-    pub fn ptr(&mut self) -> *mut u8 {
-        self.mem.as_mut_ptr().cast()
+    /// The whole buffer (safe: it is ours, and only ever accessed through atomics).
+    pub fn raw(&self) -> Raw<'_> {
+        Raw::from_pages(&self.mem).sub(0, self.len).expect("len")
+    }
+
+    /// Overwrites bytes at `offset` (as a broken or foreign writer would).
+    pub fn poke(&self, offset: usize, bytes: &[u8]) {
+        self.raw().write(offset, bytes).expect("in bounds");
+    }
+
+    /// A byte copy at another address (another instance's mapping of the same memory).
+    pub fn copy(&self) -> Self {
+        let mut bytes = vec![0; self.len];
+        self.raw().read(0, &mut bytes).expect("in bounds");
+        let copy = Self::with_len(self.len);
+        copy.poke(0, &bytes);
+        copy
     }
 
     pub fn init(&mut self, n: usize) -> MailboxMatrix<'_> {
@@ -38,18 +55,12 @@ impl Region {
     }
 
     pub fn init_at(&mut self, n: usize, start: u64) -> MailboxMatrix<'_> {
-        let (p, len) = (self.ptr(), self.len());
-        // SAFETY: `mem` is a live, initialised, 64-byte aligned buffer of `len` bytes, borrowed
-        // (mutably, through `self`) for the lifetime of the returned view, and only this crate
-        // touches it while the view exists.
-        unsafe { MailboxMatrix::init_with_start(p, len, n, start) }.expect("init")
+        MailboxMatrix::init_with_start(self.raw(), n, start).expect("init")
     }
 
     /// A second view of the same region, as another instance would have.
     pub fn attach(&mut self) -> Result<MailboxMatrix<'_>, crate::Error> {
-        let (p, len) = (self.ptr(), self.len());
-        // SAFETY: as in `init_at`.
-        unsafe { MailboxMatrix::attach(p, len) }
+        MailboxMatrix::attach(self.raw())
     }
 }
 

@@ -269,7 +269,7 @@ fn version_and_magic_checked() {
     }
     assert!(r.attach().is_ok());
     // Region header version.
-    r.mem[0].0[4..8].copy_from_slice(&(VERSION + 7).to_ne_bytes());
+    r.poke(4, &(VERSION + 7).to_ne_bytes());
     assert_eq!(
         r.attach().err(),
         Some(Error::VersionMismatch {
@@ -284,10 +284,8 @@ fn attach_checks() {
     let mut r = Region::new(2);
     assert_eq!(r.attach().err(), Some(Error::NotInitialised));
     let len = r.len();
-    let p = r.ptr();
-    // SAFETY: `p` points to `len` live, initialised bytes owned by `r`; the views are dropped
-    // at once and nothing else uses the buffer meanwhile.
-    let short = unsafe { MailboxMatrix::init(p, len - 64, 2) };
+    let raw = r.raw();
+    let short = MailboxMatrix::init(raw.sub(0, len - 64).unwrap(), 2);
     assert_eq!(
         short.err(),
         Some(Error::RegionTooSmall {
@@ -295,15 +293,10 @@ fn attach_checks() {
             have: len - 64
         })
     );
-    // SAFETY: as above; the misaligned pointer is rejected before any access.
-    let misaligned = unsafe { MailboxMatrix::init(p.wrapping_add(8), len - 64, 2) };
+    let misaligned = MailboxMatrix::init(raw.sub(8, len - 64).unwrap(), 2);
     assert_eq!(misaligned.err(), Some(Error::Misaligned));
-    // SAFETY: as above.
-    let bad_n = unsafe { MailboxMatrix::init(p, len, 1) };
+    let bad_n = MailboxMatrix::init(raw, 1);
     assert_eq!(bad_n.err(), Some(Error::BadInstanceCount(1)));
-    // SAFETY: null is rejected before any access.
-    let null = unsafe { MailboxMatrix::attach(core::ptr::null_mut(), 4096) };
-    assert_eq!(null.err(), Some(Error::Misaligned));
 
     r.init(2);
     let m = r.attach().unwrap();
@@ -350,7 +343,7 @@ fn two_views_see_the_same_channels() {
             let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
         }
     }
-    let mut copy = Region { mem: r.mem.clone() };
+    let mut copy = r.copy();
     let m = copy.attach().unwrap();
     let mut rx = m.receiver_end(0, 1).unwrap();
     let mut n = 0;

@@ -1,14 +1,12 @@
 //! Host tests. Threads stand in for kernel instances.
 
+mod allocation;
 mod threads;
 mod unit;
 
-use crate::{Error, SharedRegion, region_size};
+use mk_raw::{PAGE, Page, Raw};
 
-/// A 4 KiB-aligned page standing in for shared memory.
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-pub(crate) struct Page([u8; 4096]);
+use crate::{Error, SharedRegion, region_size};
 
 /// A zeroed (or garbage-filled), page-aligned buffer standing in for the shared region.
 pub(crate) struct Region {
@@ -22,52 +20,45 @@ impl Region {
 
     pub fn with_len(len: usize, fill: u8) -> Self {
         Self {
-            mem: vec![Page([fill; 4096]); len.div_ceil(4096)],
+            mem: (0..len.div_ceil(PAGE))
+                .map(|_| Page::filled(fill))
+                .collect(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.mem.len() * 4096
+        self.raw().len()
     }
 
-    pub fn ptr(&mut self) -> *mut u8 {
-        self.mem.as_mut_ptr().cast()
+    /// The whole buffer (safe: it is ours, and only ever accessed through atomics).
+    pub fn raw(&self) -> Raw<'_> {
+        Raw::from_pages(&self.mem)
     }
 
     /// Overwrites bytes at `offset` (as a broken or foreign writer would).
     pub fn poke(&mut self, offset: usize, bytes: &[u8]) {
-        for (i, &b) in bytes.iter().enumerate() {
-            let at = offset + i;
-            self.mem[at / 4096].0[at % 4096] = b;
-        }
+        self.raw().write(offset, bytes).expect("in bounds");
     }
 
     /// A byte copy at another address (another instance's mapping of the same memory).
     pub fn copy(&self) -> Self {
-        Self {
-            mem: self.mem.clone(),
-        }
+        let mut bytes = vec![0; self.len()];
+        self.raw().read(0, &mut bytes).expect("in bounds");
+        let mut copy = Self::with_len(bytes.len(), 0);
+        copy.poke(0, &bytes);
+        copy
     }
 
     pub fn init(&mut self, n: usize, tsc: u64) -> Result<SharedRegion<'_>, Error> {
-        let (p, len) = (self.ptr(), self.len());
-        // SAFETY: `mem` is a live, initialised, 4 KiB-aligned buffer of `len` bytes, borrowed
-        // mutably through `self` for the lifetime of the returned handle, and only this crate
-        // and mk-mailbox touch it while the handle exists.
-        unsafe { SharedRegion::init(p, len, n, tsc) }
+        SharedRegion::init(self.raw(), n, tsc)
     }
 
     pub fn attach(&mut self) -> Result<SharedRegion<'_>, Error> {
-        let (p, len) = (self.ptr(), self.len());
-        // SAFETY: as in `init`.
-        unsafe { SharedRegion::attach(p, len) }
+        SharedRegion::attach(self.raw())
     }
 
     pub fn attach_len(&mut self, len: usize) -> Result<SharedRegion<'_>, Error> {
-        assert!(len <= self.len());
-        let p = self.ptr();
-        // SAFETY: as in `init`, for a prefix of the buffer.
-        unsafe { SharedRegion::attach(p, len) }
+        SharedRegion::attach(self.raw().sub(0, len).expect("a prefix"))
     }
 }
 

@@ -82,8 +82,8 @@ fn init_attach_round_trip_at_another_address() {
         assert_eq!(r.owner(Resource::Cpu(255)), Ok(Owner::Free));
     }
     let mut b = a.copy();
-    let base_b = b.ptr() as usize;
-    assert_ne!(a.ptr() as usize, base_b);
+    let base_b = b.raw().addr();
+    assert_ne!(a.raw().addr(), base_b);
     let r = b.attach().unwrap();
     assert_eq!(r.instance_count(), 4);
     assert_eq!(r.created_tsc(), 1234);
@@ -124,9 +124,9 @@ fn init_attach_round_trip_at_another_address() {
     })
     .unwrap();
     assert_eq!(got, 1);
-    let (p, len) = r.mailbox_region();
-    assert_eq!(len, mk_mailbox::region_size(4));
-    assert_eq!(p as usize - base_b, 0x44000);
+    let m = r.mailbox_region().unwrap();
+    assert_eq!(m.len(), mk_mailbox::region_size(4));
+    assert_eq!(m.addr() - base_b, 0x44000);
 }
 
 #[test]
@@ -184,14 +184,9 @@ fn attach_rejects_bad_regions() {
     r.poke(12, &17u32.to_le_bytes());
     assert_eq!(r.attach().err(), Some(Error::BadInstanceCount(17)));
 
-    // Misaligned and null bases.
-    let mut r = good.copy();
-    let p = r.ptr().wrapping_add(64);
-    // SAFETY: the pointer is inside a live buffer; `attach` rejects it before any access.
-    let e = unsafe { SharedRegion::attach(p, region_size(2)) }.err();
-    assert_eq!(e, Some(Error::Misaligned));
-    // SAFETY: null is rejected before any access.
-    let e = unsafe { SharedRegion::attach(core::ptr::null_mut(), 4096) }.err();
+    // A misaligned base (null ones cannot be made safely; mk-raw refuses them).
+    let r = good.copy();
+    let e = SharedRegion::attach(r.raw().sub(64, region_size(2) - 64).unwrap()).err();
     assert_eq!(e, Some(Error::Misaligned));
 
     // Init: bad counts and short memory.
@@ -210,7 +205,7 @@ fn attach_rejects_bad_regions() {
     r.init(1, 0).unwrap();
     let h = r.attach().unwrap();
     assert!(h.mailbox().is_err());
-    assert_eq!(h.mailbox_region().1, 0);
+    assert_eq!(h.mailbox_region().unwrap().len(), 0);
     assert_eq!(MAGIC.to_le_bytes(), *b"MKSHARED");
 }
 
