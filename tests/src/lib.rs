@@ -2,10 +2,11 @@
 //! the verdicts off the serial log. The xtask (`cargo xtask test`) builds the images and starts
 //! QEMU; everything here is plain data and parsing, tested on the host.
 //!
-//! A boot runs a list of in-kernel cases (see `kernel/src/selftest.rs`) that the kernel reads
-//! from the fw_cfg file `opt/multikernel/tests`. Several cases share a boot because boots are
-//! slow under this machine's nested KVM (11-16 s for the BIOS image); each case still reports its
-//! own verdict, and each becomes one line of the harness's output.
+//! A boot runs a list of in-kernel cases (see `kernel/src/selftest/`, whose table lists them
+//! all by name) that the kernel reads from the fw_cfg file `opt/multikernel/tests`. Several
+//! cases share a boot because boots are slow under this machine's nested KVM (11-16 s for the
+//! BIOS image); each case still reports its own verdict, and each becomes one line of the
+//! harness's output.
 
 pub mod console;
 pub mod layers;

@@ -73,6 +73,18 @@ impl Args {
     }
 }
 
+/// The kernel profile asked for by `--release` / `--debug`: release (true) unless `--debug` is
+/// given. `--release` is accepted, and changes nothing, for scripts written when debug was the
+/// default; giving both is an error.
+pub fn release_profile(args: &Args) -> Result<bool, Error> {
+    match (args.flag("release"), args.flag("debug")) {
+        (true, true) => Err(usage_error(
+            "--release and --debug contradict each other: give one (release is the default)",
+        )),
+        (_, debug) => Ok(!debug),
+    }
+}
+
 /// Parses a memory size: `512M`, `2G`, `1048576K`, or plain MiB (`512`). Returns MiB.
 pub fn parse_size_mib(text: &str) -> Result<u64, Error> {
     let t = text.trim();
@@ -148,6 +160,25 @@ mod tests {
         ));
         assert!(matches!(
             Args::parse(&v(&["-x"]), &[], &[], 1),
+            Err(Error::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn release_is_the_default_profile() {
+        let profile = |argv: &[&str]| {
+            let a = Args::parse(&v(argv), &["release", "debug"], &[], 0).unwrap();
+            release_profile(&a)
+        };
+        assert!(profile(&[]).unwrap());
+        assert!(profile(&["--release"]).unwrap());
+        assert!(!profile(&["--debug"]).unwrap());
+        assert!(matches!(
+            profile(&["--release", "--debug"]),
+            Err(Error::Usage(m)) if m.contains("--release and --debug")
+        ));
+        assert!(matches!(
+            profile(&["--debug", "--release"]),
             Err(Error::Usage(_))
         ));
     }

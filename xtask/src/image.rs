@@ -9,7 +9,7 @@ use crate::{Error, Result};
 
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(argv, &["release", "debug"], &["out", "partitions"], 0)?;
-    let release = !args.flag("debug");
+    let release = crate::args::release_profile(&args)?;
     let out = args
         .value("out")
         .map_or_else(|| root().join("target/images"), PathBuf::from);

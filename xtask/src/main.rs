@@ -29,7 +29,8 @@ commands:
             --no-kvm         use TCG even where /dev/kvm works
             --gdb            start halted with a gdb stub on :1234 and print the gdb command
             --display        open a window with the framebuffer console
-            --release        build the kernel with optimisations
+            --debug          unoptimised kernel (slow to boot under emulation)
+            --release        optimised kernel (default; accepted for old scripts)
   test    host unit tests, then every QEMU integration test
             [NAME]           only tests whose name contains NAME
             --no-kvm         run only what TCG can run; KVM tests are reported skipped
@@ -38,8 +39,8 @@ commands:
   image   build the BIOS and UEFI disk images
             --out DIR        where to write them (default target/images)
             --partitions P   partition plan carried in the images (ramdisk)
-            --release        optimised kernel (default)
             --debug          unoptimised kernel
+            --release        optimised kernel (default; accepted for old scripts)
   flash   write an image to a USB stick
             DEVICE           whole removable block device, e.g. /dev/sdb
             --uefi           write the UEFI image (default: BIOS image)

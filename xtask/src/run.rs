@@ -2,7 +2,7 @@
 
 use boot::Firmware;
 
-use crate::args::{Args, parse_size_mib};
+use crate::args::{Args, parse_size_mib, release_profile};
 use crate::build::{self, Flavor};
 use crate::qemu::{self, Accel, Machine};
 use crate::setup;
@@ -38,7 +38,7 @@ pub fn check_plan(text: &str, smp: u32, memory_mib: u64) -> Result<String> {
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(
         argv,
-        &["uefi", "no-kvm", "gdb", "display", "release"],
+        &["uefi", "no-kvm", "gdb", "display", "release", "debug"],
         &["smp", "memory", "partitions"],
         0,
     )?;
@@ -65,7 +65,13 @@ pub fn main(argv: &[String]) -> Result<()> {
     } else {
         Firmware::Bios
     };
-    let release = args.flag("release");
+    let release = release_profile(&args)?;
+    if !release {
+        eprintln!(
+            "xtask: debug kernel, as asked: it boots far slower than the default release kernel \
+             (minutes under nested KVM or TCG)"
+        );
+    }
 
     setup::ensure_toolchain()?;
     setup::ensure_qemu(firmware == Firmware::Uefi)?;

@@ -100,6 +100,9 @@ bitflags::bitflags! {
 /// with the same generation; a receiver that sees any other generation answers
 /// [`Status::StaleGeneration`](crate::Status::StaleGeneration). `None` is a one-shot
 /// notification without reservation.
+///
+/// The kernel keeps its two phases in the shared ownership words instead and sends one message
+/// per step (`docs/wire-format.md`, "Two-phase hand-off"); it uses these codes as labels only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum HandoffPhase {
