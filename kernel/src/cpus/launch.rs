@@ -13,7 +13,7 @@ use crate::arch::trampoline::Params;
 use crate::arch::{apic, tsc};
 use crate::memory::launch;
 use crate::platform::descriptor::BootDescriptor;
-use crate::shared::region;
+use crate::shared::region::{self, StartError, StartWait, Started};
 
 /// The resolved plan, kept for the services, the tests and the status table.
 pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
@@ -30,6 +30,31 @@ pub struct Launcher {
     pub rtc_gsi: u32,
     pub com2_gsi: u32,
     pub tests: Option<String>,
+    /// How long to wait for each instance to report running (`StartWait::DEFAULT` unless
+    /// overridden here, e.g. by a test that forces a short deadline).
+    pub waits: Vec<(usize, StartWait)>,
+}
+
+/// Why an instance could not be started. Whatever the step, its state is no longer `Booting`
+/// afterwards (instance 0 set it `Dead`), so a late report from it cannot make it running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchError {
+    /// Building its kernel copy, page tables or boot data failed (this instance's side).
+    Prepare(&'static str),
+    /// Its first CPU did not start (the hardware's side).
+    Cpu(&'static str),
+    /// It started but did not report running (its side): see [`StartError`].
+    Wait(StartError),
+}
+
+impl core::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Prepare(e) => write!(f, "building it failed: {e}"),
+            Self::Cpu(e) => write!(f, "its first CPU did not start: {e}"),
+            Self::Wait(e) => e.fmt(f),
+        }
+    }
 }
 
 pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
@@ -37,9 +62,38 @@ pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
 impl Launcher {
     /// Builds instance `id` from a fresh copy of the kernel in `memory` (reachable through
     /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
-    pub fn launch(&self, id: usize, memory: &[MemRange], cpus: &[u32]) -> Result<(), &'static str> {
-        let page = *self.trampolines.get(id).ok_or("no trampoline page")?;
-        let first = *cpus.first().ok_or("no CPU")?;
+    pub fn launch(
+        &self,
+        id: usize,
+        memory: &[MemRange],
+        cpus: &[u32],
+    ) -> Result<Started, LaunchError> {
+        let result = self.try_launch(id, memory, cpus);
+        if let Err(LaunchError::Prepare(_) | LaunchError::Cpu(_)) = result {
+            region::abandon_start(id);
+        }
+        result
+    }
+
+    /// How long to wait for instance `id`.
+    pub fn wait_for(&self, id: usize) -> StartWait {
+        self.waits
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map_or(StartWait::DEFAULT, |&(_, w)| w)
+    }
+
+    fn try_launch(
+        &self,
+        id: usize,
+        memory: &[MemRange],
+        cpus: &[u32],
+    ) -> Result<Started, LaunchError> {
+        let page = *self
+            .trampolines
+            .get(id)
+            .ok_or(LaunchError::Prepare("no trampoline page"))?;
+        let first = *cpus.first().ok_or(LaunchError::Prepare("no CPU"))?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
         desc.instance_id = id as u32;
@@ -72,7 +126,8 @@ impl Launcher {
             desc.tests_len = n as u32;
         }
         region::set_booting(id, started);
-        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)?;
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)
+            .map_err(LaunchError::Prepare)?;
         let params = Params {
             cr3: l.cr3,
             stack: l.stack_top,
@@ -81,7 +136,7 @@ impl Launcher {
             started: 0,
             _pad: 0,
         };
-        smp::start_cpu(first, page, params)?;
-        region::wait_running(id, 5000)
+        smp::start_cpu(first, page, params).map_err(LaunchError::Cpu)?;
+        region::wait_running(id, self.wait_for(id)).map_err(LaunchError::Wait)
     }
 }

@@ -95,16 +95,19 @@ pub fn init(me: usize) -> Result<(), &'static str> {
     let mut senders: Vec<Option<SenderEnd<'static>>> = (0..n).map(|_| None).collect();
     let mut receivers: Vec<Option<ReceiverEnd<'static>>> = (0..n).map(|_| None).collect();
     for p in (0..n).filter(|&p| p != me) {
-        senders[p] = Some(
-            matrix
-                .sender_end(me, p)
-                .map_err(|_| "claiming a sender end")?,
-        );
-        receivers[p] = Some(
-            matrix
-                .receiver_end(p, me)
-                .map_err(|_| "claiming a receiver end")?,
-        );
+        // A peer's channels are dead when instance 0 gave up on it or it died before we came
+        // up: its ends are claimed later, once it is started again (`reattach_sender`, and the
+        // drain for receivers).
+        match matrix.sender_end(me, p) {
+            Ok(end) => senders[p] = Some(end),
+            Err(mk_mailbox::Error::Dead) => {}
+            Err(_) => return Err("claiming a sender end"),
+        }
+        match matrix.receiver_end(p, me) {
+            Ok(end) => receivers[p] = Some(end),
+            Err(mk_mailbox::Error::Dead) => {}
+            Err(_) => return Err("claiming a receiver end"),
+        }
     }
     SENDERS.call_once(|| Mutex::new(senders));
     RECEIVERS.call_once(|| Mutex::new(receivers));
@@ -279,11 +282,11 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
-            let sender = senders
-                .get_mut(to)
-                .and_then(Option::as_mut)
-                .ok_or(SendError::NoSuchInstance(to))?;
-            sender.try_send(slot)
+            match senders.get_mut(to).ok_or(SendError::NoSuchInstance(to))? {
+                Some(sender) => sender.try_send(slot),
+                // Not claimed at init (the channel was dead then): claim it below.
+                None => Err(mk_mailbox::Error::Dead),
+            }
         };
         match attempt {
             Ok(o) => break o,

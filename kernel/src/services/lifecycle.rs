@@ -71,9 +71,7 @@ pub fn declare_dead(k: usize, silent: u64) {
     if inst.set_state(InstanceState::Dead).is_err() {
         return;
     }
-    DECLARED_DEAD_AT[k].store(tsc::read(), Ordering::SeqCst);
-    let stopped = stop_cpus_of(r, k);
-    let got = take_back(k);
+    let (stopped, got) = stop_and_take_back(r, k);
     warn!(
         "instance {k} declared dead after {} ms without a sign of life; stopped its CPUs {stopped:?}; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
         silent / tsc::ticks_per_ms(),
@@ -82,6 +80,35 @@ pub fn declare_dead(k: usize, silent: u64) {
         u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20),
         got.rolled_back
     );
+}
+
+/// Instance 0 gave up starting instance `k` (`region::wait_running` failed, so its state is no
+/// longer `Booting`): stops its CPUs, wherever its boot got to, and takes back everything it was
+/// given, so that it ends stopped and reclaimed, never running while instance 0 counts it out.
+pub fn give_up(k: usize, why: &dyn core::fmt::Display) {
+    let Some(r) = region::get() else { return };
+    let Ok(inst) = r.instance(k) else { return };
+    match inst.state() {
+        Ok(InstanceState::Dead) => {}
+        // Anything else (it went on running, or someone stopped it): nothing to collect here.
+        _ => return,
+    }
+    let (stopped, got) = stop_and_take_back(r, k);
+    warn!(
+        "instance {k} did not start: {why}; stopped its CPUs {stopped:?}; took back {} CPU(s), {} MiB",
+        got.cpus(),
+        u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20),
+    );
+}
+
+/// Instance 0, once instance `k` is dead: INIT to its CPUs, then its resources back.
+fn stop_and_take_back(
+    r: &mk_shared::SharedRegion<'_>,
+    k: usize,
+) -> (alloc::vec::Vec<u32>, Reclaimed) {
+    DECLARED_DEAD_AT[k].store(tsc::read(), Ordering::SeqCst);
+    let stopped = stop_cpus_of(r, k);
+    (stopped, take_back(k))
 }
 
 /// Instance 0: instance `k` stopped on request; takes back what it handed over (once).
@@ -287,15 +314,21 @@ pub fn respawn(k: usize) -> Result<(), &'static str> {
     for m in &memory {
         let _ = crate::memory::paging::unmap_phys(m.start, m.end());
     }
-    if result.is_err() {
-        let _ = inst.set_state(InstanceState::Dead);
-    } else {
-        info!(
-            "instance {k} respawned on CPUs {cpus:?}, {} MiB",
-            memory.iter().map(|m| m.len).sum::<u64>() >> 20
-        );
+    match result {
+        Ok(_) => {
+            info!(
+                "instance {k} respawned on CPUs {cpus:?}, {} MiB",
+                memory.iter().map(|m| m.len).sum::<u64>() >> 20
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Its state is Dead already (the launcher's guarantee): stop what may have started
+            // and take the resources back, as after a failed start at boot.
+            give_up(k, &e);
+            Err("the new instance did not start (see the log)")
+        }
     }
-    result
 }
 
 /// The 2 MiB chunks lying wholly inside `[start, end)`.
