@@ -20,7 +20,7 @@ pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
 
 /// What instance 0 needs to (re)start an instance: kept from boot for respawns.
 pub struct Launcher {
-    /// The pristine kernel file (see `pristine`).
+    /// The pristine kernel file (see `memory::pristine`).
     pub kernel_file: Vec<u8>,
     /// Trampoline page of each instance, below 1 MiB.
     pub trampolines: Vec<u64>,
