@@ -12,11 +12,7 @@ use crate::cpus::launch::{LAUNCH, PLAN};
 use crate::services::lifecycle;
 use crate::shared::region;
 
-type Outcome = Result<(), String>;
-
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
-    if cond { Ok(()) } else { Err(msg()) }
-}
+use super::harness::{Outcome, ensure};
 
 /// `K:REST`: the instance and the rest of the argument.
 fn instance_arg(arg: &str) -> Result<(usize, &str), String> {
