@@ -15,7 +15,8 @@ use crate::{console, info, instance, memory};
 
 pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     console::init_guest();
-    instance::set_id(desc.instance_id);
+    let me = instance::of_partition(desc.instance_id as usize);
+    instance::set_id(me);
     gdt::init_bsp();
     interrupts::init();
     if let Err(e) = memory::init(boot_info) {
@@ -29,9 +30,9 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     if let Some(r) = region::get() {
         console::use_shared(r);
     }
-    if let Err(e) = crate::messaging::init(desc.instance_id as usize) {
+    if let Err(e) = crate::messaging::init(me) {
         crate::error!("messaging: {e}");
-    } else if let Err(e) = crate::services::init(desc.instance_id as usize) {
+    } else if let Err(e) = crate::services::init(me) {
         crate::error!("services: {e}");
     }
     let lapic = smp::bring_up_lapic(desc.lapic_hz_div16);
@@ -47,10 +48,10 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     smp::TRAMPOLINE.store(desc.trampoline_page, Ordering::SeqCst);
     smp::start_further_cpus(desc.cpus(), desc.trampoline_page);
     let (free, owned) = memory::frames::counts();
-    region::publish_running(desc.instance_id, desc.cpus());
+    region::publish_running(me, desc.cpus());
     info!(
         "instance {} up: APIC ID {apic_id}, {} of {} CPUs online, {} MiB ({} MiB free)",
-        desc.instance_id,
+        me,
         smp::ONLINE.load(Ordering::SeqCst),
         desc.cpu_count,
         (owned * 4096) >> 20,

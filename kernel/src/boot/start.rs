@@ -12,6 +12,7 @@ use mk_plan::{MemRange, Plan, PlanSpec};
 use crate::arch::tsc;
 use crate::cpus::launch::{LAUNCH, Launcher, PLAN};
 use crate::cpus::smp;
+use crate::instance::InstanceId;
 use crate::memory::frames;
 use crate::platform::acpi::Platform;
 use crate::shared::region;
@@ -141,14 +142,14 @@ pub fn start_all(
     crate::services::irq::set_rtc_gsi(platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0);
     crate::services::irq::set_com2_gsi(platform.isa_irq_to_gsi(crate::platform::com2::ISA_IRQ).0);
     if count > 1 {
-        if let Err(e) = crate::messaging::init(0) {
+        if let Err(e) = crate::messaging::init(InstanceId::ZERO) {
             error!("messaging: {e}");
-        } else if let Err(e) = crate::services::init(0) {
+        } else if let Err(e) = crate::services::init(InstanceId::ZERO) {
             error!("services: {e}");
         }
     }
-    region::set_booting(0, boot_tsc);
-    region::publish_running(0, me.cpus);
+    region::set_booting(InstanceId::ZERO, boot_tsc);
+    region::publish_running(InstanceId::ZERO, me.cpus);
     if let Err(e) = region::record_ownership(plan) {
         error!("ownership tables: {e}");
     }
@@ -196,9 +197,9 @@ pub fn start_all(
         tests: tests.map(String::from),
     });
     for p in plan.partitions().skip(1) {
-        if let Err(e) = how.launch(p.index, p.memory, p.cpus) {
+        if let Err(e) = how.launch(crate::instance::of_partition(p.index), p.memory, p.cpus) {
             error!("instance {} did not start: {e}", p.index);
-            region::set_dead(p.index);
+            region::set_dead(crate::instance::of_partition(p.index));
         }
     }
     BOOT_TSC.call_once(|| (boot_tsc, tsc::read()));
@@ -234,7 +235,7 @@ pub fn print_table(plan: &Plan) {
             }
             ids.push_str(&alloc::format!("{a}"));
         }
-        let (state, boot_ms) = region::status(p.index);
+        let (state, boot_ms) = region::status(crate::instance::of_partition(p.index));
         println!(
             "| {:>2} | {:<20} | {:>5} MiB | {:<7} | {:>6} ms |",
             p.index,

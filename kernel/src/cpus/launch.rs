@@ -11,6 +11,7 @@ use mk_plan::{MemRange, Plan};
 use super::smp;
 use crate::arch::trampoline::Params;
 use crate::arch::{apic, tsc};
+use crate::instance::InstanceId;
 use crate::memory::launch;
 use crate::platform::descriptor::BootDescriptor;
 use crate::shared::region;
@@ -37,12 +38,20 @@ pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
 impl Launcher {
     /// Builds instance `id` from a fresh copy of the kernel in `memory` (reachable through
     /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
-    pub fn launch(&self, id: usize, memory: &[MemRange], cpus: &[u32]) -> Result<(), &'static str> {
-        let page = *self.trampolines.get(id).ok_or("no trampoline page")?;
-        let first = *cpus.first().ok_or("no CPU")?;
+    pub fn launch(
+        &self,
+        id: InstanceId,
+        memory: &[MemRange],
+        cpus: &[u32],
+    ) -> Result<(), LaunchError> {
+        let page = *self
+            .trampolines
+            .get(id.index())
+            .ok_or(LaunchError::NoTrampoline)?;
+        let first = *cpus.first().ok_or(LaunchError::NoCpu)?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
-        desc.instance_id = id as u32;
+        desc.instance_id = u32::from(id.raw());
         desc.instance_count = self.count as u32;
         desc.cpu_count = cpus.len().min(desc.apic_ids.len()) as u32;
         desc.apic_ids[..desc.cpu_count as usize].copy_from_slice(&cpus[..desc.cpu_count as usize]);
@@ -72,7 +81,8 @@ impl Launcher {
             desc.tests_len = n as u32;
         }
         region::set_booting(id, started);
-        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)?;
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)
+            .map_err(LaunchError::Prepare)?;
         let params = Params {
             cr3: l.cr3,
             stack: l.stack_top,
@@ -81,7 +91,33 @@ impl Launcher {
             started: 0,
             _pad: 0,
         };
-        smp::start_cpu(first, page, params)?;
-        region::wait_running(id, 5000)
+        smp::start_cpu(first, page, params).map_err(LaunchError::StartCpu)?;
+        region::wait_running(id, 5000).map_err(LaunchError::NotRunning)
+    }
+}
+
+/// Why [`Launcher::launch`] did not get an instance running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchError {
+    /// The caller asked for an instance that has no trampoline page (not in the plan).
+    NoTrampoline,
+    /// The caller gave the instance no CPU.
+    NoCpu,
+    /// Building the instance's kernel copy and page tables in its memory failed.
+    Prepare(&'static str),
+    /// Its first CPU did not start (the hardware did not answer INIT/SIPI).
+    StartCpu(&'static str),
+    /// It started but did not report running: it died or timed out (the peer's fault).
+    NotRunning(region::RegionError),
+}
+
+impl core::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoTrampoline => f.write_str("no trampoline page"),
+            Self::NoCpu => f.write_str("no CPU"),
+            Self::Prepare(e) | Self::StartCpu(e) => f.write_str(e),
+            Self::NotRunning(e) => write!(f, "{e}"),
+        }
     }
 }

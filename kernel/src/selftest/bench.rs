@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::{Outcome, start_job};
+use super::{Outcome, iid, start_job};
 use crate::arch::tsc;
 use crate::messaging;
 use crate::println;
@@ -22,15 +22,15 @@ fn parse_n(arg: &str) -> Result<usize, String> {
 }
 
 pub(super) fn bench_ipi(arg: &str) -> Outcome {
-    crate::services::bench::ipi(parse_n(arg)?, 1)
+    crate::services::bench::ipi(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_rtt(arg: &str) -> Outcome {
-    crate::services::bench::rtt(parse_n(arg)?, 1)
+    crate::services::bench::rtt(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_tput(arg: &str) -> Outcome {
-    crate::services::bench::tput(parse_n(arg)?, 1)
+    crate::services::bench::tput(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_ops(arg: &str) -> Outcome {
@@ -47,12 +47,12 @@ pub(super) fn stream_among_arg(n: u64, instances: usize) -> u64 {
 pub(super) fn stream_among(arg: u64) -> u64 {
     let n = arg & ((1 << 48) - 1);
     let count = (arg >> 48) as usize;
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let msg = sink_message(1);
     let mut sent = 0;
     for _ in 0..n {
-        for to in (0..count).filter(|&to| to != me) {
-            match messaging::send_within(to, &msg, 5000) {
+        for to in (0..count).filter(|&to| iid(to) != me) {
+            match messaging::send_within(iid(to), &msg, 5000) {
                 Ok(()) => sent += 1,
                 Err(e) => {
                     crate::error!("stream to instance {to}: {e:?}");
@@ -80,7 +80,7 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
             let before = if i == 0 {
                 SUNK.load(Ordering::Relaxed)
             } else {
-                idle_stats(i)?.sunk
+                idle_stats(iid(i))?.sunk
             };
             want.push(before + n * (k as u64 - 1));
         }
@@ -97,7 +97,7 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
             return Err(format!("instance 0 sent {sent} messages"));
         }
         for (i, &w) in want.iter().enumerate() {
-            wait_sunk(i, w, 120_000)?;
+            wait_sunk(iid(i), w, 120_000)?;
         }
         let elapsed = ns(tsc::read() - start).max(1);
         for (i, before) in started {

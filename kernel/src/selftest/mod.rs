@@ -20,6 +20,7 @@ use alloc::{format, vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::{apic, interrupts, pit};
+use crate::instance::InstanceId;
 use crate::memory::{self, frames};
 use crate::messaging::call_patiently;
 use crate::platform::acpi::Platform;
@@ -33,6 +34,35 @@ mod services;
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
 type Outcome = Result<(), String>;
+
+/// The scenarios count instances with plain numbers (loop indices, partition indices, words
+/// of a job's argument); the kernel's interfaces take an `InstanceId`. `iid` converts at the
+/// call: numbers that do not fit name no instance (`u16::MAX`), so the call fails as for an
+/// instance that does not exist.
+trait ToInstance {
+    fn to_instance(self) -> InstanceId;
+}
+
+impl ToInstance for InstanceId {
+    fn to_instance(self) -> InstanceId {
+        self
+    }
+}
+
+macro_rules! to_instance_from {
+    ($($t:ty),*) => {$(
+        impl ToInstance for $t {
+            fn to_instance(self) -> InstanceId {
+                usize::try_from(self).map_or(InstanceId::new(u16::MAX), crate::instance::of_partition)
+            }
+        }
+    )*};
+}
+to_instance_from!(usize, u64, u32, u16, i32);
+
+fn iid(k: impl ToInstance) -> InstanceId {
+    k.to_instance()
+}
 
 pub fn run(platform: &Platform, list: Option<String>) -> ! {
     let Some(list) = list else {
@@ -494,7 +524,7 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
         *w = pattern(seq, i).to_le_bytes();
     }
     mk_wire::Message::request(
-        crate::instance::id() as u16,
+        crate::instance::id(),
         mk_wire::Kind::User(user::SEQUENCED),
         seq + 1,
         user_payload(&bytes),
@@ -503,24 +533,24 @@ fn sequenced_message(to: usize) -> mk_wire::Message {
 
 /// Sends `msg` to `to`, draining our own inbox while the peer's is full; gives up after 5 s.
 fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
-    crate::messaging::send_within(to, msg, 5000).map_err(|e| {
-        let me = crate::instance::id() as usize;
+    crate::messaging::send_within(iid(to), msg, 5000).map_err(|e| {
+        let me = crate::instance::id();
         let stats = crate::shared::region::get()
             .and_then(|r| r.mailbox().ok())
-            .map(|m| (m.stats(me, to), m.stats(to, me)));
+            .map(|m| (m.stats(iid(me), iid(to)), m.stats(iid(to), iid(me))));
         format!("to instance {to}: {e:?}; channel stats {stats:?}")
     })
 }
 
 /// The other instances that are running (stopped and dead ones are left out).
 fn others() -> impl Iterator<Item = usize> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let region = crate::shared::region::get();
     let n = region.map_or(0, |r| r.instance_count());
     (0..n).filter(move |&i| {
-        i != me
+        iid(i) != me
             && region
-                .and_then(|r| r.instance(i).ok())
+                .and_then(|r| r.instance(iid(i)).ok())
                 .map(|inst| inst.state())
                 == Some(Ok(mk_shared::InstanceState::Running))
     })
@@ -553,7 +583,7 @@ fn ping_all(n: u64) -> u64 {
                 sent_at: to as u64,
             };
             let payload = mk_wire::Payload::Ping(ping);
-            if let Ok(reply) = crate::messaging::call(to, mk_wire::Kind::Ping, payload, 2000)
+            if let Ok(reply) = crate::messaging::call(iid(to), mk_wire::Kind::Ping, payload, 2000)
                 && reply.payload == payload
             {
                 ok += 1;
@@ -583,13 +613,15 @@ fn run_job() {
         job::PROBE_FAULT => services::probe_fault(arg),
         job::HANDOFF_BEGIN => crate::shared::region::get().map_or(0, |r| {
             let chunk = mk_shared::Resource::memory_at(arg & 0xFFFF_FFFF_FFFF);
-            let me = crate::instance::id() as usize;
-            r.begin_transfer(chunk, me, (arg >> 48) as usize)
+            let me = crate::instance::id();
+            r.begin_transfer(chunk, iid(me), iid((arg >> 48) as usize))
                 .map_or(0, |g| u64::from(g) + 1)
         }),
         job::BALANCE_LINE => {
-            match crate::services::irq::balance((arg & 0xFFFF_FFFF) as usize, (arg >> 32) as usize)
-            {
+            match crate::services::irq::balance(
+                (arg & 0xFFFF_FFFF) as usize,
+                iid((arg >> 32) as usize),
+            ) {
                 Ok(()) => 0,
                 Err(s) => u64::from(s.code()) + 1,
             }
@@ -685,7 +717,7 @@ fn register_test_handlers() {
         &(bulk as HandlerFn),
     );
     fn crash(m: &Message) -> Option<Reply> {
-        if m.sender == 0 {
+        if m.sender.is_supervisor() {
             panic!("deliberate crash requested by instance 0 (failure-detection test)");
         }
         Some(Reply::error(mk_wire::Status::Refused))
@@ -752,7 +784,7 @@ struct PeerStats {
 
 fn peer_stats_from(to: usize, from: usize) -> Result<PeerStats, String> {
     let reply = call_patiently(
-        to,
+        iid(to),
         mk_wire::Kind::User(user::STATS),
         words_payload(&[from as u64]),
     )
@@ -774,14 +806,14 @@ fn peer_stats_from(to: usize, from: usize) -> Result<PeerStats, String> {
 
 /// What instance `to` counted of this instance's messages.
 fn peer_stats(to: usize) -> Result<PeerStats, String> {
-    peer_stats_from(to, crate::instance::id() as usize)
+    peer_stats_from(to, crate::instance::id().index())
 }
 
 /// Asks instance `to` to run a job; returns its jobs-done count from before.
 fn start_job(to: usize, kind: u64, arg: u64) -> Result<u64, String> {
     let before = peer_stats(to)?.jobs_done;
     call_patiently(
-        to,
+        iid(to),
         mk_wire::Kind::User(user::JOB),
         words_payload(&[kind, arg]),
     )
@@ -909,7 +941,7 @@ fn msg_stress(arg: &str) -> Outcome {
         for b in (0..count).filter(|&b| b != a) {
             let deadline = crate::arch::tsc::read() + 2000 * crate::arch::tsc::ticks_per_ms();
             loop {
-                let st = matrix.stats(a, b).map_err(|e| format!("{e:?}"))?;
+                let st = matrix.stats(iid(a), iid(b)).map_err(|e| format!("{e:?}"))?;
                 if st.sent == st.received {
                     break;
                 }
@@ -947,7 +979,7 @@ fn msg_bulk(arg: &str) -> Outcome {
     let free_before = pool.free_pages();
     let start = crate::arch::tsc::read();
     let reply =
-        crate::messaging::bulk::call_large(1, mk_wire::Kind::User(user::BULK), &data, 60_000)
+        crate::messaging::bulk::call_large(iid(1), mk_wire::Kind::User(user::BULK), &data, 60_000)
             .map_err(|e| format!("{e:?}"))?;
     let us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
     ensure(reply.status == mk_wire::Status::Ok, || {
@@ -980,7 +1012,7 @@ fn msg_busy() -> Outcome {
     let mut sent = 0u64;
     let busy = loop {
         let msg = sequenced_message(1);
-        match crate::messaging::try_send(1, &msg) {
+        match crate::messaging::try_send(iid(1), &msg) {
             Ok(()) => sent += 1,
             Err(crate::messaging::SendError::Busy) => {
                 // The message was not sent: take its sequence number back.
@@ -1028,7 +1060,7 @@ fn msg_ping(arg: &str) -> Outcome {
                 sent_at: i,
             };
             let reply = crate::messaging::call(
-                p.index,
+                iid(p.index),
                 mk_wire::Kind::Ping,
                 mk_wire::Payload::Ping(ping),
                 2000,
@@ -1081,8 +1113,8 @@ fn msg_order(arg: &str) -> Outcome {
 /// for the pair (0 -> 1) directly, with no message: what instance 1 received and rejected from
 /// us matches what we did (after `msg_reject`), and our own row shows our calls' latencies.
 fn telemetry_shared() -> Outcome {
-    let theirs = crate::shared::region::telemetry_row(1).ok_or("no telemetry table")?;
-    let ours = crate::shared::region::telemetry_row(0).ok_or("no telemetry table")?;
+    let theirs = crate::shared::region::telemetry_row(iid(1)).ok_or("no telemetry table")?;
+    let ours = crate::shared::region::telemetry_row(iid(0)).ok_or("no telemetry table")?;
     let t = &theirs[0];
     let received = t.received.load(Ordering::SeqCst);
     let rejected = t.rejected.total();
@@ -1106,7 +1138,7 @@ fn telemetry_shared() -> Outcome {
 fn msg_flood(arg: &str) -> Outcome {
     let n: u64 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
     let before = peer_stats(1)?;
-    let target = crate::messaging::doorbell_cpu(1).ok_or("instance 1 has no CPU published")?;
+    let target = crate::messaging::doorbell_cpu(iid(1)).ok_or("instance 1 has no CPU published")?;
     let this = crate::arch::cpu::current();
     let start = crate::arch::tsc::read();
     this.with_lapic(|l| {
@@ -1120,8 +1152,13 @@ fn msg_flood(arg: &str) -> Outcome {
         nonce: 9,
         sent_at: 9,
     };
-    let reply = crate::messaging::call(1, mk_wire::Kind::Ping, mk_wire::Payload::Ping(ping), 2000)
-        .map_err(|e| format!("instance 1 did not answer after the flood: {e:?}"))?;
+    let reply = crate::messaging::call(
+        iid(1),
+        mk_wire::Kind::Ping,
+        mk_wire::Payload::Ping(ping),
+        2000,
+    )
+    .map_err(|e| format!("instance 1 did not answer after the flood: {e:?}"))?;
     ensure(reply.payload == mk_wire::Payload::Ping(ping), || {
         "wrong ping reply".into()
     })?;
@@ -1139,7 +1176,7 @@ fn msg_flood(arg: &str) -> Outcome {
 fn msg_reject() -> Outcome {
     let rejected0 = peer_stats(1)?.rejected;
     let ping = mk_wire::Message::request(
-        0,
+        iid(0),
         mk_wire::Kind::Ping,
         77,
         mk_wire::Payload::Ping(mk_wire::PingPayload {
@@ -1161,10 +1198,10 @@ fn msg_reject() -> Outcome {
     forged[mk_wire::offset::SENDER..mk_wire::offset::SENDER + 2]
         .copy_from_slice(&5u16.to_le_bytes());
     for slot in [&bad_version, &bad_type, &bad_len, &forged] {
-        crate::messaging::send_slot(1, slot).map_err(|e| format!("{e:?}"))?;
+        crate::messaging::send_slot(iid(1), slot).map_err(|e| format!("{e:?}"))?;
     }
     let reply = crate::messaging::call(
-        1,
+        iid(1),
         mk_wire::Kind::Ping,
         mk_wire::Payload::Ping(mk_wire::PingPayload {
             nonce: 3,
@@ -1202,7 +1239,7 @@ fn plan() -> Result<&'static mk_plan::Plan, String> {
 fn wait_report(id: usize, slot: usize) -> Result<u64, String> {
     let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
     loop {
-        if let Some(v) = crate::shared::region::read_report(id, slot) {
+        if let Some(v) = crate::shared::region::read_report(iid(id), slot) {
             return Ok(v);
         }
         if crate::arch::tsc::read() > deadline {
@@ -1236,7 +1273,7 @@ fn instances(expected: &str) -> Outcome {
         format!("{} partitions, expected {expected}", plan.partition_count())
     })?;
     for p in plan.partitions() {
-        let (state, _) = crate::shared::region::status(p.index);
+        let (state, _) = crate::shared::region::status(iid(p.index));
         ensure(state == "running", || {
             format!("instance {} is {state}", p.index)
         })?;
@@ -1344,7 +1381,7 @@ fn ownership() -> Outcome {
     for p in plan.partitions() {
         for &apic in p.cpus {
             let o = r.owner(Resource::Cpu(apic)).map_err(|e| format!("{e:?}"))?;
-            ensure(o == Owner::Owned(p.index), || {
+            ensure(o == Owner::Owned(iid(p.index)), || {
                 format!(
                     "CPU {apic}: table says {o:?}, plan says instance {}",
                     p.index
@@ -1359,7 +1396,7 @@ fn ownership() -> Outcome {
                 let o = r
                     .owner(Resource::memory_at(a))
                     .map_err(|e| format!("{e:?}"))?;
-                ensure(o == Owner::Owned(p.index), || {
+                ensure(o == Owner::Owned(iid(p.index)), || {
                     format!(
                         "memory {a:#x}: table says {o:?}, plan says instance {}",
                         p.index
@@ -1372,7 +1409,7 @@ fn ownership() -> Outcome {
     let irqs = crate::arch::ioapic::line_count();
     for gsi in 0..irqs {
         let o = r.owner(Resource::Irq(gsi)).map_err(|e| format!("{e:?}"))?;
-        ensure(o == Owner::Owned(0), || format!("IRQ {gsi}: {o:?}"))?;
+        ensure(o == Owner::Owned(iid(0)), || format!("IRQ {gsi}: {o:?}"))?;
     }
     println!("ownership: CPUs, memory chunks and {irqs} IRQ lines each have their one owner");
     Ok(())

@@ -135,7 +135,10 @@ mod tests {
     fn ordered_and_hashable() {
         let mut v = vec![InstanceId::new(3), InstanceId::ZERO, InstanceId::new(1)];
         v.sort();
-        assert_eq!(v, [InstanceId::ZERO, InstanceId::new(1), InstanceId::new(3)]);
+        assert_eq!(
+            v,
+            [InstanceId::ZERO, InstanceId::new(1), InstanceId::new(3)]
+        );
         let set: HashSet<_> = v.iter().copied().chain(v.iter().copied()).collect();
         assert_eq!(set.len(), 3);
     }
