@@ -16,23 +16,23 @@
 
 extern crate alloc;
 
-// 1. Hardware: the only layer with `unsafe`, behind safe APIs.
+// 0. Hardware: the only layer with `unsafe`, behind safe APIs.
 mod arch;
 mod console;
 mod instance;
 mod memory;
 mod platform;
-// 2. This instance's view of shared memory.
+// 1. This instance's view of shared memory.
 mod shared;
-// 3. The CPUs of this instance.
+// 2. The CPUs of this instance.
 mod cpus;
-// 4. Messaging between instances.
+// 3. Messaging between instances.
 mod messaging;
-// 5. The services on the messaging layer.
+// 4. The services on the messaging layer.
 mod services;
-// 6. Boot: the only code that calls the layers' `init` functions, in order.
+// 5. Boot: the only code that calls the layers' `init` functions, in order.
 mod boot;
-// 7. On top: the operator's shell, the self-tests.
+// 6. On top: the operator's shell, the self-tests.
 #[cfg(feature = "qemu-tests")]
 mod selftest;
 mod shell;

@@ -403,6 +403,27 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         timeout_secs: TCG_TIMEOUT,
         note: "benchmark cases run to the end (TCG: figures of the emulator, not judged)",
     });
+    // Instance 0's wait for the instances it starts, with forced deadlines: instance 2 gets 1 ms
+    // (given up on while it boots: it must end dead, stopped, reclaimed, silent), instance 3 a
+    // 1 s quiet window but a boot slowed by 4 s during which it beats (it must be adopted).
+    boots.push(Boot {
+        name: "tcg-start-wait",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 4,
+        memory_mib: 1024,
+        cases: &[
+            "start_wait=2:1:1",
+            "start_wait=3:60000:1000",
+            "slow_start=3:4000",
+            "start_gave_up=2",
+            "start_adopted=3",
+        ],
+        plan: Some("1,1,1,1"),
+        expect: Expect::Pass,
+        timeout_secs: TCG_TIMEOUT,
+        note: "start-up wait: a progressing instance is waited for, one given up on ends dead and reclaimed",
+    });
     // Bad plans: the kernel logs why and falls back to the default plan (one instance per CPU).
     for (name, plan) in [
         ("badplan-cpus", "1,2"),

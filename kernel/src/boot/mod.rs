@@ -1,6 +1,7 @@
-//! Kernel instances: instance 0 splits the machine by the partition plan and starts one
-//! independent instance per partition; every other instance boots from what instance 0 built for
-//! it (see `launch`) and joins the shared region.
+//! Booting kernel instances: instance 0 splits the machine by the partition plan and starts one
+//! independent instance per partition (`primary`, `start`); every other instance boots from what
+//! instance 0 built for it (see `memory::launch` and `cpus::launch`) and joins the shared region
+//! (`secondary`).
 //!
 //! ```text
 //!  bootloader ─► instance 0 (BSP): read + resolve plan, carve own memory, init shared region

@@ -16,6 +16,7 @@ use crate::instance::InstanceId;
 use crate::memory::frames;
 use crate::platform::acpi::Platform;
 use crate::shared::region;
+use crate::shared::region::{StartWait, Started};
 use crate::{error, info, println, warn};
 
 /// Where the plan text comes from, in order: QEMU's fw_cfg file `opt/multikernel/plan` (tests
@@ -26,6 +27,31 @@ fn plan_text(boot_info: &BootInfo) -> Option<String> {
     }
     let bytes = crate::memory::ramdisk(boot_info, 4096)?;
     core::str::from_utf8(bytes).ok().map(|s| s.trim().into())
+}
+
+/// Start-up waits a test kernel forces: `start_wait=K:FIRST_MS:QUIET_MS` in its case list
+/// (the case of that name then checks the option was taken).
+pub fn start_waits(tests: &str) -> Vec<(usize, StartWait)> {
+    tests
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("start_wait="))
+        .filter_map(|arg| {
+            let mut it = arg.split(':').map(str::parse::<u64>);
+            let (Some(Ok(k)), Some(Ok(first)), Some(Ok(quiet)), None) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                warn!("start_wait={arg}: expected INSTANCE:FIRST_MS:QUIET_MS; ignored");
+                return None;
+            };
+            Some((
+                k as usize,
+                StartWait {
+                    first_sign_ms: first,
+                    quiet_ms: quiet,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The usable memory the plan divides: the bootloader's usable ranges above 1 MiB.
@@ -149,7 +175,9 @@ pub fn start_all(
         }
     }
     region::set_booting(InstanceId::ZERO, boot_tsc);
-    region::publish_running(InstanceId::ZERO, me.cpus);
+    if let Err(e) = region::publish_running(InstanceId::ZERO, me.cpus) {
+        error!("instance 0 cannot declare itself running: {e:?}");
+    }
     if let Err(e) = region::record_ownership(plan) {
         error!("ownership tables: {e}");
     }
@@ -195,11 +223,16 @@ pub fn start_all(
         rtc_gsi: platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0,
         com2_gsi: platform.isa_irq_to_gsi(crate::platform::com2::ISA_IRQ).0,
         tests: tests.map(String::from),
+        waits: tests.map(start_waits).unwrap_or_default(),
     });
     for p in plan.partitions().skip(1) {
-        if let Err(e) = how.launch(crate::instance::of_partition(p.index), p.memory, p.cpus) {
-            error!("instance {} did not start: {e}", p.index);
-            region::set_dead(crate::instance::of_partition(p.index));
+        let k = crate::instance::of_partition(p.index);
+        match how.launch(k, p.memory, p.cpus) {
+            Ok(Started::InTime) => {}
+            Ok(Started::AtDeadline) => {
+                info!("instance {k} reported running as instance 0 gave up waiting: adopted")
+            }
+            Err(e) => crate::services::lifecycle::give_up(k, &e),
         }
     }
     BOOT_TSC.call_once(|| (boot_tsc, tsc::read()));

@@ -14,14 +14,14 @@ use crate::arch::{apic, tsc};
 use crate::instance::InstanceId;
 use crate::memory::launch;
 use crate::platform::descriptor::BootDescriptor;
-use crate::shared::region;
+use crate::shared::region::{self, StartError, StartWait, Started};
 
 /// The resolved plan, kept for the services, the tests and the status table.
 pub static PLAN: spin::Once<Box<Plan>> = spin::Once::new();
 
 /// What instance 0 needs to (re)start an instance: kept from boot for respawns.
 pub struct Launcher {
-    /// The pristine kernel file (see `pristine`).
+    /// The pristine kernel file (see `memory::pristine`).
     pub kernel_file: Vec<u8>,
     /// Trampoline page of each instance, below 1 MiB.
     pub trampolines: Vec<u64>,
@@ -31,6 +31,31 @@ pub struct Launcher {
     pub rtc_gsi: u32,
     pub com2_gsi: u32,
     pub tests: Option<String>,
+    /// How long to wait for each instance to report running (`StartWait::DEFAULT` unless
+    /// overridden here, e.g. by a test that forces a short deadline).
+    pub waits: Vec<(usize, StartWait)>,
+}
+
+/// Why an instance could not be started. Whatever the step, its state is no longer `Booting`
+/// afterwards (instance 0 set it `Dead`), so a late report from it cannot make it running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchError {
+    /// Building its kernel copy, page tables or boot data failed (this instance's side).
+    Prepare(&'static str),
+    /// Its first CPU did not start (the hardware's side).
+    Cpu(&'static str),
+    /// It started but did not report running (its side): see [`StartError`].
+    Wait(StartError),
+}
+
+impl core::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Prepare(e) => write!(f, "building it failed: {e}"),
+            Self::Cpu(e) => write!(f, "its first CPU did not start: {e}"),
+            Self::Wait(e) => e.fmt(f),
+        }
+    }
 }
 
 pub static LAUNCH: spin::Once<Launcher> = spin::Once::new();
@@ -43,12 +68,33 @@ impl Launcher {
         id: InstanceId,
         memory: &[MemRange],
         cpus: &[u32],
-    ) -> Result<(), LaunchError> {
+    ) -> Result<Started, LaunchError> {
+        let result = self.try_launch(id, memory, cpus);
+        if let Err(LaunchError::Prepare(_) | LaunchError::Cpu(_)) = result {
+            region::abandon_start(id);
+        }
+        result
+    }
+
+    /// How long to wait for instance `id`.
+    pub fn wait_for(&self, id: InstanceId) -> StartWait {
+        self.waits
+            .iter()
+            .find(|(k, _)| *k == id.index())
+            .map_or(StartWait::DEFAULT, |&(_, w)| w)
+    }
+
+    fn try_launch(
+        &self,
+        id: InstanceId,
+        memory: &[MemRange],
+        cpus: &[u32],
+    ) -> Result<Started, LaunchError> {
         let page = *self
             .trampolines
             .get(id.index())
-            .ok_or(LaunchError::NoTrampoline)?;
-        let first = *cpus.first().ok_or(LaunchError::NoCpu)?;
+            .ok_or(LaunchError::Prepare("no trampoline page"))?;
+        let first = *cpus.first().ok_or(LaunchError::Prepare("no CPU"))?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
         desc.instance_id = u32::from(id.raw());
@@ -91,33 +137,7 @@ impl Launcher {
             started: 0,
             _pad: 0,
         };
-        smp::start_cpu(first, page, params).map_err(LaunchError::StartCpu)?;
-        region::wait_running(id, 5000).map_err(LaunchError::NotRunning)
-    }
-}
-
-/// Why [`Launcher::launch`] did not get an instance running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LaunchError {
-    /// The caller asked for an instance that has no trampoline page (not in the plan).
-    NoTrampoline,
-    /// The caller gave the instance no CPU.
-    NoCpu,
-    /// Building the instance's kernel copy and page tables in its memory failed.
-    Prepare(&'static str),
-    /// Its first CPU did not start (the hardware did not answer INIT/SIPI).
-    StartCpu(&'static str),
-    /// It started but did not report running: it died or timed out (the peer's fault).
-    NotRunning(region::RegionError),
-}
-
-impl core::fmt::Display for LaunchError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoTrampoline => f.write_str("no trampoline page"),
-            Self::NoCpu => f.write_str("no CPU"),
-            Self::Prepare(e) | Self::StartCpu(e) => f.write_str(e),
-            Self::NotRunning(e) => write!(f, "{e}"),
-        }
+        smp::start_cpu(first, page, params).map_err(LaunchError::Cpu)?;
+        region::wait_running(id, self.wait_for(id)).map_err(LaunchError::Wait)
     }
 }

@@ -52,8 +52,8 @@ fn file(boot_info: &BootInfo) -> Option<&'static [u8]> {
 }
 
 /// Saves the file bytes of the kernel's writable segments. Must run before the kernel writes
-/// any static (first thing in `kernel_main`, instance 0). A failure is remembered and reported
-/// by `kernel_file`, when an instance is to be built.
+/// any static (first thing in `boot::primary::start`, instance 0). A failure is remembered and
+/// reported by `kernel_file`, when an instance is to be built.
 pub fn capture(boot_info: &BootInfo) {
     let result = (|| {
         let bytes = file(boot_info).ok_or("no physical-memory mapping for the kernel file")?;

@@ -96,8 +96,19 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
     let mut senders: Vec<Option<SenderEnd<'static>>> = (0..n).map(|_| None).collect();
     let mut receivers: Vec<Option<ReceiverEnd<'static>>> = (0..n).map(|_| None).collect();
     for p in region.ids().filter(|&p| p != me) {
-        senders[p.index()] = Some(matrix.sender_end(me, p).map_err(InitError::SenderEnd)?);
-        receivers[p.index()] = Some(matrix.receiver_end(p, me).map_err(InitError::ReceiverEnd)?);
+        // A peer's channels are dead when instance 0 gave up on it or it died before we came
+        // up: its ends are claimed later, once it is started again (`reattach_sender`, and the
+        // drain for receivers).
+        match matrix.sender_end(me, p) {
+            Ok(end) => senders[p.index()] = Some(end),
+            Err(mk_mailbox::Error::Dead) => {}
+            Err(e) => return Err(InitError::SenderEnd(e)),
+        }
+        match matrix.receiver_end(p, me) {
+            Ok(end) => receivers[p.index()] = Some(end),
+            Err(mk_mailbox::Error::Dead) => {}
+            Err(e) => return Err(InitError::ReceiverEnd(e)),
+        }
     }
     SENDERS.call_once(|| Mutex::new(senders));
     RECEIVERS.call_once(|| Mutex::new(receivers));
@@ -313,11 +324,14 @@ fn publish(
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
-            let sender = senders
+            match senders
                 .get_mut(to.index())
-                .and_then(Option::as_mut)
-                .ok_or(SendError::NoSuchInstance(to))?;
-            sender.try_send(slot)
+                .ok_or(SendError::NoSuchInstance(to))?
+            {
+                Some(sender) => sender.try_send(slot),
+                // Not claimed at init (the channel was dead then): claim it below.
+                None => Err(mk_mailbox::Error::Dead),
+            }
         };
         match attempt {
             Ok(o) => break o,

@@ -30,6 +30,7 @@ use crate::services::bench::{payload_words, words_payload};
 
 mod bench;
 mod services;
+mod start;
 
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
@@ -122,6 +123,10 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
                 crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
                 Ok(())
             }
+            "start_wait" => start::start_wait(arg),
+            "slow_start" => start::slow_start(arg),
+            "start_adopted" => start::start_adopted(arg),
+            "start_gave_up" => start::start_gave_up(arg),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),

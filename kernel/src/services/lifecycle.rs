@@ -72,9 +72,7 @@ pub fn declare_dead(k: InstanceId, silent: u64) {
     if inst.set_state(InstanceState::Dead).is_err() {
         return;
     }
-    DECLARED_DEAD_AT[k.index()].store(tsc::read(), Ordering::SeqCst);
-    let stopped = stop_cpus_of(r, k);
-    let got = take_back(k);
+    let (stopped, got) = stop_and_take_back(r, k);
     warn!(
         "instance {k} declared dead after {} ms without a sign of life; stopped its CPUs {stopped:?}; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
         silent / tsc::ticks_per_ms(),
@@ -83,6 +81,37 @@ pub fn declare_dead(k: InstanceId, silent: u64) {
         u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20),
         got.rolled_back
     );
+}
+
+/// Instance 0 gave up starting instance `k` (`region::wait_running` failed, so its state is no
+/// longer `Booting`): stops its CPUs, wherever its boot got to, and takes back everything it was
+/// given, so that it ends stopped and reclaimed, never running while instance 0 counts it out.
+pub fn give_up(k: InstanceId, why: &dyn core::fmt::Display) {
+    let Some(r) = region::get() else { return };
+    let Ok(inst) = r.instance(k) else { return };
+    match inst.state() {
+        Ok(InstanceState::Dead) => {}
+        // Anything else (it went on running, or someone stopped it): nothing to collect here.
+        _ => return,
+    }
+    let (stopped, got) = stop_and_take_back(r, k);
+    warn!(
+        "instance {k} did not start: {why}; stopped its CPUs {stopped:?}; took back {} CPU(s), {} MiB",
+        got.cpus(),
+        u64::from(got.memory_chunks()) * (mk_shared::MEM_CHUNK_SIZE >> 20),
+    );
+}
+
+/// Instance 0, once instance `k` is dead: INIT to its CPUs, then its resources back.
+fn stop_and_take_back(
+    r: &mk_shared::SharedRegion<'_>,
+    k: InstanceId,
+) -> (alloc::vec::Vec<u32>, Reclaimed) {
+    if let Some(d) = DECLARED_DEAD_AT.get(k.index()) {
+        d.store(tsc::read(), Ordering::SeqCst);
+    }
+    let stopped = stop_cpus_of(r, k);
+    (stopped, take_back(k))
 }
 
 /// Instance 0: instance `k` stopped on request; takes back what it handed over (once).
@@ -293,19 +322,25 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
         crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
     }
     let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
-    let result = launcher.launch(k, &memory, &cpus).map_err(E::Launch);
+    let result = launcher.launch(k, &memory, &cpus);
     for m in &memory {
         let _ = crate::memory::paging::unmap_phys(m.start, m.end());
     }
-    if result.is_err() {
-        let _ = inst.set_state(InstanceState::Dead);
-    } else {
-        info!(
-            "instance {k} respawned on CPUs {cpus:?}, {} MiB",
-            memory.iter().map(|m| m.len).sum::<u64>() >> 20
-        );
+    match result {
+        Ok(_) => {
+            info!(
+                "instance {k} respawned on CPUs {cpus:?}, {} MiB",
+                memory.iter().map(|m| m.len).sum::<u64>() >> 20
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Its state is Dead already (the launcher's guarantee): stop what may have started
+            // and take the resources back, as after a failed start at boot.
+            give_up(k, &e);
+            Err(E::Launch(e))
+        }
     }
-    result
 }
 
 /// Why [`respawn`] did not start an instance again, and whose fault it is.
@@ -335,7 +370,7 @@ pub enum RespawnError {
     State(mk_shared::Error),
     /// Mapping its memory into instance 0 failed (instance 0's page tables).
     Map(&'static str),
-    /// The new instance did not start.
+    /// The new instance did not start (instance 0 stopped it and took its resources back).
     Launch(crate::cpus::launch::LaunchError),
 }
 
@@ -356,7 +391,7 @@ impl core::fmt::Display for RespawnError {
             Self::Mailboxes(e) => write!(f, "resetting its mailboxes: {e:?}"),
             Self::State(e) => write!(f, "resetting its state: {e:?}"),
             Self::Map(e) => write!(f, "mapping its memory: {e}"),
-            Self::Launch(e) => write!(f, "{e}"),
+            Self::Launch(e) => write!(f, "the new instance did not start: {e}"),
         }
     }
 }

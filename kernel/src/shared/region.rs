@@ -69,10 +69,6 @@ pub enum RegionError {
         resource: Resource,
         error: mk_shared::Error,
     },
-    /// Waiting for an instance to start: it was declared dead (the peer's fault).
-    Died,
-    /// Waiting for an instance to start: it did not report running in time.
-    Timeout,
 }
 
 impl fmt::Display for RegionError {
@@ -82,8 +78,6 @@ impl fmt::Display for RegionError {
             Self::Map(e) => write!(f, "mapping the shared region: {e}"),
             Self::Layout(e) => write!(f, "{e:?}"),
             Self::Ownership { resource, error } => write!(f, "{resource:?}: {error:?}"),
-            Self::Died => f.write_str("it was declared dead"),
-            Self::Timeout => f.write_str("it did not report running in time"),
         }
     }
 }
@@ -111,18 +105,14 @@ pub fn set_booting(id: InstanceId, now: u64) {
     }
 }
 
-/// Instance 0, when instance `id` failed to start.
-pub fn set_dead(id: InstanceId) {
-    if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
-        let _ = i.set_state(InstanceState::Dead);
-    }
-}
-
 /// Publishes this instance's CPUs and memory and declares it running.
-pub fn publish_running(id: InstanceId, cpus: &[u32]) {
-    let Some(inst) = get().and_then(|r| r.instance(id).ok()) else {
-        return;
-    };
+///
+/// Fails when instance 0 gave up waiting for this instance before it got here (the state is no
+/// longer `Booting`): the instance must then stop, it is not running for anyone.
+pub fn publish_running(id: InstanceId, cpus: &[u32]) -> Result<(), mk_shared::Error> {
+    let inst = get()
+        .ok_or(mk_shared::Error::BadInstance(id))?
+        .instance(id)?;
     let mut ranges: [(u64, u64); mk_shared::RANGES_PER_INSTANCE] =
         [(0, 0); mk_shared::RANGES_PER_INSTANCE];
     let mut n = 0;
@@ -135,22 +125,130 @@ pub fn publish_running(id: InstanceId, cpus: &[u32]) {
         }
     });
     let _ = inst.publish_resources(cpus, &ranges[..n]);
-    let _ = inst.mark_running(tsc::read());
+    inst.mark_running(tsc::read())
 }
 
-/// Instance 0: waits up to `ms` for instance `id` to declare itself running.
-pub fn wait_running(id: InstanceId, ms: u64) -> Result<(), RegionError> {
+/// A starting instance: a sign of progress for instance 0, which waits while they come (see
+/// [`wait_running`]). One beat of the instance's heartbeat counter, which its timer also
+/// beats once it runs.
+pub fn boot_progress() {
+    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id()).ok()) {
+        i.beat();
+    }
+}
+
+/// Instance 0: gives up on starting instance `id` before waiting for it (building it or
+/// starting its CPU failed): `Booting -> Dead`, so that nothing it might still do counts.
+pub fn abandon_start(id: InstanceId) {
+    if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
+        let _ = i.transition(InstanceState::Booting, InstanceState::Dead);
+    }
+}
+
+/// How long instance 0 waits for an instance it started: until its first sign of progress (its
+/// boot reaches the shared region), then as long as signs keep coming with gaps shorter than
+/// `quiet_ms` (its boot stages and its timer beat its heartbeat counter). A slow instance that
+/// progresses is never given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartWait {
+    pub first_sign_ms: u64,
+    pub quiet_ms: u64,
+}
+
+impl StartWait {
+    /// Generous: a debug kernel under this machine's nested KVM needs seconds per stage.
+    pub const DEFAULT: Self = Self {
+        first_sign_ms: 30_000,
+        quiet_ms: 10_000,
+    };
+}
+
+/// How an instance that instance 0 waited for ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// It reported running while instance 0 waited.
+    InTime,
+    /// It reported running just as instance 0 gave up: it is adopted as running.
+    AtDeadline,
+}
+
+/// Why instance 0 gave up on an instance it started. In every case the instance's state is no
+/// longer `Booting`: either `Dead` (set by instance 0, so the instance's own `Running` can no
+/// longer be published) or something instance 0 did not expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// No shared region, or no such instance in it.
+    NoInstance,
+    /// No sign of progress within `first_sign_ms`.
+    NoSign { ms: u64 },
+    /// Progress stopped: no sign for `quiet_ms` after `beats` of them.
+    Stalled { ms: u64, beats: u64 },
+    /// Its state word holds something else than booting or running (declared dead by someone,
+    /// or garbage).
+    Unexpected(Option<InstanceState>),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoInstance => write!(f, "it has no entry in the shared region"),
+            Self::NoSign { ms } => write!(f, "it gave no sign of progress within {ms} ms"),
+            Self::Stalled { ms, beats } => {
+                write!(
+                    f,
+                    "it stopped progressing ({beats} signs, then {ms} ms without one)"
+                )
+            }
+            Self::Unexpected(Some(s)) => write!(f, "its state became {}", s.name()),
+            Self::Unexpected(None) => write!(f, "its state word is corrupt"),
+        }
+    }
+}
+
+/// Instance 0: waits for instance `id` to declare itself running, as `wait` says. On giving up
+/// it turns the state from `Booting` to `Dead` with a compare-exchange, so the two sides agree:
+/// if the instance published `Running` first, it is adopted ([`Started::AtDeadline`]);
+/// otherwise it is dead and its own `Booting -> Running` fails, after which it stops itself.
+pub fn wait_running(id: InstanceId, wait: StartWait) -> Result<Started, StartError> {
     let inst = get()
         .and_then(|r| r.instance(id).ok())
-        .ok_or(RegionError::NotAttached)?;
-    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
+        .ok_or(StartError::NoInstance)?;
+    let per_ms = tsc::ticks_per_ms();
+    let mut last_count = inst.heartbeat();
+    let mut beats = 0u64;
+    let mut deadline = tsc::read() + wait.first_sign_ms * per_ms;
     loop {
         match inst.state() {
-            Ok(InstanceState::Running) => return Ok(()),
-            Ok(InstanceState::Dead) => return Err(RegionError::Died),
-            _ if tsc::read() > deadline => return Err(RegionError::Timeout),
-            _ => core::hint::spin_loop(),
+            Ok(InstanceState::Running) => return Ok(Started::InTime),
+            Ok(InstanceState::Booting) => {}
+            Ok(other) => return Err(StartError::Unexpected(Some(other))),
+            Err(_) => return Err(StartError::Unexpected(None)),
         }
+        let now = tsc::read();
+        let count = inst.heartbeat();
+        if count != last_count {
+            last_count = count;
+            beats += 1;
+            deadline = now + wait.quiet_ms * per_ms;
+        } else if now > deadline {
+            return match inst.transition(InstanceState::Booting, InstanceState::Dead) {
+                Ok(()) if beats == 0 => Err(StartError::NoSign {
+                    ms: wait.first_sign_ms,
+                }),
+                Ok(()) => Err(StartError::Stalled {
+                    ms: wait.quiet_ms,
+                    beats,
+                }),
+                Err(mk_shared::Error::StateChanged {
+                    found: InstanceState::Running,
+                }) => Ok(Started::AtDeadline),
+                Err(mk_shared::Error::StateChanged { found }) => {
+                    Err(StartError::Unexpected(Some(found)))
+                }
+                Err(_) => Err(StartError::Unexpected(None)),
+            };
+        }
+        core::hint::spin_loop();
     }
 }
 

@@ -2,9 +2,9 @@
 //! table of device interrupt handlers that drivers register at run time.
 //!
 //! An unexpected exception prints a report (vector, name, RIP, error code, CR2 for page faults)
-//! and stops the kernel through `crate::fatal`. Two exceptions have hooks for the tests that
-//! provoke them on purpose: the breakpoint returns, and a page fault at an address announced
-//! with `expect_page_fault` calls the announced continuation instead of stopping.
+//! and stops the kernel through `platform::failure::fatal`. Two exceptions have hooks for the
+//! tests that provoke them on purpose: the breakpoint returns, and a page fault at an address
+//! announced with `expect_page_fault` calls the announced continuation instead of stopping.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
