@@ -1,6 +1,7 @@
 //! Test cases of the services (`crate::services`): QUERY answers, heartbeats arrive, a
 //! crashed instance is declared dead within the documented bound and its resources come back
-//! while the others go on, a SHUTDOWN gives every resource back and parks the CPUs.
+//! while the others go on, a SHUTDOWN gives every resource back and parks the CPUs; CPUs,
+//! memory chunks and IRQ lines move between instances (hotplug, forwarding, a random storm).
 
 use alloc::format;
 use alloc::string::String;
@@ -12,10 +13,13 @@ use mk_wire::{
     Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload, Status,
 };
 
-use super::{Outcome, ensure, iid, job, plan, start_job, user, wait_job};
+use super::harness::{Outcome, ensure, plan};
+use super::peer::{self, job, start_job, user, wait_job};
 use crate::arch::tsc;
+use crate::instance::iid;
 use crate::messaging;
 use crate::println;
+use crate::services::bench::{payload_words, words_payload};
 use crate::services::{heartbeat, lifecycle};
 use crate::shared::region;
 
@@ -193,7 +197,7 @@ fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
 /// Messages still flow among the running instances: instance 0 pings each, and each asks
 /// (as a job) to ping every running instance.
 fn survivors_talk() -> Outcome {
-    let running: Vec<usize> = super::others().collect();
+    let running: Vec<usize> = peer::others().collect();
     ensure(!running.is_empty(), || {
         String::from("no instance left running")
     })?;
@@ -201,7 +205,7 @@ fn survivors_talk() -> Outcome {
     for &k in &running {
         started.push((k, start_job(k, job::PING_ALL, 10)?));
     }
-    let mine = super::ping_all(10);
+    let mine = peer::ping_all(10);
     ensure(mine == 10 * running.len() as u64, || {
         format!("instance 0: {mine} pings answered")
     })?;
@@ -252,7 +256,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
         return Err(format!("instance {k} holds no memory chunk"));
     };
     let outgoing = Resource::Memory(out_chunk);
-    let third = super::others()
+    let third = peer::others()
         .find(|&x| x != k)
         .ok_or("no third instance")?;
     let jobs = start_job(
@@ -264,13 +268,13 @@ pub(super) fn crash(arg: &str) -> Outcome {
     ensure(g_out != 0, || {
         format!("instance {k} could not start its hand-off")
     })?;
-    let crash = Message::request(iid(0), Kind::User(user::CRASH), 1, super::user_payload(&[]));
+    let crash = Message::request(iid(0), Kind::User(user::CRASH), 1, peer::user_payload(&[]));
     messaging::send(iid(k), &crash).map_err(|e| format!("crash request: {e:?}"))?;
     let sent = tsc::read();
     // Messages queued behind the crash request: K never takes them. A respawned K must not
     // get them either (`respawn`).
     for _ in 0..3 {
-        let _ = messaging::try_send(iid(k), &super::sequenced_message(k));
+        let _ = messaging::try_send(iid(k), &peer::sequenced_message(k));
     }
     let bound = heartbeat::dead_after_tsc() * (heartbeat::DEAD_AFTER_BEATS + 1)
         / heartbeat::DEAD_AFTER_BEATS
@@ -353,7 +357,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
     ensure(state(k)? == InstanceState::Stopped, || {
         format!("instance {k} is {:?}", state(k))
     })?;
-    let parked = super::wait_report(k, lifecycle::REPORT_PARKED)?;
+    let parked = peer::wait_report(k, lifecycle::REPORT_PARKED)?;
     ensure(parked == cpus, || {
         format!("{parked} of instance {k}'s {cpus} CPUs parked")
     })?;
@@ -379,10 +383,10 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
 
 /// Timer interrupts CPU `apic` took in instance `k` (asked of `k`).
 fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
-    let reply = super::call_patiently(
+    let reply = messaging::call_patiently(
         iid(k),
         Kind::User(user::CPU_TICKS),
-        super::words_payload(&[u64::from(apic)]),
+        words_payload(&[u64::from(apic)]),
     )
     .map_err(|e| format!("ticks call to instance {k}: {e:?}"))?;
     if reply.status != mk_wire::Status::Ok {
@@ -391,7 +395,7 @@ fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
             reply.status
         ));
     }
-    super::payload_words(&reply.payload)
+    payload_words(&reply.payload)
         .first()
         .copied()
         .ok_or_else(|| String::from("empty ticks reply"))
@@ -502,65 +506,6 @@ pub(super) fn cpu_hotplug() -> Outcome {
     Ok(())
 }
 
-/// The word written at physical address `pa` by `fill_check`.
-fn fill_pattern(pa: u64) -> u64 {
-    pa.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5A5A_5A5A_5A5A_5A5A
-}
-
-/// Job: allocates the frames of `[start, start + mib MiB)` from this instance's frame allocator
-/// (they must be free in it), writes every word, reads every word back, frees the frames.
-/// Returns the words found right (0 if the frames could not be allocated).
-pub(super) fn fill_check(arg: u64) -> u64 {
-    use crate::memory::frames;
-    let start = arg & 0xFFFF_FFFF_FFFF;
-    let len = (arg >> 48) << 20;
-    let Ok(mut owned) = frames::OwnedFrames::take_range(start, len / 4096) else {
-        crate::error!("fill_check: {start:#x}+{len:#x} is not free here");
-        return 0;
-    };
-    let mem = owned.words_mut();
-    // In blocks, draining the mailboxes between them: this takes a while where memory-bound
-    // code is slow (nested KVM), and the instance must keep answering meanwhile.
-    const BLOCK: usize = 8192;
-    for (b, block) in mem.chunks_mut(BLOCK).enumerate() {
-        for (i, w) in block.iter_mut().enumerate() {
-            *w = fill_pattern(start + 8 * (b * BLOCK + i) as u64);
-        }
-        messaging::poll();
-    }
-    let mut right = 0;
-    for (b, block) in mem.chunks(BLOCK).enumerate() {
-        right += block
-            .iter()
-            .enumerate()
-            .filter(|&(i, &w)| w == fill_pattern(start + 8 * (b * BLOCK + i) as u64))
-            .count() as u64;
-        messaging::poll();
-    }
-    drop(owned);
-    right
-}
-
-/// Report word where `probe_fault` leaves the faulting address (u64::MAX: no fault).
-const REPORT_PROBE: usize = 3;
-
-/// Job: reads physical address `pa` through this instance's physical map, expecting a page
-/// fault; reports CR2 (or u64::MAX if the read succeeded) and goes back to serving.
-pub(super) fn probe_fault(pa: u64) -> u64 {
-    let virt = crate::memory::frames::phys_to_virt(pa);
-    crate::arch::interrupts::expect_page_fault(virt, |cr2, _| {
-        region::report(REPORT_PROBE, cr2);
-        crate::info!("probe: reading memory given away faulted at {cr2:#x}");
-        super::idle()
-    });
-    match crate::memory::read_unmapped(virt) {
-        Ok(v) => crate::error!("probe: read {v:#x} from memory this instance gave away"),
-        Err(e) => crate::error!("probe: memory this instance gave away: {e}"),
-    }
-    region::report(REPORT_PROBE, u64::MAX);
-    0
-}
-
 /// `mem_hotplug` (instances 1 and 2 other than 0): 16 MiB at the top of instance 1's memory
 /// move to instance 2, which allocates, fills and checks all of it; instance 1 reading it
 /// afterwards faults; moving memory that is in use, a range that is not 2 MiB aligned, or a
@@ -642,7 +587,7 @@ pub(super) fn mem_hotplug() -> Outcome {
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     loop {
         messaging::poll();
-        match region::read_report(iid(1), REPORT_PROBE) {
+        match region::read_report(iid(1), peer::REPORT_PROBE) {
             Some(v) if v == want => break,
             Some(u64::MAX) => return Err(String::from("instance 1 read the memory it gave away")),
             _ => {}
@@ -666,13 +611,13 @@ fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
             crate::services::irq::FORWARDED_IN[line].load(Ordering::Relaxed),
         ));
     }
-    let reply = super::call_patiently(
+    let reply = messaging::call_patiently(
         iid(k),
         Kind::User(user::IRQ_STATS),
-        super::words_payload(&[line as u64]),
+        words_payload(&[line as u64]),
     )
     .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
-    match super::payload_words(&reply.payload)[..] {
+    match payload_words(&reply.payload)[..] {
         [direct, forwarded, ..] => Ok((direct, forwarded)),
         _ => Err(format!("irq stats reply {:?}", reply.status)),
     }
@@ -680,13 +625,9 @@ fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
 
 /// (bytes, their sum) instance `k` took from COM2.
 fn com2_stats(k: usize) -> Result<(u64, u64), String> {
-    let reply = super::call_patiently(
-        iid(k),
-        Kind::User(user::IRQ_STATS),
-        super::words_payload(&[0]),
-    )
-    .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
-    match super::payload_words(&reply.payload)[..] {
+    let reply = messaging::call_patiently(iid(k), Kind::User(user::IRQ_STATS), words_payload(&[0]))
+        .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
+    match payload_words(&reply.payload)[..] {
         [_, _, bytes, sum] => Ok((bytes, sum)),
         _ => Err(format!("irq stats reply {:?}", reply.status)),
     }
@@ -1060,12 +1001,12 @@ pub(super) fn respawn(arg: &str) -> Outcome {
             || format!("CPU {c}: {:?}", r.owner(Resource::Cpu(c))),
         )?;
     }
-    super::SEQ_SEND[k].store(0, Ordering::SeqCst);
+    peer::SEQ_SEND[k].store(0, Ordering::SeqCst);
     for _ in 0..3 {
-        messaging::send(iid(k), &super::sequenced_message(k))
+        messaging::send(iid(k), &peer::sequenced_message(k))
             .map_err(|e| format!("sending to the new instance {k}: {e:?}"))?;
     }
-    let s = super::peer_stats(k)?;
+    let s = peer::peer_stats(k)?;
     ensure(s.in_order == 3 && s.bad == 0, || {
         format!(
             "the new instance {k} saw {} in order and {} bad (stale messages delivered?)",

@@ -9,7 +9,7 @@ use mk_shared::{InstanceState, Owner, Resource};
 
 use crate::arch::tsc;
 use crate::cpus::launch::{LAUNCH, PLAN};
-use crate::instance::of_partition as iid;
+use crate::instance::iid;
 use crate::services::lifecycle;
 use crate::shared::region;
 
