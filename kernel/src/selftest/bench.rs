@@ -11,6 +11,7 @@ use core::sync::atomic::Ordering;
 use super::harness::{Outcome, plan};
 use super::peer::{job, start_job, stream_among, stream_among_arg, wait_job};
 use crate::arch::tsc;
+use crate::instance::iid;
 use crate::println;
 use crate::services::bench::{SUNK, idle_stats, ns, wait_sunk};
 
@@ -22,15 +23,15 @@ fn parse_n(arg: &str) -> Result<usize, String> {
 }
 
 pub(super) fn bench_ipi(arg: &str) -> Outcome {
-    crate::services::bench::ipi(parse_n(arg)?, 1)
+    crate::services::bench::ipi(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_rtt(arg: &str) -> Outcome {
-    crate::services::bench::rtt(parse_n(arg)?, 1)
+    crate::services::bench::rtt(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_tput(arg: &str) -> Outcome {
-    crate::services::bench::tput(parse_n(arg)?, 1)
+    crate::services::bench::tput(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_ops(arg: &str) -> Outcome {
@@ -52,7 +53,7 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
             let before = if i == 0 {
                 SUNK.load(Ordering::Relaxed)
             } else {
-                idle_stats(i)?.sunk
+                idle_stats(iid(i))?.sunk
             };
             want.push(before + n * (k as u64 - 1));
         }
@@ -66,7 +67,7 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
             return Err(format!("instance 0 sent {sent} messages"));
         }
         for (i, &w) in want.iter().enumerate() {
-            wait_sunk(i, w, 120_000)?;
+            wait_sunk(iid(i), w, 120_000)?;
         }
         let elapsed = ns(tsc::read() - start).max(1);
         for (i, before) in started {

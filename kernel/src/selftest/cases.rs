@@ -67,11 +67,12 @@ pub(super) static CASES: &[Case] = &[
     case("irq_forwarding", |_, arg| services::irq_forwarding(arg)),
     case("serial_irq", |_, arg| services::serial_irq(arg)),
     case("storm", |_, arg| services::storm(arg)),
-    case("doorbell_always", |_, _| messaging::doorbell_always()),
+    // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),
     case("start_adopted", |_, arg| start::start_adopted(arg)),
     case("start_gave_up", |_, arg| start::start_gave_up(arg)),
+    case("doorbell_always", |_, _| messaging::doorbell_always()),
     // Ending the boot: the expected page fault (must come last), the deliberate panic.
     case("page_fault", |_, _| hardware::page_fault()),
     case("panic", |_, _| {

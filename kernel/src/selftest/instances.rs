@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 
 use super::harness::{Outcome, ensure, number, plan};
 use super::peer::{PROBE_COUNTER, PROBE_PHYS_IN_0, report, wait_report};
+use crate::instance::iid;
 use crate::memory::{self, frames};
 use crate::println;
 
@@ -31,7 +32,7 @@ pub(super) fn instances(expected: &str) -> Outcome {
         format!("{} partitions, expected {expected}", plan.partition_count())
     })?;
     for p in plan.partitions() {
-        let (state, _) = crate::shared::region::status(p.index);
+        let (state, _) = crate::shared::region::status(iid(p.index));
         ensure(state == "running", || {
             format!("instance {} is {state}", p.index)
         })?;
@@ -139,7 +140,7 @@ pub(super) fn ownership() -> Outcome {
     for p in plan.partitions() {
         for &apic in p.cpus {
             let o = r.owner(Resource::Cpu(apic)).map_err(|e| format!("{e:?}"))?;
-            ensure(o == Owner::Owned(p.index), || {
+            ensure(o == Owner::Owned(iid(p.index)), || {
                 format!(
                     "CPU {apic}: table says {o:?}, plan says instance {}",
                     p.index
@@ -154,7 +155,7 @@ pub(super) fn ownership() -> Outcome {
                 let o = r
                     .owner(Resource::memory_at(a))
                     .map_err(|e| format!("{e:?}"))?;
-                ensure(o == Owner::Owned(p.index), || {
+                ensure(o == Owner::Owned(iid(p.index)), || {
                     format!(
                         "memory {a:#x}: table says {o:?}, plan says instance {}",
                         p.index
@@ -167,7 +168,7 @@ pub(super) fn ownership() -> Outcome {
     let irqs = crate::arch::ioapic::line_count();
     for gsi in 0..irqs {
         let o = r.owner(Resource::Irq(gsi)).map_err(|e| format!("{e:?}"))?;
-        ensure(o == Owner::Owned(0), || format!("IRQ {gsi}: {o:?}"))?;
+        ensure(o == Owner::Owned(iid(0)), || format!("IRQ {gsi}: {o:?}"))?;
     }
     println!("ownership: CPUs, memory chunks and {irqs} IRQ lines each have their one owner");
     Ok(())

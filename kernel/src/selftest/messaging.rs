@@ -12,6 +12,7 @@ use super::peer::{
     PeerStats, SEQ_BAD, SEQ_OK, SEQ_SEND, fnv1a, job, peer_stats, peer_stats_from, ping_all,
     send_patiently, sequenced_message, start_job, stream_all, user, wait_job,
 };
+use crate::instance::iid;
 use crate::println;
 use crate::services::bench::payload_words;
 
@@ -116,7 +117,7 @@ pub(super) fn msg_stress(arg: &str) -> Outcome {
         for b in (0..count).filter(|&b| b != a) {
             let deadline = crate::arch::tsc::read() + 2000 * crate::arch::tsc::ticks_per_ms();
             loop {
-                let st = matrix.stats(a, b).map_err(|e| format!("{e:?}"))?;
+                let st = matrix.stats(iid(a), iid(b)).map_err(|e| format!("{e:?}"))?;
                 if st.sent == st.received {
                     break;
                 }
@@ -148,7 +149,7 @@ pub(super) fn msg_bulk(arg: &str) -> Outcome {
     let free_before = pool.free_pages();
     let start = crate::arch::tsc::read();
     let reply =
-        crate::messaging::bulk::call_large(1, mk_wire::Kind::User(user::BULK), &data, 60_000)
+        crate::messaging::bulk::call_large(iid(1), mk_wire::Kind::User(user::BULK), &data, 60_000)
             .map_err(|e| format!("{e:?}"))?;
     let us = (crate::arch::tsc::read() - start) * 1000 / crate::arch::tsc::ticks_per_ms();
     ensure(reply.status == mk_wire::Status::Ok, || {
@@ -181,7 +182,7 @@ pub(super) fn msg_busy() -> Outcome {
     let mut sent = 0u64;
     let busy = loop {
         let msg = sequenced_message(1);
-        match crate::messaging::try_send(1, &msg) {
+        match crate::messaging::try_send(iid(1), &msg) {
             Ok(()) => sent += 1,
             Err(crate::messaging::SendError::Busy) => {
                 // The message was not sent: take its sequence number back.
@@ -229,7 +230,7 @@ pub(super) fn msg_ping(arg: &str) -> Outcome {
                 sent_at: i,
             };
             let reply = crate::messaging::call(
-                p.index,
+                iid(p.index),
                 mk_wire::Kind::Ping,
                 mk_wire::Payload::Ping(ping),
                 2000,
@@ -282,8 +283,8 @@ pub(super) fn msg_order(arg: &str) -> Outcome {
 /// for the pair (0 -> 1) directly, with no message: what instance 1 received and rejected from
 /// us matches what we did (after `msg_reject`), and our own row shows our calls' latencies.
 pub(super) fn telemetry_shared() -> Outcome {
-    let theirs = crate::shared::region::telemetry_row(1).ok_or("no telemetry table")?;
-    let ours = crate::shared::region::telemetry_row(0).ok_or("no telemetry table")?;
+    let theirs = crate::shared::region::telemetry_row(iid(1)).ok_or("no telemetry table")?;
+    let ours = crate::shared::region::telemetry_row(iid(0)).ok_or("no telemetry table")?;
     let t = &theirs[0];
     let received = t.received.load(Ordering::SeqCst);
     let rejected = t.rejected.total();
@@ -307,7 +308,7 @@ pub(super) fn telemetry_shared() -> Outcome {
 pub(super) fn msg_flood(arg: &str) -> Outcome {
     let n: u64 = number(arg)?;
     let before = peer_stats(1)?;
-    let target = crate::messaging::doorbell_cpu(1).ok_or("instance 1 has no CPU published")?;
+    let target = crate::messaging::doorbell_cpu(iid(1)).ok_or("instance 1 has no CPU published")?;
     let this = crate::arch::cpu::current();
     let start = crate::arch::tsc::read();
     this.with_lapic(|l| {
@@ -321,8 +322,13 @@ pub(super) fn msg_flood(arg: &str) -> Outcome {
         nonce: 9,
         sent_at: 9,
     };
-    let reply = crate::messaging::call(1, mk_wire::Kind::Ping, mk_wire::Payload::Ping(ping), 2000)
-        .map_err(|e| format!("instance 1 did not answer after the flood: {e:?}"))?;
+    let reply = crate::messaging::call(
+        iid(1),
+        mk_wire::Kind::Ping,
+        mk_wire::Payload::Ping(ping),
+        2000,
+    )
+    .map_err(|e| format!("instance 1 did not answer after the flood: {e:?}"))?;
     ensure(reply.payload == mk_wire::Payload::Ping(ping), || {
         "wrong ping reply".into()
     })?;
@@ -340,7 +346,7 @@ pub(super) fn msg_flood(arg: &str) -> Outcome {
 pub(super) fn msg_reject() -> Outcome {
     let rejected0 = peer_stats(1)?.rejected;
     let ping = mk_wire::Message::request(
-        0,
+        iid(0),
         mk_wire::Kind::Ping,
         77,
         mk_wire::Payload::Ping(mk_wire::PingPayload {
@@ -362,10 +368,10 @@ pub(super) fn msg_reject() -> Outcome {
     forged[mk_wire::offset::SENDER..mk_wire::offset::SENDER + 2]
         .copy_from_slice(&5u16.to_le_bytes());
     for slot in [&bad_version, &bad_type, &bad_len, &forged] {
-        crate::messaging::send_slot(1, slot).map_err(|e| format!("{e:?}"))?;
+        crate::messaging::send_slot(iid(1), slot).map_err(|e| format!("{e:?}"))?;
     }
     let reply = crate::messaging::call(
-        1,
+        iid(1),
         mk_wire::Kind::Ping,
         mk_wire::Payload::Ping(mk_wire::PingPayload {
             nonce: 3,

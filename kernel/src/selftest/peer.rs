@@ -12,6 +12,7 @@ use alloc::string::String;
 use core::sync::atomic::Ordering;
 
 use crate::arch::interrupts;
+use crate::instance::iid;
 use crate::memory::frames;
 use crate::messaging::{self, call_patiently};
 use crate::services::bench::{payload_words, sink_message, words_payload};
@@ -153,7 +154,7 @@ pub(super) fn sequenced_message(to: usize) -> mk_wire::Message {
         *w = pattern(seq, i).to_le_bytes();
     }
     mk_wire::Message::request(
-        crate::instance::id() as u16,
+        crate::instance::id(),
         mk_wire::Kind::User(user::SEQUENCED),
         seq + 1,
         user_payload(&bytes),
@@ -162,24 +163,24 @@ pub(super) fn sequenced_message(to: usize) -> mk_wire::Message {
 
 /// Sends `msg` to `to`, draining our own inbox while the peer's is full; gives up after 5 s.
 pub(super) fn send_patiently(to: usize, msg: &mk_wire::Message) -> Result<(), String> {
-    crate::messaging::send_within(to, msg, 5000).map_err(|e| {
-        let me = crate::instance::id() as usize;
+    crate::messaging::send_within(iid(to), msg, 5000).map_err(|e| {
+        let me = crate::instance::id().index();
         let stats = crate::shared::region::get()
             .and_then(|r| r.mailbox().ok())
-            .map(|m| (m.stats(me, to), m.stats(to, me)));
+            .map(|m| (m.stats(iid(me), iid(to)), m.stats(iid(to), iid(me))));
         format!("to instance {to}: {e:?}; channel stats {stats:?}")
     })
 }
 
 /// The other instances that are running (stopped and dead ones are left out).
 pub(super) fn others() -> impl Iterator<Item = usize> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id().index();
     let region = crate::shared::region::get();
     let n = region.map_or(0, |r| r.instance_count());
     (0..n).filter(move |&i| {
         i != me
             && region
-                .and_then(|r| r.instance(i).ok())
+                .and_then(|r| r.instance(iid(i)).ok())
                 .map(|inst| inst.state())
                 == Some(Ok(mk_shared::InstanceState::Running))
     })
@@ -212,7 +213,7 @@ pub(super) fn ping_all(n: u64) -> u64 {
                 sent_at: to as u64,
             };
             let payload = mk_wire::Payload::Ping(ping);
-            if let Ok(reply) = crate::messaging::call(to, mk_wire::Kind::Ping, payload, 2000)
+            if let Ok(reply) = crate::messaging::call(iid(to), mk_wire::Kind::Ping, payload, 2000)
                 && reply.payload == payload
             {
                 ok += 1;
@@ -242,13 +243,15 @@ fn run_job() {
         job::PROBE_FAULT => probe_fault(arg),
         job::HANDOFF_BEGIN => crate::shared::region::get().map_or(0, |r| {
             let chunk = mk_shared::Resource::memory_at(arg & 0xFFFF_FFFF_FFFF);
-            let me = crate::instance::id() as usize;
-            r.begin_transfer(chunk, me, (arg >> 48) as usize)
+            let me = crate::instance::id().index();
+            r.begin_transfer(chunk, iid(me), iid((arg >> 48) as usize))
                 .map_or(0, |g| u64::from(g) + 1)
         }),
         job::BALANCE_LINE => {
-            match crate::services::irq::balance((arg & 0xFFFF_FFFF) as usize, (arg >> 32) as usize)
-            {
+            match crate::services::irq::balance(
+                (arg & 0xFFFF_FFFF) as usize,
+                iid((arg >> 32) as usize),
+            ) {
                 Ok(()) => 0,
                 Err(s) => u64::from(s.code()) + 1,
             }
@@ -344,7 +347,7 @@ pub(super) fn register_test_handlers() {
         &(bulk as HandlerFn),
     );
     fn crash(m: &Message) -> Option<Reply> {
-        if m.sender == 0 {
+        if m.sender.is_supervisor() {
             panic!("deliberate crash requested by instance 0 (failure-detection test)");
         }
         Some(Reply::error(mk_wire::Status::Refused))
@@ -411,7 +414,7 @@ pub(super) struct PeerStats {
 
 pub(super) fn peer_stats_from(to: usize, from: usize) -> Result<PeerStats, String> {
     let reply = call_patiently(
-        to,
+        iid(to),
         mk_wire::Kind::User(user::STATS),
         words_payload(&[from as u64]),
     )
@@ -433,14 +436,14 @@ pub(super) fn peer_stats_from(to: usize, from: usize) -> Result<PeerStats, Strin
 
 /// What instance `to` counted of this instance's messages.
 pub(super) fn peer_stats(to: usize) -> Result<PeerStats, String> {
-    peer_stats_from(to, crate::instance::id() as usize)
+    peer_stats_from(to, crate::instance::id().index())
 }
 
 /// Asks instance `to` to run a job; returns its jobs-done count from before.
 pub(super) fn start_job(to: usize, kind: u64, arg: u64) -> Result<u64, String> {
     let before = peer_stats(to)?.jobs_done;
     call_patiently(
-        to,
+        iid(to),
         mk_wire::Kind::User(user::JOB),
         words_payload(&[kind, arg]),
     )
@@ -477,7 +480,7 @@ pub(super) fn fnv1a(data: &[u8]) -> u64 {
 pub(super) fn wait_report(id: usize, slot: usize) -> Result<u64, String> {
     let deadline = crate::arch::tsc::read() + 5000 * crate::arch::tsc::ticks_per_ms();
     loop {
-        if let Some(v) = crate::shared::region::read_report(id, slot) {
+        if let Some(v) = crate::shared::region::read_report(iid(id), slot) {
             return Ok(v);
         }
         if crate::arch::tsc::read() > deadline {
@@ -558,12 +561,12 @@ pub(super) fn stream_among_arg(n: u64, instances: usize) -> u64 {
 pub(super) fn stream_among(arg: u64) -> u64 {
     let n = arg & ((1 << 48) - 1);
     let count = (arg >> 48) as usize;
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id().index();
     let msg = sink_message(1);
     let mut sent = 0;
     for _ in 0..n {
         for to in (0..count).filter(|&to| to != me) {
-            match messaging::send_within(to, &msg, 5000) {
+            match messaging::send_within(iid(to), &msg, 5000) {
                 Ok(()) => sent += 1,
                 Err(e) => {
                     crate::error!("stream to instance {to}: {e:?}");

@@ -69,13 +69,13 @@ pub const NAMES: &[&str] = &[
     "irq_forwarding",
     "serial_irq",
     "storm",
-    // Switches the doorbells to always-ring for the cases after it.
-    "doorbell_always",
-    // Instance 0's wait for the instances it starts (forced deadlines, a slow start).
+    // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).
     "start_wait",
     "slow_start",
     "start_adopted",
     "start_gave_up",
+    // Switches the doorbells to always-ring for the cases after it.
+    "doorbell_always",
     // End the boot: the expected page fault, the deliberate panic.
     "page_fault",
     "panic",
