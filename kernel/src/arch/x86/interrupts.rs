@@ -122,10 +122,10 @@ pub fn expect_page_fault(addr: u64, then: fn(u64, u64) -> !) {
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let cr2 = Cr2::read_raw();
-    if cr2 == EXPECTED_FAULT_ADDR.load(Ordering::SeqCst) {
-        if let Some(then) = EXPECTED_FAULT_THEN.get() {
-            then(cr2, code.bits());
-        }
+    if cr2 == EXPECTED_FAULT_ADDR.load(Ordering::SeqCst)
+        && let Some(then) = EXPECTED_FAULT_THEN.get()
+    {
+        then(cr2, code.bits());
     }
     crate::platform::failure::fatal(format_args!(
         "EXCEPTION 14 (page fault) at RIP {:#x}: CR2 {cr2:#x}, error code {:#x} ({:?})",
