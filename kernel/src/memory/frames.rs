@@ -154,6 +154,16 @@ impl Drop for OwnedFrames {
     }
 }
 
+/// Whether any byte of `[start, end)` (physical) is memory this instance's allocator manages.
+pub fn owns_any(start: u64, end: u64) -> bool {
+    with(|a| {
+        a.owned_ranges().any(|run| {
+            let (s, e) = (run.start * FRAME_SIZE, (run.start + run.count) * FRAME_SIZE);
+            s < end && start < e
+        })
+    })
+}
+
 /// `(free, owned)` frame counts.
 pub fn counts() -> (u64, u64) {
     with(|a| (a.free_count(), a.owned_count()))

@@ -72,13 +72,7 @@ pub fn shared_window(phys: u64, len: u64) -> Result<mk_raw::Raw<'static>, Window
     if phys < frames::LOW_MEMORY_END {
         return Err(WindowError::LowMemory);
     }
-    let owned = frames::with(|a| {
-        a.owned_ranges().any(|run| {
-            let (s, e) = (run.start * 4096, (run.start + run.count) * 4096);
-            s < end && phys < e
-        })
-    });
-    if owned {
+    if frames::owns_any(phys, end) {
         return Err(WindowError::OwnMemory);
     }
     let virt = frames::phys_to_virt(phys);
