@@ -271,6 +271,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "instances=2",
                 "local_cpus=2",
                 "instance_cpus=1:2",
+                "cpu_caches",
                 "msg_ping=50",
             ],
             plan: Some("2,2"),

@@ -34,6 +34,7 @@ pub(super) static CASES: &[Case] = &[
     case("isolation", |_, _| instances::isolation()),
     case("memory_accounting", |_, _| instances::memory_accounting()),
     case("ownership", |_, _| instances::ownership()),
+    case("cpu_caches", |_, _| instances::cpu_caches()),
     // Messaging.
     case("msg_ping", |_, arg| messaging::msg_ping(arg)),
     case("msg_order", |_, arg| messaging::msg_order(arg)),

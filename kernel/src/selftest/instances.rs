@@ -90,6 +90,51 @@ pub(super) fn instance_cpus(arg: &str) -> Outcome {
     })
 }
 
+/// Every CPU of every instance runs with its caches on: CR0.CD and CR0.NW clear, as each CPU
+/// read its own CR0 when it came up (instance 0's CPUs from their per-CPU blocks, the others'
+/// through the `CPU_TICKS` call, whose reply carries the CPU's CR0). The trampoline loads CR0
+/// whole; INIT alone would leave CD and NW as they were.
+pub(super) fn cpu_caches() -> Outcome {
+    use crate::arch::cpu::{self, CR0_CD_NW};
+    use crate::services::bench::{payload_words, words_payload};
+    let plan = plan()?;
+    let mut checked = 0;
+    for c in cpu::online() {
+        println!("cpu_caches: instance 0 CPU {} CR0 {:#x}", c.apic_id, c.cr0);
+        ensure(c.cr0 & CR0_CD_NW == 0, || {
+            format!(
+                "instance 0 CPU {}: CR0 {:#x} has CD or NW set",
+                c.apic_id, c.cr0
+            )
+        })?;
+        checked += 1;
+    }
+    for p in plan.partitions().skip(1) {
+        for &apic in p.cpus {
+            let reply = crate::messaging::call_patiently(
+                iid(p.index),
+                mk_wire::Kind::User(super::peer::user::CPU_TICKS),
+                words_payload(&[u64::from(apic)]),
+            )
+            .map_err(|e| format!("CR0 call to instance {}: {e:?}", p.index))?;
+            let cr0 = payload_words(&reply.payload)
+                .get(1)
+                .copied()
+                .ok_or_else(|| format!("instance {} gave no CR0 for CPU {apic}", p.index))?;
+            println!("cpu_caches: instance {} CPU {apic} CR0 {cr0:#x}", p.index);
+            ensure(cr0 & CR0_CD_NW == 0, || {
+                format!(
+                    "instance {} CPU {apic}: CR0 {cr0:#x} has CD or NW set",
+                    p.index
+                )
+            })?;
+            checked += 1;
+        }
+    }
+    println!("cpu_caches: {checked} CPUs, CD and NW clear on every one");
+    Ok(())
+}
+
 /// Isolation: every other instance's read of instance 0's memory faulted at that address, and
 /// the static each instance bumped in its copy shows only its own increment, here as there.
 /// Then instance 0 checks that it no longer maps another instance's memory either.

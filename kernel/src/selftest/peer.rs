@@ -91,7 +91,8 @@ pub(super) mod user {
     /// One-way, from instance 0: panic on purpose (the failure-detection test).
     pub const CRASH: u16 = 7;
     /// Call: payload = an APIC ID; reply = the timer interrupts that CPU took in this instance
-    /// (error `NoSuchResource` if it is not one of this instance's CPUs).
+    /// and the CR0 that CPU read when it came up (2 x u64; error `NoSuchResource` if it is not
+    /// one of this instance's CPUs).
     pub const CPU_TICKS: u16 = 8;
     /// Call: payload = an IRQ line; reply = the interrupts of that line this instance took
     /// directly, the IRQ_FORWARD deliveries of it it received, and the bytes (and their sum)
@@ -364,9 +365,9 @@ pub(super) fn register_test_handlers() {
         let slot = u32::try_from(apic).ok().and_then(crate::cpus::smp::slot_of);
         let ticks = slot
             .and_then(crate::arch::cpu::by_slot)
-            .map(|c| c.ticks.load(Ordering::Relaxed));
+            .map(|c| (c.ticks.load(Ordering::Relaxed), c.cr0));
         Some(match ticks {
-            Some(t) => Reply::ok(words_payload(&[t])),
+            Some((t, cr0)) => Reply::ok(words_payload(&[t, cr0])),
             None => Reply::error(mk_wire::Status::NoSuchResource),
         })
     }

@@ -39,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "isolation",
     "memory_accounting",
     "ownership",
+    "cpu_caches",
     // Messaging.
     "msg_ping",
     "msg_order",

@@ -23,9 +23,15 @@ pub struct PerCpu {
     pub apic_id: u32,
     /// Local APIC timer ticks seen by this CPU.
     pub ticks: AtomicU64,
+    /// CR0 as this CPU read it when it installed its block (nothing in the kernel writes CR0
+    /// after the trampoline), for the check that every CPU runs with its caches on.
+    pub cr0: u64,
     /// This CPU's local APIC; touched only by this CPU.
     lapic: UnsafeCell<Option<Lapic>>,
 }
+
+/// CR0.CD (caches disabled) and CR0.NW (not write-through): both must be clear on every CPU.
+pub const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
 
 /// Set once the bootstrap CPU has a `PerCpu`; before that, `try_current` returns `None`.
 static BSP_READY: AtomicBool = AtomicBool::new(false);
@@ -37,6 +43,7 @@ pub fn install(index: u32, apic_id: u32) -> &'static PerCpu {
         index,
         apic_id,
         ticks: AtomicU64::new(0),
+        cr0: x86_64::registers::control::Cr0::read_raw(),
         lapic: UnsafeCell::new(None),
     }));
     block.self_ptr = block as *const PerCpu;

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  SIPI vector V ──► CS:IP = (V << 8):0, real mode, at physical V * 4096
-//!     │  lgdt (our GDT inside the page), CR0.PE
+//!     │  lgdt (our GDT inside the page), CR0 = PE | ET (loaded whole: CD, NW clear)
 //!     ▼  far jump through a patched pointer
 //!  32-bit protected mode: CR4.PAE, CR3 = params.cr3 (below 4 GiB), EFER.LME|NXE, CR0.PG|WP
 //!     ▼  far jump through a patched pointer
@@ -43,8 +43,9 @@ ap_trampoline_start:
     lgdtl (tr_gdtr - ap_trampoline_start)
     leal (tr_pm32 - ap_trampoline_start)(%ebx), %eax
     movl %eax, (tr_far32 - ap_trampoline_start)
-    movl %cr0, %eax
-    orl $1, %eax
+    # CR0 loaded outright, never OR-ed into what INIT left: INIT keeps CR0.CD and CR0.NW as
+    # they were, so a CPU could otherwise run with its caches off. PE | ET.
+    movl $0x00000011, %eax
     movl %eax, %cr0
     ljmpl *(tr_far32 - ap_trampoline_start)
 
@@ -63,8 +64,8 @@ tr_pm32:
     rdmsr
     orl $((1 << 8) | (1 << 11)), %eax
     wrmsr
-    movl %cr0, %eax
-    orl $0x80010000, %eax
+    # PG | WP | ET | PE, again outright (CD and NW clear).
+    movl $0x80010011, %eax
     movl %eax, %cr0
     leal (tr_lm64 - ap_trampoline_start)(%ebx), %eax
     movl %eax, (tr_far64 - ap_trampoline_start)(%ebx)
