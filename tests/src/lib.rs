@@ -25,6 +25,10 @@ pub enum Accel {
     Tcg,
     /// KVM when available, else TCG.
     Any,
+    /// TCG in instruction-count mode (`-icount shift=0,align=off,sleep=off`): 1 ns of guest
+    /// time per instruction, so the guest's figures are instruction counts, the same on any
+    /// machine under any load.
+    Icount,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +415,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "instances=3",
             "bench_boot",
             "bench_ops=100",
+            "bench_path=3",
             "bench_ipi=20",
             "bench_rtt=20",
             "bench_tput=500",
@@ -420,6 +425,20 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "benchmark cases run to the end (TCG: figures of the emulator, not judged)",
+    });
+    // The message path's instruction budgets (`kernel/crates/bench/src/budgets.rs`): counted,
+    // not timed, so the figures do not depend on the machine or its load.
+    boots.push(Boot {
+        name: "icount-budget",
+        accel: Accel::Icount,
+        firmware: Firmware::Bios,
+        smp: 2,
+        memory_mib: 512,
+        cases: &["instances=2", "bench_budget=20"],
+        plan: None,
+        expect: Expect::Pass,
+        timeout_secs: 300,
+        note: "op.send, op.recv, op.poll_empty in instructions (TCG icount) within their budgets",
     });
     // Instance 0's wait for the instances it starts, with forced deadlines: instance 2 gets 1 ms
     // (given up on while it boots: it must end dead, stopped, reclaimed, silent), instance 3 a

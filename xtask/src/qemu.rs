@@ -13,6 +13,8 @@ use crate::setup::{find_ovmf, root};
 pub enum Accel {
     Kvm,
     Tcg,
+    /// TCG in instruction-count mode (`qemu/icount.args`): 1 ns of guest time per instruction.
+    Icount,
 }
 
 impl Accel {
@@ -20,6 +22,7 @@ impl Accel {
         match self {
             Accel::Kvm => "KVM",
             Accel::Tcg => "TCG",
+            Accel::Icount => "TCG icount",
         }
     }
 }
@@ -55,8 +58,11 @@ pub fn command(machine: &Machine, profiles: &[&str]) -> Result<Command> {
     cmd.args(read_args("common.args")?);
     cmd.args(read_args(match machine.accel {
         Accel::Kvm => "kvm.args",
-        Accel::Tcg => "tcg.args",
+        Accel::Tcg | Accel::Icount => "tcg.args",
     })?);
+    if machine.accel == Accel::Icount {
+        cmd.args(read_args("icount.args")?);
+    }
     for p in profiles {
         cmd.args(read_args(p)?);
     }
@@ -159,6 +165,7 @@ mod tests {
             "common.args",
             "kvm.args",
             "tcg.args",
+            "icount.args",
             "test.args",
             "run.args",
         ] {

@@ -184,6 +184,7 @@ fn qemu_tests_run(
             }
             qemu_tests::Accel::Kvm => Accel::Kvm,
             qemu_tests::Accel::Tcg => Accel::Tcg,
+            qemu_tests::Accel::Icount => Accel::Icount,
             qemu_tests::Accel::Any if kvm => Accel::Kvm,
             qemu_tests::Accel::Any => Accel::Tcg,
         };

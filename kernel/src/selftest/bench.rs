@@ -100,3 +100,158 @@ pub(super) fn bench_boot() -> Outcome {
     );
     Ok(())
 }
+
+/// The two sides of one message with no contention, and an empty poll, in TSC ticks (each
+/// the median of its samples, the TSC floor taken off).
+struct PathFigures {
+    /// `op.send`: `messaging::send` of one full 256-byte SINK message (encoding included) into
+    /// a ring with room, the receiver awake (no doorbell) and quiet.
+    send: u64,
+    /// `op.recv`: what one message adds to a `poll()`: copied out of the ring, validated,
+    /// dispatched to the SINK handler (a counter), acknowledged.
+    recv: u64,
+    /// `op.poll_empty`: one `poll()` finding nothing.
+    poll_empty: u64,
+    peers: usize,
+    /// Doorbells rung during the send samples (0: the receiver was awake throughout).
+    send_ipis: u64,
+    samples: (usize, usize),
+}
+
+/// Measures [`PathFigures`] against instance 1, `rounds` rounds of 15 sends and as many
+/// single receives. The peer runs no instruction while instance 0 times its side: during the
+/// sends it halts without arming its doorbell (`job::QUIET`), during a receive it is halted in
+/// its serve loop; in instruction-count mode, where every CPU's instructions advance the one
+/// clock, each figure is then instance 0's own instructions.
+fn measure_path(rounds: usize) -> Result<PathFigures, String> {
+    use crate::services::bench::{poll_empty_ticks, sink_message, timed, tsc_floor};
+    let peer = iid(1);
+    let floor = tsc_floor();
+    let (poll_empty, peers) = poll_empty_ticks(64);
+    let msg = sink_message(1);
+    let row =
+        crate::shared::region::telemetry_row(crate::instance::id()).ok_or("no telemetry table")?;
+    let ipis_before = row[1].snapshot().ipis_sent;
+    let mut sends = Vec::new();
+    for _ in 0..rounds {
+        let sunk = crate::services::bench::idle_stats(peer)?.sunk;
+        let before = start_job(1, job::QUIET, 20)?;
+        // Let the peer reach its halt (its job runs from the serve loop's idle hook).
+        tsc::spin_micros(2000);
+        for i in 0..15 {
+            let mut r = Ok(());
+            let t = timed(|| r = crate::messaging::try_send(peer, &msg));
+            r.map_err(|e| format!("op.send: message {i} of a round: {e:?}"))?;
+            sends.push(t.saturating_sub(floor));
+        }
+        wait_job(1, before, 10_000)?;
+        wait_sunk(peer, sunk + 15, 10_000)?;
+    }
+    let send_ipis = row[1].snapshot().ipis_sent - ipis_before;
+    let peer_row = crate::shared::region::telemetry_row(peer).ok_or("no telemetry table")?;
+    let mut recvs = Vec::new();
+    let mut attempts = 0;
+    while recvs.len() < rounds {
+        attempts += 1;
+        if attempts > 4 * rounds + 10 {
+            return Err(format!(
+                "op.recv: only {} clean samples in {attempts} attempts",
+                recvs.len()
+            ));
+        }
+        let sent_before = peer_row[0].snapshot().sent;
+        let before = start_job(1, job::SINKS, 1)?;
+        // Wait, without draining, until the message is in our inbox and the peer halted.
+        let deadline = tsc::read() + 1000 * tsc::ticks_per_ms();
+        while peer_row[0].snapshot().sent == sent_before {
+            if tsc::read() > deadline {
+                return Err("op.recv: the peer sent nothing".into());
+            }
+            core::hint::spin_loop();
+        }
+        tsc::spin_micros(2000);
+        let mut taken = 0;
+        let t = timed(|| taken = crate::messaging::poll());
+        wait_job(1, before, 10_000)?;
+        // Another message in the same drain (a heartbeat) spoils the sample.
+        if taken == 1 {
+            recvs.push(t.saturating_sub(floor).saturating_sub(poll_empty));
+        }
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    Ok(PathFigures {
+        samples: (sends.len(), recvs.len()),
+        send: median(&mut sends),
+        recv: median(&mut recvs),
+        poll_empty,
+        peers,
+        send_ipis,
+    })
+}
+
+fn print_path(f: &PathFigures) {
+    let (ns_send, ns_recv, ns_poll) = (ns(f.send), ns(f.recv), ns(f.poll_empty));
+    println!(
+        "BENCH op.send unit=ns_per_op value={ns_send} ticks={} n={} ipis={}",
+        f.send, f.samples.0, f.send_ipis
+    );
+    println!(
+        "BENCH op.recv unit=ns_per_op value={ns_recv} ticks={} n={}",
+        f.recv, f.samples.1
+    );
+    println!(
+        "BENCH op.poll_empty unit=ns_per_op value={ns_poll} ticks={} peers={} n=64",
+        f.poll_empty, f.peers
+    );
+}
+
+/// `bench_path=R`: `op.send`, `op.recv` and `op.poll_empty` (R rounds), as `BENCH` lines.
+pub(super) fn bench_path(arg: &str) -> Outcome {
+    let f = measure_path(parse_n(arg)?)?;
+    print_path(&f);
+    Ok(())
+}
+
+/// `bench_budget=R`: the same figures, in instruction-count mode, each checked against its
+/// budget in `mk_bench::budgets` (the one file where they are written). Fails naming every
+/// figure over its budget; fails too when the TSC does not run at 1 GHz (not in
+/// instruction-count mode: the figures would be times, not instruction counts).
+pub(super) fn bench_budget(arg: &str) -> Outcome {
+    let mhz = tsc::ticks_per_ms() / 1000;
+    if !(990..=1010).contains(&mhz) {
+        return Err(format!(
+            "the TSC runs at {mhz} MHz: not QEMU's instruction-count mode (1 instruction = 1 ns)"
+        ));
+    }
+    let f = measure_path(parse_n(arg)?)?;
+    print_path(&f);
+    if f.send_ipis != 0 {
+        return Err(format!(
+            "op.send rang {} doorbells: the receiver was not awake",
+            f.send_ipis
+        ));
+    }
+    let mut over = Vec::new();
+    for (figure, value) in [
+        ("op.send", ns(f.send)),
+        ("op.recv", ns(f.recv)),
+        ("op.poll_empty", ns(f.poll_empty)),
+    ] {
+        let b = mk_bench::budgets::budget_of(figure).ok_or("a figure without a budget")?;
+        println!(
+            "bench_budget: {figure} {value} instructions, budget {}, aim {}",
+            b.budget, b.aim
+        );
+        if let Err(e) = mk_bench::budgets::check(figure, value) {
+            over.push(format!("{e}"));
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(over.join("; "))
+    }
+}

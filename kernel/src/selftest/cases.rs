@@ -52,6 +52,8 @@ pub(super) static CASES: &[Case] = &[
     case("bench_all", |_, arg| bench::bench_all(arg)),
     case("bench_boot", |_, _| bench::bench_boot()),
     case("bench_ops", |_, arg| bench::bench_ops(arg)),
+    case("bench_path", |_, arg| bench::bench_path(arg)),
+    case("bench_budget", |_, arg| bench::bench_budget(arg)),
     // The operator's shell, driven by the harness over COM1: it never returns.
     case("shell", |_, _| {
         crate::shell::start();

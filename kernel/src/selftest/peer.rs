@@ -122,6 +122,13 @@ pub(super) mod job {
     /// `arg >> 48` in the ownership table, and go no further (a hand-off cut short by a
     /// crash); result: the transfer's generation + 1, or 0 if refused.
     pub const HANDOFF_BEGIN: u64 = 8;
+    /// Halt for `arg` ms without arming the doorbells and without draining: the instance is
+    /// "awake" as a sender sees it (no doorbell owed) yet runs no instructions, so instance 0
+    /// can time its own side of a message alone (`op.send`; instruction-count mode counts
+    /// every CPU's instructions in one clock).
+    pub const QUIET: u64 = 9;
+    /// Send `arg` SINK messages to instance 0 (`op.recv`); result: how many went.
+    pub const SINKS: u64 = 10;
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -240,6 +247,19 @@ fn run_job() {
         }),
         job::PING_ALL => ping_all(arg),
         job::STREAM_AMONG => stream_among(arg),
+        job::QUIET => {
+            let until = crate::arch::tsc::read() + arg * crate::arch::tsc::ticks_per_ms();
+            while crate::arch::tsc::read() < until {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
+            0
+        }
+        job::SINKS => {
+            let msg = sink_message(1);
+            (0..arg)
+                .take_while(|_| messaging::try_send(iid(0), &msg).is_ok())
+                .count() as u64
+        }
         job::FILL_CHECK => fill_check(arg),
         job::PROBE_FAULT => probe_fault(arg),
         job::HANDOFF_BEGIN => crate::shared::region::get().map_or(0, |r| {

@@ -420,9 +420,12 @@ pub fn ops(n: usize) -> Outcome {
     time("lapic_read", &mut || {
         core::hint::black_box(cpu::current().with_lapic(|l| l.id()));
     });
-    time("poll_empty", &mut || {
-        core::hint::black_box(messaging::poll());
-    });
+    let (poll_ticks, peers) = poll_empty_ticks(n.clamp(16, 256) as usize);
+    println!(
+        "BENCH op.poll_empty unit=ns_per_op value={} ticks={poll_ticks} peers={peers} n={}",
+        ns(poll_ticks),
+        n.clamp(16, 256)
+    );
     time("encode_full", &mut || {
         core::hint::black_box(mk_wire::encode(&msg, &mut slot).is_ok());
     });
@@ -446,4 +449,39 @@ pub fn ops(n: usize) -> Outcome {
         core::hint::black_box(copy);
     });
     Ok(())
+}
+
+/// Ticks one TSC read costs as seen by the next one: the floor of [`timed`], subtracted from
+/// every single-operation timing (the median of 64).
+pub fn tsc_floor() -> u64 {
+    median_ticks(64, || timed(|| ()))
+}
+
+/// Ticks `f` took, timed alone between two TSC reads (the floor included).
+pub fn timed(f: impl FnOnce()) -> u64 {
+    let t0 = tsc::read();
+    f();
+    tsc::read().wrapping_sub(t0)
+}
+
+/// The median of `n` results of `one`.
+pub fn median_ticks(n: usize, mut one: impl FnMut() -> u64) -> u64 {
+    let mut v: Vec<u64> = (0..n.max(1)).map(|_| one()).collect();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// `op.poll_empty`: one `poll()` of this instance's empty inbox (every peer's mailbox looked
+/// at once, the poll hook run), timed alone, the median of `n`, the TSC floor taken off; and
+/// how many peers it looked at. Each call is timed on its own (no loop around it), so that in
+/// instruction-count mode the figure is the poll's own instructions.
+pub fn poll_empty_ticks(n: usize) -> (u64, usize) {
+    let floor = tsc_floor();
+    let t = median_ticks(n, || {
+        timed(|| {
+            core::hint::black_box(messaging::poll());
+        })
+    });
+    let peers = crate::shared::region::get().map_or(0, |r| r.instance_count().saturating_sub(1));
+    (t.saturating_sub(floor), peers)
 }

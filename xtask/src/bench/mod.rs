@@ -37,6 +37,8 @@ struct Options {
     samples: usize,
     msgs: u64,
     no_kvm: bool,
+    /// TCG in instruction-count mode: every guest figure in ns is an instruction count.
+    icount: bool,
 }
 
 fn parse_count<T: std::str::FromStr + PartialOrd>(
@@ -57,7 +59,7 @@ fn parse_count<T: std::str::FromStr + PartialOrd>(
 }
 
 fn options(argv: &[String]) -> Result<Options> {
-    let args = Args::parse(argv, &["no-kvm"], &["smp", "samples", "msgs"], 0)?;
+    let args = Args::parse(argv, &["no-kvm", "icount"], &["smp", "samples", "msgs"], 0)?;
     Ok(Options {
         smp: parse_count(&args, "smp", 2, 2..=16, "a CPU count from 2 to 16")?,
         samples: parse_count(
@@ -75,6 +77,7 @@ fn options(argv: &[String]) -> Result<Options> {
             "a message count from 100 to 100000000",
         )?,
         no_kvm: args.flag("no-kvm"),
+        icount: args.flag("icount"),
     })
 }
 
@@ -82,10 +85,22 @@ pub fn main(argv: &[String]) -> Result<()> {
     let opt = options(argv)?;
     setup::ensure_toolchain()?;
     setup::ensure_qemu(false)?;
-    let kvm = !opt.no_kvm && setup::kvm_usable();
-    let accel = if kvm { Accel::Kvm } else { Accel::Tcg };
+    let kvm = !opt.icount && !opt.no_kvm && setup::kvm_usable();
+    let accel = if opt.icount {
+        Accel::Icount
+    } else if kvm {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    if opt.icount {
+        println!(
+            "instruction-count mode (TCG -icount shift=0): 1 ns of guest time = 1 guest instruction; \
+             guest figures below are instructions (all CPUs' together for round trips and throughput)"
+        );
+    }
     let host_cpus = host::host_cpus();
-    if !kvm {
+    if !kvm && !opt.icount {
         println!(
             "warning: KVM {} : the guest runs under TCG (emulated, xAPIC): its figures measure the emulator",
             if opt.no_kvm {
@@ -129,6 +144,7 @@ pub fn main(argv: &[String]) -> Result<()> {
         cache: &cache_s,
         eventfd: &eventfd_s,
         guest: &lines,
+        icount: opt.icount,
     };
     print!("{}", table.render());
     let aims = table.aims();
@@ -158,6 +174,8 @@ pub fn main(argv: &[String]) -> Result<()> {
         },
         "guest": {
             "accel": accel.name(),
+            "mode": if opt.icount { "icount" } else { "time" },
+            "unit_of_ns_figures": if opt.icount { "instructions" } else { "ns" },
             "smp": opt.smp,
             "samples": opt.samples,
             "msgs": opt.msgs,
@@ -212,6 +230,7 @@ fn guest_cases(opt: &Options) -> Vec<String> {
     vec![
         "bench_boot".into(),
         format!("bench_ops={}", (opt.samples * 10).min(100_000)),
+        format!("bench_path={}", (opt.samples / 20).clamp(5, 50)),
         format!("bench_ipi={}", opt.samples),
         format!("bench_rtt={}", opt.samples),
         format!("bench_tput={}", opt.msgs),
@@ -320,6 +339,10 @@ fn run_guest(
             Err(e) => return Err(Error::Failed(format!("bad BENCH line ({e:?}): {line}"))),
         }
     }
+    // A figure printed twice (op.poll_empty by bench_ops and bench_path) counts once: the
+    // first.
+    let mut seen = std::collections::HashSet::new();
+    figures.retain(|f| seen.insert(f.name.clone()));
     if figures.is_empty() {
         return Err(Error::Failed(format!(
             "the guest printed no BENCH lines (serial log: {})",
@@ -344,6 +367,8 @@ struct Table<'a> {
     cache: &'a Summary,
     eventfd: &'a Summary,
     guest: &'a [Figure],
+    /// Guest figures are instruction counts (`--icount`), not times.
+    icount: bool,
 }
 
 /// One aim of the benchmark issue, checked as a ratio of two figures of this run.
@@ -369,10 +394,23 @@ impl Table<'_> {
 
     fn render(&self) -> String {
         let mut out = String::new();
+        let u = self.unit();
+        if self.icount {
+            let _ = writeln!(
+                out,
+                "\nguest figures in INSTRUCTIONS (TCG instruction-count mode; host baselines in ns)"
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<22} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-            "figure", "median ns", "p99 ns", "min ns", "max ns", "x cacheln", "x eventfd"
+            "figure",
+            format!("median {u}"),
+            format!("p99 {u}"),
+            format!("min {u}"),
+            format!("max {u}"),
+            "x cacheln",
+            "x eventfd"
         );
         for (name, s) in [
             ("host.cache_line", self.cache),
@@ -439,8 +477,10 @@ impl Table<'_> {
             .filter(|f| f.get("unit") == Some("ns_per_op"))
             .map(|f| {
                 format!(
-                    "{} {} ns",
+                    "{}{} {} {u}",
                     f.name.trim_start_matches("op."),
+                    f.get("peers")
+                        .map_or(String::new(), |p| format!(" ({p} peers)")),
                     f.get("value").unwrap_or("?")
                 )
             })
@@ -451,6 +491,22 @@ impl Table<'_> {
                 "\nprimitive operations in the guest (mean per operation):"
             );
             for chunk in ops.chunks(4) {
+                let _ = writeln!(out, "  {}", chunk.join(", "));
+            }
+        }
+        if self.icount {
+            let per_msg: Vec<String> = self
+                .guest
+                .iter()
+                .filter(|f| f.get("unit") == Some("msg/s"))
+                .filter_map(|f| Some((f.name.as_str(), f.int("value").filter(|&v| v > 0)?)))
+                .map(|(n, v)| format!("{n} {}", 1_000_000_000 / v))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nthroughput in instructions per message (all CPUs together; msg/s above are per 10^9 instructions):"
+            );
+            for chunk in per_msg.chunks(4) {
                 let _ = writeln!(out, "  {}", chunk.join(", "));
             }
         }
@@ -468,7 +524,15 @@ impl Table<'_> {
         out
     }
 
+    /// The unit of the guest's ns figures in this run.
+    fn unit(&self) -> &'static str {
+        if self.icount { "ins" } else { "ns" }
+    }
+
     fn aims(&self) -> Vec<Aim> {
+        if self.icount {
+            return self.icount_aims();
+        }
         let med = |n: &str| self.find(n).and_then(Figure::headline);
         let mut aims = Vec::new();
         let mut check = |what: &'static str, value: Option<f64>, bound: f64, below: bool| {
@@ -517,6 +581,37 @@ impl Table<'_> {
     }
 }
 
+impl Table<'_> {
+    /// The aims of issue 16, in instructions (instruction-count mode only): `op.send` <= 120,
+    /// `op.recv` <= 150, `op.poll_empty` <= 40 whatever the number of peers, `rtt.polling`
+    /// <= 1500 (both CPUs' instructions).
+    fn icount_aims(&self) -> Vec<Aim> {
+        let value = |n: &str| self.find(n).and_then(Figure::headline);
+        let mut aims = Vec::new();
+        for (what, name, bound) in [
+            ("op.send, instructions", "op.send", 120),
+            ("op.recv, instructions", "op.recv", 150),
+            ("op.poll_empty, instructions", "op.poll_empty", 40),
+            ("rtt.polling, instructions (both CPUs)", "rtt.polling", 1500),
+        ] {
+            let v = value(name);
+            let peers = self
+                .find(name)
+                .and_then(|f| f.get("peers"))
+                .map_or(String::new(), |p| format!(" at {p} peers"));
+            aims.push(Aim {
+                what,
+                figure: v.map_or_else(
+                    || "figure missing".to_string(),
+                    |v| format!("{v}{peers} (aim <= {bound})"),
+                ),
+                met: v.map(|v| v <= bound),
+            });
+        }
+        aims
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,9 +624,10 @@ mod tests {
     fn options_have_defaults_and_bounds() {
         let o = options(&[]).unwrap();
         assert_eq!(
-            (o.smp, o.samples, o.msgs, o.no_kvm),
-            (2, 1000, 20_000, false)
+            (o.smp, o.samples, o.msgs, o.no_kvm, o.icount),
+            (2, 1000, 20_000, false, false)
         );
+        assert!(options(&argv("--icount")).unwrap().icount);
         let o = options(&argv("--smp 4 --samples 50 --msgs=1000 --no-kvm")).unwrap();
         assert_eq!((o.smp, o.samples, o.msgs, o.no_kvm), (4, 50, 1000, true));
         for bad in [
@@ -572,6 +668,7 @@ mod tests {
             cache: &cache,
             eventfd: &eventfd,
             guest: &guest,
+            icount: false,
         };
         let met: Vec<Option<bool>> = t.aims().iter().map(|a| a.met).collect();
         // 1.4 <= 1.5; 1.25 > 1.2; 214 >= 10; 12 M >= 10 M.
@@ -580,6 +677,7 @@ mod tests {
             cache: &cache,
             eventfd: &eventfd,
             guest: &guest[3..],
+            icount: false,
         };
         assert_eq!(t.aims()[0].met, None);
         assert!(t.render().contains("tput.suppress"));

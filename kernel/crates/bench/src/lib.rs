@@ -16,6 +16,8 @@
 
 use core::fmt;
 
+pub mod budgets;
+
 /// What a set of samples looks like: the figures every benchmark reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {

@@ -57,6 +57,8 @@ pub const NAMES: &[&str] = &[
     "bench_all",
     "bench_boot",
     "bench_ops",
+    "bench_path",
+    "bench_budget",
     // The operator's shell, driven over COM1 (never returns).
     "shell",
     // Services.

@@ -1,0 +1,112 @@
+//! The instruction budgets of the message path: the one place they are written.
+//!
+//! Under QEMU's TCG with `-icount shift=0,align=off,sleep=off` every guest instruction advances
+//! the virtual clock by exactly 1 ns and the TSC follows it, so a figure the guest takes in ns
+//! is an instruction count, the same from run to run and from machine to machine. The test
+//! boot `icount-budget` (`tests/src/lib.rs`, run by `cargo xtask test`) measures these figures
+//! in that mode (the `bench_budget` case) and fails, naming the figure and its budget, when one
+//! is over. A change that makes the path slower must either be made cheaper or raise a budget
+//! here, visibly.
+//!
+//! The budgets sit a little above the counts measured when they were last set, so that an
+//! unrelated change of a few instructions (a different inlining decision) does not fail the
+//! boot; the aims of issue 16 are the figures' targets, printed next to them by
+//! `cargo xtask bench --icount`.
+
+/// A figure with its budget (instructions) and its aim (instructions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The `BENCH` figure's name, e.g. `op.send`.
+    pub figure: &'static str,
+    /// The most instructions the figure may take before the budget test fails.
+    pub budget: u64,
+    /// Where the figure should get to (issue 16).
+    pub aim: u64,
+}
+
+/// The budgets, checked by the `bench_budget` case at `-smp 2` (one peer).
+pub const BUDGETS: &[Budget] = &[
+    Budget {
+        figure: "op.send",
+        budget: 1200,
+        aim: 120,
+    },
+    Budget {
+        figure: "op.recv",
+        budget: 1500,
+        aim: 150,
+    },
+    Budget {
+        figure: "op.poll_empty",
+        budget: 900,
+        aim: 40,
+    },
+];
+
+/// The budget of `figure`, if it has one.
+pub fn budget_of(figure: &str) -> Option<&'static Budget> {
+    BUDGETS.iter().find(|b| b.figure == figure)
+}
+
+/// `Err(message)` when `value` instructions exceed `figure`'s budget; the message names the
+/// figure, its count and its budget.
+pub fn check(figure: &str, value: u64) -> Result<(), Over> {
+    match budget_of(figure) {
+        Some(b) if value > b.budget => Err(Over {
+            figure: b.figure,
+            value,
+            budget: b.budget,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A figure over its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Over {
+    pub figure: &'static str,
+    pub value: u64,
+    pub budget: u64,
+}
+
+impl core::fmt::Display for Over {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} took {} instructions, over its budget of {} (kernel/crates/bench/src/budgets.rs)",
+            self.figure, self.value, self.budget
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::format;
+
+    #[test]
+    fn every_budget_is_named_once_and_at_least_its_aim() {
+        for (i, b) in BUDGETS.iter().enumerate() {
+            assert!(b.budget >= b.aim, "{} budget below its aim", b.figure);
+            assert!(
+                !BUDGETS[..i].iter().any(|o| o.figure == b.figure),
+                "{} twice",
+                b.figure
+            );
+        }
+    }
+
+    #[test]
+    fn over_budget_names_figure_and_budget() {
+        assert_eq!(check("op.send", 10), Ok(()));
+        assert_eq!(check("op.unbudgeted", u64::MAX), Ok(()));
+        let e = check("op.send", 100_000).unwrap_err();
+        let text = format!("{e}");
+        assert!(text.contains("op.send took 100000 instructions"), "{text}");
+        assert!(text.contains(&format!(
+            "budget of {}",
+            budget_of("op.send").unwrap().budget
+        )));
+    }
+}
