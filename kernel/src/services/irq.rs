@@ -31,6 +31,10 @@ use crate::shared::region;
 static FORWARD_TO: [AtomicU32; MAX_IRQS] = [const { AtomicU32::new(0) }; MAX_IRQS];
 /// Per line (owner side): interrupts taken and not yet forwarded.
 static PENDING: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
+/// Lines with interrupts waiting in `PENDING` (bit = line): the drain's check that nothing
+/// is to be forwarded is one load, not one per line.
+static PENDING_LINES: AtomicU64 = AtomicU64::new(0);
+const _: () = assert!(MAX_IRQS <= 64, "PENDING_LINES has one bit per line");
 /// Per line (subscriber side): IRQ_FORWARD deliveries received.
 pub static FORWARDED_IN: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
 /// GSI of the RTC, whose every interrupt must be acknowledged (u32::MAX: unknown).
@@ -92,6 +96,8 @@ fn on_irq(line: usize) {
     acknowledge_device(line);
     if FORWARD_TO[line].load(Ordering::Relaxed) != 0 {
         PENDING[line].fetch_add(1, Ordering::Relaxed);
+        // Release: whoever sees the bit (Acquire) sees the count.
+        PENDING_LINES.fetch_or(1 << line, Ordering::Release);
     }
 }
 
@@ -124,10 +130,21 @@ pub fn forward(line: usize, to: InstanceId) -> Result<(), Status> {
 
 /// After a drain: sends the IRQ_FORWARD messages the handlers have queued up.
 pub fn flush_forwards() {
+    if PENDING_LINES.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     let me = crate::instance::id();
-    for line in 0..MAX_IRQS {
+    let mut lines = PENDING_LINES.swap(0, Ordering::Acquire);
+    while lines != 0 {
+        let line = lines.trailing_zeros() as usize;
+        lines &= lines - 1;
         let subscribers = FORWARD_TO[line].load(Ordering::Relaxed);
-        if subscribers == 0 || PENDING[line].load(Ordering::Relaxed) == 0 {
+        if PENDING[line].load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        if subscribers == 0 {
+            // Kept for a later subscriber, as before the summary word.
+            PENDING_LINES.fetch_or(1 << line, Ordering::Relaxed);
             continue;
         }
         let n = PENDING[line].swap(0, Ordering::Relaxed).min(FORWARD_BURST);

@@ -405,14 +405,21 @@ impl<'a> ReceiverEnd<'a> {
         mut f: impl FnMut(&[u8; MSG_SIZE]),
     ) -> Result<usize, Error> {
         op_check(self.chan, self.generation, self.fault)?;
+        // The empty case (the common one when polling) returns before the buffer is made:
+        // clearing 256 bytes costs more than the rest of an empty drain.
+        if limit == 0 || !self.peek()? {
+            return Ok(0);
+        }
         let mut buf = [0u8; MSG_SIZE];
         let mut n = 0;
-        while n < limit && self.peek()? {
+        loop {
             self.take(&mut buf);
             n += 1;
             f(&buf);
+            if n >= limit || !self.peek()? {
+                return Ok(n);
+            }
         }
-        Ok(n)
     }
 
     /// [`Self::drain_max`] with a limit of one ring's worth ([`SLOTS`]), so that a peer that
