@@ -72,9 +72,24 @@ pub enum RegistryError {
     Full,
 }
 
+impl HandlerKey {
+    /// The key as one number, compared in the dispatch's lookup: type code in bits 16..32,
+    /// subtype code in bits 0..16, bit 32 set for a `Kind` key (a `Type` key has subtype 0).
+    const fn code(self) -> u64 {
+        match self {
+            Self::Type(t) => (t.code() as u64) << 16,
+            Self::Kind(k) => {
+                (1 << 32) | ((k.msg_type().code() as u64) << 16) | k.subtype_code() as u64
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     key: HandlerKey,
+    /// `key.code()`, kept so that a lookup compares numbers.
+    code: u64,
     handler: &'static dyn Handler,
 }
 
@@ -128,7 +143,11 @@ impl<const N: usize> Registry<N> {
             .iter_mut()
             .find(|e| e.is_none())
             .ok_or(RegistryError::Full)?;
-        *free = Some(Entry { key, handler });
+        *free = Some(Entry {
+            key,
+            code: key.code(),
+            handler,
+        });
         Ok(())
     }
 
@@ -150,15 +169,20 @@ impl<const N: usize> Registry<N> {
 
     /// The handler for `kind`: its `Kind` handler, else its type's.
     pub fn lookup(&self, kind: Kind) -> Option<&'static dyn Handler> {
+        // One pass: the `Kind` handler as soon as it is met, else the first `Type` handler.
+        let exact = HandlerKey::Kind(kind).code();
+        let by_type = HandlerKey::Type(kind.msg_type()).code();
         let entries = self.entries.read();
-        let find = |key| {
-            entries
-                .iter()
-                .flatten()
-                .find(|e| e.key == key)
-                .map(|e| e.handler)
-        };
-        find(HandlerKey::Kind(kind)).or_else(|| find(HandlerKey::Type(kind.msg_type())))
+        let mut fallback = None;
+        for e in entries.iter().flatten() {
+            if e.code == exact {
+                return Some(e.handler);
+            }
+            if e.code == by_type && fallback.is_none() {
+                fallback = Some(e.handler);
+            }
+        }
+        fallback
     }
 
     /// Handlers registered.
