@@ -59,8 +59,24 @@ static MATRIX: Once<MailboxMatrix<'static>> = Once::new();
 /// This instance's sending ends (to each peer) and receiving ends (from each peer), under
 /// separate locks: a CPU waiting for room to send must still be able to drain its inbox (the
 /// peer may be waiting for room in it).
-static SENDERS: Once<Mutex<Vec<Option<SenderEnd<'static>>>>> = Once::new();
+static SENDERS: Once<Mutex<Senders>> = Once::new();
 static RECEIVERS: Once<Mutex<Vec<Option<ReceiverEnd<'static>>>>> = Once::new();
+/// The sending ends, by peer, and the one buffer messages are encoded into under the same
+/// lock, right before they are copied into a ring (no fresh 256-byte buffer to clear per
+/// message: `encode` writes every byte the mailbox takes).
+struct Senders {
+    ends: Vec<Option<SenderEnd<'static>>>,
+    scratch: Slot,
+}
+
+/// What `publish` sends: a message to encode, or a slot already encoded (tests' malformed
+/// slots).
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Message(&'a Message),
+    Slot(&'a Slot),
+}
+
 /// Set while one CPU of the instance drains the mailboxes; nobody drains re-entrantly.
 static POLLING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
@@ -110,7 +126,12 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
             Err(e) => return Err(InitError::ReceiverEnd(e)),
         }
     }
-    SENDERS.call_once(|| Mutex::new(senders));
+    SENDERS.call_once(|| {
+        Mutex::new(Senders {
+            ends: senders,
+            scratch: [0; SLOT_SIZE],
+        })
+    });
     RECEIVERS.call_once(|| Mutex::new(receivers));
     let ms = tsc::ticks_per_ms();
     let d = DISPATCHER.call_once(|| Dispatcher::new(me, clock, telemetry_row(), 1000 * ms, 8));
@@ -166,7 +187,7 @@ fn pong(m: &Message) -> Option<Reply> {
 /// Sets doorbell suppression on (default) or off for every peer.
 pub fn set_doorbell_mode(mode: DoorbellMode) {
     if let Some(senders) = SENDERS.get() {
-        for s in senders.lock().iter_mut().flatten() {
+        for s in senders.lock().ends.iter_mut().flatten() {
             s.set_doorbell_mode(mode);
         }
     }
@@ -240,14 +261,16 @@ pub fn try_send(to: InstanceId, msg: &Message) -> Result<(), SendError> {
 
 /// Sends `msg`, waiting up to `wait_ms` for room (draining our own inbox meanwhile).
 pub fn send_within(to: InstanceId, msg: &Message, wait_ms: u64) -> Result<(), SendError> {
-    let mut slot = [0u8; SLOT_SIZE];
-    mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
-    send_slot_within(to, &slot, wait_ms)
+    send_out_within(to, Outgoing::Message(msg), wait_ms)
 }
 
 fn send_slot_within(to: InstanceId, slot: &Slot, wait_ms: u64) -> Result<(), SendError> {
+    send_out_within(to, Outgoing::Slot(slot), wait_ms)
+}
+
+fn send_out_within(to: InstanceId, out: Outgoing<'_>, wait_ms: u64) -> Result<(), SendError> {
     let mut doorbell = Doorbell::default();
-    let sent = publish(to, slot, wait_ms, &mut doorbell);
+    let sent = publish(to, out, wait_ms, &mut doorbell);
     doorbell.ring(to);
     sent
 }
@@ -264,12 +287,7 @@ pub fn send_batch(
     let mut sent = 0;
     let mut result = Ok(());
     for msg in msgs {
-        let mut slot = [0u8; SLOT_SIZE];
-        if mk_wire::encode(msg, &mut slot).is_err() {
-            result = Err(SendError::Invalid);
-            break;
-        }
-        if let Err(e) = publish(to, &slot, wait_ms, &mut doorbell) {
+        if let Err(e) = publish(to, Outgoing::Message(msg), wait_ms, &mut doorbell) {
             result = Err(e);
             break;
         }
@@ -305,7 +323,7 @@ impl Doorbell {
 /// receiver would never make room).
 fn publish(
     to: InstanceId,
-    slot: &Slot,
+    out: Outgoing<'_>,
     wait_ms: u64,
     doorbell: &mut Doorbell,
 ) -> Result<(), SendError> {
@@ -324,11 +342,20 @@ fn publish(
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
-            match senders
+            let Senders { ends, scratch } = &mut *senders;
+            match ends
                 .get_mut(to.index())
                 .ok_or(SendError::NoSuchInstance(to))?
             {
-                Some(sender) => sender.try_send(slot),
+                // Encoded again on every attempt: a drain while we waited may have used the
+                // buffer for a reply.
+                Some(sender) => match out {
+                    Outgoing::Message(m) => {
+                        mk_wire::encode(m, scratch).map_err(|_| SendError::Invalid)?;
+                        sender.try_send(scratch)
+                    }
+                    Outgoing::Slot(slot) => sender.try_send(slot),
+                },
                 // Not claimed at init (the channel was dead then): claim it below.
                 None => Err(mk_mailbox::Error::Dead),
             }
@@ -380,6 +407,7 @@ fn reattach_sender(to: InstanceId) -> Result<(), SendError> {
     let senders = SENDERS.get().ok_or(SendError::NotReady)?;
     let mut senders = senders.lock();
     let slot = senders
+        .ends
         .get_mut(to.index())
         .ok_or(SendError::NoSuchInstance(to))?;
     // Release the old claim before taking the new one.
