@@ -90,6 +90,21 @@ fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Copies the next (full) slot of `chan` out into `out` and acknowledges it; `consumed` and
+/// `expected` are the receiver's running count and next sequence number.
+#[inline]
+fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [u8; MSG_SIZE]) {
+    let slot = &chan.slots[(*consumed % SLOTS as u64) as usize];
+    out[0..4].copy_from_slice(&expected.to_le_bytes());
+    slot.read_payload(out);
+    *consumed = consumed.wrapping_add(1);
+    *expected = seq_next(*expected);
+    // Release: our loads of the slot above happen before the sender's Acquire load of this ack,
+    // hence before it overwrites the slot. From here on only `out` is used.
+    chan.rx.ack.store(*consumed, Ordering::Release);
+    bump(&chan.rx.received);
+}
+
 /// The sending end of channel `from -> to`. One per channel (claimed from the
 /// [`crate::MailboxMatrix`]); released on drop.
 pub struct SenderEnd<'a> {
@@ -306,6 +321,9 @@ pub struct ReceiverEnd<'a> {
     consumed: u64,
     expected: u32,
     fault: bool,
+    /// Where `drain` copies each message before handing it out: kept here so that a drain does
+    /// not clear a fresh 256-byte buffer every time (every byte is overwritten by the copy).
+    buf: [u8; MSG_SIZE],
 }
 
 impl<'a> ReceiverEnd<'a> {
@@ -329,6 +347,7 @@ impl<'a> ReceiverEnd<'a> {
             consumed,
             expected: seq_of(consumed),
             fault,
+            buf: [0; MSG_SIZE],
         })
     }
 
@@ -373,15 +392,7 @@ impl<'a> ReceiverEnd<'a> {
     /// Copies the next (full) slot out and acknowledges it.
     #[inline]
     fn take(&mut self, out: &mut [u8; MSG_SIZE]) {
-        let slot = &self.chan.slots[(self.consumed % SLOTS as u64) as usize];
-        out[0..4].copy_from_slice(&self.expected.to_le_bytes());
-        slot.read_payload(out);
-        self.consumed = self.consumed.wrapping_add(1);
-        self.expected = seq_next(self.expected);
-        // Release: our loads of the slot above happen before the sender's Acquire load of this
-        // ack, hence before it overwrites the slot. From here on only `out` is used.
-        self.chan.rx.ack.store(self.consumed, Ordering::Release);
-        bump(&self.chan.rx.received);
+        take_slot(self.chan, &mut self.consumed, &mut self.expected, out);
     }
 
     /// Receives one message into `out` if there is one: `Ok(true)`; `Ok(false)` if empty. The
@@ -410,12 +421,16 @@ impl<'a> ReceiverEnd<'a> {
         if limit == 0 || !self.peek()? {
             return Ok(0);
         }
-        let mut buf = [0u8; MSG_SIZE];
         let mut n = 0;
         loop {
-            self.take(&mut buf);
+            take_slot(
+                self.chan,
+                &mut self.consumed,
+                &mut self.expected,
+                &mut self.buf,
+            );
             n += 1;
-            f(&buf);
+            f(&self.buf);
             if n >= limit || !self.peek()? {
                 return Ok(n);
             }
