@@ -61,11 +61,11 @@ impl Platform {
 }
 
 /// Reads the tables reachable from the RSDP at physical `rsdp`.
-pub fn discover(rsdp: u64) -> Result<Platform, &'static str> {
+pub fn discover(rsdp: u64) -> Result<Platform, AcpiError> {
     // SAFETY: `rsdp` is the RSDP's physical address as handed over by the bootloader.
     let tables = unsafe { AcpiTables::from_rsdp(KernelHandler, rsdp as usize) }
-        .map_err(|_| "no valid ACPI tables at the RSDP")?;
-    let madt = tables.find_table::<Madt>().ok_or("no MADT")?;
+        .map_err(|cause| AcpiError::Tables { rsdp, cause })?;
+    let madt = tables.find_table::<Madt>().ok_or(AcpiError::NoMadt)?;
     let mut platform = Platform {
         local_apic_address: u64::from(madt.get().local_apic_address),
         ..Platform::default()
@@ -110,6 +110,27 @@ pub fn discover(rsdp: u64) -> Result<Platform, &'static str> {
     }
     platform.hpet_base = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
     Ok(platform)
+}
+
+/// Why [`discover`] found no usable tables. Both are the firmware's (or the bootloader's RSDP
+/// address).
+#[derive(Debug, Clone)]
+pub enum AcpiError {
+    /// The `acpi` crate refused the tables reached from the RSDP at physical `rsdp`.
+    Tables { rsdp: u64, cause: acpi::AcpiError },
+    /// The tables have no MADT (so no processors or IO APICs to read).
+    NoMadt,
+}
+
+impl core::fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tables { rsdp, cause } => {
+                write!(f, "no valid ACPI tables at the RSDP ({rsdp:#x}): {cause:?}")
+            }
+            Self::NoMadt => f.write_str("no MADT"),
+        }
+    }
 }
 
 /// The `acpi` crate's window onto the machine. Tables are read through the bootloader's

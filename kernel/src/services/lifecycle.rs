@@ -369,7 +369,7 @@ pub enum RespawnError {
     /// Its state word could not be reset (it changed meanwhile).
     State(mk_shared::Error),
     /// Mapping its memory into instance 0 failed (instance 0's page tables).
-    Map(&'static str),
+    Map(crate::memory::paging::PagingError),
     /// The new instance did not start (instance 0 stopped it and took its resources back).
     Launch(crate::cpus::launch::LaunchError),
 }
