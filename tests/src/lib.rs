@@ -41,6 +41,56 @@ pub enum Expect {
     FailWith(&'static str),
 }
 
+/// The shape of the emulated machine, beyond the number of CPUs and the memory size: what real
+/// boards differ in (chipset, CPU topology, NUMA nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// QEMU machine type (`-machine`), e.g. `pc-i440fx-7.0`; `None`: the one in
+    /// `qemu/common.args` (q35).
+    pub machine: Option<&'static str>,
+    /// What follows the CPU count in `-smp`, e.g. `sockets=2,cores=3` or `cores=2,threads=2`;
+    /// empty: QEMU's default (one socket, one core per CPU... as QEMU picks).
+    pub topology: &'static str,
+    /// NUMA nodes: each one's memory in MiB and its CPUs (`first-last`, QEMU's `cpus=`). Each
+    /// node gets its own `memory-backend-ram`; the sizes must add up to the boot's memory.
+    pub numa: &'static [(u32, &'static str)],
+}
+
+impl Shape {
+    /// The machine every boot ran on before shapes existed: q35, QEMU's topology, one node.
+    pub const DEFAULT: Shape = Shape {
+        machine: None,
+        topology: "",
+        numa: &[],
+    };
+
+    /// The QEMU arguments this shape adds after `-smp N` (which gets `,topology`) and `-m`.
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(m) = self.machine {
+            args.extend(["-machine".to_string(), m.to_string()]);
+        }
+        for (i, (mib, cpus)) in self.numa.iter().enumerate() {
+            args.extend([
+                "-object".to_string(),
+                format!("memory-backend-ram,id=mem{i},size={mib}M"),
+                "-numa".to_string(),
+                format!("node,nodeid={i},cpus={cpus},memdev=mem{i}"),
+            ]);
+        }
+        args
+    }
+
+    /// The `-smp` value for `cpus` CPUs.
+    pub fn smp_arg(&self, cpus: u32) -> String {
+        if self.topology.is_empty() {
+            cpus.to_string()
+        } else {
+            format!("{cpus},{}", self.topology)
+        }
+    }
+}
+
 /// One QEMU boot.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -53,6 +103,8 @@ pub struct Boot {
     pub cases: &'static [&'static str],
     /// Partition plan handed to the kernel (fw_cfg `opt/multikernel/plan`); `None`: default.
     pub plan: Option<&'static str>,
+    /// The machine's shape beyond CPUs and memory (machine type, topology, NUMA).
+    pub shape: Shape,
     pub expect: Expect,
     /// Seconds before the harness kills QEMU.
     pub timeout_secs: u64,
@@ -134,6 +186,7 @@ pub fn all() -> Vec<Boot> {
             memory_mib: 512,
             cases: kvm_cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: KVM_TIMEOUT,
             note: "BIOS image under KVM (x2APIC); no int3 here: nested KVM stops on it",
@@ -146,6 +199,7 @@ pub fn all() -> Vec<Boot> {
             memory_mib: 512,
             cases: tcg_cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: TCG_TIMEOUT,
             note: "BIOS image under TCG (xAPIC); breakpoint tested here",
@@ -165,6 +219,7 @@ pub fn all() -> Vec<Boot> {
             "ipi_self",
         ],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "UEFI image (OVMF) under TCG: OVMF fails under this machine's nested KVM",
@@ -178,6 +233,7 @@ pub fn all() -> Vec<Boot> {
         memory_mib: 256,
         cases: &["panic"],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::FailWith("deliberate panic requested by the test harness"),
         timeout_secs: TCG_TIMEOUT,
         note: "a panicking test kernel must fail its test, with the message shown",
@@ -216,6 +272,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_ping_all=20",
             ],
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "default plan: one instance per CPU, each its own kernel copy",
@@ -234,6 +291,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "ownership",
             ],
             plan: Some("1,3"),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "plan 1,3: the second instance runs on 3 CPUs",
@@ -257,6 +315,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_ping=50",
             ],
             plan: Some("2,2"),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "plan 2,2: every instance, instance 0 included, runs on two CPUs",
@@ -315,6 +374,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 512,
             cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
@@ -376,6 +436,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 1024,
             cases,
             plan: Some(plan),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "services over messages: query, heartbeat, CPU and memory hotplug, IRQ forwarding, failure detection, shutdown",
@@ -399,6 +460,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "bench_all=100",
         ],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "benchmark cases run to the end (TCG: figures of the emulator, not judged)",
@@ -420,6 +482,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "start_adopted=3",
         ],
         plan: Some("1,1,1,1"),
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "start-up wait: a progressing instance is waited for, one given up on ends dead and reclaimed",
@@ -439,11 +502,54 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 256,
             cases: &["plan_rejected", "instances=2"],
             plan: Some(plan),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: TCG_TIMEOUT,
             note: "a bad plan is rejected with a logged reason and the default plan runs",
         });
     }
+    shape_boots(boots);
+}
+
+/// Boots on the machine shapes of real boards (issue 17): memory above the 4 GiB hole, sparse
+/// APIC IDs, hyper-threads, the i440fx chipset, more CPUs than instances, two NUMA nodes.
+/// All under TCG, short.
+fn shape_boots(boots: &mut Vec<Boot>) {
+    let tcg = |name, smp, memory_mib, cases, plan, shape, note| Boot {
+        name,
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp,
+        memory_mib,
+        cases,
+        plan,
+        shape,
+        expect: Expect::Pass,
+        timeout_secs: TCG_TIMEOUT,
+        note,
+    };
+    // 6 GiB on q35: 2 GiB below the hole, 4 GiB above it; instances 2 and 3 lie wholly above
+    // 4 GiB. Instance 1's second CPU moves into instance 2 and back (a CPU started on an
+    // instance above 4 GiB), 16 MiB above 4 GiB move from 1 to 2, instance 3 crashes and is
+    // respawned where it was.
+    boots.push(tcg(
+        "tcg-shape-high",
+        5,
+        6144,
+        &[
+            "instances=4",
+            "above_4g=2",
+            "instance_cpus=1:2",
+            "msg_ping_all=5",
+            "cpu_hotplug",
+            "mem_hotplug",
+            "crash=3",
+            "respawn=3",
+        ][..],
+        Some("1,2,1,1"),
+        Shape::DEFAULT,
+        "memory above 4 GiB: every instance runs, CPU and memory hotplug and respawn there",
+    ));
 }
 
 #[cfg(test)]

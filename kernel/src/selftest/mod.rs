@@ -28,6 +28,7 @@ use crate::println;
 use crate::services::bench::{payload_words, words_payload};
 
 mod bench;
+mod machine;
 mod services;
 mod start;
 
@@ -97,6 +98,8 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "slow_start" => start::slow_start(arg),
             "start_adopted" => start::start_adopted(arg),
             "start_gave_up" => start::start_gave_up(arg),
+            "above_4g" => machine::above_4g(arg),
+            "cpus_grouped" => machine::cpus_grouped(arg),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),
