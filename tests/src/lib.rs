@@ -550,6 +550,78 @@ fn shape_boots(boots: &mut Vec<Boot>) {
         Shape::DEFAULT,
         "memory above 4 GiB: every instance runs, CPU and memory hotplug and respawn there",
     ));
+    // Two sockets of three cores: APIC IDs 0-2 and 4-6 (each socket's IDs start at a power of
+    // two).
+    boots.push(tcg(
+        "tcg-shape-sparse",
+        6,
+        2048,
+        &[
+            "apic_ids=0,1,2,4,5,6",
+            "instances=6",
+            "cpus_grouped=6",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            topology: "sockets=2,cores=3",
+            ..Shape::DEFAULT
+        },
+        "sparse APIC IDs (2 sockets x 3 cores): every CPU's instance runs",
+    ));
+    // Two cores of two threads each: hyper-threads are CPUs like any other (APIC IDs 0-3).
+    boots.push(tcg(
+        "tcg-shape-threads",
+        4,
+        1024,
+        &[
+            "apic_ids=0,1,2,3",
+            "instances=2",
+            "local_cpus=2",
+            "instance_cpus=1:2",
+            "msg_ping_all=3",
+        ][..],
+        Some("2,2"),
+        Shape {
+            topology: "sockets=1,cores=2,threads=2",
+            ..Shape::DEFAULT
+        },
+        "hyper-threads (1 socket, 2 cores x 2 threads), an instance per core",
+    ));
+    // The older i440fx chipset (`-machine pc`): PIIX, no PCIe, a different ACPI layout.
+    boots.push(tcg(
+        "tcg-shape-i440fx",
+        3,
+        1024,
+        &[
+            "madt_cpus=3",
+            "instances=3",
+            "cpus_grouped=3",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            machine: Some("pc-i440fx-7.0"),
+            ..Shape::DEFAULT
+        },
+        "i440fx (pc) chipset: every instance runs",
+    ));
+    // 20 CPUs, more than MAX_INSTANCES (16): the default plan groups them in 16 instances (4
+    // of two CPUs); 3 GiB on q35 put 1 GiB above the 4 GiB hole.
+    boots.push(tcg(
+        "tcg-shape-many",
+        20,
+        3072,
+        &[
+            "madt_cpus=20",
+            "instances=16",
+            "cpus_grouped=20",
+            "above_4g=1",
+        ][..],
+        None,
+        Shape::DEFAULT,
+        "20 CPUs grouped in 16 instances by the default plan, memory above the 4 GiB hole",
+    ));
 }
 
 #[cfg(test)]

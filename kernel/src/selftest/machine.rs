@@ -112,3 +112,31 @@ pub(super) fn cpus_grouped(arg: &str) -> Outcome {
     println!("cpus_grouped: {want} CPUs in {count} instances, online per instance:{line}");
     Ok(())
 }
+
+/// `apic_ids=A,B,...`: the MADT's enabled CPUs have exactly these APIC IDs (in any order), and
+/// each instance's first CPU reports the APIC ID the plan gave it. Sparse IDs (several sockets
+/// with a core count that is not a power of two) must work like dense ones.
+pub(super) fn apic_ids(platform: &crate::platform::acpi::Platform, arg: &str) -> Outcome {
+    let mut want = arg
+        .split(',')
+        .map(str::parse::<u32>)
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| format!("bad argument '{arg}', expected APIC IDs A,B,..."))?;
+    let mut found: Vec<u32> = platform.enabled_cpus().map(|p| p.apic_id).collect();
+    want.sort_unstable();
+    found.sort_unstable();
+    println!("apic_ids: the MADT lists {found:?}");
+    ensure(found == want, || {
+        format!("MADT APIC IDs {found:?}, expected {want:?}")
+    })?;
+    for p in plan()?.partitions().skip(1) {
+        let apic = wait_report(p.index, report::APIC_ID)?;
+        ensure(apic == u64::from(p.cpus[0]), || {
+            format!(
+                "instance {} runs on APIC ID {apic}, plan says {}",
+                p.index, p.cpus[0]
+            )
+        })?;
+    }
+    Ok(())
+}

@@ -100,6 +100,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "start_gave_up" => start::start_gave_up(arg),
             "above_4g" => machine::above_4g(arg),
             "cpus_grouped" => machine::cpus_grouped(arg),
+            "apic_ids" => machine::apic_ids(platform, arg),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),
