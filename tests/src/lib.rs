@@ -622,6 +622,26 @@ fn shape_boots(boots: &mut Vec<Boot>) {
         Shape::DEFAULT,
         "20 CPUs grouped in 16 instances by the default plan, memory above the 4 GiB hole",
     ));
+    // Two NUMA nodes of 2 CPUs and 1 GiB each; the CPUs' order in the MADT interleaves
+    // nothing, but the plan must still put each instance's memory on its CPUs' node (checked
+    // against the SRAT the kernel read). Then a plan naming nodes: both instances on node 1.
+    boots.push(tcg(
+        "tcg-shape-numa",
+        4,
+        2048,
+        &[
+            "madt_cpus=4",
+            "instances=4",
+            "numa_nodes=2",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            numa: &[(1024, "0-1"), (1024, "2-3")],
+            ..Shape::DEFAULT
+        },
+        "2 NUMA nodes: each instance's memory on its CPUs' node, per the SRAT",
+    ));
 }
 
 #[cfg(test)]

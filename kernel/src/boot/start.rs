@@ -133,16 +133,26 @@ pub fn start_all(
         },
     };
     let shared_bytes = region::size_for(spec.partitions().len());
-    let plan = match spec.resolve(&cpus, usable.iter().copied(), shared_bytes) {
+    let numa = platform.numa();
+    if plan_nodes(&numa) > 1 {
+        info!(
+            "NUMA: {} nodes in the SRAT ({} CPUs, {} memory ranges listed)",
+            plan_nodes(&numa),
+            numa.cpus.len(),
+            numa.memory.len()
+        );
+    }
+    let plan = match spec.resolve_numa(&cpus, usable.iter().copied(), shared_bytes, &numa) {
         Ok(plan) => plan,
         Err(e) => {
             let reason = alloc::format!("partition plan '{spec}' does not fit this machine: {e}");
             warn!("{reason}; using the default plan ({default})");
             PLAN_REJECTED.call_once(|| reason);
-            match default.resolve(
+            match default.resolve_numa(
                 &cpus,
                 usable.iter().copied(),
                 region::size_for(default.partitions().len()),
+                &numa,
             ) {
                 Ok(plan) => plan,
                 Err(e) => crate::platform::failure::fatal(format_args!(
@@ -261,6 +271,16 @@ pub fn start_all(
     print_table(plan);
 }
 
+/// How many nodes the SRAT names (1 without one).
+fn plan_nodes(numa: &mk_plan::Numa<'_>) -> u32 {
+    numa.cpus
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(numa.memory.iter().map(|&(_, n)| n))
+        .max()
+        .map_or(1, |n| n + 1)
+}
+
 fn give_away(r: MemRange) {
     if let Err(e) = frames::with(|a| a.remove_range(r.start / 4096, r.len / 4096)) {
         crate::platform::failure::fatal(format_args!(
@@ -271,9 +291,9 @@ fn give_away(r: MemRange) {
 
 /// The table of instances, once all are up.
 pub fn print_table(plan: &Plan) {
-    println!("+----+----------------------+-----------+---------+-----------+");
-    println!("| id | CPUs (APIC IDs)      | memory    | state   | boot time |");
-    println!("+----+----------------------+-----------+---------+-----------+");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
+    println!("| id | CPUs (APIC IDs)      | memory    | node | state   | boot time |");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
     for p in plan.partitions() {
         let mut ids = String::new();
         for (i, a) in p.cpus.iter().enumerate() {
@@ -284,13 +304,14 @@ pub fn print_table(plan: &Plan) {
         }
         let (state, boot_ms) = region::status(p.index);
         println!(
-            "| {:>2} | {:<20} | {:>5} MiB | {:<7} | {:>6} ms |",
+            "| {:>2} | {:<20} | {:>5} MiB | {:>4} | {:<7} | {:>6} ms |",
             p.index,
             ids,
             p.bytes >> 20,
+            p.node,
             state,
             boot_ms
         );
     }
-    println!("+----+----------------------+-----------+---------+-----------+");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
 }

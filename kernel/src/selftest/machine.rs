@@ -140,3 +140,44 @@ pub(super) fn apic_ids(platform: &crate::platform::acpi::Platform, arg: &str) ->
     }
     Ok(())
 }
+
+/// `numa_nodes=N`: the SRAT names N nodes, and every instance's memory lies on the node of its
+/// first CPU, as the SRAT instance 0 read says (the plan's own record of the node agrees).
+pub(super) fn numa_placement(platform: &crate::platform::acpi::Platform, arg: &str) -> Outcome {
+    let want: u32 = arg.parse().map_err(|_| format!("bad argument '{arg}'"))?;
+    let numa = platform.numa();
+    let plan = plan()?;
+    ensure(plan.nodes() == want, || {
+        format!(
+            "the SRAT names {} nodes, expected {want} ({} CPUs, {} memory ranges listed)",
+            plan.nodes(),
+            numa.cpus.len(),
+            numa.memory.len()
+        )
+    })?;
+    let mut line = String::new();
+    for p in plan.partitions() {
+        let node = numa.node_of_cpu(p.cpus[0]);
+        ensure(p.node == node, || {
+            format!(
+                "instance {}: plan says node {}, its CPU is on {node}",
+                p.index, p.node
+            )
+        })?;
+        for r in p.memory {
+            let (lo, hi) = (
+                numa.node_of_address(r.start),
+                numa.node_of_address(r.end() - 1),
+            );
+            ensure(lo == Some(node) && hi == Some(node), || {
+                format!(
+                    "instance {} (CPU node {node}) has {r} on nodes {lo:?}..{hi:?}",
+                    p.index
+                )
+            })?;
+        }
+        line.push_str(&format!(" {}:{node}", p.index));
+    }
+    println!("numa_nodes: {want} nodes; instance:node{line}");
+    Ok(())
+}

@@ -101,6 +101,7 @@ pub fn run(platform: &Platform, list: Option<String>) -> ! {
             "above_4g" => machine::above_4g(arg),
             "cpus_grouped" => machine::cpus_grouped(arg),
             "apic_ids" => machine::apic_ids(platform, arg),
+            "numa_nodes" => machine::numa_placement(platform, arg),
             "page_fault" => page_fault(),
             "panic" => panic!("deliberate panic requested by the test harness"),
             _ => Err(format!("unknown test case '{name}'")),

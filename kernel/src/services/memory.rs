@@ -40,7 +40,7 @@ fn payload(start: u64, len: u64, phase: HandoffPhase) -> Payload {
     Payload::Mem(MemPayload {
         start_frame: start / 4096,
         page_count: len / 4096,
-        numa_node: 0,
+        numa_node: crate::platform::acpi::node_of_address(start),
         mem_type: MemType::Normal,
         generation: 0,
         phase,

@@ -91,6 +91,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod srat;
+
 use core::fmt;
 
 /// Most partitions (kernel instances) a plan can have.
@@ -429,10 +431,46 @@ impl PlanSpec {
             .iter()
             .filter(|p| p.memory.is_none())
             .count() as u64;
-        let share = match unsized_count {
+        let mut share = match unsized_count {
             0 => 0,
             n => ((available - sized) / n) & !(LARGE_PAGE_SIZE - 1),
         };
+        // With NUMA, the even share must also fit on each node beside that node's sized
+        // partitions (else a partition would spill onto another node).
+        if numa.has_memory() {
+            for (index, p) in self.partitions().iter().enumerate() {
+                let first = plan.parts[index].cpu_first;
+                let node = p.node.unwrap_or_else(|| numa.node_of_cpu(cpus[first]));
+                let on_node = |q: &(usize, &PartitionSpec)| {
+                    let f = plan.parts[q.0].cpu_first;
+                    q.1.node.unwrap_or_else(|| numa.node_of_cpu(cpus[f])) == node
+                };
+                let parts = self.partitions().iter().enumerate();
+                let unsized_here = parts
+                    .clone()
+                    .filter(on_node)
+                    .filter(|q| q.1.memory.is_none())
+                    .count() as u64;
+                let sized_here: u64 = parts.filter(on_node).filter_map(|q| q.1.memory).sum();
+                let free: u64 = pool
+                    .as_slice()
+                    .iter()
+                    .map(|&(s, e)| {
+                        let mut total = 0;
+                        let mut at = s;
+                        while let Some((lo, hi)) = numa.lowest_on(node, at, e) {
+                            total += hi - lo;
+                            at = hi;
+                        }
+                        total
+                    })
+                    .sum();
+                if unsized_here > 0 && free > sized_here {
+                    let fits = ((free - sized_here) / unsized_here) & !(LARGE_PAGE_SIZE - 1);
+                    share = share.min(fits.max(LARGE_PAGE_SIZE));
+                }
+            }
+        }
 
         // 5. Placement: each partition takes the lowest free bytes (of its node first).
         for (index, (slot, spec)) in plan.parts.iter_mut().zip(self.partitions()).enumerate() {
@@ -962,14 +1000,15 @@ impl fmt::Display for Plan {
         for p in self.partitions() {
             write!(
                 f,
-                "instance {}: cpus {:?}, {} in",
+                "instance {}: cpus {:?}, {}",
                 p.index,
                 p.cpus,
                 Size(p.bytes)
             )?;
             if self.nodes > 1 {
-                write!(f, " on node {},", p.node)?;
+                write!(f, " on node {}", p.node)?;
             }
+            f.write_str(" in")?;
             for r in p.memory {
                 write!(f, " {r}")?;
             }

@@ -651,7 +651,9 @@ fn node_syntax_errors_name_the_offset() {
 }
 
 /// Two nodes: node 0 is [1 MiB, 1 GiB) and CPUs 0-1, node 1 is [1 GiB, 2 GiB) and CPUs 2-3.
-fn two_nodes() -> (Vec<MemRange>, [(u32, u32); 4], [(MemRange, u32); 2]) {
+type TwoNodes = (Vec<MemRange>, [(u32, u32); 4], [(MemRange, u32); 2]);
+
+fn two_nodes() -> TwoNodes {
     let usable = vec![MemRange::new(0x10_0000, (2 << 30) - 0x10_0000)];
     let cpus = [(0, 0), (1, 0), (2, 1), (3, 1)];
     let mem = [
