@@ -3,7 +3,9 @@
 //! QEMU; everything here is plain data and parsing, tested on the host.
 //!
 //! A boot runs a list of in-kernel cases (see `kernel/src/selftest/`, whose table lists them
-//! all by name) that the kernel reads from the fw_cfg file `opt/multikernel/tests`. Several
+//! all by name) that the kernel reads from the fw_cfg file `opt/multikernel/tests`. The names
+//! and the list's syntax are `mk_cases`'s, which the kernel's table is checked against when it
+//! compiles and every boot here by [`unknown_cases`] in `cargo test`. Several
 //! cases share a boot because boots are slow under this machine's nested KVM (11-16 s for the
 //! BIOS image); each case still reports its own verdict, and each becomes one line of the
 //! harness's output.
@@ -115,7 +117,7 @@ impl Boot {
     /// The name a case is reported under: `boot/case`.
     pub fn case_names(&self) -> impl Iterator<Item = String> + '_ {
         self.cases.iter().map(move |c| {
-            let name = c.split('=').next().unwrap_or(c);
+            let (name, _) = mk_cases::split(c);
             format!("{}/{}", self.name, name)
         })
     }
@@ -124,6 +126,21 @@ impl Boot {
     pub fn matches(&self, filter: &str) -> bool {
         self.name.contains(filter) || self.case_names().any(|c| c.contains(filter))
     }
+}
+
+/// The cases of `boots` the test kernel does not know (not in `mk_cases::NAMES`), as
+/// `boot/name`: each boot's list read as the kernel reads it, after xtask joins it with spaces.
+pub fn unknown_cases(boots: &[Boot]) -> Vec<String> {
+    boots
+        .iter()
+        .flat_map(|b| {
+            let list = b.cases.join(" ");
+            mk_cases::specs(&list)
+                .filter(|(name, _)| !mk_cases::is_known(name))
+                .map(|(name, _)| format!("{}/{name}", b.name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 const KVM_TIMEOUT: u64 = 120;
@@ -667,6 +684,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_case_of_every_boot_is_known() {
+        assert_eq!(unknown_cases(&all()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_misspelled_case_is_caught() {
+        let mut boot = all()[0].clone();
+        boot.cases = &["madt_cpus=1", "heap_stres", "timer_rate", "msg_pong=5"];
+        assert_eq!(
+            unknown_cases(&[boot]),
+            ["kvm-smp1/heap_stres", "kvm-smp1/msg_pong"]
+        );
     }
 
     #[test]

@@ -24,12 +24,7 @@ pub struct BootLog {
 pub fn parse(log: &str, cases: &[&str]) -> BootLog {
     let mut results: Vec<(String, CaseResult)> = cases
         .iter()
-        .map(|c| {
-            (
-                c.split('=').next().unwrap_or(c).to_string(),
-                CaseResult::Missing,
-            )
-        })
+        .map(|c| (mk_cases::split(c).0.to_string(), CaseResult::Missing))
         .collect();
     let mut done = false;
     let mut crash = None;

@@ -15,7 +15,8 @@ use crate::{console, info, instance, memory};
 
 pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     console::init_guest();
-    instance::set_id(desc.instance_id);
+    let me = instance::of_partition(desc.instance_id as usize);
+    instance::set_id(me);
     gdt::init_bsp();
     interrupts::init();
     if let Err(e) = memory::init(boot_info) {
@@ -31,9 +32,9 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     }
     // From here on, every stage is a sign of progress for instance 0, which waits for us.
     region::boot_progress();
-    if let Err(e) = crate::messaging::init(desc.instance_id as usize) {
+    if let Err(e) = crate::messaging::init(me) {
         crate::error!("messaging: {e}");
-    } else if let Err(e) = crate::services::init(desc.instance_id as usize) {
+    } else if let Err(e) = crate::services::init(me) {
         crate::error!("services: {e}");
     }
     region::boot_progress();
@@ -53,21 +54,20 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     #[cfg(feature = "qemu-tests")]
     slow_start(desc);
     let (free, owned) = memory::frames::counts();
-    if let Err(e) = region::publish_running(desc.instance_id, desc.cpus()) {
+    if let Err(e) = region::publish_running(me, desc.cpus()) {
         // Instance 0 gave up on us before we got here (or our entry is unusable): we are not
         // running for anyone. Stop beating, park our CPUs and halt; instance 0 stops our CPUs
         // with INIT and takes our resources back.
         crate::platform::failure::STOPPED.store(true, Ordering::SeqCst);
         crate::warn!(
-            "instance {}: instance 0 no longer waits for this instance ({e:?}); stopping",
-            desc.instance_id
+            "instance {me}: instance 0 no longer waits for this instance ({e:?}); stopping"
         );
         smp::PARK.store(true, Ordering::SeqCst);
         cpu::halt_forever();
     }
     info!(
         "instance {} up: APIC ID {apic_id}, {} of {} CPUs online, {} MiB ({} MiB free)",
-        desc.instance_id,
+        me,
         smp::ONLINE.load(Ordering::SeqCst),
         desc.cpu_count,
         (owned * 4096) >> 20,

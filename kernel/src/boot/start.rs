@@ -12,6 +12,7 @@ use mk_plan::{MemRange, Plan, PlanSpec};
 use crate::arch::tsc;
 use crate::cpus::launch::{LAUNCH, Launcher, PLAN};
 use crate::cpus::smp;
+use crate::instance::InstanceId;
 use crate::memory::frames;
 use crate::platform::acpi::Platform;
 use crate::shared::region;
@@ -186,14 +187,14 @@ pub fn start_all(
     crate::services::irq::set_rtc_gsi(platform.isa_irq_to_gsi(crate::platform::rtc::ISA_IRQ).0);
     crate::services::irq::set_com2_gsi(platform.isa_irq_to_gsi(crate::platform::com2::ISA_IRQ).0);
     if count > 1 {
-        if let Err(e) = crate::messaging::init(0) {
+        if let Err(e) = crate::messaging::init(InstanceId::ZERO) {
             error!("messaging: {e}");
-        } else if let Err(e) = crate::services::init(0) {
+        } else if let Err(e) = crate::services::init(InstanceId::ZERO) {
             error!("services: {e}");
         }
     }
-    region::set_booting(0, boot_tsc);
-    if let Err(e) = region::publish_running(0, me.cpus) {
+    region::set_booting(InstanceId::ZERO, boot_tsc);
+    if let Err(e) = region::publish_running(InstanceId::ZERO, me.cpus) {
         error!("instance 0 cannot declare itself running: {e:?}");
     }
     if let Err(e) = region::record_ownership(plan) {
@@ -250,13 +251,13 @@ pub fn start_all(
         waits: tests.map(start_waits).unwrap_or_default(),
     });
     for p in plan.partitions().skip(1) {
-        match how.launch(p.index, p.memory, p.cpus) {
+        let k = crate::instance::of_partition(p.index);
+        match how.launch(k, p.memory, p.cpus) {
             Ok(Started::InTime) => {}
-            Ok(Started::AtDeadline) => info!(
-                "instance {} reported running as instance 0 gave up waiting: adopted",
-                p.index
-            ),
-            Err(e) => crate::services::lifecycle::give_up(p.index, &e),
+            Ok(Started::AtDeadline) => {
+                info!("instance {k} reported running as instance 0 gave up waiting: adopted")
+            }
+            Err(e) => crate::services::lifecycle::give_up(k, &e),
         }
     }
     BOOT_TSC.call_once(|| (boot_tsc, tsc::read()));
@@ -302,7 +303,7 @@ pub fn print_table(plan: &Plan) {
             }
             ids.push_str(&alloc::format!("{a}"));
         }
-        let (state, boot_ms) = region::status(p.index);
+        let (state, boot_ms) = region::status(crate::instance::of_partition(p.index));
         println!(
             "| {:>2} | {:<20} | {:>5} MiB | {:>4} | {:<7} | {:>6} ms |",
             p.index,

@@ -210,19 +210,19 @@ pub fn refresh() {
 /// region exists (then only instance 0 runs, or an instance not yet attached to it, which
 /// has no framebuffer yet either).
 fn live_mask() -> u64 {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let Some(r) = super::shared::shared() else {
-        return 1 << me;
+        return 1 << me.index();
     };
     let mut mask = 0;
-    for k in 0..r.instance_count().min(64) {
+    for k in r.ids().take(64) {
         if let Ok(i) = r.instance(k)
             && matches!(
                 i.state(),
                 Ok(mk_shared::InstanceState::Booting | mk_shared::InstanceState::Running)
             )
         {
-            mask |= 1 << k;
+            mask |= 1 << k.index();
         }
     }
     // Instance 0 runs as long as the machine does. Any other instance draws only while the
@@ -269,8 +269,8 @@ impl Console {
                 n += 1;
             }
         }
-        let me = crate::instance::id() as usize;
-        self.pane = mk_screen::pane_of(me, width, height, &ids[..n]);
+        let me = crate::instance::id();
+        self.pane = mk_screen::pane_of(me.index(), width, height, &ids[..n]);
         if let Some(p) = self.pane {
             self.fill(p, [0, 0, 0]);
             self.draw_header(true);
@@ -358,8 +358,8 @@ impl Console {
             return;
         }
         self.header = text;
-        let me = crate::instance::id() as usize;
-        let bg = mk_screen::header_color(me);
+        let me = crate::instance::id();
+        let bg = mk_screen::header_color(me.index());
         let h = HEADER_HEIGHT.min(p.h);
         self.fill(Rect { h, ..p }, bg);
         let header = self.header;
@@ -544,7 +544,7 @@ impl Ring {
 /// `instance 1 | CPUs 1,2 | 336 MiB | running`: what changes only when the instance's
 /// resources or state do (a clock here would redraw every header every second).
 fn header_text() -> LineBuf<160> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let mut t = LineBuf::new();
     let _ = write!(t, "instance {me}");
     let Some(inst) = super::shared::shared().and_then(|r| r.instance(me).ok()) else {

@@ -132,10 +132,8 @@ fn locked<R>(f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();
         let _shared = shared().map(|r| {
-            r.console().lock(
-                crate::instance::id() as usize,
-                mk_shared::CONSOLE_FORCE_SPINS,
-            )
+            r.console()
+                .lock(crate::instance::id(), mk_shared::CONSOLE_FORCE_SPINS)
         });
         f()
     })
@@ -214,7 +212,7 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
     line.len = line.len.min(line.bytes.len() - 1);
     line.bytes[line.len] = b'\n';
     let text = &line.bytes[..=line.len];
-    let shared = shared().map(|r| r.console().lock(instance as usize, EMERGENCY_LOCK_SPINS));
+    let shared = shared().map(|r| r.console().lock(instance, EMERGENCY_LOCK_SPINS));
     serial::force_write_bytes(text);
     framebuffer::force_write_line(&text[..text.len() - 1]);
     drop(shared);

@@ -11,6 +11,7 @@ use mk_plan::{MemRange, Plan};
 use super::smp;
 use crate::arch::trampoline::Params;
 use crate::arch::{apic, tsc};
+use crate::instance::InstanceId;
 use crate::memory::launch;
 use crate::platform::descriptor::BootDescriptor;
 use crate::shared::region::{self, StartError, StartWait, Started};
@@ -66,7 +67,7 @@ impl Launcher {
     /// instance 0's physical map), starts its first CPU `cpus[0]` and waits until it runs.
     pub fn launch(
         &self,
-        id: usize,
+        id: InstanceId,
         memory: &[MemRange],
         cpus: &[u32],
     ) -> Result<Started, LaunchError> {
@@ -78,31 +79,31 @@ impl Launcher {
     }
 
     /// How long to wait for instance `id`.
-    pub fn wait_for(&self, id: usize) -> StartWait {
+    pub fn wait_for(&self, id: InstanceId) -> StartWait {
         self.waits
             .iter()
-            .find(|(k, _)| *k == id)
+            .find(|(k, _)| *k == id.index())
             .map_or(StartWait::DEFAULT, |&(_, w)| w)
     }
 
     fn try_launch(
         &self,
-        id: usize,
+        id: InstanceId,
         memory: &[MemRange],
         cpus: &[u32],
     ) -> Result<Started, LaunchError> {
         let page = *self
             .trampolines
-            .get(id)
+            .get(id.index())
             .ok_or(LaunchError::Prepare("no trampoline page"))?;
         let root = *self
             .roots
-            .get(id)
+            .get(id.index())
             .ok_or(LaunchError::Prepare("no top-level page-table page"))?;
         let first = *cpus.first().ok_or(LaunchError::Prepare("no CPU"))?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
-        desc.instance_id = id as u32;
+        desc.instance_id = u32::from(id.raw());
         desc.instance_count = self.count as u32;
         desc.cpu_count = cpus.len().min(desc.apic_ids.len()) as u32;
         desc.apic_ids[..desc.cpu_count as usize].copy_from_slice(&cpus[..desc.cpu_count as usize]);

@@ -64,15 +64,13 @@ pub fn read_unmapped(virt: u64) -> Result<u64, &'static str> {
 /// view mk-shared, mk-mailbox and mk-pool work on. Refused unless the range is page aligned,
 /// wholly mapped, and outside this instance's frame allocator and the first 1 MiB: memory no
 /// Rust object of this kernel lives in, which every instance then reaches only through atomics.
-pub fn shared_window(phys: u64, len: u64) -> Result<mk_raw::Raw<'static>, &'static str> {
-    let end = phys
-        .checked_add(len)
-        .ok_or("the shared range wraps around")?;
+pub fn shared_window(phys: u64, len: u64) -> Result<mk_raw::Raw<'static>, WindowError> {
+    let end = phys.checked_add(len).ok_or(WindowError::Wraps)?;
     if len == 0 || !phys.is_multiple_of(4096) || !len.is_multiple_of(4096) {
-        return Err("the shared range is empty or not page aligned");
+        return Err(WindowError::Unaligned);
     }
     if phys < frames::LOW_MEMORY_END {
-        return Err("the shared range reaches below 1 MiB");
+        return Err(WindowError::LowMemory);
     }
     let owned = frames::with(|a| {
         a.owned_ranges().any(|run| {
@@ -81,15 +79,40 @@ pub fn shared_window(phys: u64, len: u64) -> Result<mk_raw::Raw<'static>, &'stat
         })
     });
     if owned {
-        return Err("the shared range overlaps this instance's own memory");
+        return Err(WindowError::OwnMemory);
     }
     let virt = frames::phys_to_virt(phys);
     if paging::translate(virt) != Some(phys) || paging::translate(virt + len - 1) != Some(end - 1) {
-        return Err("the shared range is not in the physical map");
+        return Err(WindowError::NotMapped);
     }
     // SAFETY: the range is mapped for the kernel's lifetime (the physical map is never torn
     // down for it), is not memory this kernel's allocator manages (checked above), so no Rust
     // object of this instance lives there, and every instance reaches it only through mk-raw's
     // atomic accesses.
-    unsafe { mk_raw::Raw::new(virt as *mut u8, len as usize) }.map_err(|_| "null shared range")
+    unsafe { mk_raw::Raw::new(virt as *mut u8, len as usize) }.map_err(|_| WindowError::Null)
+}
+
+/// Why [`shared_window`] refused a range. Every case is the caller's argument (the plan's or
+/// the boot descriptor's shared range), checked against this instance's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowError {
+    Wraps,
+    Unaligned,
+    LowMemory,
+    OwnMemory,
+    NotMapped,
+    Null,
+}
+
+impl core::fmt::Display for WindowError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Wraps => "the shared range wraps around",
+            Self::Unaligned => "the shared range is empty or not page aligned",
+            Self::LowMemory => "the shared range reaches below 1 MiB",
+            Self::OwnMemory => "the shared range overlaps this instance's own memory",
+            Self::NotMapped => "the shared range is not in the physical map",
+            Self::Null => "null shared range",
+        })
+    }
 }

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use mk_pool::Owner;
 use mk_wire::{Kind, LargeDataPayload, Message, Payload};
 
+use crate::instance::InstanceId;
 use crate::shared::region;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,19 +27,19 @@ pub enum BulkError {
 
 /// Sends `data` to `to` through the pool as a `kind` call; returns the reply.
 pub fn call_large(
-    to: usize,
+    to: InstanceId,
     kind: Kind,
     data: &[u8],
     timeout_ms: u64,
 ) -> Result<Message, BulkError> {
     let (pool, pool_phys) = region::pool().ok_or(BulkError::NoPool)?;
-    let me = crate::instance::id() as u16;
+    let me = crate::instance::id().raw();
     let pages = data.len().div_ceil(mk_pool::PAGE).max(1) as u32;
     let lease = pool.alloc(me, pages).map_err(BulkError::Pool)?;
     pool.checked_write(lease.first, lease.pages, me, data)
         .map_err(BulkError::Pool)?;
     let lease = pool
-        .hand_over(lease, me, to as u16)
+        .hand_over(lease, me, to.raw())
         .map_err(BulkError::Pool)?;
     let offset = pool
         .page_phys_offset(lease.first)
@@ -63,9 +64,9 @@ pub fn call_large(
 
 /// The receiving side: takes the data described by `p` from `sender` out of the pool and
 /// returns the run to the pool.
-pub fn receive_large(sender: u16, p: &LargeDataPayload) -> Result<Vec<u8>, BulkError> {
+pub fn receive_large(sender: InstanceId, p: &LargeDataPayload) -> Result<Vec<u8>, BulkError> {
     let (pool, pool_phys) = region::pool().ok_or(BulkError::NoPool)?;
-    let me = crate::instance::id() as u16;
+    let me = crate::instance::id().raw();
     let phys = p.pool_frame.checked_mul(4096).ok_or(BulkError::NotForUs)?;
     let offset = phys.checked_sub(*pool_phys).ok_or(BulkError::NotForUs)?;
     let first = pool
@@ -74,7 +75,7 @@ pub fn receive_large(sender: u16, p: &LargeDataPayload) -> Result<Vec<u8>, BulkE
     let (owner, generation) = pool.owner(first).map_err(BulkError::Pool)?;
     if owner
         != (Owner::InTransit {
-            from: sender,
+            from: sender.raw(),
             to: me,
         })
     {

@@ -30,6 +30,7 @@ use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
 use spin::{Mutex, Once};
 
 use crate::arch::{cpu, interrupts, tsc};
+pub use crate::instance::InstanceId;
 use crate::shared::region;
 
 const MAX_PEERS: usize = mk_shared::MAX_INSTANCES;
@@ -43,9 +44,9 @@ pub enum SendError {
     /// Messaging is not up in this instance.
     NotReady,
     /// No such instance, or it is this one.
-    NoSuchInstance(usize),
+    NoSuchInstance(InstanceId),
     /// The peer is not running (booting, stopped or dead).
-    NotRunning(usize),
+    NotRunning(InstanceId),
     /// The mailbox stayed full for `SEND_TIMEOUT_MS`.
     Busy,
     /// The message does not encode (a bug in the caller).
@@ -68,11 +69,11 @@ static LOCAL_TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new
 /// This instance's per-peer counters: its row of the shared telemetry table, readable by every
 /// instance.
 fn telemetry_row() -> &'static [PeerTelemetry] {
-    region::telemetry_row(crate::instance::id() as usize).unwrap_or(&LOCAL_TELEMETRY)
+    region::telemetry_row(crate::instance::id()).unwrap_or(&LOCAL_TELEMETRY)
 }
 
-fn telemetry(peer: usize) -> Option<&'static PeerTelemetry> {
-    telemetry_row().get(peer)
+fn telemetry(peer: InstanceId) -> Option<&'static PeerTelemetry> {
+    telemetry_row().get(peer.index())
 }
 static DISPATCHER: Once<Dispatcher<'static, 32, 64>> = Once::new();
 /// Message IPIs that found nothing new in any mailbox.
@@ -88,38 +89,70 @@ pub fn dispatcher() -> Option<&'static Dispatcher<'static, 32, 64>> {
 
 /// Brings up this instance's ends of every mailbox pair and the dispatcher, with a PING
 /// handler. Called once the shared region is attached.
-pub fn init(me: usize) -> Result<(), &'static str> {
-    let region = region::get().ok_or("no shared region")?;
+pub fn init(me: InstanceId) -> Result<(), InitError> {
+    let region = region::get().ok_or(InitError::NoRegion)?;
     let n = region.instance_count();
-    let matrix = MATRIX.try_call_once(|| region.mailbox().map_err(|_| "no mailbox matrix"))?;
+    let matrix = MATRIX.try_call_once(|| region.mailbox().map_err(InitError::Matrix))?;
     let mut senders: Vec<Option<SenderEnd<'static>>> = (0..n).map(|_| None).collect();
     let mut receivers: Vec<Option<ReceiverEnd<'static>>> = (0..n).map(|_| None).collect();
-    for p in (0..n).filter(|&p| p != me) {
+    for p in region.ids().filter(|&p| p != me) {
         // A peer's channels are dead when instance 0 gave up on it or it died before we came
         // up: its ends are claimed later, once it is started again (`reattach_sender`, and the
         // drain for receivers).
         match matrix.sender_end(me, p) {
-            Ok(end) => senders[p] = Some(end),
+            Ok(end) => senders[p.index()] = Some(end),
             Err(mk_mailbox::Error::Dead) => {}
-            Err(_) => return Err("claiming a sender end"),
+            Err(e) => return Err(InitError::SenderEnd(e)),
         }
         match matrix.receiver_end(p, me) {
-            Ok(end) => receivers[p] = Some(end),
+            Ok(end) => receivers[p.index()] = Some(end),
             Err(mk_mailbox::Error::Dead) => {}
-            Err(_) => return Err("claiming a receiver end"),
+            Err(e) => return Err(InitError::ReceiverEnd(e)),
         }
     }
     SENDERS.call_once(|| Mutex::new(senders));
     RECEIVERS.call_once(|| Mutex::new(receivers));
     let ms = tsc::ticks_per_ms();
-    let d =
-        DISPATCHER.call_once(|| Dispatcher::new(me as u16, clock, telemetry_row(), 1000 * ms, 8));
+    let d = DISPATCHER.call_once(|| Dispatcher::new(me, clock, telemetry_row(), 1000 * ms, 8));
     d.registry()
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
-        .map_err(|_| "registering the PING handler")?;
-    interrupts::set_message_handler(on_ipi).map_err(|_| "no free doorbell hook")?;
-    interrupts::add_tick_hook(on_tick).map_err(|_| "no free timer hook")?;
+        .map_err(|_| InitError::PingHandler)?;
+    interrupts::set_message_handler(on_ipi).map_err(|_| InitError::DoorbellHook)?;
+    interrupts::add_tick_hook(on_tick).map_err(|_| InitError::TimerHook)?;
     Ok(())
+}
+
+/// Why [`init`] could not bring messaging up in this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// The shared region is not attached (a boot-order bug in this instance).
+    NoRegion,
+    /// The mailbox matrix in the shared region does not check (instance 0's formatting).
+    Matrix(mk_mailbox::Error),
+    /// A sending end could not be claimed (already claimed here, or the channel is bad).
+    SenderEnd(mk_mailbox::Error),
+    /// A receiving end could not be claimed.
+    ReceiverEnd(mk_mailbox::Error),
+    /// The PING handler's slot was taken.
+    PingHandler,
+    /// No free doorbell hook in this instance's interrupt table.
+    DoorbellHook,
+    /// No free timer hook in this instance's interrupt table.
+    TimerHook,
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRegion => f.write_str("no shared region"),
+            Self::Matrix(e) => write!(f, "no mailbox matrix: {e:?}"),
+            Self::SenderEnd(e) => write!(f, "claiming a sender end: {e:?}"),
+            Self::ReceiverEnd(e) => write!(f, "claiming a receiver end: {e:?}"),
+            Self::PingHandler => f.write_str("registering the PING handler"),
+            Self::DoorbellHook => f.write_str("no free doorbell hook"),
+            Self::TimerHook => f.write_str("no free timer hook"),
+        }
+    }
 }
 
 /// A handler as a plain function.
@@ -189,30 +222,30 @@ fn on_tick() {
 }
 
 /// APIC ID of the CPU that serves `peer`'s mailboxes (its first CPU), from the shared table.
-pub fn doorbell_cpu(peer: usize) -> Option<u32> {
+pub fn doorbell_cpu(peer: InstanceId) -> Option<u32> {
     let res = region::get()?.instance(peer).ok()?.resources().ok()?;
     res.cpus().first().copied()
 }
 
 /// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots),
 /// waiting up to `SEND_TIMEOUT_MS` for room.
-pub fn send_slot(to: usize, slot: &Slot) -> Result<(), SendError> {
+pub fn send_slot(to: InstanceId, slot: &Slot) -> Result<(), SendError> {
     send_slot_within(to, slot, SEND_TIMEOUT_MS)
 }
 
 /// Like `send`, but fails with `Busy` at once when the mailbox is full.
-pub fn try_send(to: usize, msg: &Message) -> Result<(), SendError> {
+pub fn try_send(to: InstanceId, msg: &Message) -> Result<(), SendError> {
     send_within(to, msg, 0)
 }
 
 /// Sends `msg`, waiting up to `wait_ms` for room (draining our own inbox meanwhile).
-pub fn send_within(to: usize, msg: &Message, wait_ms: u64) -> Result<(), SendError> {
+pub fn send_within(to: InstanceId, msg: &Message, wait_ms: u64) -> Result<(), SendError> {
     let mut slot = [0u8; SLOT_SIZE];
     mk_wire::encode(msg, &mut slot).map_err(|_| SendError::Invalid)?;
     send_slot_within(to, &slot, wait_ms)
 }
 
-fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendError> {
+fn send_slot_within(to: InstanceId, slot: &Slot, wait_ms: u64) -> Result<(), SendError> {
     let mut doorbell = Doorbell::default();
     let sent = publish(to, slot, wait_ms, &mut doorbell);
     doorbell.ring(to);
@@ -222,7 +255,11 @@ fn send_slot_within(to: usize, slot: &Slot, wait_ms: u64) -> Result<(), SendErro
 /// Sends `msgs` to `to` in order, with at most one doorbell for the whole batch (rung at the
 /// end, or earlier if the mailbox fills while the receiver sleeps). Returns how many were
 /// sent; on an error, the messages before it were sent.
-pub fn send_batch(to: usize, msgs: &[Message], wait_ms: u64) -> (usize, Result<(), SendError>) {
+pub fn send_batch(
+    to: InstanceId,
+    msgs: &[Message],
+    wait_ms: u64,
+) -> (usize, Result<(), SendError>) {
     let mut doorbell = Doorbell::default();
     let mut sent = 0;
     let mut result = Ok(());
@@ -250,7 +287,7 @@ struct Doorbell {
 
 impl Doorbell {
     /// Sends the IPI if one is owed.
-    fn ring(&mut self, to: usize) {
+    fn ring(&mut self, to: InstanceId) {
         if !core::mem::take(&mut self.owed) {
             return;
         }
@@ -266,7 +303,12 @@ impl Doorbell {
 /// Publishes one slot in the mailbox to `to`, waiting up to `wait_ms` for room. Records in
 /// `doorbell` whether the receiver needs waking; rings it before waiting for room (a sleeping
 /// receiver would never make room).
-fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Result<(), SendError> {
+fn publish(
+    to: InstanceId,
+    slot: &Slot,
+    wait_ms: u64,
+    doorbell: &mut Doorbell,
+) -> Result<(), SendError> {
     let region = region::get().ok_or(SendError::NotReady)?;
     let inst = region
         .instance(to)
@@ -282,7 +324,10 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
-            match senders.get_mut(to).ok_or(SendError::NoSuchInstance(to))? {
+            match senders
+                .get_mut(to.index())
+                .ok_or(SendError::NoSuchInstance(to))?
+            {
                 Some(sender) => sender.try_send(slot),
                 // Not claimed at init (the channel was dead then): claim it below.
                 None => Err(mk_mailbox::Error::Dead),
@@ -329,12 +374,14 @@ fn publish(to: usize, slot: &Slot, wait_ms: u64, doorbell: &mut Doorbell) -> Res
 }
 
 /// Drops this instance's sending end towards `to` and claims the channel's current one.
-fn reattach_sender(to: usize) -> Result<(), SendError> {
-    let me = crate::instance::id() as usize;
+fn reattach_sender(to: InstanceId) -> Result<(), SendError> {
+    let me = crate::instance::id();
     let matrix = MATRIX.get().ok_or(SendError::NotReady)?;
     let senders = SENDERS.get().ok_or(SendError::NotReady)?;
     let mut senders = senders.lock();
-    let slot = senders.get_mut(to).ok_or(SendError::NoSuchInstance(to))?;
+    let slot = senders
+        .get_mut(to.index())
+        .ok_or(SendError::NoSuchInstance(to))?;
     // Release the old claim before taking the new one.
     *slot = None;
     *slot = Some(matrix.sender_end(me, to).map_err(SendError::Mailbox)?);
@@ -342,21 +389,21 @@ fn reattach_sender(to: usize) -> Result<(), SendError> {
 }
 
 /// Sends `msg` (fire and forget), waiting up to `SEND_TIMEOUT_MS` for room.
-pub fn send(to: usize, msg: &Message) -> Result<(), SendError> {
+pub fn send(to: InstanceId, msg: &Message) -> Result<(), SendError> {
     send_within(to, msg, SEND_TIMEOUT_MS)
 }
 
 /// Sends a request and waits (draining the mailboxes meanwhile) for its reply, up to
 /// `timeout_ms`. Returns the reply message.
 pub fn call(
-    to: usize,
+    to: InstanceId,
     kind: Kind,
     payload: Payload,
     timeout_ms: u64,
 ) -> Result<Message, CallFailure> {
     let d = dispatcher().ok_or(CallFailure::Send(SendError::NotReady))?;
     let (req, token) = d
-        .prepare_call(to as u16, kind, payload, timeout_ms * tsc::ticks_per_ms())
+        .prepare_call(to, kind, payload, timeout_ms * tsc::ticks_per_ms())
         .map_err(|_| CallFailure::Send(SendError::Invalid))?;
     if let Err(e) = send(to, &req) {
         d.cancel_call(&token);
@@ -377,7 +424,11 @@ pub fn call(
 }
 
 /// `call` with a 2 s timeout, tried again for up to 5 s while the peer's mailbox is full.
-pub fn call_patiently(to: usize, kind: Kind, payload: Payload) -> Result<Message, CallFailure> {
+pub fn call_patiently(
+    to: InstanceId,
+    kind: Kind,
+    payload: Payload,
+) -> Result<Message, CallFailure> {
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     loop {
         match call(to, kind, payload, 2000) {
@@ -423,12 +474,12 @@ fn poll_locked(
     receivers: &Mutex<Vec<Option<ReceiverEnd<'static>>>>,
     d: &Dispatcher<'static, 32, 64>,
 ) -> usize {
-    let mut replies: Vec<(usize, Message)> = Vec::new();
+    let mut replies: Vec<(InstanceId, Message)> = Vec::new();
     let mut taken = 0;
     {
         let mut receivers = receivers.lock();
-        let me = crate::instance::id() as usize;
-        for (peer, slot) in receivers.iter_mut().enumerate() {
+        let me = crate::instance::id();
+        for (peer, slot) in InstanceId::all(receivers.len()).zip(receivers.iter_mut()) {
             if slot.is_none() && peer != me {
                 // A peer whose channels were marked dead may have been started again (reset
                 // channels): take the new receiving end. Fails quietly while still dead.
@@ -436,7 +487,7 @@ fn poll_locked(
             }
             let Some(r) = slot else { continue };
             let result = r.drain(|slot| {
-                match d.dispatch(peer as u16, slot) {
+                match d.dispatch(peer, slot) {
                     Ok(DispatchOutcome::Handled {
                         reply: Some(reply), ..
                     }) => replies.push((peer, reply)),

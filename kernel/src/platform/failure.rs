@@ -28,7 +28,7 @@ pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
 /// After a panic or fatal error (see the module's documentation).
 pub fn stop_after_failure() -> ! {
     STOPPED.store(true, Ordering::SeqCst);
-    if instance::id() != 0 {
+    if !instance::id().is_supervisor() {
         cpu::halt_forever()
     }
     #[cfg(feature = "qemu-tests")]

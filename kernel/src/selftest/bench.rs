@@ -1,18 +1,19 @@
 //! The `bench_*` cases of the test kernel: `cargo xtask bench` boots them and collects their
 //! `BENCH` lines. The measurements themselves live in `crate::services::bench` (the shell's `bench` runs
 //! them too); what is here needs the test kernel: the all-instances exchange (jobs in the
-//! other instances) and the boot time.
+//! other instances, `super::peer::stream_among`) and the boot time.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::{Outcome, start_job};
+use super::harness::{Outcome, plan};
+use super::peer::{job, start_job, stream_among, stream_among_arg, wait_job};
 use crate::arch::tsc;
-use crate::messaging;
+use crate::instance::iid;
 use crate::println;
-use crate::services::bench::{SUNK, idle_stats, ns, sink_message, wait_sunk};
+use crate::services::bench::{SUNK, idle_stats, ns, wait_sunk};
 
 fn parse_n(arg: &str) -> Result<usize, String> {
     match arg.parse::<usize>() {
@@ -22,47 +23,19 @@ fn parse_n(arg: &str) -> Result<usize, String> {
 }
 
 pub(super) fn bench_ipi(arg: &str) -> Outcome {
-    crate::services::bench::ipi(parse_n(arg)?, 1)
+    crate::services::bench::ipi(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_rtt(arg: &str) -> Outcome {
-    crate::services::bench::rtt(parse_n(arg)?, 1)
+    crate::services::bench::rtt(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_tput(arg: &str) -> Outcome {
-    crate::services::bench::tput(parse_n(arg)?, 1)
+    crate::services::bench::tput(parse_n(arg)?, iid(1))
 }
 
 pub(super) fn bench_ops(arg: &str) -> Outcome {
     crate::services::bench::ops(parse_n(arg)?)
-}
-
-/// Job argument of `stream_among`: N in the low 48 bits, the number of instances above.
-pub(super) fn stream_among_arg(n: u64, instances: usize) -> u64 {
-    (n & ((1 << 48) - 1)) | ((instances as u64) << 48)
-}
-
-/// Sends N SINK messages to every other instance below the given count, interleaved, draining
-/// our own inbox as we go. Returns how many were sent.
-pub(super) fn stream_among(arg: u64) -> u64 {
-    let n = arg & ((1 << 48) - 1);
-    let count = (arg >> 48) as usize;
-    let me = crate::instance::id() as usize;
-    let msg = sink_message(1);
-    let mut sent = 0;
-    for _ in 0..n {
-        for to in (0..count).filter(|&to| to != me) {
-            match messaging::send_within(to, &msg, 5000) {
-                Ok(()) => sent += 1,
-                Err(e) => {
-                    crate::error!("stream to instance {to}: {e:?}");
-                    return sent;
-                }
-            }
-        }
-        messaging::poll();
-    }
-    sent
 }
 
 /// `bench_all=N`: the first k instances (k = 2, 3, ... up to all) each send N full-size
@@ -70,7 +43,7 @@ pub(super) fn stream_among(arg: u64) -> u64 {
 /// Receivers run in the default mode (halt when idle, doorbell suppression).
 pub(super) fn bench_all(arg: &str) -> Outcome {
     let n = parse_n(arg)? as u64;
-    let count = super::plan()?.partition_count();
+    let count = plan()?.partition_count();
     if count < 2 {
         return Err(String::from("needs at least two instances"));
     }
@@ -80,28 +53,25 @@ pub(super) fn bench_all(arg: &str) -> Outcome {
             let before = if i == 0 {
                 SUNK.load(Ordering::Relaxed)
             } else {
-                idle_stats(i)?.sunk
+                idle_stats(iid(i))?.sunk
             };
             want.push(before + n * (k as u64 - 1));
         }
         let start = tsc::read();
         let mut started = Vec::new();
         for i in 1..k {
-            started.push((
-                i,
-                start_job(i, super::job::STREAM_AMONG, stream_among_arg(n, k))?,
-            ));
+            started.push((i, start_job(i, job::STREAM_AMONG, stream_among_arg(n, k))?));
         }
         let sent = stream_among(stream_among_arg(n, k));
         if sent != n * (k as u64 - 1) {
             return Err(format!("instance 0 sent {sent} messages"));
         }
         for (i, &w) in want.iter().enumerate() {
-            wait_sunk(i, w, 120_000)?;
+            wait_sunk(iid(i), w, 120_000)?;
         }
         let elapsed = ns(tsc::read() - start).max(1);
         for (i, before) in started {
-            let s = super::wait_job(i, before, 10_000)?;
+            let s = wait_job(i, before, 10_000)?;
             if s.job_result != n * (k as u64 - 1) {
                 return Err(format!("instance {i} sent {} messages", s.job_result));
             }
@@ -123,7 +93,7 @@ pub(super) fn bench_boot() -> Outcome {
     let &(entry, running) = crate::boot::start::BOOT_TSC
         .get()
         .ok_or("instance 0 did not record its boot")?;
-    let count = super::plan()?.partition_count();
+    let count = plan()?.partition_count();
     println!(
         "BENCH boot.instances unit=ns value={} instances={count}",
         ns(running - entry)

@@ -7,7 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::{Outcome, ensure, plan, report, wait_report};
+use super::harness::{Outcome, ensure, plan};
+use super::peer::{report, wait_report};
 use crate::println;
 
 const FOUR_GIB: u64 = 1 << 32;
@@ -53,7 +54,7 @@ pub(super) fn above_4g(arg: &str) -> Outcome {
         },
     )?;
     for p in plan.partitions() {
-        let (state, _) = crate::shared::region::status(p.index);
+        let (state, _) = crate::shared::region::status(crate::instance::of_partition(p.index));
         ensure(state == "running", || {
             format!("instance {} is {state}", p.index)
         })?;

@@ -1,6 +1,7 @@
 //! Test cases of the services (`crate::services`): QUERY answers, heartbeats arrive, a
 //! crashed instance is declared dead within the documented bound and its resources come back
-//! while the others go on, a SHUTDOWN gives every resource back and parks the CPUs.
+//! while the others go on, a SHUTDOWN gives every resource back and parks the CPUs; CPUs,
+//! memory chunks and IRQ lines move between instances (hotplug, forwarding, a random storm).
 
 use alloc::format;
 use alloc::string::String;
@@ -12,10 +13,13 @@ use mk_wire::{
     Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload, Status,
 };
 
-use super::{Outcome, ensure, job, plan, start_job, user, wait_job};
+use super::harness::{Outcome, ensure, plan};
+use super::peer::{self, job, start_job, user, wait_job};
 use crate::arch::tsc;
+use crate::instance::iid;
 use crate::messaging;
 use crate::println;
+use crate::services::bench::{payload_words, words_payload};
 use crate::services::{heartbeat, lifecycle};
 use crate::shared::region;
 
@@ -31,7 +35,7 @@ fn parse_instance(arg: &str) -> Result<usize, String> {
 fn state(k: usize) -> Result<InstanceState, String> {
     region::get()
         .ok_or("no shared region")?
-        .instance(k)
+        .instance(iid(k))
         .and_then(|i| i.state())
         .map_err(|e| format!("instance {k}: {e:?}"))
 }
@@ -47,7 +51,7 @@ pub(super) fn query() -> Outcome {
             continue;
         }
         let reply = messaging::call(
-            p.index,
+            iid(p.index),
             Kind::Query,
             Payload::Query(QueryPayload { what: all }),
             2000,
@@ -61,7 +65,7 @@ pub(super) fn query() -> Outcome {
         };
         ensure(q.what == all, || format!("sections {:?}", q.what))?;
         let listed = region::get()
-            .and_then(|r| r.instance(p.index).ok())
+            .and_then(|r| r.instance(iid(p.index)).ok())
             .and_then(|i| i.resources().ok())
             .map(|res| res.cpus().to_vec())
             .unwrap_or_default();
@@ -75,7 +79,7 @@ pub(super) fn query() -> Outcome {
         // The instance publishes its allocator's ranges, at most RANGES_PER_INSTANCE of them
         // (after memory moves there may be more): all of its memory, or a part.
         let (published, complete) = region::get()
-            .and_then(|r| r.instance(p.index).ok())
+            .and_then(|r| r.instance(iid(p.index)).ok())
             .and_then(|i| i.resources().ok())
             .map_or((0, false), |res| {
                 (
@@ -96,7 +100,8 @@ pub(super) fn query() -> Outcome {
         )?;
         let r = region::get().ok_or("no shared region")?;
         let owned = |l: usize| {
-            l < mk_shared::MAX_IRQS && r.owner(Resource::Irq(l as u32)) == Ok(Owner::Owned(p.index))
+            l < mk_shared::MAX_IRQS
+                && r.owner(Resource::Irq(l as u32)) == Ok(Owner::Owned(iid(p.index)))
         };
         ensure((0..256).all(|l| q.has_irq(l) == owned(l)), || {
             format!(
@@ -131,7 +136,7 @@ pub(super) fn heartbeats() -> Outcome {
         .map(|k| heartbeat::RECEIVED[k].load(Ordering::SeqCst))
         .collect();
     let counters: Vec<u64> = (0..count)
-        .map(|k| r.instance(k).map_or(0, |i| i.heartbeat()))
+        .map(|k| r.instance(iid(k)).map_or(0, |i| i.heartbeat()))
         .collect();
     let deadline = tsc::read() + 3000 * tsc::ticks_per_ms();
     loop {
@@ -139,7 +144,7 @@ pub(super) fn heartbeats() -> Outcome {
         let behind: Vec<usize> = (1..count)
             .filter(|&k| {
                 heartbeat::RECEIVED[k].load(Ordering::SeqCst) < before[k] + 3
-                    || r.instance(k).map_or(0, |i| i.heartbeat()) <= counters[k]
+                    || r.instance(iid(k)).map_or(0, |i| i.heartbeat()) <= counters[k]
             })
             .collect();
         if behind.is_empty() {
@@ -155,7 +160,7 @@ pub(super) fn heartbeats() -> Outcome {
 fn held_by(k: usize) -> Result<Vec<Resource>, String> {
     let r = region::get().ok_or("no shared region")?;
     Ok(r.resources()
-        .filter(|(_, o)| *o == Ok(Owner::Owned(k)))
+        .filter(|(_, o)| *o == Ok(Owner::Owned(iid(k))))
         .map(|(res, _)| res)
         .collect())
 }
@@ -167,8 +172,8 @@ fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
     let left: Vec<Resource> = r
         .resources()
         .filter(|(_, o)| match o {
-            Ok(Owner::Owned(x)) => *x == k,
-            Ok(Owner::InTransit { from, to, .. }) => *from == k || *to == k,
+            Ok(Owner::Owned(x)) => *x == iid(k),
+            Ok(Owner::InTransit { from, to, .. }) => *from == iid(k) || *to == iid(k),
             _ => false,
         })
         .map(|(res, _)| res)
@@ -182,7 +187,7 @@ fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
     })?;
     ensure(!held.is_empty(), || format!("instance {k} held nothing"))?;
     for &res in held {
-        ensure(r.owner(res) == Ok(Owner::Owned(0)), || {
+        ensure(r.owner(res) == Ok(Owner::Owned(iid(0))), || {
             format!("{res:?} of instance {k}: {:?}", r.owner(res))
         })?;
     }
@@ -192,7 +197,7 @@ fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
 /// Messages still flow among the running instances: instance 0 pings each, and each asks
 /// (as a job) to ping every running instance.
 fn survivors_talk() -> Outcome {
-    let running: Vec<usize> = super::others().collect();
+    let running: Vec<usize> = peer::others().collect();
     ensure(!running.is_empty(), || {
         String::from("no instance left running")
     })?;
@@ -200,7 +205,7 @@ fn survivors_talk() -> Outcome {
     for &k in &running {
         started.push((k, start_job(k, job::PING_ALL, 10)?));
     }
-    let mine = super::ping_all(10);
+    let mine = peer::ping_all(10);
     ensure(mine == 10 * running.len() as u64, || {
         format!("instance 0: {mine} pings answered")
     })?;
@@ -241,7 +246,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
         .unwrap_or(0);
     let incoming = Resource::memory_at((top0 & !(chunk_size - 1)) - chunk_size);
     let g_in = r
-        .begin_transfer(incoming, 0, k)
+        .begin_transfer(incoming, iid(0), iid(k))
         .map_err(|e| format!("starting a hand-off to {k}: {e:?}"))?;
     let Some(&Resource::Memory(out_chunk)) = held
         .iter()
@@ -251,7 +256,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
         return Err(format!("instance {k} holds no memory chunk"));
     };
     let outgoing = Resource::Memory(out_chunk);
-    let third = super::others()
+    let third = peer::others()
         .find(|&x| x != k)
         .ok_or("no third instance")?;
     let jobs = start_job(
@@ -263,13 +268,13 @@ pub(super) fn crash(arg: &str) -> Outcome {
     ensure(g_out != 0, || {
         format!("instance {k} could not start its hand-off")
     })?;
-    let crash = Message::request(0, Kind::User(user::CRASH), 1, super::user_payload(&[]));
-    messaging::send(k, &crash).map_err(|e| format!("crash request: {e:?}"))?;
+    let crash = Message::request(iid(0), Kind::User(user::CRASH), 1, peer::user_payload(&[]));
+    messaging::send(iid(k), &crash).map_err(|e| format!("crash request: {e:?}"))?;
     let sent = tsc::read();
     // Messages queued behind the crash request: K never takes them. A respawned K must not
     // get them either (`respawn`).
     for _ in 0..3 {
-        let _ = messaging::try_send(k, &super::sequenced_message(k));
+        let _ = messaging::try_send(iid(k), &peer::sequenced_message(k));
     }
     let bound = heartbeat::dead_after_tsc() * (heartbeat::DEAD_AFTER_BEATS + 1)
         / heartbeat::DEAD_AFTER_BEATS
@@ -294,15 +299,15 @@ pub(super) fn crash(arg: &str) -> Outcome {
     })?;
     check_taken_back(k, &held)?;
     // Both cut-short hand-offs ended with exactly one owner, and cannot complete late.
-    ensure(r.owner(incoming) == Ok(Owner::Owned(0)), || {
+    ensure(r.owner(incoming) == Ok(Owner::Owned(iid(0))), || {
         format!(
             "{incoming:?} (was being given to {k}): {:?}",
             r.owner(incoming)
         )
     })?;
     ensure(
-        r.complete_transfer(incoming, k, g_in).is_err()
-            && r.complete_transfer(outgoing, third, (g_out - 1) as u32)
+        r.complete_transfer(incoming, iid(k), g_in).is_err()
+            && r.complete_transfer(outgoing, iid(third), (g_out - 1) as u32)
                 .is_err(),
         || String::from("a cut-short hand-off could still complete"),
     )?;
@@ -313,9 +318,10 @@ pub(super) fn crash(arg: &str) -> Outcome {
         nonce: 1,
         sent_at: 0,
     });
-    ensure(messaging::call(k, Kind::Ping, ping, 100).is_err(), || {
-        format!("instance {k} still answers")
-    })?;
+    ensure(
+        messaging::call(iid(k), Kind::Ping, ping, 100).is_err(),
+        || format!("instance {k} still answers"),
+    )?;
     survivors_talk()
 }
 
@@ -324,7 +330,7 @@ pub(super) fn crash(arg: &str) -> Outcome {
 pub(super) fn shutdown(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
     let cpus = region::get()
-        .and_then(|r| r.instance(k).ok())
+        .and_then(|r| r.instance(iid(k)).ok())
         .and_then(|i| i.resources().ok())
         .map_or(0, |res| res.cpus().len()) as u64;
     let held = held_by(k)?;
@@ -333,7 +339,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
         flags: ShutdownFlags::RETURN_RESOURCES,
         deadline_ticks: 0,
     });
-    let reply = messaging::call(k, Kind::Shutdown, request, 2000)
+    let reply = messaging::call(iid(k), Kind::Shutdown, request, 2000)
         .map_err(|e| format!("shutdown call: {e:?}"))?;
     ensure(reply.status == mk_wire::Status::Ok, || {
         format!("shutdown answered {:?}", reply.status)
@@ -351,7 +357,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
     ensure(state(k)? == InstanceState::Stopped, || {
         format!("instance {k} is {:?}", state(k))
     })?;
-    let parked = super::wait_report(k, lifecycle::REPORT_PARKED)?;
+    let parked = peer::wait_report(k, lifecycle::REPORT_PARKED)?;
     ensure(parked == cpus, || {
         format!("{parked} of instance {k}'s {cpus} CPUs parked")
     })?;
@@ -362,7 +368,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
     });
     ensure(
         matches!(
-            messaging::call(k, Kind::Ping, ping, 100),
+            messaging::call(iid(k), Kind::Ping, ping, 100),
             Err(messaging::CallFailure::Send(
                 messaging::SendError::NotRunning(_)
             ))
@@ -377,10 +383,10 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
 
 /// Timer interrupts CPU `apic` took in instance `k` (asked of `k`).
 fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
-    let reply = super::call_patiently(
-        k,
+    let reply = messaging::call_patiently(
+        iid(k),
         Kind::User(user::CPU_TICKS),
-        super::words_payload(&[u64::from(apic)]),
+        words_payload(&[u64::from(apic)]),
     )
     .map_err(|e| format!("ticks call to instance {k}: {e:?}"))?;
     if reply.status != mk_wire::Status::Ok {
@@ -389,7 +395,7 @@ fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
             reply.status
         ));
     }
-    super::payload_words(&reply.payload)
+    payload_words(&reply.payload)
         .first()
         .copied()
         .ok_or_else(|| String::from("empty ticks reply"))
@@ -401,13 +407,15 @@ fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
 fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
     use crate::services::cpu::{REPORT_JOINED, move_cpu};
     let r = region::get().ok_or("no shared region")?;
-    let joins_before = region::read_report(to, REPORT_JOINED).map_or(0, |v| v >> 32);
-    move_cpu(apic, from, to).map_err(|e| format!("moving CPU {apic} {from} -> {to}: {e:?}"))?;
-    ensure(r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(to)), || {
-        format!("CPU {apic}: {:?}", r.owner(Resource::Cpu(apic)))
-    })?;
+    let joins_before = region::read_report(iid(to), REPORT_JOINED).map_or(0, |v| v >> 32);
+    move_cpu(apic, iid(from), iid(to))
+        .map_err(|e| format!("moving CPU {apic} {from} -> {to}: {e:?}"))?;
+    ensure(
+        r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(iid(to))),
+        || format!("CPU {apic}: {:?}", r.owner(Resource::Cpu(apic))),
+    )?;
     let listed = |k: usize| {
-        r.instance(k)
+        r.instance(iid(k))
             .and_then(|i| i.resources())
             .is_ok_and(|res| res.cpus().contains(&apic))
     };
@@ -418,7 +426,7 @@ fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
             listed(from)
         )
     })?;
-    let joined = region::read_report(to, REPORT_JOINED).unwrap_or(0);
+    let joined = region::read_report(iid(to), REPORT_JOINED).unwrap_or(0);
     ensure(
         joined & 0xFFFF_FFFF == u64::from(apic) && joined >> 32 > joins_before,
         || format!("instance {to}'s join report is {joined:#x}"),
@@ -475,7 +483,7 @@ pub(super) fn cpu_hotplug() -> Outcome {
         ),
     ];
     for (apic, from, to, want, what) in refusals {
-        let got = move_cpu(apic, from, to);
+        let got = move_cpu(apic, iid(from), iid(to));
         ensure(got == Err(MoveError::Refused(want)), || {
             format!("moving {what} gave {got:?}, expected Refused({want:?})")
         })?;
@@ -483,7 +491,7 @@ pub(super) fn cpu_hotplug() -> Outcome {
     let r = region::get().ok_or("no shared region")?;
     for (apic, owner) in [(first1, 1), (second1, 1), (only2, 2)] {
         ensure(
-            r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(owner)),
+            r.owner(Resource::Cpu(apic)) == Ok(Owner::Owned(iid(owner))),
             || {
                 format!(
                     "after the refusals CPU {apic}: {:?}",
@@ -496,65 +504,6 @@ pub(super) fn cpu_hotplug() -> Outcome {
         "cpu_hotplug: first CPU, only CPU, foreign CPU and unknown CPU refused; nothing moved"
     );
     Ok(())
-}
-
-/// The word written at physical address `pa` by `fill_check`.
-fn fill_pattern(pa: u64) -> u64 {
-    pa.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5A5A_5A5A_5A5A_5A5A
-}
-
-/// Job: allocates the frames of `[start, start + mib MiB)` from this instance's frame allocator
-/// (they must be free in it), writes every word, reads every word back, frees the frames.
-/// Returns the words found right (0 if the frames could not be allocated).
-pub(super) fn fill_check(arg: u64) -> u64 {
-    use crate::memory::frames;
-    let start = arg & 0xFFFF_FFFF_FFFF;
-    let len = (arg >> 48) << 20;
-    let Ok(mut owned) = frames::OwnedFrames::take_range(start, len / 4096) else {
-        crate::error!("fill_check: {start:#x}+{len:#x} is not free here");
-        return 0;
-    };
-    let mem = owned.words_mut();
-    // In blocks, draining the mailboxes between them: this takes a while where memory-bound
-    // code is slow (nested KVM), and the instance must keep answering meanwhile.
-    const BLOCK: usize = 8192;
-    for (b, block) in mem.chunks_mut(BLOCK).enumerate() {
-        for (i, w) in block.iter_mut().enumerate() {
-            *w = fill_pattern(start + 8 * (b * BLOCK + i) as u64);
-        }
-        messaging::poll();
-    }
-    let mut right = 0;
-    for (b, block) in mem.chunks(BLOCK).enumerate() {
-        right += block
-            .iter()
-            .enumerate()
-            .filter(|&(i, &w)| w == fill_pattern(start + 8 * (b * BLOCK + i) as u64))
-            .count() as u64;
-        messaging::poll();
-    }
-    drop(owned);
-    right
-}
-
-/// Report word where `probe_fault` leaves the faulting address (u64::MAX: no fault).
-const REPORT_PROBE: usize = 3;
-
-/// Job: reads physical address `pa` through this instance's physical map, expecting a page
-/// fault; reports CR2 (or u64::MAX if the read succeeded) and goes back to serving.
-pub(super) fn probe_fault(pa: u64) -> u64 {
-    let virt = crate::memory::frames::phys_to_virt(pa);
-    crate::arch::interrupts::expect_page_fault(virt, |cr2, _| {
-        region::report(REPORT_PROBE, cr2);
-        crate::info!("probe: reading memory given away faulted at {cr2:#x}");
-        super::idle()
-    });
-    match crate::memory::read_unmapped(virt) {
-        Ok(v) => crate::error!("probe: read {v:#x} from memory this instance gave away"),
-        Err(e) => crate::error!("probe: memory this instance gave away: {e}"),
-    }
-    region::report(REPORT_PROBE, u64::MAX);
-    0
 }
 
 /// `mem_hotplug` (instances 1 and 2 other than 0): 16 MiB at the top of instance 1's memory
@@ -581,7 +530,9 @@ pub(super) fn mem_hotplug() -> Outcome {
             .collect()
     };
     ensure(
-        owners(start, len).iter().all(|o| *o == Ok(Owner::Owned(1))),
+        owners(start, len)
+            .iter()
+            .all(|o| *o == Ok(Owner::Owned(iid(1)))),
         || format!("{start:#x}+16 MiB is not all instance 1's"),
     )?;
 
@@ -603,20 +554,22 @@ pub(super) fn mem_hotplug() -> Outcome {
             "memory instance 1 does not own",
         ),
     ] {
-        let got = move_memory(s, l, 1, 2);
+        let got = move_memory(s, l, iid(1), iid(2));
         ensure(got == Err(MoveError::Refused(want)), || {
             format!("moving {what} gave {got:?}, expected Refused({want:?})")
         })?;
     }
     ensure(
-        owners(low1, chunk) == [Ok(Owner::Owned(1))]
-            && owners(low2, chunk) == [Ok(Owner::Owned(2))],
+        owners(low1, chunk) == [Ok(Owner::Owned(iid(1)))]
+            && owners(low2, chunk) == [Ok(Owner::Owned(iid(2)))],
         || String::from("a refused move changed the ownership table"),
     )?;
 
-    move_memory(start, len, 1, 2).map_err(|e| format!("moving 16 MiB: {e:?}"))?;
+    move_memory(start, len, iid(1), iid(2)).map_err(|e| format!("moving 16 MiB: {e:?}"))?;
     ensure(
-        owners(start, len).iter().all(|o| *o == Ok(Owner::Owned(2))),
+        owners(start, len)
+            .iter()
+            .all(|o| *o == Ok(Owner::Owned(iid(2)))),
         || format!("after the move: {:?}", owners(start, len).first()),
     )?;
     let before = start_job(2, job::FILL_CHECK, start | (16 << 48))?;
@@ -634,7 +587,7 @@ pub(super) fn mem_hotplug() -> Outcome {
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     loop {
         messaging::poll();
-        match region::read_report(1, REPORT_PROBE) {
+        match region::read_report(iid(1), peer::REPORT_PROBE) {
             Some(v) if v == want => break,
             Some(u64::MAX) => return Err(String::from("instance 1 read the memory it gave away")),
             _ => {}
@@ -658,13 +611,13 @@ fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
             crate::services::irq::FORWARDED_IN[line].load(Ordering::Relaxed),
         ));
     }
-    let reply = super::call_patiently(
-        k,
+    let reply = messaging::call_patiently(
+        iid(k),
         Kind::User(user::IRQ_STATS),
-        super::words_payload(&[line as u64]),
+        words_payload(&[line as u64]),
     )
     .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
-    match super::payload_words(&reply.payload)[..] {
+    match payload_words(&reply.payload)[..] {
         [direct, forwarded, ..] => Ok((direct, forwarded)),
         _ => Err(format!("irq stats reply {:?}", reply.status)),
     }
@@ -672,9 +625,9 @@ fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
 
 /// (bytes, their sum) instance `k` took from COM2.
 fn com2_stats(k: usize) -> Result<(u64, u64), String> {
-    let reply = super::call_patiently(k, Kind::User(user::IRQ_STATS), super::words_payload(&[0]))
+    let reply = messaging::call_patiently(iid(k), Kind::User(user::IRQ_STATS), words_payload(&[0]))
         .map_err(|e| format!("irq stats call to instance {k}: {e:?}"))?;
-    match super::payload_words(&reply.payload)[..] {
+    match payload_words(&reply.payload)[..] {
         [_, _, bytes, sum] => Ok((bytes, sum)),
         _ => Err(format!("irq stats reply {:?}", reply.status)),
     }
@@ -692,7 +645,7 @@ pub(super) fn serial_irq(arg: &str) -> Outcome {
     })?;
     let gsi = irq::com2_gsi();
     com2::init_loopback();
-    irq::balance(gsi as usize, k)
+    irq::balance(gsi as usize, iid(k))
         .map_err(|s| format!("balancing COM2's line {gsi} to {k}: {s:?}"))?;
     let (bytes0, sum0) = com2_stats(k)?;
     let (irqs0, _) = irq_stats(k, gsi as usize)?;
@@ -722,7 +675,7 @@ pub(super) fn serial_irq(arg: &str) -> Outcome {
             )
         },
     )?;
-    irq::request_mask(k, gsi, true).map_err(|s| format!("mask: {s:?}"))?;
+    irq::request_mask(iid(k), gsi, true).map_err(|s| format!("mask: {s:?}"))?;
     println!(
         "serial_irq: COM2 receive line {gsi} balanced to instance {k}: 32 bytes in {} interrupts, intact",
         irqs - irqs0
@@ -776,15 +729,16 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
     ensure(line < mk_shared::MAX_IRQS, || format!("RTC GSI {gsi}"))?;
     irq::claim_local(line).map_err(|s| format!("claiming line {line}: {s:?}"))?;
     crate::platform::rtc::start_periodic(10); // 64 Hz
-    irq::forward(line, f).map_err(|s| format!("forwarding: {s:?}"))?;
+    irq::forward(line, iid(f)).map_err(|s| format!("forwarding: {s:?}"))?;
     wait_growth("forwarded deliveries", 10, || Ok(irq_stats(f, line)?.1))?;
     println!("irq_forwarding: RTC line {line} forwarded to instance {f}, counted there");
 
-    irq::balance(line, b).map_err(|s| format!("balancing to {b}: {s:?}"))?;
+    irq::balance(line, iid(b)).map_err(|s| format!("balancing to {b}: {s:?}"))?;
     let r = region::get().ok_or("no shared region")?;
-    ensure(r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(b)), || {
-        format!("line {line}: {:?}", r.owner(Resource::Irq(gsi)))
-    })?;
+    ensure(
+        r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(iid(b))),
+        || format!("line {line}: {:?}", r.owner(Resource::Irq(gsi))),
+    )?;
     wait_growth("direct interrupts in the new owner", 10, || {
         Ok(irq_stats(b, line)?.0)
     })?;
@@ -793,9 +747,9 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
     })?;
     println!("irq_forwarding: line {line} balanced to instance {b}, which takes it directly");
 
-    irq::request_mask(b, gsi, true).map_err(|s| format!("mask: {s:?}"))?;
+    irq::request_mask(iid(b), gsi, true).map_err(|s| format!("mask: {s:?}"))?;
     stays("interrupts while masked", || Ok(irq_stats(b, line)?.0))?;
-    irq::request_mask(b, gsi, false).map_err(|s| format!("unmask: {s:?}"))?;
+    irq::request_mask(iid(b), gsi, false).map_err(|s| format!("unmask: {s:?}"))?;
     wait_growth("interrupts after unmasking", 10, || {
         Ok(irq_stats(b, line)?.0)
     })?;
@@ -804,22 +758,22 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
     let refusals = [
         (
             "mask at a non-owner",
-            irq::request_mask(f, gsi, true),
+            irq::request_mask(iid(f), gsi, true),
             Status::NotOwner,
         ),
         (
             "mask of a line that does not exist",
-            irq::request_mask(b, 200, true),
+            irq::request_mask(iid(b), 200, true),
             Status::NoSuchResource,
         ),
         (
             "a balance nobody started",
-            irq::request_balance_unprepared(f, gsi),
+            irq::request_balance_unprepared(iid(f), gsi),
             Status::NotOwner,
         ),
         (
             "a balance by a non-owner",
-            irq::balance(line, f),
+            irq::balance(line, iid(f)),
             Status::NotOwner,
         ),
     ];
@@ -828,10 +782,11 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
             format!("{what}: {got:?}, expected {want:?}")
         })?;
     }
-    ensure(r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(b)), || {
-        String::from("a refused request moved the line")
-    })?;
-    irq::request_mask(b, gsi, true).map_err(|s| format!("final mask: {s:?}"))?;
+    ensure(
+        r.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(iid(b))),
+        || String::from("a refused request moved the line"),
+    )?;
+    irq::request_mask(iid(b), gsi, true).map_err(|s| format!("final mask: {s:?}"))?;
     crate::platform::rtc::stop_periodic();
     println!(
         "irq_forwarding: requests to a non-owner, for an unknown line, and unprepared balances refused"
@@ -877,7 +832,7 @@ fn census() -> Result<Census, String> {
             Resource::Memory(_) => 2,
         };
         match owner.map_err(|e| format!("{res:?}: {e:?}"))? {
-            Owner::Owned(o) => c.owned[kind][o] += 1,
+            Owner::Owned(o) => c.owned[kind][o.index()] += 1,
             Owner::InTransit { .. } => c.in_transit += 1,
             Owner::Free => {}
         }
@@ -888,7 +843,7 @@ fn census() -> Result<Census, String> {
 /// Memory (bytes) instance `k` has in its frame allocator, asked with QUERY.
 fn memory_of(k: usize) -> Result<u64, String> {
     let reply = messaging::call(
-        k,
+        iid(k),
         Kind::Query,
         Payload::Query(QueryPayload {
             what: QueryWhat::MEMORY,
@@ -929,7 +884,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
     let mut moved = [0u64; 3];
     let mut refused = [0u64; 3];
     let owner_of = |res: Resource| match r.owner(res) {
-        Ok(Owner::Owned(o)) => Ok(o),
+        Ok(Owner::Owned(o)) => Ok(o.index()),
         other => Err(format!("{res:?} is {other:?}")),
     };
     for i in 0..n {
@@ -937,7 +892,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
             0 => {
                 let from = owner_of(Resource::Cpu(floating))?;
                 let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
-                cpu::move_cpu(floating, from, to)
+                cpu::move_cpu(floating, iid(from), iid(to))
                     .map_err(|e| format!("move {i}: CPU {floating} {from} -> {to}: {e:?}"))?;
                 moved[0] += 1;
             }
@@ -945,7 +900,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 let from = 1 + rng.below(count as u64 - 1) as usize;
                 let mine: Vec<u64> = (0..tops.iter().copied().max().unwrap_or(0))
                     .step_by(chunk as usize)
-                    .filter(|&a| r.owner(Resource::memory_at(a)) == Ok(Owner::Owned(from)))
+                    .filter(|&a| r.owner(Resource::memory_at(a)) == Ok(Owner::Owned(iid(from))))
                     .collect();
                 // A receiver whose frame bitmap covers the chunk (its memory reaches above it).
                 let Some(&start) = mine.get(rng.below(mine.len() as u64) as usize) else {
@@ -957,7 +912,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 let Some(&to) = takers.get(rng.below(takers.len() as u64) as usize) else {
                     continue;
                 };
-                match memory::move_memory(start, chunk, from, to) {
+                match memory::move_memory(start, chunk, iid(from), iid(to)) {
                     Ok(()) => moved[1] += 1,
                     Err(crate::services::moves::MoveError::Refused(Status::Busy)) => {
                         refused[1] += 1
@@ -972,7 +927,8 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 let from = owner_of(Resource::Irq(line))?;
                 let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
                 let result = if from == 0 {
-                    irq::balance(line as usize, to).map_or_else(|s| u64::from(s.code()) + 1, |()| 0)
+                    irq::balance(line as usize, iid(to))
+                        .map_or_else(|s| u64::from(s.code()) + 1, |()| 0)
                 } else {
                     let jobs =
                         start_job(from, job::BALANCE_LINE, u64::from(line) | (to as u64) << 32)?;
@@ -1029,27 +985,28 @@ pub(super) fn storm(arg: &str) -> Outcome {
 /// order from 0.
 pub(super) fn respawn(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
-    crate::services::lifecycle::respawn(k).map_err(|e| format!("respawning {k}: {e}"))?;
+    crate::services::lifecycle::respawn(iid(k)).map_err(|e| format!("respawning {k}: {e}"))?;
     ensure(state(k)? == InstanceState::Running, || {
         format!("instance {k} is {:?}", state(k))
     })?;
     let r = region::get().ok_or("no shared region")?;
     let cpus = r
-        .instance(k)
+        .instance(iid(k))
         .and_then(|i| i.resources())
         .map(|res| res.cpus().to_vec())
         .map_err(|e| format!("{e:?}"))?;
     for &c in &cpus {
-        ensure(r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(k)), || {
-            format!("CPU {c}: {:?}", r.owner(Resource::Cpu(c)))
-        })?;
+        ensure(
+            r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(iid(k))),
+            || format!("CPU {c}: {:?}", r.owner(Resource::Cpu(c))),
+        )?;
     }
-    super::SEQ_SEND[k].store(0, Ordering::SeqCst);
+    peer::SEQ_SEND[k].store(0, Ordering::SeqCst);
     for _ in 0..3 {
-        messaging::send(k, &super::sequenced_message(k))
+        messaging::send(iid(k), &peer::sequenced_message(k))
             .map_err(|e| format!("sending to the new instance {k}: {e:?}"))?;
     }
-    let s = super::peer_stats(k)?;
+    let s = peer::peer_stats(k)?;
     ensure(s.in_order == 3 && s.bad == 0, || {
         format!(
             "the new instance {k} saw {} in order and {} bad (stale messages delivered?)",

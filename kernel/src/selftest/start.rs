@@ -9,14 +9,11 @@ use mk_shared::{InstanceState, Owner, Resource};
 
 use crate::arch::tsc;
 use crate::cpus::launch::{LAUNCH, PLAN};
+use crate::instance::iid;
 use crate::services::lifecycle;
 use crate::shared::region;
 
-type Outcome = Result<(), String>;
-
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
-    if cond { Ok(()) } else { Err(msg()) }
-}
+use super::harness::{Outcome, ensure};
 
 /// `K:REST`: the instance and the rest of the argument.
 fn instance_arg(arg: &str) -> Result<(usize, &str), String> {
@@ -36,10 +33,10 @@ pub fn start_wait(arg: &str) -> Outcome {
         .first()
         .map(|&(_, w)| w)
         .ok_or_else(|| format!("'{arg}' does not parse as a start wait"))?;
-    ensure(launcher.wait_for(k) == want, || {
+    ensure(launcher.wait_for(iid(k)) == want, || {
         format!(
             "instance {k} was waited for with {:?}, not {want:?}",
-            launcher.wait_for(k)
+            launcher.wait_for(iid(k))
         )
     })
 }
@@ -52,7 +49,7 @@ pub fn slow_start(arg: &str) -> Outcome {
         .parse()
         .map_err(|_| format!("bad milliseconds in '{arg}'"))?;
     let inst = region::get()
-        .and_then(|r| r.instance(k).ok())
+        .and_then(|r| r.instance(iid(k)).ok())
         .ok_or("no such instance")?;
     let took = inst.ready_tsc().saturating_sub(inst.boot_tsc()) / tsc::ticks_per_ms();
     crate::println!("slow_start: instance {k} took {took} ms to report running");
@@ -66,7 +63,7 @@ pub fn slow_start(arg: &str) -> Outcome {
 pub fn start_adopted(arg: &str) -> Outcome {
     let (k, _) = instance_arg(arg)?;
     let inst = region::get()
-        .and_then(|r| r.instance(k).ok())
+        .and_then(|r| r.instance(iid(k)).ok())
         .ok_or("no such instance")?;
     ensure(inst.state() == Ok(InstanceState::Running), || {
         format!("instance {k} is {:?}, not running", inst.state())
@@ -80,7 +77,9 @@ pub fn start_adopted(arg: &str) -> Outcome {
 pub fn start_gave_up(arg: &str) -> Outcome {
     let (k, _) = instance_arg(arg)?;
     let r = region::get().ok_or("no shared region")?;
-    let inst = r.instance(k).map_err(|e| format!("instance {k}: {e:?}"))?;
+    let inst = r
+        .instance(iid(k))
+        .map_err(|e| format!("instance {k}: {e:?}"))?;
     ensure(inst.state() == Ok(InstanceState::Dead), || {
         format!("instance {k} is {:?}, not dead", inst.state())
     })?;
@@ -92,14 +91,14 @@ pub fn start_gave_up(arg: &str) -> Outcome {
     let p = plan.partition(k).ok_or("no such partition")?;
     for &c in p.cpus {
         let owner = r.owner(Resource::Cpu(c));
-        ensure(owner == Ok(Owner::Owned(0)), || {
+        ensure(owner == Ok(Owner::Owned(iid(0))), || {
             format!("CPU {c} of instance {k} is {owner:?}, not back with instance 0")
         })?;
     }
     for (res, owner) in r.resources() {
         let involved = match owner {
-            Ok(Owner::Owned(o)) => o == k,
-            Ok(Owner::InTransit { from, to, .. }) => from == k || to == k,
+            Ok(Owner::Owned(o)) => o == iid(k),
+            Ok(Owner::InTransit { from, to, .. }) => from == iid(k) || to == iid(k),
             _ => false,
         };
         ensure(!involved, || {
@@ -130,8 +129,13 @@ fn ping(k: usize) -> Result<(), String> {
         nonce: 0x5157,
         sent_at: 1,
     };
-    let reply = crate::messaging::call(k, mk_wire::Kind::Ping, mk_wire::Payload::Ping(ping), 2000)
-        .map_err(|e| format!("{e:?}"))?;
+    let reply = crate::messaging::call(
+        iid(k),
+        mk_wire::Kind::Ping,
+        mk_wire::Payload::Ping(ping),
+        2000,
+    )
+    .map_err(|e| format!("{e:?}"))?;
     ensure(reply.payload == mk_wire::Payload::Ping(ping), || {
         format!("reply {:?}", reply.payload)
     })

@@ -31,6 +31,7 @@ use mk_mailbox::DoorbellMode;
 use mk_wire::{Kind, Message, Payload, UserPayload};
 
 use crate::arch::{cpu, interrupts, tsc};
+use crate::instance::InstanceId;
 use crate::messaging::{self, call_patiently};
 use crate::println;
 
@@ -143,7 +144,7 @@ pub fn ns(ticks: u64) -> u64 {
 }
 
 /// Sends a CONTROL call to `to`; returns the reply's words.
-fn control(to: usize, op: u64, arg: u64) -> Result<Vec<u64>, String> {
+fn control(to: InstanceId, op: u64, arg: u64) -> Result<Vec<u64>, String> {
     let reply = call_patiently(to, Kind::User(user::CONTROL), words_payload(&[op, arg]))
         .map_err(|e| format!("control call to instance {to}: {e:?}"))?;
     if reply.status != mk_wire::Status::Ok {
@@ -163,7 +164,7 @@ pub struct IdleSnapshot {
     pub sunk: u64,
 }
 
-pub fn idle_stats(to: usize) -> Result<IdleSnapshot, String> {
+pub fn idle_stats(to: InstanceId) -> Result<IdleSnapshot, String> {
     let w = control(to, op::STATS, 0)?;
     let [polling_ns, halted_ns, halts, sunk] = w[..] else {
         return Err(format!("stats reply of {} words", w.len()));
@@ -202,7 +203,7 @@ fn print_summary(name: &str, s: &Summary, extra: &str) {
 /// the peer's first CPU, whose handler answers with one; we spin until it arrives. Once with
 /// the peer polling (its CPU is running: the floor of an IPI), once with it halted (the IPI
 /// also has to wake it: the floor of an IPI-notified message).
-pub fn ipi(n: usize, peer: usize) -> Outcome {
+pub fn ipi(n: usize, peer: InstanceId) -> Outcome {
     let peer_cpu =
         messaging::doorbell_cpu(peer).ok_or_else(|| format!("instance {peer} has no CPU"))?;
     let me = cpu::current().apic_id;
@@ -239,7 +240,7 @@ pub fn ipi(n: usize, peer: usize) -> Outcome {
 /// polling) and with a 500 µs pause between them (longer than its polling budget, so it
 /// halts). Each line also gives the share of the receiver's time spent polling an empty inbox
 /// and how often it halted.
-pub fn rtt(n: usize, peer: usize) -> Outcome {
+pub fn rtt(n: usize, peer: InstanceId) -> Outcome {
     let timeout = ANSWER_TIMEOUT_MS;
     let variants = [
         ("rtt.polling", FOREVER, 0),
@@ -298,7 +299,7 @@ pub fn rtt(n: usize, peer: usize) -> Outcome {
 /// A full-size (256-byte) SINK message.
 pub fn sink_message(id: u64) -> Message {
     Message::request(
-        crate::instance::id() as u16,
+        crate::instance::id(),
         Kind::User(user::SINK),
         id,
         Payload::User(UserPayload::new(&[0x5a; mk_wire::MAX_PAYLOAD]).expect("fits")),
@@ -306,10 +307,10 @@ pub fn sink_message(id: u64) -> Message {
 }
 
 /// Waits until instance `to` has taken `want` SINK messages in total, draining our inbox.
-pub fn wait_sunk(to: usize, want: u64, timeout_ms: u64) -> Result<(), String> {
+pub fn wait_sunk(to: InstanceId, want: u64, timeout_ms: u64) -> Result<(), String> {
     let deadline = tsc::read() + timeout_ms * tsc::ticks_per_ms();
     loop {
-        let got = if to == crate::instance::id() as usize {
+        let got = if to == crate::instance::id() {
             messaging::poll();
             SUNK.load(Ordering::Relaxed)
         } else {
@@ -330,7 +331,7 @@ pub fn wait_sunk(to: usize, want: u64, timeout_ms: u64) -> Result<(), String> {
 /// to the peer: with doorbell suppression (the default), with a doorbell for every message,
 /// with batches of 16 messages under one doorbell, and to a polling receiver. Timed from the
 /// first send until the peer has taken the last message.
-pub fn tput(n: usize, peer: usize) -> Outcome {
+pub fn tput(n: usize, peer: InstanceId) -> Outcome {
     let n = n as u64;
     let variants = [
         ("tput.suppress", 0, DoorbellMode::Suppress, 1),
@@ -338,14 +339,14 @@ pub fn tput(n: usize, peer: usize) -> Outcome {
         ("tput.batch16", 0, DoorbellMode::Suppress, 16),
         ("tput.polling", FOREVER, DoorbellMode::Suppress, 1),
     ];
-    let row = crate::shared::region::telemetry_row(crate::instance::id() as usize)
-        .ok_or("no telemetry table")?;
+    let row =
+        crate::shared::region::telemetry_row(crate::instance::id()).ok_or("no telemetry table")?;
     let result = (|| {
         for (name, idle, mode, batch) in variants {
             control(peer, op::IDLE_POLL, idle)?;
             messaging::set_doorbell_mode(mode);
             let before = idle_stats(peer)?;
-            let ipis_before = row[peer].snapshot().ipis_sent;
+            let ipis_before = row[peer.index()].snapshot().ipis_sent;
             let batch_msgs: Vec<Message> = (0..batch).map(|i| sink_message(i + 1)).collect();
             let start = tsc::read();
             let mut sent = 0;
@@ -362,7 +363,7 @@ pub fn tput(n: usize, peer: usize) -> Outcome {
             println!(
                 "BENCH {name} unit=msg/s value={per_sec} msgs={n} ns={elapsed} bytes_per_s={} ipis={} receiver_halts={}",
                 per_sec * mk_wire::SLOT_SIZE as u64,
-                row[peer].snapshot().ipis_sent - ipis_before,
+                row[peer.index()].snapshot().ipis_sent - ipis_before,
                 after.halts - before.halts
             );
         }
@@ -381,7 +382,7 @@ pub fn tput(n: usize, peer: usize) -> Outcome {
 pub fn ops(n: usize) -> Outcome {
     let n = n as u64;
     // A counter in the shared region nobody reads: this instance's entry for itself.
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let shared = crate::shared::region::telemetry_row(me).ok_or("no telemetry table")?;
     let lock = spin::Mutex::new(0u64);
     let msg = sink_message(1);
@@ -402,7 +403,9 @@ pub fn ops(n: usize) -> Outcome {
         println!("BENCH op.{name} unit=ns_per_op value={per_op} n={done}");
     };
     time("empty", &mut || core::hint::black_box(()));
-    time("shared_atomic_add", &mut || shared[me].record_busy());
+    time("shared_atomic_add", &mut || {
+        shared[me.index()].record_busy()
+    });
     time("spin_lock", &mut || *lock.lock() += 1);
     time("rdtsc", &mut || {
         core::hint::black_box(tsc::read());
@@ -427,7 +430,7 @@ pub fn ops(n: usize) -> Outcome {
         core::hint::black_box(mk_wire::decode(&slot).is_ok());
     });
     let ping = Message::request(
-        0,
+        InstanceId::ZERO,
         Kind::Ping,
         0,
         Payload::Ping(mk_wire::PingPayload {

@@ -31,6 +31,7 @@ use mk_wire::{CpuFlags, CpuPayload, HandoffPhase, Kind, Message, Payload, Status
 
 use super::moves::MoveError;
 use crate::cpus::smp;
+use crate::instance::InstanceId;
 use crate::messaging;
 use crate::shared::region;
 
@@ -58,7 +59,7 @@ fn payload(apic: u32, generation: u32, phase: HandoffPhase) -> Payload {
 /// Republishes this instance's CPU list (first CPU first) in the shared instance table.
 fn republish() {
     let me = crate::instance::id();
-    let Some(inst) = region::get().and_then(|r| r.instance(me as usize).ok()) else {
+    let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) else {
         return;
     };
     let ranges = inst
@@ -79,11 +80,11 @@ pub fn handle_remove(m: &Message) -> Option<Reply> {
     })
 }
 
-fn remove(sender: u16, apic: u32) -> Result<u32, Status> {
-    if sender != 0 {
+fn remove(sender: InstanceId, apic: u32) -> Result<u32, Status> {
+    if !sender.is_supervisor() {
         return Err(Status::Refused);
     }
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let r = region::get().ok_or(Status::InternalError)?;
     match r.owner(Resource::Cpu(apic)) {
         Ok(Owner::Owned(o)) if o == me => {}
@@ -101,10 +102,12 @@ fn remove(sender: u16, apic: u32) -> Result<u32, Status> {
         return Err(Status::Timeout);
     }
     republish();
-    let g = r.begin_transfer(Resource::Cpu(apic), me, 0).map_err(|e| {
-        crate::error!("CPU {apic} parked but not handed over: {e:?}");
-        Status::InternalError
-    })?;
+    let g = r
+        .begin_transfer(Resource::Cpu(apic), me, InstanceId::ZERO)
+        .map_err(|e| {
+            crate::error!("CPU {apic} parked but not handed over: {e:?}");
+            Status::InternalError
+        })?;
     crate::info!("CPU {apic} left instance {me} (parked), handed to instance 0");
     Ok(g)
 }
@@ -120,11 +123,11 @@ pub fn handle_add(m: &Message) -> Option<Reply> {
     })
 }
 
-fn add(sender: u16, apic: u32, generation: u32) -> Result<(), Status> {
-    if sender != 0 {
+fn add(sender: InstanceId, apic: u32, generation: u32) -> Result<(), Status> {
+    if !sender.is_supervisor() {
         return Err(Status::Refused);
     }
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let r = region::get().ok_or(Status::InternalError)?;
     match r.owner(Resource::Cpu(apic)) {
         Ok(Owner::InTransit {
@@ -154,11 +157,11 @@ fn join(apic: u32) -> Result<(), Status> {
 }
 
 /// Instance 0: moves CPU `apic` from instance `from` to instance `to` (either may be 0).
-pub fn move_cpu(apic: u32, from: usize, to: usize) -> Result<(), MoveError> {
+pub fn move_cpu(apic: u32, from: InstanceId, to: InstanceId) -> Result<(), MoveError> {
     let r = region::get().ok_or(MoveError::Refused(Status::InternalError))?;
     let cpu = Resource::Cpu(apic);
     // Step 1: the giver parks it and hands it to instance 0.
-    if from == 0 {
+    if from.is_supervisor() {
         smp::park_cpu(apic, PARK_TIMEOUT_MS).map_err(|_| MoveError::Refused(Status::Refused))?;
         republish();
     } else {
@@ -175,14 +178,16 @@ pub fn move_cpu(apic: u32, from: usize, to: usize) -> Result<(), MoveError> {
         let Payload::Cpu(p) = reply.payload else {
             return Err(MoveError::Refused(Status::InternalError));
         };
-        r.complete_transfer(cpu, 0, p.generation)
+        r.complete_transfer(cpu, InstanceId::ZERO, p.generation)
             .map_err(MoveError::Table)?;
     }
     // Step 2: instance 0 hands it to the receiver, which starts it.
-    if to == 0 {
+    if to.is_supervisor() {
         return join(apic).map_err(MoveError::ReceiverRefused);
     }
-    let g = r.begin_transfer(cpu, 0, to).map_err(MoveError::Table)?;
+    let g = r
+        .begin_transfer(cpu, InstanceId::ZERO, to)
+        .map_err(MoveError::Table)?;
     let outcome = messaging::call(
         to,
         Kind::CpuAdd,
@@ -192,7 +197,7 @@ pub fn move_cpu(apic: u32, from: usize, to: usize) -> Result<(), MoveError> {
     let result = super::moves::receiver_answer(outcome);
     if result.is_err() {
         // Roll back if the receiver did not take it: the CPU stays parked with instance 0.
-        let _ = r.abort_transfer(cpu, 0, g);
+        let _ = r.abort_transfer(cpu, InstanceId::ZERO, g);
     }
     result
 }

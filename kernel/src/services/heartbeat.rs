@@ -25,6 +25,7 @@ use mk_dispatch::Reply;
 use mk_wire::{HeartbeatPayload, Kind, Message, Payload};
 
 use crate::arch::{cpu, interrupts, tsc};
+use crate::instance::InstanceId;
 use crate::shared::region;
 
 /// Timer ticks between beats (100 ms at the 100 Hz tick).
@@ -56,8 +57,8 @@ pub fn dead_after_tsc() -> u64 {
 
 /// Timer tick (every CPU, interrupts off): the first CPU of an instance other than 0 beats.
 pub fn on_tick() {
-    let me = crate::instance::id() as usize;
-    if me == 0 || crate::platform::failure::stopped() {
+    let me = crate::instance::id();
+    if me.is_supervisor() || crate::platform::failure::stopped() {
         return;
     }
     let Some(c) = cpu::try_current() else { return };
@@ -79,7 +80,7 @@ pub fn send_if_due() {
     }
     let counter = SENT.fetch_add(1, Ordering::Relaxed) + 1;
     let beat = Message::request(
-        crate::instance::id() as u16,
+        crate::instance::id(),
         Kind::Heartbeat,
         0,
         Payload::Heartbeat(HeartbeatPayload {
@@ -87,12 +88,12 @@ pub fn send_if_due() {
             uptime_ticks: interrupts::TIMER_TICKS.load(Ordering::Relaxed),
         }),
     );
-    let _ = crate::messaging::try_send(0, &beat);
+    let _ = crate::messaging::try_send(InstanceId::ZERO, &beat);
 }
 
 /// Instance 0's HEARTBEAT handler: a sign of life.
 pub fn handle(m: &Message) -> Option<Reply> {
-    let from = usize::from(m.sender);
+    let from = m.sender.index();
     if let (Some(r), Some(l)) = (RECEIVED.get(from), LAST_SIGN.get(from)) {
         r.fetch_add(1, Ordering::Relaxed);
         l.store(tsc::read(), Ordering::Relaxed);
@@ -113,8 +114,9 @@ pub fn watch_due() -> bool {
 
 /// Instance 0: how long instance `k` has been silent (TSC ticks) at `now`, given its shared
 /// beat counter `count` as read now: a counter that moved is a sign of life.
-pub fn silence(k: usize, count: u64, now: u64) -> u64 {
-    let (Some(last_count), Some(last_sign)) = (LAST_COUNT.get(k), LAST_SIGN.get(k)) else {
+pub fn silence(k: InstanceId, count: u64, now: u64) -> u64 {
+    let (Some(last_count), Some(last_sign)) = (LAST_COUNT.get(k.index()), LAST_SIGN.get(k.index()))
+    else {
         return 0;
     };
     if last_count.swap(count, Ordering::Relaxed) != count || last_sign.load(Ordering::Relaxed) == 0
@@ -125,16 +127,16 @@ pub fn silence(k: usize, count: u64, now: u64) -> u64 {
 }
 
 /// Instance 0: when instance `k` last gave a sign of life (TSC), if it has.
-pub fn last_sign(k: usize) -> Option<u64> {
+pub fn last_sign(k: InstanceId) -> Option<u64> {
     LAST_SIGN
-        .get(k)
+        .get(k.index())
         .map(|t| t.load(Ordering::Relaxed))
         .filter(|&t| t != 0)
 }
 
 /// Instance 0: forgets instance `k`'s last sign of life (before it is started again).
-pub fn forget(k: usize) {
-    if k < MAX {
-        LAST_SIGN[k].store(0, Ordering::Relaxed);
+pub fn forget(k: InstanceId) {
+    if let Some(l) = LAST_SIGN.get(k.index()) {
+        l.store(0, Ordering::Relaxed);
     }
 }

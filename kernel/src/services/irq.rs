@@ -23,6 +23,7 @@ use mk_wire::{IoIrqPayload, IrqFlags, Kind, Message, Payload, Status};
 
 use crate::arch::vectors;
 use crate::arch::{cpu, interrupts, ioapic};
+use crate::instance::InstanceId;
 use crate::messaging;
 use crate::shared::region;
 
@@ -78,7 +79,7 @@ fn line_of(irq: u32) -> Result<usize, Status> {
 }
 
 fn owns(line: usize) -> Result<(), Status> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let r = region::get().ok_or(Status::InternalError)?;
     match r.owner(Resource::Irq(line as u32)) {
         Ok(Owner::Owned(o)) if o == me => Ok(()),
@@ -112,18 +113,18 @@ pub fn claim_local(line: usize) -> Result<(), Status> {
 }
 
 /// Owner: forwards every interrupt of `line` to instance `to` from now on.
-pub fn forward(line: usize, to: usize) -> Result<(), Status> {
+pub fn forward(line: usize, to: InstanceId) -> Result<(), Status> {
     owns(line)?;
-    if to >= 32 || to == crate::instance::id() as usize {
+    if to.index() >= 32 || to == crate::instance::id() {
         return Err(Status::InvalidArgument);
     }
-    FORWARD_TO[line].fetch_or(1 << to, Ordering::SeqCst);
+    FORWARD_TO[line].fetch_or(1 << to.index(), Ordering::SeqCst);
     Ok(())
 }
 
 /// After a drain: sends the IRQ_FORWARD messages the handlers have queued up.
 pub fn flush_forwards() {
-    let me = crate::instance::id() as u16;
+    let me = crate::instance::id();
     for line in 0..MAX_IRQS {
         let subscribers = FORWARD_TO[line].load(Ordering::Relaxed);
         if subscribers == 0 || PENDING[line].load(Ordering::Relaxed) == 0 {
@@ -131,7 +132,7 @@ pub fn flush_forwards() {
         }
         let n = PENDING[line].swap(0, Ordering::Relaxed).min(FORWARD_BURST);
         let msg = Message::request(me, Kind::IrqForward, 0, payload(line));
-        for to in (0..32).filter(|k| subscribers & (1 << k) != 0) {
+        for to in InstanceId::all(32).filter(|k| subscribers & (1 << k.index()) != 0) {
             for _ in 0..n {
                 // Never wait: a subscriber that does not keep up loses deliveries, not us.
                 let _ = messaging::try_send(to, &msg);
@@ -194,7 +195,7 @@ fn reply(result: Result<(), Status>) -> Reply {
 
 /// IRQ_BALANCE, in the new owner: take the line the sender has started handing over.
 pub fn handle_balance(m: &Message) -> Option<Reply> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let result = irq_of(m).and_then(|line| {
         let r = region::get().ok_or(Status::InternalError)?;
         let res = Resource::Irq(line as u32);
@@ -203,7 +204,7 @@ pub fn handle_balance(m: &Message) -> Option<Reply> {
                 from,
                 to,
                 generation,
-            }) if from == usize::from(m.sender) && to == me => generation,
+            }) if from == m.sender && to == me => generation,
             _ => return Err(Status::NotOwner),
         };
         take_line(line)?;
@@ -215,8 +216,8 @@ pub fn handle_balance(m: &Message) -> Option<Reply> {
 
 /// Owner: hands `line` to instance `to`, which routes it to itself. Forwarding set up here
 /// stops (the new owner decides its own).
-pub fn balance(line: usize, to: usize) -> Result<(), Status> {
-    let me = crate::instance::id() as usize;
+pub fn balance(line: usize, to: InstanceId) -> Result<(), Status> {
+    let me = crate::instance::id();
     owns(line)?;
     let r = region::get().ok_or(Status::InternalError)?;
     let res = Resource::Irq(line as u32);
@@ -240,7 +241,7 @@ pub fn balance(line: usize, to: usize) -> Result<(), Status> {
 }
 
 /// Asks the owner `owner` to mask (`mask`) or unmask line `irq`.
-pub fn request_mask(owner: usize, irq: u32, mask: bool) -> Result<(), Status> {
+pub fn request_mask(owner: InstanceId, irq: u32, mask: bool) -> Result<(), Status> {
     let kind = if mask { Kind::IrqMask } else { Kind::IrqUnmask };
     let p = Payload::IoIrq(IoIrqPayload {
         irq,
@@ -257,7 +258,7 @@ pub fn request_mask(owner: usize, irq: u32, mask: bool) -> Result<(), Status> {
 
 /// Asks instance `to` to take line `irq` with IRQ_BALANCE without having started the transfer
 /// (only tests do this: it must be refused).
-pub fn request_balance_unprepared(to: usize, irq: u32) -> Result<(), Status> {
+pub fn request_balance_unprepared(to: InstanceId, irq: u32) -> Result<(), Status> {
     let p = Payload::IoIrq(IoIrqPayload {
         irq,
         vector: 0,

@@ -26,6 +26,7 @@ use mk_wire::{Message, Payload, Status};
 use super::heartbeat;
 use crate::arch::tsc;
 use crate::cpus::smp;
+use crate::instance::InstanceId;
 use crate::shared::region;
 use crate::{info, warn};
 
@@ -45,7 +46,7 @@ pub fn watch() {
     }
     let now = tsc::read();
     let Some(r) = region::get() else { return };
-    for k in 1..r.instance_count().min(mk_shared::MAX_INSTANCES) {
+    for k in r.ids().skip(1) {
         let Ok(inst) = r.instance(k) else { continue };
         match inst.state() {
             Ok(InstanceState::Running) => {}
@@ -65,7 +66,7 @@ pub fn watch() {
 
 /// Instance 0: declares instance `k` dead (it was silent for `silent` TSC ticks) and takes
 /// back everything it held.
-pub fn declare_dead(k: usize, silent: u64) {
+pub fn declare_dead(k: InstanceId, silent: u64) {
     let Some(r) = region::get() else { return };
     let Ok(inst) = r.instance(k) else { return };
     if inst.set_state(InstanceState::Dead).is_err() {
@@ -85,7 +86,7 @@ pub fn declare_dead(k: usize, silent: u64) {
 /// Instance 0 gave up starting instance `k` (`region::wait_running` failed, so its state is no
 /// longer `Booting`): stops its CPUs, wherever its boot got to, and takes back everything it was
 /// given, so that it ends stopped and reclaimed, never running while instance 0 counts it out.
-pub fn give_up(k: usize, why: &dyn core::fmt::Display) {
+pub fn give_up(k: InstanceId, why: &dyn core::fmt::Display) {
     let Some(r) = region::get() else { return };
     let Ok(inst) = r.instance(k) else { return };
     match inst.state() {
@@ -104,16 +105,21 @@ pub fn give_up(k: usize, why: &dyn core::fmt::Display) {
 /// Instance 0, once instance `k` is dead: INIT to its CPUs, then its resources back.
 fn stop_and_take_back(
     r: &mk_shared::SharedRegion<'_>,
-    k: usize,
+    k: InstanceId,
 ) -> (alloc::vec::Vec<u32>, Reclaimed) {
-    DECLARED_DEAD_AT[k].store(tsc::read(), Ordering::SeqCst);
+    if let Some(d) = DECLARED_DEAD_AT.get(k.index()) {
+        d.store(tsc::read(), Ordering::SeqCst);
+    }
     let stopped = stop_cpus_of(r, k);
     (stopped, take_back(k))
 }
 
 /// Instance 0: instance `k` stopped on request; takes back what it handed over (once).
-pub fn collect_stopped(k: usize) {
-    if k >= MAX || COLLECTED[k].load(Ordering::SeqCst) {
+pub fn collect_stopped(k: InstanceId) {
+    if COLLECTED
+        .get(k.index())
+        .is_none_or(|c| c.load(Ordering::SeqCst))
+    {
         return;
     }
     let got = take_back(k);
@@ -129,7 +135,7 @@ pub fn collect_stopped(k: usize) {
 /// instance `k` with an INIT IPI: a crashed instance's other CPUs would otherwise go on
 /// running its code from memory that instance 0 is about to take back (and may give to a new
 /// instance). INIT leaves a CPU waiting for a start-up IPI, which any later start sends.
-fn stop_cpus_of(r: &mk_shared::SharedRegion<'_>, k: usize) -> alloc::vec::Vec<u32> {
+fn stop_cpus_of(r: &mk_shared::SharedRegion<'_>, k: InstanceId) -> alloc::vec::Vec<u32> {
     let mut stopped = alloc::vec::Vec::new();
     for (res, owner) in r.resources().take(mk_shared::MAX_APIC_IDS) {
         let Resource::Cpu(apic) = res else { break };
@@ -146,18 +152,20 @@ fn stop_cpus_of(r: &mk_shared::SharedRegion<'_>, k: usize) -> alloc::vec::Vec<u3
     stopped
 }
 
-fn take_back(k: usize) -> Reclaimed {
+fn take_back(k: InstanceId) -> Reclaimed {
     let Some(r) = region::get() else {
         return Reclaimed::default();
     };
     if let Ok(m) = r.mailbox() {
         let _ = m.mark_instance_dead(k);
     }
-    let got = r.reclaim(k, 0).unwrap_or_else(|e| {
+    let got = r.reclaim(k, InstanceId::ZERO).unwrap_or_else(|e| {
         warn!("taking back instance {k}'s resources: {e:?}");
         Reclaimed::default()
     });
-    COLLECTED[k].store(true, Ordering::SeqCst);
+    if let Some(c) = COLLECTED.get(k.index()) {
+        c.store(true, Ordering::SeqCst);
+    }
     got
 }
 
@@ -170,7 +178,7 @@ static CRASH_ASKED: AtomicBool = AtomicBool::new(false);
 /// SHUTDOWN, in an instance other than 0. Only instance 0 (which takes the resources back)
 /// may ask; anyone else is refused.
 pub fn handle_shutdown(m: &Message) -> Option<Reply> {
-    if m.sender != 0 {
+    if !m.sender.is_supervisor() {
         return Some(Reply::error(Status::Refused));
     }
     if let Payload::Shutdown(p) = m.payload
@@ -196,7 +204,7 @@ pub fn finish_shutdown_if_asked() {
 /// What instance `me` may own: its published CPUs, the 2 MiB chunks of its published memory,
 /// every IRQ line. (Walking these instead of the whole tables matters where every instruction
 /// is expensive.)
-fn own_resources(r: &mk_shared::SharedRegion<'_>, me: usize) -> alloc::vec::Vec<Resource> {
+fn own_resources(r: &mk_shared::SharedRegion<'_>, me: InstanceId) -> alloc::vec::Vec<Resource> {
     let mut out = alloc::vec::Vec::new();
     if let Ok(res) = r.instance(me).and_then(|i| i.resources()) {
         out.extend(res.cpus().iter().map(|&c| Resource::Cpu(c)));
@@ -219,7 +227,7 @@ fn own_resources(r: &mk_shared::SharedRegion<'_>, me: usize) -> alloc::vec::Vec<
 pub const REPORT_PARKED: usize = 6;
 
 fn shut_down() -> ! {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     // The heartbeat goes on until the very end: handing resources back takes a while on a slow
     // machine, and instance 0 must not take this instance for dead in the middle of it.
     // Further CPUs first: they park from their idle loop at their next timer tick.
@@ -234,7 +242,7 @@ fn shut_down() -> ! {
     let mut handed = 0;
     if let Some(r) = region::get() {
         for res in own_resources(r, me) {
-            if r.begin_transfer(res, me, 0).is_ok() {
+            if r.begin_transfer(res, me, InstanceId::ZERO).is_ok() {
                 handed += 1;
             }
         }
@@ -256,60 +264,64 @@ fn shut_down() -> ! {
 /// minus any 2 MiB chunk someone else holds now. Its mailboxes are reset first (new
 /// generation: nothing sent to the old incarnation is delivered to the new one; every peer
 /// re-attaches on its next use).
-pub fn respawn(k: usize) -> Result<(), &'static str> {
-    let r = region::get().ok_or("no shared region")?;
-    let inst = r.instance(k).map_err(|_| "no such instance")?;
+pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
+    use RespawnError as E;
+    let r = region::get().ok_or(E::NoRegion)?;
+    let inst = r.instance(k).map_err(|_| E::NoSuchInstance)?;
     match inst.state() {
         Ok(InstanceState::Dead | InstanceState::Stopped) => {}
-        _ => return Err("the instance is neither stopped nor dead"),
+        Ok(s) => return Err(E::NotEnded(s)),
+        Err(_) => return Err(E::NotEnded(InstanceState::Empty)),
     }
-    if !COLLECTED.get(k).is_some_and(|c| c.load(Ordering::SeqCst)) {
-        return Err("its resources are not back with instance 0 yet");
+    let (Some(collected), Some(dead_at)) =
+        (COLLECTED.get(k.index()), DECLARED_DEAD_AT.get(k.index()))
+    else {
+        return Err(E::NoSuchInstance);
+    };
+    if !collected.load(Ordering::SeqCst) {
+        return Err(E::NotCollected);
     }
-    let plan = crate::cpus::launch::PLAN.get().ok_or("no plan")?;
-    let p = plan.partition(k).ok_or("no such partition")?;
+    let plan = crate::cpus::launch::PLAN.get().ok_or(E::NoPlan)?;
+    let p = plan.partition(k.index()).ok_or(E::NoSuchInstance)?;
     let mut cpus = alloc::vec::Vec::new();
     for &c in p.cpus {
-        if r.owner(Resource::Cpu(c)) != Ok(Owner::Owned(0)) {
+        if r.owner(Resource::Cpu(c)) != Ok(Owner::Owned(InstanceId::ZERO)) {
             continue;
         }
         if smp::slot_of(c).is_some() {
-            smp::park_cpu(c, 1000)?;
+            smp::park_cpu(c, 1000).map_err(|e| E::Park(c, e))?;
         }
         cpus.push(c);
     }
     if cpus.is_empty() {
-        return Err("none of its CPUs is with instance 0");
+        return Err(E::NoCpu);
     }
     let memory = usable_part(r, p.memory);
     if memory.is_empty() {
-        return Err("none of its memory is with instance 0");
+        return Err(E::NoMemory);
     }
     // Give the resources to k (it is not running: a plain claim from instance 0).
     for &c in &cpus {
-        r.claim(Resource::Cpu(c), k, Some(0))
-            .map_err(|_| "claiming a CPU for it")?;
+        r.claim(Resource::Cpu(c), k, Some(InstanceId::ZERO))
+            .map_err(|e| E::Claim(c, e))?;
     }
     for m in &memory {
         for chunk in whole_chunks(m.start, m.end()) {
-            let _ = r.claim(chunk, k, Some(0));
+            let _ = r.claim(chunk, k, Some(InstanceId::ZERO));
         }
     }
     if let Ok(m) = r.mailbox() {
-        m.reset_instance(k).map_err(|_| "resetting its mailboxes")?;
+        m.reset_instance(k).map_err(E::Mailboxes)?;
     }
-    COLLECTED[k].store(false, Ordering::SeqCst);
-    DECLARED_DEAD_AT[k].store(0, Ordering::SeqCst);
+    collected.store(false, Ordering::SeqCst);
+    dead_at.store(0, Ordering::SeqCst);
     heartbeat::forget(k);
-    inst.set_state(InstanceState::Empty)
-        .map_err(|_| "resetting its state")?;
+    inst.set_state(InstanceState::Empty).map_err(E::State)?;
     // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
     for m in &memory {
-        crate::memory::paging::map_phys(m.start, m.end())?;
+        crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
     }
-    let launcher = crate::cpus::launch::LAUNCH
-        .get()
-        .ok_or("nothing to launch with")?;
+    let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
     let result = launcher.launch(k, &memory, &cpus);
     for m in &memory {
         let _ = crate::memory::paging::unmap_phys(m.start, m.end());
@@ -326,7 +338,60 @@ pub fn respawn(k: usize) -> Result<(), &'static str> {
             // Its state is Dead already (the launcher's guarantee): stop what may have started
             // and take the resources back, as after a failed start at boot.
             give_up(k, &e);
-            Err("the new instance did not start (see the log)")
+            Err(E::Launch(e))
+        }
+    }
+}
+
+/// Why [`respawn`] did not start an instance again, and whose fault it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespawnError {
+    /// This instance has no shared region (a boot-order bug here).
+    NoRegion,
+    /// The caller named no instance of the plan.
+    NoSuchInstance,
+    /// The caller named an instance that is still up (booting, running) or never started.
+    NotEnded(InstanceState),
+    /// The instance ended, but instance 0 has not taken its resources back yet: try again.
+    NotCollected,
+    /// Instance 0 kept no plan or launcher from boot (this instance's fault).
+    NoPlan,
+    /// Instance 0 could not park a CPU of the partition it was running on.
+    Park(u32, &'static str),
+    /// None of the partition's CPUs is with instance 0 (another instance holds them).
+    NoCpu,
+    /// None of the partition's memory is with instance 0.
+    NoMemory,
+    /// Giving a CPU to the new instance failed in the ownership table.
+    Claim(u32, mk_shared::Error),
+    /// Resetting its mailboxes failed (the mailbox matrix refused).
+    Mailboxes(mk_mailbox::Error),
+    /// Its state word could not be reset (it changed meanwhile).
+    State(mk_shared::Error),
+    /// Mapping its memory into instance 0 failed (instance 0's page tables).
+    Map(&'static str),
+    /// The new instance did not start (instance 0 stopped it and took its resources back).
+    Launch(crate::cpus::launch::LaunchError),
+}
+
+impl core::fmt::Display for RespawnError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRegion => f.write_str("no shared region"),
+            Self::NoSuchInstance => f.write_str("no such instance"),
+            Self::NotEnded(s) => {
+                write!(f, "the instance is neither stopped nor dead ({})", s.name())
+            }
+            Self::NotCollected => f.write_str("its resources are not back with instance 0 yet"),
+            Self::NoPlan => f.write_str("no plan"),
+            Self::Park(c, e) => write!(f, "parking CPU {c}: {e}"),
+            Self::NoCpu => f.write_str("none of its CPUs is with instance 0"),
+            Self::NoMemory => f.write_str("none of its memory is with instance 0"),
+            Self::Claim(c, e) => write!(f, "claiming CPU {c} for it: {e:?}"),
+            Self::Mailboxes(e) => write!(f, "resetting its mailboxes: {e:?}"),
+            Self::State(e) => write!(f, "resetting its state: {e:?}"),
+            Self::Map(e) => write!(f, "mapping its memory: {e}"),
+            Self::Launch(e) => write!(f, "the new instance did not start: {e}"),
         }
     }
 }
@@ -355,7 +420,7 @@ fn usable_part(
             let c = a & !(size - 1);
             let next = (c + size).min(e);
             let whole = c >= s && c + size <= e;
-            if !whole || r.owner(Resource::memory_at(c)) == Ok(Owner::Owned(0)) {
+            if !whole || r.owner(Resource::memory_at(c)) == Ok(Owner::Owned(InstanceId::ZERO)) {
                 run.get_or_insert(a);
             } else if let Some(rs) = run.take() {
                 out.push(mk_plan::MemRange::new(rs, a - rs));

@@ -29,6 +29,7 @@ use mk_shared::{MEM_CHUNK_SIZE, Owner, Resource};
 use mk_wire::{HandoffPhase, Kind, MemPayload, MemType, Message, Payload, Status};
 
 use super::moves::MoveError;
+use crate::instance::InstanceId;
 use crate::memory::{frames, paging};
 use crate::messaging;
 use crate::shared::region;
@@ -60,7 +61,7 @@ fn chunks(start: u64, len: u64) -> Result<impl Iterator<Item = Resource>, Status
 
 /// Republishes this instance's memory ranges (from its frame allocator).
 fn republish() {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) else {
         return;
     };
@@ -92,7 +93,7 @@ pub fn handle_remove(m: &Message) -> Option<Reply> {
     let Some((start, len)) = range_of(&m.payload) else {
         return Some(Reply::error(Status::InvalidArgument));
     };
-    if m.sender != 0 {
+    if !m.sender.is_supervisor() {
         return Some(Reply::error(Status::Refused));
     }
     Some(match remove(start, len) {
@@ -103,7 +104,7 @@ pub fn handle_remove(m: &Message) -> Option<Reply> {
 
 /// Takes `[start, start + len)` out of this instance and hands its chunks to instance 0.
 fn remove(start: u64, len: u64) -> Result<(), Status> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let r = region::get().ok_or(Status::InternalError)?;
     for c in chunks(start, len)? {
         match r.owner(c) {
@@ -126,7 +127,7 @@ fn remove(start: u64, len: u64) -> Result<(), Status> {
     }
     let mut begun = alloc::vec::Vec::new();
     for c in chunks(start, len)? {
-        match r.begin_transfer(c, me, 0) {
+        match r.begin_transfer(c, me, InstanceId::ZERO) {
             Ok(g) => begun.push((c, g)),
             Err(e) => {
                 // Put everything back as it was.
@@ -154,7 +155,7 @@ pub fn handle_add(m: &Message) -> Option<Reply> {
     let Some((start, len)) = range_of(&m.payload) else {
         return Some(Reply::error(Status::InvalidArgument));
     };
-    if m.sender != 0 {
+    if !m.sender.is_supervisor() {
         return Some(Reply::error(Status::Refused));
     }
     Some(match add(start, len) {
@@ -165,7 +166,7 @@ pub fn handle_add(m: &Message) -> Option<Reply> {
 
 /// Takes `[start, start + len)`, in transit from instance 0 to this one, into use.
 fn add(start: u64, len: u64) -> Result<(), Status> {
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let r = region::get().ok_or(Status::InternalError)?;
     let mut gens = alloc::vec::Vec::new();
     for c in chunks(start, len)? {
@@ -202,8 +203,13 @@ fn add(start: u64, len: u64) -> Result<(), Status> {
 
 /// Instance 0: moves `[start, start + len)` from instance `from` to instance `to` (both other
 /// than 0).
-pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), MoveError> {
-    if from == 0 || to == 0 || from == to {
+pub fn move_memory(
+    start: u64,
+    len: u64,
+    from: InstanceId,
+    to: InstanceId,
+) -> Result<(), MoveError> {
+    if from.is_supervisor() || to.is_supervisor() || from == to {
         return Err(MoveError::Refused(Status::InvalidArgument));
     }
     let list: alloc::vec::Vec<Resource> = chunks(start, len).map_err(MoveError::Refused)?.collect();
@@ -222,10 +228,10 @@ pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), M
         match r.owner(c) {
             Ok(Owner::InTransit {
                 from: f,
-                to: 0,
+                to,
                 generation,
-            }) if f == from => r
-                .complete_transfer(c, 0, generation)
+            }) if f == from && to.is_supervisor() => r
+                .complete_transfer(c, InstanceId::ZERO, generation)
                 .map_err(MoveError::Table)?,
             Ok(found) => {
                 return Err(MoveError::Table(mk_shared::Error::WrongOwner { found }));
@@ -235,7 +241,11 @@ pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), M
     }
     let mut begun = alloc::vec::Vec::new();
     for &c in &list {
-        begun.push((c, r.begin_transfer(c, 0, to).map_err(MoveError::Table)?));
+        begun.push((
+            c,
+            r.begin_transfer(c, InstanceId::ZERO, to)
+                .map_err(MoveError::Table)?,
+        ));
     }
     let outcome = messaging::call(
         to,
@@ -247,7 +257,7 @@ pub fn move_memory(start: u64, len: u64, from: usize, to: usize) -> Result<(), M
     if result.is_err() {
         // Roll back: the range stays with instance 0 (unmapped), free for a later move.
         for (c, g) in begun {
-            let _ = r.abort_transfer(c, 0, g);
+            let _ = r.abort_transfer(c, InstanceId::ZERO, g);
         }
     }
     result

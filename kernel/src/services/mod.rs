@@ -31,6 +31,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use mk_dispatch::HandlerKey;
 use mk_wire::Kind;
 
+use crate::instance::InstanceId;
 use crate::messaging::{self, HandlerFn};
 
 /// Handlers every instance registers.
@@ -55,23 +56,46 @@ static OTHER_INSTANCES: [(Kind, HandlerFn); 5] = [
 ];
 
 /// Registers the services of instance `me` and their periodic duties.
-pub fn init(me: usize) -> Result<(), &'static str> {
-    let d = messaging::dispatcher().ok_or("messaging is not up")?;
+pub fn init(me: InstanceId) -> Result<(), InitError> {
+    let d = messaging::dispatcher().ok_or(InitError::NoMessaging)?;
     let reg = d.registry();
-    let own: &'static [(Kind, HandlerFn)] = if me == 0 {
+    let own: &'static [(Kind, HandlerFn)] = if me.is_supervisor() {
         &INSTANCE_0
     } else {
         &OTHER_INSTANCES
     };
     for (kind, handler) in EVERY_INSTANCE.iter().chain(own) {
         reg.register(HandlerKey::Kind(*kind), handler)
-            .map_err(|_| "registering a service handler")?;
+            .map_err(|_| InitError::Handler(*kind))?;
     }
     crate::services::bench::register();
-    crate::arch::interrupts::add_tick_hook(heartbeat::on_tick).map_err(|_| "no free timer hook")?;
-    messaging::set_poll_hook(on_poll).map_err(|_| "no free poll hook")?;
-    crate::cpus::smp::on_cpu_joined(cpu::joined).map_err(|_| "no free CPU join hook")?;
+    crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)
+        .map_err(|_| InitError::Hook("timer"))?;
+    messaging::set_poll_hook(on_poll).map_err(|_| InitError::Hook("poll"))?;
+    crate::cpus::smp::on_cpu_joined(cpu::joined).map_err(|_| InitError::Hook("CPU join"))?;
     Ok(())
+}
+
+/// Why [`init`] could not register this instance's services (all this instance's fault: a
+/// boot-order bug or a table too small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// Messaging is not up in this instance.
+    NoMessaging,
+    /// The dispatcher refused a handler (table full, or the kind already taken).
+    Handler(Kind),
+    /// No free hook of this kind.
+    Hook(&'static str),
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoMessaging => f.write_str("messaging is not up"),
+            Self::Handler(k) => write!(f, "registering the {k:?} service handler"),
+            Self::Hook(what) => write!(f, "no free {what} hook"),
+        }
+    }
 }
 
 /// Set while `on_poll` runs: what it sends may drain the mailboxes, which calls it again.
@@ -83,7 +107,7 @@ fn on_poll() {
     }
     irq::flush_forwards();
     crate::console::refresh_screen();
-    if crate::instance::id() == 0 {
+    if crate::instance::id().is_supervisor() {
         lifecycle::watch();
     } else {
         heartbeat::send_if_due();

@@ -15,7 +15,7 @@ pub fn handle(m: &Message) -> Option<Reply> {
     let Payload::Query(q) = m.payload else {
         return Some(Reply::error(Status::InvalidArgument));
     };
-    let me = crate::instance::id() as usize;
+    let me = crate::instance::id();
     let mut reply = QueryReply::new();
     if q.what.contains(QueryWhat::CPUS) {
         let cpus = region::get()

@@ -3,14 +3,15 @@
 //! It is reached through each instance's physical map (every instance maps it at the same
 //! virtual address, but nothing relies on that).
 
-use alloc::string::String;
+use core::fmt;
 
 use mk_dispatch::PeerTelemetry;
 use mk_plan::MemRange;
-use mk_shared::{Allocation, InstanceState, SharedRegion, Telemetry};
+use mk_shared::{Allocation, InstanceState, Resource, SharedRegion, Telemetry};
 use spin::Once;
 
 use crate::arch::tsc;
+use crate::instance::InstanceId;
 
 static REGION: Once<SharedRegion<'static>> = Once::new();
 /// The page pool for data larger than a message, and its physical base.
@@ -30,8 +31,8 @@ pub fn size_for(instances: usize) -> u64 {
 }
 
 /// Instance `i`'s telemetry row (one entry per peer), in shared memory.
-pub fn telemetry_row(i: usize) -> Option<&'static [PeerTelemetry]> {
-    TELEMETRY.get()?.row(i)
+pub fn telemetry_row(i: InstanceId) -> Option<&'static [PeerTelemetry]> {
+    TELEMETRY.get()?.row(i.index())
 }
 
 /// The pool and its physical base.
@@ -47,30 +48,58 @@ pub fn get() -> Option<&'static SharedRegion<'static>> {
 fn publish(all: Allocation<'static, PeerTelemetry>, phys: u64) {
     let pool_phys = phys + all.layout.pool.offset as u64;
     let region = REGION.call_once(|| all.region);
-    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id() as usize);
+    crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id());
     POOL.call_once(|| (all.pool, pool_phys));
     TELEMETRY.call_once(|| all.telemetry);
 }
 
+/// What went wrong with the shared region, and whose fault it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionError {
+    /// This instance has no shared region (not formatted or attached yet).
+    NotAttached,
+    /// Mapping the region into this instance failed (this instance's page tables).
+    Map(crate::memory::WindowError),
+    /// Formatting or attaching failed: the region's contents (instance 0's formatting, or the
+    /// boot descriptor's address and length) do not check.
+    Layout(mk_shared::Error),
+    /// Recording an owner at boot failed: the plan gave `resource` to two partitions, or the
+    /// table does not hold it.
+    Ownership {
+        resource: Resource,
+        error: mk_shared::Error,
+    },
+}
+
+impl fmt::Display for RegionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAttached => f.write_str("no shared region"),
+            Self::Map(e) => write!(f, "mapping the shared region: {e}"),
+            Self::Layout(e) => write!(f, "{e:?}"),
+            Self::Ownership { resource, error } => write!(f, "{resource:?}: {error:?}"),
+        }
+    }
+}
+
 /// Instance 0: formats the shared allocation at `shared` for `count` instances.
-pub fn init(shared: MemRange, count: usize) -> Result<(), String> {
-    let raw = crate::memory::shared_window(shared.start, shared.len)?;
-    let all = Allocation::init(raw, count, POOL_PAGES, tsc::read())
-        .map_err(|e| alloc::format!("{e:?}"))?;
+pub fn init(shared: MemRange, count: usize) -> Result<(), RegionError> {
+    let raw = crate::memory::shared_window(shared.start, shared.len).map_err(RegionError::Map)?;
+    let all = Allocation::init(raw, count, POOL_PAGES, tsc::read()).map_err(RegionError::Layout)?;
     publish(all, shared.start);
     Ok(())
 }
 
 /// Every other instance: attaches to the allocation instance 0 formatted.
-pub fn attach(phys: u64, len: u64) -> Result<(), String> {
-    let raw = crate::memory::shared_window(phys, len)?;
-    let all = Allocation::attach(raw).map_err(|e| alloc::format!("{e:?}"))?;
+pub fn attach(phys: u64, len: u64) -> Result<(), RegionError> {
+    let raw = crate::memory::shared_window(phys, len).map_err(RegionError::Map)?;
+    let all = Allocation::attach(raw).map_err(RegionError::Layout)?;
     publish(all, phys);
     Ok(())
 }
 
 /// Instance 0, before it starts instance `id`.
-pub fn set_booting(id: usize, now: u64) {
+pub fn set_booting(id: InstanceId, now: u64) {
     if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
         let _ = i.start_boot(now);
     }
@@ -80,10 +109,10 @@ pub fn set_booting(id: usize, now: u64) {
 ///
 /// Fails when instance 0 gave up waiting for this instance before it got here (the state is no
 /// longer `Booting`): the instance must then stop, it is not running for anyone.
-pub fn publish_running(id: u32, cpus: &[u32]) -> Result<(), mk_shared::Error> {
+pub fn publish_running(id: InstanceId, cpus: &[u32]) -> Result<(), mk_shared::Error> {
     let inst = get()
-        .ok_or(mk_shared::Error::BadInstance(id as usize))?
-        .instance(id as usize)?;
+        .ok_or(mk_shared::Error::BadInstance(id))?
+        .instance(id)?;
     let mut ranges: [(u64, u64); mk_shared::RANGES_PER_INSTANCE] =
         [(0, 0); mk_shared::RANGES_PER_INSTANCE];
     let mut n = 0;
@@ -103,14 +132,14 @@ pub fn publish_running(id: u32, cpus: &[u32]) -> Result<(), mk_shared::Error> {
 /// [`wait_running`]). One beat of the instance's heartbeat counter, which its timer also
 /// beats once it runs.
 pub fn boot_progress() {
-    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id() as usize).ok()) {
+    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id()).ok()) {
         i.beat();
     }
 }
 
 /// Instance 0: gives up on starting instance `id` before waiting for it (building it or
 /// starting its CPU failed): `Booting -> Dead`, so that nothing it might still do counts.
-pub fn abandon_start(id: usize) {
+pub fn abandon_start(id: InstanceId) {
     if let Some(i) = get().and_then(|r| r.instance(id).ok()) {
         let _ = i.transition(InstanceState::Booting, InstanceState::Dead);
     }
@@ -180,7 +209,7 @@ impl core::fmt::Display for StartError {
 /// it turns the state from `Booting` to `Dead` with a compare-exchange, so the two sides agree:
 /// if the instance published `Running` first, it is adopted ([`Started::AtDeadline`]);
 /// otherwise it is dead and its own `Booting -> Running` fails, after which it stops itself.
-pub fn wait_running(id: usize, wait: StartWait) -> Result<Started, StartError> {
+pub fn wait_running(id: InstanceId, wait: StartWait) -> Result<Started, StartError> {
     let inst = get()
         .and_then(|r| r.instance(id).ok())
         .ok_or(StartError::NoInstance)?;
@@ -224,31 +253,24 @@ pub fn wait_running(id: usize, wait: StartWait) -> Result<Started, StartError> {
 }
 
 /// `(state name, boot time in ms)` of instance `id`.
-pub fn status(id: usize) -> (&'static str, u64) {
+pub fn status(id: InstanceId) -> (&'static str, u64) {
     let Some(inst) = get().and_then(|r| r.instance(id).ok()) else {
         return ("?", 0);
     };
-    let state = match inst.state() {
-        Ok(InstanceState::Empty) => "empty",
-        Ok(InstanceState::Booting) => "booting",
-        Ok(InstanceState::Running) => "running",
-        Ok(InstanceState::Stopped) => "stopped",
-        Ok(InstanceState::Dead) => "dead",
-        Err(_) => "corrupt",
-    };
+    let state = inst.state().map_or("corrupt", InstanceState::name);
     let ms = inst.ready_tsc().saturating_sub(inst.boot_tsc()) / tsc::ticks_per_ms();
     (state, ms)
 }
 
 /// Publishes report word `slot` of this instance (diagnostics and tests).
 pub fn report(slot: usize, value: u64) {
-    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id() as usize).ok()) {
+    if let Some(i) = get().and_then(|r| r.instance(crate::instance::id()).ok()) {
         let _ = i.set_report(slot, value);
     }
 }
 
 /// Report word `slot` of instance `id`, once published.
-pub fn read_report(id: usize, slot: usize) -> Option<u64> {
+pub fn read_report(id: InstanceId, slot: usize) -> Option<u64> {
     get()?.instance(id).ok()?.report(slot)
 }
 
@@ -257,27 +279,30 @@ pub fn read_report(id: usize, slot: usize) -> Option<u64> {
 /// services move them). Memory is owned in 2 MiB chunks: a chunk that straddles two partitions
 /// (partition boundaries are only page-aligned) stays unowned in the table, and the partitions'
 /// own frame allocators remain the authority for it.
-pub fn record_ownership(plan: &mk_plan::Plan) -> Result<(), String> {
-    use mk_shared::Resource;
-    let r = get().ok_or("no shared region")?;
+pub fn record_ownership(plan: &mk_plan::Plan) -> Result<(), RegionError> {
+    let r = get().ok_or(RegionError::NotAttached)?;
     let chunk = mk_shared::MEM_CHUNK_SIZE;
+    let owned = |resource| move |error| RegionError::Ownership { resource, error };
     for p in plan.partitions() {
+        let by = InstanceId::from_index(p.index).ok_or(RegionError::Layout(
+            mk_shared::Error::BadInstanceCount(p.index + 1),
+        ))?;
         for &apic in p.cpus {
-            r.claim(Resource::Cpu(apic), p.index, None)
-                .map_err(|e| alloc::format!("CPU {apic}: {e:?}"))?;
+            let cpu = Resource::Cpu(apic);
+            r.claim(cpu, by, None).map_err(owned(cpu))?;
         }
         for m in p.memory {
             let first = m.start.next_multiple_of(chunk);
             let end = m.end() & !(chunk - 1);
             if first < end {
-                r.claim_memory(first, end - first, p.index, None)
-                    .map_err(|e| alloc::format!("memory {m}: {e:?}"))?;
+                r.claim_memory(first, end - first, by, None)
+                    .map_err(owned(Resource::memory_at(first)))?;
             }
         }
     }
     for gsi in 0..crate::arch::ioapic::line_count().min(mk_shared::MAX_IRQS as u32) {
-        r.claim(Resource::Irq(gsi), 0, None)
-            .map_err(|e| alloc::format!("IRQ {gsi}: {e:?}"))?;
+        let line = Resource::Irq(gsi);
+        r.claim(line, InstanceId::ZERO, None).map_err(owned(line))?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use mk_shell::{COMMANDS, Command, format_size};
 use mk_wire::{Kind, Payload, PingPayload, ShutdownFlags, ShutdownPayload, ShutdownReason, Status};
 
 use crate::arch::tsc;
+use crate::instance::InstanceId;
 use crate::messaging::{self, CallFailure, SendError};
 use crate::println;
 use crate::services::moves::MoveError;
@@ -71,7 +72,7 @@ fn shared() -> Result<&'static mk_shared::SharedRegion<'static>, String> {
     region::get().ok_or_else(|| String::from("no other instances run (single-instance boot)"))
 }
 
-fn state_of(k: usize) -> Result<InstanceState, String> {
+fn state_of(k: InstanceId) -> Result<InstanceState, String> {
     let r = shared()?;
     let inst = r.instance(k).map_err(|_| {
         format!(
@@ -84,25 +85,18 @@ fn state_of(k: usize) -> Result<InstanceState, String> {
 }
 
 /// Instance `k` exists, is not instance 0, and runs.
-fn running_peer(k: usize, what: &str) -> Outcome {
-    if k == 0 {
+fn running_peer(k: InstanceId, what: &str) -> Outcome {
+    if k.is_supervisor() {
         return Err(format!(
             "instance 0 is this shell's own instance: cannot {what} it"
         ));
     }
     match state_of(k)? {
         InstanceState::Running => Ok(()),
-        s => Err(format!("instance {k} is {}, not running", state_name(s))),
-    }
-}
-
-fn state_name(s: InstanceState) -> &'static str {
-    match s {
-        InstanceState::Empty => "empty",
-        InstanceState::Booting => "booting",
-        InstanceState::Running => "running",
-        InstanceState::Stopped => "stopped",
-        InstanceState::Dead => "dead",
+        s => Err(format!(
+            "instance {k} is {}, not running",
+            InstanceState::name(s)
+        )),
     }
 }
 
@@ -117,9 +111,9 @@ fn instances() -> Outcome {
         "inst", "state", "CPUs (APIC IDs)", "memory", "node", "uptime", "last beat"
     );
     let plan = crate::cpus::launch::PLAN.get();
-    for k in 0..r.instance_count() {
+    for k in r.ids() {
         let Ok(inst) = r.instance(k) else { continue };
-        let state = inst.state().map_or("corrupt", state_name);
+        let state = inst.state().map_or("corrupt", InstanceState::name);
         let holds = matches!(
             inst.state(),
             Ok(InstanceState::Running | InstanceState::Booting)
@@ -137,7 +131,7 @@ fn instances() -> Outcome {
             Err(_) => (String::from("?"), String::from("?")),
         };
         let running = inst.state() == Ok(InstanceState::Running);
-        let boot = if k == 0 {
+        let boot = if k.is_supervisor() {
             crate::boot::start::BOOT_TSC.get().map_or(0, |b| b.0)
         } else {
             inst.boot_tsc()
@@ -151,8 +145,8 @@ fn instances() -> Outcome {
         } else {
             String::from("-")
         };
-        let beat = match (k, heartbeat::last_sign(k)) {
-            (0, _) => String::from("(self)"),
+        let beat = match (k.is_supervisor(), heartbeat::last_sign(k)) {
+            (true, _) => String::from("(self)"),
             (_, Some(t)) if running => format!("{} ms ago", ms_since(t)),
             _ => String::from("-"),
         };
@@ -163,7 +157,7 @@ fn instances() -> Outcome {
         };
         // The NUMA node the plan placed its memory on (0 without SRAT).
         let node = plan
-            .and_then(|p| p.partition(k))
+            .and_then(|p| p.partition(k.index()))
             .map_or(String::from("-"), |p| format!("{}", p.node));
         println!("{k:<5}{state:<9}{cpus:<18}{memory:>10}{node:>6}{uptime:>10}{beat:>12}");
     }
@@ -176,15 +170,16 @@ fn stats() -> Outcome {
         "{:<10}{:>10}{:>10}{:>8}{:>8}{:>10}{:>8}{:>9}",
         "mailbox", "sent", "received", "full", "IPIs", "no-IPI", "calls", "timeouts"
     );
-    let n = r.instance_count();
-    for from in 0..n {
+    for from in r.ids() {
         let Some(row) = region::telemetry_row(from) else {
             continue;
         };
-        for to in (0..n).filter(|&to| to != from) {
-            let Some(out) = row.get(to) else { continue };
+        for to in r.ids().filter(|&to| to != from) {
+            let Some(out) = row.get(to.index()) else {
+                continue;
+            };
             let received = region::telemetry_row(to)
-                .and_then(|r| r.get(from))
+                .and_then(|r| r.get(from.index()))
                 .map_or(0, |t| t.received.load(Ordering::Relaxed));
             let sent = out.sent.load(Ordering::Relaxed);
             if sent == 0 && received == 0 {
@@ -207,7 +202,7 @@ fn stats() -> Outcome {
 }
 
 /// One PING call; its round trip in TSC ticks.
-fn ping_once(k: usize, nonce: u64) -> Result<u64, CallFailure> {
+fn ping_once(k: InstanceId, nonce: u64) -> Result<u64, CallFailure> {
     let sent_at = tsc::read();
     let reply = messaging::call(
         k,
@@ -227,7 +222,7 @@ fn micros(ticks: u64) -> String {
     format!("{}.{:03} us", ns / 1000, ns % 1000)
 }
 
-fn ping(k: usize, count: u32) -> Outcome {
+fn ping(k: InstanceId, count: u32) -> Outcome {
     running_peer(k, "ping")?;
     let mut rtts = Vec::new();
     for seq in 0..u64::from(count) {
@@ -281,7 +276,7 @@ fn move_error(e: MoveError) -> String {
     }
 }
 
-fn owner_of(res: Resource, what: &str) -> Result<usize, String> {
+fn owner_of(res: Resource, what: &str) -> Result<InstanceId, String> {
     match shared()?.owner(res) {
         Ok(Owner::Owned(o)) => Ok(o),
         Ok(Owner::Free) => Err(format!("{what} is owned by no instance")),
@@ -292,24 +287,27 @@ fn owner_of(res: Resource, what: &str) -> Result<usize, String> {
     }
 }
 
-fn destination(to: usize) -> Outcome {
-    if to == 0 {
+fn destination(to: InstanceId) -> Outcome {
+    if to.is_supervisor() {
         return Ok(());
     }
     match state_of(to)? {
         InstanceState::Running => Ok(()),
-        s => Err(format!("instance {to} is {}, not running", state_name(s))),
+        s => Err(format!(
+            "instance {to} is {}, not running",
+            InstanceState::name(s)
+        )),
     }
 }
 
-fn cpu_move(apic: u32, to: usize) -> Outcome {
+fn cpu_move(apic: u32, to: InstanceId) -> Outcome {
     let what = format!("CPU {apic}");
     let from = owner_of(Resource::Cpu(apic), &what)?;
     if from == to {
         return Err(format!("{what} already belongs to instance {to}"));
     }
     destination(to)?;
-    if from != 0 {
+    if !from.is_supervisor() {
         running_peer(from, "take a CPU from")?;
         let cpus = shared()?
             .instance(from)
@@ -327,9 +325,9 @@ fn cpu_move(apic: u32, to: usize) -> Outcome {
     Ok(())
 }
 
-fn mem_move(bytes: u64, from: usize, to: usize) -> Outcome {
+fn mem_move(bytes: u64, from: InstanceId, to: InstanceId) -> Outcome {
     let chunk = mk_shared::MEM_CHUNK_SIZE;
-    if from == 0 || to == 0 {
+    if from.is_supervisor() || to.is_supervisor() {
         return Err(String::from(
             "memory moves only between instances other than 0 (instance 0's allocator holds the shared region and the images)",
         ));
@@ -390,13 +388,13 @@ fn mem_move(bytes: u64, from: usize, to: usize) -> Outcome {
     })
 }
 
-fn irq_route(line: u32, to: usize) -> Outcome {
+fn irq_route(line: u32, to: InstanceId) -> Outcome {
     let what = format!("IRQ line {line}");
     let owner = owner_of(Resource::Irq(line), &what)?;
     if owner == to {
         return Err(format!("{what} already belongs to instance {to}"));
     }
-    if owner != 0 {
+    if !owner.is_supervisor() {
         return Err(format!(
             "{what} belongs to instance {owner}: only its owner can hand it on, and the shell runs in instance 0"
         ));
@@ -413,7 +411,7 @@ fn irq_mask(line: u32, mask: bool) -> Outcome {
     let what = format!("IRQ line {line}");
     let owner = owner_of(Resource::Irq(line), &what)?;
     let verb = if mask { "masked" } else { "unmasked" };
-    let result = if owner == 0 {
+    let result = if owner.is_supervisor() {
         services::irq::set_masked_here(line as usize, mask)
     } else {
         services::irq::request_mask(owner, line, mask)
@@ -436,7 +434,7 @@ fn wait_for(ms: u64, done: impl Fn() -> bool) -> bool {
     true
 }
 
-fn request_stop(k: usize, flags: ShutdownFlags) -> Outcome {
+fn request_stop(k: InstanceId, flags: ShutdownFlags) -> Outcome {
     let request = Payload::Shutdown(ShutdownPayload {
         reason: ShutdownReason::Requested,
         flags,
@@ -449,28 +447,38 @@ fn request_stop(k: usize, flags: ShutdownFlags) -> Outcome {
     Ok(())
 }
 
-fn shutdown(k: usize) -> Outcome {
+fn shutdown(k: InstanceId) -> Outcome {
     running_peer(k, "shut down")?;
     request_stop(k, ShutdownFlags::RETURN_RESOURCES)?;
-    if !wait_for(5000, || lifecycle::COLLECTED[k].load(Ordering::SeqCst)) {
+    if !wait_for(5000, || {
+        lifecycle::COLLECTED
+            .get(k.index())
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }) {
         return Err(format!("instance {k} agreed but did not stop within 5 s"));
     }
     println!("instance {k} stopped; its resources are back with instance 0");
     Ok(())
 }
 
-fn crash(k: usize) -> Outcome {
+fn crash(k: InstanceId) -> Outcome {
     running_peer(k, "crash")?;
     let asked = tsc::read();
     request_stop(k, ShutdownFlags::CRASH)?;
     println!("instance {k} told to panic; waiting for the heartbeat watch to notice");
     let bound = heartbeat::dead_after_tsc() / tsc::ticks_per_ms() + 5000;
-    if !wait_for(bound, || lifecycle::COLLECTED[k].load(Ordering::SeqCst)) {
+    if !wait_for(bound, || {
+        lifecycle::COLLECTED
+            .get(k.index())
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }) {
         return Err(format!(
             "instance {k} was not declared dead within {bound} ms"
         ));
     }
-    let dead_at = lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst);
+    let dead_at = lifecycle::DECLARED_DEAD_AT
+        .get(k.index())
+        .map_or(0, |d| d.load(Ordering::SeqCst));
     println!(
         "instance {k} declared dead {} ms after the request; its resources are back with instance 0",
         dead_at.saturating_sub(asked) / tsc::ticks_per_ms()
@@ -478,8 +486,8 @@ fn crash(k: usize) -> Outcome {
     Ok(())
 }
 
-fn respawn(k: usize) -> Outcome {
-    if k == 0 {
+fn respawn(k: InstanceId) -> Outcome {
+    if k.is_supervisor() {
         return Err(String::from("instance 0 is this shell's own instance"));
     }
     match state_of(k)? {
@@ -487,7 +495,7 @@ fn respawn(k: usize) -> Outcome {
         s => {
             return Err(format!(
                 "instance {k} is {}: only a stopped or dead one can be started again",
-                state_name(s)
+                InstanceState::name(s)
             ));
         }
     }
@@ -496,7 +504,7 @@ fn respawn(k: usize) -> Outcome {
     Ok(())
 }
 
-fn bench(rounds: u32, k: usize) -> Outcome {
+fn bench(rounds: u32, k: InstanceId) -> Outcome {
     running_peer(k, "measure against")?;
     let n = rounds as usize;
     println!(

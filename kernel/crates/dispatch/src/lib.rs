@@ -50,20 +50,20 @@
 //! fn clock() -> u64 { NOW.load(Ordering::Relaxed) }
 //! static PEERS: [PeerTelemetry; 2] = [const { PeerTelemetry::new() }; 2];
 //! // Instance 1 answers pings; instance 0 calls it.
-//! static B: Dispatcher<'static, 8, 8> = Dispatcher::new(1, clock, &PEERS, 1000, 10);
-//! static A: Dispatcher<'static, 8, 8> = Dispatcher::new(0, clock, &[], 1000, 10);
+//! static B: Dispatcher<'static, 8, 8> = Dispatcher::new(InstanceId::new(1), clock, &PEERS, 1000, 10);
+//! static A: Dispatcher<'static, 8, 8> = Dispatcher::new(InstanceId::ZERO, clock, &[], 1000, 10);
 //!
 //! fn pong(m: &Message) -> Option<Reply> { Some(Reply::ok(m.payload)) }
 //! B.registry().register(HandlerKey::Kind(Kind::Ping), &(pong as fn(&Message) -> Option<Reply>)).unwrap();
 //!
 //! let ping = Payload::Ping(PingPayload { nonce: 1, sent_at: 0 });
-//! let (req, token) = A.prepare_call(1, Kind::Ping, ping, 100).unwrap();
+//! let (req, token) = A.prepare_call(InstanceId::new(1), Kind::Ping, ping, 100).unwrap();
 //! let mut slot = [0u8; SLOT_SIZE];
 //! encode(&req, &mut slot).unwrap();
-//! let DispatchOutcome::Handled { reply: Some(reply), .. } = B.dispatch(0, &slot).unwrap() else { panic!() };
+//! let DispatchOutcome::Handled { reply: Some(reply), .. } = B.dispatch(InstanceId::ZERO, &slot).unwrap() else { panic!() };
 //! encode(&reply, &mut slot).unwrap();
 //! NOW.store(5, Ordering::Relaxed);
-//! assert!(matches!(A.dispatch(1, &slot), Ok(DispatchOutcome::ReplyDelivered { latency: 5, .. })));
+//! assert!(matches!(A.dispatch(InstanceId::new(1), &slot), Ok(DispatchOutcome::ReplyDelivered { latency: 5, .. })));
 //! assert!(matches!(A.poll_call(&token), CallState::Ready(m) if m.payload == ping));
 //! ```
 #![cfg_attr(not(test), no_std)]
@@ -89,6 +89,8 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use mk_wire::{DecodeError, Kind, Message, MsgFlags, Payload, Slot, Status, UserPayload};
 
+pub use mk_ids::InstanceId;
+
 pub use pending::{CallError, CallState, CallToken, Completed, PendingCalls, StaleReply};
 pub use ratelimit::{LogDecision, LogLimiter};
 pub use registry::{Handler, HandlerKey, Registry, RegistryError, Reply};
@@ -105,9 +107,9 @@ pub enum Reject {
     /// The header names another sender than the mailbox pair's peer.
     SenderMismatch {
         /// The mailbox pair's peer.
-        expected: u16,
+        expected: InstanceId,
         /// The header's sender.
-        found: u16,
+        found: InstanceId,
     },
     /// No handler for this kind or its type.
     NoHandler(Kind),
@@ -206,7 +208,7 @@ impl MsgIdAllocator {
 /// The dispatcher of one instance: `H` handler slots, `P` outstanding calls, telemetry for
 /// peers `0..peers.len()` (indexed by instance id; peers outside the slice are not tracked).
 pub struct Dispatcher<'a, const H: usize, const P: usize> {
-    instance: u16,
+    instance: InstanceId,
     clock: fn() -> u64,
     registry: Registry<H>,
     pending: PendingCalls<P>,
@@ -233,7 +235,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     /// `peers`, and letting at most `log_burst` rejection log lines through per `log_window`
     /// ticks.
     pub const fn new(
-        instance: u16,
+        instance: InstanceId,
         clock: fn() -> u64,
         peers: &'a [PeerTelemetry],
         log_window: u64,
@@ -253,7 +255,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     }
 
     /// This instance's id (the sender id of the replies it builds).
-    pub const fn instance(&self) -> u16 {
+    pub const fn instance(&self) -> InstanceId {
         self.instance
     }
 
@@ -279,8 +281,8 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     }
 
     /// Telemetry of `peer`, if tracked.
-    pub fn peer(&self, peer: u16) -> Option<&'a PeerTelemetry> {
-        self.peers.get(usize::from(peer))
+    pub fn peer(&self, peer: InstanceId) -> Option<&'a PeerTelemetry> {
+        self.peers.get(peer.index())
     }
 
     /// Requests handed to a handler so far.
@@ -294,7 +296,11 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     }
 
     /// Handles one slot received from `expected_sender`'s mailbox.
-    pub fn dispatch(&self, expected_sender: u16, slot: &Slot) -> Result<DispatchOutcome, Reject> {
+    pub fn dispatch(
+        &self,
+        expected_sender: InstanceId,
+        slot: &Slot,
+    ) -> Result<DispatchOutcome, Reject> {
         let peer = self.peer(expected_sender);
         if let Some(p) = peer {
             p.received.fetch_add(1, Relaxed);
@@ -311,7 +317,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
 
     fn dispatch_inner(
         &self,
-        expected_sender: u16,
+        expected_sender: InstanceId,
         slot: &Slot,
         peer: Option<&PeerTelemetry>,
     ) -> Result<DispatchOutcome, Reject> {
@@ -393,7 +399,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     /// Encode and send the message, then [`poll_call`](Self::poll_call) the token.
     pub fn prepare_call(
         &self,
-        peer: u16,
+        peer: InstanceId,
         kind: Kind,
         payload: Payload,
         timeout: u64,
@@ -416,7 +422,12 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     }
 
     /// Records a call whose request the caller built itself (with id `msg_id`).
-    pub fn begin_call(&self, peer: u16, msg_id: u64, timeout: u64) -> Result<CallToken, CallError> {
+    pub fn begin_call(
+        &self,
+        peer: InstanceId,
+        msg_id: u64,
+        timeout: u64,
+    ) -> Result<CallToken, CallError> {
         let now = (self.clock)();
         self.pending
             .begin_call(peer, msg_id, now, now.saturating_add(timeout))

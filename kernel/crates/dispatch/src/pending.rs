@@ -19,6 +19,7 @@ use core::sync::atomic::{
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
+use mk_ids::InstanceId;
 use mk_wire::Message;
 
 const FREE: u64 = 0;
@@ -49,7 +50,7 @@ pub struct CallToken {
     /// Id of the request (and of the expected reply).
     pub msg_id: u64,
     /// Instance the request went to; only it may answer.
-    pub peer: u16,
+    pub peer: InstanceId,
 }
 
 /// Why a call could not be started.
@@ -149,7 +150,7 @@ impl<const N: usize> PendingCalls<N> {
     /// `deadline` (tick at or after which [`expire`](Self::expire) gives up on it).
     pub fn begin_call(
         &self,
-        peer: u16,
+        peer: InstanceId,
         msg_id: u64,
         now: u64,
         deadline: u64,
@@ -171,7 +172,7 @@ impl<const N: usize> PendingCalls<N> {
                 continue;
             }
             slot.msg_id.store(msg_id, Relaxed);
-            slot.peer.store(u64::from(peer), Relaxed);
+            slot.peer.store(u64::from(peer.raw()), Relaxed);
             slot.started.store(now, Relaxed);
             slot.deadline.store(deadline, Relaxed);
             slot.word.store(pack(generation, WAITING), Release);
@@ -186,12 +187,17 @@ impl<const N: usize> PendingCalls<N> {
     }
 
     /// Hands `reply` (from `peer`, received at `now`) to the call it answers.
-    pub fn complete(&self, peer: u16, reply: &Message, now: u64) -> Result<Completed, StaleReply> {
+    pub fn complete(
+        &self,
+        peer: InstanceId,
+        reply: &Message,
+        now: u64,
+    ) -> Result<Completed, StaleReply> {
         for (index, slot) in self.slots.iter().enumerate() {
             let word = slot.word.load(Acquire);
             if state(word) != WAITING
                 || slot.msg_id.load(Relaxed) != reply.msg_id
-                || slot.peer.load(Relaxed) != u64::from(peer)
+                || slot.peer.load(Relaxed) != u64::from(peer.raw())
             {
                 continue;
             }
@@ -237,7 +243,7 @@ impl<const N: usize> PendingCalls<N> {
                 index,
                 generation: generation(word),
                 msg_id: slot.msg_id.load(Relaxed),
-                peer: slot.peer.load(Relaxed) as u16,
+                peer: InstanceId::new(slot.peer.load(Relaxed) as u16),
             };
             if slot
                 .word

@@ -12,6 +12,11 @@ fn zero_clock() -> u64 {
 
 type D<'a> = Dispatcher<'a, 8, 4>;
 
+/// Instance `i` (test shorthand).
+fn iid(i: u16) -> InstanceId {
+    InstanceId::new(i)
+}
+
 fn peers() -> Vec<PeerTelemetry> {
     (0..4).map(|_| PeerTelemetry::new()).collect()
 }
@@ -50,7 +55,7 @@ fn slot_of(msg: &Message) -> Slot {
     s
 }
 
-fn ping_from(sender: u16, id: u64) -> Slot {
+fn ping_from(sender: InstanceId, id: u64) -> Slot {
     slot_of(
         &Message::request(sender, Kind::Ping, id, ping_payload()).with_flags(MsgFlags::NEEDS_REPLY),
     )
@@ -58,7 +63,7 @@ fn ping_from(sender: u16, id: u64) -> Slot {
 
 #[test]
 fn register_and_unregister_errors() {
-    let d: D = Dispatcher::new(0, zero_clock, &[], 100, 10);
+    let d: D = Dispatcher::new(iid(0), zero_clock, &[], 100, 10);
     let r = d.registry();
     assert!(r.is_empty());
     assert_eq!(r.register(HandlerKey::Type(MsgType::System), ECHO), Ok(()));
@@ -104,14 +109,14 @@ fn register_and_unregister_errors() {
 #[test]
 fn kind_handler_beats_type_handler() {
     let peers = peers();
-    let d: D = Dispatcher::new(0, zero_clock, &peers, 100, 10);
+    let d: D = Dispatcher::new(iid(0), zero_clock, &peers, 100, 10);
     d.registry()
         .register(HandlerKey::Type(MsgType::System), ECHO)
         .unwrap();
     d.registry()
         .register(HandlerKey::Kind(Kind::Ping), REFUSE)
         .unwrap();
-    let out = d.dispatch(1, &ping_from(1, 5)).unwrap();
+    let out = d.dispatch(iid(1), &ping_from(iid(1), 5)).unwrap();
     let DispatchOutcome::Handled {
         reply: Some(reply),
         kind,
@@ -122,12 +127,12 @@ fn kind_handler_beats_type_handler() {
     };
     assert_eq!((kind, msg_id), (Kind::Ping, 5));
     assert_eq!(reply.status, Status::Refused);
-    assert_eq!(reply.sender, 0);
+    assert_eq!(reply.sender, InstanceId::ZERO);
     assert_eq!(reply.msg_id, 5);
     assert!(reply.is_reply());
     // Heartbeat falls back to the type handler (echo).
     let hb = Message::request(
-        1,
+        iid(1),
         Kind::Heartbeat,
         9,
         Payload::Heartbeat(HeartbeatPayload {
@@ -136,7 +141,8 @@ fn kind_handler_beats_type_handler() {
         }),
     )
     .with_flags(MsgFlags::NEEDS_REPLY);
-    let DispatchOutcome::Handled { reply: Some(r), .. } = d.dispatch(1, &slot_of(&hb)).unwrap()
+    let DispatchOutcome::Handled { reply: Some(r), .. } =
+        d.dispatch(iid(1), &slot_of(&hb)).unwrap()
     else {
         panic!()
     };
@@ -149,9 +155,9 @@ fn kind_handler_beats_type_handler() {
 #[test]
 fn unregistered_type_is_rejected() {
     let peers = peers();
-    let d: D = Dispatcher::new(0, zero_clock, &peers, 100, 10);
-    let s = ping_from(2, 1);
-    let err = d.dispatch(2, &s).unwrap_err();
+    let d: D = Dispatcher::new(iid(0), zero_clock, &peers, 100, 10);
+    let s = ping_from(iid(2), 1);
+    let err = d.dispatch(iid(2), &s).unwrap_err();
     assert_eq!(err, Reject::NoHandler(Kind::Ping));
     assert_eq!(d.rejects().get(RejectReason::NoHandler), 1);
     assert_eq!(peers[2].snapshot().rejected(RejectReason::NoHandler), 1);
@@ -164,27 +170,27 @@ fn unregistered_type_is_rejected() {
     // USER kinds get an (empty) opaque payload.
     let u = slot_of(
         &Message::request(
-            2,
+            iid(2),
             Kind::User(7),
             3,
             Payload::User(UserPayload::new(b"x").unwrap()),
         )
         .with_flags(MsgFlags::NEEDS_REPLY),
     );
-    let err = d.dispatch(2, &u).unwrap_err();
+    let err = d.dispatch(iid(2), &u).unwrap_err();
     let reply = d.reply_for_reject(&u, &err).unwrap();
     assert!(reply.validate().is_ok());
     // One-way messages get no answer; nor do other rejections.
-    let oneway = slot_of(&Message::request(2, Kind::Ping, 0, ping_payload()));
-    let err = d.dispatch(2, &oneway).unwrap_err();
+    let oneway = slot_of(&Message::request(iid(2), Kind::Ping, 0, ping_payload()));
+    let err = d.dispatch(iid(2), &oneway).unwrap_err();
     assert_eq!(d.reply_for_reject(&oneway, &err), None);
-    let err = d.dispatch(3, &s).unwrap_err();
+    let err = d.dispatch(iid(3), &s).unwrap_err();
     assert_eq!(d.reply_for_reject(&s, &err), None);
     // After registering, the same slot goes through.
     d.registry()
         .register(HandlerKey::Type(MsgType::System), ECHO)
         .unwrap();
-    assert!(d.dispatch(2, &s).is_ok());
+    assert!(d.dispatch(iid(2), &s).is_ok());
 }
 
 #[test]
@@ -193,11 +199,11 @@ fn each_validation_failure_is_counted_and_the_next_message_still_dispatched() {
         seen: AtomicU64::new(0),
     };
     let peers = peers();
-    let d: D = Dispatcher::new(0, zero_clock, &peers, 100, 10);
+    let d: D = Dispatcher::new(iid(0), zero_clock, &peers, 100, 10);
     d.registry()
         .register(HandlerKey::Type(MsgType::System), &SEEN)
         .unwrap();
-    let good = ping_from(1, 10);
+    let good = ping_from(iid(1), 10);
     let put16 =
         |s: &mut Slot, off: usize, v: u16| s[off..off + 2].copy_from_slice(&v.to_le_bytes());
     type Corruption = Box<dyn Fn(&mut Slot)>;
@@ -239,7 +245,7 @@ fn each_validation_failure_is_counted_and_the_next_message_still_dispatched() {
         (RejectReason::StaleReply, Box::new(|s| s[5] = 0x01)),
     ];
     let mut bad_payload = Message::request(
-        1,
+        iid(1),
         Kind::IrqMask,
         0,
         Payload::IoIrq(IoIrqPayload {
@@ -249,7 +255,7 @@ fn each_validation_failure_is_counted_and_the_next_message_still_dispatched() {
             flags: IrqFlags::empty(),
         }),
     );
-    bad_payload.sender = 1;
+    bad_payload.sender = iid(1);
     let mut bp = slot_of(&bad_payload);
     bp[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&300u32.to_le_bytes());
 
@@ -257,18 +263,18 @@ fn each_validation_failure_is_counted_and_the_next_message_still_dispatched() {
     for (i, (reason, corrupt)) in cases.iter().enumerate() {
         let mut s = good;
         corrupt(&mut s);
-        let err = d.dispatch(1, &s).unwrap_err();
+        let err = d.dispatch(iid(1), &s).unwrap_err();
         assert_eq!(err.reason(), *reason, "case {i}: {err}");
         assert_eq!(d.rejects().get(*reason), 1, "{reason:?}");
         assert_eq!(peers[1].rejected.get(*reason), 1, "{reason:?}");
         // The next, valid message is dispatched normally.
         assert!(matches!(
-            d.dispatch(1, &good),
+            d.dispatch(iid(1), &good),
             Ok(DispatchOutcome::Handled { .. })
         ));
         expected_handled += 1;
     }
-    let err = d.dispatch(1, &bp).unwrap_err();
+    let err = d.dispatch(iid(1), &bp).unwrap_err();
     assert_eq!(
         err,
         Reject::Malformed(DecodeError::BadPayload(PayloadFault::IrqVector))
@@ -303,7 +309,7 @@ fn replies_follow_needs_reply_and_are_validated() {
     fn none(_: &Message) -> Option<Reply> {
         None
     }
-    let d: D = Dispatcher::new(5, zero_clock, &[], 100, 10);
+    let d: D = Dispatcher::new(iid(5), zero_clock, &[], 100, 10);
     d.registry()
         .register(
             HandlerKey::Kind(Kind::Ping),
@@ -320,16 +326,17 @@ fn replies_follow_needs_reply_and_are_validated() {
         .register(HandlerKey::Type(MsgType::User), ECHO)
         .unwrap();
 
-    let DispatchOutcome::Handled { reply: Some(r), .. } = d.dispatch(1, &ping_from(1, 8)).unwrap()
+    let DispatchOutcome::Handled { reply: Some(r), .. } =
+        d.dispatch(iid(1), &ping_from(iid(1), 8)).unwrap()
     else {
         panic!()
     };
     assert_eq!(
         (r.status, r.payload, r.sender),
-        (Status::InternalError, Payload::Empty, 5)
+        (Status::InternalError, Payload::Empty, iid(5))
     );
     let hb = Message::request(
-        1,
+        iid(1),
         Kind::Heartbeat,
         9,
         Payload::Heartbeat(HeartbeatPayload {
@@ -339,18 +346,18 @@ fn replies_follow_needs_reply_and_are_validated() {
     )
     .with_flags(MsgFlags::NEEDS_REPLY);
     assert!(matches!(
-        d.dispatch(1, &slot_of(&hb)),
+        d.dispatch(iid(1), &slot_of(&hb)),
         Ok(DispatchOutcome::Handled { reply: None, .. })
     ));
     // A one-way USER message: the handler's answer is dropped.
     let u = Message::request(
-        1,
+        iid(1),
         Kind::User(1),
         0,
         Payload::User(UserPayload::new(b"abc").unwrap()),
     );
     assert!(matches!(
-        d.dispatch(1, &slot_of(&u)),
+        d.dispatch(iid(1), &slot_of(&u)),
         Ok(DispatchOutcome::Handled { reply: None, .. })
     ));
     // Closures with captured context work as handlers too.
@@ -372,20 +379,22 @@ fn call_clock() -> u64 {
 #[test]
 fn call_reply_timeout_and_stale() {
     let peers_a = peers();
-    let a: D = Dispatcher::new(0, call_clock, &peers_a, 100, 10);
-    let b: D = Dispatcher::new(1, call_clock, &[], 100, 10);
+    let a: D = Dispatcher::new(iid(0), call_clock, &peers_a, 100, 10);
+    let b: D = Dispatcher::new(iid(1), call_clock, &[], 100, 10);
     b.registry()
         .register(HandlerKey::Type(MsgType::System), ECHO)
         .unwrap();
     CALL_NOW.store(1000, Relaxed);
 
     // A call answered in time.
-    let (req, token) = a.prepare_call(1, Kind::Ping, ping_payload(), 50).unwrap();
-    assert!(req.needs_reply() && req.msg_id != 0 && req.sender == 0 && req.timestamp == 1000);
+    let (req, token) = a
+        .prepare_call(iid(1), Kind::Ping, ping_payload(), 50)
+        .unwrap();
+    assert!(req.needs_reply() && req.msg_id != 0 && req.sender == iid(0) && req.timestamp == 1000);
     assert_eq!(a.poll_call(&token), CallState::Pending);
     let DispatchOutcome::Handled {
         reply: Some(reply), ..
-    } = b.dispatch(0, &slot_of(&req)).unwrap()
+    } = b.dispatch(iid(0), &slot_of(&req)).unwrap()
     else {
         panic!()
     };
@@ -393,26 +402,28 @@ fn call_reply_timeout_and_stale() {
     CALL_NOW.store(1020, Relaxed);
     let reply_slot = slot_of(&reply);
     // From the wrong mailbox: a sender mismatch, the call stays pending.
-    assert!(matches!(
-        a.dispatch(2, &reply_slot),
+    assert_eq!(
+        a.dispatch(iid(2), &reply_slot),
         Err(Reject::SenderMismatch {
-            expected: 2,
-            found: 1
+            expected: iid(2),
+            found: iid(1)
         })
-    ));
-    let out = a.dispatch(1, &reply_slot).unwrap();
+    );
+    let out = a.dispatch(iid(1), &reply_slot).unwrap();
     assert_eq!(out, DispatchOutcome::ReplyDelivered { token, latency: 20 });
     assert_eq!(a.expire_calls(), 0);
     assert_eq!(a.poll_call(&token), CallState::Ready(reply));
     assert_eq!(a.poll_call(&token), CallState::Invalid, "collected once");
     // A duplicate reply is stale.
     assert_eq!(
-        a.dispatch(1, &reply_slot),
+        a.dispatch(iid(1), &reply_slot),
         Err(Reject::StaleReply { msg_id: req.msg_id })
     );
 
     // A call that times out; its late reply is stale.
-    let (req2, token2) = a.prepare_call(1, Kind::Ping, ping_payload(), 50).unwrap();
+    let (req2, token2) = a
+        .prepare_call(iid(1), Kind::Ping, ping_payload(), 50)
+        .unwrap();
     assert!(req2.msg_id > req.msg_id);
     CALL_NOW.store(1069, Relaxed);
     assert_eq!(a.expire_calls(), 0);
@@ -421,23 +432,25 @@ fn call_reply_timeout_and_stale() {
     assert_eq!(a.poll_call(&token2), CallState::TimedOut);
     let DispatchOutcome::Handled {
         reply: Some(late), ..
-    } = b.dispatch(0, &slot_of(&req2)).unwrap()
+    } = b.dispatch(iid(0), &slot_of(&req2)).unwrap()
     else {
         panic!()
     };
     assert_eq!(
-        a.dispatch(1, &slot_of(&late)),
+        a.dispatch(iid(1), &slot_of(&late)),
         Err(Reject::StaleReply {
             msg_id: req2.msg_id
         })
     );
 
     // A reply from another peer than the one called is stale even with the right id.
-    let (req3, token3) = a.prepare_call(1, Kind::Ping, ping_payload(), 50).unwrap();
-    let mut forged = Message::reply_to(&req3, 2, Status::Ok, ping_payload());
-    forged.sender = 2;
+    let (req3, token3) = a
+        .prepare_call(iid(1), Kind::Ping, ping_payload(), 50)
+        .unwrap();
+    let mut forged = Message::reply_to(&req3, iid(2), Status::Ok, ping_payload());
+    forged.sender = iid(2);
     assert_eq!(
-        a.dispatch(2, &slot_of(&forged)),
+        a.dispatch(iid(2), &slot_of(&forged)),
         Err(Reject::StaleReply {
             msg_id: req3.msg_id
         })
@@ -461,35 +474,35 @@ fn call_reply_timeout_and_stale() {
 #[test]
 fn pending_table_capacity_and_reuse() {
     let t: PendingCalls<2> = PendingCalls::new();
-    assert_eq!(t.begin_call(1, 0, 0, 10), Err(CallError::ZeroMsgId));
-    let t1 = t.begin_call(1, 1, 0, 10).unwrap();
-    let _t2 = t.begin_call(1, 2, 0, 10).unwrap();
-    assert_eq!(t.begin_call(1, 3, 0, 10), Err(CallError::TableFull));
+    assert_eq!(t.begin_call(iid(1), 0, 0, 10), Err(CallError::ZeroMsgId));
+    let t1 = t.begin_call(iid(1), 1, 0, 10).unwrap();
+    let _t2 = t.begin_call(iid(1), 2, 0, 10).unwrap();
+    assert_eq!(t.begin_call(iid(1), 3, 0, 10), Err(CallError::TableFull));
     let mut expired = vec![];
     assert_eq!(t.expire(10, |tok| expired.push(tok.msg_id)), 2);
     expired.sort();
     assert_eq!(expired, [1, 2]);
     // Expired but uncollected calls keep their slot.
-    assert_eq!(t.begin_call(1, 3, 0, 10), Err(CallError::TableFull));
+    assert_eq!(t.begin_call(iid(1), 3, 0, 10), Err(CallError::TableFull));
     assert_eq!(t.poll(&t1), CallState::TimedOut);
-    let t3 = t.begin_call(1, 3, 20, 30).unwrap();
+    let t3 = t.begin_call(iid(1), 3, 20, 30).unwrap();
     // The old token does not see the new call in the reused slot.
     assert_eq!(t.poll(&t1), CallState::Invalid);
     assert!(!t.cancel(&t1));
     let r = Message::reply_to(
-        &Message::request(0, Kind::Ping, 3, Payload::Empty),
-        1,
+        &Message::request(iid(0), Kind::Ping, 3, Payload::Empty),
+        iid(1),
         Status::Busy,
         Payload::Empty,
     );
-    let done = t.complete(1, &r, 25).unwrap();
+    let done = t.complete(iid(1), &r, 25).unwrap();
     assert_eq!((done.token, done.latency), (t3, 5));
-    assert_eq!(t.complete(1, &r, 26), Err(StaleReply { msg_id: 3 }));
+    assert_eq!(t.complete(iid(1), &r, 26), Err(StaleReply { msg_id: 3 }));
     assert_eq!(t.poll(&t3), CallState::Ready(r));
-    let invalid = Message::request(0, Kind::Ping, 1, Payload::Empty);
-    let d: D = Dispatcher::new(0, zero_clock, &[], 1, 1);
+    let invalid = Message::request(iid(0), Kind::Ping, 1, Payload::Empty);
+    let d: D = Dispatcher::new(iid(0), zero_clock, &[], 1, 1);
     assert!(matches!(
-        d.prepare_call(1, Kind::Ping, Payload::Empty, 5),
+        d.prepare_call(iid(1), Kind::Ping, Payload::Empty, 5),
         Err(CallError::Invalid(EncodeError::PayloadMismatch { .. }))
     ));
     assert!(invalid.validate().is_err());
@@ -572,7 +585,7 @@ fn concurrent_dispatch_counters_add_up() {
     const PER: u64 = 2000;
     // Senders 1..=3, and mismatches dispatched as if from mailbox 2..=4.
     let peers: Vec<PeerTelemetry> = (0..5).map(|_| PeerTelemetry::new()).collect();
-    let d: Dispatcher<8, 64> = Dispatcher::new(0, zero_clock, &peers, 100, 10);
+    let d: Dispatcher<8, 64> = Dispatcher::new(iid(0), zero_clock, &peers, 100, 10);
     d.registry()
         .register(HandlerKey::Type(MsgType::System), &SEEN)
         .unwrap();
@@ -581,16 +594,16 @@ fn concurrent_dispatch_counters_add_up() {
             let d = &d;
             s.spawn(move || {
                 let sender = t % 3 + 1;
-                let good = ping_from(sender, 1);
+                let good = ping_from(iid(sender), 1);
                 let mut bad = good;
                 bad[4] = 0;
                 for i in 0..PER {
                     if i % 4 == 0 {
-                        assert!(d.dispatch(sender, &bad).is_err());
+                        assert!(d.dispatch(iid(sender), &bad).is_err());
                     } else if i % 4 == 1 {
-                        assert!(d.dispatch(sender + 1, &good).is_err());
+                        assert!(d.dispatch(iid(sender + 1), &good).is_err());
                     } else {
-                        assert!(d.dispatch(sender, &good).is_ok());
+                        assert!(d.dispatch(iid(sender), &good).is_ok());
                     }
                     // Registry churn on an unrelated key, concurrently with lookups.
                     if i % 100 == 0 {
@@ -623,7 +636,7 @@ fn concurrent_calls_replies_and_expiry_end_each_call_once() {
     const CALLERS: usize = 3;
     const CALLS: usize = 500;
     let peers = peers();
-    let a: Dispatcher<1, 16> = Dispatcher::new(0, race_clock, &peers, 100, 10);
+    let a: Dispatcher<1, 16> = Dispatcher::new(iid(0), race_clock, &peers, 100, 10);
     let ids = std::sync::Mutex::new(Vec::new());
     let (ready, timed_out) = (AtomicU64::new(0), AtomicU64::new(0));
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -644,15 +657,15 @@ fn concurrent_calls_replies_and_expiry_end_each_call_once() {
             callers.push(s.spawn(move || {
                 for _ in 0..CALLS {
                     let (req, token) = loop {
-                        match a.prepare_call(1, Kind::Ping, ping_payload(), 2) {
+                        match a.prepare_call(iid(1), Kind::Ping, ping_payload(), 2) {
                             Ok(x) => break x,
                             Err(CallError::TableFull) => std::thread::yield_now(),
                             Err(e) => panic!("{e:?}"),
                         }
                     };
                     ids.lock().unwrap().push(req.msg_id);
-                    let reply = Message::reply_to(&req, 1, Status::Ok, req.payload);
-                    let _ = a.dispatch(1, &slot_of(&reply));
+                    let reply = Message::reply_to(&req, iid(1), Status::Ok, req.payload);
+                    let _ = a.dispatch(iid(1), &slot_of(&reply));
                     loop {
                         match a.poll_call(&token) {
                             CallState::Pending => std::thread::yield_now(),

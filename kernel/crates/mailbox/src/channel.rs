@@ -3,7 +3,7 @@
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crate::layout::{Channel, MAGIC, VERSION, bump};
-use crate::{ChannelState, Error, MSG_SIZE, SLOTS};
+use crate::{ChannelState, Error, InstanceId, MSG_SIZE, SLOTS};
 
 /// Sequence number of the message with running count `count` (0-based): 1-based, wrapping
 /// `u32` that skips 0 (0 marks a never-used slot).
@@ -45,7 +45,7 @@ pub enum DoorbellMode {
 }
 
 /// Checks the channel header; returns the generation on success.
-pub(crate) fn attach_check(chan: &Channel, from: usize, to: usize) -> Result<u32, Error> {
+pub(crate) fn attach_check(chan: &Channel, from: InstanceId, to: InstanceId) -> Result<u32, Error> {
     let h = &chan.header;
     // Acquire: pairs with the creator's Release store of `Active` at init / reset, so the lines
     // and slots it prepared are visible before we read our starting counts.
@@ -64,8 +64,8 @@ pub(crate) fn attach_check(chan: &Channel, from: usize, to: usize) -> Result<u32
             expected: VERSION,
         });
     }
-    if h.from.load(Ordering::Relaxed) as usize != from
-        || h.to.load(Ordering::Relaxed) as usize != to
+    if h.from.load(Ordering::Relaxed) != u32::from(from.raw())
+        || h.to.load(Ordering::Relaxed) != u32::from(to.raw())
         || h.slots.load(Ordering::Relaxed) as usize != SLOTS
         || h.slot_size.load(Ordering::Relaxed) as usize != MSG_SIZE
     {
@@ -96,8 +96,8 @@ pub struct SenderEnd<'a> {
     chan: &'a Channel,
     claim: &'a AtomicU64,
     bit: u64,
-    from: usize,
-    to: usize,
+    from: InstanceId,
+    to: InstanceId,
     generation: u32,
     /// Messages published (running count), mirrors `tx.sent`.
     sent: u64,
@@ -113,8 +113,8 @@ impl<'a> SenderEnd<'a> {
         chan: &'a Channel,
         claim: &'a AtomicU64,
         bit: u64,
-        from: usize,
-        to: usize,
+        from: InstanceId,
+        to: InstanceId,
     ) -> Result<Self, Error> {
         let generation = attach_check(chan, from, to)?;
         // Our own line: only we (and the creator before Active) write it.
@@ -138,12 +138,12 @@ impl<'a> SenderEnd<'a> {
     }
 
     /// The sending instance.
-    pub fn from(&self) -> usize {
+    pub fn from(&self) -> InstanceId {
         self.from
     }
 
     /// The receiving instance.
-    pub fn to(&self) -> usize {
+    pub fn to(&self) -> InstanceId {
         self.to
     }
 
@@ -299,8 +299,8 @@ pub struct ReceiverEnd<'a> {
     chan: &'a Channel,
     claim: &'a AtomicU64,
     bit: u64,
-    from: usize,
-    to: usize,
+    from: InstanceId,
+    to: InstanceId,
     generation: u32,
     /// Messages consumed (running count), mirrors `rx.ack`.
     consumed: u64,
@@ -313,8 +313,8 @@ impl<'a> ReceiverEnd<'a> {
         chan: &'a Channel,
         claim: &'a AtomicU64,
         bit: u64,
-        from: usize,
-        to: usize,
+        from: InstanceId,
+        to: InstanceId,
     ) -> Result<Self, Error> {
         let generation = attach_check(chan, from, to)?;
         let consumed = chan.rx.ack.load(Ordering::Relaxed);
@@ -333,12 +333,12 @@ impl<'a> ReceiverEnd<'a> {
     }
 
     /// The sending instance (the channel's identity, not anything read from a message).
-    pub fn from(&self) -> usize {
+    pub fn from(&self) -> InstanceId {
         self.from
     }
 
     /// The receiving instance.
-    pub fn to(&self) -> usize {
+    pub fn to(&self) -> InstanceId {
         self.to
     }
 

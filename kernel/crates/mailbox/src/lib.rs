@@ -118,6 +118,7 @@ mod tests;
 pub use channel::{DoorbellMode, ReceiverEnd, SendOutcome, SenderEnd};
 pub use layout::{MAGIC, VERSION};
 pub use matrix::{CHANNEL_SIZE, ChannelStats, MailboxMatrix, region_size};
+pub use mk_ids::InstanceId;
 pub use mk_raw::Raw;
 pub use rate::RateLimiter;
 
@@ -208,9 +209,9 @@ pub enum Error {
     /// No channel for this pair (out of range, or `from == to`).
     BadPair {
         /// Sender asked for.
-        from: usize,
+        from: InstanceId,
         /// Receiver asked for.
-        to: usize,
+        to: InstanceId,
     },
     /// That end is already claimed in this view.
     AlreadyClaimed,

@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::channel::{ReceiverEnd, SenderEnd};
 use crate::layout::{Channel, MAGIC, RegionHeader, VERSION};
-use crate::{ChannelState, Error, MAX_INSTANCES, MSG_SIZE, SLOTS};
+use crate::{ChannelState, Error, InstanceId, MAX_INSTANCES, MSG_SIZE, SLOTS};
 use mk_raw::Raw;
 
 /// Bytes of shared memory needed for `n` instances: one header line plus one channel per
@@ -104,8 +104,8 @@ impl<'a> MailboxMatrix<'a> {
             .store(CHANNEL_SIZE as u32, Ordering::Relaxed);
         header.region_size.store(need as u64, Ordering::Relaxed);
         let m = Self::new_view(header, channels, n);
-        for from in 0..n {
-            for to in (0..n).filter(|&t| t != from) {
+        for from in InstanceId::all(n) {
+            for to in InstanceId::all(n).filter(|&t| t != from) {
                 let c = m.chan(from, to)?;
                 let h = &c.header;
                 h.state
@@ -114,8 +114,8 @@ impl<'a> MailboxMatrix<'a> {
                 h.magic.store(MAGIC, Ordering::Relaxed);
                 h.version.store(VERSION, Ordering::Relaxed);
                 h.generation.store(0, Ordering::Relaxed);
-                h.from.store(from as u32, Ordering::Relaxed);
-                h.to.store(to as u32, Ordering::Relaxed);
+                h.from.store(from.raw().into(), Ordering::Relaxed);
+                h.to.store(to.raw().into(), Ordering::Relaxed);
                 h.slots.store(SLOTS as u32, Ordering::Relaxed);
                 h.slot_size.store(MSG_SIZE as u32, Ordering::Relaxed);
                 // Release: everything above is visible to an end that sees Active (Acquire).
@@ -174,20 +174,26 @@ impl<'a> MailboxMatrix<'a> {
         self.n
     }
 
+    /// The ids of those instances, `0..instances()`.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = InstanceId> + Clone + use<> {
+        InstanceId::all(self.n)
+    }
+
     /// Bytes of the region in use.
     pub fn size(&self) -> usize {
         self.header.region_size.load(Ordering::Relaxed) as usize
     }
 
-    fn index(&self, from: usize, to: usize) -> Result<usize, Error> {
-        if from >= self.n || to >= self.n || from == to {
+    fn index(&self, from: InstanceId, to: InstanceId) -> Result<usize, Error> {
+        let (f, t) = (from.index(), to.index());
+        if f >= self.n || t >= self.n || f == t {
             return Err(Error::BadPair { from, to });
         }
         // Row `from` holds its n-1 peers in order, skipping `from` itself.
-        Ok(from * (self.n - 1) + if to > from { to - 1 } else { to })
+        Ok(f * (self.n - 1) + if t > f { t - 1 } else { t })
     }
 
-    pub(crate) fn chan(&self, from: usize, to: usize) -> Result<&'a Channel, Error> {
+    pub(crate) fn chan(&self, from: InstanceId, to: InstanceId) -> Result<&'a Channel, Error> {
         Ok(&self.channels[self.index(from, to)?])
     }
 
@@ -201,9 +207,9 @@ impl<'a> MailboxMatrix<'a> {
     /// Claims the sending end of `from -> to` (the caller should be instance `from`). Fails
     /// if it is already claimed in this view, the channel is not initialised, dead, of another
     /// version, or its header does not match its place.
-    pub fn sender_end(&self, from: usize, to: usize) -> Result<SenderEnd<'_>, Error> {
+    pub fn sender_end(&self, from: InstanceId, to: InstanceId) -> Result<SenderEnd<'_>, Error> {
         let chan = self.chan(from, to)?;
-        let (word, bit) = (&self.tx_claims[from], 1u64 << to);
+        let (word, bit) = (&self.tx_claims[from.index()], 1u64 << to.index());
         Self::claim(word, bit)?;
         SenderEnd::attach(chan, word, bit, from, to).inspect_err(|_| {
             word.fetch_and(!bit, Ordering::Release);
@@ -211,9 +217,9 @@ impl<'a> MailboxMatrix<'a> {
     }
 
     /// Claims the receiving end of `from -> to` (the caller should be instance `to`).
-    pub fn receiver_end(&self, from: usize, to: usize) -> Result<ReceiverEnd<'_>, Error> {
+    pub fn receiver_end(&self, from: InstanceId, to: InstanceId) -> Result<ReceiverEnd<'_>, Error> {
         let chan = self.chan(from, to)?;
-        let (word, bit) = (&self.rx_claims[from], 1u64 << to);
+        let (word, bit) = (&self.rx_claims[from.index()], 1u64 << to.index());
         Self::claim(word, bit)?;
         ReceiverEnd::attach(chan, word, bit, from, to).inspect_err(|_| {
             word.fetch_and(!bit, Ordering::Release);
@@ -221,7 +227,7 @@ impl<'a> MailboxMatrix<'a> {
     }
 
     /// State of channel `from -> to`.
-    pub fn state(&self, from: usize, to: usize) -> Result<ChannelState, Error> {
+    pub fn state(&self, from: InstanceId, to: InstanceId) -> Result<ChannelState, Error> {
         let c = self.chan(from, to)?;
         Ok(ChannelState::from_raw(
             c.header.state.load(Ordering::Acquire),
@@ -229,7 +235,7 @@ impl<'a> MailboxMatrix<'a> {
     }
 
     /// Counters of channel `from -> to`.
-    pub fn stats(&self, from: usize, to: usize) -> Result<ChannelStats, Error> {
+    pub fn stats(&self, from: InstanceId, to: InstanceId) -> Result<ChannelStats, Error> {
         let c = self.chan(from, to)?;
         let r = Ordering::Relaxed;
         Ok(ChannelStats {
@@ -252,7 +258,7 @@ impl<'a> MailboxMatrix<'a> {
 
     /// Creator only: marks `from -> to` dead (e.g. one side crashed). Both ends get
     /// [`Error::Dead`] from their next operation and must stop using the channel.
-    pub fn mark_dead(&self, from: usize, to: usize) -> Result<(), Error> {
+    pub fn mark_dead(&self, from: InstanceId, to: InstanceId) -> Result<(), Error> {
         let c = self.chan(from, to)?;
         c.header
             .state
@@ -261,7 +267,7 @@ impl<'a> MailboxMatrix<'a> {
     }
 
     /// Creator only: marks every channel to or from `instance` dead.
-    pub fn mark_instance_dead(&self, instance: usize) -> Result<(), Error> {
+    pub fn mark_instance_dead(&self, instance: InstanceId) -> Result<(), Error> {
         self.for_pairs_of(instance, |from, to| self.mark_dead(from, to))
     }
 
@@ -276,7 +282,7 @@ impl<'a> MailboxMatrix<'a> {
     /// channel and confirms that to the creator out of band (its own control message or the
     /// creator *is* that instance); only then reset. Violating this cannot cause memory unsafety
     /// (every shared access is atomic) but may lose or garble messages of the new incarnation.
-    pub fn reset_channel(&self, from: usize, to: usize) -> Result<(), Error> {
+    pub fn reset_channel(&self, from: InstanceId, to: InstanceId) -> Result<(), Error> {
         let c = self.chan(from, to)?;
         let h = &c.header;
         // SeqCst: no end sees Active of the old generation after this point (program order
@@ -293,22 +299,22 @@ impl<'a> MailboxMatrix<'a> {
     }
 
     /// Creator only: resets every channel to or from `instance` (same precondition).
-    pub fn reset_instance(&self, instance: usize) -> Result<(), Error> {
+    pub fn reset_instance(&self, instance: InstanceId) -> Result<(), Error> {
         self.for_pairs_of(instance, |from, to| self.reset_channel(from, to))
     }
 
     fn for_pairs_of(
         &self,
-        instance: usize,
-        mut f: impl FnMut(usize, usize) -> Result<(), Error>,
+        instance: InstanceId,
+        mut f: impl FnMut(InstanceId, InstanceId) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        if instance >= self.n {
+        if instance.index() >= self.n {
             return Err(Error::BadPair {
                 from: instance,
                 to: instance,
             });
         }
-        for peer in (0..self.n).filter(|&p| p != instance) {
+        for peer in self.ids().filter(|&p| p != instance) {
             f(instance, peer)?;
             f(peer, instance)?;
         }

@@ -2,6 +2,7 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::InstanceId;
 use crate::layout::ConsoleLine;
 
 /// A sensible spin bound for [`Console::lock`] in the kernel: far longer than printing one log
@@ -27,7 +28,7 @@ pub struct ConsoleStats {
     /// Waiters whose ticket was skipped by a force and who queued again.
     pub requeued: u64,
     /// Last holder (instance), if any.
-    pub holder: Option<usize>,
+    pub holder: Option<InstanceId>,
 }
 
 /// Held console lock; unlocks on drop.
@@ -39,7 +40,7 @@ pub struct ConsoleGuard<'a> {
 
 impl<'a> Console<'a> {
     /// Takes the lock for instance `by`, spinning with `spin_loop`; see [`Self::lock_with`].
-    pub fn lock(&self, by: usize, max_spins: u32) -> ConsoleGuard<'a> {
+    pub fn lock(&self, by: InstanceId, max_spins: u32) -> ConsoleGuard<'a> {
         self.lock_with(by, max_spins, core::hint::spin_loop)
     }
 
@@ -57,7 +58,7 @@ impl<'a> Console<'a> {
     /// port: an interrupt handler logging on the same CPU would otherwise wait for the force.
     pub fn lock_with(
         &self,
-        by: usize,
+        by: InstanceId,
         max_spins: u32,
         mut relax: impl FnMut(),
     ) -> ConsoleGuard<'a> {
@@ -98,7 +99,7 @@ impl<'a> Console<'a> {
                     seen = l.serving.load(Ordering::Acquire);
                 }
             }
-            l.holder.store(by as u32 + 1, Ordering::Relaxed);
+            l.holder.store(u32::from(by.raw()) + 1, Ordering::Relaxed);
             l.acquired.fetch_add(1, Ordering::Relaxed);
             return ConsoleGuard {
                 line: l,
@@ -118,7 +119,7 @@ impl<'a> Console<'a> {
             requeued: l.requeued.load(Ordering::Relaxed),
             holder: match l.holder.load(Ordering::Relaxed) {
                 0 => None,
-                h => Some(h as usize - 1),
+                h => u16::try_from(h - 1).ok().map(InstanceId::new),
             },
         }
     }

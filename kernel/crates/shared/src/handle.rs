@@ -11,7 +11,9 @@ use crate::layout::{
     layout,
 };
 use crate::owner::{Owner, Resource, Words};
-use crate::{Error, MAX_APIC_IDS, MAX_INSTANCES, MAX_IRQS, MEM_CHUNK_SHIFT, MEM_CHUNKS};
+use crate::{
+    Error, InstanceId, MAX_APIC_IDS, MAX_INSTANCES, MAX_IRQS, MEM_CHUNK_SHIFT, MEM_CHUNKS,
+};
 use mk_raw::Raw;
 
 /// This instance's handle on the shared region. Holds only references into the region (no
@@ -157,14 +159,18 @@ impl<'a> SharedRegion<'a> {
     }
 
     /// Entry of instance `i` (`< instance_count()`).
-    pub fn instance(&self, i: usize) -> Result<Instance<'a>, Error> {
-        if i >= self.layout.instances {
-            return Err(Error::BadInstance(i));
-        }
-        Ok(Instance {
-            index: i,
-            e: &self.instances[i],
-        })
+    pub fn instance(&self, i: InstanceId) -> Result<Instance<'a>, Error> {
+        let e = self
+            .instances
+            .get(i.index())
+            .filter(|_| i.index() < self.layout.instances)
+            .ok_or(Error::BadInstance(i))?;
+        Ok(Instance { id: i, e })
+    }
+
+    /// The ids of the instances the region was formatted for, `0..instance_count()`.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = InstanceId> + Clone + use<> {
+        InstanceId::all(self.layout.instances)
     }
 
     /// The console lock.
@@ -202,13 +208,18 @@ impl<'a> SharedRegion<'a> {
 
     /// `by` takes `r`: from free if `expected` is `None`, else from `Owned(expected)` (instance
     /// 0 distributing or reclaiming a dead instance's resources). Compare-exchange, AcqRel.
-    pub fn claim(&self, r: Resource, by: usize, expected: Option<usize>) -> Result<(), Error> {
+    pub fn claim(
+        &self,
+        r: Resource,
+        by: InstanceId,
+        expected: Option<InstanceId>,
+    ) -> Result<(), Error> {
         let (t, w) = self.word(r)?;
         t.claim(w, by, expected)
     }
 
     /// The owner `by` gives `r` up (`Owned(by) -> Free`, Release half of AcqRel).
-    pub fn release(&self, r: Resource, by: usize) -> Result<(), Error> {
+    pub fn release(&self, r: Resource, by: InstanceId) -> Result<(), Error> {
         let (t, w) = self.word(r)?;
         t.release(w, by)
     }
@@ -216,21 +227,36 @@ impl<'a> SharedRegion<'a> {
     /// The owner `from`, having stopped using `r`, starts handing it to `to`:
     /// `Owned(from) -> InTransit{from, to, g}` with a fresh generation `g`, returned (to be sent
     /// to `to`, e.g. in a mailbox message).
-    pub fn begin_transfer(&self, r: Resource, from: usize, to: usize) -> Result<u32, Error> {
+    pub fn begin_transfer(
+        &self,
+        r: Resource,
+        from: InstanceId,
+        to: InstanceId,
+    ) -> Result<u32, Error> {
         let (t, w) = self.word(r)?;
         t.begin_transfer(w, from, to)
     }
 
     /// The receiver `to` takes `r`: `InTransit{_, to, generation} -> Owned(to)` (Acquire half:
     /// it sees everything `from` did before `begin_transfer`).
-    pub fn complete_transfer(&self, r: Resource, to: usize, generation: u32) -> Result<(), Error> {
+    pub fn complete_transfer(
+        &self,
+        r: Resource,
+        to: InstanceId,
+        generation: u32,
+    ) -> Result<(), Error> {
         let (t, w) = self.word(r)?;
         t.complete_transfer(w, to, generation)
     }
 
     /// `InTransit{from, _, generation} -> Owned(from)`: the sender takes `r` back (refused, or
     /// `to` died: instance 0 may call it on `from`'s behalf).
-    pub fn abort_transfer(&self, r: Resource, from: usize, generation: u32) -> Result<(), Error> {
+    pub fn abort_transfer(
+        &self,
+        r: Resource,
+        from: InstanceId,
+        generation: u32,
+    ) -> Result<(), Error> {
         let (t, w) = self.word(r)?;
         t.abort_transfer(w, from, generation)
     }
@@ -242,8 +268,8 @@ impl<'a> SharedRegion<'a> {
         &self,
         start: u64,
         len: u64,
-        by: usize,
-        expected: Option<usize>,
+        by: InstanceId,
+        expected: Option<InstanceId>,
     ) -> Result<(), Error> {
         let chunks = memory_chunks(start, len)?;
         let t = Words {
@@ -259,7 +285,13 @@ impl<'a> SharedRegion<'a> {
         Ok(())
     }
 
-    fn undo(&self, t: &Words, done: core::ops::Range<u32>, by: usize, prev: Option<usize>) {
+    fn undo(
+        &self,
+        t: &Words,
+        done: core::ops::Range<u32>,
+        by: InstanceId,
+        prev: Option<InstanceId>,
+    ) {
         for c in done {
             let w = &self.memory[c as usize];
             let _ = match prev {
@@ -319,7 +351,7 @@ impl<'a> SharedRegion<'a> {
     /// Each step is one compare-exchange, so a resource has exactly one owner at every
     /// instant; a word that changes under us (a live peer completing a transfer from `dead`
     /// at the same moment) is simply re-read and handled in its new state.
-    pub fn reclaim(&self, dead: usize, into: usize) -> Result<Reclaimed, Error> {
+    pub fn reclaim(&self, dead: InstanceId, into: InstanceId) -> Result<Reclaimed, Error> {
         let words = Words {
             instances: self.layout.instances,
         };

@@ -3,7 +3,7 @@
 use core::sync::atomic::{Ordering, fence};
 
 use crate::layout::{InstanceEntry, REPORT_WORDS};
-use crate::{CPUS_PER_INSTANCE, Error, RANGES_PER_INSTANCE};
+use crate::{CPUS_PER_INSTANCE, Error, InstanceId, RANGES_PER_INSTANCE};
 
 /// Life cycle of an instance, as recorded in its entry.
 ///
@@ -105,14 +105,14 @@ pub const RESOURCE_READ_RETRIES: u32 = 1 << 16;
 /// compare-exchanges, so the two writers of the state word cannot lose each other's update.
 #[derive(Clone, Copy)]
 pub struct Instance<'a> {
-    pub(crate) index: usize,
+    pub(crate) id: InstanceId,
     pub(crate) e: &'a InstanceEntry,
 }
 
 impl Instance<'_> {
     /// Which instance this entry describes.
-    pub fn index(&self) -> usize {
-        self.index
+    pub fn id(&self) -> InstanceId {
+        self.id
     }
 
     /// Current state (Acquire: what the writer published before the transition is visible).

@@ -130,6 +130,7 @@ pub use instance::{Instance, InstanceResources, InstanceState, RESOURCE_READ_RET
 pub use layout::{
     INSTANCE_ENTRY_SIZE, Layout, MAGIC, PAGE, REPORT_WORDS, Table, VERSION, layout, region_size,
 };
+pub use mk_ids::InstanceId;
 pub use owner::{Owner, Resource};
 
 /// Cache line size everything is aligned to.
@@ -180,8 +181,8 @@ pub enum Error {
     LayoutMismatch,
     /// Instance count not in `1..=MAX_INSTANCES`.
     BadInstanceCount(usize),
-    /// Instance index not below the region's instance count.
-    BadInstance(usize),
+    /// Instance id not below the region's instance count.
+    BadInstance(InstanceId),
     /// Resource index beyond its table.
     BadResource(Resource),
     /// A memory range not 2 MiB aligned or empty.
@@ -221,9 +222,9 @@ pub enum Error {
     /// The resource is in transit; complete or abort that transfer first.
     InTransit {
         /// Sender.
-        from: usize,
+        from: InstanceId,
         /// Receiver.
-        to: usize,
+        to: InstanceId,
         /// Transfer generation.
         generation: u32,
     },
@@ -240,7 +241,7 @@ pub enum Error {
         found: u32,
     },
     /// Transfer from an instance to itself.
-    SameInstance(usize),
+    SameInstance(InstanceId),
     /// A shared word holds a value this build never writes.
     Corrupt(u64),
     /// Formatting the mailbox matrix failed.

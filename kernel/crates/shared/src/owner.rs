@@ -15,7 +15,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Error, MEM_CHUNK_SHIFT};
+use crate::{Error, InstanceId, MEM_CHUNK_SHIFT};
 
 /// A resource with an owner word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,13 +46,13 @@ pub enum Owner {
     /// Nobody owns it.
     Free,
     /// Owned by this instance.
-    Owned(usize),
+    Owned(InstanceId),
     /// Being handed from `from` to `to`: `from` has stopped using it, `to` may not use it yet.
     InTransit {
         /// Previous owner (gets it back on abort).
-        from: usize,
+        from: InstanceId,
         /// Next owner (gets it on completion).
-        to: usize,
+        to: InstanceId,
         /// Transfer generation, needed to complete or abort.
         generation: u32,
     },
@@ -66,15 +66,15 @@ pub(crate) fn encode(owner: Owner, generation: u32) -> u64 {
     let g = u64::from(generation) << 32;
     match owner {
         Owner::Free => g | TAG_FREE,
-        Owner::Owned(o) => g | ((o as u64 & 0xff) << 8) | TAG_OWNED,
+        Owner::Owned(o) => g | ((u64::from(o.raw()) & 0xff) << 8) | TAG_OWNED,
         Owner::InTransit {
             from,
             to,
             generation,
         } => {
             (u64::from(generation) << 32)
-                | ((to as u64 & 0xff) << 16)
-                | ((from as u64 & 0xff) << 8)
+                | ((u64::from(to.raw()) & 0xff) << 16)
+                | ((u64::from(from.raw()) & 0xff) << 8)
                 | TAG_TRANSIT
         }
     }
@@ -83,17 +83,19 @@ pub(crate) fn encode(owner: Owner, generation: u32) -> u64 {
 /// Decodes a word; anything this build would never write is [`Error::Corrupt`].
 pub(crate) fn decode(w: u64, instances: usize) -> Result<(Owner, u32), Error> {
     let generation = (w >> 32) as u32;
-    let a = ((w >> 8) & 0xff) as usize;
-    let b = ((w >> 16) & 0xff) as usize;
+    let a = InstanceId::new(((w >> 8) & 0xff) as u16);
+    let b = InstanceId::new(((w >> 16) & 0xff) as u16);
     let spare = (w >> 24) & 0xff;
     let owner = match w & 0xff {
-        TAG_FREE if a == 0 && b == 0 && spare == 0 => Owner::Free,
-        TAG_OWNED if a < instances && b == 0 && spare == 0 => Owner::Owned(a),
-        TAG_TRANSIT if a < instances && b < instances && a != b && spare == 0 => Owner::InTransit {
-            from: a,
-            to: b,
-            generation,
-        },
+        TAG_FREE if a.is_supervisor() && b.is_supervisor() && spare == 0 => Owner::Free,
+        TAG_OWNED if a.index() < instances && b.is_supervisor() && spare == 0 => Owner::Owned(a),
+        TAG_TRANSIT if a.index() < instances && b.index() < instances && a != b && spare == 0 => {
+            Owner::InTransit {
+                from: a,
+                to: b,
+                generation,
+            }
+        }
         _ => return Err(Error::Corrupt(w)),
     };
     Ok((owner, generation))
@@ -106,8 +108,8 @@ pub(crate) struct Words {
 }
 
 impl Words {
-    pub(crate) fn check(&self, i: usize) -> Result<(), Error> {
-        if i >= self.instances {
+    pub(crate) fn check(&self, i: InstanceId) -> Result<(), Error> {
+        if i.index() >= self.instances {
             Err(Error::BadInstance(i))
         } else {
             Ok(())
@@ -136,7 +138,12 @@ impl Words {
         decode(word.load(Ordering::Acquire), self.instances).map(|(o, _)| o)
     }
 
-    pub fn claim(&self, word: &AtomicU64, by: usize, expected: Option<usize>) -> Result<(), Error> {
+    pub fn claim(
+        &self,
+        word: &AtomicU64,
+        by: InstanceId,
+        expected: Option<InstanceId>,
+    ) -> Result<(), Error> {
         self.check(by)?;
         if let Some(e) = expected {
             self.check(e)?;
@@ -160,7 +167,7 @@ impl Words {
         })
     }
 
-    pub fn release(&self, word: &AtomicU64, by: usize) -> Result<(), Error> {
+    pub fn release(&self, word: &AtomicU64, by: InstanceId) -> Result<(), Error> {
         self.check(by)?;
         self.update(word, |owner, generation| match owner {
             Owner::Owned(o) if o == by => Ok((encode(Owner::Free, generation), ())),
@@ -177,7 +184,12 @@ impl Words {
         })
     }
 
-    pub fn begin_transfer(&self, word: &AtomicU64, from: usize, to: usize) -> Result<u32, Error> {
+    pub fn begin_transfer(
+        &self,
+        word: &AtomicU64,
+        from: InstanceId,
+        to: InstanceId,
+    ) -> Result<u32, Error> {
         self.check(from)?;
         self.check(to)?;
         if from == to {
@@ -210,7 +222,7 @@ impl Words {
     fn finish(
         &self,
         word: &AtomicU64,
-        party: usize,
+        party: InstanceId,
         given: u32,
         completing: bool,
     ) -> Result<(), Error> {
@@ -237,11 +249,11 @@ impl Words {
         })
     }
 
-    pub fn complete_transfer(&self, word: &AtomicU64, to: usize, g: u32) -> Result<(), Error> {
+    pub fn complete_transfer(&self, word: &AtomicU64, to: InstanceId, g: u32) -> Result<(), Error> {
         self.finish(word, to, g, true)
     }
 
-    pub fn abort_transfer(&self, word: &AtomicU64, from: usize, g: u32) -> Result<(), Error> {
+    pub fn abort_transfer(&self, word: &AtomicU64, from: InstanceId, g: u32) -> Result<(), Error> {
         self.finish(word, from, g, false)
     }
 }

@@ -6,6 +6,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+pub use mk_ids::InstanceId;
+
 /// A command the shell runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -16,23 +18,27 @@ pub enum Command {
     /// `stats`
     Stats,
     /// `ping INST [COUNT]`
-    Ping { instance: usize, count: u32 },
+    Ping { instance: InstanceId, count: u32 },
     /// `cpu move CPU INST` (CPU is an APIC ID)
-    CpuMove { apic: u32, to: usize },
+    CpuMove { apic: u32, to: InstanceId },
     /// `mem move SIZE FROM TO`
-    MemMove { bytes: u64, from: usize, to: usize },
+    MemMove {
+        bytes: u64,
+        from: InstanceId,
+        to: InstanceId,
+    },
     /// `irq route LINE INST`
-    IrqRoute { line: u32, to: usize },
+    IrqRoute { line: u32, to: InstanceId },
     /// `irq mask LINE`, `irq unmask LINE`
     IrqMask { line: u32, mask: bool },
     /// `shutdown INST`
-    Shutdown { instance: usize },
+    Shutdown { instance: InstanceId },
     /// `respawn INST`
-    Respawn { instance: usize },
+    Respawn { instance: InstanceId },
     /// `crash INST`
-    Crash { instance: usize },
+    Crash { instance: InstanceId },
     /// `bench [ROUNDS] [INST]`
-    Bench { rounds: u32, instance: usize },
+    Bench { rounds: u32, instance: InstanceId },
 }
 
 /// One command's name, usage and one-line description (what `help` prints).
@@ -147,7 +153,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             .filter(|&n| n <= max)
             .ok_or_else(|| usage_error(cmd, format!("{what} '{text}' is not a number 0..={max}")))
     };
-    let instance = |text: &str| num("instance", text, 63).map(|n| n as usize);
+    let instance = |text: &str| num("instance", text, 63).map(|n| InstanceId::new(n as u16));
     let parsed = match name {
         "help" => match args {
             [] => Command::Help(None),
@@ -233,7 +239,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             match args {
                 [] | [_] => Command::Bench {
                     rounds,
-                    instance: 1,
+                    instance: InstanceId::new(1),
                 },
                 [_, inst] => Command::Bench {
                     rounds,
@@ -317,27 +323,39 @@ mod tests {
         assert_eq!(
             ok("ping 2"),
             Command::Ping {
-                instance: 2,
+                instance: InstanceId::new(2),
                 count: 4
             }
         );
         assert_eq!(
             ok("ping 1 10"),
             Command::Ping {
-                instance: 1,
+                instance: InstanceId::new(1),
                 count: 10
             }
         );
-        assert_eq!(ok("cpu move 2 3"), Command::CpuMove { apic: 2, to: 3 });
+        assert_eq!(
+            ok("cpu move 2 3"),
+            Command::CpuMove {
+                apic: 2,
+                to: InstanceId::new(3)
+            }
+        );
         assert_eq!(
             ok("mem move 16M 1 2"),
             Command::MemMove {
                 bytes: 16 << 20,
-                from: 1,
-                to: 2
+                from: InstanceId::new(1),
+                to: InstanceId::new(2)
             }
         );
-        assert_eq!(ok("irq route 8 2"), Command::IrqRoute { line: 8, to: 2 });
+        assert_eq!(
+            ok("irq route 8 2"),
+            Command::IrqRoute {
+                line: 8,
+                to: InstanceId::new(2)
+            }
+        );
         assert_eq!(
             ok("irq mask 0x8"),
             Command::IrqMask {
@@ -352,28 +370,43 @@ mod tests {
                 mask: false
             }
         );
-        assert_eq!(ok("shutdown 3"), Command::Shutdown { instance: 3 });
-        assert_eq!(ok("respawn 3"), Command::Respawn { instance: 3 });
-        assert_eq!(ok("crash 2"), Command::Crash { instance: 2 });
+        assert_eq!(
+            ok("shutdown 3"),
+            Command::Shutdown {
+                instance: InstanceId::new(3)
+            }
+        );
+        assert_eq!(
+            ok("respawn 3"),
+            Command::Respawn {
+                instance: InstanceId::new(3)
+            }
+        );
+        assert_eq!(
+            ok("crash 2"),
+            Command::Crash {
+                instance: InstanceId::new(2)
+            }
+        );
         assert_eq!(
             ok("bench"),
             Command::Bench {
                 rounds: 200,
-                instance: 1
+                instance: InstanceId::new(1)
             }
         );
         assert_eq!(
             ok("bench 50"),
             Command::Bench {
                 rounds: 50,
-                instance: 1
+                instance: InstanceId::new(1)
             }
         );
         assert_eq!(
             ok("bench 50 3"),
             Command::Bench {
                 rounds: 50,
-                instance: 3
+                instance: InstanceId::new(3)
             }
         );
         assert_eq!(parse("   "), Ok(None));

@@ -26,6 +26,8 @@ mod keys;
 /// The shell's prompt (what the console test waits for before typing).
 pub const PROMPT: &str = "mk> ";
 
-pub use command::{COMMANDS, Command, CommandInfo, UsageError, format_size, parse, parse_size};
+pub use command::{
+    COMMANDS, Command, CommandInfo, InstanceId, UsageError, format_size, parse, parse_size,
+};
 pub use editor::{Edit, HISTORY_LEN, LineEditor, MAX_LINE};
 pub use keys::{AnsiDecoder, Key, Set1Decoder};

@@ -58,12 +58,12 @@
 //! ```
 //! use mk_wire::*;
 //! let mut slot = [0u8; SLOT_SIZE];
-//! let ping = Message::request(1, Kind::Ping, 7, Payload::Ping(PingPayload { nonce: 9, sent_at: 100 }))
+//! let ping = Message::request(InstanceId::new(1), Kind::Ping, 7, Payload::Ping(PingPayload { nonce: 9, sent_at: 100 }))
 //!     .with_flags(MsgFlags::NEEDS_REPLY);
 //! let used = encode(&ping, &mut slot).unwrap();
 //! assert_eq!(used, HEADER_LEN + PingPayload::SIZE);
 //! assert_eq!(decode(&slot), Ok(ping));
-//! let pong = Message::reply_to(&ping, 2, Status::Ok, ping.payload);
+//! let pong = Message::reply_to(&ping, InstanceId::new(2), Status::Ok, ping.payload);
 //! encode(&pong, &mut slot).unwrap();
 //! assert!(decode(&slot).unwrap().is_reply());
 //! ```
@@ -89,6 +89,7 @@ pub use message::{
     DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, decode, encode,
     expected_payload, offset,
 };
+pub use mk_ids::InstanceId;
 pub use payload::{
     CpuFlags, CpuPayload, HandoffPhase, HeartbeatPayload, IRQ_BITMAP_BITS, IoIrqPayload, IrqFlags,
     LargeDataPayload, MemPayload, MemType, PayloadFault, PingPayload, QUERY_REPLY_FIXED,

@@ -264,8 +264,8 @@ pub const fn expected_payload(kind: Kind, flags: MsgFlags, status: Status) -> Op
 /// A decoded, valid message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Message {
-    /// Instance id of the sender.
-    pub sender: u16,
+    /// Instance id of the sender (16 bits on the wire; see [`InstanceId`]).
+    pub sender: InstanceId,
     /// Type and subtype.
     pub kind: Kind,
     /// Header flags.
@@ -282,7 +282,7 @@ pub struct Message {
 
 impl Message {
     /// A request without flags, status `Ok`, timestamp 0.
-    pub const fn request(sender: u16, kind: Kind, msg_id: u64, payload: Payload) -> Self {
+    pub const fn request(sender: InstanceId, kind: Kind, msg_id: u64, payload: Payload) -> Self {
         Self {
             sender,
             kind,
@@ -298,7 +298,7 @@ impl Message {
     /// request's timestamp echoed (so the caller can measure the round trip).
     pub const fn reply_to(
         request: &Message,
-        sender: u16,
+        sender: InstanceId,
         status: Status,
         payload: Payload,
     ) -> Self {
@@ -491,7 +491,7 @@ pub fn encode(msg: &Message, slot: &mut Slot) -> Result<usize, EncodeError> {
     let mut w = Wr::at(slot, offset::VERSION);
     w.u8(PROTOCOL_VERSION);
     w.u8(msg.flags.bits());
-    w.u16(msg.sender);
+    w.u16(msg.sender.raw());
     w.u16(msg.kind.msg_type().code());
     w.u16(msg.kind.subtype_code());
     w.u16(payload_len as u16);
@@ -540,7 +540,7 @@ pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
         .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?;
     let payload = Payload::read(expected, bytes)?;
     Ok(Message {
-        sender: raw.sender,
+        sender: InstanceId::new(raw.sender),
         kind,
         flags,
         status,

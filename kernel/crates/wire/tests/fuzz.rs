@@ -26,9 +26,10 @@ fn message_strategy() -> impl Strategy<Value = Message> {
         any::<bool>(),
     )
         .prop_map(|(kind, reply, status, sender, id, ts, user, high)| {
-            let mut req = Message::request(sender, kind, id, request_payload(kind))
-                .with_flags(MsgFlags::NEEDS_REPLY)
-                .with_timestamp(ts);
+            let mut req =
+                Message::request(InstanceId::new(sender), kind, id, request_payload(kind))
+                    .with_flags(MsgFlags::NEEDS_REPLY)
+                    .with_timestamp(ts);
             if high {
                 req = req.with_flags(MsgFlags::HIGH_PRIORITY);
             }
@@ -44,7 +45,12 @@ fn message_strategy() -> impl Strategy<Value = Message> {
                 (_, Status::Ok) => reply_payload(kind),
                 _ => Payload::Empty,
             };
-            Message::reply_to(&req, sender.wrapping_add(1), status, payload)
+            Message::reply_to(
+                &req,
+                InstanceId::new(sender.wrapping_add(1)),
+                status,
+                payload,
+            )
         })
 }
 

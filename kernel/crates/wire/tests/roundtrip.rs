@@ -21,7 +21,7 @@ fn every_request_round_trips() {
         assert_eq!(used, HEADER_LEN + msg.payload.encoded_len(), "{kind:?}");
         assert_eq!(decode(&slot), Ok(msg), "{kind:?}");
         // Without NEEDS_REPLY too, and a one-way message may have id 0.
-        let oneway = Message::request(9, kind, 0, request_payload(kind));
+        let oneway = Message::request(InstanceId::new(9), kind, 0, request_payload(kind));
         assert_eq!(decode(&encoded(&oneway)), Ok(oneway), "{kind:?}");
     }
 }
@@ -30,7 +30,7 @@ fn every_request_round_trips() {
 fn every_reply_round_trips() {
     for kind in all_kinds() {
         let req = request(kind);
-        let ok = Message::reply_to(&req, 2, Status::Ok, reply_payload(kind));
+        let ok = Message::reply_to(&req, InstanceId::new(2), Status::Ok, reply_payload(kind));
         let back = decode(&encoded(&ok)).unwrap();
         assert_eq!(back, ok, "{kind:?}");
         assert!(back.is_reply());
@@ -42,7 +42,7 @@ fn every_reply_round_trips() {
             } else {
                 Payload::Empty
             };
-            let err = Message::reply_to(&req, 2, status, payload);
+            let err = Message::reply_to(&req, InstanceId::new(2), status, payload);
             assert_eq!(decode(&encoded(&err)), Ok(err), "{kind:?} {status:?}");
         }
     }
@@ -56,9 +56,10 @@ fn large_data_round_trips_for_any_kind() {
         byte_len: 3 * 4096 - 1,
     });
     for kind in all_kinds() {
-        let msg = Message::request(1, kind, 3, large).with_flags(MsgFlags::LARGE_DATA);
+        let msg =
+            Message::request(InstanceId::new(1), kind, 3, large).with_flags(MsgFlags::LARGE_DATA);
         assert_eq!(decode(&encoded(&msg)), Ok(msg));
-        let reply = Message::reply_to(&msg, 2, Status::Ok, large);
+        let reply = Message::reply_to(&msg, InstanceId::new(2), Status::Ok, large);
         assert!(reply.flags.contains(MsgFlags::LARGE_DATA));
         assert_eq!(decode(&encoded(&reply)), Ok(reply));
     }
@@ -69,7 +70,7 @@ fn user_payload_sizes() {
     for len in [0usize, 1, 100, MAX_PAYLOAD] {
         let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
         let msg = Message::request(
-            1,
+            InstanceId::new(1),
             Kind::User(0x42),
             0,
             Payload::User(UserPayload::new(&data).unwrap()),
@@ -91,7 +92,7 @@ fn query_reply_sizes() {
         q.set_apic_ids(&ids).unwrap();
         assert_eq!(q.encoded_len(), QUERY_REPLY_FIXED + 4 * n);
         let req = request(Kind::Query);
-        let msg = Message::reply_to(&req, 2, Status::Ok, Payload::QueryReply(q));
+        let msg = Message::reply_to(&req, InstanceId::new(2), Status::Ok, Payload::QueryReply(q));
         let back = decode(&encoded(&msg)).unwrap();
         let Payload::QueryReply(b) = back.payload else {
             panic!()
@@ -110,7 +111,7 @@ fn query_reply_sizes() {
 #[test]
 fn layout_is_as_documented() {
     let msg = Message::request(
-        0x0102,
+        InstanceId::new(0x0102),
         Kind::MemAdd,
         0x1122_3344_5566_7788,
         Payload::Mem(mem()),
@@ -151,7 +152,12 @@ fn layout_is_as_documented() {
 #[test]
 fn encode_zeroes_stale_tail() {
     let mut slot = [0xFFu8; SLOT_SIZE];
-    let msg = Message::request(1, Kind::Heartbeat, 0, request_payload(Kind::Heartbeat));
+    let msg = Message::request(
+        InstanceId::new(1),
+        Kind::Heartbeat,
+        0,
+        request_payload(Kind::Heartbeat),
+    );
     let used = encode(&msg, &mut slot).unwrap();
     assert!(slot[used..].iter().all(|b| *b == 0));
     assert_eq!(&slot[..4], &[0xFF; 4]);
@@ -326,7 +332,12 @@ fn malformed_payloads_rejected() {
 fn malformed_query_reply_and_large_data_rejected() {
     use DecodeError::*;
     let req = request(Kind::Query);
-    let ok = Message::reply_to(&req, 2, Status::Ok, Payload::QueryReply(query_reply()));
+    let ok = Message::reply_to(
+        &req,
+        InstanceId::new(2),
+        Status::Ok,
+        Payload::QueryReply(query_reply()),
+    );
     let base = encoded(&ok);
     let len = ok.payload.encoded_len() as u16;
     // Length does not match apic_count.
@@ -360,7 +371,7 @@ fn malformed_query_reply_and_large_data_rejected() {
     assert_eq!(decode(&s), Err(BadPayload(PayloadFault::ReservedNonZero)));
 
     let large = Message::request(
-        1,
+        InstanceId::new(1),
         Kind::User(1),
         0,
         Payload::LargeData(LargeDataPayload {
@@ -385,7 +396,7 @@ fn malformed_query_reply_and_large_data_rejected() {
 #[test]
 fn encode_refuses_inconsistent_messages() {
     let mut slot = [0u8; SLOT_SIZE];
-    let wrong = Message::request(1, Kind::CpuAdd, 1, Payload::Mem(mem()));
+    let wrong = Message::request(InstanceId::new(1), Kind::CpuAdd, 1, Payload::Mem(mem()));
     assert_eq!(
         encode(&wrong, &mut slot),
         Err(EncodeError::PayloadMismatch {
@@ -409,19 +420,24 @@ fn encode_refuses_inconsistent_messages() {
         encode(&unknown, &mut slot),
         Err(EncodeError::BadFlags { found: 0x82 })
     );
-    let zero = Message::request(1, Kind::Ping, 0, request_payload(Kind::Ping))
-        .with_flags(MsgFlags::NEEDS_REPLY);
+    let zero = Message::request(
+        InstanceId::new(1),
+        Kind::Ping,
+        0,
+        request_payload(Kind::Ping),
+    )
+    .with_flags(MsgFlags::NEEDS_REPLY);
     assert_eq!(encode(&zero, &mut slot), Err(EncodeError::ZeroMsgId));
     let mut bad = irq();
     bad.flags = IrqFlags::EDGE_TRIGGERED | IrqFlags::LEVEL_TRIGGERED;
-    let m = Message::request(1, Kind::IrqForward, 0, Payload::IoIrq(bad));
+    let m = Message::request(InstanceId::new(1), Kind::IrqForward, 0, Payload::IoIrq(bad));
     assert_eq!(
         encode(&m, &mut slot),
         Err(EncodeError::BadPayload(PayloadFault::IrqTrigger))
     );
     let err_with_payload = Message::reply_to(
         &request(Kind::Ping),
-        2,
+        InstanceId::new(2),
         Status::Busy,
         request_payload(Kind::Ping),
     );

@@ -130,7 +130,7 @@ pub fn online() -> impl Iterator<Item = &'static PerCpu> {
 }
 
 /// `(instance id, cpu index)` for log line prefixes.
-pub fn log_identity() -> (u32, u32) {
+pub fn log_identity() -> (crate::instance::InstanceId, u32) {
     let cpu = try_current().map_or(0, |c| c.index);
     (crate::instance::id(), cpu)
 }

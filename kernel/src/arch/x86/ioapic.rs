@@ -17,16 +17,18 @@ struct Chip {
 // through the `CHIPS` mutex, so no two CPUs program the index/data register pair at once.
 unsafe impl Send for Chip {}
 
+use crate::instance::InstanceId;
+
 const MAX_CHIPS: usize = 8;
 static CHIPS: Mutex<[Option<Chip>; MAX_CHIPS]> = Mutex::new([const { None }; MAX_CHIPS]);
 
 /// The cross-instance IO APIC lock, once the shared region exists (before, only instance 0
 /// runs). Other instances program the same chips.
-static SHARED_LOCK: spin::Once<(mk_shared::Console<'static>, usize)> = spin::Once::new();
+static SHARED_LOCK: spin::Once<(mk_shared::Console<'static>, InstanceId)> = spin::Once::new();
 
 /// From now on, every access to the chips is also serialised with the other instances by
 /// `lock` (the shared region's IO APIC lock), taken as instance `me`.
-pub fn use_shared_lock(lock: mk_shared::Console<'static>, me: usize) {
+pub fn use_shared_lock(lock: mk_shared::Console<'static>, me: InstanceId) {
     SHARED_LOCK.call_once(|| (lock, me));
 }
 

@@ -5,7 +5,12 @@ mod unit;
 
 use mk_raw::{Page, Raw};
 
-use crate::{MSG_SIZE, MailboxMatrix, region_size};
+use crate::{InstanceId, MSG_SIZE, MailboxMatrix, region_size};
+
+/// Instance `i` (test shorthand).
+pub(crate) fn id(i: usize) -> InstanceId {
+    InstanceId::from_index(i).expect("instance id")
+}
 
 /// A zeroed, page-aligned buffer standing in for the shared region (`len` bytes of it used).
 pub(crate) struct Region {

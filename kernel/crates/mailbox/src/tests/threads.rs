@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Region, check_msg, make_msg};
+use super::{Region, check_msg, id, make_msg};
 use crate::{Error, MSG_SIZE, ReceiverEnd, SenderEnd};
 
 /// Spins a little, then yields: the test machine may have fewer cores than threads.
@@ -22,7 +22,7 @@ impl Backoff {
 }
 
 fn pump_sender(tx: &mut SenderEnd<'_>, count: u64) {
-    let (from, to) = (tx.from(), tx.to());
+    let (from, to) = (tx.from().index(), tx.to().index());
     let mut n = 0;
     let mut backoff = Backoff(0);
     while n < count {
@@ -38,7 +38,7 @@ fn pump_sender(tx: &mut SenderEnd<'_>, count: u64) {
 }
 
 fn pump_receiver(rx: &mut ReceiverEnd<'_>, count: u64) {
-    let (from, to) = (rx.from(), rx.to());
+    let (from, to) = (rx.from().index(), rx.to().index());
     let mut next = 0;
     let mut backoff = Backoff(0);
     while next < count {
@@ -66,15 +66,15 @@ fn two_threads_millions_in_order() {
     };
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     let t0 = Instant::now();
     thread::scope(|s| {
         s.spawn(move || pump_sender(&mut tx, count));
         s.spawn(move || pump_receiver(&mut rx, count));
     });
     let dt = t0.elapsed();
-    let st = m.stats(0, 1).unwrap();
+    let st = m.stats(id(0), id(1)).unwrap();
     assert_eq!((st.sent, st.received, st.acked), (count, count, count));
     assert!(!st.tx_fault && !st.rx_fault);
     eprintln!(
@@ -99,12 +99,13 @@ fn all_to_all_over_the_matrix() {
     let mut instances: Vec<(Vec<SenderEnd<'_>>, Vec<ReceiverEnd<'_>>)> = (0..N)
         .map(|me| {
             let peers = (0..N).filter(move |&p| p != me);
+            let me = id(me);
             (
                 peers
                     .clone()
-                    .map(|p| m.sender_end(me, p).unwrap())
+                    .map(|p| m.sender_end(me, id(p)).unwrap())
                     .collect(),
-                peers.map(|p| m.receiver_end(p, me).unwrap()).collect(),
+                peers.map(|p| m.receiver_end(id(p), me).unwrap()).collect(),
             )
         })
         .collect();
@@ -119,7 +120,7 @@ fn all_to_all_over_the_matrix() {
                     let mut progress = false;
                     for (tx, n) in txs.iter_mut().zip(sent.iter_mut()) {
                         while *n < per_pair {
-                            match tx.try_send(&make_msg(tx.from(), tx.to(), *n)) {
+                            match tx.try_send(&make_msg(tx.from().index(), tx.to().index(), *n)) {
                                 Ok(_) => {
                                     *n += 1;
                                     progress = true;
@@ -130,7 +131,7 @@ fn all_to_all_over_the_matrix() {
                         }
                     }
                     for (rx, next) in rxs.iter_mut().zip(next.iter_mut()) {
-                        let (from, to) = (rx.from(), rx.to());
+                        let (from, to) = (rx.from().index(), rx.to().index());
                         let got = rx
                             .drain(|msg| {
                                 assert_eq!(check_msg(from, to, msg), *next);
@@ -154,7 +155,7 @@ fn all_to_all_over_the_matrix() {
     let dt = t0.elapsed();
     for from in 0..N {
         for to in (0..N).filter(|&t| t != from) {
-            let st = m.stats(from, to).unwrap();
+            let st = m.stats(id(from), id(to)).unwrap();
             assert_eq!((st.sent, st.received), (per_pair, per_pair), "{from}->{to}");
         }
     }
@@ -174,8 +175,8 @@ fn send_timeout_against_a_stalling_receiver() {
     };
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(1, 0).unwrap();
-    let mut rx = m.receiver_end(1, 0).unwrap();
+    let mut tx = m.sender_end(id(1), id(0)).unwrap();
+    let mut rx = m.receiver_end(id(1), id(0)).unwrap();
     let first_busy = AtomicBool::new(false);
     let busy_seen = AtomicU64::new(0);
     thread::scope(|s| {
@@ -219,7 +220,7 @@ fn send_timeout_against_a_stalling_receiver() {
             }
         });
     });
-    let st = m.stats(1, 0).unwrap();
+    let st = m.stats(id(1), id(0)).unwrap();
     let busy = busy_seen.load(Ordering::Relaxed);
     assert!(busy >= 1);
     assert_eq!(st.busy, busy);
@@ -236,8 +237,8 @@ fn sleeping_receiver_never_misses_a_doorbell() {
     };
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     let (mut ipis, mut spurious, mut sleeps) = (0u64, 0u64, 0u64);
     thread::scope(|s| {
         let receiver = s.spawn(|| {
@@ -290,7 +291,7 @@ fn sleeping_receiver_never_misses_a_doorbell() {
             }
         }
     });
-    let st = m.stats(0, 1).unwrap();
+    let st = m.stats(id(0), id(1)).unwrap();
     assert_eq!(st.received, count);
     assert_eq!(st.doorbells_rung, ipis);
     assert_eq!(st.doorbells_rung + st.doorbells_suppressed, count);

@@ -1,6 +1,6 @@
 use core::sync::atomic::Ordering;
 
-use super::{Region, check_msg, make_msg};
+use super::{Region, check_msg, id, make_msg};
 use crate::channel::{seq_back, seq_next, seq_of};
 use crate::{
     CHANNEL_SIZE, ChannelState, DoorbellMode, Error, MSG_SIZE, MailboxMatrix, RateLimiter,
@@ -47,8 +47,8 @@ fn seq_helpers() {
 fn empty_full_and_refill() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     let mut buf = [0u8; MSG_SIZE];
     assert_eq!(rx.try_recv(&mut buf), Ok(false));
     assert_eq!(rx.drain(|_| panic!("nothing to drain")), Ok(0));
@@ -80,23 +80,23 @@ fn empty_full_and_refill() {
     assert_eq!(got, SLOTS);
     assert_eq!(rx.drain(|_| ()), Ok(0));
 
-    let s = m.stats(0, 1).unwrap();
+    let s = m.stats(id(0), id(1)).unwrap();
     assert_eq!(
         (s.sent, s.received, s.acked, s.full),
         (SLOTS as u64 + 1, SLOTS as u64 + 1, SLOTS as u64 + 1, 3)
     );
     assert_eq!(s.state, ChannelState::Active);
     // The other direction is untouched.
-    assert_eq!(m.stats(1, 0).unwrap().sent, 0);
+    assert_eq!(m.stats(id(1), id(0)).unwrap().sent, 0);
 }
 
 #[test]
 fn ring_wraps_many_laps_in_order() {
     let mut r = Region::new(3);
     let m = r.init(3);
-    let mut tx = m.sender_end(2, 1).unwrap();
-    let mut rx = m.receiver_end(2, 1).unwrap();
-    assert_eq!((rx.from(), rx.to()), (2, 1));
+    let mut tx = m.sender_end(id(2), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(2), id(1)).unwrap();
+    assert_eq!((rx.from(), rx.to()), (id(2), id(1)));
     let (mut sent, mut recvd) = (0u64, 0u64);
     for round in 0..200u64 {
         let burst = 1 + round % (SLOTS as u64 + 3);
@@ -127,8 +127,8 @@ fn ring_wraps_many_laps_in_order() {
 fn run_across(start: u64, count: u64) -> Vec<u32> {
     let mut r = Region::new(2);
     let m = r.init_at(2, start);
-    let mut tx = m.sender_end(1, 0).unwrap();
-    let mut rx = m.receiver_end(1, 0).unwrap();
+    let mut tx = m.sender_end(id(1), id(0)).unwrap();
+    let mut rx = m.receiver_end(id(1), id(0)).unwrap();
     let mut seqs = Vec::new();
     let mut n = 0u64;
     while n < count {
@@ -173,12 +173,12 @@ fn running_count_wraps_past_u64_max() {
 fn corrupt_ack_ahead_of_sent_is_detected() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
     for i in 0..SLOTS as u64 {
         let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
     }
     // The peer acknowledges messages never sent.
-    m.chan(0, 1)
+    m.chan(id(0), id(1))
         .unwrap()
         .rx
         .ack
@@ -187,27 +187,31 @@ fn corrupt_ack_ahead_of_sent_is_detected() {
     // Sticky, and visible to anyone.
     assert_eq!(tx.try_send(&make_msg(0, 1, 0)), Err(Error::Corrupt));
     assert_eq!(tx.free_slots(), Err(Error::Corrupt));
-    assert!(m.stats(0, 1).unwrap().tx_fault);
+    assert!(m.stats(id(0), id(1)).unwrap().tx_fault);
 }
 
 #[test]
 fn corrupt_ack_going_backwards_is_detected() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     for i in 0..SLOTS as u64 {
         let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
     }
     assert_eq!(rx.drain_max(8, |_| ()), Ok(8));
     assert_eq!(tx.free_slots(), Ok(8));
-    m.chan(0, 1).unwrap().rx.ack.store(2, Ordering::Release);
+    m.chan(id(0), id(1))
+        .unwrap()
+        .rx
+        .ack
+        .store(2, Ordering::Release);
     assert_eq!(tx.free_slots(), Err(Error::Corrupt));
     // A value far outside [acked, sent] too.
     let mut r2 = Region::new(2);
     let m2 = r2.init(2);
-    let mut tx2 = m2.sender_end(0, 1).unwrap();
-    m2.chan(0, 1)
+    let mut tx2 = m2.sender_end(id(0), id(1)).unwrap();
+    m2.chan(id(0), id(1))
         .unwrap()
         .rx
         .ack
@@ -219,12 +223,12 @@ fn corrupt_ack_going_backwards_is_detected() {
 fn corrupt_slot_seq_is_detected() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     let _ = tx.try_send(&make_msg(0, 1, 0)).unwrap();
     assert_eq!(rx.drain(|_| ()), Ok(1));
     // The peer writes a sequence number that is neither the next, the last lap's nor 0.
-    m.chan(0, 1).unwrap().slots[1]
+    m.chan(id(0), id(1)).unwrap().slots[1]
         .seq
         .store(12345, Ordering::Release);
     assert_eq!(
@@ -232,7 +236,7 @@ fn corrupt_slot_seq_is_detected() {
         Err(Error::Corrupt)
     );
     assert_eq!(rx.has_pending(), Err(Error::Corrupt));
-    assert!(m.stats(0, 1).unwrap().rx_fault);
+    assert!(m.stats(id(0), id(1)).unwrap().rx_fault);
 }
 
 #[test]
@@ -240,32 +244,32 @@ fn version_and_magic_checked() {
     let mut r = Region::new(3);
     {
         let m = r.init(3);
-        let c = m.chan(1, 2).unwrap();
+        let c = m.chan(id(1), id(2)).unwrap();
         c.header.version.store(VERSION + 1, Ordering::Release);
         assert_eq!(
-            m.receiver_end(1, 2).err(),
+            m.receiver_end(id(1), id(2)).err(),
             Some(Error::VersionMismatch {
                 found: VERSION + 1,
                 expected: VERSION
             })
         );
         assert_eq!(
-            m.sender_end(1, 2).err(),
+            m.sender_end(id(1), id(2)).err(),
             Some(Error::VersionMismatch {
                 found: VERSION + 1,
                 expected: VERSION
             })
         );
         // Other channels are fine, and the failed claim was released.
-        assert!(m.sender_end(2, 1).is_ok());
+        assert!(m.sender_end(id(2), id(1)).is_ok());
         c.header.version.store(VERSION, Ordering::Release);
-        assert!(m.sender_end(1, 2).is_ok());
+        assert!(m.sender_end(id(1), id(2)).is_ok());
         c.header.magic.store(0xdead_beef, Ordering::Release);
-        assert_eq!(m.sender_end(1, 2).err(), Some(Error::BadMagic));
+        assert_eq!(m.sender_end(id(1), id(2)).err(), Some(Error::BadMagic));
         // A header placed at the wrong pair is rejected.
-        let c2 = m.chan(0, 2).unwrap();
+        let c2 = m.chan(id(0), id(2)).unwrap();
         c2.header.from.store(1, Ordering::Release);
-        assert_eq!(m.sender_end(0, 2).err(), Some(Error::Corrupt));
+        assert_eq!(m.sender_end(id(0), id(2)).err(), Some(Error::Corrupt));
     }
     assert!(r.attach().is_ok());
     // Region header version.
@@ -303,32 +307,47 @@ fn attach_checks() {
     assert_eq!(m.instances(), 2);
     assert_eq!(m.size(), region_size(2));
     assert_eq!(
-        m.sender_end(0, 0).err(),
-        Some(Error::BadPair { from: 0, to: 0 })
+        m.sender_end(id(0), id(0)).err(),
+        Some(Error::BadPair {
+            from: id(0),
+            to: id(0)
+        })
     );
     assert_eq!(
-        m.sender_end(0, 2).err(),
-        Some(Error::BadPair { from: 0, to: 2 })
+        m.sender_end(id(0), id(2)).err(),
+        Some(Error::BadPair {
+            from: id(0),
+            to: id(2)
+        })
     );
     // A zeroed channel reads as not initialised.
-    let c = m.chan(0, 1).unwrap();
+    let c = m.chan(id(0), id(1)).unwrap();
     c.header.state.store(0, Ordering::Release);
     c.header.magic.store(0, Ordering::Release);
-    assert_eq!(m.receiver_end(0, 1).err(), Some(Error::NotInitialised));
+    assert_eq!(
+        m.receiver_end(id(0), id(1)).err(),
+        Some(Error::NotInitialised)
+    );
 }
 
 #[test]
 fn one_end_each_per_view() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let tx = m.sender_end(0, 1).unwrap();
-    assert_eq!(m.sender_end(0, 1).err(), Some(Error::AlreadyClaimed));
-    let rx = m.receiver_end(0, 1).unwrap();
-    assert_eq!(m.receiver_end(0, 1).err(), Some(Error::AlreadyClaimed));
+    let tx = m.sender_end(id(0), id(1)).unwrap();
+    assert_eq!(
+        m.sender_end(id(0), id(1)).err(),
+        Some(Error::AlreadyClaimed)
+    );
+    let rx = m.receiver_end(id(0), id(1)).unwrap();
+    assert_eq!(
+        m.receiver_end(id(0), id(1)).err(),
+        Some(Error::AlreadyClaimed)
+    );
     drop(tx);
     drop(rx);
-    assert!(m.sender_end(0, 1).is_ok());
-    assert!(m.receiver_end(0, 1).is_ok());
+    assert!(m.sender_end(id(0), id(1)).is_ok());
+    assert!(m.receiver_end(id(0), id(1)).is_ok());
 }
 
 #[test]
@@ -338,14 +357,14 @@ fn two_views_see_the_same_channels() {
     let mut r = Region::new(2);
     {
         let m = r.init(2);
-        let mut tx = m.sender_end(0, 1).unwrap();
+        let mut tx = m.sender_end(id(0), id(1)).unwrap();
         for i in 0..3 {
             let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
         }
     }
     let mut copy = r.copy();
     let m = copy.attach().unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     let mut n = 0;
     rx.drain(|msg| {
         assert_eq!(check_msg(0, 1, msg), n);
@@ -359,32 +378,32 @@ fn two_views_see_the_same_channels() {
 fn dead_and_reset_drop_stale_messages() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(1, 0).unwrap();
-    let mut rx = m.receiver_end(1, 0).unwrap();
+    let mut tx = m.sender_end(id(1), id(0)).unwrap();
+    let mut rx = m.receiver_end(id(1), id(0)).unwrap();
     for i in 0..5 {
         let _ = tx.try_send(&make_msg(1, 0, i)).unwrap();
     }
     assert_eq!(rx.drain_max(2, |_| ()), Ok(2));
 
-    m.mark_instance_dead(1).unwrap();
-    assert_eq!(m.state(1, 0), Ok(ChannelState::Dead));
-    assert_eq!(m.state(0, 1), Ok(ChannelState::Dead));
+    m.mark_instance_dead(id(1)).unwrap();
+    assert_eq!(m.state(id(1), id(0)), Ok(ChannelState::Dead));
+    assert_eq!(m.state(id(0), id(1)), Ok(ChannelState::Dead));
     assert_eq!(tx.try_send(&make_msg(1, 0, 9)), Err(Error::Dead));
     assert_eq!(rx.drain(|_| ()), Err(Error::Dead));
-    assert_eq!(m.sender_end(0, 1).err(), Some(Error::Dead));
+    assert_eq!(m.sender_end(id(0), id(1)).err(), Some(Error::Dead));
 
     // Both sides have stopped (the test is the only user); instance 1 "respawns".
-    m.reset_instance(1).unwrap();
-    assert_eq!(m.state(1, 0), Ok(ChannelState::Active));
-    let s = m.stats(1, 0).unwrap();
+    m.reset_instance(id(1)).unwrap();
+    assert_eq!(m.state(id(1), id(0)), Ok(ChannelState::Active));
+    let s = m.stats(id(1), id(0)).unwrap();
     assert_eq!((s.generation, s.sent, s.acked, s.received), (1, 0, 0, 0));
     // Old ends are refused.
     assert_eq!(tx.try_send(&make_msg(1, 0, 9)), Err(Error::Reset));
     assert_eq!(rx.drain(|_| ()), Err(Error::Reset));
     drop((tx, rx));
 
-    let mut tx = m.sender_end(1, 0).unwrap();
-    let mut rx = m.receiver_end(1, 0).unwrap();
+    let mut tx = m.sender_end(id(1), id(0)).unwrap();
+    let mut rx = m.receiver_end(id(1), id(0)).unwrap();
     // The three undelivered messages of the old incarnation are gone.
     assert_eq!(rx.drain(|_| panic!("stale message delivered")), Ok(0));
     let _ = tx.try_send(&make_msg(1, 0, 100)).unwrap();
@@ -398,8 +417,8 @@ fn dead_and_reset_drop_stale_messages() {
 fn doorbell_suppression() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     assert_eq!(tx.doorbell_mode(), DoorbellMode::Suppress);
 
     // Receiver awake: no IPI.
@@ -428,7 +447,7 @@ fn doorbell_suppression() {
     for i in 0..3 {
         assert!(tx.try_send(&make_msg(0, 1, 4 + i)).unwrap().need_doorbell);
     }
-    let s = m.stats(0, 1).unwrap();
+    let s = m.stats(id(0), id(1)).unwrap();
     assert_eq!(
         (
             s.doorbells_rung,
@@ -444,8 +463,8 @@ fn doorbell_suppression() {
 fn timed_send_gives_busy_and_keeps_messages() {
     let mut r = Region::new(2);
     let m = r.init(2);
-    let mut tx = m.sender_end(0, 1).unwrap();
-    let mut rx = m.receiver_end(0, 1).unwrap();
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
     for i in 0..SLOTS as u64 {
         let _ = tx.send_spin(&make_msg(0, 1, i), 10).unwrap();
     }
@@ -459,8 +478,8 @@ fn timed_send_gives_busy_and_keeps_messages() {
         tx.send_timeout(&make_msg(0, 1, 99), clock, 50),
         Err(Error::Busy)
     );
-    assert_eq!(m.stats(0, 1).unwrap().busy, 2);
-    assert_eq!(m.stats(0, 1).unwrap().full, 0);
+    assert_eq!(m.stats(id(0), id(1)).unwrap().busy, 2);
+    assert_eq!(m.stats(id(0), id(1)).unwrap().full, 0);
     assert_eq!(
         rx.drain_max(1, |m| assert_eq!(check_msg(0, 1, m), 0)),
         Ok(1)

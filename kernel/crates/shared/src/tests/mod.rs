@@ -6,7 +6,12 @@ mod unit;
 
 use mk_raw::{PAGE, Page, Raw};
 
-use crate::{Error, SharedRegion, region_size};
+use crate::{Error, InstanceId, SharedRegion, region_size};
+
+/// Instance `i` (test shorthand).
+pub(crate) fn id(i: usize) -> InstanceId {
+    InstanceId::from_index(i).expect("instance id")
+}
 
 /// A zeroed (or garbage-filled), page-aligned buffer standing in for the shared region.
 pub(crate) struct Region {

@@ -4,7 +4,7 @@ use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
-use super::{Region, Rng};
+use super::{Region, Rng, id};
 use crate::{Error, Owner, Resource};
 
 const INSTANCES: usize = 4;
@@ -45,7 +45,7 @@ fn racing_transfers_keep_one_owner() {
     let r = reg.init(INSTANCES, 0).unwrap();
     // Instance 0 hands everything out round-robin.
     for (k, &x) in res.iter().enumerate() {
-        r.claim(x, k % INSTANCES, None).unwrap();
+        r.claim(x, id(k % INSTANCES), None).unwrap();
     }
     let in_use: Vec<AtomicU64> = res.iter().map(|_| AtomicU64::new(0)).collect();
     let begun = AtomicU64::new(0);
@@ -65,7 +65,7 @@ fn racing_transfers_keep_one_owner() {
                         // Hand something I own to someone else.
                         0..=2 => {
                             let to = (me + 1 + rng.below(INSTANCES - 1)) % INSTANCES;
-                            match r.begin_transfer(x, me, to) {
+                            match r.begin_transfer(x, id(me), id(to)) {
                                 Ok(_) => {
                                     begun.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -76,13 +76,13 @@ fn racing_transfers_keep_one_owner() {
                         // Take what is addressed to me, sometimes with a wrong generation first.
                         3..=4 => {
                             if let Ok(Owner::InTransit { to, generation, .. }) = r.owner(x)
-                                && to == me
+                                && to == id(me)
                             {
                                 if rng.below(4) == 0 {
                                     let wrong = generation.wrapping_add(1);
-                                    assert!(r.complete_transfer(x, me, wrong).is_err());
+                                    assert!(r.complete_transfer(x, id(me), wrong).is_err());
                                 }
-                                match r.complete_transfer(x, me, generation) {
+                                match r.complete_transfer(x, id(me), generation) {
                                     Ok(()) => {
                                         finished.fetch_add(1, Ordering::Relaxed);
                                         use_resource(&in_use[k], me);
@@ -102,9 +102,9 @@ fn racing_transfers_keep_one_owner() {
                             if let Ok(Owner::InTransit {
                                 from, generation, ..
                             }) = r.owner(x)
-                                && from == me
+                                && from == id(me)
                             {
-                                match r.abort_transfer(x, me, generation) {
+                                match r.abort_transfer(x, id(me), generation) {
                                     Ok(()) => {
                                         finished.fetch_add(1, Ordering::Relaxed);
                                         use_resource(&in_use[k], me);
@@ -119,11 +119,11 @@ fn racing_transfers_keep_one_owner() {
                             }
                         }
                         // Release something of mine, or grab something free.
-                        6 => match r.release(x, me) {
+                        6 => match r.release(x, id(me)) {
                             Ok(()) | Err(Error::WrongOwner { .. } | Error::InTransit { .. }) => {}
                             Err(e) => panic!("release: {e:?}"),
                         },
-                        _ => match r.claim(x, me, None) {
+                        _ => match r.claim(x, id(me), None) {
                             Ok(()) => {
                                 from_free.fetch_add(1, Ordering::Relaxed);
                                 use_resource(&in_use[k], me);
@@ -144,10 +144,10 @@ fn racing_transfers_keep_one_owner() {
                             generation,
                         }) = r.owner(x)
                         {
-                            let done = if to == me {
-                                r.complete_transfer(x, me, generation)
-                            } else if from == me {
-                                r.abort_transfer(x, me, generation)
+                            let done = if to == id(me) {
+                                r.complete_transfer(x, id(me), generation)
+                            } else if from == id(me) {
+                                r.abort_transfer(x, id(me), generation)
                             } else {
                                 pending = true;
                                 continue;
@@ -166,7 +166,7 @@ fn racing_transfers_keep_one_owner() {
                 barrier.wait();
                 // Everything free gets exactly one owner: all race to claim it.
                 for (k, &x) in res.iter().enumerate() {
-                    if r.claim(x, me, None).is_ok() {
+                    if r.claim(x, id(me), None).is_ok() {
                         from_free.fetch_add(1, Ordering::Relaxed);
                         use_resource(&in_use[k], me);
                     }
@@ -177,7 +177,7 @@ fn racing_transfers_keep_one_owner() {
     let mut owners = [0usize; INSTANCES];
     for &x in &res {
         match r.owner(x).unwrap() {
-            Owner::Owned(o) => owners[o] += 1,
+            Owner::Owned(o) => owners[o.index()] += 1,
             other => panic!("{x:?} left {other:?}"),
         }
     }
@@ -217,7 +217,7 @@ fn console_lock_mutual_exclusion() {
             s.spawn(move || {
                 let c = r.console();
                 for i in 0..per {
-                    let g = c.lock_with(me, u32::MAX, thread::yield_now);
+                    let g = c.lock_with(id(me), u32::MAX, thread::yield_now);
                     assert!(!g.forced());
                     let tag = ((me as u64) << 32) | i as u64;
                     for w in line.iter() {
@@ -249,7 +249,7 @@ fn console_waiters_survive_a_dead_holder() {
     let mut reg = Region::new(THREADS + 1);
     let r = reg.init(THREADS + 1, 0).unwrap();
     // Instance 3 dies holding the console.
-    std::mem::forget(r.console().lock(THREADS, 10));
+    std::mem::forget(r.console().lock(id(THREADS), 10));
     let count = AtomicU64::new(0);
     thread::scope(|s| {
         for me in 0..THREADS {
@@ -257,7 +257,7 @@ fn console_waiters_survive_a_dead_holder() {
             s.spawn(move || {
                 let c = r.console();
                 for _ in 0..200 {
-                    let g = c.lock_with(me, 2000, thread::yield_now);
+                    let g = c.lock_with(id(me), 2000, thread::yield_now);
                     let v = count.load(Ordering::Relaxed);
                     count.store(v + 1, Ordering::Relaxed);
                     drop(g);
@@ -283,7 +283,7 @@ fn resource_snapshots_are_never_torn() {
     };
     let mut reg = Region::new(2);
     let r = reg.init(2, 0).unwrap();
-    let i = r.instance(1).unwrap();
+    let i = r.instance(id(1)).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let checked = AtomicU64::new(0);
     thread::scope(|s| {
@@ -344,8 +344,8 @@ fn reclaim_races_with_a_completing_receiver() {
         let res = resources();
         let mut gens = Vec::new();
         for &x in &res {
-            r.claim(x, 1, None).unwrap();
-            gens.push(r.begin_transfer(x, 1, 2).unwrap());
+            r.claim(x, id(1), None).unwrap();
+            gens.push(r.begin_transfer(x, id(1), id(2)).unwrap());
         }
         let barrier = Barrier::new(2);
         let (completed, reclaimed) = thread::scope(|s| {
@@ -358,18 +358,18 @@ fn reclaim_races_with_a_completing_receiver() {
                 };
                 order
                     .into_iter()
-                    .filter(|&i| r.complete_transfer(res[i], 2, gens[i]).is_ok())
+                    .filter(|&i| r.complete_transfer(res[i], id(2), gens[i]).is_ok())
                     .count()
             });
             barrier.wait();
-            let got = r.reclaim(1, 0).unwrap();
+            let got = r.reclaim(id(1), id(0)).unwrap();
             (receiver.join().unwrap(), got)
         });
         let total = reclaimed.cpus() + reclaimed.irqs() + reclaimed.memory_chunks();
         assert_eq!(completed + total as usize, res.len());
         for &x in &res {
             match r.owner(x).unwrap() {
-                Owner::Owned(0) | Owner::Owned(2) => {}
+                Owner::Owned(o) if o == id(0) || o == id(2) => {}
                 other => panic!("{x:?} ended {other:?}"),
             }
         }

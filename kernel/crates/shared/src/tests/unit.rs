@@ -1,6 +1,6 @@
 //! Single-threaded tests: layout, init / attach, instance entries, ownership, console.
 
-use super::Region;
+use super::{Region, id};
 use crate::{
     Error, INSTANCE_ENTRY_SIZE, InstanceState, MAGIC, MAX_INSTANCES, MEM_CHUNK_SIZE, Owner,
     Resource, SharedRegion, VERSION, layout, memory_chunks, region_size,
@@ -37,7 +37,7 @@ fn layout_numbers() {
 fn report_words() {
     let mut a = Region::with_len(region_size(2), 0x5a);
     let r = a.init(2, 1).unwrap();
-    let i1 = r.instance(1).unwrap();
+    let i1 = r.instance(id(1)).unwrap();
     assert_eq!(i1.report(0), None);
     i1.set_report(0, 42).unwrap();
     i1.set_report(crate::REPORT_WORDS - 1, 7).unwrap();
@@ -46,7 +46,7 @@ fn report_words() {
     assert_eq!(i1.report(crate::REPORT_WORDS - 1), Some(7));
     assert!(i1.set_report(crate::REPORT_WORDS, 1).is_err());
     assert_eq!(i1.report(crate::REPORT_WORDS), None);
-    assert_eq!(r.instance(0).unwrap().report(0), None);
+    assert_eq!(r.instance(id(0)).unwrap().report(0), None);
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn init_attach_round_trip_at_another_address() {
         let r = a.init(4, 1234).unwrap();
         assert_eq!(r.instance_count(), 4);
         assert_eq!(r.created_tsc(), 1234);
-        let i1 = r.instance(1).unwrap();
+        let i1 = r.instance(id(1)).unwrap();
         assert_eq!(i1.state(), Ok(InstanceState::Empty));
         i1.start_boot(100).unwrap();
         i1.publish_resources(
@@ -68,14 +68,14 @@ fn init_attach_round_trip_at_another_address() {
         i1.beat();
         i1.beat();
         i1.set_last_error(7);
-        r.claim(Resource::Cpu(2), 1, None).unwrap();
-        r.claim(Resource::Irq(9), 2, None).unwrap();
-        r.claim_memory(0x4000_0000, 0x20_0000, 1, None).unwrap();
-        let g = r.begin_transfer(Resource::Cpu(2), 1, 3).unwrap();
+        r.claim(Resource::Cpu(2), id(1), None).unwrap();
+        r.claim(Resource::Irq(9), id(2), None).unwrap();
+        r.claim_memory(0x4000_0000, 0x20_0000, id(1), None).unwrap();
+        let g = r.begin_transfer(Resource::Cpu(2), id(1), id(3)).unwrap();
         assert_eq!(g, 1);
         // The mailbox was formatted too: send one message.
         let m = r.mailbox().unwrap();
-        let mut tx = m.sender_end(1, 2).unwrap();
+        let mut tx = m.sender_end(id(1), id(2)).unwrap();
         let _ = tx.try_send(&[0x42; mk_mailbox::MSG_SIZE]).unwrap();
         // Owner words of the garbage-filled tables are all free now.
         assert_eq!(r.owner(Resource::Memory(12_345)), Ok(Owner::Free));
@@ -88,7 +88,7 @@ fn init_attach_round_trip_at_another_address() {
     assert_eq!(r.instance_count(), 4);
     assert_eq!(r.created_tsc(), 1234);
     assert_eq!(r.layout(), layout(4));
-    let i1 = r.instance(1).unwrap();
+    let i1 = r.instance(id(1)).unwrap();
     assert_eq!(i1.state(), Ok(InstanceState::Running));
     assert_eq!((i1.boot_tsc(), i1.ready_tsc()), (100, 200));
     assert_eq!(i1.heartbeat(), 2);
@@ -103,20 +103,20 @@ fn init_attach_round_trip_at_another_address() {
     assert_eq!(
         r.owner(Resource::Cpu(2)),
         Ok(Owner::InTransit {
-            from: 1,
-            to: 3,
+            from: id(1),
+            to: id(3),
             generation: 1
         })
     );
-    assert_eq!(r.owner(Resource::Irq(9)), Ok(Owner::Owned(2)));
+    assert_eq!(r.owner(Resource::Irq(9)), Ok(Owner::Owned(id(2))));
     assert_eq!(
         r.owner(Resource::memory_at(0x4000_0000)),
-        Ok(Owner::Owned(1))
+        Ok(Owner::Owned(id(1)))
     );
-    r.complete_transfer(Resource::Cpu(2), 3, 1).unwrap();
-    assert_eq!(r.owner(Resource::Cpu(2)), Ok(Owner::Owned(3)));
+    r.complete_transfer(Resource::Cpu(2), id(3), 1).unwrap();
+    assert_eq!(r.owner(Resource::Cpu(2)), Ok(Owner::Owned(id(3))));
     let m = r.mailbox().unwrap();
-    let mut rx = m.receiver_end(1, 2).unwrap();
+    let mut rx = m.receiver_end(id(1), id(2)).unwrap();
     let mut got = 0;
     rx.drain(|msg| {
         assert!(msg[4..].iter().all(|&b| b == 0x42));
@@ -214,8 +214,8 @@ fn instance_state_transitions() {
     use InstanceState::*;
     let mut reg = Region::new(3);
     let r = reg.init(3, 0).unwrap();
-    assert_eq!(r.instance(3).err(), Some(Error::BadInstance(3)));
-    let i = r.instance(2).unwrap();
+    assert_eq!(r.instance(id(3)).err(), Some(Error::BadInstance(id(3))));
+    let i = r.instance(id(2)).unwrap();
     assert_eq!(i.state(), Ok(Empty));
     assert_eq!(
         i.set_state(Running),
@@ -266,7 +266,7 @@ fn instance_state_transitions() {
     let off = layout(3).instance_table.offset + 2 * INSTANCE_ENTRY_SIZE;
     reg.poke(off, &99u32.to_le_bytes());
     let r = reg.attach().unwrap();
-    let i = r.instance(2).unwrap();
+    let i = r.instance(id(2)).unwrap();
     assert_eq!(i.state(), Err(Error::Corrupt(99)));
     assert_eq!(i.set_state(Booting), Err(Error::Corrupt(99)));
 }
@@ -275,7 +275,7 @@ fn instance_state_transitions() {
 fn resources_limits() {
     let mut reg = Region::new(2);
     let r = reg.init(2, 0).unwrap();
-    let i = r.instance(1).unwrap();
+    let i = r.instance(id(1)).unwrap();
     assert_eq!(i.resources().unwrap().cpus(), &[] as &[u32]);
     let cpus: Vec<u32> = (0..65).collect();
     assert_eq!(
@@ -306,116 +306,119 @@ fn ownership_rules() {
     assert_eq!(r.owner(cpu), Ok(Owner::Free));
     // Claim from free; wrong expectations fail.
     assert_eq!(
-        r.claim(cpu, 1, Some(0)),
+        r.claim(cpu, id(1), Some(id(0))),
         Err(Error::WrongOwner { found: Owner::Free })
     );
-    r.claim(cpu, 1, None).unwrap();
+    r.claim(cpu, id(1), None).unwrap();
     assert_eq!(
-        r.claim(cpu, 2, None),
+        r.claim(cpu, id(2), None),
         Err(Error::WrongOwner {
-            found: Owner::Owned(1)
+            found: Owner::Owned(id(1))
         })
     );
-    assert_eq!(r.claim(cpu, 3, None), Err(Error::BadInstance(3)));
+    assert_eq!(r.claim(cpu, id(3), None), Err(Error::BadInstance(id(3))));
     // Transfers: only the owner, not to itself, not twice.
     assert_eq!(
-        r.begin_transfer(cpu, 2, 0),
+        r.begin_transfer(cpu, id(2), id(0)),
         Err(Error::WrongOwner {
-            found: Owner::Owned(1)
+            found: Owner::Owned(id(1))
         })
     );
-    assert_eq!(r.begin_transfer(cpu, 1, 1), Err(Error::SameInstance(1)));
-    let g = r.begin_transfer(cpu, 1, 2).unwrap();
+    assert_eq!(
+        r.begin_transfer(cpu, id(1), id(1)),
+        Err(Error::SameInstance(id(1)))
+    );
+    let g = r.begin_transfer(cpu, id(1), id(2)).unwrap();
     let transit = Error::InTransit {
-        from: 1,
-        to: 2,
+        from: id(1),
+        to: id(2),
         generation: g,
     };
-    assert_eq!(r.begin_transfer(cpu, 1, 0), Err(transit));
-    assert_eq!(r.claim(cpu, 0, Some(1)), Err(transit));
-    assert_eq!(r.claim(cpu, 0, None), Err(transit));
-    assert_eq!(r.release(cpu, 1), Err(transit));
+    assert_eq!(r.begin_transfer(cpu, id(1), id(0)), Err(transit));
+    assert_eq!(r.claim(cpu, id(0), Some(id(1))), Err(transit));
+    assert_eq!(r.claim(cpu, id(0), None), Err(transit));
+    assert_eq!(r.release(cpu, id(1)), Err(transit));
     // Complete: only `to`, only with the right generation.
     assert_eq!(
-        r.complete_transfer(cpu, 0, g),
+        r.complete_transfer(cpu, id(0), g),
         Err(Error::WrongOwner {
             found: Owner::InTransit {
-                from: 1,
-                to: 2,
+                from: id(1),
+                to: id(2),
                 generation: g
             }
         })
     );
     assert_eq!(
-        r.complete_transfer(cpu, 2, g + 1),
+        r.complete_transfer(cpu, id(2), g + 1),
         Err(Error::WrongGeneration {
             given: g + 1,
             found: g
         })
     );
     assert_eq!(
-        r.abort_transfer(cpu, 2, g),
+        r.abort_transfer(cpu, id(2), g),
         Err(Error::WrongOwner {
             found: Owner::InTransit {
-                from: 1,
-                to: 2,
+                from: id(1),
+                to: id(2),
                 generation: g
             }
         })
     );
-    r.complete_transfer(cpu, 2, g).unwrap();
-    assert_eq!(r.owner(cpu), Ok(Owner::Owned(2)));
+    r.complete_transfer(cpu, id(2), g).unwrap();
+    assert_eq!(r.owner(cpu), Ok(Owner::Owned(id(2))));
     assert_eq!(
-        r.complete_transfer(cpu, 2, g),
+        r.complete_transfer(cpu, id(2), g),
         Err(Error::NotInTransit {
-            found: Owner::Owned(2)
+            found: Owner::Owned(id(2))
         })
     );
     // Next transfer gets a new generation; the old one can neither complete nor abort it.
-    let g2 = r.begin_transfer(cpu, 2, 0).unwrap();
+    let g2 = r.begin_transfer(cpu, id(2), id(0)).unwrap();
     assert_eq!(g2, g + 1);
     assert_eq!(
-        r.abort_transfer(cpu, 2, g),
+        r.abort_transfer(cpu, id(2), g),
         Err(Error::WrongGeneration {
             given: g,
             found: g2
         })
     );
-    r.abort_transfer(cpu, 2, g2).unwrap();
-    assert_eq!(r.owner(cpu), Ok(Owner::Owned(2)));
+    r.abort_transfer(cpu, id(2), g2).unwrap();
+    assert_eq!(r.owner(cpu), Ok(Owner::Owned(id(2))));
     assert_eq!(
-        r.abort_transfer(cpu, 2, g2),
+        r.abort_transfer(cpu, id(2), g2),
         Err(Error::NotInTransit {
-            found: Owner::Owned(2)
+            found: Owner::Owned(id(2))
         })
     );
     // Reclaim by instance 0 (expected owner), release to free.
-    r.claim(cpu, 0, Some(2)).unwrap();
+    r.claim(cpu, id(0), Some(id(2))).unwrap();
     assert_eq!(
-        r.release(cpu, 2),
+        r.release(cpu, id(2)),
         Err(Error::WrongOwner {
-            found: Owner::Owned(0)
+            found: Owner::Owned(id(0))
         })
     );
-    r.release(cpu, 0).unwrap();
+    r.release(cpu, id(0)).unwrap();
     assert_eq!(r.owner(cpu), Ok(Owner::Free));
     // Generation survived release: the next transfer is g2 + 1.
-    r.claim(cpu, 1, None).unwrap();
-    assert_eq!(r.begin_transfer(cpu, 1, 0), Ok(g2 + 1));
+    r.claim(cpu, id(1), None).unwrap();
+    assert_eq!(r.begin_transfer(cpu, id(1), id(0)), Ok(g2 + 1));
     // Bounds.
     assert_eq!(
         r.owner(Resource::Cpu(256)),
         Err(Error::BadResource(Resource::Cpu(256)))
     );
     assert_eq!(
-        r.claim(Resource::Irq(64), 0, None),
+        r.claim(Resource::Irq(64), id(0), None),
         Err(Error::BadResource(Resource::Irq(64)))
     );
     assert_eq!(
         r.owner(Resource::memory_at(64 << 30)),
         Err(Error::BadResource(Resource::Memory(32_768)))
     );
-    r.claim(Resource::Irq(63), 2, None).unwrap();
+    r.claim(Resource::Irq(63), id(2), None).unwrap();
 }
 
 #[test]
@@ -433,27 +436,27 @@ fn memory_ranges_all_or_nothing() {
         memory_chunks((64 << 30) - mb2, 2 * mb2),
         Err(Error::BadResource(_))
     ));
-    r.claim(Resource::Memory(4), 1, None).unwrap();
+    r.claim(Resource::Memory(4), id(1), None).unwrap();
     // Chunks 2..6 overlap chunk 4, owned by 1: nothing is taken.
     assert_eq!(
-        r.claim_memory(2 * mb2, 4 * mb2, 0, None),
+        r.claim_memory(2 * mb2, 4 * mb2, id(0), None),
         Err(Error::WrongOwner {
-            found: Owner::Owned(1)
+            found: Owner::Owned(id(1))
         })
     );
     for c in [2, 3, 5] {
         assert_eq!(r.owner(Resource::Memory(c)), Ok(Owner::Free));
     }
-    r.claim_memory(0, 4 * mb2, 0, None).unwrap();
+    r.claim_memory(0, 4 * mb2, id(0), None).unwrap();
     // Reclaim-style claim that fails half-way restores the previous owner.
     assert_eq!(
-        r.claim_memory(2 * mb2, 4 * mb2, 1, Some(0)),
+        r.claim_memory(2 * mb2, 4 * mb2, id(1), Some(id(0))),
         Err(Error::WrongOwner {
-            found: Owner::Owned(1)
+            found: Owner::Owned(id(1))
         })
     );
     for c in 0..4 {
-        assert_eq!(r.owner(Resource::Memory(c)), Ok(Owner::Owned(0)));
+        assert_eq!(r.owner(Resource::Memory(c)), Ok(Owner::Owned(id(0))));
     }
 }
 
@@ -468,11 +471,11 @@ fn corrupt_owner_word_is_reported() {
     let w = (5u64 << 8) | 1;
     assert_eq!(r.owner(Resource::Irq(3)), Err(Error::Corrupt(w)));
     assert_eq!(
-        r.claim(Resource::Irq(3), 0, Some(1)),
+        r.claim(Resource::Irq(3), id(0), Some(id(1))),
         Err(Error::Corrupt(w))
     );
     assert_eq!(
-        r.begin_transfer(Resource::Irq(3), 0, 1),
+        r.begin_transfer(Resource::Irq(3), id(0), id(1)),
         Err(Error::Corrupt(w))
     );
 }
@@ -484,29 +487,29 @@ fn console_force_path_and_stale_unlock() {
     let c = r.console();
     // Normal use.
     {
-        let g = c.lock(0, 1000);
+        let g = c.lock(id(0), 1000);
         assert!(!g.forced());
     }
     // Instance 1 takes the lock and dies holding it.
-    core::mem::forget(c.lock(1, 1000));
-    assert_eq!(c.stats().holder, Some(1));
+    core::mem::forget(c.lock(id(1), 1000));
+    assert_eq!(c.stats().holder, Some(id(1)));
     // Instance 0 breaks it after its spin bound.
-    let g = c.lock(0, 1000);
+    let g = c.lock(id(0), 1000);
     assert!(g.forced());
     let s = c.stats();
-    assert_eq!((s.forced, s.holder), (1, Some(0)));
+    assert_eq!((s.forced, s.holder), (1, Some(id(0))));
     drop(g);
     // The lock works normally afterwards.
-    assert!(!c.lock(1, 1000).forced());
+    assert!(!c.lock(id(1), 1000).forced());
     // A slow (not dead) holder: the waiter forces, then the holder's unlock is stale and must
     // not disturb the new holder.
-    let slow = c.lock(1, 1000);
-    let g = c.lock(0, 10);
+    let slow = c.lock(id(1), 1000);
+    let g = c.lock(id(0), 10);
     assert!(g.forced());
     drop(slow);
     assert_eq!(c.stats().stale_unlocks, 1);
     drop(g);
-    let g = c.lock(1, 1000);
+    let g = c.lock(id(1), 1000);
     assert!(!g.forced());
     drop(g);
     let s = c.stats();
@@ -519,43 +522,52 @@ fn reclaim_takes_back_owned_and_rolls_back_transfers() {
     let r = reg.init(4, 0).unwrap();
     // Instance 2 owns CPU 3, IRQ 5 and memory chunk 7; gives CPU 4 to 1 (in transit) and is
     // receiving chunk 8 from 3 (in transit). Instance 1 owns CPU 6, untouched.
-    r.claim(Resource::Cpu(3), 2, None).unwrap();
-    r.claim(Resource::Irq(5), 2, None).unwrap();
-    r.claim(Resource::Memory(7), 2, None).unwrap();
-    r.claim(Resource::Cpu(4), 2, None).unwrap();
-    let g_out = r.begin_transfer(Resource::Cpu(4), 2, 1).unwrap();
-    r.claim(Resource::Memory(8), 3, None).unwrap();
-    let g_in = r.begin_transfer(Resource::Memory(8), 3, 2).unwrap();
-    r.claim(Resource::Cpu(6), 1, None).unwrap();
+    r.claim(Resource::Cpu(3), id(2), None).unwrap();
+    r.claim(Resource::Irq(5), id(2), None).unwrap();
+    r.claim(Resource::Memory(7), id(2), None).unwrap();
+    r.claim(Resource::Cpu(4), id(2), None).unwrap();
+    let g_out = r.begin_transfer(Resource::Cpu(4), id(2), id(1)).unwrap();
+    r.claim(Resource::Memory(8), id(3), None).unwrap();
+    let g_in = r.begin_transfer(Resource::Memory(8), id(3), id(2)).unwrap();
+    r.claim(Resource::Cpu(6), id(1), None).unwrap();
     // And it had started handing memory chunk 9 back to 0 (a shutdown in progress).
-    r.claim(Resource::Memory(9), 2, None).unwrap();
-    let g_back = r.begin_transfer(Resource::Memory(9), 2, 0).unwrap();
+    r.claim(Resource::Memory(9), id(2), None).unwrap();
+    let g_back = r.begin_transfer(Resource::Memory(9), id(2), id(0)).unwrap();
 
-    let got = r.reclaim(2, 0).unwrap();
+    let got = r.reclaim(id(2), id(0)).unwrap();
     assert_eq!(
         (got.cpus(), got.irqs(), got.memory_chunks(), got.rolled_back),
         (2, 1, 2, 2)
     );
-    assert_eq!(r.owner(Resource::Memory(9)), Ok(Owner::Owned(0)));
-    assert!(r.abort_transfer(Resource::Memory(9), 2, g_back).is_err());
+    assert_eq!(r.owner(Resource::Memory(9)), Ok(Owner::Owned(id(0))));
+    assert!(
+        r.abort_transfer(Resource::Memory(9), id(2), g_back)
+            .is_err()
+    );
     for res in [
         Resource::Cpu(3),
         Resource::Cpu(4),
         Resource::Irq(5),
         Resource::Memory(7),
     ] {
-        assert_eq!(r.owner(res), Ok(Owner::Owned(0)), "{res:?}");
+        assert_eq!(r.owner(res), Ok(Owner::Owned(id(0))), "{res:?}");
     }
-    assert_eq!(r.owner(Resource::Memory(8)), Ok(Owner::Owned(3)));
-    assert_eq!(r.owner(Resource::Cpu(6)), Ok(Owner::Owned(1)));
+    assert_eq!(r.owner(Resource::Memory(8)), Ok(Owner::Owned(id(3))));
+    assert_eq!(r.owner(Resource::Cpu(6)), Ok(Owner::Owned(id(1))));
     // The stale transfers can no longer complete.
-    assert!(r.complete_transfer(Resource::Cpu(4), 1, g_out).is_err());
-    assert!(r.complete_transfer(Resource::Memory(8), 2, g_in).is_err());
+    assert!(r.complete_transfer(Resource::Cpu(4), id(1), g_out).is_err());
+    assert!(
+        r.complete_transfer(Resource::Memory(8), id(2), g_in)
+            .is_err()
+    );
     // Nothing names instance 2 any more; a second pass finds nothing.
     assert!(
         r.resources()
-            .all(|(_, o)| !matches!(o, Ok(Owner::Owned(2))))
+            .all(|(_, o)| !matches!(o, Ok(Owner::Owned(x)) if x == id(2)))
     );
-    assert_eq!(r.reclaim(2, 0).unwrap(), crate::Reclaimed::default());
-    assert_eq!(r.reclaim(4, 0), Err(Error::BadInstance(4)));
+    assert_eq!(
+        r.reclaim(id(2), id(0)).unwrap(),
+        crate::Reclaimed::default()
+    );
+    assert_eq!(r.reclaim(id(4), id(0)), Err(Error::BadInstance(id(4))));
 }

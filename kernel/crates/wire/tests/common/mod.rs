@@ -87,7 +87,7 @@ pub fn reply_payload(kind: Kind) -> Payload {
 }
 
 pub fn request(kind: Kind) -> Message {
-    Message::request(1, kind, 1000, request_payload(kind))
+    Message::request(InstanceId::new(1), kind, 1000, request_payload(kind))
         .with_flags(MsgFlags::NEEDS_REPLY)
         .with_timestamp(555)
 }
