@@ -129,15 +129,10 @@ fn map_phys(
 /// the first 1 MiB, where the firmware's data and the trampolines are. Building writes every
 /// frame it takes from `ranges` (through the physical map), so only such ranges are safe.
 fn foreign(ranges: &[MemRange]) -> bool {
-    let overlaps = |a: &MemRange, start: u64, end: u64| a.start < end && start < a.end();
-    crate::memory::frames::with(|alloc| {
-        alloc.owned_ranges().all(|run| {
-            let (start, end) = (run.start * 4096, (run.start + run.count) * 4096);
-            ranges.iter().all(|r| !overlaps(r, start, end))
-        })
-    }) && ranges
-        .iter()
-        .all(|r| r.start >= crate::memory::frames::LOW_MEMORY_END)
+    ranges.iter().all(|r| {
+        r.start >= crate::memory::frames::LOW_MEMORY_END
+            && !crate::memory::frames::owns_any(r.start, r.end())
+    })
 }
 
 /// Builds instance `desc.instance_id` in `ranges` and returns how to start it. The ranges must
