@@ -25,6 +25,8 @@ pub struct Launcher {
     pub kernel_file: Vec<u8>,
     /// Trampoline page of each instance, below 1 MiB.
     pub trampolines: Vec<u64>,
+    /// Top-level page-table page of each instance, below 1 MiB (see `memory::launch::prepare`).
+    pub roots: Vec<u64>,
     pub shared: MemRange,
     pub count: usize,
     pub ioapics: Vec<(u64, u32)>,
@@ -94,6 +96,10 @@ impl Launcher {
             .trampolines
             .get(id.index())
             .ok_or(LaunchError::Prepare("no trampoline page"))?;
+        let root = *self
+            .roots
+            .get(id.index())
+            .ok_or(LaunchError::Prepare("no top-level page-table page"))?;
         let first = *cpus.first().ok_or(LaunchError::Prepare("no CPU"))?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
@@ -127,7 +133,7 @@ impl Launcher {
             desc.tests_len = n as u32;
         }
         region::set_booting(id, started);
-        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, root, &desc)
             .map_err(LaunchError::Prepare)?;
         let params = Params {
             cr3: l.cr3,

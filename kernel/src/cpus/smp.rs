@@ -83,9 +83,16 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
         }
         *slot
     };
-    let (cr3, _) = x86_64::registers::control::Cr3::read();
+    // This instance's top-level table: a low page (see `memory::launch::prepare`, and
+    // `paging::move_root` for instance 0), as the trampoline loads CR3 from 32-bit code.
+    let cr3 = crate::memory::paging::root();
+    if cr3 >= 1 << 32 {
+        return Err(
+            "this instance's top-level page table is above 4 GiB, out of the trampoline's reach",
+        );
+    }
     let params = Params {
-        cr3: cr3.start_address().as_u64(),
+        cr3,
         stack: top,
         entry: ap_entry as *const () as u64,
         arg: u64::from(index),

@@ -129,43 +129,55 @@ fn map_phys(
 /// the first 1 MiB, where the firmware's data and the trampolines are. Building writes every
 /// frame it takes from `ranges` (through the physical map), so only such ranges are safe.
 fn foreign(ranges: &[MemRange]) -> bool {
-    let overlaps = |a: &MemRange, start: u64, end: u64| a.start < end && start < a.end();
-    crate::memory::frames::with(|alloc| {
-        alloc.owned_ranges().all(|run| {
-            let (start, end) = (run.start * 4096, (run.start + run.count) * 4096);
-            ranges.iter().all(|r| !overlaps(r, start, end))
-        })
-    }) && ranges
-        .iter()
-        .all(|r| r.start >= crate::memory::frames::LOW_MEMORY_END)
+    ranges.iter().all(|r| {
+        r.start >= crate::memory::frames::LOW_MEMORY_END
+            && !crate::memory::frames::owns_any(r.start, r.end())
+    })
 }
 
 /// Builds instance `desc.instance_id` in `ranges` and returns how to start it. The ranges must
 /// be memory this instance has given up (checked: none of it is in its allocator or below
 /// 1 MiB).
+///
+/// The instance's top-level page table goes in `root_page`, a low page (below 1 MiB, beside
+/// its trampoline page) that belongs to the new instance from then on: the trampoline loads CR3
+/// from 32-bit code, so the root must be below 4 GiB, while its partition may lie anywhere.
+/// Every lower-level table is in the partition. Respawning the instance reuses both pages.
 pub fn prepare(
     ranges: &[MemRange],
     shared: MemRange,
     kernel_elf: &[u8],
     trampoline_page: u64,
+    root_page: u64,
     desc: &BootDescriptor,
 ) -> Result<Launch, &'static str> {
     if !foreign(ranges) {
         return Err("the new instance's memory overlaps this instance's own");
+    }
+    if root_page == 0
+        || root_page >= crate::memory::frames::LOW_MEMORY_END
+        || !root_page.is_multiple_of(4096)
+        || root_page == trampoline_page
+    {
+        return Err(
+            "the top-level page must be a page between 4 KiB and 1 MiB, not the trampoline's",
+        );
+    }
+    let root_virt = phys_to_virt(root_page);
+    if crate::memory::paging::translate(root_virt) != Some(root_page) {
+        return Err("the new instance's top-level page is not in this instance's physical map");
     }
     let mut bump = Bump {
         ranges,
         index: 0,
         next: ranges.first().map_or(0, |r| r.start),
     };
-    let pml4 = bump.alloc(1)?;
-    if pml4 >= 1 << 32 {
-        return Err(
-            "the partition's first page is above 4 GiB; the trampoline loads CR3 from 32-bit code",
-        );
-    }
-    // SAFETY: the PML4 frame was just allocated and zeroed; instance 0 reaches it through its
-    // physical map, and `OffsetPageTable` uses that same map for the lower-level tables.
+    let pml4 = root_page;
+    // SAFETY: the low page is reserved for this instance's root (outside every frame
+    // allocator, mapped at `root_virt`, checked above); the instance being built does not run.
+    unsafe { core::ptr::write_bytes(root_virt as *mut u8, 0, 4096) };
+    // SAFETY: the PML4 frame was just zeroed; instance 0 reaches it through its physical map,
+    // and `OffsetPageTable` uses that same map for the lower-level tables.
     let mut m = unsafe {
         OffsetPageTable::new(
             &mut *(phys_to_virt(pml4) as *mut PageTable),
@@ -234,13 +246,15 @@ pub fn prepare(
     // 4. BootInfo, its memory map and the descriptor, in one page.
     let info_pa = bump.alloc(1)?;
 
-    // 5. The instance's physical map: its own memory, the shared region, and its trampoline
-    // page (through which it starts its further CPUs); nothing else.
+    // 5. The instance's physical map: its own memory, the shared region, its trampoline page
+    // (through which it starts its further CPUs) and its top-level page (which its paging
+    // code edits through the map); nothing else.
     for r in ranges {
         map_phys(&mut m, &mut bump, *r)?;
     }
     map_phys(&mut m, &mut bump, shared)?;
     map_phys(&mut m, &mut bump, MemRange::new(trampoline_page, 4096))?;
+    map_phys(&mut m, &mut bump, MemRange::new(root_page, 4096))?;
 
     // Now that the bump is done, the memory map: what it used is "bootloader", the rest usable.
     let info_va = phys_offset() + info_pa;

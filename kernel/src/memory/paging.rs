@@ -177,6 +177,44 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), PagingError> {
     })
 }
 
+/// Moves this instance's top-level page table to the page at physical `pa`, which must lie
+/// below 4 GiB (further CPUs load CR3 from the trampoline's 32-bit code) and be reachable
+/// through the physical map, and switches the running CPU to it. The lower levels are shared
+/// with the old table, which is no longer used. Call it only while this CPU is the instance's
+/// only one (other CPUs would keep the old root). Instance 0 moves its table, wherever the
+/// bootloader put it, to its low page next to its trampoline page.
+pub fn move_root(pa: u64) -> Result<(), &'static str> {
+    if pa == 0 || pa >= 1 << 32 || !pa.is_multiple_of(4096) {
+        return Err("the top-level page table must move to a page below 4 GiB");
+    }
+    let off = super::frames::phys_offset();
+    if translate(off + pa) != Some(pa) {
+        return Err("the new top-level page is not in this instance's physical map");
+    }
+    with(|m| {
+        let (old, flags) = Cr3::read();
+        if old.start_address().as_u64() == pa {
+            return Ok(());
+        }
+        let new = (off + pa) as *mut PageTable;
+        // SAFETY: the page at `pa` is reserved for this table (a low page outside every frame
+        // allocator, given to this instance) and mapped at `new` (checked); the copy makes it
+        // an exact copy of the active table, so switching CR3 to it changes no mapping. The
+        // mapper is rebuilt over the new table, and the old one is never reached again.
+        unsafe {
+            core::ptr::copy_nonoverlapping(m.level_4_table() as *const PageTable, new, 1);
+            Cr3::write(PhysFrame::containing_address(PhysAddr::new(pa)), flags);
+            *m = OffsetPageTable::new(&mut *new, VirtAddr::new(off));
+        }
+        Ok(())
+    })
+}
+
+/// Physical address of the running CPU's top-level page table.
+pub fn root() -> u64 {
+    Cr3::read().0.start_address().as_u64()
+}
+
 /// Maps the page at physical `pa` at the same virtual address (for the AP trampoline).
 pub fn identity_map(pa: u64) -> Result<(), PagingError> {
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
