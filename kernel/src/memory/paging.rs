@@ -183,13 +183,13 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), PagingError> {
 /// with the old table, which is no longer used. Call it only while this CPU is the instance's
 /// only one (other CPUs would keep the old root). Instance 0 moves its table, wherever the
 /// bootloader put it, to its low page next to its trampoline page.
-pub fn move_root(pa: u64) -> Result<(), &'static str> {
+pub fn move_root(pa: u64) -> Result<(), PagingError> {
     if pa == 0 || pa >= 1 << 32 || !pa.is_multiple_of(4096) {
-        return Err("the top-level page table must move to a page below 4 GiB");
+        return Err(PagingError::RootNotLow { phys: pa });
     }
     let off = super::frames::phys_offset();
     if translate(off + pa) != Some(pa) {
-        return Err("the new top-level page is not in this instance's physical map");
+        return Err(PagingError::RootNotMapped { phys: pa });
     }
     with(|m| {
         let (old, flags) = Cr3::read();
@@ -314,6 +314,10 @@ pub enum PagingError {
     MapAdded { phys: u64, cause: TableError },
     /// Identity-mapping the trampoline page at `phys` failed.
     IdentityMap { phys: u64, cause: TableError },
+    /// The caller's new top-level page `phys` is null, unaligned or not below 4 GiB.
+    RootNotLow { phys: u64 },
+    /// The caller's new top-level page `phys` is not in this instance's physical map.
+    RootNotMapped { phys: u64 },
 }
 
 impl core::fmt::Display for PagingError {
@@ -348,6 +352,14 @@ impl core::fmt::Display for PagingError {
             Self::IdentityMap { phys, cause } => write!(
                 f,
                 "identity-mapping the trampoline page ({phys:#x}) failed: {cause}"
+            ),
+            Self::RootNotLow { phys } => write!(
+                f,
+                "the top-level page table must move to a page below 4 GiB (not {phys:#x})"
+            ),
+            Self::RootNotMapped { phys } => write!(
+                f,
+                "the new top-level page ({phys:#x}) is not in this instance's physical map"
             ),
         }
     }
