@@ -67,6 +67,23 @@ fn usable_ranges(boot_info: &BootInfo) -> Vec<MemRange> {
         .collect()
 }
 
+/// The machine has too few usable pages below 640 KiB for the instances of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotEnoughLowPages {
+    pub have: usize,
+    pub need: usize,
+}
+
+impl core::fmt::Display for NotEnoughLowPages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "not enough usable pages below 640 KiB for the AP trampolines and top-level tables (two per instance): {} of {}",
+            self.have, self.need
+        )
+    }
+}
+
 /// Low pages for starting CPUs, two per instance from usable memory below 640 KiB: its
 /// trampoline page, and the page of its top-level page table (the trampoline loads CR3 from
 /// 32-bit code, so the root must be below 4 GiB wherever the instance's partition lies).
@@ -74,7 +91,7 @@ fn usable_ranges(boot_info: &BootInfo) -> Vec<MemRange> {
 fn trampoline_pages(
     boot_info: &BootInfo,
     count: usize,
-) -> Result<(Vec<u64>, Vec<u64>), &'static str> {
+) -> Result<(Vec<u64>, Vec<u64>), NotEnoughLowPages> {
     let mut pages = Vec::new();
     for r in boot_info
         .memory_regions
@@ -88,9 +105,10 @@ fn trampoline_pages(
         }
     }
     if pages.len() < 2 * count {
-        return Err(
-            "not enough usable pages below 640 KiB for the AP trampolines and top-level tables (two per instance)",
-        );
+        return Err(NotEnoughLowPages {
+            have: pages.len(),
+            need: 2 * count,
+        });
     }
     let roots = pages.split_off(count);
     Ok((pages, roots))

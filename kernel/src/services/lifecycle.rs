@@ -357,7 +357,7 @@ pub enum RespawnError {
     /// Instance 0 kept no plan or launcher from boot (this instance's fault).
     NoPlan,
     /// Instance 0 could not park a CPU of the partition it was running on.
-    Park(u32, &'static str),
+    Park(u32, crate::cpus::smp::CpuError),
     /// None of the partition's CPUs is with instance 0 (another instance holds them).
     NoCpu,
     /// None of the partition's memory is with instance 0.
