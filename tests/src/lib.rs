@@ -47,6 +47,56 @@ pub enum Expect {
     FailWith(&'static str),
 }
 
+/// The shape of the emulated machine, beyond the number of CPUs and the memory size: what real
+/// boards differ in (chipset, CPU topology, NUMA nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// QEMU machine type (`-machine`), e.g. `pc-i440fx-7.0`; `None`: the one in
+    /// `qemu/common.args` (q35).
+    pub machine: Option<&'static str>,
+    /// What follows the CPU count in `-smp`, e.g. `sockets=2,cores=3` or `cores=2,threads=2`;
+    /// empty: QEMU's default (one socket, one core per CPU... as QEMU picks).
+    pub topology: &'static str,
+    /// NUMA nodes: each one's memory in MiB and its CPUs (`first-last`, QEMU's `cpus=`). Each
+    /// node gets its own `memory-backend-ram`; the sizes must add up to the boot's memory.
+    pub numa: &'static [(u32, &'static str)],
+}
+
+impl Shape {
+    /// The machine every boot ran on before shapes existed: q35, QEMU's topology, one node.
+    pub const DEFAULT: Shape = Shape {
+        machine: None,
+        topology: "",
+        numa: &[],
+    };
+
+    /// The QEMU arguments this shape adds after `-smp N` (which gets `,topology`) and `-m`.
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(m) = self.machine {
+            args.extend(["-machine".to_string(), m.to_string()]);
+        }
+        for (i, (mib, cpus)) in self.numa.iter().enumerate() {
+            args.extend([
+                "-object".to_string(),
+                format!("memory-backend-ram,id=mem{i},size={mib}M"),
+                "-numa".to_string(),
+                format!("node,nodeid={i},cpus={cpus},memdev=mem{i}"),
+            ]);
+        }
+        args
+    }
+
+    /// The `-smp` value for `cpus` CPUs.
+    pub fn smp_arg(&self, cpus: u32) -> String {
+        if self.topology.is_empty() {
+            cpus.to_string()
+        } else {
+            format!("{cpus},{}", self.topology)
+        }
+    }
+}
+
 /// One QEMU boot.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -59,6 +109,8 @@ pub struct Boot {
     pub cases: &'static [&'static str],
     /// Partition plan handed to the kernel (fw_cfg `opt/multikernel/plan`); `None`: default.
     pub plan: Option<&'static str>,
+    /// The machine's shape beyond CPUs and memory (machine type, topology, NUMA).
+    pub shape: Shape,
     pub expect: Expect,
     /// Seconds before the harness kills QEMU.
     pub timeout_secs: u64,
@@ -155,6 +207,7 @@ pub fn all() -> Vec<Boot> {
             memory_mib: 512,
             cases: kvm_cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: KVM_TIMEOUT,
             note: "BIOS image under KVM (x2APIC); no int3 here: nested KVM stops on it",
@@ -167,6 +220,7 @@ pub fn all() -> Vec<Boot> {
             memory_mib: 512,
             cases: tcg_cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: TCG_TIMEOUT,
             note: "BIOS image under TCG (xAPIC); breakpoint tested here",
@@ -186,6 +240,7 @@ pub fn all() -> Vec<Boot> {
             "ipi_self",
         ],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "UEFI image (OVMF) under TCG: OVMF fails under this machine's nested KVM",
@@ -199,6 +254,7 @@ pub fn all() -> Vec<Boot> {
         memory_mib: 256,
         cases: &["panic"],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::FailWith("deliberate panic requested by the test harness"),
         timeout_secs: TCG_TIMEOUT,
         note: "a panicking test kernel must fail its test, with the message shown",
@@ -237,6 +293,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_ping_all=20",
             ],
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "default plan: one instance per CPU, each its own kernel copy",
@@ -255,6 +312,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "ownership",
             ],
             plan: Some("1,3"),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "plan 1,3: the second instance runs on 3 CPUs",
@@ -279,6 +337,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "msg_ping=50",
             ],
             plan: Some("2,2"),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "plan 2,2: every instance, instance 0 included, runs on two CPUs",
@@ -337,6 +396,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 512,
             cases,
             plan: None,
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "mailboxes + IPI doorbells between two instances (x2APIC under KVM, xAPIC under TCG)",
@@ -398,6 +458,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 1024,
             cases,
             plan: Some(plan),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: timeout,
             note: "services over messages: query, heartbeat, CPU and memory hotplug, IRQ forwarding, failure detection, shutdown",
@@ -422,6 +483,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "bench_all=100",
         ],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "benchmark cases run to the end (TCG: figures of the emulator, not judged)",
@@ -457,6 +519,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "start_adopted=3",
         ],
         plan: Some("1,1,1,1"),
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: TCG_TIMEOUT,
         note: "start-up wait: a progressing instance is waited for, one given up on ends dead and reclaimed",
@@ -476,11 +539,146 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             memory_mib: 256,
             cases: &["plan_rejected", "instances=2"],
             plan: Some(plan),
+            shape: Shape::DEFAULT,
             expect: Expect::Pass,
             timeout_secs: TCG_TIMEOUT,
             note: "a bad plan is rejected with a logged reason and the default plan runs",
         });
     }
+    shape_boots(boots);
+}
+
+/// Boots on the machine shapes of real boards (issue 17): memory above the 4 GiB hole, sparse
+/// APIC IDs, hyper-threads, the i440fx chipset, more CPUs than instances, two NUMA nodes.
+/// All under TCG, short.
+fn shape_boots(boots: &mut Vec<Boot>) {
+    let tcg = |name, smp, memory_mib, cases, plan, shape, note| Boot {
+        name,
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp,
+        memory_mib,
+        cases,
+        plan,
+        shape,
+        expect: Expect::Pass,
+        timeout_secs: TCG_TIMEOUT,
+        note,
+    };
+    // 6 GiB on q35: 2 GiB below the hole, 4 GiB above it; instances 2 and 3 lie wholly above
+    // 4 GiB. Instance 1's second CPU moves into instance 2 and back (a CPU started on an
+    // instance above 4 GiB), 16 MiB above 4 GiB move from 1 to 2, instance 3 crashes and is
+    // respawned where it was.
+    boots.push(tcg(
+        "tcg-shape-high",
+        5,
+        6144,
+        &[
+            "instances=4",
+            "above_4g=2",
+            "instance_cpus=1:2",
+            "msg_ping_all=5",
+            "cpu_hotplug",
+            "mem_hotplug",
+            "crash=3",
+            "respawn=3",
+        ][..],
+        Some("1,2,1,1"),
+        Shape::DEFAULT,
+        "memory above 4 GiB: every instance runs, CPU and memory hotplug and respawn there",
+    ));
+    // Two sockets of three cores: APIC IDs 0-2 and 4-6 (each socket's IDs start at a power of
+    // two).
+    boots.push(tcg(
+        "tcg-shape-sparse",
+        6,
+        2048,
+        &[
+            "apic_ids=0,1,2,4,5,6",
+            "instances=6",
+            "cpus_grouped=6",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            topology: "sockets=2,cores=3",
+            ..Shape::DEFAULT
+        },
+        "sparse APIC IDs (2 sockets x 3 cores): every CPU's instance runs",
+    ));
+    // Two cores of two threads each: hyper-threads are CPUs like any other (APIC IDs 0-3).
+    boots.push(tcg(
+        "tcg-shape-threads",
+        4,
+        1024,
+        &[
+            "apic_ids=0,1,2,3",
+            "instances=2",
+            "local_cpus=2",
+            "instance_cpus=1:2",
+            "msg_ping_all=3",
+        ][..],
+        Some("2,2"),
+        Shape {
+            topology: "sockets=1,cores=2,threads=2",
+            ..Shape::DEFAULT
+        },
+        "hyper-threads (1 socket, 2 cores x 2 threads), an instance per core",
+    ));
+    // The older i440fx chipset (`-machine pc`): PIIX, no PCIe, a different ACPI layout.
+    boots.push(tcg(
+        "tcg-shape-i440fx",
+        3,
+        1024,
+        &[
+            "madt_cpus=3",
+            "instances=3",
+            "cpus_grouped=3",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            machine: Some("pc-i440fx-7.0"),
+            ..Shape::DEFAULT
+        },
+        "i440fx (pc) chipset: every instance runs",
+    ));
+    // 20 CPUs, more than MAX_INSTANCES (16): the default plan groups them in 16 instances (4
+    // of two CPUs); 3 GiB on q35 put 1 GiB above the 4 GiB hole.
+    boots.push(tcg(
+        "tcg-shape-many",
+        20,
+        3072,
+        &[
+            "madt_cpus=20",
+            "instances=16",
+            "cpus_grouped=20",
+            "above_4g=1",
+        ][..],
+        None,
+        Shape::DEFAULT,
+        "20 CPUs grouped in 16 instances by the default plan, memory above the 4 GiB hole",
+    ));
+    // Two NUMA nodes of 2 CPUs and 1 GiB each; the CPUs' order in the MADT interleaves
+    // nothing, but the plan must still put each instance's memory on its CPUs' node (checked
+    // against the SRAT the kernel read). Then a plan naming nodes: both instances on node 1.
+    boots.push(tcg(
+        "tcg-shape-numa",
+        4,
+        2048,
+        &[
+            "madt_cpus=4",
+            "instances=4",
+            "numa_nodes=2",
+            "msg_ping_all=3",
+        ][..],
+        None,
+        Shape {
+            numa: &[(1024, "0-1"), (1024, "2-3")],
+            ..Shape::DEFAULT
+        },
+        "2 NUMA nodes: each instance's memory on its CPUs' node, per the SRAT",
+    ));
 }
 
 #[cfg(test)]

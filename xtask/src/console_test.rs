@@ -108,6 +108,7 @@ pub fn run(
         firmware,
         smp: script.smp,
         memory_mib: u64::from(script.memory_mib),
+        shape: qemu_tests::Shape::DEFAULT,
         image: image.to_path_buf(),
     };
     let monitor_path = std::env::temp_dir().join(format!("mk-console-{}.sock", std::process::id()));

@@ -33,6 +33,8 @@ pub struct Machine {
     pub firmware: Firmware,
     pub smp: u32,
     pub memory_mib: u64,
+    /// Machine type, CPU topology and NUMA nodes (`Shape::DEFAULT`: q35, one node).
+    pub shape: qemu_tests::Shape,
     pub image: PathBuf,
 }
 
@@ -67,9 +69,11 @@ pub fn command(machine: &Machine, profiles: &[&str]) -> Result<Command> {
         cmd.args(read_args(p)?);
     }
     cmd.arg("-smp")
-        .arg(machine.smp.to_string())
+        .arg(machine.shape.smp_arg(machine.smp))
         .arg("-m")
         .arg(format!("{}M", machine.memory_mib));
+    // A later `-machine` overrides the type in common.args.
+    cmd.args(machine.shape.qemu_args());
     if machine.firmware == Firmware::Uefi {
         let ovmf = find_ovmf().ok_or("OVMF not found (apt-get install ovmf)")?;
         cmd.arg("-bios").arg(ovmf);

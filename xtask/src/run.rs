@@ -104,6 +104,7 @@ pub fn main(argv: &[String]) -> Result<()> {
         firmware,
         smp,
         memory_mib,
+        shape: qemu_tests::Shape::DEFAULT,
         image,
     };
     let mut cmd = qemu::command(&machine, &["run.args"])?;

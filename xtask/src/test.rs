@@ -232,6 +232,7 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
         firmware: firmware(b.firmware),
         smp: b.smp,
         memory_mib: u64::from(b.memory_mib),
+        shape: b.shape,
         image: image.to_path_buf(),
     };
     let mut cmd = qemu::command(&machine, &["test.args"])?;

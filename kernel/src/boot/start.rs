@@ -67,8 +67,31 @@ fn usable_ranges(boot_info: &BootInfo) -> Vec<MemRange> {
         .collect()
 }
 
-/// Low pages for the trampolines: one per instance, from usable memory below 640 KiB.
-fn trampoline_pages(boot_info: &BootInfo, count: usize) -> Result<Vec<u64>, &'static str> {
+/// The machine has too few usable pages below 640 KiB for the instances of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotEnoughLowPages {
+    pub have: usize,
+    pub need: usize,
+}
+
+impl core::fmt::Display for NotEnoughLowPages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "not enough usable pages below 640 KiB for the AP trampolines and top-level tables (two per instance): {} of {}",
+            self.have, self.need
+        )
+    }
+}
+
+/// Low pages for starting CPUs, two per instance from usable memory below 640 KiB: its
+/// trampoline page, and the page of its top-level page table (the trampoline loads CR3 from
+/// 32-bit code, so the root must be below 4 GiB wherever the instance's partition lies).
+/// Returns (trampolines, roots), each indexed by instance.
+fn trampoline_pages(
+    boot_info: &BootInfo,
+    count: usize,
+) -> Result<(Vec<u64>, Vec<u64>), NotEnoughLowPages> {
     let mut pages = Vec::new();
     for r in boot_info
         .memory_regions
@@ -76,15 +99,19 @@ fn trampoline_pages(boot_info: &BootInfo, count: usize) -> Result<Vec<u64>, &'st
         .filter(|r| r.kind == MemoryRegionKind::Usable && r.start < 0xA0000)
     {
         let mut p = r.start.max(0x1000).next_multiple_of(4096);
-        while p + 4096 <= r.end.min(0xA0000) && pages.len() < count {
+        while p + 4096 <= r.end.min(0xA0000) && pages.len() < 2 * count {
             pages.push(p);
             p += 4096;
         }
     }
-    if pages.len() < count {
-        return Err("not enough usable pages below 640 KiB for the AP trampolines");
+    if pages.len() < 2 * count {
+        return Err(NotEnoughLowPages {
+            have: pages.len(),
+            need: 2 * count,
+        });
     }
-    Ok(pages)
+    let roots = pages.split_off(count);
+    Ok((pages, roots))
 }
 
 /// Why the given plan was rejected, if it was (the default plan runs instead).
@@ -125,16 +152,26 @@ pub fn start_all(
         },
     };
     let shared_bytes = region::size_for(spec.partitions().len());
-    let plan = match spec.resolve(&cpus, usable.iter().copied(), shared_bytes) {
+    let numa = platform.numa();
+    if plan_nodes(&numa) > 1 {
+        info!(
+            "NUMA: {} nodes in the SRAT ({} CPUs, {} memory ranges listed)",
+            plan_nodes(&numa),
+            numa.cpus.len(),
+            numa.memory.len()
+        );
+    }
+    let plan = match spec.resolve_numa(&cpus, usable.iter().copied(), shared_bytes, &numa) {
         Ok(plan) => plan,
         Err(e) => {
             let reason = alloc::format!("partition plan '{spec}' does not fit this machine: {e}");
             warn!("{reason}; using the default plan ({default})");
             PLAN_REJECTED.call_once(|| reason);
-            match default.resolve(
+            match default.resolve_numa(
                 &cpus,
                 usable.iter().copied(),
                 region::size_for(default.partitions().len()),
+                &numa,
             ) {
                 Ok(plan) => plan,
                 Err(e) => crate::platform::failure::fatal(format_args!(
@@ -185,10 +222,15 @@ pub fn start_all(
         crate::console::use_shared(r);
     }
 
-    let pages = match trampoline_pages(boot_info, count) {
+    let (pages, roots) = match trampoline_pages(boot_info, count) {
         Ok(p) => p,
         Err(e) => crate::platform::failure::fatal(format_args!("{e}")),
     };
+    // Instance 0's own top-level table moves to its low page: the bootloader may have put it
+    // above 4 GiB, out of reach of the trampoline's 32-bit CR3 load. Only this CPU runs yet.
+    if let Err(e) = crate::memory::paging::move_root(roots[0]) {
+        error!("instance 0 cannot move its top-level page table below 4 GiB: {e}");
+    }
     // Instance 0's own further CPUs, through its own trampoline page (identity-mapped: the AP
     // runs on from it right after turning paging on with instance 0's page tables). Mapped even
     // for a single-CPU instance 0: CPUs may join it later.
@@ -217,6 +259,7 @@ pub fn start_all(
     let how = LAUNCH.call_once(|| Launcher {
         kernel_file,
         trampolines: pages.clone(),
+        roots,
         shared,
         count,
         ioapics,
@@ -247,6 +290,16 @@ pub fn start_all(
     print_table(plan);
 }
 
+/// How many nodes the SRAT names (1 without one).
+fn plan_nodes(numa: &mk_plan::Numa<'_>) -> u32 {
+    numa.cpus
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(numa.memory.iter().map(|&(_, n)| n))
+        .max()
+        .map_or(1, |n| n + 1)
+}
+
 fn give_away(r: MemRange) {
     if let Err(e) = frames::with(|a| a.remove_range(r.start / 4096, r.len / 4096)) {
         crate::platform::failure::fatal(format_args!(
@@ -257,9 +310,9 @@ fn give_away(r: MemRange) {
 
 /// The table of instances, once all are up.
 pub fn print_table(plan: &Plan) {
-    println!("+----+----------------------+-----------+---------+-----------+");
-    println!("| id | CPUs (APIC IDs)      | memory    | state   | boot time |");
-    println!("+----+----------------------+-----------+---------+-----------+");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
+    println!("| id | CPUs (APIC IDs)      | memory    | node | state   | boot time |");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
     for p in plan.partitions() {
         let mut ids = String::new();
         for (i, a) in p.cpus.iter().enumerate() {
@@ -270,13 +323,14 @@ pub fn print_table(plan: &Plan) {
         }
         let (state, boot_ms) = region::status(crate::instance::of_partition(p.index));
         println!(
-            "| {:>2} | {:<20} | {:>5} MiB | {:<7} | {:>6} ms |",
+            "| {:>2} | {:<20} | {:>5} MiB | {:>4} | {:<7} | {:>6} ms |",
             p.index,
             ids,
             p.bytes >> 20,
+            p.node,
             state,
             boot_ms
         );
     }
-    println!("+----+----------------------+-----------+---------+-----------+");
+    println!("+----+----------------------+-----------+------+---------+-----------+");
 }

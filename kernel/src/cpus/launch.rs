@@ -25,6 +25,8 @@ pub struct Launcher {
     pub kernel_file: Vec<u8>,
     /// Trampoline page of each instance, below 1 MiB.
     pub trampolines: Vec<u64>,
+    /// Top-level page-table page of each instance, below 1 MiB (see `memory::launch::prepare`).
+    pub roots: Vec<u64>,
     pub shared: MemRange,
     pub count: usize,
     pub ioapics: Vec<(u64, u32)>,
@@ -41,9 +43,13 @@ pub struct Launcher {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaunchError {
     /// Building its kernel copy, page tables or boot data failed (this instance's side).
-    Prepare(&'static str),
+    Prepare(crate::memory::launch::LaunchBuildError),
+    /// No trampoline or top-level page was set aside for it at boot (this instance's set-up).
+    NoLowPages,
+    /// It was given no CPU (the caller's argument).
+    NoCpu,
     /// Its first CPU did not start (the hardware's side).
-    Cpu(&'static str),
+    Cpu(smp::CpuError),
     /// It started but did not report running (its side): see [`StartError`].
     Wait(StartError),
 }
@@ -52,6 +58,8 @@ impl core::fmt::Display for LaunchError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Prepare(e) => write!(f, "building it failed: {e}"),
+            Self::NoLowPages => write!(f, "no trampoline or top-level page was set aside for it"),
+            Self::NoCpu => write!(f, "it was given no CPU"),
             Self::Cpu(e) => write!(f, "its first CPU did not start: {e}"),
             Self::Wait(e) => e.fmt(f),
         }
@@ -70,7 +78,8 @@ impl Launcher {
         cpus: &[u32],
     ) -> Result<Started, LaunchError> {
         let result = self.try_launch(id, memory, cpus);
-        if let Err(LaunchError::Prepare(_) | LaunchError::Cpu(_)) = result {
+        // A failed wait already left the state Dead; every earlier failure leaves it Booting.
+        if matches!(&result, Err(e) if !matches!(e, LaunchError::Wait(_))) {
             region::abandon_start(id);
         }
         result
@@ -93,8 +102,9 @@ impl Launcher {
         let page = *self
             .trampolines
             .get(id.index())
-            .ok_or(LaunchError::Prepare("no trampoline page"))?;
-        let first = *cpus.first().ok_or(LaunchError::Prepare("no CPU"))?;
+            .ok_or(LaunchError::NoLowPages)?;
+        let root = *self.roots.get(id.index()).ok_or(LaunchError::NoLowPages)?;
+        let first = *cpus.first().ok_or(LaunchError::NoCpu)?;
         let started = tsc::read();
         let mut desc = BootDescriptor::empty();
         desc.instance_id = u32::from(id.raw());
@@ -127,7 +137,7 @@ impl Launcher {
             desc.tests_len = n as u32;
         }
         region::set_booting(id, started);
-        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, &desc)
+        let l = launch::prepare(memory, self.shared, &self.kernel_file, page, root, &desc)
             .map_err(LaunchError::Prepare)?;
         let params = Params {
             cr3: l.cr3,

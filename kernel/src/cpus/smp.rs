@@ -16,13 +16,65 @@ use mk_hook::{Full, Hook};
 
 const AP_STACK_SIZE: usize = 64 * 1024;
 
+/// Why a CPU did not start or park, and whose side it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuError {
+    /// The trampoline page is unusable (this instance's set-up).
+    Trampoline(trampoline::TrampolineError),
+    /// This CPU has no local APIC to send the IPIs with (this instance's set-up).
+    NoLocalApic,
+    /// The CPU did not reach long mode within 2 s of its start-up IPI (the CPU's side).
+    NoLongMode,
+    /// The CPU reached long mode but did not come online within 2 s (its kernel's side).
+    NotOnline,
+    /// No such slot, or no free one (this instance has `MAX_CPUS` CPUs).
+    NoSlot,
+    /// This instance's page-table root is above 4 GiB, which the trampoline cannot load.
+    RootAbove4G(u64),
+    /// This instance has no trampoline page to start CPUs through.
+    NoTrampoline,
+    /// Not an online CPU of this instance (the caller's argument).
+    NotOnlineHere(u32),
+    /// The first CPU serves the mailboxes and cannot leave (the caller's argument).
+    FirstCpu,
+    /// The CPU did not park in time (the CPU's side).
+    ParkTimeout(u32),
+}
+
+impl core::fmt::Display for CpuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Trampoline(e) => e.fmt(f),
+            Self::NoLocalApic => write!(f, "no local APIC"),
+            Self::NoLongMode => {
+                write!(
+                    f,
+                    "the CPU did not reach long mode within 2 s of its start-up IPI"
+                )
+            }
+            Self::NotOnline => write!(f, "the CPU reached long mode but did not come online"),
+            Self::NoSlot => write!(f, "no free CPU slot"),
+            Self::RootAbove4G(p) => write!(
+                f,
+                "this instance's page-table root {p:#x} is above 4 GiB; the trampoline loads CR3 from 32-bit code"
+            ),
+            Self::NoTrampoline => write!(f, "this instance has no trampoline page"),
+            Self::NotOnlineHere(a) => {
+                write!(f, "APIC ID {a} is not an online CPU of this instance")
+            }
+            Self::FirstCpu => write!(f, "the first CPU serves the mailboxes and cannot leave"),
+            Self::ParkTimeout(a) => write!(f, "the CPU with APIC ID {a} did not park in time"),
+        }
+    }
+}
+
 /// Starts the CPU with APIC ID `apic_id` in the trampoline at physical `page` (which the caller
 /// reserved and can reach through its physical map) with `params`.
-pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), &'static str> {
-    let vector = trampoline::install_at(page, params)?;
+pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), CpuError> {
+    let vector = trampoline::install_at(page, params).map_err(CpuError::Trampoline)?;
     let this = cpu::current();
     this.with_lapic(|l| l.send_init(apic_id))
-        .ok_or("no local APIC")?;
+        .ok_or(CpuError::NoLocalApic)?;
     // INIT must be processed before the SIPI (KVM drops an early SIPI).
     tsc::spin_micros(10_000);
     this.with_lapic(|l| l.send_startup(vector, apic_id));
@@ -33,7 +85,7 @@ pub fn start_cpu(apic_id: u32, page: u64, params: Params) -> Result<(), &'static
     let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
     while !trampoline::started(page) {
         if tsc::read() > deadline {
-            return Err("the CPU did not reach long mode within 2 s of its start-up IPI");
+            return Err(CpuError::NoLongMode);
         }
         core::hint::spin_loop();
     }
@@ -72,10 +124,10 @@ static AP_STACKS: spin::Mutex<[u64; descriptor::MAX_CPUS]> =
     spin::Mutex::new([0; descriptor::MAX_CPUS]);
 
 /// Starts one further CPU of this instance in slot `index`.
-fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
+fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), CpuError> {
     let top = {
         let mut stacks = AP_STACKS.lock();
-        let slot = stacks.get_mut(index as usize).ok_or("no such CPU slot")?;
+        let slot = stacks.get_mut(index as usize).ok_or(CpuError::NoSlot)?;
         if *slot == 0 {
             let stack: &'static mut [u8] =
                 Box::leak(alloc::vec![0u8; AP_STACK_SIZE].into_boxed_slice());
@@ -83,9 +135,14 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
         }
         *slot
     };
-    let (cr3, _) = x86_64::registers::control::Cr3::read();
+    // This instance's top-level table: a low page (see `memory::launch::prepare`, and
+    // `paging::move_root` for instance 0), as the trampoline loads CR3 from 32-bit code.
+    let cr3 = crate::memory::paging::root();
+    if cr3 >= 1 << 32 {
+        return Err(CpuError::RootAbove4G(cr3));
+    }
     let params = Params {
-        cr3: cr3.start_address().as_u64(),
+        cr3,
         stack: top,
         entry: ap_entry as *const () as u64,
         arg: u64::from(index),
@@ -97,7 +154,7 @@ fn start_ap(index: u32, apic_id: u32, page: u64) -> Result<(), &'static str> {
     let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
     while cpu::by_slot(index as usize).is_none() {
         if tsc::read() > deadline {
-            return Err("the CPU reached long mode but did not come online");
+            return Err(CpuError::NotOnline);
         }
         core::hint::spin_loop();
     }
@@ -191,17 +248,17 @@ pub fn slot_of(apic: u32) -> Option<usize> {
 }
 
 /// Asks the further CPU with APIC ID `apic` to park, and waits (up to `ms`) until it has.
-pub fn park_cpu(apic: u32, ms: u64) -> Result<(), &'static str> {
-    let slot = slot_of(apic).ok_or("not an online CPU of this instance")?;
+pub fn park_cpu(apic: u32, ms: u64) -> Result<(), CpuError> {
+    let slot = slot_of(apic).ok_or(CpuError::NotOnlineHere(apic))?;
     if slot == 0 {
-        return Err("the first CPU serves the mailboxes and cannot leave");
+        return Err(CpuError::FirstCpu);
     }
     PARK_CPU[slot].store(true, Ordering::SeqCst);
     let deadline = tsc::read() + ms * tsc::ticks_per_ms();
     while cpu::by_slot(slot).is_some() {
         if tsc::read() > deadline {
             PARK_CPU[slot].store(false, Ordering::SeqCst);
-            return Err("the CPU did not park in time");
+            return Err(CpuError::ParkTimeout(apic));
         }
         core::hint::spin_loop();
     }
@@ -210,14 +267,14 @@ pub fn park_cpu(apic: u32, ms: u64) -> Result<(), &'static str> {
 
 /// Starts the (parked, or never started) CPU with APIC ID `apic` in this instance, in the
 /// first free slot, through this instance's trampoline page. Returns the slot.
-pub fn start_joining_cpu(apic: u32) -> Result<usize, &'static str> {
+pub fn start_joining_cpu(apic: u32) -> Result<usize, CpuError> {
     let page = TRAMPOLINE.load(Ordering::SeqCst);
     if page == 0 {
-        return Err("this instance has no trampoline page");
+        return Err(CpuError::NoTrampoline);
     }
     let slot = (1..descriptor::MAX_CPUS)
         .find(|&i| cpu::by_slot(i).is_none())
-        .ok_or("no free CPU slot")?;
+        .ok_or(CpuError::NoSlot)?;
     start_ap(slot as u32, apic, page)?;
     Ok(slot)
 }

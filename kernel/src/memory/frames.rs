@@ -29,7 +29,7 @@ pub fn phys_offset() -> u64 {
 pub fn init(
     phys_offset: u64,
     usable: impl Iterator<Item = (u64, u64)> + Clone,
-) -> Result<(), &'static str> {
+) -> Result<(), FrameInitError> {
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
     let align = |a: u64| a.div_ceil(FRAME_SIZE) * FRAME_SIZE;
     let ranges = usable.map(move |(s, e)| (align(s.max(LOW_MEMORY_END)), e & !(FRAME_SIZE - 1)));
@@ -38,19 +38,19 @@ pub fn init(
         .filter(|(s, e)| s < e)
         .map(|(_, e)| e / FRAME_SIZE)
         .max()
-        .ok_or("no usable memory above 1 MiB")?;
+        .ok_or(FrameInitError::NoUsableMemory)?;
     let words = bitmap_words(top_frame);
     let bytes = (words as u64 * 8).div_ceil(FRAME_SIZE) * FRAME_SIZE;
     let (bitmap_start, _) = ranges
         .clone()
         .find(|(s, e)| e.saturating_sub(*s) >= bytes)
-        .ok_or("no usable range holds the frame bitmap")?;
+        .ok_or(FrameInitError::NoRoomForBitmap { bytes })?;
     // SAFETY: [bitmap_start, bitmap_start + bytes) is usable RAM per the bootloader's memory
     // map, mapped through the physical-memory map at `phys_offset`, aligned for u64, and it is
     // excluded from the allocator below, so nothing else will ever use it.
     let storage: &'static mut [u64] =
         unsafe { core::slice::from_raw_parts_mut((phys_offset + bitmap_start) as *mut u64, words) };
-    let mut alloc = FrameAllocator::new(storage, 0, top_frame).map_err(|_| "frame bitmap")?;
+    let mut alloc = FrameAllocator::new(storage, 0, top_frame).map_err(FrameInitError::Bitmap)?;
     for (start, end) in ranges {
         let (mut s, e) = (start, end);
         if s == bitmap_start {
@@ -59,11 +59,49 @@ pub fn init(
         if s < e {
             alloc
                 .add_range(s / FRAME_SIZE, (e - s) / FRAME_SIZE)
-                .map_err(|_| "overlapping usable ranges in the memory map")?;
+                .map_err(|cause| FrameInitError::Overlap {
+                    start: s,
+                    end: e,
+                    cause,
+                })?;
         }
     }
     *ALLOCATOR.lock() = Some(alloc);
     Ok(())
+}
+
+/// Why [`init`] could not set up the frame allocator from the bootloader's memory map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameInitError {
+    /// The memory map lists no usable frame above 1 MiB (the bootloader's or firmware's map).
+    NoUsableMemory,
+    /// No usable range is large enough for the allocator's bitmaps, `bytes` long (the memory
+    /// map is too fragmented).
+    NoRoomForBitmap { bytes: u64 },
+    /// The allocator refused its bitmap storage (a sizing bug here).
+    Bitmap(FrameError),
+    /// The usable range `[start, end)` overlaps one added before (the memory map's fault).
+    Overlap {
+        start: u64,
+        end: u64,
+        cause: FrameError,
+    },
+}
+
+impl core::fmt::Display for FrameInitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoUsableMemory => f.write_str("no usable memory above 1 MiB"),
+            Self::NoRoomForBitmap { bytes } => {
+                write!(f, "no usable range holds the frame bitmap ({bytes} bytes)")
+            }
+            Self::Bitmap(e) => write!(f, "frame bitmap: {e}"),
+            Self::Overlap { start, end, cause } => write!(
+                f,
+                "overlapping usable ranges in the memory map ({start:#x}..{end:#x}: {cause})"
+            ),
+        }
+    }
 }
 
 /// Runs `f` on the allocator. Like the heap, the allocator is never used from interrupt

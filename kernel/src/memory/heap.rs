@@ -11,7 +11,7 @@ use linked_list_allocator::LockedHeap;
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags};
 
-use super::paging;
+use super::paging::{self, PagingError};
 
 /// Initial heap size.
 pub const HEAP_SIZE: u64 = 8 * 1024 * 1024;
@@ -19,7 +19,8 @@ pub const HEAP_SIZE: u64 = 8 * 1024 * 1024;
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-pub fn init() -> Result<(), &'static str> {
+/// Maps the heap's pages in a window of its own and hands them to the allocator.
+pub fn init() -> Result<(), PagingError> {
     let base = paging::claim_free_slot()?;
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
     let first = Page::containing_address(VirtAddr::new(base));

@@ -33,6 +33,53 @@ pub struct Launch {
     pub boot_info: u64,
 }
 
+/// Why another instance's address space could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchBuildError {
+    /// The partition is too small for the image, the tables and the stack (the plan's fault).
+    TooSmall,
+    /// Its memory overlaps this instance's own (the caller's argument).
+    NotForeign,
+    /// The top-level page is not a low page other than the trampoline's (the caller's argument).
+    BadRootPage(u64),
+    /// The top-level page is not in this instance's physical map (this instance's set-up).
+    RootNotMapped(u64),
+    /// Mapping this virtual address into the new tables failed.
+    Map(u64),
+    /// The kernel ELF file does not parse (the file's fault).
+    ElfParse,
+    /// The kernel ELF file does not load (the file's fault).
+    ElfLoad,
+}
+
+impl core::fmt::Display for LaunchBuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooSmall => {
+                write!(
+                    f,
+                    "partition too small for the instance's image, tables and stack"
+                )
+            }
+            Self::NotForeign => write!(f, "the new instance's memory overlaps this instance's own"),
+            Self::BadRootPage(p) => write!(
+                f,
+                "the top-level page must be a page between 4 KiB and 1 MiB, not the trampoline's (got {p:#x})"
+            ),
+            Self::RootNotMapped(p) => write!(
+                f,
+                "the new instance's top-level page {p:#x} is not in this instance's physical map"
+            ),
+            Self::Map(va) => write!(
+                f,
+                "mapping {va:#x} into the new instance's page tables failed"
+            ),
+            Self::ElfParse => write!(f, "the kernel ELF does not parse"),
+            Self::ElfLoad => write!(f, "loading the kernel image failed"),
+        }
+    }
+}
+
 /// Front-to-back allocator over a partition's ranges.
 struct Bump<'a> {
     ranges: &'a [MemRange],
@@ -42,7 +89,7 @@ struct Bump<'a> {
 
 impl Bump<'_> {
     /// `pages` contiguous zeroed frames.
-    fn alloc(&mut self, pages: u64) -> Result<u64, &'static str> {
+    fn alloc(&mut self, pages: u64) -> Result<u64, LaunchBuildError> {
         while let Some(r) = self.ranges.get(self.index) {
             let start = self.next.max(r.start);
             if start + pages * 4096 <= r.end() {
@@ -61,7 +108,7 @@ impl Bump<'_> {
             self.index += 1;
             self.next = self.ranges.get(self.index).map_or(0, |r| r.start);
         }
-        Err("partition too small for the instance's image, tables and stack")
+        Err(LaunchBuildError::TooSmall)
     }
 
     /// How much of range `i` the bump has consumed (from its start).
@@ -89,14 +136,14 @@ fn map4k(
     va: u64,
     pa: u64,
     flags: PageTableFlags,
-) -> Result<(), &'static str> {
+) -> Result<(), LaunchBuildError> {
     let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(va));
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));
     // SAFETY: these page tables are not active on any CPU; mapping into them cannot alias
     // anything we use.
     unsafe { m.map_to(page, frame, flags, bump) }
         .map(|f| f.ignore())
-        .map_err(|_| "mapping into the new instance's page tables failed")
+        .map_err(|_| LaunchBuildError::Map(va))
 }
 
 /// Maps [pa, pa+len) at `phys_offset + pa` (2 MiB pages where alignment allows).
@@ -104,7 +151,7 @@ fn map_phys(
     m: &mut OffsetPageTable<'_>,
     bump: &mut Bump<'_>,
     r: MemRange,
-) -> Result<(), &'static str> {
+) -> Result<(), LaunchBuildError> {
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
     let off = phys_offset();
     let mut pa = r.start & !0xFFF;
@@ -115,7 +162,7 @@ fn map_phys(
             // SAFETY: as in `map4k`.
             unsafe { m.map_to(page, frame, flags, bump) }
                 .map(|f| f.ignore())
-                .map_err(|_| "mapping the physical map of the new instance failed")?;
+                .map_err(|_| LaunchBuildError::Map(off + pa))?;
             pa += Size2MiB::SIZE;
         } else {
             map4k(m, bump, off + pa, pa, flags)?;
@@ -129,43 +176,53 @@ fn map_phys(
 /// the first 1 MiB, where the firmware's data and the trampolines are. Building writes every
 /// frame it takes from `ranges` (through the physical map), so only such ranges are safe.
 fn foreign(ranges: &[MemRange]) -> bool {
-    let overlaps = |a: &MemRange, start: u64, end: u64| a.start < end && start < a.end();
-    crate::memory::frames::with(|alloc| {
-        alloc.owned_ranges().all(|run| {
-            let (start, end) = (run.start * 4096, (run.start + run.count) * 4096);
-            ranges.iter().all(|r| !overlaps(r, start, end))
-        })
-    }) && ranges
-        .iter()
-        .all(|r| r.start >= crate::memory::frames::LOW_MEMORY_END)
+    ranges.iter().all(|r| {
+        r.start >= crate::memory::frames::LOW_MEMORY_END
+            && !crate::memory::frames::owns_any(r.start, r.end())
+    })
 }
 
 /// Builds instance `desc.instance_id` in `ranges` and returns how to start it. The ranges must
 /// be memory this instance has given up (checked: none of it is in its allocator or below
 /// 1 MiB).
+///
+/// The instance's top-level page table goes in `root_page`, a low page (below 1 MiB, beside
+/// its trampoline page) that belongs to the new instance from then on: the trampoline loads CR3
+/// from 32-bit code, so the root must be below 4 GiB, while its partition may lie anywhere.
+/// Every lower-level table is in the partition. Respawning the instance reuses both pages.
 pub fn prepare(
     ranges: &[MemRange],
     shared: MemRange,
     kernel_elf: &[u8],
     trampoline_page: u64,
+    root_page: u64,
     desc: &BootDescriptor,
-) -> Result<Launch, &'static str> {
+) -> Result<Launch, LaunchBuildError> {
     if !foreign(ranges) {
-        return Err("the new instance's memory overlaps this instance's own");
+        return Err(LaunchBuildError::NotForeign);
+    }
+    if root_page == 0
+        || root_page >= crate::memory::frames::LOW_MEMORY_END
+        || !root_page.is_multiple_of(4096)
+        || root_page == trampoline_page
+    {
+        return Err(LaunchBuildError::BadRootPage(root_page));
+    }
+    let root_virt = phys_to_virt(root_page);
+    if crate::memory::paging::translate(root_virt) != Some(root_page) {
+        return Err(LaunchBuildError::RootNotMapped(root_page));
     }
     let mut bump = Bump {
         ranges,
         index: 0,
         next: ranges.first().map_or(0, |r| r.start),
     };
-    let pml4 = bump.alloc(1)?;
-    if pml4 >= 1 << 32 {
-        return Err(
-            "the partition's first page is above 4 GiB; the trampoline loads CR3 from 32-bit code",
-        );
-    }
-    // SAFETY: the PML4 frame was just allocated and zeroed; instance 0 reaches it through its
-    // physical map, and `OffsetPageTable` uses that same map for the lower-level tables.
+    let pml4 = root_page;
+    // SAFETY: the low page is reserved for this instance's root (outside every frame
+    // allocator, mapped at `root_virt`, checked above); the instance being built does not run.
+    unsafe { core::ptr::write_bytes(root_virt as *mut u8, 0, 4096) };
+    // SAFETY: the PML4 frame was just zeroed; instance 0 reaches it through its physical map,
+    // and `OffsetPageTable` uses that same map for the lower-level tables.
     let mut m = unsafe {
         OffsetPageTable::new(
             &mut *(phys_to_virt(pml4) as *mut PageTable),
@@ -174,7 +231,7 @@ pub fn prepare(
     };
 
     // 1. A fresh copy of the kernel image, relocated for KERNEL_BASE.
-    let elf = mk_elf::Elf::parse(kernel_elf).map_err(|_| "the kernel ELF does not parse")?;
+    let elf = mk_elf::Elf::parse(kernel_elf).map_err(|_| LaunchBuildError::ElfParse)?;
     let (lo, hi) = elf.span();
     let pages = (hi - lo) / 4096;
     let image_pa = bump.alloc(pages)?;
@@ -184,7 +241,7 @@ pub fn prepare(
         core::slice::from_raw_parts_mut(phys_to_virt(image_pa) as *mut u8, (hi - lo) as usize)
     };
     let entry = mk_elf::load(&elf, crate::memory::KERNEL_BASE, image)
-        .map_err(|_| "loading the kernel image failed")?;
+        .map_err(|_| LaunchBuildError::ElfLoad)?;
     for i in 0..pages {
         let va = lo + i * 4096;
         // Pages no segment touches stay unmapped.
@@ -234,13 +291,15 @@ pub fn prepare(
     // 4. BootInfo, its memory map and the descriptor, in one page.
     let info_pa = bump.alloc(1)?;
 
-    // 5. The instance's physical map: its own memory, the shared region, and its trampoline
-    // page (through which it starts its further CPUs); nothing else.
+    // 5. The instance's physical map: its own memory, the shared region, its trampoline page
+    // (through which it starts its further CPUs) and its top-level page (which its paging
+    // code edits through the map); nothing else.
     for r in ranges {
         map_phys(&mut m, &mut bump, *r)?;
     }
     map_phys(&mut m, &mut bump, shared)?;
     map_phys(&mut m, &mut bump, MemRange::new(trampoline_page, 4096))?;
+    map_phys(&mut m, &mut bump, MemRange::new(root_page, 4096))?;
 
     // Now that the bump is done, the memory map: what it used is "bootloader", the rest usable.
     let info_va = phys_offset() + info_pa;

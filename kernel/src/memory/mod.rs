@@ -21,20 +21,41 @@ use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 
 /// Brings up frames, paging and the heap from the bootloader's hand-over.
-pub fn init(boot_info: &'static BootInfo) -> Result<(), &'static str> {
+pub fn init(boot_info: &'static BootInfo) -> Result<(), InitError> {
     let phys_offset = boot_info
         .physical_memory_offset
         .into_option()
-        .ok_or("the bootloader did not map physical memory")?;
+        .ok_or(InitError::NoPhysicalMap)?;
     let usable = boot_info
         .memory_regions
         .iter()
         .filter(|r| r.kind == MemoryRegionKind::Usable)
         .map(|r| (r.start, r.end));
-    frames::init(phys_offset, usable)?;
-    paging::init(phys_offset)?;
-    heap::init()?;
+    frames::init(phys_offset, usable).map_err(InitError::Frames)?;
+    paging::init(phys_offset);
+    heap::init().map_err(InitError::Heap)?;
     Ok(())
+}
+
+/// Why [`init`] could not bring up this instance's memory management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// The bootloader handed over no physical-memory map (its configuration).
+    NoPhysicalMap,
+    /// The frame allocator could not be set up.
+    Frames(frames::FrameInitError),
+    /// The heap could not be mapped.
+    Heap(paging::PagingError),
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoPhysicalMap => f.write_str("the bootloader did not map physical memory"),
+            Self::Frames(e) => write!(f, "{e}"),
+            Self::Heap(e) => write!(f, "heap: {e}"),
+        }
+    }
 }
 
 /// The bytes of the ramdisk the bootloader loaded (the plan, in images written to USB sticks),
@@ -50,14 +71,27 @@ pub fn ramdisk(boot_info: &BootInfo, max: usize) -> Option<&'static [u8]> {
 /// Reads the word at `virt`, which must not be mapped: the read faults (tests announce the
 /// fault first with `arch::interrupts::expect_page_fault`, whose continuation takes over).
 /// Refused when `virt` is mapped.
-pub fn read_unmapped(virt: u64) -> Result<u64, &'static str> {
+pub fn read_unmapped(virt: u64) -> Result<u64, AddressMapped> {
     if paging::translate(virt).is_some() {
-        return Err("the address is mapped");
+        return Err(AddressMapped { virt });
     }
     // SAFETY: nothing is mapped at `virt` (checked just above, on this instance's own page
     // tables, which only this instance changes), so the read touches no memory: it raises a
     // page fault before it completes.
     Ok(unsafe { core::ptr::read_volatile(virt as *const u64) })
+}
+
+/// [`read_unmapped`] refused: the caller's address `virt` is mapped, so reading it would not
+/// fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressMapped {
+    pub virt: u64,
+}
+
+impl core::fmt::Display for AddressMapped {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "the address is mapped ({:#x})", self.virt)
+    }
 }
 
 /// The shared allocation at physical `phys..phys + len`, through the physical map, as the raw

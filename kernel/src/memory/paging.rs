@@ -3,7 +3,7 @@
 
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::mapper::{MapToError, Translate};
+use x86_64::structures::paging::mapper::{MapToError, Translate, UnmapError};
 use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
@@ -13,7 +13,7 @@ use super::frames::{self, PageTableFrames};
 
 static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
-pub fn init(phys_offset: u64) -> Result<(), &'static str> {
+pub fn init(phys_offset: u64) {
     let (root, _) = Cr3::read();
     let virt = phys_offset + root.start_address().as_u64();
     // SAFETY: CR3 holds the active level-4 table, which the physical map makes reachable at
@@ -22,7 +22,6 @@ pub fn init(phys_offset: u64) -> Result<(), &'static str> {
     // SAFETY: `phys_offset` is where the bootloader mapped all physical memory.
     let mapper = unsafe { OffsetPageTable::new(table, VirtAddr::new(phys_offset)) };
     *MAPPER.lock() = Some(mapper);
-    Ok(())
 }
 
 /// Runs `f` on the page tables (never from interrupt handlers: see `frames::with`).
@@ -31,19 +30,19 @@ fn with<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
 }
 
 /// Claims an unused top-level slot in the upper half and returns its base address.
-pub fn claim_free_slot() -> Result<u64, &'static str> {
+pub fn claim_free_slot() -> Result<u64, PagingError> {
     with(|m| {
         let table = m.level_4_table_mut();
         let index = (256..512)
             .rev()
             .find(|&i| table[i].is_unused())
-            .ok_or("no free top-level page-table slot")?;
+            .ok_or(PagingError::NoFreeSlot)?;
         // Mark the slot taken with an empty, present level-3 table, so a second claim cannot
         // return it before anything is mapped there.
         let frame = x86_64::structures::paging::FrameAllocator::<Size4KiB>::allocate_frame(
             &mut PageTableFrames,
         )
-        .ok_or("out of frames")?;
+        .ok_or(PagingError::OutOfFrames)?;
         table[index].set_frame(frame, PageTableFlags::PRESENT | PageTableFlags::WRITABLE);
         let sign_extended = 0xFFFF_0000_0000_0000 | ((index as u64) << 39);
         Ok(sign_extended)
@@ -65,15 +64,18 @@ pub fn map(
 }
 
 /// Maps a fresh frame at `page`.
-pub fn map_new(page: Page<Size4KiB>, flags: PageTableFlags) -> Result<(), &'static str> {
-    let frame = frames::alloc().ok_or("out of physical frames")?;
-    map(page, frame, flags).map_err(|_| "mapping failed")
+pub fn map_new(page: Page<Size4KiB>, flags: PageTableFlags) -> Result<(), PagingError> {
+    let frame = frames::alloc().ok_or(PagingError::OutOfFrames)?;
+    map(page, frame, flags).map_err(|e| PagingError::Map {
+        virt: page.start_address().as_u64(),
+        cause: e.into(),
+    })
 }
 
 /// Removes physical memory `[start, end)` (4 KiB aligned) from the physical map, splitting the
 /// map's 2 MiB pages where the range starts or ends inside one. Instance 0 calls it for every
 /// other partition once they run, so that it keeps mapped only what it owns.
-pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
+pub fn unmap_phys(start: u64, end: u64) -> Result<(), PagingError> {
     use x86_64::structures::paging::mapper::{MappedFrame, TranslateResult};
     use x86_64::structures::paging::{PageSize, Size2MiB};
     let off = super::frames::phys_offset();
@@ -89,7 +91,10 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
                     let chunk = pa & !(Size2MiB::SIZE - 1);
                     let huge: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + chunk));
                     m.unmap(huge)
-                        .map_err(|_| "unmapping a 2 MiB page of the physical map")?
+                        .map_err(|e| PagingError::UnmapHuge {
+                            phys: chunk,
+                            cause: e.into(),
+                        })?
                         .1
                         .flush();
                     // Keep the parts of the chunk outside the range, as 4 KiB pages.
@@ -100,7 +105,10 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
                             let frame = PhysFrame::containing_address(PhysAddr::new(q));
                             // SAFETY: re-creates the mapping that the huge page had for `q`.
                             unsafe { m.map_to(page, frame, small, &mut PageTableFrames) }
-                                .map_err(|_| "splitting a 2 MiB page of the physical map")?
+                                .map_err(|e| PagingError::SplitHuge {
+                                    phys: q,
+                                    cause: e.into(),
+                                })?
                                 .flush();
                         }
                     }
@@ -112,13 +120,16 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
                 } => {
                     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(off + pa));
                     m.unmap(page)
-                        .map_err(|_| "unmapping a page of the physical map")?
+                        .map_err(|e| PagingError::Unmap {
+                            phys: pa,
+                            cause: e.into(),
+                        })?
                         .1
                         .flush();
                     pa += 4096;
                 }
                 TranslateResult::Mapped { .. } => {
-                    return Err("the physical map uses 1 GiB pages; not supported");
+                    return Err(PagingError::GiantPage { phys: pa });
                 }
                 _ => pa += 4096,
             }
@@ -130,7 +141,7 @@ pub fn unmap_phys(start: u64, end: u64) -> Result<(), &'static str> {
 /// Adds physical memory `[start, end)` (4 KiB aligned) to the physical map, writable and not
 /// executable, with 2 MiB pages where the range allows (memory hot-add). Nothing in the range
 /// may be mapped already.
-pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
+pub fn map_phys(start: u64, end: u64) -> Result<(), PagingError> {
     use x86_64::structures::paging::{PageSize, Size2MiB};
     let off = super::frames::phys_offset();
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
@@ -143,7 +154,10 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
                 // SAFETY: the range was just handed to this instance (nothing here refers to
                 // it yet); it is mapped in the physical-map window, at its physical offset.
                 unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }
-                    .map_err(|_| "mapping a 2 MiB page of added memory")?
+                    .map_err(|e| PagingError::MapAddedHuge {
+                        phys: pa,
+                        cause: e.into(),
+                    })?
                     .flush();
                 pa += Size2MiB::SIZE;
             } else {
@@ -151,7 +165,10 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
                 let frame = PhysFrame::containing_address(PhysAddr::new(pa));
                 // SAFETY: as above.
                 unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }
-                    .map_err(|_| "mapping a page of added memory")?
+                    .map_err(|e| PagingError::MapAdded {
+                        phys: pa,
+                        cause: e.into(),
+                    })?
                     .flush();
                 pa += 4096;
             }
@@ -160,8 +177,46 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), &'static str> {
     })
 }
 
+/// Moves this instance's top-level page table to the page at physical `pa`, which must lie
+/// below 4 GiB (further CPUs load CR3 from the trampoline's 32-bit code) and be reachable
+/// through the physical map, and switches the running CPU to it. The lower levels are shared
+/// with the old table, which is no longer used. Call it only while this CPU is the instance's
+/// only one (other CPUs would keep the old root). Instance 0 moves its table, wherever the
+/// bootloader put it, to its low page next to its trampoline page.
+pub fn move_root(pa: u64) -> Result<(), PagingError> {
+    if pa == 0 || pa >= 1 << 32 || !pa.is_multiple_of(4096) {
+        return Err(PagingError::RootNotLow { phys: pa });
+    }
+    let off = super::frames::phys_offset();
+    if translate(off + pa) != Some(pa) {
+        return Err(PagingError::RootNotMapped { phys: pa });
+    }
+    with(|m| {
+        let (old, flags) = Cr3::read();
+        if old.start_address().as_u64() == pa {
+            return Ok(());
+        }
+        let new = (off + pa) as *mut PageTable;
+        // SAFETY: the page at `pa` is reserved for this table (a low page outside every frame
+        // allocator, given to this instance) and mapped at `new` (checked); the copy makes it
+        // an exact copy of the active table, so switching CR3 to it changes no mapping. The
+        // mapper is rebuilt over the new table, and the old one is never reached again.
+        unsafe {
+            core::ptr::copy_nonoverlapping(m.level_4_table() as *const PageTable, new, 1);
+            Cr3::write(PhysFrame::containing_address(PhysAddr::new(pa)), flags);
+            *m = OffsetPageTable::new(&mut *new, VirtAddr::new(off));
+        }
+        Ok(())
+    })
+}
+
+/// Physical address of the running CPU's top-level page table.
+pub fn root() -> u64 {
+    Cr3::read().0.start_address().as_u64()
+}
+
 /// Maps the page at physical `pa` at the same virtual address (for the AP trampoline).
-pub fn identity_map(pa: u64) -> Result<(), &'static str> {
+pub fn identity_map(pa: u64) -> Result<(), PagingError> {
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));
     if translate(pa) == Some(pa) {
@@ -172,10 +227,140 @@ pub fn identity_map(pa: u64) -> Result<(), &'static str> {
         frame,
         PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
     )
-    .map_err(|_| "identity-mapping the trampoline page failed")
+    .map_err(|e| PagingError::IdentityMap {
+        phys: pa,
+        cause: e.into(),
+    })
 }
 
 /// The physical address `virt` maps to, if it is mapped.
 pub fn translate(virt: u64) -> Option<u64> {
     with(|m| m.translate_addr(VirtAddr::new(virt)).map(PhysAddr::as_u64))
+}
+
+/// What the page-table walker refused: `x86_64`'s `MapToError` and `UnmapError`, reduced to a
+/// plain value (with the frame as an address) so that the errors carrying it stay `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// A page table was needed and the frame allocator is empty (this instance's memory).
+    OutOfFrames,
+    /// The page lies inside a huge page mapped above it (the caller's range, or this
+    /// instance's layout).
+    InsideHugePage,
+    /// The page is already mapped, to the frame at this physical address (the caller's range).
+    AlreadyMapped(u64),
+    /// The page is not mapped (the caller's range).
+    NotMapped,
+    /// The entry points to this invalid physical address (this instance's page tables).
+    InvalidFrame(u64),
+}
+
+impl<S: x86_64::structures::paging::PageSize> From<MapToError<S>> for TableError {
+    fn from(e: MapToError<S>) -> Self {
+        match e {
+            MapToError::FrameAllocationFailed => Self::OutOfFrames,
+            MapToError::ParentEntryHugePage => Self::InsideHugePage,
+            MapToError::PageAlreadyMapped(frame) => {
+                Self::AlreadyMapped(frame.start_address().as_u64())
+            }
+        }
+    }
+}
+
+impl From<UnmapError> for TableError {
+    fn from(e: UnmapError) -> Self {
+        match e {
+            UnmapError::ParentEntryHugePage => Self::InsideHugePage,
+            UnmapError::PageNotMapped => Self::NotMapped,
+            UnmapError::InvalidFrameAddress(pa) => Self::InvalidFrame(pa.as_u64()),
+        }
+    }
+}
+
+impl core::fmt::Display for TableError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfFrames => f.write_str("out of frames for page tables"),
+            Self::InsideHugePage => f.write_str("the page is part of a huge page"),
+            Self::AlreadyMapped(pa) => write!(f, "the page is already mapped (to {pa:#x})"),
+            Self::NotMapped => f.write_str("the page is not mapped"),
+            Self::InvalidFrame(pa) => write!(f, "invalid frame address {pa:#x} in the entry"),
+        }
+    }
+}
+
+/// Why a change to this instance's page tables failed. Addresses are physical (`phys`) or
+/// virtual (`virt`) as named; `cause` is what the page-table walker said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingError {
+    /// Every top-level slot of the upper half is in use (this instance's layout).
+    NoFreeSlot,
+    /// The frame allocator is empty (this instance's memory).
+    OutOfFrames,
+    /// Mapping a fresh frame at `virt` failed.
+    Map { virt: u64, cause: TableError },
+    /// Unmapping the 2 MiB page of the physical map that holds `phys` failed.
+    UnmapHuge { phys: u64, cause: TableError },
+    /// Re-mapping `phys`, kept from a 2 MiB page being split, failed.
+    SplitHuge { phys: u64, cause: TableError },
+    /// Unmapping the page of the physical map at `phys` failed.
+    Unmap { phys: u64, cause: TableError },
+    /// The physical map covers `phys` with a 1 GiB page (the bootloader's choice, which this
+    /// kernel does not split).
+    GiantPage { phys: u64 },
+    /// Mapping a 2 MiB page of added memory at `phys` failed.
+    MapAddedHuge { phys: u64, cause: TableError },
+    /// Mapping a page of added memory at `phys` failed.
+    MapAdded { phys: u64, cause: TableError },
+    /// Identity-mapping the trampoline page at `phys` failed.
+    IdentityMap { phys: u64, cause: TableError },
+    /// The caller's new top-level page `phys` is null, unaligned or not below 4 GiB.
+    RootNotLow { phys: u64 },
+    /// The caller's new top-level page `phys` is not in this instance's physical map.
+    RootNotMapped { phys: u64 },
+}
+
+impl core::fmt::Display for PagingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoFreeSlot => f.write_str("no free top-level page-table slot"),
+            Self::OutOfFrames => f.write_str("out of physical frames"),
+            Self::Map { virt, cause } => write!(f, "mapping {virt:#x} failed: {cause}"),
+            Self::UnmapHuge { phys, cause } => write!(
+                f,
+                "unmapping a 2 MiB page of the physical map (at {phys:#x}): {cause}"
+            ),
+            Self::SplitHuge { phys, cause } => write!(
+                f,
+                "splitting a 2 MiB page of the physical map (at {phys:#x}): {cause}"
+            ),
+            Self::Unmap { phys, cause } => write!(
+                f,
+                "unmapping a page of the physical map (at {phys:#x}): {cause}"
+            ),
+            Self::GiantPage { phys } => write!(
+                f,
+                "the physical map uses 1 GiB pages (at {phys:#x}); not supported"
+            ),
+            Self::MapAddedHuge { phys, cause } => write!(
+                f,
+                "mapping a 2 MiB page of added memory (at {phys:#x}): {cause}"
+            ),
+            Self::MapAdded { phys, cause } => {
+                write!(f, "mapping a page of added memory (at {phys:#x}): {cause}")
+            }
+            Self::IdentityMap { phys, cause } => write!(
+                f,
+                "identity-mapping the trampoline page ({phys:#x}) failed: {cause}"
+            ),
+            Self::RootNotLow { phys } => write!(
+                f,
+                "the top-level page table must move to a page below 4 GiB (not {phys:#x})"
+            ),
+            Self::RootNotMapped { phys } => write!(
+                f,
+                "the new top-level page ({phys:#x}) is not in this instance's physical map"
+            ),
+        }
+    }
 }

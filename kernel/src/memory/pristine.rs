@@ -40,7 +40,37 @@ static mut SNAPSHOT: Snapshot = Snapshot {
 };
 /// Segments saved; `usize::MAX` when the capture failed (and why is in `FAILURE`).
 static SAVED: AtomicUsize = AtomicUsize::new(0);
-static FAILURE: spin::Once<&'static str> = spin::Once::new();
+static FAILURE: spin::Once<PristineError> = spin::Once::new();
+
+/// Why the pristine kernel file cannot be had (the bootloader's hand-over or the image itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PristineError {
+    /// The bootloader gave no physical-memory mapping to read the file through.
+    NoPhysicalMap,
+    /// The kernel ELF does not parse.
+    ElfParse,
+    /// The snapshot buffer could not be reached (never expected: it is a static).
+    NullStatic,
+    /// A writable segment lies outside the file.
+    SegmentOutsideFile,
+    /// The writable segments outgrew the snapshot buffer.
+    SnapshotFull,
+    /// More writable segments than the snapshot keeps.
+    TooManySegments,
+}
+
+impl core::fmt::Display for PristineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::NoPhysicalMap => "no physical-memory mapping for the kernel file",
+            Self::ElfParse => "the kernel ELF does not parse",
+            Self::NullStatic => "null static",
+            Self::SegmentOutsideFile => "a writable segment lies outside the file",
+            Self::SnapshotFull => "the writable segments outgrew the snapshot buffer",
+            Self::TooManySegments => "too many writable segments",
+        })
+    }
+}
 
 /// The ELF file through the bootloader's physical-memory mapping.
 fn file(boot_info: &BootInfo) -> Option<&'static [u8]> {
@@ -56,26 +86,26 @@ fn file(boot_info: &BootInfo) -> Option<&'static [u8]> {
 /// reported by `kernel_file`, when an instance is to be built.
 pub fn capture(boot_info: &BootInfo) {
     let result = (|| {
-        let bytes = file(boot_info).ok_or("no physical-memory mapping for the kernel file")?;
-        let elf = mk_elf::Elf::parse(bytes).map_err(|_| "the kernel ELF does not parse")?;
+        let bytes = file(boot_info).ok_or(PristineError::NoPhysicalMap)?;
+        let elf = mk_elf::Elf::parse(bytes).map_err(|_| PristineError::ElfParse)?;
         // SAFETY: called once at entry on the only running CPU, before anything else refers to
         // SNAPSHOT (`kernel_file` reads it only after SAVED is published below).
-        let snap = unsafe { (&raw mut SNAPSHOT).as_mut() }.ok_or("null static")?;
+        let snap = unsafe { (&raw mut SNAPSHOT).as_mut() }.ok_or(PristineError::NullStatic)?;
         let mut used = 0;
         let mut count = 0;
         for seg in elf.load_segments().filter(|s| s.flags.write) {
             let (start, len) = (seg.file_offset as usize, seg.file_size as usize);
             let src = bytes
                 .get(start..start.saturating_add(len))
-                .ok_or("a writable segment lies outside the file")?;
+                .ok_or(PristineError::SegmentOutsideFile)?;
             let dst = snap
                 .bytes
                 .get_mut(used..used + len)
-                .ok_or("the writable segments outgrew the snapshot buffer")?;
+                .ok_or(PristineError::SnapshotFull)?;
             *snap
                 .segments
                 .get_mut(count)
-                .ok_or("too many writable segments")? = (start, len);
+                .ok_or(PristineError::TooManySegments)? = (start, len);
             dst.copy_from_slice(src);
             used += len;
             count += 1;
@@ -93,17 +123,17 @@ pub fn capture(boot_info: &BootInfo) {
 
 /// A copy of the kernel ELF file with its writable segments as they were at entry: the image
 /// to build other instances from.
-pub fn kernel_file(boot_info: &BootInfo) -> Result<Vec<u8>, &'static str> {
+pub fn kernel_file(boot_info: &BootInfo) -> Result<Vec<u8>, PristineError> {
     let count = SAVED.load(Ordering::Acquire);
     if count == usize::MAX {
-        return Err(FAILURE.get().copied().unwrap_or("capture failed"));
+        return Err(FAILURE.get().copied().unwrap_or(PristineError::NullStatic));
     }
     let mut out = file(boot_info)
-        .ok_or("no physical-memory mapping for the kernel file")?
+        .ok_or(PristineError::NoPhysicalMap)?
         .to_vec();
     // SAFETY: SNAPSHOT was written once by `capture` before SAVED was published (Acquire
     // above) and is never written again; shared reads are fine.
-    let snap = unsafe { (&raw const SNAPSHOT).as_ref() }.ok_or("null static")?;
+    let snap = unsafe { (&raw const SNAPSHOT).as_ref() }.ok_or(PristineError::NullStatic)?;
     let mut used = 0;
     for &(start, len) in &snap.segments[..count.min(MAX_SEGMENTS)] {
         out[start..start + len].copy_from_slice(&snap.bytes[used..used + len]);

@@ -1,11 +1,15 @@
 //! ACPI through the `acpi` crate: processors, IO APICs and interrupt source overrides from the
-//! MADT, and the HPET when present. Only static tables are read (no AML).
+//! MADT, the HPET when present, and the NUMA topology from the SRAT (each CPU's and each memory
+//! range's proximity domain). Only static tables are read (no AML).
 
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use acpi::sdt::madt::{Madt, MadtEntry};
+use acpi::sdt::srat::Srat;
 use acpi::{AcpiTables, Handler, HpetInfo, PciAddress, PhysicalMapping};
+use mk_plan::srat::Affinity;
+use mk_plan::{MemRange, Numa};
 use x86_64::instructions::port::Port;
 
 use crate::memory::frames::phys_to_virt;
@@ -43,9 +47,21 @@ pub struct Platform {
     pub overrides: Vec<Override>,
     pub hpet_base: Option<u64>,
     pub local_apic_address: u64,
+    /// From the SRAT: `(APIC ID, node)` of every enabled CPU it lists (empty without SRAT).
+    pub numa_cpus: Vec<(u32, u32)>,
+    /// From the SRAT: `(range, node)` of every enabled memory range (empty without SRAT).
+    pub numa_memory: Vec<(MemRange, u32)>,
 }
 
 impl Platform {
+    /// The NUMA topology the SRAT describes (a machine without SRAT is one node).
+    pub fn numa(&self) -> Numa<'_> {
+        Numa {
+            cpus: &self.numa_cpus,
+            memory: &self.numa_memory,
+        }
+    }
+
     /// CPUs that can run now.
     pub fn enabled_cpus(&self) -> impl Iterator<Item = &Processor> {
         self.processors.iter().filter(|p| p.enabled)
@@ -60,12 +76,32 @@ impl Platform {
     }
 }
 
+/// The SRAT's topology as instance 0 read it, for the services that fill the `numa_node` of
+/// CPU and memory messages (instance 0 brokers every move). Empty in other instances.
+static NUMA: spin::Once<Topology> = spin::Once::new();
+
+/// `(APIC ID, node)` of the CPUs and `(range, node)` of the memory the SRAT lists.
+type Topology = (Vec<(u32, u32)>, Vec<(MemRange, u32)>);
+
+/// The NUMA node of CPU `apic` (0 without SRAT, or in an instance that did not read it).
+pub fn node_of_cpu(apic: u32) -> u32 {
+    NUMA.get()
+        .map_or(0, |(cpus, memory)| Numa { cpus, memory }.node_of_cpu(apic))
+}
+
+/// The NUMA node of physical address `addr` (0 where unknown).
+pub fn node_of_address(addr: u64) -> u32 {
+    NUMA.get()
+        .and_then(|(cpus, memory)| Numa { cpus, memory }.node_of_address(addr))
+        .unwrap_or(0)
+}
+
 /// Reads the tables reachable from the RSDP at physical `rsdp`.
-pub fn discover(rsdp: u64) -> Result<Platform, &'static str> {
+pub fn discover(rsdp: u64) -> Result<Platform, AcpiError> {
     // SAFETY: `rsdp` is the RSDP's physical address as handed over by the bootloader.
     let tables = unsafe { AcpiTables::from_rsdp(KernelHandler, rsdp as usize) }
-        .map_err(|_| "no valid ACPI tables at the RSDP")?;
-    let madt = tables.find_table::<Madt>().ok_or("no MADT")?;
+        .map_err(|cause| AcpiError::Tables { rsdp, cause })?;
+    let madt = tables.find_table::<Madt>().ok_or(AcpiError::NoMadt)?;
     let mut platform = Platform {
         local_apic_address: u64::from(madt.get().local_apic_address),
         ..Platform::default()
@@ -109,7 +145,53 @@ pub fn discover(rsdp: u64) -> Result<Platform, &'static str> {
         }
     }
     platform.hpet_base = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
+    // The tables the firmware gave, for reports from real boards (which have an SRAT? a DMAR?).
+    let mut names = alloc::string::String::new();
+    for (_, header) in tables.table_headers() {
+        names.push_str(header.signature.as_str());
+        names.push(' ');
+    }
+    crate::info!("ACPI tables: {}", names.trim_end());
+    if let Some(srat) = tables.find_table::<Srat>() {
+        let len = { srat.get().header.length } as usize;
+        // SAFETY: the mapping covers the whole table (`find_table` maps `length` bytes from
+        // its start through the physical map), which the firmware does not change; the slice
+        // lives only while `srat` does.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(srat.virtual_start.as_ptr() as *const u8, len) };
+        let parsed = mk_plan::srat::parse(bytes, |a| match a {
+            Affinity::Cpu { apic, node } => platform.numa_cpus.push((apic, node)),
+            Affinity::Memory { range, node } => platform.numa_memory.push((range, node)),
+        });
+        if let Err(e) = parsed {
+            crate::warn!("{e}: NUMA information ignored (one node)");
+            platform.numa_cpus.clear();
+            platform.numa_memory.clear();
+        }
+    }
+    NUMA.call_once(|| (platform.numa_cpus.clone(), platform.numa_memory.clone()));
     Ok(platform)
+}
+
+/// Why [`discover`] found no usable tables. Both are the firmware's (or the bootloader's RSDP
+/// address).
+#[derive(Debug, Clone)]
+pub enum AcpiError {
+    /// The `acpi` crate refused the tables reached from the RSDP at physical `rsdp`.
+    Tables { rsdp: u64, cause: acpi::AcpiError },
+    /// The tables have no MADT (so no processors or IO APICs to read).
+    NoMadt,
+}
+
+impl core::fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tables { rsdp, cause } => {
+                write!(f, "no valid ACPI tables at the RSDP ({rsdp:#x}): {cause:?}")
+            }
+            Self::NoMadt => f.write_str("no MADT"),
+        }
+    }
 }
 
 /// The `acpi` crate's window onto the machine. Tables are read through the bootloader's

@@ -7,7 +7,7 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{bench, hardware, instances, messaging, services, start};
+use super::{bench, hardware, instances, machine, messaging, services, start};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
@@ -76,6 +76,13 @@ pub(super) static CASES: &[Case] = &[
     case("start_adopted", |_, arg| start::start_adopted(arg)),
     case("start_gave_up", |_, arg| start::start_gave_up(arg)),
     case("doorbell_always", |_, _| messaging::doorbell_always()),
+    // The machine's shape.
+    case("above_4g", |_, arg| machine::above_4g(arg)),
+    case("cpus_grouped", |_, arg| machine::cpus_grouped(arg)),
+    case("apic_ids", |c, arg| machine::apic_ids(c.platform, arg)),
+    case("numa_nodes", |c, arg| {
+        machine::numa_placement(c.platform, arg)
+    }),
     // Ending the boot: the expected page fault (must come last), the deliberate panic.
     case("page_fault", |_, _| hardware::page_fault()),
     case("panic", |_, _| {

@@ -3,6 +3,7 @@
 //! frame allocator.
 
 use alloc::collections::BTreeSet;
+use alloc::string::ToString;
 use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::sync::atomic::Ordering;
@@ -202,9 +203,10 @@ pub(super) fn ioapic_rtc(platform: &Platform) -> Outcome {
     let (gsi, _flags) = platform.isa_irq_to_gsi(rtc::ISA_IRQ);
     let line = gsi as usize;
     let count = || interrupts::IRQ_COUNTS[line].load(Ordering::SeqCst);
-    interrupts::set_irq_handler(line, |_| rtc::acknowledge())?;
+    interrupts::set_irq_handler(line, |_| rtc::acknowledge()).map_err(|e| e.to_string())?;
     let vector = crate::arch::vectors::IRQ_BASE + gsi as u8;
-    ioapic::route(gsi, vector, crate::arch::cpu::current().apic_id, false)?;
+    ioapic::route(gsi, vector, crate::arch::cpu::current().apic_id, false)
+        .map_err(|e| e.to_string())?;
     rtc::start_periodic(6); // 1024 Hz
     let wait = |ms: u64| {
         for _ in 0..ms / 10 {
@@ -214,17 +216,17 @@ pub(super) fn ioapic_rtc(platform: &Platform) -> Outcome {
     let c0 = count();
     wait(200);
     let c1 = count();
-    ioapic::mask(gsi)?;
+    ioapic::mask(gsi).map_err(|e| e.to_string())?;
     wait(20); // let an interrupt in flight land
     let c2 = count();
     wait(200);
     let c3 = count();
-    ioapic::unmask(gsi)?;
+    ioapic::unmask(gsi).map_err(|e| e.to_string())?;
     rtc::acknowledge(); // the RTC holds its line until register C is read
     wait(200);
     let c4 = count();
     rtc::stop_periodic();
-    ioapic::mask(gsi)?;
+    ioapic::mask(gsi).map_err(|e| e.to_string())?;
     println!(
         "ioapic_rtc: GSI {gsi}: {} in 200 ms routed, {} while masked, {} after unmask",
         c1 - c0,
@@ -253,7 +255,7 @@ pub(super) fn page_fault() -> Outcome {
     interrupts::expect_page_fault(FAULT_ADDR, page_fault_taken);
     // The fault handler recognises the announced address and continues in `page_fault_taken`,
     // which never returns here.
-    let value = memory::read_unmapped(FAULT_ADDR)?;
+    let value = memory::read_unmapped(FAULT_ADDR).map_err(|e| e.to_string())?;
     Err(format!(
         "read {value:#x} from an unmapped address without a fault"
     ))

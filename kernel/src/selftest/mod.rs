@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!  cases      the table: name -> function (checked against mk_cases::NAMES), `run`
-//!  hardware instances messaging services bench start     the cases, by subject
+//!  hardware instances messaging services bench start machine     the cases, by subject
 //!  harness    the run loop, verdict lines, Outcome, ensure, argument parsing
 //!  peer       what runs in the other instances on instance 0's request, and asking them
 //! ```
@@ -25,6 +25,7 @@ mod cases;
 mod hardware;
 mod harness;
 mod instances;
+mod machine;
 mod messaging;
 mod peer;
 mod services;

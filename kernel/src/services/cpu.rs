@@ -49,7 +49,7 @@ static JOINS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new
 fn payload(apic: u32, generation: u32, phase: HandoffPhase) -> Payload {
     Payload::Cpu(CpuPayload {
         apic_id: apic,
-        numa_node: 0,
+        numa_node: crate::platform::acpi::node_of_cpu(apic),
         flags: CpuFlags::empty(),
         generation,
         phase,

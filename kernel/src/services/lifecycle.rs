@@ -357,7 +357,7 @@ pub enum RespawnError {
     /// Instance 0 kept no plan or launcher from boot (this instance's fault).
     NoPlan,
     /// Instance 0 could not park a CPU of the partition it was running on.
-    Park(u32, &'static str),
+    Park(u32, crate::cpus::smp::CpuError),
     /// None of the partition's CPUs is with instance 0 (another instance holds them).
     NoCpu,
     /// None of the partition's memory is with instance 0.
@@ -369,7 +369,7 @@ pub enum RespawnError {
     /// Its state word could not be reset (it changed meanwhile).
     State(mk_shared::Error),
     /// Mapping its memory into instance 0 failed (instance 0's page tables).
-    Map(&'static str),
+    Map(crate::memory::paging::PagingError),
     /// The new instance did not start (instance 0 stopped it and took its resources back).
     Launch(crate::cpus::launch::LaunchError),
 }

@@ -41,7 +41,7 @@ fn payload(start: u64, len: u64, phase: HandoffPhase) -> Payload {
     Payload::Mem(MemPayload {
         start_frame: start / 4096,
         page_count: len / 4096,
-        numa_node: 0,
+        numa_node: crate::platform::acpi::node_of_address(start),
         mem_type: MemType::Normal,
         generation: 0,
         phase,
@@ -113,8 +113,11 @@ fn remove(start: u64, len: u64) -> Result<(), Status> {
             Err(_) => return Err(Status::NoSuchResource),
         }
     }
+    // The table says this instance owns every chunk: frames its allocator does not hold are
+    // what it was built with (kernel image, boot page tables, stack), in use like allocated
+    // ones. (A large partition's boot page tables reach past its first 2 MiB chunk.)
     frames::with(|a| a.remove_range(start / 4096, len / 4096)).map_err(|e| match e {
-        mk_frames::FrameError::InUse => Status::Busy,
+        mk_frames::FrameError::InUse | mk_frames::FrameError::NotOwned => Status::Busy,
         _ => Status::NotOwner,
     })?;
     if let Err(e) = paging::unmap_phys(start, start + len) {

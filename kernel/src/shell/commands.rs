@@ -107,9 +107,10 @@ fn ms_since(t: u64) -> u64 {
 fn instances() -> Outcome {
     let r = shared()?;
     println!(
-        "{:<5}{:<9}{:<18}{:>10}{:>10}{:>12}",
-        "inst", "state", "CPUs (APIC IDs)", "memory", "uptime", "last beat"
+        "{:<5}{:<9}{:<18}{:>10}{:>6}{:>10}{:>12}",
+        "inst", "state", "CPUs (APIC IDs)", "memory", "node", "uptime", "last beat"
     );
+    let plan = crate::cpus::launch::PLAN.get();
     for k in r.ids() {
         let Ok(inst) = r.instance(k) else { continue };
         let state = inst.state().map_or("corrupt", InstanceState::name);
@@ -154,7 +155,11 @@ fn instances() -> Outcome {
         } else {
             cpus
         };
-        println!("{k:<5}{state:<9}{cpus:<18}{memory:>10}{uptime:>10}{beat:>12}");
+        // The NUMA node the plan placed its memory on (0 without SRAT).
+        let node = plan
+            .and_then(|p| p.partition(k.index()))
+            .map_or(String::from("-"), |p| format!("{}", p.node));
+        println!("{k:<5}{state:<9}{cpus:<18}{memory:>10}{node:>6}{uptime:>10}{beat:>12}");
     }
     Ok(())
 }

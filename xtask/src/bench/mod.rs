@@ -287,6 +287,7 @@ fn run_guest(
         firmware: boot::Firmware::Bios,
         smp: opt.smp,
         memory_mib: 256 * u64::from(opt.smp).max(2),
+        shape: qemu_tests::Shape::DEFAULT,
         image: image.to_path_buf(),
     };
     let mut cmd = qemu::command(&machine, &["test.args"])?;

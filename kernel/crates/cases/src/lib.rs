@@ -79,6 +79,11 @@ pub const NAMES: &[&str] = &[
     "start_gave_up",
     // Switches the doorbells to always-ring for the cases after it.
     "doorbell_always",
+    // The machine's shape: memory above 4 GiB, APIC IDs, CPU grouping, NUMA placement.
+    "above_4g",
+    "cpus_grouped",
+    "apic_ids",
+    "numa_nodes",
     // End the boot: the expected page fault, the deliberate panic.
     "page_fault",
     "panic",

@@ -12,14 +12,16 @@
 //!
 //! ```text
 //! spec      := partition ( "," partition )*          at most MAX_INSTANCES partitions
-//! partition := cpus [ ":" size ]
+//! partition := cpus [ ":" size ] [ "@" node ]
 //! cpus      := decimal number >= 1                   CPUs of this partition
 //! size      := decimal number [ K | M | G | T ]      bytes, binary units, either case;
 //!                                                    > 0 and a multiple of 4 KiB
+//! node      := decimal number < MAX_NODES            NUMA node (ACPI SRAT proximity
+//!                                                    domain) the memory must come from
 //! ```
 //!
 //! ASCII whitespace around any token is ignored (the kernel reads the text from a file that
-//! may end in a newline). Examples: `2,2,4`, `2:256M,2:256M,4`, `1:1G, 3`. A partition without
+//! may end in a newline). Examples: `2,2,4`, `2:256M,2:256M,4`, `1:1G, 3`, `2@0,2:1G@1`. A partition without
 //! a size shares the memory left by the sized ones evenly with the other unsized partitions.
 //! Errors carry the byte offset (`pos`) of the offending text. [`PlanSpec`]'s `Display` writes
 //! the canonical form (largest exact unit), and `parse(display(spec)) == spec`.
@@ -27,6 +29,17 @@
 //! The default plan ([`PlanSpec::default_for`]) is one instance per CPU with memory split
 //! evenly; with more than [`MAX_INSTANCES`] CPUs the CPUs are spread as evenly as possible over
 //! [`MAX_INSTANCES`] instances.
+//!
+//! # NUMA
+//!
+//! [`PlanSpec::resolve_numa`] also takes the machine's [`Numa`] topology (from the ACPI SRAT:
+//! each CPU's node, each memory range's node). A partition's node is the one its spec names
+//! (`@N`), else the node of its first CPU. Placement (step 5) then takes a partition's memory
+//! from its node first, lowest address first; a partition whose node was not named takes what
+//! its node lacks from anywhere (lowest first), while a named node must hold all of it
+//! ([`PlanError::NodeTooSmall`], [`PlanError::NoSuchNode`]). Without NUMA information
+//! ([`Numa::NONE`], what [`PlanSpec::resolve`] passes) every partition is on node 0 and the
+//! placement is exactly the one described below.
 //!
 //! # Resolving
 //!
@@ -78,6 +91,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod srat;
+
 use core::fmt;
 
 /// Most partitions (kernel instances) a plan can have.
@@ -94,6 +109,63 @@ pub const MAX_UNASSIGNED: usize = MAX_MEMORY_RANGES + 1;
 pub const PAGE_SIZE: u64 = 4096;
 /// Alignment of the shared region, and granule of the even split between unsized partitions.
 pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+/// Most NUMA nodes a plan can name (`@N` with N below this).
+pub const MAX_NODES: u32 = 64;
+/// Room in the working pool of free ranges: the merged ranges, the shared region's split, and
+/// one split per range a partition takes from the middle of a range (NUMA placement).
+const POOL_CAPACITY: usize = MAX_MEMORY_RANGES + 1 + MAX_INSTANCES * MAX_PARTITION_RANGES;
+
+/// The machine's NUMA topology as the ACPI SRAT describes it: the node (proximity domain) of
+/// each CPU, by APIC ID, and of each memory range. Empty slices: one node, no constraints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Numa<'a> {
+    /// `(APIC ID, node)`.
+    pub cpus: &'a [(u32, u32)],
+    /// `(range, node)`.
+    pub memory: &'a [(MemRange, u32)],
+}
+
+impl Numa<'_> {
+    /// No NUMA information: a single node 0.
+    pub const NONE: Numa<'static> = Numa {
+        cpus: &[],
+        memory: &[],
+    };
+
+    /// The node of the CPU with APIC ID `apic` (0 if the SRAT does not list it).
+    pub fn node_of_cpu(&self, apic: u32) -> u32 {
+        self.cpus
+            .iter()
+            .find(|&&(a, _)| a == apic)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    /// The node of physical address `addr`, if a memory range of the SRAT holds it.
+    pub fn node_of_address(&self, addr: u64) -> Option<u32> {
+        self.memory
+            .iter()
+            .find(|(r, _)| r.start <= addr && addr < r.end())
+            .map(|&(_, n)| n)
+    }
+
+    /// Whether the SRAT described memory at all (else placement is unconstrained).
+    pub fn has_memory(&self) -> bool {
+        !self.memory.is_empty()
+    }
+
+    /// The lowest page-aligned piece of `[s, e)` that lies on `node`.
+    fn lowest_on(&self, node: u32, s: u64, e: u64) -> Option<(u64, u64)> {
+        self.memory
+            .iter()
+            .filter(|&&(_, n)| n == node)
+            .filter_map(|(r, _)| {
+                let lo = s.max(r.start).checked_next_multiple_of(PAGE_SIZE)?;
+                let hi = e.min(r.end()) & !(PAGE_SIZE - 1);
+                (lo < hi).then_some((lo, hi))
+            })
+            .min()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Spec
@@ -107,6 +179,8 @@ pub struct PartitionSpec {
     /// Memory in bytes (a non-zero multiple of [`PAGE_SIZE`]), or `None` for an even share of
     /// what the sized partitions leave.
     pub memory: Option<u64>,
+    /// The NUMA node its memory must come from (`@N`), or `None`: its first CPU's node.
+    pub node: Option<u32>,
 }
 
 /// A parsed plan: between 1 and [`MAX_INSTANCES`] partitions.
@@ -158,6 +232,11 @@ pub enum ParseError {
     },
     /// More than [`MAX_INSTANCES`] partitions.
     TooManyPartitions,
+    /// The node after `@` is missing, not a decimal number, or not below [`MAX_NODES`].
+    BadNode {
+        /// The offending character (or the node's start).
+        pos: usize,
+    },
 }
 
 impl fmt::Display for ParseError {
@@ -171,6 +250,10 @@ impl fmt::Display for ParseError {
                 write!(f, "memory size at offset {pos} is not a multiple of 4K")
             }
             Self::TooManyPartitions => write!(f, "more than {MAX_INSTANCES} partitions"),
+            Self::BadNode { pos } => write!(
+                f,
+                "bad NUMA node at offset {pos} (expected @N, N below {MAX_NODES})"
+            ),
         }
     }
 }
@@ -182,6 +265,7 @@ impl PlanSpec {
         parts: [PartitionSpec {
             cpus: 0,
             memory: None,
+            node: None,
         }; MAX_INSTANCES],
         len: 0,
     };
@@ -247,6 +331,18 @@ impl PlanSpec {
         cpus: &[u32],
         usable: impl IntoIterator<Item = MemRange>,
         shared_bytes: u64,
+    ) -> Result<Plan, PlanError> {
+        self.resolve_numa(cpus, usable, shared_bytes, &Numa::NONE)
+    }
+
+    /// [`resolve`](Self::resolve) on a machine with NUMA topology `numa`: each partition's
+    /// memory comes from its node (see the [crate docs](crate)).
+    pub fn resolve_numa(
+        &self,
+        cpus: &[u32],
+        usable: impl IntoIterator<Item = MemRange>,
+        shared_bytes: u64,
+        numa: &Numa<'_>,
     ) -> Result<Plan, PlanError> {
         let mut plan = Plan::EMPTY;
 
@@ -335,14 +431,48 @@ impl PlanSpec {
             .iter()
             .filter(|p| p.memory.is_none())
             .count() as u64;
-        let share = match unsized_count {
+        let mut share = match unsized_count {
             0 => 0,
             n => ((available - sized) / n) & !(LARGE_PAGE_SIZE - 1),
         };
+        // With NUMA, the even share must also fit on each node beside that node's sized
+        // partitions (else a partition would spill onto another node).
+        if numa.has_memory() {
+            for (index, p) in self.partitions().iter().enumerate() {
+                let first = plan.parts[index].cpu_first;
+                let node = p.node.unwrap_or_else(|| numa.node_of_cpu(cpus[first]));
+                let on_node = |q: &(usize, &PartitionSpec)| {
+                    let f = plan.parts[q.0].cpu_first;
+                    q.1.node.unwrap_or_else(|| numa.node_of_cpu(cpus[f])) == node
+                };
+                let parts = self.partitions().iter().enumerate();
+                let unsized_here = parts
+                    .clone()
+                    .filter(on_node)
+                    .filter(|q| q.1.memory.is_none())
+                    .count() as u64;
+                let sized_here: u64 = parts.filter(on_node).filter_map(|q| q.1.memory).sum();
+                let free: u64 = pool
+                    .as_slice()
+                    .iter()
+                    .map(|&(s, e)| {
+                        let mut total = 0;
+                        let mut at = s;
+                        while let Some((lo, hi)) = numa.lowest_on(node, at, e) {
+                            total += hi - lo;
+                            at = hi;
+                        }
+                        total
+                    })
+                    .sum();
+                if unsized_here > 0 && free > sized_here {
+                    let fits = ((free - sized_here) / unsized_here) & !(LARGE_PAGE_SIZE - 1);
+                    share = share.min(fits.max(LARGE_PAGE_SIZE));
+                }
+            }
+        }
 
-        // 5. Placement, from the lowest address up.
-        let ranges = pool.as_slice();
-        let (mut i, mut at) = (0, ranges.first().map_or(0, |r| r.0));
+        // 5. Placement: each partition takes the lowest free bytes (of its node first).
         for (index, (slot, spec)) in plan.parts.iter_mut().zip(self.partitions()).enumerate() {
             let bytes = spec.memory.unwrap_or(share);
             if bytes == 0 {
@@ -351,48 +481,102 @@ impl PlanSpec {
                     left: available - sized,
                 });
             }
+            let first_cpu = cpus[slot.cpu_first];
+            let node = spec.node.unwrap_or_else(|| numa.node_of_cpu(first_cpu));
+            slot.node = node;
             let mut need = bytes;
-            while need > 0 {
-                let (_, end) = ranges[i];
-                let take = need.min(end - at);
-                if take == 0 {
-                    // Unreachable: the sizes add up to at most `available`. Never loop forever.
-                    return Err(PlanError::MoreMemoryThanExists {
-                        asked: sized,
-                        have: available,
+            if numa.has_memory() {
+                take_lowest(&mut pool, slot, &mut need, index, |s, e| {
+                    numa.lowest_on(node, s, e)
+                })?;
+                if need > 0 && spec.node.is_some() {
+                    let on_node = numa.memory.iter().any(|&(_, n)| n == node);
+                    return Err(if on_node {
+                        PlanError::NodeTooSmall {
+                            partition: index,
+                            node,
+                        }
+                    } else {
+                        PlanError::NoSuchNode {
+                            partition: index,
+                            node,
+                        }
                     });
                 }
+            }
+            take_lowest(&mut pool, slot, &mut need, index, |s, e| Some((s, e)))?;
+            if need > 0 {
+                // Unreachable: the sizes add up to at most `available`.
+                return Err(PlanError::MoreMemoryThanExists {
+                    asked: sized,
+                    have: available,
+                });
+            }
+            slot.ranges[..slot.range_count].sort_unstable_by_key(|r| r.start);
+            slot.bytes = bytes;
+        }
+        plan.nodes = numa
+            .cpus
+            .iter()
+            .map(|&(_, n)| n)
+            .chain(numa.memory.iter().map(|&(_, n)| n))
+            .max()
+            .map_or(1, |n| n + 1);
+
+        // The rest stays unassigned.
+        for &(s, e) in pool.as_slice() {
+            if plan.unassigned_count == MAX_UNASSIGNED {
+                return Err(PlanError::TooFragmented {
+                    partition: plan.part_count - 1,
+                });
+            }
+            plan.unassigned[plan.unassigned_count] = MemRange {
+                start: s,
+                len: e - s,
+            };
+            plan.unassigned_count += 1;
+        }
+        Ok(plan)
+    }
+}
+
+/// Moves up to `*need` bytes from `pool` to `slot`, lowest first, taking from each pool range
+/// the piece `pick(start, end)` chooses (its lowest acceptable part), until `*need` is 0 or no
+/// range offers a piece. A piece that continues the slot's last range extends it.
+fn take_lowest(
+    pool: &mut RangeSet,
+    slot: &mut PartSlot,
+    need: &mut u64,
+    index: usize,
+    pick: impl Fn(u64, u64) -> Option<(u64, u64)>,
+) -> Result<(), PlanError> {
+    while *need > 0 {
+        let Some((i, lo, hi)) = pool
+            .as_slice()
+            .iter()
+            .enumerate()
+            .find_map(|(i, &(s, e))| pick(s, e).map(|(lo, hi)| (i, lo, hi)))
+        else {
+            return Ok(());
+        };
+        let take = (*need).min(hi - lo);
+        pool.cut(i, lo, lo + take);
+        match slot.ranges[..slot.range_count].last_mut() {
+            Some(last) if last.end() == lo => last.len += take,
+            _ => {
                 if slot.range_count == MAX_PARTITION_RANGES {
                     return Err(PlanError::TooFragmented { partition: index });
                 }
                 slot.ranges[slot.range_count] = MemRange {
-                    start: at,
+                    start: lo,
                     len: take,
                 };
                 slot.range_count += 1;
-                need -= take;
-                at += take;
-                if at == end && i + 1 < ranges.len() {
-                    i += 1;
-                    at = ranges[i].0;
-                }
-            }
-            slot.bytes = bytes;
-        }
-
-        // The rest stays unassigned.
-        for (k, &(s, e)) in ranges.iter().enumerate().skip(i) {
-            let s = if k == i { at } else { s };
-            if s < e {
-                plan.unassigned[plan.unassigned_count] = MemRange {
-                    start: s,
-                    len: e - s,
-                };
-                plan.unassigned_count += 1;
             }
         }
-        Ok(plan)
+        *need -= take;
     }
+    Ok(())
 }
 
 impl Default for PlanSpec {
@@ -411,6 +595,9 @@ impl fmt::Display for PlanSpec {
             write!(f, "{}", p.cpus)?;
             if let Some(bytes) = p.memory {
                 write!(f, ":{}", Size(bytes))?;
+            }
+            if let Some(node) = p.node {
+                write!(f, "@{node}")?;
             }
         }
         Ok(())
@@ -460,6 +647,19 @@ fn parse_partition(b: &[u8], start: usize, end: usize) -> Result<PartitionSpec, 
     if lo == hi {
         return Err(ParseError::EmptyPartition { pos: lo });
     }
+    let at = b[lo..hi].iter().position(|&c| c == b'@').map(|i| lo + i);
+    let node = match at {
+        None => None,
+        Some(a) => {
+            let (nlo, nhi) = trim(b, a + 1, hi);
+            let n = digits(b, nlo, nhi).map_err(|pos| ParseError::BadNode { pos })?;
+            match u32::try_from(n) {
+                Ok(n) if n < MAX_NODES => Some(n),
+                _ => return Err(ParseError::BadNode { pos: nlo }),
+            }
+        }
+    };
+    let hi = at.unwrap_or(hi);
     let colon = b[lo..hi].iter().position(|&c| c == b':').map(|i| lo + i);
     let (clo, chi) = trim(b, lo, colon.unwrap_or(hi));
     let cpus = digits(b, clo, chi).map_err(|pos| ParseError::BadNumber { pos })?;
@@ -471,7 +671,7 @@ fn parse_partition(b: &[u8], start: usize, end: usize) -> Result<PartitionSpec, 
         None => None,
         Some(c) => Some(parse_size(b, c + 1, hi)?),
     };
-    Ok(PartitionSpec { cpus, memory })
+    Ok(PartitionSpec { cpus, memory, node })
 }
 
 fn parse_size(b: &[u8], start: usize, end: usize) -> Result<u64, ParseError> {
@@ -604,6 +804,20 @@ pub enum PlanError {
         /// The partition.
         partition: usize,
     },
+    /// A partition names a NUMA node that has no memory in the SRAT.
+    NoSuchNode {
+        /// The partition.
+        partition: usize,
+        /// The node it names.
+        node: u32,
+    },
+    /// A partition names a NUMA node whose free memory is smaller than its size.
+    NodeTooSmall {
+        /// The partition.
+        partition: usize,
+        /// The node it names.
+        node: u32,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -642,6 +856,14 @@ impl fmt::Display for PlanError {
                 f,
                 "partition {partition} would need more than {MAX_PARTITION_RANGES} memory ranges"
             ),
+            Self::NoSuchNode { partition, node } => write!(
+                f,
+                "partition {partition} names NUMA node {node}, which has no memory"
+            ),
+            Self::NodeTooSmall { partition, node } => write!(
+                f,
+                "partition {partition} does not fit in the free memory of NUMA node {node}"
+            ),
         }
     }
 }
@@ -655,6 +877,7 @@ struct PartSlot {
     ranges: [MemRange; MAX_PARTITION_RANGES],
     range_count: usize,
     bytes: u64,
+    node: u32,
 }
 
 /// A resolved plan: concrete CPUs and memory per partition. Built by [`PlanSpec::resolve`].
@@ -669,6 +892,8 @@ pub struct Plan {
     unassigned: [MemRange; MAX_UNASSIGNED],
     unassigned_count: usize,
     usable_bytes: u64,
+    /// NUMA nodes the topology named (1 without NUMA information).
+    nodes: u32,
 }
 
 /// One resolved partition (a view into a [`Plan`]).
@@ -682,6 +907,8 @@ pub struct Partition<'p> {
     pub memory: &'p [MemRange],
     /// Total bytes of `memory`.
     pub bytes: u64,
+    /// The NUMA node its memory was placed on (0 without NUMA information).
+    pub node: u32,
 }
 
 impl Plan {
@@ -692,6 +919,7 @@ impl Plan {
             ranges: [MemRange { start: 0, len: 0 }; MAX_PARTITION_RANGES],
             range_count: 0,
             bytes: 0,
+            node: 0,
         }; MAX_INSTANCES],
         part_count: 0,
         cpus: [0; MAX_CPUS],
@@ -701,6 +929,7 @@ impl Plan {
         unassigned: [MemRange { start: 0, len: 0 }; MAX_UNASSIGNED],
         unassigned_count: 0,
         usable_bytes: 0,
+        nodes: 1,
     };
 
     /// Number of partitions.
@@ -716,6 +945,7 @@ impl Plan {
             cpus: &self.cpus[slot.cpu_first..slot.cpu_first + slot.cpu_count],
             memory: &slot.ranges[..slot.range_count],
             bytes: slot.bytes,
+            node: slot.node,
         })
     }
 
@@ -751,6 +981,12 @@ impl Plan {
         &self.unassigned[..self.unassigned_count]
     }
 
+    /// NUMA nodes of the machine as the topology given to the resolver named them (1 without
+    /// NUMA information).
+    pub fn nodes(&self) -> u32 {
+        self.nodes
+    }
+
     /// Total usable memory after merging and shrinking to whole pages: exactly the partitions'
     /// bytes + the shared region + the unassigned ranges.
     pub fn usable_bytes(&self) -> u64 {
@@ -764,11 +1000,15 @@ impl fmt::Display for Plan {
         for p in self.partitions() {
             write!(
                 f,
-                "instance {}: cpus {:?}, {} in",
+                "instance {}: cpus {:?}, {}",
                 p.index,
                 p.cpus,
                 Size(p.bytes)
             )?;
+            if self.nodes > 1 {
+                write!(f, " on node {}", p.node)?;
+            }
+            f.write_str(" in")?;
             for r in p.memory {
                 write!(f, " {r}")?;
             }
@@ -795,14 +1035,14 @@ impl fmt::Display for Plan {
 
 /// One slot more than [`MAX_MEMORY_RANGES`], for the split made by the shared region.
 struct RangeSet {
-    r: [(u64, u64); MAX_MEMORY_RANGES + 1],
+    r: [(u64, u64); POOL_CAPACITY],
     len: usize,
 }
 
 impl RangeSet {
     fn new() -> Self {
         Self {
-            r: [(0, 0); MAX_MEMORY_RANGES + 1],
+            r: [(0, 0); POOL_CAPACITY],
             len: 0,
         }
     }

@@ -415,6 +415,7 @@ fn spec() -> impl Strategy<Value = PlanSpec> {
         PartitionSpec {
             cpus,
             memory: pages.map(|p| p * PAGE_SIZE),
+            node: None,
         }
     });
     prop::collection::vec(part, 1..=MAX_INSTANCES).prop_map(|v| {
@@ -613,6 +614,118 @@ proptest! {
 }
 
 #[test]
+fn node_syntax_parses_and_round_trips() {
+    let spec = PlanSpec::parse("2@0, 1:1G @ 1,1").unwrap();
+    let p = spec.partitions();
+    assert_eq!((p[0].cpus, p[0].memory, p[0].node), (2, None, Some(0)));
+    assert_eq!(
+        (p[1].cpus, p[1].memory, p[1].node),
+        (1, Some(1 << 30), Some(1))
+    );
+    assert_eq!(p[2].node, None);
+    assert_eq!(spec.to_string(), "2@0,1:1G@1,1");
+    assert_eq!(PlanSpec::parse(&spec.to_string()), Ok(spec));
+}
+
+#[test]
+fn node_syntax_errors_name_the_offset() {
+    for (text, pos) in [
+        ("2@", 2),
+        ("2@x", 2),
+        ("1,2@1x", 5),
+        ("1@64", 2),
+        ("1@99999999999", 2),
+        ("1:1G@", 5),
+    ] {
+        assert_eq!(
+            PlanSpec::parse(text),
+            Err(ParseError::BadNode { pos }),
+            "{text}"
+        );
+    }
+    // The size's own errors still come first in its part.
+    assert_eq!(
+        PlanSpec::parse("1:1X@0"),
+        Err(ParseError::BadSize { pos: 3 })
+    );
+}
+
+/// Two nodes: node 0 is [1 MiB, 1 GiB) and CPUs 0-1, node 1 is [1 GiB, 2 GiB) and CPUs 2-3.
+type TwoNodes = (Vec<MemRange>, [(u32, u32); 4], [(MemRange, u32); 2]);
+
+fn two_nodes() -> TwoNodes {
+    let usable = vec![MemRange::new(0x10_0000, (2 << 30) - 0x10_0000)];
+    let cpus = [(0, 0), (1, 0), (2, 1), (3, 1)];
+    let mem = [
+        (MemRange::new(0, 1 << 30), 0),
+        (MemRange::new(1 << 30, 1 << 30), 1),
+    ];
+    (usable, cpus, mem)
+}
+
+#[test]
+fn default_plan_puts_memory_on_the_cpus_node() {
+    let (usable, cpus, mem) = two_nodes();
+    let numa = Numa {
+        cpus: &cpus,
+        memory: &mem,
+    };
+    // CPUs in an order that interleaves the nodes: placement must follow the CPUs.
+    let apic = [0, 2, 1, 3];
+    let plan = PlanSpec::default_for(4)
+        .resolve_numa(&apic, usable.iter().copied(), 2 << 20, &numa)
+        .unwrap();
+    assert_eq!(plan.nodes(), 2);
+    for p in plan.partitions() {
+        let node = numa.node_of_cpu(p.cpus[0]);
+        assert_eq!(p.node, node);
+        for r in p.memory {
+            assert_eq!(numa.node_of_address(r.start), Some(node), "{plan}");
+            assert_eq!(numa.node_of_address(r.end() - 1), Some(node), "{plan}");
+        }
+    }
+}
+
+#[test]
+fn named_nodes_are_honoured_or_refused() {
+    let (usable, cpus, mem) = two_nodes();
+    let numa = Numa {
+        cpus: &cpus,
+        memory: &mem,
+    };
+    let apic = [0, 1, 2, 3];
+    // Both instances' memory on node 1, though instance 0's CPUs are on node 0.
+    let plan = PlanSpec::parse("2:256M@1,2:256M@1")
+        .unwrap()
+        .resolve_numa(&apic, usable.iter().copied(), 2 << 20, &numa)
+        .unwrap();
+    for p in plan.partitions() {
+        assert_eq!(p.node, 1);
+        assert!(p.memory.iter().all(|r| r.start >= 1 << 30), "{plan}");
+    }
+    let too_big = PlanSpec::parse("2:1G@0,2").unwrap();
+    assert_eq!(
+        too_big
+            .resolve_numa(&apic, usable.iter().copied(), 2 << 20, &numa)
+            .err(),
+        Some(PlanError::NodeTooSmall {
+            partition: 0,
+            node: 0
+        })
+    );
+    let missing = PlanSpec::parse("2,2@5").unwrap();
+    assert_eq!(
+        missing
+            .resolve_numa(&apic, usable.iter().copied(), 2 << 20, &numa)
+            .err(),
+        Some(PlanError::NoSuchNode {
+            partition: 1,
+            node: 5
+        })
+    );
+}
+
+#[test]
 fn plan_is_small_enough_for_a_kernel_stack() {
     // Resolved on the bootstrap CPU's stack: keep it well under 16 KiB.
     assert!(
@@ -620,5 +733,6 @@ fn plan_is_small_enough_for_a_kernel_stack() {
         "{}",
         core::mem::size_of::<Plan>()
     );
-    assert!(core::mem::size_of::<PlanSpec>() <= 512);
+    // 16 partitions of (CPUs, size, node).
+    assert!(core::mem::size_of::<PlanSpec>() <= 640);
 }

@@ -62,12 +62,15 @@ static XAPIC_VIRT: spin::Once<u64> = spin::Once::new();
 
 /// The xAPIC register window for `init_this_cpu`: mapped uncached once per instance (every
 /// CPU's APIC answers at the same physical address), 0 where the CPU has an x2APIC.
-pub fn xapic_window() -> Result<u64, &'static str> {
+pub fn xapic_window() -> Result<u64, ApicError> {
     if cpu_has_x2apic() {
         return Ok(0);
     }
     XAPIC_VIRT
-        .try_call_once(|| crate::memory::mmio::map(xapic_phys_base(), 4096))
+        .try_call_once(|| {
+            let phys = xapic_phys_base();
+            crate::memory::mmio::map(phys, 4096).map_err(|cause| ApicError::Window { phys, cause })
+        })
         .copied()
 }
 
@@ -81,7 +84,10 @@ pub fn xapic_phys_base() -> u64 {
 ///
 /// `xapic_virt` is where the xAPIC page is mapped uncached; it is only used when the CPU has
 /// no x2APIC.
-pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
+pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, ApicError> {
+    if xapic_virt == 0 && !cpu_has_x2apic() {
+        return Err(ApicError::NoWindow);
+    }
     let inner = LocalApicBuilder::new()
         .timer_vector(vectors::LAPIC_TIMER as usize)
         .error_vector(vectors::LAPIC_ERROR as usize)
@@ -90,7 +96,8 @@ pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
         .timer_divide(TimerDivide::Div16)
         .timer_initial(0)
         .set_xapic_base(xapic_virt)
-        .build()?;
+        .build()
+        .map_err(ApicError::Builder)?;
     let mode = if cpu_has_x2apic() {
         Mode::X2Apic
     } else {
@@ -119,6 +126,32 @@ pub fn init_this_cpu(xapic_virt: u64) -> Result<Lapic, &'static str> {
         Ordering::Relaxed,
     );
     Ok(lapic)
+}
+
+/// Why the local APIC could not be set up on the running CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApicError {
+    /// Mapping the xAPIC register page at physical `phys` failed (this instance's page tables).
+    Window {
+        phys: u64,
+        cause: crate::memory::mmio::MmioError,
+    },
+    /// The CPU has no x2APIC and the caller gave no xAPIC window.
+    NoWindow,
+    /// The `x2apic` crate's builder refused its configuration (a bug here); its message.
+    Builder(&'static str),
+}
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Window { phys, cause } => {
+                write!(f, "xAPIC register page at {phys:#x}: {cause}")
+            }
+            Self::NoWindow => f.write_str("no x2APIC and no xAPIC window mapped"),
+            Self::Builder(msg) => f.write_str(msg),
+        }
+    }
 }
 
 impl Lapic {

@@ -174,10 +174,30 @@ pub static IRQ_COUNTS: [AtomicU64; vectors::IRQ_COUNT] =
 
 /// Installs `handler` for IO APIC line `line` (vector IRQ_BASE + line). Handlers run with
 /// interrupts off and must not allocate.
-pub fn set_irq_handler(line: usize, handler: fn(usize)) -> Result<(), &'static str> {
-    let slot = IRQ_HANDLERS.get(line).ok_or("no such IRQ line")?;
+pub fn set_irq_handler(line: usize, handler: fn(usize)) -> Result<(), IrqHandlerError> {
+    let slot = IRQ_HANDLERS
+        .get(line)
+        .ok_or(IrqHandlerError::NoSuchLine { line })?;
     slot.set(handler)
-        .map_err(|_| "the line's handler hook is full")
+        .map_err(|_| IrqHandlerError::HookFull { line })
+}
+
+/// Why [`set_irq_handler`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqHandlerError {
+    /// The caller's `line` is beyond the IO APIC lines this kernel has vectors for.
+    NoSuchLine { line: usize },
+    /// The line's hook holds as many handlers as it can (this instance's state).
+    HookFull { line: usize },
+}
+
+impl core::fmt::Display for IrqHandlerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSuchLine { line } => write!(f, "no such IRQ line ({line})"),
+            Self::HookFull { line } => write!(f, "the line's handler hook is full (line {line})"),
+        }
+    }
 }
 
 extern "x86-interrupt" fn device_irq<const LINE: usize>(_frame: InterruptStackFrame) {

@@ -40,15 +40,15 @@ fn shared_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
 
 /// Maps the IO APIC at physical `phys` (uncached, for good) and registers it as serving GSIs
 /// from `gsi_base`, with every line masked. Returns its line count.
-pub fn add(phys: u64, gsi_base: u32) -> Result<u32, &'static str> {
-    let virt = crate::memory::mmio::map(phys, 0x20)?;
+pub fn add(phys: u64, gsi_base: u32) -> Result<u32, IoApicError> {
+    let virt = crate::memory::mmio::map(phys, 0x20).map_err(IoApicError::Map)?;
     // SAFETY: `virt` maps this IO APIC's register window uncached, for the kernel's lifetime.
     unsafe { add_mapped(virt, gsi_base) }
 }
 
 /// Maps the IO APIC at physical `phys` and registers it *as it is* (see `attach_mapped`).
-pub fn attach(phys: u64, gsi_base: u32) -> Result<u32, &'static str> {
-    let virt = crate::memory::mmio::map(phys, 0x20)?;
+pub fn attach(phys: u64, gsi_base: u32) -> Result<u32, IoApicError> {
+    let virt = crate::memory::mmio::map(phys, 0x20).map_err(IoApicError::Map)?;
     // SAFETY: as in `add`.
     unsafe { attach_mapped(virt, gsi_base) }
 }
@@ -57,7 +57,7 @@ pub fn attach(phys: u64, gsi_base: u32) -> Result<u32, &'static str> {
 ///
 /// # Safety
 /// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
-unsafe fn add_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+unsafe fn add_mapped(virt: u64, gsi_base: u32) -> Result<u32, IoApicError> {
     // SAFETY: the caller guarantees `virt` maps an IO APIC.
     let mut regs = unsafe { IoApic::new(virt) };
     // SAFETY: as above; only this chip's redirection entries are written.
@@ -83,7 +83,7 @@ unsafe fn add_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
 ///
 /// # Safety
 /// `virt` must map the chip's register window (uncached) for the kernel's lifetime.
-unsafe fn attach_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
+unsafe fn attach_mapped(virt: u64, gsi_base: u32) -> Result<u32, IoApicError> {
     // SAFETY: the caller guarantees `virt` maps an IO APIC; only the version register is read.
     let mut regs = unsafe { IoApic::new(virt) };
     let lines = {
@@ -99,19 +99,19 @@ unsafe fn attach_mapped(virt: u64, gsi_base: u32) -> Result<u32, &'static str> {
 }
 
 /// Keeps `chip` in the first free slot; returns its line count.
-fn register(chip: Chip) -> Result<u32, &'static str> {
+fn register(chip: Chip) -> Result<u32, IoApicError> {
     let lines = chip.lines;
     let mut chips = CHIPS.lock();
     let slot = chips
         .iter_mut()
         .find(|c| c.is_none())
-        .ok_or("too many IO APICs")?;
+        .ok_or(IoApicError::TooMany)?;
     *slot = Some(chip);
     Ok(lines)
 }
 
 /// Routes `gsi` to `vector` on the CPU with APIC ID `dest` and unmasks it.
-pub fn route(gsi: u32, vector: u8, dest: u32, level_low: bool) -> Result<(), &'static str> {
+pub fn route(gsi: u32, vector: u8, dest: u32, level_low: bool) -> Result<(), IoApicError> {
     with_line(gsi, |chip, line| {
         let mut entry = RedirectionTableEntry::default();
         entry.set_mode(IrqMode::Fixed);
@@ -130,12 +130,12 @@ pub fn route(gsi: u32, vector: u8, dest: u32, level_low: bool) -> Result<(), &'s
     })
 }
 
-pub fn mask(gsi: u32) -> Result<(), &'static str> {
+pub fn mask(gsi: u32) -> Result<(), IoApicError> {
     // SAFETY: masks one line of a registered chip, under the CHIPS lock.
     with_line(gsi, |chip, line| unsafe { chip.regs.disable_irq(line) })
 }
 
-pub fn unmask(gsi: u32) -> Result<(), &'static str> {
+pub fn unmask(gsi: u32) -> Result<(), IoApicError> {
     // SAFETY: unmasks one line of a registered chip, under the CHIPS lock.
     with_line(gsi, |chip, line| unsafe { chip.regs.enable_irq(line) })
 }
@@ -148,14 +148,35 @@ pub fn line_count() -> u32 {
 /// Runs `f` on the chip serving `gsi` under this instance's CHIPS lock and the shared IO APIC
 /// lock (other instances program the same chips: an index write and the data access after it
 /// must not interleave with theirs).
-fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, &'static str> {
+fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, IoApicError> {
     let mut chips = CHIPS.lock();
     let _shared = shared_lock();
     let chip = chips
         .iter_mut()
         .flatten()
         .find(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.lines)
-        .ok_or("no IO APIC serves this GSI")?;
+        .ok_or(IoApicError::NoChip { gsi })?;
     let line = (gsi - chip.gsi_base) as u8;
     Ok(f(chip, line))
+}
+
+/// Why an IO APIC could not be registered, or a line programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoApicError {
+    /// Mapping the chip's registers failed (this instance's page tables).
+    Map(crate::memory::mmio::MmioError),
+    /// This instance keeps at most `MAX_CHIPS` IO APICs, and the firmware lists more.
+    TooMany,
+    /// No registered chip serves the caller's `gsi`.
+    NoChip { gsi: u32 },
+}
+
+impl core::fmt::Display for IoApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Map(e) => write!(f, "{e}"),
+            Self::TooMany => write!(f, "too many IO APICs (at most {MAX_CHIPS})"),
+            Self::NoChip { gsi } => write!(f, "no IO APIC serves this GSI ({gsi})"),
+        }
+    }
 }

@@ -192,20 +192,44 @@ unsafe fn install(page_phys: u64, page_virt: u64, params: Params) -> u8 {
     (page_phys >> 12) as u8
 }
 
+/// Why the trampoline could not be put in place (the caller's page is unusable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrampolineError {
+    /// Not a 4 KiB-aligned page between 4 KiB and 1 MiB.
+    NotLowPage(u64),
+    /// Not reachable through this instance's physical map.
+    NotMapped(u64),
+}
+
+impl core::fmt::Display for TrampolineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotLowPage(p) => write!(
+                f,
+                "the trampoline page must be a page between 4 KiB and 1 MiB (got {p:#x})"
+            ),
+            Self::NotMapped(p) => write!(
+                f,
+                "the trampoline page {p:#x} is not in this instance's physical map"
+            ),
+        }
+    }
+}
+
 /// Copies the trampoline with `params` to this instance's trampoline page `page_phys` and
 /// returns the SIPI vector. The page must be below 1 MiB (where the frame allocator never hands
 /// out frames, so no kernel data lives there), 4 KiB aligned, and reachable through the
 /// physical map (instance 0 maps each instance's page into it); all three are checked.
-pub fn install_at(page_phys: u64, params: Params) -> Result<u8, &'static str> {
+pub fn install_at(page_phys: u64, params: Params) -> Result<u8, TrampolineError> {
     if page_phys == 0
         || page_phys >= crate::memory::frames::LOW_MEMORY_END
         || !page_phys.is_multiple_of(4096)
     {
-        return Err("the trampoline page must be a page between 4 KiB and 1 MiB");
+        return Err(TrampolineError::NotLowPage(page_phys));
     }
     let page_virt = crate::memory::frames::phys_to_virt(page_phys);
     if crate::memory::paging::translate(page_virt) != Some(page_phys) {
-        return Err("the trampoline page is not in this instance's physical map");
+        return Err(TrampolineError::NotMapped(page_phys));
     }
     // SAFETY: `page_virt` maps `page_phys` (checked), which lies below 1 MiB, outside every
     // frame allocator; by the boot protocol each instance has its own trampoline page, and this
