@@ -498,6 +498,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         memory_mib: 512,
         cases: &["instances=2", "bench_budget=20"],
         plan: None,
+        shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: 300,
         note: "op.send, op.recv, op.poll_empty in instructions (TCG icount) within their budgets",
