@@ -137,7 +137,7 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
         let sunk = crate::services::bench::idle_stats(peer)?.sunk;
         let before = start_job(1, job::QUIET, 20)?;
         // Let the peer reach its halt (its job runs from the serve loop's idle hook).
-        tsc::spin_micros(2000);
+        yield_micros(2000);
         for i in 0..15 {
             let mut r = Ok(());
             let t = timed(|| r = crate::messaging::try_send(peer, &msg));
@@ -159,8 +159,11 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
                 recvs.len()
             ));
         }
-        let sent_before = peer_row[0].snapshot().sent;
         let before = start_job(1, job::SINKS, 1)?;
+        // After the job call's reply (counted before it was published), so that the next
+        // message counted is the SINK (or a heartbeat, which spoils the sample below).
+        let sent_before = peer_row[0].snapshot().sent;
+        let sunk_before = SUNK.load(Ordering::Relaxed);
         // Wait, without draining, until the message is in our inbox and the peer halted.
         let deadline = tsc::read() + 1000 * tsc::ticks_per_ms();
         while peer_row[0].snapshot().sent == sent_before {
@@ -169,12 +172,13 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
             }
             core::hint::spin_loop();
         }
-        tsc::spin_micros(2000);
+        yield_micros(2000);
         let mut taken = 0;
         let t = timed(|| taken = crate::messaging::poll());
+        let sunk = SUNK.load(Ordering::Relaxed) - sunk_before;
         wait_job(1, before, 10_000)?;
         // Another message in the same drain (a heartbeat) spoils the sample.
-        if taken == 1 {
+        if taken == 1 && sunk == 1 {
             recvs.push(t.saturating_sub(floor).saturating_sub(poll_empty));
         }
     }
@@ -190,6 +194,15 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
         peers,
         send_ipis,
     })
+}
+
+/// Waits `micros` on the TSC with `pause` in the loop: under TCG's round robin a vCPU that
+/// spins without it keeps the other vCPUs from running (QEMU switches vCPUs on `pause`).
+fn yield_micros(micros: u64) {
+    let until = tsc::read() + micros * tsc::ticks_per_ms() / 1000;
+    while tsc::read() < until {
+        core::hint::spin_loop();
+    }
 }
 
 fn print_path(f: &PathFigures) {
