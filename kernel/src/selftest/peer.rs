@@ -127,7 +127,8 @@ pub(super) mod job {
     /// can time its own side of a message alone (`op.send`; instruction-count mode counts
     /// every CPU's instructions in one clock).
     pub const QUIET: u64 = 9;
-    /// Send `arg` SINK messages to instance 0 (`op.recv`); result: how many went.
+    /// Halt `arg >> 32` ms (as `QUIET`), then send `arg & 0xFFFF_FFFF` SINK messages to
+    /// instance 0 (`op.recv`: instance 0 has stopped draining by then); result: how many went.
     pub const SINKS: u64 = 10;
 }
 
@@ -248,15 +249,13 @@ fn run_job() {
         job::PING_ALL => ping_all(arg),
         job::STREAM_AMONG => stream_among(arg),
         job::QUIET => {
-            let until = crate::arch::tsc::read() + arg * crate::arch::tsc::ticks_per_ms();
-            while crate::arch::tsc::read() < until {
-                x86_64::instructions::interrupts::enable_and_hlt();
-            }
+            quiet(arg);
             0
         }
         job::SINKS => {
+            quiet(arg >> 32);
             let msg = sink_message(1);
-            (0..arg)
+            (0..arg & 0xFFFF_FFFF)
                 .take_while(|_| messaging::try_send(iid(0), &msg).is_ok())
                 .count() as u64
         }
@@ -281,6 +280,14 @@ fn run_job() {
     };
     JOB_RESULT.store(result, Ordering::SeqCst);
     JOBS_DONE.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Halts for `ms` without arming the doorbells or draining (jobs `QUIET`, `SINKS`).
+fn quiet(ms: u64) {
+    let until = crate::arch::tsc::read() + ms * crate::arch::tsc::ticks_per_ms();
+    while crate::arch::tsc::read() < until {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
 }
 
 /// The receiving side of the messaging tests, in every instance: per-sender order and
