@@ -88,7 +88,7 @@ impl HandlerKey {
 #[derive(Clone, Copy)]
 struct Entry {
     key: HandlerKey,
-    /// `key.code()`, kept so that a lookup compares numbers.
+    /// `key.code()`, kept so that a lookup compares one number per entry.
     code: u64,
     handler: &'static dyn Handler,
 }
@@ -169,20 +169,17 @@ impl<const N: usize> Registry<N> {
 
     /// The handler for `kind`: its `Kind` handler, else its type's.
     pub fn lookup(&self, kind: Kind) -> Option<&'static dyn Handler> {
-        // One pass: the `Kind` handler as soon as it is met, else the first `Type` handler.
-        let exact = HandlerKey::Kind(kind).code();
-        let by_type = HandlerKey::Type(kind.msg_type()).code();
+        // Keys compared as numbers: the `Kind` handler, else the type's.
         let entries = self.entries.read();
-        let mut fallback = None;
-        for e in entries.iter().flatten() {
-            if e.code == exact {
-                return Some(e.handler);
-            }
-            if e.code == by_type && fallback.is_none() {
-                fallback = Some(e.handler);
-            }
-        }
-        fallback
+        let find = |code: u64| {
+            entries
+                .iter()
+                .flatten()
+                .find(|e| e.code == code)
+                .map(|e| e.handler)
+        };
+        find(HandlerKey::Kind(kind).code())
+            .or_else(|| find(HandlerKey::Type(kind.msg_type()).code()))
     }
 
     /// Handlers registered.
