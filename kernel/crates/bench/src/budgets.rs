@@ -35,7 +35,7 @@ pub const BUDGETS: &[Budget] = &[
     },
     Budget {
         figure: "op.recv",
-        budget: 1000,
+        budget: 925,
         aim: 150,
     },
     Budget {
