@@ -25,8 +25,8 @@ pub struct Budget {
 }
 
 /// The budgets, checked by the `bench_budget` case at `-smp 2` (one peer). Set from the counts
-/// of 2026-11-27 (`op.send` 484, `op.recv` 910, `op.poll_empty` 251; two boots gave identical
-/// serial logs, every figure to the instruction), about 10 % above them.
+/// of 2026-11-27 (`op.send` 484, `op.recv` 841, `op.poll_empty` 251; two boots of the same
+/// kernel gave byte-identical serial logs), about 10 % above them.
 pub const BUDGETS: &[Budget] = &[
     Budget {
         figure: "op.send",
