@@ -11,7 +11,6 @@ pub fn id() -> InstanceId {
     InstanceId::new(ID.load(Ordering::Relaxed))
 }
 
-#[allow(dead_code)] // set from the boot descriptor once further instances are started
 pub fn set_id(id: InstanceId) {
     ID.store(id.raw(), Ordering::Relaxed);
 }
