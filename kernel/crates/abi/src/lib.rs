@@ -1,0 +1,261 @@
+//! The system call ABI of multikernel, shared by the kernel (which decodes calls) and the user
+//! library (which makes them). `docs/syscalls.md` is the reference; this crate is its code.
+//!
+//! # Convention (x86_64 `syscall`)
+//!
+//! | register | on entry            | on return                                   |
+//! |----------|---------------------|---------------------------------------------|
+//! | `rax`    | call number ([`Sys`]) | result: `>= 0` a value, `< 0` an [`Error`] |
+//! | `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9` | arguments 0 to 5 | `rdx`: second value (`whoami`) |
+//! | `rcx`, `r11` | —           | clobbered by `syscall`/`sysret`             |
+//!
+//! Every other register is preserved. A negative `rax` is `-(error code)`; [`decode`] turns the
+//! raw pair into a `Result`.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+/// System call numbers (in `rax`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Sys {
+    /// `exit(status)`: ends the calling task. Does not return.
+    Exit = 0,
+    /// `yield()`: gives the CPU to the next ready task. Returns 0.
+    Yield = 1,
+    /// `sleep(ms)`: blocks for at least `ms` milliseconds. Returns 0.
+    Sleep = 2,
+    /// `clock()`: nanoseconds since this instance booted (monotonic).
+    Clock = 3,
+    /// `write(ptr, len)`: writes `len <= MAX_WRITE` bytes of UTF-8 to the instance's console,
+    /// prefixed with instance and task. Returns `len`.
+    Write = 4,
+    /// `spawn(name_ptr, name_len, args_ptr, args_len, cpu_hint)`: starts program `name` from
+    /// the ramdisk with the argument string `args` (words split by spaces), on CPU `cpu_hint`
+    /// of this instance or anywhere ([`NO_CPU`]). Returns the new task's id ([`TaskId::raw`]).
+    Spawn = 5,
+    /// `wait(task)`: blocks until the caller's child `task` ends; returns its exit status
+    /// (`0..=255` from `exit`, or a `KILLED_*`/`FAULT_*` status).
+    Wait = 6,
+    /// `kill(task)`: ends task `task` of this instance. Returns 0.
+    Kill = 7,
+    /// `map(len, flags)`: maps `len` bytes (rounded up to pages) of zeroed anonymous memory,
+    /// readable and writable, never executable. Returns its address.
+    Map = 8,
+    /// `unmap(addr, len)`: unmaps pages the caller mapped with `map`. Returns 0.
+    Unmap = 9,
+    /// `whoami()`: returns the caller's task id in `rax` and `instance << 32 | cpu` in `rdx`.
+    WhoAmI = 10,
+}
+
+/// How many system calls there are (numbers `0..COUNT`).
+pub const COUNT: u64 = 11;
+
+impl Sys {
+    /// The call with number `n`, if there is one.
+    pub const fn from_raw(n: u64) -> Option<Self> {
+        Some(match n {
+            0 => Self::Exit,
+            1 => Self::Yield,
+            2 => Self::Sleep,
+            3 => Self::Clock,
+            4 => Self::Write,
+            5 => Self::Spawn,
+            6 => Self::Wait,
+            7 => Self::Kill,
+            8 => Self::Map,
+            9 => Self::Unmap,
+            10 => Self::WhoAmI,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::Yield => "yield",
+            Self::Sleep => "sleep",
+            Self::Clock => "clock",
+            Self::Write => "write",
+            Self::Spawn => "spawn",
+            Self::Wait => "wait",
+            Self::Kill => "kill",
+            Self::Map => "map",
+            Self::Unmap => "unmap",
+            Self::WhoAmI => "whoami",
+        }
+    }
+}
+
+/// `spawn`'s `cpu_hint` for "any CPU".
+pub const NO_CPU: u64 = u64::MAX;
+/// Most bytes one `write` takes.
+pub const MAX_WRITE: u64 = 4096;
+/// Most bytes of a program name or an argument string.
+pub const MAX_NAME: u64 = 64;
+pub const MAX_ARGS: u64 = 1024;
+/// Most bytes one `map` call maps (16 MiB).
+pub const MAX_MAP: u64 = 16 << 20;
+
+/// Exit status of a task ended by `kill` (from a task or the shell).
+pub const STATUS_KILLED: u64 = 256;
+/// Exit status of a task ended by a fault: `STATUS_FAULT + vector` (14 page fault, 13 general
+/// protection, 0 divide error, 6 invalid opcode...).
+pub const STATUS_FAULT: u64 = 512;
+
+/// What a system call refused, and whose fault it is: every one of these is the caller's
+/// (a bad argument) or the instance's state (`OutOfMemory`, `TooManyTasks`); the kernel never
+/// fails a call for its own reasons without saying so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Error {
+    /// No system call has this number (the caller's `rax`).
+    NoSuchCall = 1,
+    /// A pointer argument is not in the caller's mapped user memory with the access needed.
+    BadAddress = 2,
+    /// A length is zero where it must not be, or beyond the call's limit.
+    BadLength = 3,
+    /// No task of this instance has this id (or it ended and its slot was reused).
+    NoSuchTask = 4,
+    /// The ramdisk has no program of this name.
+    NoSuchProgram = 5,
+    /// This instance has no memory left for the request.
+    OutOfMemory = 6,
+    /// This instance's task table is full.
+    TooManyTasks = 7,
+    /// The task is not the caller's child (wait), or is the caller itself (wait, kill).
+    NotChild = 8,
+    /// Another argument is out of range (a CPU hint that names no CPU, unknown flags, text
+    /// that is not UTF-8, a program that is not a valid ELF).
+    BadArgument = 9,
+}
+
+impl Error {
+    pub const fn from_code(code: u64) -> Option<Self> {
+        Some(match code {
+            1 => Self::NoSuchCall,
+            2 => Self::BadAddress,
+            3 => Self::BadLength,
+            4 => Self::NoSuchTask,
+            5 => Self::NoSuchProgram,
+            6 => Self::OutOfMemory,
+            7 => Self::TooManyTasks,
+            8 => Self::NotChild,
+            9 => Self::BadArgument,
+            _ => return None,
+        })
+    }
+
+    pub const fn code(self) -> u64 {
+        self as u64
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSuchCall => "no such system call",
+            Self::BadAddress => "bad address",
+            Self::BadLength => "bad length",
+            Self::NoSuchTask => "no such task",
+            Self::NoSuchProgram => "no such program",
+            Self::OutOfMemory => "out of memory",
+            Self::TooManyTasks => "too many tasks",
+            Self::NotChild => "not a child of the caller",
+            Self::BadArgument => "bad argument",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `rax` value for a result.
+pub const fn encode(result: Result<u64, Error>) -> u64 {
+    match result {
+        Ok(v) => v,
+        Err(e) => (e.code() as i64).wrapping_neg() as u64,
+    }
+}
+
+/// The result a raw `rax` carries. Values from `-4095` to `-1` are errors (codes unknown to
+/// this version read as `NoSuchCall`); everything else is a value.
+pub const fn decode(rax: u64) -> Result<u64, Error> {
+    let signed = rax as i64;
+    if signed < 0 && signed >= -4095 {
+        match Error::from_code(signed.unsigned_abs()) {
+            Some(e) => Err(e),
+            None => Err(Error::NoSuchCall),
+        }
+    } else {
+        Ok(rax)
+    }
+}
+
+/// A task's id within its instance: a slot index and the slot's generation, so that an id of
+/// a task that ended never names the task that reuses its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId {
+    pub index: u32,
+    pub generation: u32,
+}
+
+impl TaskId {
+    /// The register encoding: `generation << 32 | index`.
+    pub const fn raw(self) -> u64 {
+        ((self.generation as u64) << 32) | self.index as u64
+    }
+
+    pub const fn from_raw(raw: u64) -> Self {
+        Self {
+            index: raw as u32,
+            generation: (raw >> 32) as u32,
+        }
+    }
+}
+
+/// `t3.1`: slot 3, generation 1.
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}.{}", self.index, self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_number_round_trips() {
+        for n in 0..COUNT {
+            let s = Sys::from_raw(n).expect("numbers 0..COUNT are calls");
+            assert_eq!(s as u64, n);
+        }
+        assert_eq!(Sys::from_raw(COUNT), None);
+        assert_eq!(Sys::from_raw(u64::MAX), None);
+    }
+
+    #[test]
+    fn results_round_trip() {
+        for code in 1..=9 {
+            let e = Error::from_code(code).expect("codes 1..=9 are errors");
+            assert_eq!(decode(encode(Err(e))), Err(e));
+        }
+        for v in [0, 1, 4096, u64::MAX / 2, (-4096i64) as u64] {
+            assert_eq!(decode(encode(Ok(v))), Ok(v));
+        }
+    }
+
+    #[test]
+    fn task_ids_round_trip() {
+        let t = TaskId {
+            index: 7,
+            generation: 3,
+        };
+        assert_eq!(TaskId::from_raw(t.raw()), t);
+        assert_eq!(t.to_string(), "t7.3");
+    }
+}
