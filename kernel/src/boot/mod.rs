@@ -24,6 +24,20 @@ use bootloader_api::BootInfo;
 use crate::arch::tsc;
 use crate::platform::descriptor::{self, BootDescriptor};
 
+/// Sets up tasks and system calls on the instance's first CPU (its further CPUs set up
+/// `SYSCALL` themselves as they join, and run tasks from their idle loop).
+fn start_tasks() {
+    if let Err(e) = crate::tasks::sched::init() {
+        crate::error!("tasks: {e}");
+        return;
+    }
+    if crate::syscalls::init().is_err() {
+        crate::error!("system calls: the handler hook is taken");
+    }
+    crate::syscalls::init_this_cpu();
+    crate::tasks::sched::start_further_cpus_work();
+}
+
 /// Which instance this kernel is, once booted.
 pub enum Role {
     /// Instance 0, started by the bootloader; every other instance has been started.
