@@ -8,6 +8,7 @@
 //! | `KILL` (0x102) | word: task id | word: `mk_abi::encode` of the result |
 //! | `LIST` (0x103) | word: first slot to list | word: count, then per task: id, state and CPU, CPU time (µs), name (8 bytes) |
 //! | `STATS` (0x104) | none | words: tasks, switches, system calls, errors, faults, kills, exits, free frames |
+//! | `STATUS` (0x105) | word: task id | words: 0 and the exit status if it ended recently; 1 if it still runs; 2 if unknown |
 //!
 //! The sender is not checked: any instance may control another's tasks (issue 14 brings
 //! capabilities). Every field is validated: an id that names no task gets an error.
@@ -31,6 +32,7 @@ pub mod user {
     pub const KILL: u16 = 0x102;
     pub const LIST: u16 = 0x103;
     pub const STATS: u16 = 0x104;
+    pub const STATUS: u16 = 0x105;
 }
 
 /// One task as `LIST` reports it.
@@ -55,6 +57,7 @@ pub fn register() -> Result<(), Kind> {
         (user::KILL, handle_kill as HandlerFn),
         (user::LIST, handle_list as HandlerFn),
         (user::STATS, handle_stats as HandlerFn),
+        (user::STATUS, handle_status as HandlerFn),
     ] {
         d.registry()
             .register(HandlerKey::Kind(Kind::User(sub)), &handler)
@@ -186,6 +189,48 @@ pub fn local_stats() -> [u64; 8] {
 
 fn handle_stats(_m: &Message) -> Option<Reply> {
     reply_words(&local_stats())
+}
+
+/// How task `id` of this instance is: ended (with its status), alive, or unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Ended(u64),
+    Alive,
+    Unknown,
+}
+
+fn local_status(id: TaskId) -> TaskStatus {
+    if let Some(status) = sched::recent_exit(id) {
+        return TaskStatus::Ended(status);
+    }
+    match sched::with(|s| s.state(id).is_some()) {
+        Some(true) => TaskStatus::Alive,
+        _ => TaskStatus::Unknown,
+    }
+}
+
+fn handle_status(m: &Message) -> Option<Reply> {
+    let Some(&raw) = words(m).first() else {
+        return Some(Reply::error(Status::InvalidArgument));
+    };
+    reply_words(&match local_status(TaskId::from_raw(raw)) {
+        TaskStatus::Ended(s) => [0, s],
+        TaskStatus::Alive => [1, 0],
+        TaskStatus::Unknown => [2, 0],
+    })
+}
+
+/// How task `id` of instance `on` is.
+pub fn status(on: InstanceId, id: TaskId) -> Result<TaskStatus, ControlError> {
+    if on == crate::instance::id() {
+        return Ok(local_status(id));
+    }
+    let w = call(on, user::STATUS, UserPayload::from_words(&[id.raw()]))?;
+    Ok(match (w.first(), w.get(1)) {
+        (Some(0), Some(&s)) => TaskStatus::Ended(s),
+        (Some(1), _) => TaskStatus::Alive,
+        _ => TaskStatus::Unknown,
+    })
 }
 
 /// Why a task-control request to an instance failed.

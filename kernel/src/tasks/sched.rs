@@ -227,9 +227,32 @@ pub fn exit_current(status: u64) -> ! {
     crate::platform::failure::fatal(format_args!("an exited task was resumed"))
 }
 
+/// How many ended tasks [`recent_exit`] remembers.
+const RECENT: usize = 64;
+static RECENT_EXITS: Mutex<([(u64, u64); RECENT], usize)> = Mutex::new(([(0, 0); RECENT], 0));
+
+/// The exit status of task `id` if it ended recently (among the last 64 to end): how the shell
+/// and the tests learn how a task nobody waits for ended.
+pub fn recent_exit(id: TaskId) -> Option<u64> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let r = RECENT_EXITS.lock();
+        r.0.iter().find(|(t, _)| *t == id.raw()).map(|&(_, s)| s)
+    })
+}
+
+fn end_record(id: TaskId, status: u64) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut r = RECENT_EXITS.lock();
+        let at = r.1 % RECENT;
+        r.0[at] = (id.raw(), status);
+        r.1 = r.1.wrapping_add(1);
+    });
+}
+
 /// Ends task `id` with `status` (its payload, if returned now, is dropped here: it is not
 /// running anywhere).
 fn end(id: TaskId, status: u64) {
+    end_record(id, status);
     let exit = with(|s| {
         let exit = s.exit(id, status).ok()?;
         if let Some(parent) = exit.wake {
@@ -273,6 +296,7 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
     KILLS.fetch_add(1, Ordering::Relaxed);
     match outcome {
         mk_sched::KillOutcome::Exited(exit) => {
+            end_record(id, mk_abi::STATUS_KILLED);
             with(|s| {
                 if let Some(parent) = exit.wake {
                     let _ = s.wake(parent);
