@@ -124,7 +124,12 @@ fn local_rows(first: usize) -> (Vec<TaskRow>, bool) {
             .filter(|t| t.id.index as usize >= first)
             .map(|t| TaskRow {
                 id: t.id,
-                state: t.state.name(),
+                state: match t.state {
+                    mk_sched::State::Ready => "ready",
+                    mk_sched::State::Running { .. } => "running",
+                    mk_sched::State::Blocked(_) => "blocked",
+                    mk_sched::State::Exited { .. } => "exited",
+                },
                 cpu: t.cpu as u8,
                 cpu_time_us: t.cpu_time / per_us,
                 name: t.name.into(),

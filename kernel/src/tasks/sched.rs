@@ -253,15 +253,10 @@ fn end_record(id: TaskId, status: u64) {
 /// running anywhere).
 fn end(id: TaskId, status: u64) {
     end_record(id, status);
-    let exit = with(|s| {
-        let exit = s.exit(id, status).ok()?;
-        if let Some(parent) = exit.wake {
-            let _ = s.wake(parent);
-        }
-        Some(exit.payload)
-    })
-    .flatten();
-    drop(exit);
+    // The scheduler wakes the parent if it waits; the payload is here only if the task was
+    // not running (else the scheduler loop of its CPU frees it).
+    let payload = with(|s| s.exit(id, status).ok().and_then(|e| e.payload)).flatten();
+    drop(payload);
 }
 
 /// Waits for the caller's child `child` to end and returns its status.
@@ -297,11 +292,6 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
     match outcome {
         mk_sched::KillOutcome::Exited(exit) => {
             end_record(id, mk_abi::STATUS_KILLED);
-            with(|s| {
-                if let Some(parent) = exit.wake {
-                    let _ = s.wake(parent);
-                }
-            });
             drop(exit.payload);
         }
         mk_sched::KillOutcome::Running { cpu } => request_resched(cpu),
@@ -346,7 +336,7 @@ fn user_return() {
     let me = slot();
     let Some(Some((id, killed, others))) = with(|s| {
         let id = s.current(me)?;
-        let others = s.ready_total() > 0;
+        let others = (0..s.max_cpus()).any(|c| s.ready_on(c) > 0);
         Some((id, s.kill_pending(id), others))
     }) else {
         return;
