@@ -74,6 +74,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
                 selftest::run_in_instance(desc);
             }
             let _ = desc;
+            #[cfg(not(feature = "qemu-tests"))]
+            boot::start_init();
             messaging::serve_forever()
         }
     }

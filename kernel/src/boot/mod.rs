@@ -38,6 +38,21 @@ fn start_tasks() {
     crate::tasks::sched::start_further_cpus_work();
 }
 
+/// Starts this instance's first task (every instance but 0, in the kernel users run): the
+/// command line in the ramdisk's `etc/init.<instance>` if there is one, else `init`.
+pub fn start_init() {
+    let me = crate::instance::id();
+    let custom = crate::memory::ramdisk::file(&alloc::format!("etc/init.{me}"))
+        .and_then(|b| core::str::from_utf8(b).ok())
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let line = custom.unwrap_or("init");
+    match crate::tasks::task::spawn(line, None, None) {
+        Ok(id) => crate::info!("started {line:?} as task {id}"),
+        Err(e) => crate::warn!("could not start {line:?}: {e}"),
+    }
+}
+
 /// Which instance this kernel is, once booted.
 pub enum Role {
     /// Instance 0, started by the bootloader; every other instance has been started.
