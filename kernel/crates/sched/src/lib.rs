@@ -977,7 +977,8 @@ impl<T> Scheduler<T> {
     /// Kills task `id`: a Ready or Blocked task exits now with [`STATUS_KILLED`] (as
     /// [`Scheduler::exit`]); a running task is marked [kill pending](Self::kill_pending) and
     /// its CPU returned, for the kernel to interrupt it and call `exit` when it enters the
-    /// kernel. [`SchedError::Exited`] for a zombie.
+    /// kernel (if the kernel preempts or blocks it instead, the mark stays, and the next `kill`
+    /// exits it at once). [`SchedError::Exited`] for a zombie.
     pub fn kill(&mut self, id: TaskId) -> Result<KillOutcome<T>, SchedError> {
         let t = self.task_mut(id).ok_or(SchedError::NoSuchTask)?;
         match t.state {
