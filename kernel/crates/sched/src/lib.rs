@@ -977,7 +977,8 @@ impl<T> Scheduler<T> {
     /// Kills task `id`: a Ready or Blocked task exits now with [`STATUS_KILLED`] (as
     /// [`Scheduler::exit`]); a running task is marked [kill pending](Self::kill_pending) and
     /// its CPU returned, for the kernel to interrupt it and call `exit` when it enters the
-    /// kernel. [`SchedError::Exited`] for a zombie.
+    /// kernel (if the kernel preempts or blocks it instead, the mark stays, and the next `kill`
+    /// exits it at once). [`SchedError::Exited`] for a zombie.
     pub fn kill(&mut self, id: TaskId) -> Result<KillOutcome<T>, SchedError> {
         let t = self.task_mut(id).ok_or(SchedError::NoSuchTask)?;
         match t.state {
@@ -995,8 +996,34 @@ impl<T> Scheduler<T> {
     // ---- checking ------------------------------------------------------------------------
 
     /// Checks every internal invariant (for tests and kernel debug builds); `Err` names the
-    /// first one broken. O(tasks × CPUs).
+    /// first one broken. Linear in slots, queued tasks and CPUs; allocates two bitmaps.
     pub fn check(&self) -> Result<(), &'static str> {
+        // Queues first: members are Ready there, and each appears once overall.
+        let mut queued = alloc::vec![false; self.slots.len()];
+        let mut queued_count = 0;
+        for (i, c) in self.cpus.iter().enumerate() {
+            for &q in &c.queue {
+                if self
+                    .task(q)
+                    .is_none_or(|t| t.state != State::Ready || t.cpu != i)
+                {
+                    return Err("queue holds a task that is not Ready there");
+                }
+                match queued.get_mut(q.index as usize) {
+                    Some(seen) if !*seen => *seen = true,
+                    _ => return Err("task queued twice"),
+                }
+                queued_count += 1;
+            }
+            if let Some(cur) = c.current
+                && self.state(cur) != Some(State::Running { cpu: i })
+            {
+                return Err("CPU current is not Running on it");
+            }
+            if !c.online && (c.current.is_some() || !c.queue.is_empty()) {
+                return Err("offline CPU runs or queues tasks");
+            }
+        }
         let mut live = 0;
         let mut ready = 0;
         let mut sleeping = 0;
@@ -1017,25 +1044,18 @@ impl<T> Scheduler<T> {
             if t.pinned && !self.is_online(t.cpu) {
                 return Err("task pinned to an offline CPU");
             }
-            if let Some(p) = t.parent {
-                if !self.is_alive(p) || p == id {
+            match t.parent {
+                Some(p) if !self.is_alive(p) || p == id => {
                     return Err("parent is not a live task");
                 }
-            } else if exited {
-                return Err("zombie without a live parent");
+                None if exited => return Err("zombie without a live parent"),
+                _ => {}
             }
             match t.state {
                 State::Ready => {
                     ready += 1;
-                    let n = self
-                        .cpus
-                        .iter()
-                        .map(|c| c.queue.iter().filter(|&&q| q == id).count());
-                    if n.sum::<usize>() != 1 {
-                        return Err("Ready task not in exactly one queue");
-                    }
-                    if !self.cpus.get(t.cpu).is_some_and(|c| c.queue.contains(&id)) {
-                        return Err("Ready task not in its CPU's queue");
+                    if queued.get(i) != Some(&true) {
+                        return Err("Ready task in no queue");
                     }
                 }
                 State::Running { cpu } => {
@@ -1043,14 +1063,13 @@ impl<T> Scheduler<T> {
                         return Err("Running task is not its CPU's current");
                     }
                 }
-                State::Blocked(why) => {
-                    if let Block::Sleep { until } = why {
-                        sleeping += 1;
-                        if !self.sleepers.contains(&(until, id)) {
-                            return Err("sleeper missing from the sleepers");
-                        }
+                State::Blocked(Block::Sleep { until }) => {
+                    sleeping += 1;
+                    if !self.sleepers.contains(&(until, id)) {
+                        return Err("sleeper missing from the sleepers");
                     }
                 }
+                State::Blocked(_) => {}
                 State::Exited { .. } => {
                     if t.kill_pending {
                         return Err("kill pending on a zombie");
@@ -1061,38 +1080,17 @@ impl<T> Scheduler<T> {
         if live != self.live || live > self.max_tasks {
             return Err("task count wrong");
         }
+        if queued_count != ready {
+            return Err("queued tasks are not exactly the Ready tasks");
+        }
         if sleeping != self.sleepers.len() {
             return Err("sleepers hold a task that is not sleeping");
         }
-        let mut queued = 0;
-        for (i, c) in self.cpus.iter().enumerate() {
-            queued += c.queue.len();
-            for &q in &c.queue {
-                if self
-                    .task(q)
-                    .is_none_or(|t| t.state != State::Ready || t.cpu != i)
-                {
-                    return Err("queue holds a task that is not Ready there");
-                }
-            }
-            if let Some(cur) = c.current
-                && self.state(cur) != Some(State::Running { cpu: i })
-            {
-                return Err("CPU current is not Running on it");
-            }
-            if !c.online && (c.current.is_some() || !c.queue.is_empty()) {
-                return Err("offline CPU runs or queues tasks");
-            }
-        }
-        if queued != ready {
-            return Err("queued tasks are not exactly the Ready tasks");
-        }
-        for (n, &i) in self.free.iter().enumerate() {
-            if self.slots.get(i as usize).is_none_or(|s| s.task.is_some()) {
-                return Err("free list holds a used slot");
-            }
-            if self.free.iter().skip(n + 1).any(|&j| j == i) {
-                return Err("free list holds a slot twice");
+        let mut free = alloc::vec![false; self.slots.len()];
+        for &i in &self.free {
+            match (self.slots.get(i as usize), free.get_mut(i as usize)) {
+                (Some(s), Some(seen)) if s.task.is_none() && !*seen => *seen = true,
+                _ => return Err("free list holds a used slot, or a slot twice"),
             }
         }
         Ok(())
