@@ -48,20 +48,22 @@ pub struct TaskRow {
 /// Tasks per `LIST` reply: a count word, then 3 words and 8 name bytes per task.
 const ROWS_PER_REPLY: usize = (mk_wire::MAX_PAYLOAD - 8) / 32;
 
+static HANDLERS: [(u16, HandlerFn); 5] = [
+    (user::SPAWN, handle_spawn),
+    (user::KILL, handle_kill),
+    (user::LIST, handle_list),
+    (user::STATS, handle_stats),
+    (user::STATUS, handle_status),
+];
+
 pub fn register() -> Result<(), Kind> {
     let Some(d) = messaging::dispatcher() else {
         return Err(Kind::User(user::SPAWN));
     };
-    for (sub, handler) in [
-        (user::SPAWN, handle_spawn as HandlerFn),
-        (user::KILL, handle_kill as HandlerFn),
-        (user::LIST, handle_list as HandlerFn),
-        (user::STATS, handle_stats as HandlerFn),
-        (user::STATUS, handle_status as HandlerFn),
-    ] {
+    for (sub, handler) in &HANDLERS {
         d.registry()
-            .register(HandlerKey::Kind(Kind::User(sub)), &handler)
-            .map_err(|_| Kind::User(sub))?;
+            .register(HandlerKey::Kind(Kind::User(*sub)), handler)
+            .map_err(|_| Kind::User(*sub))?;
     }
     Ok(())
 }

@@ -64,10 +64,11 @@ pub fn init() -> Result<(), InitError> {
         if s.is_some() {
             return Err(InitError::Twice);
         }
+        // Only the first CPU runs tasks at first; the others join as they come up.
         let mut sched = Scheduler::new(MAX_TASKS, MAX_SLOTS);
-        sched
-            .set_cpu_online(0, true)
-            .map_err(|_| InitError::Hooks)?;
+        for slot in 1..MAX_SLOTS {
+            let _ = sched.set_cpu_online(slot, false);
+        }
         *s = Some(sched);
     }
     space::remember_kernel_root();
@@ -159,9 +160,13 @@ fn run_one_locked_out() -> bool {
             // state first); keep the context so it can run again.
             t.context = back;
         }
-        s.take_dead(me)
-    })
-    .flatten();
+        let mut dead = alloc::vec::Vec::new();
+        while let Some(t) = s.take_dead(me) {
+            dead.push(t);
+        }
+        dead
+    });
+    // Freed outside the lock (the address space gives its frames back).
     drop(dead);
     true
 }
