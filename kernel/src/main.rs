@@ -26,13 +26,15 @@ mod platform;
 mod shared;
 // 2. The CPUs of this instance.
 mod cpus;
-// 3. Messaging between instances.
+// 3. Tasks: user programs in their own address spaces (the program loader).
+mod tasks;
+// 4. Messaging between instances.
 mod messaging;
-// 4. The services on the messaging layer.
+// 5. The services on the messaging layer.
 mod services;
-// 5. Boot: the only code that calls the layers' `init` functions, in order.
+// 6. Boot: the only code that calls the layers' `init` functions, in order.
 mod boot;
-// 6. On top: the operator's shell, the self-tests.
+// 7. On top: the operator's shell, the self-tests.
 #[cfg(feature = "qemu-tests")]
 mod selftest;
 mod shell;
