@@ -3,11 +3,12 @@
 //! long), and every layer above the hardware forbids `unsafe` in its module root.
 //!
 //! ```text
-//!  7  main.rs                      declares the layers, runs boot then the top
-//!  6  shell/  selftest/            the operator's shell, the in-kernel tests
-//!  5  boot/                        the only caller of the layers' init functions
-//!  4  services/                    handlers on the messaging layer (and bench's)
-//!  3  messaging/                   mailboxes, dispatcher, doorbells, bulk
+//!  8  main.rs                      declares the layers, runs boot then the top
+//!  7  shell/  selftest/            the operator's shell, the in-kernel tests
+//!  6  boot/                        the only caller of the layers' init functions
+//!  5  services/  syscalls/         handlers on the messaging layer (and bench's); system calls
+//!  4  messaging/                   mailboxes, dispatcher, doorbells, bulk
+//!  3  tasks/                       user tasks: the program loader, the scheduler
 //!  2  cpus/                        this instance's CPUs; starting another instance
 //!  1  shared/                      this instance's view of the shared region
 //!  0  instance arch/ memory/ console/ platform/    hardware: the only `unsafe`
@@ -30,15 +31,17 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("platform", 0),
     ("shared", 1),
     ("cpus", 2),
-    ("messaging", 3),
-    ("services", 4),
-    ("boot", 5),
-    ("shell", 6),
-    ("selftest", 6),
+    ("tasks", 3),
+    ("messaging", 4),
+    ("services", 5),
+    ("syscalls", 5),
+    ("boot", 6),
+    ("shell", 7),
+    ("selftest", 7),
 ];
 
 /// The layer of `main.rs`, above all.
-const TOP: u8 = 7;
+const TOP: u8 = 8;
 
 /// Macros exported by the console (`#[macro_export]`, so they live at the crate root).
 const CONSOLE_MACROS: &[&str] = &["error", "warn", "info", "debug", "println"];
@@ -462,7 +465,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let all = problems.join("\n");
         assert!(
-            all.contains("arch/apic (layer 0) uses messaging (layer 3)"),
+            all.contains("arch/apic (layer 0) uses messaging (layer 4)"),
             "{all}"
         );
         assert!(
@@ -470,7 +473,7 @@ mod tests {
             "{all}"
         );
         assert!(
-            all.contains("services/mod.rs (layer 4) does not forbid"),
+            all.contains("services/mod.rs (layer 5) does not forbid"),
             "{all}"
         );
         assert_eq!(problems.len(), 3, "{all}");

@@ -176,6 +176,7 @@ pub fn all() -> Vec<Boot> {
                 "timer_rate",
                 "ipi_self",
                 "ioapic_rtc",
+                "address_spaces",
             ],
             _ => &["madt_cpus=4", "apic_mode=x2apic"],
         };
@@ -186,6 +187,7 @@ pub fn all() -> Vec<Boot> {
                 "breakpoint",
                 "heap_stress",
                 "frames_unique",
+                "address_spaces",
                 "timer_rate",
                 "page_fault",
             ],

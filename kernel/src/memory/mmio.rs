@@ -43,7 +43,7 @@ fn map_with(phys: u64, len: u64, caching: PageTableFlags) -> Result<u64, MmioErr
         let frame = PhysFrame::containing_address(PhysAddr::new(first_frame + i * 4096));
         paging::map(page, frame, flags).map_err(|e| MmioError::Map {
             phys: first_frame + i * 4096,
-            cause: e.into(),
+            cause: e,
         })?;
     }
     *next = base + pages * 4096;

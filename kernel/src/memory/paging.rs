@@ -1,6 +1,8 @@
 //! The instance's page tables through `x86_64`'s `OffsetPageTable`, and the virtual windows the
 //! kernel carves for itself out of unused top-level slots.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::mapper::{MapToError, Translate, UnmapError};
@@ -12,6 +14,51 @@ use x86_64::{PhysAddr, VirtAddr};
 use super::frames::{self, PageTableFrames};
 
 static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
+
+/// Set (under the mapper's lock) when the first user address space copies the kernel half
+/// (`space.rs`). Every address space holds a copy of the upper half's 256 top-level entries,
+/// taken when it is created, and shares the tables below them; a top-level entry created later
+/// would be missing from the spaces that exist, and the kernel would fault there while one of
+/// them is loaded. So from then on nothing may create an upper-half top-level entry:
+/// [`claim_free_slot`] refuses, and so do [`map`] and [`map_phys`] for an address whose
+/// top-level entry is empty. The slots the kernel uses (the heap's, the MMIO window's, the
+/// physical map's, the kernel image's, the boot stack's) are all taken while the instance
+/// boots, before any task exists; changes below existing entries are shared and need nothing.
+static KERNEL_HALF_FROZEN: AtomicBool = AtomicBool::new(false);
+
+/// Index of the top-level entry that maps `virt`.
+const fn top_index(virt: u64) -> usize {
+    ((virt >> 39) & 511) as usize
+}
+
+/// Whether mapping `virt` would have to create an upper-half top-level entry after
+/// [`KERNEL_HALF_FROZEN`] was set.
+fn needs_new_slot(m: &OffsetPageTable<'static>, virt: u64) -> bool {
+    let i = top_index(virt);
+    i >= 256 && KERNEL_HALF_FROZEN.load(Ordering::Relaxed) && m.level_4_table()[i].is_unused()
+}
+
+/// Copies the upper half (entries 256..512) of the instance's own top-level table (the
+/// mapper's, whatever CR3 holds now) into `dst`, and freezes that half (see
+/// [`KERNEL_HALF_FROZEN`]). For `space.rs`, when it builds a user address space.
+pub(super) fn copy_kernel_half(dst: &mut PageTable) {
+    with(|m| {
+        KERNEL_HALF_FROZEN.store(true, Ordering::Relaxed);
+        let src = m.level_4_table();
+        for i in 256..512 {
+            dst[i] = src[i].clone();
+        }
+    })
+}
+
+/// Physical address of the instance's own top-level table (the one the kernel runs on when no
+/// user address space is loaded).
+pub fn kernel_root() -> u64 {
+    with(|m| {
+        let table: *const PageTable = m.level_4_table();
+        table as u64 - m.phys_offset().as_u64()
+    })
+}
 
 pub fn init(phys_offset: u64) {
     let (root, _) = Cr3::read();
@@ -32,6 +79,9 @@ fn with<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
 /// Claims an unused top-level slot in the upper half and returns its base address.
 pub fn claim_free_slot() -> Result<u64, PagingError> {
     with(|m| {
+        if KERNEL_HALF_FROZEN.load(Ordering::Relaxed) {
+            return Err(PagingError::KernelHalfFrozen);
+        }
         let table = m.level_4_table_mut();
         let index = (256..512)
             .rev()
@@ -54,21 +104,30 @@ pub fn map(
     page: Page<Size4KiB>,
     frame: PhysFrame<Size4KiB>,
     flags: PageTableFlags,
-) -> Result<(), MapToError<Size4KiB>> {
+) -> Result<(), TableError> {
     with(|m| {
+        if needs_new_slot(m, page.start_address().as_u64()) {
+            return Err(TableError::NewTopLevelEntry);
+        }
         // SAFETY: callers map pages inside the windows this kernel claimed, to frames they own
         // (from the frame allocator) or to device registers; no existing Rust reference can
         // alias a page that was not mapped before.
-        unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }.map(|flush| flush.flush())
+        unsafe { m.map_to(page, frame, flags, &mut PageTableFrames) }
+            .map(|flush| flush.flush())
+            .map_err(TableError::from)
     })
 }
 
 /// Maps a fresh frame at `page`.
 pub fn map_new(page: Page<Size4KiB>, flags: PageTableFlags) -> Result<(), PagingError> {
     let frame = frames::alloc().ok_or(PagingError::OutOfFrames)?;
-    map(page, frame, flags).map_err(|e| PagingError::Map {
-        virt: page.start_address().as_u64(),
-        cause: e.into(),
+    map(page, frame, flags).map_err(|cause| {
+        // The frame never got mapped: give it back.
+        let _ = frames::free(frame);
+        PagingError::Map {
+            virt: page.start_address().as_u64(),
+            cause,
+        }
     })
 }
 
@@ -148,6 +207,9 @@ pub fn map_phys(start: u64, end: u64) -> Result<(), PagingError> {
     with(|m| {
         let mut pa = start;
         while pa < end {
+            if needs_new_slot(m, off + pa) {
+                return Err(PagingError::KernelHalfFrozen);
+            }
             if pa.is_multiple_of(Size2MiB::SIZE) && end - pa >= Size2MiB::SIZE {
                 let page: Page<Size2MiB> = Page::containing_address(VirtAddr::new(off + pa));
                 let frame: PhysFrame<Size2MiB> = PhysFrame::containing_address(PhysAddr::new(pa));
@@ -227,10 +289,7 @@ pub fn identity_map(pa: u64) -> Result<(), PagingError> {
         frame,
         PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
     )
-    .map_err(|e| PagingError::IdentityMap {
-        phys: pa,
-        cause: e.into(),
-    })
+    .map_err(|e| PagingError::IdentityMap { phys: pa, cause: e })
 }
 
 /// The physical address `virt` maps to, if it is mapped.
@@ -253,6 +312,9 @@ pub enum TableError {
     NotMapped,
     /// The entry points to this invalid physical address (this instance's page tables).
     InvalidFrame(u64),
+    /// The page would need a new upper-half top-level entry, and user address spaces exist
+    /// that would not see it (this instance's state: the kernel half is frozen).
+    NewTopLevelEntry,
 }
 
 impl<S: x86_64::structures::paging::PageSize> From<MapToError<S>> for TableError {
@@ -285,6 +347,9 @@ impl core::fmt::Display for TableError {
             Self::AlreadyMapped(pa) => write!(f, "the page is already mapped (to {pa:#x})"),
             Self::NotMapped => f.write_str("the page is not mapped"),
             Self::InvalidFrame(pa) => write!(f, "invalid frame address {pa:#x} in the entry"),
+            Self::NewTopLevelEntry => f.write_str(
+                "the page needs a new kernel top-level entry, and user address spaces exist",
+            ),
         }
     }
 }
@@ -295,6 +360,9 @@ impl core::fmt::Display for TableError {
 pub enum PagingError {
     /// Every top-level slot of the upper half is in use (this instance's layout).
     NoFreeSlot,
+    /// User address spaces exist, each with its copy of the upper half's top-level entries:
+    /// no new one may be created (this instance's state; see `KERNEL_HALF_FROZEN`).
+    KernelHalfFrozen,
     /// The frame allocator is empty (this instance's memory).
     OutOfFrames,
     /// Mapping a fresh frame at `virt` failed.
@@ -324,6 +392,9 @@ impl core::fmt::Display for PagingError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoFreeSlot => f.write_str("no free top-level page-table slot"),
+            Self::KernelHalfFrozen => f.write_str(
+                "no new kernel top-level page-table entry once user address spaces exist",
+            ),
             Self::OutOfFrames => f.write_str("out of physical frames"),
             Self::Map { virt, cause } => write!(f, "mapping {virt:#x} failed: {cause}"),
             Self::UnmapHuge { phys, cause } => write!(

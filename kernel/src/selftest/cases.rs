@@ -7,7 +7,9 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{bench, hardware, instances, machine, messaging, services, start, tasks};
+use super::{
+    bench, hardware, instances, machine, messaging, services, spaces, start, tasks,
+};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
@@ -35,6 +37,8 @@ pub(super) static CASES: &[Case] = &[
     case("memory_accounting", |_, _| instances::memory_accounting()),
     case("ownership", |_, _| instances::ownership()),
     case("cpu_caches", |_, _| instances::cpu_caches()),
+    // User address spaces and the program loader.
+    case("address_spaces", |_, _| spaces::address_spaces()),
     // Messaging.
     case("msg_ping", |_, arg| messaging::msg_ping(arg)),
     case("msg_order", |_, arg| messaging::msg_order(arg)),

@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!  cases      the table: name -> function (checked against mk_cases::NAMES), `run`
-//!  hardware instances messaging services bench start machine     the cases, by subject
+//!  hardware instances spaces messaging services bench start machine   the cases, by subject
 //!  harness    the run loop, verdict lines, Outcome, ensure, argument parsing
 //!  peer       what runs in the other instances on instance 0's request, and asking them
 //! ```
@@ -29,6 +29,7 @@ mod machine;
 mod messaging;
 mod peer;
 mod services;
+mod spaces;
 mod start;
 mod tasks;
 

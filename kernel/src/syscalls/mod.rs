@@ -188,7 +188,7 @@ fn sys_map(len: u64, flags: u64) -> SysResult {
     let me = current()?;
     sched::with(|s| {
         let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
-        t.space.map_anon(len).map_err(|e| e.abi())
+        t.space.map_anon(len).map_err(|e| e.abi_error())
     })
     .ok_or(Error::NoSuchTask)?
 }
@@ -200,7 +200,10 @@ fn sys_unmap(addr: u64, len: u64) -> SysResult {
     let me = current()?;
     sched::with(|s| {
         let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
-        t.space.unmap_anon(addr, len).map(|()| 0).map_err(|e| e.abi())
+        t.space
+            .unmap_anon(addr, len.div_ceil(4096))
+            .map(|()| 0)
+            .map_err(|e| e.abi_error())
     })
     .ok_or(Error::NoSuchTask)?
 }

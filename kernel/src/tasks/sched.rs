@@ -71,7 +71,6 @@ pub fn init() -> Result<(), InitError> {
         }
         *s = Some(sched);
     }
-    space::remember_kernel_root();
     interrupts::set_user_fault_handler(user_fault).map_err(|_| InitError::Hooks)?;
     interrupts::set_user_return_hook(user_return).map_err(|_| InitError::Hooks)?;
     Ok(())

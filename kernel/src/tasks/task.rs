@@ -65,7 +65,7 @@ impl SpawnError {
         match self {
             Self::NoSuchProgram => mk_abi::Error::NoSuchProgram,
             Self::BadArguments => mk_abi::Error::BadLength,
-            Self::BadProgram(_) => mk_abi::Error::BadArgument,
+            Self::BadProgram(e) => e.abi_error(),
             Self::OutOfMemory => mk_abi::Error::OutOfMemory,
             Self::Scheduler(mk_sched::SpawnError::TooManyTasks) => mk_abi::Error::TooManyTasks,
             Self::Scheduler(_) => mk_abi::Error::BadArgument,
@@ -88,7 +88,9 @@ pub fn spawn(
     let elf = crate::memory::ramdisk::program(name).ok_or(SpawnError::NoSuchProgram)?;
     let mut space = AddressSpace::new().map_err(|_| SpawnError::OutOfMemory)?;
     let loaded = loader::load(&mut space, elf, args).map_err(|e| match e {
-        loader::LoadError::Space(_) => SpawnError::OutOfMemory,
+        loader::LoadError::Map(crate::memory::space::SpaceError::OutOfFrames) => {
+            SpawnError::OutOfMemory
+        }
         other => SpawnError::BadProgram(other),
     })?;
     let mut stack = Stack::new();

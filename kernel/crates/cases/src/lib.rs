@@ -40,6 +40,8 @@ pub const NAMES: &[&str] = &[
     "memory_accounting",
     "ownership",
     "cpu_caches",
+    // User address spaces and the program loader.
+    "address_spaces",
     // Messaging.
     "msg_ping",
     "msg_order",
