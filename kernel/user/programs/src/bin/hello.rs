@@ -1,0 +1,17 @@
+//! `hello`: says who and where it is, and exits 0.
+
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use mk_user::{Args, println};
+
+mk_user::entry!(main);
+
+fn main(_args: Args) {
+    let me = mk_user::whoami();
+    println!(
+        "hello from task {} on instance {}, cpu {}",
+        me.task, me.instance, me.cpu
+    );
+}
