@@ -35,6 +35,7 @@ pub(super) static CASES: &[Case] = &[
     case("memory_accounting", |_, _| instances::memory_accounting()),
     case("ownership", |_, _| instances::ownership()),
     case("cpu_caches", |_, _| instances::cpu_caches()),
+    case("ramdisk_programs", |_, _| instances::ramdisk_programs()),
     // Messaging.
     case("msg_ping", |_, arg| messaging::msg_ping(arg)),
     case("msg_order", |_, arg| messaging::msg_order(arg)),

@@ -40,6 +40,7 @@ pub const NAMES: &[&str] = &[
     "memory_accounting",
     "ownership",
     "cpu_caches",
+    "ramdisk_programs",
     // Messaging.
     "msg_ping",
     "msg_order",

@@ -82,7 +82,7 @@ impl<'a> Archive<'a> {
     }
 
     /// Every regular file, in archive order. Entries whose name is not UTF-8 are skipped.
-    pub fn files(&self) -> impl Iterator<Item = File<'a>> + 'a {
+    pub fn files(&self) -> impl Iterator<Item = File<'a>> + use<'a> {
         let bytes = self.bytes;
         // Validated in `parse`: building the reference again cannot fail.
         let headers = TarArchiveRef::new(bytes).map(|t| t.headers()).ok();
@@ -115,7 +115,7 @@ impl<'a> Archive<'a> {
     }
 
     /// The names of the programs (files directly under `bin/`), in archive order.
-    pub fn programs(&self) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn programs(&self) -> impl Iterator<Item = &'a str> + use<'a> {
         self.files()
             .filter_map(|f| f.path.strip_prefix(PROGRAM_DIR))
             .filter(|name| valid_name(name))

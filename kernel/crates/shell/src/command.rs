@@ -39,6 +39,8 @@ pub enum Command {
     Crash { instance: InstanceId },
     /// `bench [ROUNDS] [INST]`
     Bench { rounds: u32, instance: InstanceId },
+    /// `programs`
+    Programs,
 }
 
 /// One command's name, usage and one-line description (what `help` prints).
@@ -106,6 +108,11 @@ pub const COMMANDS: &[CommandInfo] = &[
         usage: "bench [ROUNDS] [INST]",
         about: "in-kernel benchmark against INST (default 1): round trips, throughput, op costs; ROUNDS 1..100000 (200)",
     },
+    CommandInfo {
+        name: "programs",
+        usage: "programs",
+        about: "the user programs in the boot ramdisk, with their sizes",
+    },
 ];
 
 /// A line the shell cannot run: what is wrong, and the usage of the command (if one was named).
@@ -164,6 +171,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         },
         "instances" => arity(0).map(|()| Command::Instances)?,
         "stats" => arity(0).map(|()| Command::Stats)?,
+        "programs" => arity(0).map(|()| Command::Programs)?,
         "ping" => match args {
             [inst] => Command::Ping {
                 instance: instance(inst)?,
@@ -320,6 +328,7 @@ mod tests {
         assert_eq!(ok("help ping"), Command::Help(info("ping")));
         assert_eq!(ok("instances"), Command::Instances);
         assert_eq!(ok("  stats  "), Command::Stats);
+        assert_eq!(ok("programs"), Command::Programs);
         assert_eq!(
             ok("ping 2"),
             Command::Ping {
