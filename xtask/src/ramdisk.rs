@@ -78,7 +78,12 @@ pub fn pack(programs: &[(String, Vec<u8>)], plan: Option<&str>) -> Result<Vec<u8
         parsed
             .relocations()
             .map_err(|e| format!("user program {name}: bad relocations: {e:?}"))?;
-        append(&mut tar, &format!("{}{name}", mk_ramdisk::PROGRAM_DIR), elf, 0o755)?;
+        append(
+            &mut tar,
+            &format!("{}{name}", mk_ramdisk::PROGRAM_DIR),
+            elf,
+            0o755,
+        )?;
     }
     if let Some(plan) = plan {
         append(
@@ -167,7 +172,10 @@ mod tests {
     fn packed_programs_and_plan_are_found_by_the_kernels_reader() {
         let elf = tiny_elf();
         assert!(mk_elf::Elf::parse(&elf).is_ok(), "the test ELF must parse");
-        let programs = vec![("hello".to_string(), elf.clone()), ("spin".into(), elf.clone())];
+        let programs = vec![
+            ("hello".to_string(), elf.clone()),
+            ("spin".into(), elf.clone()),
+        ];
         let bytes = pack(&programs, Some("1,3")).unwrap();
         let disk = mk_ramdisk::Archive::parse(&bytes).unwrap();
         assert_eq!(disk.program("hello"), Some(&elf[..]));

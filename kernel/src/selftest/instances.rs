@@ -276,7 +276,9 @@ pub(super) fn ramdisk_programs() -> Outcome {
             .map(|(_, name)| *name)
             .collect::<Vec<_>>()
     };
-    ensure(mine != 0, || String::from("instance 0 has no ramdisk archive"))?;
+    ensure(mine != 0, || {
+        String::from("instance 0 has no ramdisk archive")
+    })?;
     ensure(mine & want == want, || {
         format!(
             "instance 0's ramdisk lacks (or cannot parse) {:?}; it holds {:?}",

@@ -86,17 +86,20 @@ impl<'a> Archive<'a> {
         let bytes = self.bytes;
         // Validated in `parse`: building the reference again cannot fail.
         let headers = TarArchiveRef::new(bytes).map(|t| t.headers()).ok();
-        headers.into_iter().flatten().filter_map(move |(block, hdr)| {
-            let kind = hdr.typeflag.try_to_type_flag().ok()?;
-            if !kind.is_regular_file() {
-                return None;
-            }
-            let size: usize = hdr.size.as_number().ok()?;
-            let start = (block + 1).checked_mul(BLOCKSIZE)?;
-            let data = bytes.get(start..start.checked_add(size)?)?;
-            let path = hdr.name.as_str().ok()?;
-            Some(File { path, data })
-        })
+        headers
+            .into_iter()
+            .flatten()
+            .filter_map(move |(block, hdr)| {
+                let kind = hdr.typeflag.try_to_type_flag().ok()?;
+                if !kind.is_regular_file() {
+                    return None;
+                }
+                let size: usize = hdr.size.as_number().ok()?;
+                let start = (block + 1).checked_mul(BLOCKSIZE)?;
+                let data = bytes.get(start..start.checked_add(size)?)?;
+                let path = hdr.name.as_str().ok()?;
+                Some(File { path, data })
+            })
     }
 
     /// The file at `path` (the first one, if the archive repeats a path).
@@ -133,7 +136,9 @@ impl<'a> Archive<'a> {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
-        && !name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
 }
 
 #[cfg(test)]
@@ -196,7 +201,10 @@ mod tests {
     #[test]
     fn corrupt_archives_are_refused() {
         assert!(Archive::parse(&[]).is_err());
-        assert!(Archive::parse(b"2,2\n").is_err(), "a raw plan is no archive");
+        assert!(
+            Archive::parse(b"2,2\n").is_err(),
+            "a raw plan is no archive"
+        );
         let mut bytes = archive(&[("bin/hello", b"x")]);
         bytes[0] ^= 1; // the header's checksum no longer matches
         assert!(Archive::parse(&bytes).is_err());

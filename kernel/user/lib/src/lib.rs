@@ -287,7 +287,9 @@ pub fn parse_number(text: &str) -> Option<u64> {
     let mut any = false;
     for c in digits.chars().filter(|&c| c != '_') {
         let d = c.to_digit(radix)?;
-        value = value.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
+        value = value
+            .checked_mul(u64::from(radix))?
+            .checked_add(u64::from(d))?;
         any = true;
     }
     any.then_some(value)

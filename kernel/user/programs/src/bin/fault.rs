@@ -44,9 +44,7 @@ fn main(args: Args) -> u64 {
         "ud" => mk_user::ud2(),
         "write-text" => write_text(),
         _ => {
-            println!(
-                "fault: usage: fault kernel-read|null|phys ADDR|gp|div0|ud|write-text"
-            );
+            println!("fault: usage: fault kernel-read|null|phys ADDR|gp|div0|ud|write-text");
             return 2;
         }
     }

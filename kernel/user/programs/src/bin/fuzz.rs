@@ -84,10 +84,10 @@ fn nasty(rng: &mut XorShift, stack: u64, code: u64) -> u64 {
         0x0000_8000_0000_0000, // first non-canonical address
         0x0010_0000,           // physical-looking: 1 MiB (instance 0's memory)
         0x0020_0000,
-        0xFEE0_0000,           // the local APIC
-        0x1_0000_0000,         // 4 GiB
+        0xFEE0_0000,   // the local APIC
+        0x1_0000_0000, // 4 GiB
         4096,
-        1 << 40,               // a huge length
+        1 << 40, // a huge length
         abi::MAX_WRITE + 1,
     ];
     match rng.below(10) {
