@@ -18,12 +18,17 @@
 //! `docs/user-programs.md`.
 
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
+// The only module with `unsafe`.
+#[allow(unsafe_code)]
 mod sys;
 
 use core::fmt::{self, Write as _};
 
 pub use mk_abi::{self as abi, Error, Sys, TaskId};
+#[doc(hidden)]
+pub use sys::_start;
 pub use sys::{Mapping, cli, div, hlt, raw_syscall, read_byte, ud2, write_byte};
 
 /// Exit status of a task that panicked.
@@ -33,7 +38,7 @@ pub const PANIC_STATUS: u64 = 101;
 pub const LINE: usize = 512;
 
 fn call(n: Sys, a: [u64; 6]) -> Result<u64, Error> {
-    mk_abi::decode(raw_syscall(n as u64, a).0)
+    mk_abi::decode(raw_syscall(n as u64, a[0], a[1], a[2], a[3], a[4], a[5]).0)
 }
 
 /// Ends the task with `status` (`0..=255` by convention).
@@ -127,22 +132,10 @@ pub fn unmap(ptr: *mut u8, len: usize) -> Result<(), Error> {
     call(Sys::Unmap, [ptr as u64, len as u64, 0, 0, 0, 0]).map(|_| ())
 }
 
-/// Who the caller is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WhoAmI {
-    pub task: TaskId,
-    pub instance: u32,
-    pub cpu: u32,
-}
-
 /// The caller's task id, instance and CPU (the CPU it runs on at the time of the call).
-pub fn whoami() -> WhoAmI {
-    let (rax, rdx) = raw_syscall(Sys::WhoAmI as u64, [0; 6]);
-    WhoAmI {
-        task: TaskId::from_raw(rax),
-        instance: (rdx >> 32) as u32,
-        cpu: rdx as u32,
-    }
+pub fn whoami() -> (TaskId, u32, u32) {
+    let (rax, rdx) = raw_syscall(Sys::WhoAmI as u64, 0, 0, 0, 0, 0, 0);
+    (TaskId::from_raw(rax), (rdx >> 32) as u32, rdx as u32)
 }
 
 /// A formatting buffer of `N` bytes on the stack; full, it flushes to the console.
@@ -323,21 +316,6 @@ impl<E: fmt::Display> Exit for Result<(), E> {
             }
         }
     }
-}
-
-/// What `_start` (from [`entry!`]) runs: builds [`Args`], calls `main`, exits with its status.
-///
-/// # Safety
-///
-/// `ptr` and `len` must be what the kernel passed to `_start` (the entry ABI): a read-only
-/// argument string that lasts as long as the program.
-#[doc(hidden)]
-pub unsafe fn _start<R: Exit>(ptr: *const u8, len: usize, main: fn(Args) -> R) -> ! {
-    // SAFETY: the caller passes the kernel's argument string on.
-    let bytes = unsafe { sys::entry_args(ptr, len) };
-    // Not UTF-8 (the kernel checks it is): run with no arguments rather than not at all.
-    let text = core::str::from_utf8(bytes).unwrap_or("");
-    exit(main(Args::new(text)).status())
 }
 
 /// Defines the program's entry point `_start` for `fn main(args: Args) -> R` where `R:`

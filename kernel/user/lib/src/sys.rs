@@ -3,7 +3,7 @@
 
 use core::arch::asm;
 
-/// Makes system call `n` with arguments `a` (in `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`) and
+/// Makes system call `n` with arguments `a0..a5` (in `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`) and
 /// returns the raw `rax` and `rdx` (see `mk_abi` for the convention; [`mk_abi::decode`] turns
 /// `rax` into a `Result`).
 ///
@@ -12,7 +12,7 @@ use core::arch::asm;
 /// the program still uses (`unmap`), after which touching them faults and the kernel ends the
 /// task: what follows is a fault, never a silent corruption.
 #[inline(always)]
-pub fn raw_syscall(n: u64, a: [u64; 6]) -> (u64, u64) {
+pub fn raw_syscall(n: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, u64) {
     let rax: u64;
     let rdx: u64;
     // SAFETY: `syscall` enters the kernel, which preserves every register but rax, rdx (the
@@ -22,12 +22,12 @@ pub fn raw_syscall(n: u64, a: [u64; 6]) -> (u64, u64) {
         asm!(
             "syscall",
             inlateout("rax") n => rax,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            inlateout("rdx") a[2] => rdx,
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
+            in("rdi") a0,
+            in("rsi") a1,
+            inlateout("rdx") a2 => rdx,
+            in("r10") a3,
+            in("r8") a4,
+            in("r9") a5,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -38,7 +38,7 @@ pub fn raw_syscall(n: u64, a: [u64; 6]) -> (u64, u64) {
 
 /// `exit(status)`: never returns.
 pub fn exit(status: u64) -> ! {
-    raw_syscall(mk_abi::Sys::Exit as u64, [status, 0, 0, 0, 0, 0]);
+    raw_syscall(mk_abi::Sys::Exit as u64, status, 0, 0, 0, 0, 0);
     // The kernel never returns from exit; if it ever did, fault rather than run on.
     loop {
         ud2();
@@ -157,4 +157,20 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         let _ = crate::unmap(self.ptr, self.len);
     }
+}
+
+/// What `_start` (from [`crate::entry!`]) runs: builds [`crate::Args`], calls `main`, exits
+/// with its status.
+///
+/// # Safety
+///
+/// `ptr` and `len` must be what the kernel passed to `_start` (the entry ABI): a read-only
+/// argument string that lasts as long as the program.
+#[doc(hidden)]
+pub unsafe fn _start<R: crate::Exit>(ptr: *const u8, len: usize, main: fn(crate::Args) -> R) -> ! {
+    // SAFETY: the caller passes the kernel's argument string on.
+    let bytes = unsafe { entry_args(ptr, len) };
+    // Not UTF-8 (the kernel checks it is): run with no arguments rather than not at all.
+    let text = core::str::from_utf8(bytes).unwrap_or("");
+    exit(main(crate::Args::new(text)).status())
 }

@@ -26,7 +26,7 @@ fn main(args: Args) -> u64 {
         return 1;
     };
     let mut rng = XorShift::new(seed);
-    let me = mk_user::whoami().task;
+    let (me, _, _) = mk_user::whoami();
     let stack_marker = 0u64;
     let stack = core::ptr::addr_of!(stack_marker) as u64;
     let code = main as fn(Args) -> u64 as usize as u64;
@@ -41,7 +41,7 @@ fn main(args: Args) -> u64 {
         if !tame(n, &mut a, me, &mut rng) {
             continue;
         }
-        let (rax, _) = raw_syscall(n, a);
+        let (rax, _) = raw_syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
         match abi::decode(rax) {
             Ok(v) => {
                 ok += 1;

@@ -9,9 +9,6 @@ use mk_user::{Args, println};
 mk_user::entry!(main);
 
 fn main(_args: Args) {
-    let me = mk_user::whoami();
-    println!(
-        "hello from task {} on instance {}, cpu {}",
-        me.task, me.instance, me.cpu
-    );
+    let (task, instance, cpu) = mk_user::whoami();
+    println!("hello from task {task} on instance {instance}, cpu {cpu}");
 }

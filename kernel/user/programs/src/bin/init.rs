@@ -14,11 +14,8 @@ mk_user::entry!(main);
 const MAX: usize = 16;
 
 fn main(args: Args) {
-    let me = mk_user::whoami();
-    println!(
-        "init: task {} on instance {}, cpu {}",
-        me.task, me.instance, me.cpu
-    );
+    let (task, instance, cpu) = mk_user::whoami();
+    println!("init: task {task} on instance {instance}, cpu {cpu}");
     let mut names = args.iter().peekable();
     let default = ["hello"];
     let list: &mut dyn Iterator<Item = &str> = if names.peek().is_some() {

@@ -30,7 +30,7 @@ fn main(args: Args) -> Result<(), &'static str> {
             .filter(|&n| n > 0)
             .ok_or("spin: ITERATIONS must be a positive number")?,
     };
-    let me = mk_user::whoami();
+    let (me, _, _) = mk_user::whoami();
     let mut count: u64 = 0;
     let mut last = mk_user::clock_ns();
     for round in 1..=rounds {
@@ -40,19 +40,11 @@ fn main(args: Args) -> Result<(), &'static str> {
                 let now = mk_user::clock_ns();
                 if now.saturating_sub(last) >= PROGRESS_NS {
                     last = now;
-                    println!(
-                        "spin {} cpu {} progress {count}",
-                        me.task,
-                        mk_user::whoami().cpu
-                    );
+                    println!("spin {} cpu {} progress {count}", me, mk_user::whoami().2);
                 }
             }
         }
-        println!(
-            "spin {} cpu {} round {round}",
-            me.task,
-            mk_user::whoami().cpu
-        );
+        println!("spin {} cpu {} round {round}", me, mk_user::whoami().2);
     }
     Ok(())
 }
