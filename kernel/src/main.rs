@@ -26,13 +26,16 @@ mod platform;
 mod shared;
 // 2. The CPUs of this instance.
 mod cpus;
-// 3. Messaging between instances.
+// 3. Tasks: user programs in ring 3, and the scheduler of this instance's CPUs.
+mod tasks;
+// 4. Messaging between instances.
 mod messaging;
-// 4. The services on the messaging layer.
+// 5. The services on the messaging layer, and the system calls.
 mod services;
-// 5. Boot: the only code that calls the layers' `init` functions, in order.
+mod syscalls;
+// 6. Boot: the only code that calls the layers' `init` functions, in order.
 mod boot;
-// 6. On top: the operator's shell, the self-tests.
+// 7. On top: the operator's shell, the self-tests.
 #[cfg(feature = "qemu-tests")]
 mod selftest;
 mod shell;
@@ -71,6 +74,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
                 selftest::run_in_instance(desc);
             }
             let _ = desc;
+            #[cfg(not(feature = "qemu-tests"))]
+            boot::start_init();
             messaging::serve_forever()
         }
     }

@@ -4,4 +4,6 @@
 
 pub mod x86;
 
-pub use x86::{apic, cpu, gdt, interrupts, ioapic, pic, pit, trampoline, tsc, vectors};
+pub use x86::{
+    apic, cpu, gdt, interrupts, ioapic, pic, pit, switch, syscall, trampoline, tsc, vectors,
+};

@@ -186,6 +186,7 @@ pub fn on_cpu_joined(hook: fn(u32)) -> Result<(), Full> {
 extern "C" fn ap_entry(index: u64) -> ! {
     gdt::init_ap(index as usize);
     interrupts::load_on_this_cpu();
+    crate::arch::syscall::init_this_cpu();
     let lapic = bring_up_lapic(apic::timer_hz_div16());
     let apic_id = lapic.id();
     let this = cpu::install(index as u32, apic_id);
@@ -199,12 +200,56 @@ extern "C" fn ap_entry(index: u64) -> ! {
         instance::id()
     );
     x86_64::instructions::interrupts::enable();
+    let slot = index as usize;
+    if let Some(work) = IDLE_WORK.get() {
+        work.joined(slot);
+    }
     loop {
-        x86_64::instructions::hlt();
-        if PARK.load(Ordering::SeqCst) || PARK_CPU[index as usize].load(Ordering::SeqCst) {
+        let worked = IDLE_WORK.get().is_some_and(|w| (w.run)());
+        if park_requested(slot) {
+            if let Some(work) = IDLE_WORK.get() {
+                work.leaving(slot);
+            }
             park_this_cpu();
         }
+        if !worked {
+            x86_64::instructions::hlt();
+        }
     }
+}
+
+/// What a further CPU does besides halting: run tasks (installed by the tasks layer).
+pub struct IdleWork {
+    /// Runs some work; true if there was any (the CPU does not halt then).
+    pub run: fn() -> bool,
+    /// The CPU in this slot joined the instance.
+    pub joined: fn(usize),
+    /// The CPU in this slot is about to park (leave the instance).
+    pub leaving: fn(usize),
+}
+
+impl IdleWork {
+    fn joined(&self, slot: usize) {
+        (self.joined)(slot);
+    }
+    fn leaving(&self, slot: usize) {
+        (self.leaving)(slot);
+    }
+}
+
+static IDLE_WORK: spin::Once<&'static IdleWork> = spin::Once::new();
+
+/// Installs the further CPUs' idle work (once per instance; a second call is ignored).
+pub fn set_idle_work(work: &'static IdleWork) {
+    IDLE_WORK.call_once(|| work);
+}
+
+/// Whether the CPU in `slot` has been asked to park (or the whole instance is stopping).
+pub fn park_requested(slot: usize) -> bool {
+    PARK.load(Ordering::SeqCst)
+        || PARK_CPU
+            .get(slot)
+            .is_some_and(|p| p.load(Ordering::SeqCst))
 }
 
 /// Set when the instance stops: its further CPUs park at their next wake-up.

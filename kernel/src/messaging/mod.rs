@@ -616,8 +616,9 @@ fn idle_poll() -> bool {
     found
 }
 
-/// The serve loop of an instance's first CPU: drain; when there is nothing to do, poll for
-/// the idle-poll budget, then arm the mailboxes and halt until a doorbell or another interrupt.
+/// The serve loop of an instance's first CPU: drain; run a slice of a ready task; when there
+/// is nothing to do, poll for the idle-poll budget, then arm the mailboxes and halt until a
+/// doorbell or another interrupt.
 pub fn serve_forever() -> ! {
     loop {
         if poll() > 0 {
@@ -625,6 +626,11 @@ pub fn serve_forever() -> ! {
         }
         if let Some(hook) = IDLE_HOOK.get() {
             hook();
+        }
+        // One slice of a task (until it blocks, yields or the next interrupt), then drain
+        // again: tasks never keep the mailboxes waiting longer than a timer tick.
+        if crate::tasks::sched::run_one() {
+            continue;
         }
         if idle_poll() {
             continue;

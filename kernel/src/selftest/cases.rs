@@ -7,7 +7,7 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{bench, hardware, instances, machine, messaging, services, start};
+use super::{bench, hardware, instances, machine, messaging, services, start, tasks};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
@@ -85,6 +85,16 @@ pub(super) static CASES: &[Case] = &[
         machine::numa_placement(c.platform, arg)
     }),
     // Ending the boot: the expected page fault (must come last), the deliberate panic.
+    // User space.
+    case("user_hello", |_, _| tasks::user_hello()),
+    case("user_fuzz", |_, arg| tasks::user_fuzz(arg)),
+    case("user_faults", |_, _| tasks::user_faults()),
+    case("user_reap", |_, arg| tasks::user_reap(arg)),
+    case("user_preempt", |_, _| tasks::user_preempt()),
+    case("user_smp", |_, arg| tasks::user_smp(arg)),
+    case("user_cpu_move", |_, arg| tasks::user_cpu_move(arg)),
+    case("user_mem_add", |_, arg| tasks::user_mem_add(arg)),
+    case("user_crash_pings", |_, arg| tasks::user_crash_pings(arg)),
     case("page_fault", |_, _| hardware::page_fault()),
     case("panic", |_, _| {
         panic!("deliberate panic requested by the test harness")

@@ -30,6 +30,7 @@ mod messaging;
 mod peer;
 mod services;
 mod start;
+mod tasks;
 
 pub use cases::run;
 pub use peer::run_in_instance;

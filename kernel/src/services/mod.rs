@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod moves;
 pub mod query;
+pub mod tasks;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -69,6 +70,7 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
             .map_err(|_| InitError::Handler(*kind))?;
     }
     crate::services::bench::register();
+    tasks::register().map_err(InitError::Handler)?;
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)
         .map_err(|_| InitError::Hook("timer"))?;
     messaging::set_poll_hook(on_poll).map_err(|_| InitError::Hook("poll"))?;

@@ -41,6 +41,9 @@ pub fn run(command: Command) {
         Command::Respawn { instance } => respawn(instance),
         Command::Crash { instance } => crash(instance),
         Command::Bench { rounds, instance } => bench(rounds, instance),
+        Command::Ps => ps(),
+        Command::Spawn { instance, line } => spawn(instance, &line),
+        Command::Kill { instance, task } => kill(instance, task),
         Command::Programs => programs(),
     };
     if let Err(message) = outcome {
@@ -545,5 +548,73 @@ fn bench(rounds: u32, k: InstanceId) -> Outcome {
     crate::services::bench::rtt(n, k)?;
     crate::services::bench::tput(n, k)?;
     crate::services::bench::ops(n)?;
+    Ok(())
+}
+
+/// The instances whose tasks `ps` lists: this one, and every other that runs.
+fn task_instances() -> Vec<InstanceId> {
+    let me = crate::instance::id();
+    let mut out = alloc::vec![me];
+    if let Some(r) = region::get() {
+        out.extend(
+            r.ids()
+                .filter(|&k| k != me)
+                .filter(|&k| state_of(k) == Ok(InstanceState::Running)),
+        );
+    }
+    out
+}
+
+fn ps() -> Outcome {
+    println!(
+        "{:<6}{:<10}{:<12}{:<10}{:>5}{:>14}",
+        "inst", "task", "program", "state", "cpu", "cpu time"
+    );
+    for k in task_instances() {
+        match services::tasks::list(k) {
+            Ok(rows) => {
+                for t in rows {
+                    println!(
+                        "{:<6}{:<10}{:<12}{:<10}{:>5}{:>11} ms",
+                        k,
+                        format!("{}", t.id),
+                        t.name,
+                        t.state,
+                        t.cpu,
+                        t.cpu_time_us / 1000
+                    );
+                }
+            }
+            Err(e) => println!("{k:<6}({e})"),
+        }
+    }
+    Ok(())
+}
+
+fn task_target(k: InstanceId) -> Outcome {
+    if k == crate::instance::id() {
+        return Ok(());
+    }
+    match state_of(k)? {
+        InstanceState::Running => Ok(()),
+        s => Err(format!(
+            "instance {k} is {}, not running",
+            InstanceState::name(s)
+        )),
+    }
+}
+
+fn spawn(k: InstanceId, line: &str) -> Outcome {
+    task_target(k)?;
+    let id = services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
+    println!("instance {k}: started {line:?} as task {id}");
+    Ok(())
+}
+
+fn kill(k: InstanceId, task: u64) -> Outcome {
+    task_target(k)?;
+    let id = mk_abi::TaskId::from_raw(task);
+    services::tasks::kill(k, id).map_err(|e| format!("kill {id} on instance {k}: {e}"))?;
+    println!("instance {k}: task {id} killed");
     Ok(())
 }

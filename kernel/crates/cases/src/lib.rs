@@ -85,6 +85,16 @@ pub const NAMES: &[&str] = &[
     "cpus_grouped",
     "apic_ids",
     "numa_nodes",
+    // User space (tasks in the other instances).
+    "user_hello",
+    "user_fuzz",
+    "user_faults",
+    "user_reap",
+    "user_preempt",
+    "user_smp",
+    "user_cpu_move",
+    "user_mem_add",
+    "user_crash_pings",
     // End the boot: the expected page fault, the deliberate panic.
     "page_fault",
     "panic",

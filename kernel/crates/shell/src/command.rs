@@ -39,6 +39,12 @@ pub enum Command {
     Crash { instance: InstanceId },
     /// `bench [ROUNDS] [INST]`
     Bench { rounds: u32, instance: InstanceId },
+    /// `ps`: the tasks of every instance.
+    Ps,
+    /// `spawn INST PROGRAM [ARGS...]`: `line` is the program and its arguments.
+    Spawn { instance: InstanceId, line: String },
+    /// `kill INST TASK` (TASK as `ps` prints it, `t3.1`, or the raw number).
+    Kill { instance: InstanceId, task: u64 },
     /// `programs`
     Programs,
 }
@@ -109,11 +115,37 @@ pub const COMMANDS: &[CommandInfo] = &[
         about: "in-kernel benchmark against INST (default 1): round trips, throughput, op costs; ROUNDS 1..100000 (200)",
     },
     CommandInfo {
+        name: "ps",
+        usage: "ps",
+        about: "tasks of every instance: id, program, state, CPU, CPU time",
+    },
+    CommandInfo {
+        name: "spawn",
+        usage: "spawn INST PROGRAM [ARGS...]",
+        about: "start PROGRAM (from the ramdisk) as a task of instance INST",
+    },
+    CommandInfo {
+        name: "kill",
+        usage: "kill INST TASK",
+        about: "end task TASK (as ps prints it, e.g. t3.1) of instance INST",
+    },
+    CommandInfo {
         name: "programs",
         usage: "programs",
         about: "the user programs in the boot ramdisk, with their sizes",
     },
 ];
+
+/// A task id as `ps` prints it (`t3.1`: slot 3, generation 1), or its raw number.
+pub fn parse_task(text: &str) -> Option<u64> {
+    if let Some(rest) = text.strip_prefix('t') {
+        let (index, generation) = rest.split_once('.')?;
+        let index: u32 = index.parse().ok()?;
+        let generation: u32 = generation.parse().ok()?;
+        return Some(u64::from(generation) << 32 | u64::from(index));
+    }
+    parse_number(text)
+}
 
 /// A line the shell cannot run: what is wrong, and the usage of the command (if one was named).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +288,41 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 _ => return Err(usage_error(cmd, String::from("too many arguments"))),
             }
         }
+        "ps" => {
+            arity(0)?;
+            Command::Ps
+        }
+        "spawn" => match args {
+            [inst, program, rest @ ..] => {
+                let mut line = String::from(*program);
+                for word in rest {
+                    line.push(' ');
+                    line.push_str(word);
+                }
+                Command::Spawn {
+                    instance: instance(inst)?,
+                    line,
+                }
+            }
+            _ => {
+                return Err(usage_error(
+                    cmd,
+                    String::from("expected: INST PROGRAM [ARGS...]"),
+                ));
+            }
+        },
+        "kill" => {
+            arity(2)?;
+            Command::Kill {
+                instance: instance(args[0])?,
+                task: parse_task(args[1]).ok_or_else(|| {
+                    usage_error(
+                        cmd,
+                        format!("task '{}' is not a task id (e.g. t3.1)", args[1]),
+                    )
+                })?,
+            }
+        }
         _ => unreachable!("every name in COMMANDS is parsed above"),
     };
     Ok(Some(parsed))
@@ -391,6 +458,32 @@ mod tests {
                 instance: InstanceId::new(3)
             }
         );
+        assert_eq!(ok("ps"), Command::Ps);
+        assert_eq!(
+            ok("spawn 2 spin 5"),
+            Command::Spawn {
+                instance: InstanceId::new(2),
+                line: String::from("spin 5")
+            }
+        );
+        assert_eq!(
+            ok("kill 1 t3.2"),
+            Command::Kill {
+                instance: InstanceId::new(1),
+                task: (2 << 32) | 3
+            }
+        );
+        assert_eq!(
+            ok("kill 1 5"),
+            Command::Kill {
+                instance: InstanceId::new(1),
+                task: 5
+            }
+        );
+        assert!(parse("spawn 2").is_err());
+        assert!(parse("kill 1 tx").is_err());
+        assert!(parse("kill 1 t1").is_err());
+        assert!(parse("ps 3").is_err());
         assert_eq!(
             ok("crash 2"),
             Command::Crash {

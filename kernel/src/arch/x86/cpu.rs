@@ -17,6 +17,13 @@ use super::apic::Lapic;
 pub struct PerCpu {
     /// Must stay the first field: `current()` loads it from `gs:[0]`.
     self_ptr: *const PerCpu,
+    /// `gs:[8]`: top of the kernel stack the system call entry switches to (the running
+    /// task's). Read by `syscall.rs`'s entry code; written by [`PerCpu::set_kernel_stack`].
+    syscall_rsp: AtomicU64,
+    /// `gs:[16]`: scratch for the user stack pointer during system call entry.
+    user_rsp: AtomicU64,
+    /// `gs:[24]`: the context that last switched away on this CPU (see `switch.rs`).
+    switched_out: AtomicU64,
     /// Index of this CPU within its instance (0 = the instance's first CPU).
     pub index: u32,
     /// The CPU's local APIC ID (the x2APIC ID in x2APIC mode).
@@ -40,6 +47,9 @@ static BSP_READY: AtomicBool = AtomicBool::new(false);
 pub fn install(index: u32, apic_id: u32) -> &'static PerCpu {
     let block: &'static mut PerCpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu {
         self_ptr: core::ptr::null(),
+        syscall_rsp: AtomicU64::new(0),
+        user_rsp: AtomicU64::new(0),
+        switched_out: AtomicU64::new(0),
         index,
         apic_id,
         ticks: AtomicU64::new(0),
@@ -72,7 +82,27 @@ pub fn current() -> &'static PerCpu {
     try_current().expect("per-CPU state not installed on this CPU")
 }
 
+/// Offsets of the fields the entry code reads through `gs` (checked against the struct).
+pub const SYSCALL_RSP_OFFSET: usize = 8;
+pub const USER_RSP_OFFSET: usize = 16;
+const _: () = assert!(core::mem::offset_of!(PerCpu, syscall_rsp) == SYSCALL_RSP_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PerCpu, user_rsp) == USER_RSP_OFFSET);
+pub const SWITCHED_OUT_OFFSET: usize = 24;
+const _: () = assert!(core::mem::offset_of!(PerCpu, switched_out) == SWITCHED_OUT_OFFSET);
+
 impl PerCpu {
+    /// Makes `top` the kernel stack this CPU enters on a system call or on an interrupt or
+    /// exception from ring 3 (the task about to run's own kernel stack).
+    /// Takes the stack pointer `switch.rs` left here (0 when there is none).
+    pub(super) fn take_switched_out(&self) -> u64 {
+        self.switched_out.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn set_kernel_stack(&self, top: u64) {
+        self.syscall_rsp.store(top, Ordering::Relaxed);
+        super::gdt::set_kernel_stack(self.index as usize, top);
+    }
+
     /// Runs `f` with this CPU's local APIC.
     ///
     /// Interrupts are off for the duration, so an interrupt handler on this CPU (which may also

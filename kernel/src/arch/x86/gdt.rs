@@ -1,8 +1,19 @@
 //! GDT and TSS. Each CPU gets its own pair (a TSS cannot be shared: it holds the CPU's stacks).
 //! The TSS's interrupt stack table gives the double fault, NMI and machine check their own
 //! stacks, so that a kernel stack overflow still reports instead of triple-faulting.
+//!
+//! Every GDT has the same layout, which `SYSCALL`/`SYSRET` rely on (see `syscall.rs`):
+//!
+//! ```text
+//!  0x00 null   0x08 kernel code   0x10 kernel data   0x18 user data (0x1b)   0x20 user code (0x23)   0x28 TSS
+//! ```
+//!
+//! The TSS's `RSP0` is the kernel stack a CPU switches to when an interrupt or exception comes
+//! from ring 3: the running task's own kernel stack, set by the scheduler on every switch
+//! ([`set_kernel_stack`]).
 
 use alloc::boxed::Box;
+use core::sync::atomic::{AtomicPtr, Ordering};
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -35,10 +46,35 @@ fn fill_tss(tss: &mut TaskStateSegment, stacks: [VirtAddr; 3]) {
     tss.interrupt_stack_table[MACHINE_CHECK_IST as usize] = stacks[2];
 }
 
-fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static TaskStateSegment) {
+/// Kernel code and data selectors.
+pub const KERNEL_CODE: u16 = 0x08;
+pub const KERNEL_DATA: u16 = 0x10;
+/// User data and code selectors, with RPL 3.
+pub const USER_DATA: u16 = 0x18 | 3;
+pub const USER_CODE: u16 = 0x20 | 3;
+
+/// Each CPU slot's TSS, for [`set_kernel_stack`].
+static TSS_OF_SLOT: [AtomicPtr<TaskStateSegment>; 64] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; 64];
+
+fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static mut TaskStateSegment, slot: usize) {
+    let tss_ptr: *mut TaskStateSegment = tss;
+    // SAFETY: `tss` is a leaked or static TSS owned by this CPU; the shared reference lives in
+    // the GDT's descriptor (the CPU reads it), and only `set_kernel_stack`, on this CPU, writes
+    // its RSP0 field later, through the pointer kept here.
+    let tss_ref: &'static TaskStateSegment = unsafe { &*tss_ptr };
     let code = gdt.append(Descriptor::kernel_code_segment());
     let data = gdt.append(Descriptor::kernel_data_segment());
-    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss_ref));
+    debug_assert_eq!(
+        (code.0, data.0, user_data.0, user_code.0),
+        (KERNEL_CODE, KERNEL_DATA, USER_DATA, USER_CODE)
+    );
+    if let Some(entry) = TSS_OF_SLOT.get(slot) {
+        entry.store(tss_ptr, Ordering::Release);
+    }
     gdt.load();
     // SAFETY: the selectors were just appended to the GDT that is now loaded, and they describe
     // flat 64-bit kernel code/data segments and this CPU's own TSS.
@@ -62,7 +98,7 @@ pub fn init_bsp() {
         start + IST_STACK_SIZE as u64
     });
     fill_tss(tss, tops);
-    load(gdt, tss);
+    load(gdt, tss, 0);
 }
 
 /// IST stacks of the CPU slots of this instance, allocated the first time a slot is used and
@@ -87,5 +123,20 @@ pub fn init_ap(index: usize) {
     let tss = Box::leak(Box::new(TaskStateSegment::new()));
     fill_tss(tss, stacks);
     let gdt = Box::leak(Box::new(GlobalDescriptorTable::new()));
-    load(gdt, tss);
+    load(gdt, tss, index);
+}
+
+/// Sets the kernel stack (`RSP0`) that the CPU in `slot` switches to on an interrupt or
+/// exception from ring 3. Called by that CPU only (the scheduler, before it enters a task).
+pub fn set_kernel_stack(slot: usize, top: u64) {
+    let Some(tss) = TSS_OF_SLOT.get(slot).map(|e| e.load(Ordering::Acquire)) else {
+        return;
+    };
+    if tss.is_null() {
+        return;
+    }
+    // SAFETY: the pointer is this CPU's own TSS (stored by `load` on this CPU), alive for the
+    // CPU's lifetime; the CPU reads RSP0 only on a ring change, which cannot happen while this
+    // CPU is here in ring 0 writing it.
+    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new_truncate(top) };
 }

@@ -5,6 +5,12 @@
 //! and stops the kernel through `platform::failure::fatal`. Two exceptions have hooks for the
 //! tests that provoke them on purpose: the breakpoint returns, and a page fault at an address
 //! announced with `expect_page_fault` calls the announced continuation instead of stopping.
+//!
+//! From ring 3: every handler that can interrupt user code swaps GS first (so the per-CPU block
+//! is reachable whatever the task did with its GS) and swaps it back last. An exception in user
+//! code ends the task through the tasks layer's [`set_user_fault_handler`] hook instead of
+//! stopping the kernel; an interrupt from user code calls the [`set_user_return_hook`] on its
+//! way back (where the scheduler preempts the task).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +18,8 @@ use mk_hook::{Full, Hook, HookList};
 
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
+use x86_64::PrivilegeLevel;
+use x86_64::instructions::segmentation::{GS, Segment64};
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 use super::gdt;
@@ -34,10 +42,87 @@ pub fn load_on_this_cpu() {
     IDT.load();
 }
 
+/// What a user task did wrong, for the tasks layer: the exception's vector and name, where
+/// (`rip`), the error code, and the faulting address for a page fault.
+#[derive(Debug, Clone, Copy)]
+pub struct UserFault {
+    pub vector: u8,
+    pub name: &'static str,
+    pub rip: u64,
+    pub code: u64,
+    pub addr: Option<u64>,
+}
+
+static USER_FAULT: Hook<fn(&UserFault) -> !> = Hook::new();
+static USER_RETURN: Hook<fn()> = Hook::new();
+
+/// Installs what ends a task that took an exception in ring 3 (it does not return: it leaves
+/// the faulting task for good).
+pub fn set_user_fault_handler(handler: fn(&UserFault) -> !) -> Result<(), Full> {
+    USER_FAULT.set(handler)
+}
+
+/// Installs what runs at the end of every interrupt taken in ring 3, before returning there
+/// (the scheduler's preemption point; it may switch to another context and come back later).
+pub fn set_user_return_hook(hook: fn()) -> Result<(), Full> {
+    USER_RETURN.set(hook)
+}
+
+/// Whether `frame` interrupted ring 3.
+fn from_user(frame: &InterruptStackFrame) -> bool {
+    frame.code_segment.rpl() == PrivilegeLevel::Ring3
+}
+
+fn swapgs() {
+    // SAFETY: called in pairs around handlers that interrupted ring 3 (whose GS base is the
+    // user's, with this CPU's PerCpu in KERNEL_GS_BASE): the first swap makes the per-CPU block
+    // reachable, the second restores the user's before `iretq`.
+    unsafe { GS::swap() };
+}
+
+/// Start of a handler: swaps GS if it interrupted ring 3; returns whether it did.
+fn enter(frame: &InterruptStackFrame) -> bool {
+    let user = from_user(frame);
+    if user {
+        swapgs();
+    }
+    user
+}
+
+/// End of a handler that [`enter`]ed: the user-return hook, then GS back.
+fn leave(user: bool) {
+    if user {
+        if let Some(hook) = USER_RETURN.get() {
+            hook();
+        }
+        swapgs();
+    }
+}
+
+/// An exception: ends the task if it came from ring 3 (and a handler is installed), otherwise
+/// reports and stops this instance.
+fn exception(frame: &InterruptStackFrame, fault: UserFault, report: core::fmt::Arguments<'_>) -> ! {
+    // An NMI is the machine's, not the task's: it stops the instance wherever it lands.
+    if enter(frame)
+        && fault.vector != 2
+        && let Some(handler) = USER_FAULT.get()
+    {
+        handler(&fault);
+    }
+    crate::platform::failure::fatal(report)
+}
+
 macro_rules! report_no_code {
     ($name:ident, $vector:expr, $text:expr) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
-            crate::platform::failure::fatal(format_args!(
+            let fault = UserFault {
+                vector: $vector,
+                name: $text,
+                rip: frame.instruction_pointer.as_u64(),
+                code: 0,
+                addr: None,
+            };
+            exception(&frame, fault, format_args!(
                 "EXCEPTION {} ({}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
                 $vector,
                 $text,
@@ -52,7 +137,14 @@ macro_rules! report_no_code {
 macro_rules! report_with_code {
     ($name:ident, $vector:expr, $text:expr) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
-            crate::platform::failure::fatal(format_args!(
+            let fault = UserFault {
+                vector: $vector,
+                name: $text,
+                rip: frame.instruction_pointer.as_u64(),
+                code,
+                addr: None,
+            };
+            exception(&frame, fault, format_args!(
                 "EXCEPTION {} ({}) at RIP {:#x}, error code {:#x}, RSP {:#x}",
                 $vector,
                 $text,
@@ -85,6 +177,9 @@ report_with_code!(vmm_communication, 29, "VMM communication");
 report_with_code!(security, 30, "security");
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    if from_user(&frame) {
+        swapgs();
+    }
     crate::platform::failure::fatal(format_args!(
         "EXCEPTION 8 (double fault) at RIP {:#x}, error code {code:#x}, RSP {:#x}",
         frame.instruction_pointer.as_u64(),
@@ -93,6 +188,9 @@ extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) ->
 }
 
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    if from_user(&frame) {
+        swapgs();
+    }
     crate::platform::failure::fatal(format_args!(
         "EXCEPTION 18 (machine check) at RIP {:#x}",
         frame.instruction_pointer.as_u64()
@@ -100,6 +198,16 @@ extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
 }
 
 extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    if from_user(&frame) {
+        let fault = UserFault {
+            vector: 3,
+            name: "breakpoint",
+            rip: frame.instruction_pointer.as_u64(),
+            code: 0,
+            addr: None,
+        };
+        exception(&frame, fault, format_args!("breakpoint in user mode"));
+    }
     BREAKPOINTS.fetch_add(1, Ordering::SeqCst);
     crate::info!(
         "breakpoint at RIP {:#x}, returning",
@@ -122,6 +230,20 @@ pub fn expect_page_fault(addr: u64, then: fn(u64, u64) -> !) {
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let cr2 = Cr2::read_raw();
+    if from_user(&frame) {
+        let fault = UserFault {
+            vector: 14,
+            name: "page fault",
+            rip: frame.instruction_pointer.as_u64(),
+            code: code.bits(),
+            addr: Some(cr2),
+        };
+        exception(
+            &frame,
+            fault,
+            format_args!("page fault in user mode at {cr2:#x}"),
+        );
+    }
     if cr2 == EXPECTED_FAULT_ADDR.load(Ordering::SeqCst)
         && let Some(then) = EXPECTED_FAULT_THEN.get()
     {
@@ -145,7 +267,8 @@ pub fn add_tick_hook(hook: fn()) -> Result<(), Full> {
     TICK_HOOKS.add(hook)
 }
 
-extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn lapic_timer(frame: InterruptStackFrame) {
+    let user = enter(&frame);
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
     for hook in TICK_HOOKS.iter() {
         hook();
@@ -154,15 +277,19 @@ extern "x86-interrupt" fn lapic_timer(_frame: InterruptStackFrame) {
         cpu.ticks.fetch_add(1, Ordering::Relaxed);
     }
     super::cpu::eoi();
+    leave(user);
 }
 
-extern "x86-interrupt" fn lapic_error(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn lapic_error(frame: InterruptStackFrame) {
+    let user = enter(&frame);
     crate::error!("local APIC error interrupt");
     super::cpu::eoi();
+    leave(user);
 }
 
 extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
-    // A spurious interrupt needs no EOI (local APIC and PIC alike).
+    // A spurious interrupt needs no EOI (local APIC and PIC alike), and touches no per-CPU
+    // state, so it needs no GS swap either.
 }
 
 /// Device interrupt handlers, one per IO APIC line.
@@ -200,12 +327,14 @@ impl core::fmt::Display for IrqHandlerError {
     }
 }
 
-extern "x86-interrupt" fn device_irq<const LINE: usize>(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn device_irq<const LINE: usize>(frame: InterruptStackFrame) {
+    let user = enter(&frame);
     IRQ_COUNTS[LINE].fetch_add(1, Ordering::Relaxed);
     if let Some(handler) = IRQ_HANDLERS[LINE].get() {
         handler(LINE);
     }
     super::cpu::eoi();
+    leave(user);
 }
 
 /// The doorbell vector. Messaging installs its drain function here.
@@ -216,12 +345,14 @@ pub fn set_message_handler(handler: fn()) -> Result<(), Full> {
     MESSAGE_HANDLER.set(handler)
 }
 
-extern "x86-interrupt" fn message_ipi(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn message_ipi(frame: InterruptStackFrame) {
+    let user = enter(&frame);
     MESSAGE_IPIS.fetch_add(1, Ordering::Relaxed);
     if let Some(handler) = MESSAGE_HANDLER.get() {
         handler();
     }
     super::cpu::eoi();
+    leave(user);
 }
 
 /// The probe vector's handler (the benchmark installs one that answers, or one that counts).
@@ -232,12 +363,14 @@ pub fn set_probe_handler(handler: fn()) -> Result<(), Full> {
     PROBE_HANDLER.set(handler)
 }
 
-extern "x86-interrupt" fn probe_ipi(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn probe_ipi(frame: InterruptStackFrame) {
+    let user = enter(&frame);
     PROBE_IPIS.fetch_add(1, Ordering::Release);
     if let Some(handler) = PROBE_HANDLER.get() {
         handler();
     }
     super::cpu::eoi();
+    leave(user);
 }
 
 macro_rules! device_vectors {

@@ -11,3 +11,5 @@ pub mod pit;
 pub mod trampoline;
 pub mod tsc;
 pub mod vectors;
+pub mod switch;
+pub mod syscall;

@@ -1,0 +1,213 @@
+//! The system calls: one function per call behind [`dispatch`], which the hardware layer's
+//! `SYSCALL` entry calls with the user's registers. `docs/syscalls.md` is the reference (number,
+//! registers, result, errors, preconditions); `mk-abi` holds the numbers and error codes that
+//! the user library shares.
+//!
+//! Nothing a task passes is trusted: pointers are checked against the task's own address space
+//! and copied through the kernel's physical map (`memory::space`), lengths against the call's
+//! limit, task ids against the scheduler's generations. A bad argument returns an error and
+//! changes nothing.
+
+#![forbid(unsafe_code)]
+
+use alloc::string::String;
+use alloc::vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_abi::{Error, Sys, TaskId};
+
+use crate::arch::syscall::{self, SyscallFrame};
+use crate::arch::{cpu, tsc};
+use crate::tasks::{sched, task};
+
+/// System calls taken, and refused with an error, since boot (all tasks of this instance).
+pub static CALLS: AtomicU64 = AtomicU64::new(0);
+pub static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the dispatcher as this instance's system call handler.
+pub fn init() -> Result<(), mk_hook::Full> {
+    syscall::set_handler(dispatch)
+}
+
+/// Sets up `SYSCALL` on the running CPU (every CPU of the instance, as it comes up).
+pub fn init_this_cpu() {
+    syscall::init_this_cpu();
+}
+
+type SysResult = Result<u64, Error>;
+
+/// Decodes the call in `frame`, runs it, and writes its result to `rax` (and `rdx`).
+fn dispatch(frame: &mut SyscallFrame) {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    let (number, a) = frame.call();
+    let result = match Sys::from_raw(number) {
+        None => Err(Error::NoSuchCall),
+        Some(Sys::Exit) => sys_exit(a[0]),
+        Some(Sys::Yield) => sys_yield(),
+        Some(Sys::Sleep) => sys_sleep(a[0]),
+        Some(Sys::Clock) => sys_clock(),
+        Some(Sys::Write) => sys_write(a[0], a[1]),
+        Some(Sys::Spawn) => sys_spawn(a[0], a[1], a[2], a[3], a[4]),
+        Some(Sys::Wait) => sys_wait(a[0]),
+        Some(Sys::Kill) => sys_kill(a[0]),
+        Some(Sys::Map) => sys_map(a[0], a[1]),
+        Some(Sys::Unmap) => sys_unmap(a[0], a[1]),
+        Some(Sys::WhoAmI) => sys_whoami(frame),
+    };
+    if result.is_err() {
+        ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
+    frame.rax = mk_abi::encode(result);
+    // A task killed while it was in the kernel ends on its way out.
+    if let Some(me) = sched::current()
+        && sched::with(|s| s.kill_pending(me)) == Some(true)
+    {
+        sched::exit_current(mk_abi::STATUS_KILLED);
+    }
+}
+
+fn current() -> Result<TaskId, Error> {
+    sched::current().ok_or(Error::NoSuchTask)
+}
+
+/// Copies `len` bytes from the running task's memory at `ptr`, up to `max`.
+fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
+    if len > max {
+        return Err(Error::BadLength);
+    }
+    let me = current()?;
+    let mut buf = vec![0u8; len as usize];
+    sched::with(|s| {
+        s.get(me)
+            .map(|t| t.space.read_user(ptr, &mut buf).map_err(|_| Error::BadAddress))
+    })
+    .flatten()
+    .ok_or(Error::NoSuchTask)??;
+    Ok(buf)
+}
+
+fn copy_in_str(ptr: u64, len: u64, max: u64) -> Result<String, Error> {
+    let bytes = copy_in(ptr, len, max)?;
+    String::from_utf8(bytes).map_err(|_| Error::BadArgument)
+}
+
+fn sys_exit(status: u64) -> SysResult {
+    sched::EXITS.fetch_add(1, Ordering::Relaxed);
+    sched::exit_current(status & 0xFF)
+}
+
+fn sys_yield() -> SysResult {
+    sched::yield_now();
+    Ok(0)
+}
+
+/// Longest sleep one call takes (a day), so that the deadline cannot overflow.
+const MAX_SLEEP_MS: u64 = 86_400_000;
+
+fn sys_sleep(ms: u64) -> SysResult {
+    if ms > MAX_SLEEP_MS {
+        return Err(Error::BadArgument);
+    }
+    let until = tsc::read().saturating_add(ms.saturating_mul(tsc::ticks_per_ms()));
+    sched::sleep_until(until);
+    Ok(0)
+}
+
+fn sys_clock() -> SysResult {
+    Ok(tsc::nanos())
+}
+
+fn sys_write(ptr: u64, len: u64) -> SysResult {
+    let text = copy_in(ptr, len, mk_abi::MAX_WRITE)?;
+    let me = current()?;
+    let text = String::from_utf8_lossy(&text);
+    for line in text.lines() {
+        crate::println!("[i{} {me}] {line}", crate::instance::id());
+    }
+    Ok(len)
+}
+
+fn sys_spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64, hint: u64) -> SysResult {
+    let me = current()?;
+    if name_len == 0 {
+        return Err(Error::BadLength);
+    }
+    let name = copy_in_str(name_ptr, name_len, mk_abi::MAX_NAME)?;
+    if name.contains(char::is_whitespace) {
+        return Err(Error::BadArgument);
+    }
+    let args = if args_len == 0 {
+        String::new()
+    } else {
+        copy_in_str(args_ptr, args_len, mk_abi::MAX_ARGS - mk_abi::MAX_NAME - 1)?
+    };
+    let hint = match hint {
+        mk_abi::NO_CPU => None,
+        n => Some(usize::try_from(n).map_err(|_| Error::BadArgument)?),
+    };
+    let line = if args.is_empty() {
+        name
+    } else {
+        alloc::format!("{name} {args}")
+    };
+    task::spawn(&line, Some(me), hint)
+        .map(TaskId::raw)
+        .map_err(|e| e.abi())
+}
+
+fn sys_wait(raw: u64) -> SysResult {
+    let child = TaskId::from_raw(raw);
+    if Some(child) == sched::current() {
+        return Err(Error::NotChild);
+    }
+    sched::wait(child).map_err(sched_error)
+}
+
+fn sys_kill(raw: u64) -> SysResult {
+    let target = TaskId::from_raw(raw);
+    if Some(target) == sched::current() {
+        return Err(Error::NotChild);
+    }
+    sched::kill(target).map(|()| 0).map_err(sched_error)
+}
+
+fn sched_error(e: mk_sched::SchedError) -> Error {
+    match e {
+        mk_sched::SchedError::NotChild => Error::NotChild,
+        _ => Error::NoSuchTask,
+    }
+}
+
+fn sys_map(len: u64, flags: u64) -> SysResult {
+    if flags != 0 {
+        return Err(Error::BadArgument);
+    }
+    if len == 0 || len > mk_abi::MAX_MAP {
+        return Err(Error::BadLength);
+    }
+    let me = current()?;
+    sched::with(|s| {
+        let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
+        t.space.map_anon(len).map_err(|e| e.abi())
+    })
+    .ok_or(Error::NoSuchTask)?
+}
+
+fn sys_unmap(addr: u64, len: u64) -> SysResult {
+    if len == 0 || len > mk_abi::MAX_MAP {
+        return Err(Error::BadLength);
+    }
+    let me = current()?;
+    sched::with(|s| {
+        let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
+        t.space.unmap_anon(addr, len).map(|()| 0).map_err(|e| e.abi())
+    })
+    .ok_or(Error::NoSuchTask)?
+}
+
+fn sys_whoami(frame: &mut SyscallFrame) -> SysResult {
+    let me = current()?;
+    let cpu = u64::from(cpu::current().index);
+    frame.rdx = (crate::instance::id().index() as u64) << 32 | cpu;
+    Ok(me.raw())
+}

@@ -1,0 +1,382 @@
+//! The scheduler of this instance: `mk-sched`'s bookkeeping behind one lock, the contexts of
+//! tasks and of each CPU's scheduler loop, and the points where a task leaves its CPU.
+//!
+//! ```text
+//!   CPU's boot context (scheduler loop)              task context (own kernel stack)
+//!   run_one: pick_next ──switch_to(task)──────────►  ring 3 ... syscall / interrupt
+//!            ◄────────────switch_to(scheduler)────   yield, sleep, wait, preempt, exit, fault
+//!   store the task's context back (or free it if it exited), charge CPU time
+//! ```
+//!
+//! Every CPU runs tasks from its own loop: the first CPU between mailbox drains
+//! (`messaging::serve_forever`), the others in their idle loop (`cpus::smp`). A task never
+//! runs kernel code preemptively: it is preempted only when an interrupt arrives in ring 3
+//! (the user-return hook), so no kernel lock is ever held across a switch.
+//!
+//! Locking: the scheduler's lock is always taken with interrupts off, and never held while
+//! switching. A task that has just left a CPU may be picked by another before its context is
+//! stored back; the picker waits for it (`run_one`), which takes the time of a few stores.
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mk_abi::TaskId;
+use mk_sched::{Block, Scheduler, State};
+use spin::Mutex;
+
+use crate::arch::cpu::{self, MAX_SLOTS};
+use crate::arch::interrupts::{self, UserFault};
+use crate::arch::switch::{self, Context};
+use crate::arch::tsc;
+use crate::memory::space;
+
+use super::task::Task;
+
+/// Most tasks one instance holds at once (running, ready, blocked or waiting to be reaped).
+pub const MAX_TASKS: usize = 64;
+
+static SCHED: Mutex<Option<Scheduler<Task>>> = Mutex::new(None);
+
+/// Each CPU's scheduler-loop context while a task runs on that CPU.
+static SCHED_CTX: [Mutex<Option<Context>>; MAX_SLOTS] = [const { Mutex::new(None) }; MAX_SLOTS];
+
+/// Per CPU: a task on it should come back to the scheduler at its next interrupt (set by
+/// the doorbell on the first CPU, and by a CPU that is asked to park).
+static RESCHED: [AtomicBool; MAX_SLOTS] = [const { AtomicBool::new(false) }; MAX_SLOTS];
+
+/// Tasks ended by a fault, killed, and exited by themselves, since boot.
+pub static FAULTS: AtomicU64 = AtomicU64::new(0);
+pub static KILLS: AtomicU64 = AtomicU64::new(0);
+pub static EXITS: AtomicU64 = AtomicU64::new(0);
+/// Task switches (scheduler to task) since boot.
+pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` on the scheduler, with interrupts off.
+pub fn with<R>(f: impl FnOnce(&mut Scheduler<Task>) -> R) -> Option<R> {
+    x86_64::instructions::interrupts::without_interrupts(|| SCHED.lock().as_mut().map(f))
+}
+
+/// Sets up the scheduler (once, on the instance's first CPU) and installs the hooks through
+/// which the hardware layer reaches it.
+pub fn init() -> Result<(), InitError> {
+    {
+        let mut s = SCHED.lock();
+        if s.is_some() {
+            return Err(InitError::Twice);
+        }
+        // Only the first CPU runs tasks at first; the others join as they come up.
+        let mut sched = Scheduler::new(MAX_TASKS, MAX_SLOTS);
+        for slot in 1..MAX_SLOTS {
+            let _ = sched.set_cpu_online(slot, false);
+        }
+        *s = Some(sched);
+    }
+    space::remember_kernel_root();
+    interrupts::set_user_fault_handler(user_fault).map_err(|_| InitError::Hooks)?;
+    interrupts::set_user_return_hook(user_return).map_err(|_| InitError::Hooks)?;
+    Ok(())
+}
+
+/// Why [`init`] failed (both are this instance's own state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    Twice,
+    Hooks,
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Twice => "the scheduler was set up twice",
+            Self::Hooks => "a scheduler hook was already taken",
+        })
+    }
+}
+
+/// The running CPU's slot.
+fn slot() -> usize {
+    cpu::current().index as usize
+}
+
+/// A CPU joins (or leaves) the set that runs tasks. Leaving hands its queued tasks to the
+/// instance's other CPUs; returns how many moved.
+pub fn set_cpu_online(slot: usize, online: bool) -> usize {
+    with(|s| s.set_cpu_online(slot, online).map_or(0, |moved| moved.len())).unwrap_or(0)
+}
+
+/// Asks the task running on CPU `slot` (if any) to come back to the scheduler at its next
+/// interrupt.
+pub fn request_resched(slot: usize) {
+    if let Some(flag) = RESCHED.get(slot) {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs one slice of one ready task on the running CPU, if there is one: until it yields,
+/// blocks, exits or is preempted. Returns whether a task ran. Called with interrupts in any
+/// state; returns with them as they were.
+pub fn run_one() -> bool {
+    x86_64::instructions::interrupts::without_interrupts(run_one_locked_out)
+}
+
+fn run_one_locked_out() -> bool {
+    let me = slot();
+    let now = tsc::read();
+    let Some(Some(id)) = with(|s| s.pick_next(me, now)) else {
+        return false;
+    };
+    // The task may still be on its way out of another CPU: wait for its context.
+    let ctx = loop {
+        match with(|s| s.get_mut(id).map(|t| t.context.take())) {
+            Some(Some(Some(ctx))) => break ctx,
+            Some(Some(None)) => core::hint::spin_loop(),
+            // Gone (it cannot be, while Running here): nothing to run.
+            _ => return false,
+        }
+    };
+    let started = with(|s| {
+        s.get(id).map(|t| {
+            cpu::current().set_kernel_stack(t.stack.top());
+            t.space.activate();
+        })
+    });
+    if !matches!(started, Some(Some(()))) {
+        return false;
+    }
+    RESCHED[me].store(false, Ordering::Relaxed);
+    SWITCHES.fetch_add(1, Ordering::Relaxed);
+    let began = tsc::read();
+    switch::switch_to(ctx);
+    // Back from the task (this CPU's loop; the task left through `to_scheduler`).
+    let back = switch::take_saved();
+    space::activate_kernel();
+    let spent = tsc::read().saturating_sub(began);
+    let dead = with(|s| {
+        s.charge(id, spent);
+        if let (Some(t), Some(State::Ready | State::Blocked(_))) = (s.get_mut(id), s.state(id)) {
+            t.context = back;
+        } else if let Some(t) = s.get_mut(id) {
+            // Still marked running here: cannot happen (every way out of a task changes its
+            // state first); keep the context so it can run again.
+            t.context = back;
+        }
+        let mut dead = alloc::vec::Vec::new();
+        while let Some(t) = s.take_dead(me) {
+            dead.push(t);
+        }
+        dead
+    });
+    // Freed outside the lock (the address space gives its frames back).
+    drop(dead);
+    true
+}
+
+/// Called by a task on its own stack: back to the running CPU's scheduler loop. Returns when
+/// the task runs again (on this CPU or another).
+fn to_scheduler() {
+    let Some(sched) = SCHED_CTX[slot()].lock().take() else {
+        crate::platform::failure::fatal(format_args!("a task has no scheduler to return to"));
+    };
+    switch::switch_to(sched);
+    // Resumed by some CPU's scheduler loop: keep its context for our way back.
+    *SCHED_CTX[slot()].lock() = switch::take_saved();
+}
+
+/// Where every task starts, on its own kernel stack: keep the scheduler's context, then
+/// enter ring 3 at the program's entry.
+pub(super) extern "C" fn task_entry(_arg: u64) -> ! {
+    *SCHED_CTX[slot()].lock() = switch::take_saved();
+    let me = slot();
+    let start = with(|s| {
+        let id = s.current(me)?;
+        s.get_mut(id).and_then(|t| t.start.take())
+    })
+    .flatten();
+    match start {
+        Some(entry) => switch::enter_user(entry.rip, entry.rsp, entry.arg0, entry.arg1),
+        None => exit_current(mk_abi::STATUS_FAULT),
+    }
+}
+
+/// The running task's id, if a task runs on this CPU.
+pub fn current() -> Option<TaskId> {
+    let me = slot();
+    with(|s| s.current(me)).flatten()
+}
+
+/// Gives the CPU to the next ready task (the caller goes to the tail of its CPU's queue).
+pub fn yield_now() {
+    let me = slot();
+    with(|s| s.preempt(me));
+    to_scheduler();
+}
+
+/// Blocks the running task until `until` (TSC ticks).
+pub fn sleep_until(until: u64) {
+    let me = slot();
+    with(|s| s.block(me, Block::Sleep { until }));
+    to_scheduler();
+}
+
+/// Ends the running task with `status`; its parent, if it waits, is woken. Does not return:
+/// the task's stack and address space are freed by the scheduler loop once it has left them.
+pub fn exit_current(status: u64) -> ! {
+    let me = slot();
+    if let Some(id) = with(|s| s.current(me)).flatten() {
+        end(id, status);
+    }
+    let Some(sched) = SCHED_CTX[me].lock().take() else {
+        crate::platform::failure::fatal(format_args!("an exiting task has no scheduler"));
+    };
+    switch::switch_to(sched);
+    crate::platform::failure::fatal(format_args!("an exited task was resumed"))
+}
+
+/// How many ended tasks [`recent_exit`] remembers.
+const RECENT: usize = 64;
+static RECENT_EXITS: Mutex<([(u64, u64); RECENT], usize)> = Mutex::new(([(0, 0); RECENT], 0));
+
+/// The exit status of task `id` if it ended recently (among the last 64 to end): how the shell
+/// and the tests learn how a task nobody waits for ended.
+pub fn recent_exit(id: TaskId) -> Option<u64> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let r = RECENT_EXITS.lock();
+        r.0.iter().find(|(t, _)| *t == id.raw()).map(|&(_, s)| s)
+    })
+}
+
+fn end_record(id: TaskId, status: u64) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut r = RECENT_EXITS.lock();
+        let at = r.1 % RECENT;
+        r.0[at] = (id.raw(), status);
+        r.1 = r.1.wrapping_add(1);
+    });
+}
+
+/// Ends task `id` with `status` (its payload, if returned now, is dropped here: it is not
+/// running anywhere).
+fn end(id: TaskId, status: u64) {
+    end_record(id, status);
+    // The scheduler wakes the parent if it waits; the payload is here only if the task was
+    // not running (else the scheduler loop of its CPU frees it).
+    let payload = with(|s| s.exit(id, status).ok().and_then(|e| e.payload)).flatten();
+    drop(payload);
+}
+
+/// Waits for the caller's child `child` to end and returns its status.
+pub fn wait(child: TaskId) -> Result<u64, mk_sched::SchedError> {
+    let me = slot();
+    loop {
+        let outcome = with(|s| {
+            let parent = s.current(me)?;
+            Some(match s.reap(parent, child) {
+                Ok(Some(status)) => Ok(Some(status)),
+                Ok(None) => {
+                    s.block(me, Block::Wait { child });
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            })
+        })
+        .flatten();
+        match outcome {
+            Some(Ok(Some(status))) => return Ok(status),
+            Some(Ok(None)) => to_scheduler(),
+            Some(Err(e)) => return Err(e),
+            None => return Err(mk_sched::SchedError::NoSuchTask),
+        }
+    }
+}
+
+/// Ends task `id` of this instance with `STATUS_KILLED`: now if it is not running, else at
+/// its next entry into the kernel (its CPU is asked to reschedule).
+pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
+    let outcome = with(|s| s.kill(id)).ok_or(mk_sched::SchedError::NoSuchTask)??;
+    KILLS.fetch_add(1, Ordering::Relaxed);
+    match outcome {
+        mk_sched::KillOutcome::Exited(exit) => {
+            end_record(id, mk_abi::STATUS_KILLED);
+            drop(exit.payload);
+        }
+        mk_sched::KillOutcome::Running { cpu } => request_resched(cpu),
+    }
+    Ok(())
+}
+
+/// The hardware layer's hook for an exception in ring 3: one log line, then the task ends.
+fn user_fault(fault: &UserFault) -> ! {
+    FAULTS.fetch_add(1, Ordering::Relaxed);
+    let me = slot();
+    let (id, name) = with(|s| {
+        let id = s.current(me)?;
+        Some((id, s.get(id).map(|t| t.program.clone()).unwrap_or_default()))
+    })
+    .flatten()
+    .unzip();
+    let name: String = name.unwrap_or_default();
+    match fault.addr {
+        Some(addr) => crate::warn!(
+            "task {} ({name}) on cpu {me}: {} at {addr:#x} (rip {:#x}, code {:#x}); task ended",
+            id.map_or_else(String::new, |i| alloc::format!("{i}")),
+            fault.name,
+            fault.rip,
+            fault.code
+        ),
+        None => crate::warn!(
+            "task {} ({name}) on cpu {me}: {} at rip {:#x} (code {:#x}); task ended",
+            id.map_or_else(String::new, |i| alloc::format!("{i}")),
+            fault.name,
+            fault.rip,
+            fault.code
+        ),
+    }
+    drop(name);
+    exit_current(mk_abi::STATUS_FAULT + u64::from(fault.vector))
+}
+
+/// The hardware layer's hook at the end of every interrupt taken in ring 3: end the task if it
+/// was killed, give the CPU back if another task waits for it or this CPU was asked to.
+fn user_return() {
+    let me = slot();
+    let Some(Some((id, killed, others))) = with(|s| {
+        let id = s.current(me)?;
+        let others = (0..s.max_cpus()).any(|c| s.ready_on(c) > 0);
+        Some((id, s.kill_pending(id), others))
+    }) else {
+        return;
+    };
+    if killed {
+        exit_current(mk_abi::STATUS_KILLED);
+    }
+    // The first CPU also drains the mailboxes: it goes back to its loop at every interrupt.
+    // A CPU asked to park goes back to its loop, which parks it.
+    let asked = RESCHED[me].swap(false, Ordering::Relaxed) || crate::cpus::smp::park_requested(me);
+    if others || asked || me == 0 {
+        with(|s| {
+            if s.current(me) == Some(id) {
+                s.preempt(me);
+            }
+        });
+        to_scheduler();
+    }
+}
+
+/// The further CPUs' idle work: run tasks; join and leave the scheduler's CPU set.
+static IDLE_WORK: crate::cpus::smp::IdleWork = crate::cpus::smp::IdleWork {
+    run: run_one,
+    joined: |slot| {
+        set_cpu_online(slot, true);
+    },
+    leaving: |slot| {
+        let moved = set_cpu_online(slot, false);
+        if moved > 0 {
+            crate::info!("cpu {slot} leaves: {moved} tasks handed to the other CPUs");
+        }
+    },
+};
+
+/// Lets the instance's further CPUs run tasks (call once, before they start).
+pub fn start_further_cpus_work() {
+    crate::cpus::smp::set_idle_work(&IDLE_WORK);
+}

@@ -1,0 +1,111 @@
+//! A task: a program's address space, its kernel stack and saved context, and where it starts.
+//! `spawn` builds one from a program of the ramdisk.
+
+use alloc::string::String;
+
+use mk_abi::TaskId;
+
+use crate::arch::switch::{Context, Stack};
+use crate::memory::space::AddressSpace;
+
+use super::loader;
+
+/// The scheduler's payload for one task.
+pub struct Task {
+    /// The program's name (the first word of its arguments).
+    pub program: String,
+    pub space: AddressSpace,
+    /// Its kernel stack: system calls and interrupts from ring 3 run here.
+    pub stack: Stack,
+    /// Its suspended kernel context while it does not run (`None` while it runs).
+    pub context: Option<Context>,
+    /// Where it enters ring 3 the first time (taken when it starts).
+    pub start: Option<Start>,
+}
+
+/// The first entry into ring 3.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub rip: u64,
+    pub rsp: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+}
+
+/// Why a task could not be started, and whose fault it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The caller's program name is not in the ramdisk.
+    NoSuchProgram,
+    /// The caller's arguments are empty or too long.
+    BadArguments,
+    /// The program is not a loadable ELF (the ramdisk's content).
+    BadProgram(loader::LoadError),
+    /// This instance has no memory for the address space (its state).
+    OutOfMemory,
+    /// The task table is full, or the CPU hint names no online CPU of this instance.
+    Scheduler(mk_sched::SpawnError),
+}
+
+impl core::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSuchProgram => f.write_str("no such program in the ramdisk"),
+            Self::BadArguments => f.write_str("bad arguments"),
+            Self::BadProgram(e) => write!(f, "the program cannot be loaded: {e}"),
+            Self::OutOfMemory => f.write_str("out of memory"),
+            Self::Scheduler(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl SpawnError {
+    /// The system call error for it.
+    pub fn abi(&self) -> mk_abi::Error {
+        match self {
+            Self::NoSuchProgram => mk_abi::Error::NoSuchProgram,
+            Self::BadArguments => mk_abi::Error::BadLength,
+            Self::BadProgram(_) => mk_abi::Error::BadArgument,
+            Self::OutOfMemory => mk_abi::Error::OutOfMemory,
+            Self::Scheduler(mk_sched::SpawnError::TooManyTasks) => mk_abi::Error::TooManyTasks,
+            Self::Scheduler(_) => mk_abi::Error::BadArgument,
+        }
+    }
+}
+
+/// Starts `args` (its first word names the program) as a new task of this instance, child of
+/// `parent` (`None`: nobody waits for it), on CPU `cpu_hint` or wherever the scheduler puts it.
+pub fn spawn(
+    args: &str,
+    parent: Option<TaskId>,
+    cpu_hint: Option<usize>,
+) -> Result<TaskId, SpawnError> {
+    let args = args.trim();
+    if args.is_empty() || args.len() as u64 > mk_abi::MAX_ARGS {
+        return Err(SpawnError::BadArguments);
+    }
+    let name = args.split_whitespace().next().unwrap_or_default();
+    let elf = crate::memory::ramdisk::program(name).ok_or(SpawnError::NoSuchProgram)?;
+    let mut space = AddressSpace::new().map_err(|_| SpawnError::OutOfMemory)?;
+    let loaded = loader::load(&mut space, elf, args).map_err(|e| match e {
+        loader::LoadError::Space(_) => SpawnError::OutOfMemory,
+        other => SpawnError::BadProgram(other),
+    })?;
+    let mut stack = Stack::new();
+    let context = stack.prepare(super::sched::task_entry, 0);
+    let task = Task {
+        program: name.into(),
+        space,
+        stack,
+        context: Some(context),
+        start: Some(Start {
+            rip: loaded.entry,
+            rsp: loaded.stack_top,
+            arg0: loaded.args_ptr,
+            arg1: loaded.args_len,
+        }),
+    };
+    super::sched::with(|s| s.spawn(name, task, parent, cpu_hint))
+        .ok_or(SpawnError::OutOfMemory)?
+        .map_err(SpawnError::Scheduler)
+}
