@@ -606,7 +606,8 @@ fn task_target(k: InstanceId) -> Outcome {
 
 fn spawn(k: InstanceId, line: &str) -> Outcome {
     task_target(k)?;
-    let id = services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
+    let id =
+        services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
     println!("instance {k}: started {line:?} as task {id}");
     Ok(())
 }
