@@ -49,8 +49,20 @@ pub fn kernel(release: bool, flavor: Flavor) -> Result<PathBuf> {
         .join("kernel"))
 }
 
-/// Builds the disk image for `firmware` from `kernel` under `target/images/`.
-pub fn image(kernel: &std::path::Path, firmware: Firmware, flavor: Flavor) -> Result<PathBuf> {
+/// Builds the user programs and packs them into the ramdisk archive every image carries (see
+/// `crate::ramdisk`); returns its path.
+pub fn ramdisk(plan: Option<&str>) -> Result<PathBuf> {
+    crate::ramdisk::build(plan)
+}
+
+/// Builds the disk image for `firmware` from `kernel` under `target/images/`, with `ramdisk`
+/// (from [`ramdisk`]) as its ramdisk.
+pub fn image(
+    kernel: &std::path::Path,
+    ramdisk: &std::path::Path,
+    firmware: Firmware,
+    flavor: Flavor,
+) -> Result<PathBuf> {
     let stem = match flavor {
         Flavor::Run => "multikernel",
         Flavor::Test => "multikernel-test",
@@ -58,5 +70,5 @@ pub fn image(kernel: &std::path::Path, firmware: Firmware, flavor: Flavor) -> Re
     let out = root()
         .join("target/images")
         .join(format!("{stem}-{}.img", firmware.name()));
-    Ok(boot::build_image(kernel, None, firmware, &out)?)
+    Ok(boot::build_image(kernel, Some(ramdisk), firmware, &out)?)
 }

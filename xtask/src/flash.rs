@@ -106,7 +106,8 @@ pub fn main(argv: &[String]) -> Result<()> {
         Firmware::Bios
     };
     let kernel = build::kernel(true, Flavor::Run)?;
-    let image_path = build::image(&kernel, firmware, Flavor::Run)?;
+    let ramdisk = build::ramdisk(None)?;
+    let image_path = build::image(&kernel, &ramdisk, firmware, Flavor::Run)?;
     let image = std::fs::read(&image_path).map_err(|e| format!("reading image: {e}"))?;
     if image.len() as u64 > info.bytes {
         return Err(format!(

@@ -13,29 +13,23 @@ pub fn main(argv: &[String]) -> Result<()> {
     let out = args
         .value("out")
         .map_or_else(|| root().join("target/images"), PathBuf::from);
-    // A partition plan rides along as the image's ramdisk: real machines have no fw_cfg. Only
-    // its syntax can be checked here; the kernel checks it against the machine at boot and
-    // falls back to the default plan, with the reason on the console, if it does not fit.
-    let plan_file = match args.value("partitions") {
+    // A partition plan rides along in the images' ramdisk (as the file `plan`, next to the
+    // programs): real machines have no fw_cfg. Only its syntax can be checked here; the kernel
+    // checks it against the machine at boot and falls back to the default plan, with the
+    // reason on the console, if it does not fit.
+    let plan = match args.value("partitions") {
         None => None,
         Some(text) => {
             let spec = mk_plan::PlanSpec::parse(text)
                 .map_err(|e| Error::Usage(format!("--partitions '{text}': {e}")))?;
-            std::fs::create_dir_all(&out)
-                .map_err(|e| format!("creating {}: {e}", out.display()))?;
-            let path = out.join("plan.txt");
-            std::fs::write(&path, format!("{spec}\n"))
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-            println!(
-                "partition plan {spec} written to {} (the images' ramdisk)",
-                path.display()
-            );
-            Some(path)
+            println!("partition plan {spec} (in the images' ramdisk)");
+            Some(spec.to_string())
         }
     };
     setup::ensure_toolchain()?;
     let kernel = build::kernel(release, Flavor::Run)?;
-    let images = boot::build_images(&kernel, plan_file.as_deref(), &out, "multikernel")?;
+    let ramdisk = build::ramdisk(plan.as_deref())?;
+    let images = boot::build_images(&kernel, Some(&ramdisk), &out, "multikernel")?;
     for (name, path) in [("BIOS", &images.bios), ("UEFI", &images.uefi)] {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         println!("{name} image: {} ({} KiB)", path.display(), size / 1024);

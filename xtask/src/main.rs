@@ -9,6 +9,7 @@ mod console_test;
 mod flash;
 mod image;
 mod qemu;
+mod ramdisk;
 mod run;
 mod setup;
 mod test;

@@ -76,7 +76,9 @@ pub fn main(argv: &[String]) -> Result<()> {
     setup::ensure_toolchain()?;
     setup::ensure_qemu(firmware == Firmware::Uefi)?;
     let kernel = build::kernel(release, Flavor::Run)?;
-    let image = build::image(&kernel, firmware, Flavor::Run)?;
+    // The plan goes by fw_cfg here (QEMU); the ramdisk carries the programs.
+    let ramdisk = build::ramdisk(None)?;
+    let image = build::image(&kernel, &ramdisk, firmware, Flavor::Run)?;
 
     let accel = if args.flag("no-kvm") {
         eprintln!("xtask: TCG (software emulation), as asked; the guest will use xAPIC mode");

@@ -169,6 +169,8 @@ fn qemu_tests_run(
     );
 
     let kernel = build::kernel(true, Flavor::Test)?;
+    // The test boots pass their plans by fw_cfg; the ramdisk carries the programs.
+    let ramdisk = build::ramdisk(None)?;
     let logs = root().join("target/test-logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut images: Vec<(qemu_tests::Firmware, PathBuf)> = Vec::new();
@@ -192,7 +194,7 @@ fn qemu_tests_run(
             Some((_, p)) => p.clone(),
             None => {
                 let fw = firmware(b.firmware);
-                let p = build::image(&kernel, fw, Flavor::Test)?;
+                let p = build::image(&kernel, &ramdisk, fw, Flavor::Test)?;
                 images.push((b.firmware, p.clone()));
                 p
             }
@@ -204,7 +206,7 @@ fn qemu_tests_run(
         let image = match images.iter().find(|(f, _)| *f == script.firmware) {
             Some((_, p)) => p.clone(),
             None => {
-                let p = build::image(&kernel, firmware(script.firmware), Flavor::Test)?;
+                let p = build::image(&kernel, &ramdisk, firmware(script.firmware), Flavor::Test)?;
                 images.push((script.firmware, p.clone()));
                 p
             }

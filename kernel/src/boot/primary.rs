@@ -37,6 +37,14 @@ pub fn start(boot_info: &'static mut BootInfo, boot_tsc: u64) -> Primary {
     if let Err(e) = memory::init(boot_info) {
         fatal(format_args!("memory init failed: {e}"));
     }
+    match memory::ramdisk::init(memory::boot_ramdisk(boot_info)) {
+        Ok(()) => info!(
+            "ramdisk: {} KiB, programs: {}",
+            memory::ramdisk::archive().map_or(0, <[u8]>::len) >> 10,
+            ProgramList
+        ),
+        Err(e) => crate::warn!("ramdisk: {e}; running without user programs"),
+    }
     let (free, owned) = memory::frames::counts();
     info!(
         "memory: {} MiB usable, {} MiB free; kernel ELF at {:#x} ({} KiB), image base {:#x}",
@@ -133,4 +141,24 @@ pub fn start(boot_info: &'static mut BootInfo, boot_tsc: u64) -> Primary {
     let tests: Option<alloc::string::String> = None;
     super::start::start_all(boot_info, &platform, tests.as_deref(), boot_tsc);
     Primary { platform, tests }
+}
+
+/// The ramdisk's program names, space-separated (for the boot log).
+struct ProgramList;
+
+impl core::fmt::Display for ProgramList {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut any = false;
+        for (i, name) in memory::ramdisk::programs().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(name)?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }

@@ -22,6 +22,9 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     if let Err(e) = memory::init(boot_info) {
         fatal(format_args!("memory init failed: {e}"));
     }
+    if let Err(e) = memory::ramdisk::init(desc.archive()) {
+        crate::warn!("ramdisk: {e}; running without user programs");
+    }
     tsc::set_ticks_per_ms(desc.tsc_per_ms);
     console::attach_framebuffer(&desc.framebuffer);
     if let Err(e) = region::attach(desc.shared_phys, desc.shared_len) {

@@ -20,13 +20,13 @@ use crate::shared::region::{StartWait, Started};
 use crate::{error, info, println, warn};
 
 /// Where the plan text comes from, in order: QEMU's fw_cfg file `opt/multikernel/plan` (tests
-/// and `cargo xtask run --partitions`), then the boot ramdisk (images written to USB sticks).
-fn plan_text(boot_info: &BootInfo) -> Option<String> {
+/// and `cargo xtask run --partitions`), then the file `plan` of the boot ramdisk's archive
+/// (images written to USB sticks).
+fn plan_text() -> Option<String> {
     if let Some(text) = crate::platform::qemu::read_string("opt/multikernel/plan") {
         return Some(text);
     }
-    let bytes = crate::memory::ramdisk(boot_info, 4096)?;
-    core::str::from_utf8(bytes).ok().map(|s| s.trim().into())
+    crate::memory::ramdisk::plan().map(String::from)
 }
 
 /// Start-up waits a test kernel forces: `start_wait=K:FIRST_MS:QUIET_MS` in its case list
@@ -139,7 +139,7 @@ pub fn start_all(
     );
     let usable = usable_ranges(boot_info);
     let default = PlanSpec::default_for(cpus.len() as u32);
-    let spec = match plan_text(boot_info) {
+    let spec = match plan_text() {
         None => default,
         Some(text) => match PlanSpec::parse(&text) {
             Ok(spec) => spec,

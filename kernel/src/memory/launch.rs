@@ -291,7 +291,27 @@ pub fn prepare(
     // 4. BootInfo, its memory map and the descriptor, in one page.
     let info_pa = bump.alloc(1)?;
 
-    // 5. The instance's physical map: its own memory, the shared region, its trampoline page
+    // 5. The instance's own copy of the boot ramdisk (the programs), reached through its
+    // physical map like everything it owns; the descriptor says where.
+    let mut desc = *desc;
+    if let Some(archive) = super::ramdisk::archive() {
+        let len = archive.len() as u64;
+        let archive_pa = bump.alloc(len.div_ceil(4096).max(1))?;
+        // SAFETY: the frames were just allocated to this instance, contiguous, for at least
+        // `len` bytes, and are reached through instance 0's physical map; the archive is
+        // instance 0's own, which it never writes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                archive.as_ptr(),
+                phys_to_virt(archive_pa) as *mut u8,
+                archive.len(),
+            );
+        }
+        desc.archive_virt = phys_offset() + archive_pa;
+        desc.archive_len = len;
+    }
+
+    // 6. The instance's physical map: its own memory, the shared region, its trampoline page
     // (through which it starts its further CPUs) and its top-level page (which its paging
     // code edits through the map); nothing else.
     for r in ranges {
@@ -333,7 +353,7 @@ pub fn prepare(
         info.ramdisk_len = core::mem::size_of::<BootDescriptor>() as u64;
         info.kernel_image_offset = crate::memory::KERNEL_BASE;
         (phys_to_virt(info_pa) as *mut BootInfo).write(info);
-        ((phys_to_virt(info_pa) + desc_offset) as *mut BootDescriptor).write(*desc);
+        ((phys_to_virt(info_pa) + desc_offset) as *mut BootDescriptor).write(desc);
     }
     Ok(Launch {
         cr3: pml4,

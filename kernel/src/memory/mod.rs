@@ -13,6 +13,7 @@ pub mod mmio;
 pub mod paging;
 pub mod pristine;
 pub mod space;
+pub mod ramdisk;
 
 /// Virtual address the kernel image is loaded at, in every instance (the xtask's `--gdb` relies
 /// on it).
@@ -59,11 +60,13 @@ impl core::fmt::Display for InitError {
     }
 }
 
-/// The bytes of the ramdisk the bootloader loaded (the plan, in images written to USB sticks),
-/// at most `max` of them.
-pub fn ramdisk(boot_info: &BootInfo, max: usize) -> Option<&'static [u8]> {
+/// The bytes of the ramdisk the bootloader loaded for instance 0 (the archive of `ramdisk`).
+pub fn boot_ramdisk(boot_info: &BootInfo) -> Option<&'static [u8]> {
     let addr = boot_info.ramdisk_addr.into_option()?;
-    let len = usize::try_from(boot_info.ramdisk_len).ok()?.min(max);
+    let len = usize::try_from(boot_info.ramdisk_len).ok()?;
+    if len == 0 {
+        return None;
+    }
     // SAFETY: the bootloader mapped the ramdisk at `addr` for `ramdisk_len` bytes, for good,
     // and nothing writes it.
     Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })

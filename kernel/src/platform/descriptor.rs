@@ -55,6 +55,11 @@ pub struct BootDescriptor {
     /// Test cases for this instance (qemu-tests builds), space-separated.
     pub tests_len: u32,
     pub tests: [u8; MAX_TESTS],
+    /// This instance's own copy of the boot ramdisk (the tar archive of the programs): its
+    /// virtual address in the instance's physical map, and length (`len == 0`: none). Set by
+    /// `memory::launch::prepare`, which copies it into the instance's memory.
+    pub archive_virt: u64,
+    pub archive_len: u64,
 }
 
 impl BootDescriptor {
@@ -88,7 +93,22 @@ impl BootDescriptor {
             },
             tests_len: 0,
             tests: [0; MAX_TESTS],
+            archive_virt: 0,
+            archive_len: 0,
         }
+    }
+
+    /// This instance's copy of the boot ramdisk, if instance 0 gave it one.
+    pub fn archive(&self) -> Option<&'static [u8]> {
+        if self.archive_virt == 0 || self.archive_len == 0 {
+            return None;
+        }
+        let len = usize::try_from(self.archive_len).ok()?;
+        // SAFETY: instance 0 copied the archive into this instance's own memory at
+        // `archive_virt` (in its physical map) for `archive_len` bytes, in frames it reported
+        // as not usable, so this instance's allocator never hands them out and nothing writes
+        // them: they stay valid and unchanged for the instance's life.
+        Some(unsafe { core::slice::from_raw_parts(self.archive_virt as *const u8, len) })
     }
 
     pub fn cpus(&self) -> &[u32] {

@@ -39,6 +39,7 @@ pub(super) static CASES: &[Case] = &[
     case("cpu_caches", |_, _| instances::cpu_caches()),
     // User address spaces and the program loader.
     case("address_spaces", |_, _| spaces::address_spaces()),
+    case("ramdisk_programs", |_, _| instances::ramdisk_programs()),
     // Messaging.
     case("msg_ping", |_, arg| messaging::msg_ping(arg)),
     case("msg_order", |_, arg| messaging::msg_order(arg)),

@@ -3,11 +3,15 @@
 //! memory adding up.
 
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::harness::{Outcome, ensure, number, plan};
-use super::peer::{PROBE_COUNTER, PROBE_PHYS_IN_0, report, wait_report};
+use super::peer::{
+    PROBE_COUNTER, PROBE_PHYS_IN_0, REQUIRED_PROGRAMS, job, ramdisk_check, report, start_job,
+    wait_job, wait_report,
+};
 use crate::instance::iid;
 use crate::memory::{self, frames};
 use crate::println;
@@ -256,4 +260,59 @@ pub(super) fn memory_accounting() -> Outcome {
     ensure(!foreign, || {
         "instance 0's allocator still owns foreign frames".into()
     })
+}
+
+/// The boot ramdisk holds the programs `hello`, `spin` and `init`, each an ELF the loader
+/// takes, in instance 0 and, in its own copy, in every other instance (the same archive,
+/// byte for byte, by its hash).
+pub(super) fn ramdisk_programs() -> Outcome {
+    let want = (1u64 << REQUIRED_PROGRAMS.len()) - 1;
+    let mine = ramdisk_check();
+    let missing = |word: u64| {
+        REQUIRED_PROGRAMS
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| word & (1 << i) == 0)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+    };
+    ensure(mine != 0, || {
+        String::from("instance 0 has no ramdisk archive")
+    })?;
+    ensure(mine & want == want, || {
+        format!(
+            "instance 0's ramdisk lacks (or cannot parse) {:?}; it holds {:?}",
+            missing(mine),
+            memory::ramdisk::programs().collect::<Vec<_>>()
+        )
+    })?;
+    let plan = plan()?;
+    let mut checked = 0;
+    for p in plan.partitions().skip(1) {
+        let before = start_job(p.index, job::RAMDISK, 0)?;
+        let theirs = wait_job(p.index, before, 10_000)?.job_result;
+        ensure(theirs != 0, || {
+            format!("instance {} has no ramdisk archive", p.index)
+        })?;
+        ensure(theirs & want == want, || {
+            format!(
+                "instance {}'s ramdisk lacks (or cannot parse) {:?}",
+                p.index,
+                missing(theirs)
+            )
+        })?;
+        ensure(theirs == mine, || {
+            format!(
+                "instance {}'s ramdisk differs from instance 0's (check {theirs:#x}, ours {mine:#x})",
+                p.index
+            )
+        })?;
+        checked += 1;
+    }
+    println!(
+        "ramdisk_programs: {} KiB archive, programs {:?}, the same in {checked} other instance(s)",
+        memory::ramdisk::archive().map_or(0, <[u8]>::len) >> 10,
+        memory::ramdisk::programs().collect::<Vec<_>>()
+    );
+    Ok(())
 }

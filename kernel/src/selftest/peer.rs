@@ -130,6 +130,29 @@ pub(super) mod job {
     /// Halt `arg >> 32` ms (as `QUIET`), then send `arg & 0xFFFF_FFFF` SINK messages to
     /// instance 0 (`op.recv`: instance 0 has stopped draining by then); result: how many went.
     pub const SINKS: u64 = 10;
+    /// Look up the programs `ramdisk_programs` needs in this instance's own ramdisk; result:
+    /// `super::ramdisk_check()`.
+    pub const RAMDISK: u64 = 11;
+}
+
+/// Programs every ramdisk must hold, each a loadable ELF (`ramdisk_programs`).
+pub(super) const REQUIRED_PROGRAMS: [&str; 3] = ["hello", "spin", "init"];
+
+/// What this instance's ramdisk holds, in one word: bit `i` set if `REQUIRED_PROGRAMS[i]` is
+/// there and parses with mk-elf; the bits above the eighth are from a hash of the whole
+/// archive, so two instances with the same word hold the same archive (0 there: none).
+pub(super) fn ramdisk_check() -> u64 {
+    let Some(archive) = crate::memory::ramdisk::archive() else {
+        return 0;
+    };
+    let found = REQUIRED_PROGRAMS
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| {
+            crate::memory::ramdisk::program(name).is_some_and(|elf| mk_elf::Elf::parse(elf).is_ok())
+        })
+        .fold(0u64, |mask, (i, _)| mask | 1 << i);
+    (fnv1a(archive) & !0xFF) | 1 << 7 | found
 }
 
 const MAX_I: usize = mk_shared::MAX_INSTANCES;
@@ -260,6 +283,7 @@ fn run_job() {
                 .count() as u64
         }
         job::FILL_CHECK => fill_check(arg),
+        job::RAMDISK => ramdisk_check(),
         job::PROBE_FAULT => probe_fault(arg),
         job::HANDOFF_BEGIN => crate::shared::region::get().map_or(0, |r| {
             let chunk = mk_shared::Resource::memory_at(arg & 0xFFFF_FFFF_FFFF);

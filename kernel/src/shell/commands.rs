@@ -44,6 +44,7 @@ pub fn run(command: Command) {
         Command::Ps => ps(),
         Command::Spawn { instance, line } => spawn(instance, &line),
         Command::Kill { instance, task } => kill(instance, task),
+        Command::Programs => programs(),
     };
     if let Err(message) = outcome {
         println!("error: {message}");
@@ -105,6 +106,36 @@ fn running_peer(k: InstanceId, what: &str) -> Outcome {
 
 fn ms_since(t: u64) -> u64 {
     tsc::read().saturating_sub(t) / tsc::ticks_per_ms()
+}
+
+/// The programs of this instance's ramdisk: name, size, and whether the loader would take it.
+fn programs() -> Outcome {
+    let archive = crate::memory::ramdisk::archive()
+        .ok_or_else(|| String::from("no ramdisk archive (the image carries no programs)"))?;
+    println!(
+        "{:<16}{:>10}  ELF  ({} KiB archive)",
+        "program",
+        "size",
+        archive.len() >> 10
+    );
+    let mut count = 0;
+    for name in crate::memory::ramdisk::programs() {
+        let elf = crate::memory::ramdisk::program(name).unwrap_or(&[]);
+        let check = match mk_elf::Elf::parse(elf) {
+            Ok(_) => String::from("ok"),
+            Err(e) => format!("{e:?}"),
+        };
+        println!("{:<16}{:>10}  {check}", name, format_size(elf.len() as u64));
+        count += 1;
+    }
+    println!("{count} program(s)");
+    if let Some(plan) = crate::memory::ramdisk::file(mk_ramdisk::PLAN_PATH) {
+        println!(
+            "and a partition plan: {}",
+            core::str::from_utf8(plan).unwrap_or("(not UTF-8)").trim()
+        );
+    }
+    Ok(())
 }
 
 fn instances() -> Outcome {
@@ -575,7 +606,8 @@ fn task_target(k: InstanceId) -> Outcome {
 
 fn spawn(k: InstanceId, line: &str) -> Outcome {
     task_target(k)?;
-    let id = services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
+    let id =
+        services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
     println!("instance {k}: started {line:?} as task {id}");
     Ok(())
 }

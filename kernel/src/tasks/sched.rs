@@ -21,7 +21,7 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mk_abi::TaskId;
-use mk_sched::{Block, Scheduler, State};
+use mk_sched::{Block, Scheduler};
 use spin::Mutex;
 
 use crate::arch::cpu::{self, MAX_SLOTS};
@@ -152,11 +152,9 @@ fn run_one_locked_out() -> bool {
     let spent = tsc::read().saturating_sub(began);
     let dead = with(|s| {
         s.charge(id, spent);
-        if let (Some(t), Some(State::Ready | State::Blocked(_))) = (s.get_mut(id), s.state(id)) {
-            t.context = back;
-        } else if let Some(t) = s.get_mut(id) {
-            // Still marked running here: cannot happen (every way out of a task changes its
-            // state first); keep the context so it can run again.
+        // An exited task has no payload any more (its context is dropped with `back`);
+        // every other way out of a task (yield, block, preempt) leaves it to resume later.
+        if let Some(t) = s.get_mut(id) {
             t.context = back;
         }
         let mut dead = alloc::vec::Vec::new();

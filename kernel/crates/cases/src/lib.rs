@@ -42,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "cpu_caches",
     // User address spaces and the program loader.
     "address_spaces",
+    "ramdisk_programs",
     // Messaging.
     "msg_ping",
     "msg_order",

@@ -45,6 +45,8 @@ pub enum Command {
     Spawn { instance: InstanceId, line: String },
     /// `kill INST TASK` (TASK as `ps` prints it, `t3.1`, or the raw number).
     Kill { instance: InstanceId, task: u64 },
+    /// `programs`
+    Programs,
 }
 
 /// One command's name, usage and one-line description (what `help` prints).
@@ -127,6 +129,11 @@ pub const COMMANDS: &[CommandInfo] = &[
         usage: "kill INST TASK",
         about: "end task TASK (as ps prints it, e.g. t3.1) of instance INST",
     },
+    CommandInfo {
+        name: "programs",
+        usage: "programs",
+        about: "the user programs in the boot ramdisk, with their sizes",
+    },
 ];
 
 /// A task id as `ps` prints it (`t3.1`: slot 3, generation 1), or its raw number.
@@ -196,6 +203,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
         },
         "instances" => arity(0).map(|()| Command::Instances)?,
         "stats" => arity(0).map(|()| Command::Stats)?,
+        "programs" => arity(0).map(|()| Command::Programs)?,
         "ping" => match args {
             [inst] => Command::Ping {
                 instance: instance(inst)?,
@@ -296,14 +304,22 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                     line,
                 }
             }
-            _ => return Err(usage_error(cmd, String::from("expected: INST PROGRAM [ARGS...]"))),
+            _ => {
+                return Err(usage_error(
+                    cmd,
+                    String::from("expected: INST PROGRAM [ARGS...]"),
+                ));
+            }
         },
         "kill" => {
             arity(2)?;
             Command::Kill {
                 instance: instance(args[0])?,
                 task: parse_task(args[1]).ok_or_else(|| {
-                    usage_error(cmd, format!("task '{}' is not a task id (e.g. t3.1)", args[1]))
+                    usage_error(
+                        cmd,
+                        format!("task '{}' is not a task id (e.g. t3.1)", args[1]),
+                    )
                 })?,
             }
         }
@@ -379,6 +395,7 @@ mod tests {
         assert_eq!(ok("help ping"), Command::Help(info("ping")));
         assert_eq!(ok("instances"), Command::Instances);
         assert_eq!(ok("  stats  "), Command::Stats);
+        assert_eq!(ok("programs"), Command::Programs);
         assert_eq!(
             ok("ping 2"),
             Command::Ping {

@@ -1,0 +1,31 @@
+//! What several programs share: the xorshift generator (fuzz, spin).
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// xorshift64: a fast, deterministic pseudo-random sequence from a non-zero seed.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (`n > 0`; slightly biased, which does not matter here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
