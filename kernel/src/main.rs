@@ -75,7 +75,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             }
             let _ = desc;
             #[cfg(not(feature = "qemu-tests"))]
-            boot::start_init();
+            boot::tasks::start_init();
             messaging::serve_forever()
         }
     }

@@ -174,13 +174,13 @@ fn referenced_paths(src: &str, here: &ModPath, is_mod_root: bool) -> Vec<ModPath
     let mut i = 0;
     while i < b.len() {
         let boundary = i == 0 || !is_ident(b[i - 1]);
-        if boundary && s[i..].starts_with("crate::") {
+        if boundary && b[i..].starts_with(b"crate::") {
             let mut found = Vec::new();
             i = parse_tail(b, i + "crate::".len(), &[], &mut found);
             out.extend(found);
             continue;
         }
-        if boundary && s[i..].starts_with("super::") {
+        if boundary && b[i..].starts_with(b"super::") {
             // `super` is the parent of the module; for a mod.rs, the module is the folder.
             let mut base: ModPath = here.clone();
             let mut j = i;
@@ -198,7 +198,7 @@ fn referenced_paths(src: &str, here: &ModPath, is_mod_root: bool) -> Vec<ModPath
             // A console macro used bare (imported with `use crate::{info, …}`), or
             // `$crate::console` inside a macro of the console itself.
             for m in CONSOLE_MACROS {
-                if s[i..].starts_with(m) && s[i + m.len()..].starts_with('!') {
+                if b[i..].starts_with(m.as_bytes()) && b[i + m.len()..].starts_with(b"!") {
                     out.push(vec![(*m).to_string()]);
                 }
             }
@@ -215,7 +215,7 @@ fn referenced_paths(src: &str, here: &ModPath, is_mod_root: bool) -> Vec<ModPath
                 while i < b.len() && is_ident(b[i]) {
                     i += 1;
                 }
-                if s[i..].starts_with("::") {
+                if b[i..].starts_with(b"::") {
                     let mut p = here.clone();
                     p.push(s[start..i].to_string());
                     out.push(p);

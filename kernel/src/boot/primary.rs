@@ -109,7 +109,7 @@ pub fn start(boot_info: &'static mut BootInfo, boot_tsc: u64) -> Primary {
     let this_cpu = cpu::install(0, apic_id);
     this_cpu.set_lapic(lapic);
     crate::cpus::smp::register(this_cpu);
-    super::start_tasks();
+    super::tasks::start_tasks();
     info!(
         "local APIC: {} mode, APIC ID {apic_id}, timer {} kHz (/16), ticking at {} Hz",
         apic::mode().map_or("?", apic::Mode::name),

@@ -46,7 +46,7 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     let this = cpu::install(0, apic_id);
     this.set_lapic(lapic);
     smp::register(this);
-    super::start_tasks();
+    super::tasks::start_tasks();
     // The timer beats the heartbeat counter from now on (the heartbeat service's tick hook).
     x86_64::instructions::interrupts::enable();
 

@@ -60,7 +60,7 @@ fn kill_all(k: InstanceId, ids: &[TaskId]) -> Outcome {
     Ok(())
 }
 
-/// CPU time (µs) of each of `ids` on instance `k`, as its scheduler charged it.
+/// CPU time (us) of each of `ids` on instance `k`, as its scheduler charged it.
 fn cpu_times(k: InstanceId, ids: &[TaskId]) -> Result<Vec<u64>, String> {
     let all = rows(k)?;
     ids.iter()
@@ -153,7 +153,7 @@ pub(super) fn user_faults() -> Outcome {
     }
     sleep_ms(200);
     let t1 = cpu_times(k, &[spin])?[0];
-    ensure(t1 > t0, || format!("spin made no progress during the faults ({t0} -> {t1} µs)"))?;
+    ensure(t1 > t0, || format!("spin made no progress during the faults ({t0} -> {t1} us)"))?;
     kill_all(k, &[spin])?;
     for i in 0..5 {
         ping(k, i)?;
@@ -186,13 +186,13 @@ pub(super) fn user_preempt() -> Outcome {
     let second = cpu_times(k, &[a, b])?;
     kill_all(k, &[a, b])?;
     ensure(second[0] > first[0] && second[1] > first[1], || {
-        format!("CPU time of the two spins: {first:?} then {second:?} µs")
+        format!("CPU time of the two spins: {first:?} then {second:?} us")
     })
 }
 
 /// An instance with 3 CPUs runs 3 `spin` tasks on its 3 CPUs at once.
 pub(super) fn user_smp(arg: &str) -> Outcome {
-    let k = iid(number(arg)?);
+    let k = iid(number::<usize>(arg)?);
     let ids: Vec<TaskId> = (0..3)
         .map(|_| spawn(k, "spin", None))
         .collect::<Result<_, _>>()?;
@@ -241,7 +241,7 @@ fn cpus_of(k: InstanceId) -> Result<Vec<u32>, String> {
 /// moved CPU runs B's tasks.
 pub(super) fn user_cpu_move(arg: &str) -> Outcome {
     let (a, b) = arg.split_once(':').ok_or("expected A:B")?;
-    let (a, b) = (iid(number(a)?), iid(number(b)?));
+    let (a, b) = (iid(number::<usize>(a)?), iid(number::<usize>(b)?));
     let a_ids: Vec<TaskId> = (0..4)
         .map(|_| spawn(a, "spin", None))
         .collect::<Result<_, _>>()?;
@@ -285,14 +285,14 @@ pub(super) fn user_cpu_move(arg: &str) -> Outcome {
     kill_all(a, &a_ids)?;
     kill_all(b, &b_ids)?;
     println!(
-        "user_cpu_move: instance {b}'s 2 spins got {before} µs of CPU per second before, {after} after the move"
+        "user_cpu_move: instance {b}'s 2 spins got {before} us of CPU per second before, {after} after the move"
     );
     ensure(a0.iter().zip(&a1).all(|(x, y)| y > x), || {
         format!("instance {a}'s spins stalled after the move: {a0:?} -> {a1:?}")
     })?;
     ensure(on_new, || format!("no task of {b} ran on the moved CPU (slot 2)"))?;
     ensure(after > before + before / 4, || {
-        format!("instance {b}'s progress did not rise: {before} -> {after} µs per second")
+        format!("instance {b}'s progress did not rise: {before} -> {after} us per second")
     })
 }
 
@@ -300,7 +300,7 @@ pub(super) fn user_cpu_move(arg: &str) -> Outcome {
 /// maps and touches more than K had free before.
 pub(super) fn user_mem_add(arg: &str) -> Outcome {
     let (k, from) = arg.split_once(':').ok_or("expected K:FROM")?;
-    let (k, from) = (iid(number(k)?), iid(number(from)?));
+    let (k, from) = (iid(number::<usize>(k)?), iid(number::<usize>(from)?));
     let free = stats(k)?[7] * 4096;
     let chunk = mk_shared::MEM_CHUNK_SIZE;
     let bytes = (free + 8 * chunk).next_multiple_of(chunk);

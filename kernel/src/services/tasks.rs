@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `SPAWN` (0x101) | bytes: CPU hint (u32 LE, `u32::MAX` any), then the command line | word: `mk_abi::encode` of the spawn result (task id or error) |
 //! | `KILL` (0x102) | word: task id | word: `mk_abi::encode` of the result |
-//! | `LIST` (0x103) | word: first slot to list | word: count, then per task: id, state and CPU, CPU time (µs), name (8 bytes) |
+//! | `LIST` (0x103) | word: first slot to list | word: count, then per task: id, state and CPU, CPU time (us), name (8 bytes) |
 //! | `STATS` (0x104) | none | words: tasks, switches, system calls, errors, faults, kills, exits, free frames |
 //! | `STATUS` (0x105) | word: task id | words: 0 and the exit status if it ended recently; 1 if it still runs; 2 if unknown |
 //!
@@ -25,7 +25,7 @@ use mk_wire::{Kind, Message, Payload, Status, UserPayload};
 
 use crate::instance::InstanceId;
 use crate::messaging::{self, HandlerFn};
-use crate::tasks::{sched, task};
+use crate::tasks::sched;
 
 pub mod user {
     pub const SPAWN: u16 = 0x101;
@@ -90,7 +90,7 @@ fn reply_words(w: &[u64]) -> Option<Reply> {
 }
 
 fn spawn_here(args: &str, hint: Option<usize>) -> Result<TaskId, mk_abi::Error> {
-    task::spawn(args, None, hint).map_err(|e| {
+    sched::spawn(args, None, hint).map_err(|e| {
         crate::warn!("spawn {args:?}: {e}");
         e.abi()
     })

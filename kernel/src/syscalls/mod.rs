@@ -18,7 +18,7 @@ use mk_abi::{Error, Sys, TaskId};
 
 use crate::arch::syscall::{self, SyscallFrame};
 use crate::arch::{cpu, tsc};
-use crate::tasks::{sched, task};
+use crate::tasks::sched;
 
 /// System calls taken, and refused with an error, since boot (all tasks of this instance).
 pub static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -150,7 +150,7 @@ fn sys_spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64, hint: u
     } else {
         alloc::format!("{name} {args}")
     };
-    task::spawn(&line, Some(me), hint)
+    sched::spawn(&line, Some(me), hint)
         .map(TaskId::raw)
         .map_err(|e| e.abi())
 }

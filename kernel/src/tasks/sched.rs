@@ -30,7 +30,7 @@ use crate::arch::switch::{self, Context};
 use crate::arch::tsc;
 use crate::memory::space;
 
-use super::task::Task;
+use super::task::{SpawnError, Task};
 
 /// Most tasks one instance holds at once (running, ready, blocked or waiting to be reaped).
 pub const MAX_TASKS: usize = 64;
@@ -181,7 +181,7 @@ fn to_scheduler() {
 
 /// Where every task starts, on its own kernel stack: keep the scheduler's context, then
 /// enter ring 3 at the program's entry.
-pub(super) extern "C" fn task_entry(_arg: u64) -> ! {
+extern "C" fn task_entry(_arg: u64) -> ! {
     *SCHED_CTX[slot()].lock() = switch::take_saved();
     let me = slot();
     let start = with(|s| {
@@ -193,6 +193,24 @@ pub(super) extern "C" fn task_entry(_arg: u64) -> ! {
         Some(entry) => switch::enter_user(entry.rip, entry.rsp, entry.arg0, entry.arg1),
         None => exit_current(mk_abi::STATUS_FAULT),
     }
+}
+
+/// Starts `args` (its first word names the program) as a new task of this instance, child of
+/// `parent` (`None`: nobody waits for it), on CPU `cpu_hint` or wherever the scheduler puts it.
+pub fn spawn(
+    args: &str,
+    parent: Option<TaskId>,
+    cpu_hint: Option<usize>,
+) -> Result<TaskId, SpawnError> {
+    // Refuse early what the scheduler would refuse, before building the address space.
+    with(|s| s.check_spawn(parent, cpu_hint))
+        .ok_or(SpawnError::OutOfMemory)?
+        .map_err(SpawnError::Scheduler)?;
+    let task = Task::new(args, task_entry)?;
+    let name = task.program.clone();
+    with(|s| s.spawn(&name, task, parent, cpu_hint))
+        .ok_or(SpawnError::OutOfMemory)?
+        .map_err(SpawnError::Scheduler)
 }
 
 /// The running task's id, if a task runs on this CPU.

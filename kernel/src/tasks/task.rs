@@ -3,8 +3,6 @@
 
 use alloc::string::String;
 
-use mk_abi::TaskId;
-
 use crate::arch::switch::{Context, Stack};
 use crate::memory::space::AddressSpace;
 
@@ -73,41 +71,36 @@ impl SpawnError {
     }
 }
 
-/// Starts `args` (its first word names the program) as a new task of this instance, child of
-/// `parent` (`None`: nobody waits for it), on CPU `cpu_hint` or wherever the scheduler puts it.
-pub fn spawn(
-    args: &str,
-    parent: Option<TaskId>,
-    cpu_hint: Option<usize>,
-) -> Result<TaskId, SpawnError> {
-    let args = args.trim();
-    if args.is_empty() || args.len() as u64 > mk_abi::MAX_ARGS {
-        return Err(SpawnError::BadArguments);
-    }
-    let name = args.split_whitespace().next().unwrap_or_default();
-    let elf = crate::memory::ramdisk::program(name).ok_or(SpawnError::NoSuchProgram)?;
-    let mut space = AddressSpace::new().map_err(|_| SpawnError::OutOfMemory)?;
-    let loaded = loader::load(&mut space, elf, args).map_err(|e| match e {
-        loader::LoadError::Map(crate::memory::space::SpaceError::OutOfFrames) => {
-            SpawnError::OutOfMemory
+impl Task {
+    /// Builds a task for `args` (its first word names a program of the ramdisk): a fresh
+    /// address space with the program loaded, a kernel stack whose context starts at `entry`.
+    pub fn new(args: &str, entry: extern "C" fn(u64) -> !) -> Result<Self, SpawnError> {
+        let args = args.trim();
+        if args.is_empty() || args.len() as u64 > mk_abi::MAX_ARGS {
+            return Err(SpawnError::BadArguments);
         }
-        other => SpawnError::BadProgram(other),
-    })?;
-    let mut stack = Stack::new();
-    let context = stack.prepare(super::sched::task_entry, 0);
-    let task = Task {
-        program: name.into(),
-        space,
-        stack,
-        context: Some(context),
-        start: Some(Start {
-            rip: loaded.entry,
-            rsp: loaded.stack_top,
-            arg0: loaded.args_ptr,
-            arg1: loaded.args_len,
-        }),
-    };
-    super::sched::with(|s| s.spawn(name, task, parent, cpu_hint))
-        .ok_or(SpawnError::OutOfMemory)?
-        .map_err(SpawnError::Scheduler)
+        let name = args.split_whitespace().next().unwrap_or_default();
+        let elf = crate::memory::ramdisk::program(name).ok_or(SpawnError::NoSuchProgram)?;
+        let mut space = AddressSpace::new().map_err(|_| SpawnError::OutOfMemory)?;
+        let loaded = loader::load(&mut space, elf, args).map_err(|e| match e {
+            loader::LoadError::Map(crate::memory::space::SpaceError::OutOfFrames) => {
+                SpawnError::OutOfMemory
+            }
+            other => SpawnError::BadProgram(other),
+        })?;
+        let mut stack = Stack::new();
+        let context = stack.prepare(entry, 0);
+        Ok(Task {
+            program: name.into(),
+            space,
+            stack,
+            context: Some(context),
+            start: Some(Start {
+                rip: loaded.entry,
+                rsp: loaded.stack_top,
+                arg0: loaded.args_ptr,
+                arg1: loaded.args_len,
+            }),
+        })
+    }
 }

@@ -19,7 +19,7 @@ use mk_hook::{Full, Hook, HookList};
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::PrivilegeLevel;
-use x86_64::instructions::segmentation::{GS, Segment64};
+use x86_64::instructions::segmentation::GS;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 use super::gdt;
