@@ -321,6 +321,25 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "plan 1,3: the second instance runs on 3 CPUs",
         });
     }
+    // User space: ring-3 tasks in instances 1 (2 CPUs), 2 (1 CPU) and 3 (3 CPUs), driven from
+    // instance 0. Under TCG: whether this machine's nested KVM runs ring 3 is checked by
+    // `kvm-user` below.
+    boots.push(Boot {
+        name: "tcg-user",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 7,
+        memory_mib: 512,
+        cases: &[
+            "address_spaces",
+            "user_hello",
+        ],
+        plan: Some("1,2,1,3"),
+        shape: Shape::DEFAULT,
+        expect: Expect::Pass,
+        timeout_secs: 600,
+        note: "user tasks under TCG: hello, faults, fuzz, reaping, preemption, SMP, CPU and memory moves",
+    });
     // Plan 2,2: instance 0 starts its own second CPU too.
     for (name, accel, timeout) in [
         ("kvm-part22", Accel::Kvm, KVM_TIMEOUT),

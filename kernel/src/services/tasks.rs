@@ -243,8 +243,10 @@ pub fn status(on: InstanceId, id: TaskId) -> Result<TaskStatus, ControlError> {
 /// Why a task-control request to an instance failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlError {
-    /// The instance did not answer (or is not running).
+    /// The instance did not answer in time (or is not running).
     Unreachable(InstanceId),
+    /// The request could not be sent to the instance.
+    Send(InstanceId, messaging::SendError),
     /// It answered with an error status.
     Status(Status),
     /// The operation itself was refused.
@@ -255,6 +257,7 @@ impl core::fmt::Display for ControlError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Unreachable(i) => write!(f, "instance {i} did not answer"),
+            Self::Send(i, e) => write!(f, "cannot send to instance {i}: {e:?}"),
             Self::Status(s) => write!(f, "instance answered {s:?}"),
             Self::Refused(e) => write!(f, "{e}"),
         }
@@ -262,9 +265,13 @@ impl core::fmt::Display for ControlError {
 }
 
 fn call(to: InstanceId, sub: u16, payload: Option<UserPayload>) -> Result<Vec<u64>, ControlError> {
-    let payload = payload.map_or(Payload::Empty, Payload::User);
-    let reply = messaging::call_patiently(to, Kind::User(sub), payload)
-        .map_err(|_| ControlError::Unreachable(to))?;
+    let payload = payload
+        .or_else(|| UserPayload::new(&[]))
+        .map_or(Payload::Empty, Payload::User);
+    let reply = messaging::call_patiently(to, Kind::User(sub), payload).map_err(|e| match e {
+        messaging::CallFailure::Timeout => ControlError::Unreachable(to),
+        messaging::CallFailure::Send(e) => ControlError::Send(to, e),
+    })?;
     if reply.status != Status::Ok {
         return Err(ControlError::Status(reply.status));
     }
