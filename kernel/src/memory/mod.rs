@@ -12,8 +12,8 @@ pub mod launch;
 pub mod mmio;
 pub mod paging;
 pub mod pristine;
-pub mod space;
 pub mod ramdisk;
+pub mod space;
 
 /// Virtual address the kernel image is loaded at, in every instance (the xtask's `--gdb` relies
 /// on it).

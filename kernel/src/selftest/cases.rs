@@ -7,9 +7,7 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{
-    bench, hardware, instances, machine, messaging, services, spaces, start, tasks,
-};
+use super::{bench, hardware, instances, machine, messaging, services, spaces, start, tasks};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
