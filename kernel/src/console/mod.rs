@@ -79,7 +79,12 @@ struct LineBuf {
 impl Write for LineBuf {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let room = self.bytes.len() - self.len;
-        let take = s.len().min(room);
+        // A line cut at the buffer's end is cut between characters, never inside one: the
+        // log stays UTF-8 (the test harness reads it as text).
+        let mut take = s.len().min(room);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
         self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
         self.len += take;
         Ok(())

@@ -120,7 +120,12 @@ fn sys_clock() -> SysResult {
 fn sys_write(ptr: u64, len: u64) -> SysResult {
     let text = copy_in(ptr, len, mk_abi::MAX_WRITE)?;
     let me = current()?;
-    let text = String::from_utf8_lossy(&text);
+    // Control characters (terminal escapes, NUL...) become '.': a task's text reaches the
+    // operator's terminal and the logs, never their control.
+    let text: String = String::from_utf8_lossy(&text)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '.' } else { c })
+        .collect();
     for line in text.lines() {
         crate::println!("[i{} {me}] {line}", crate::instance::id());
     }

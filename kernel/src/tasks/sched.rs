@@ -44,6 +44,9 @@ static SCHED_CTX: [Mutex<Option<Context>>; MAX_SLOTS] = [const { Mutex::new(None
 /// the doorbell on the first CPU, and by a CPU that is asked to park).
 static RESCHED: [AtomicBool; MAX_SLOTS] = [const { AtomicBool::new(false) }; MAX_SLOTS];
 
+/// Per CPU: when the running task's CPU time was last charged (TSC).
+static SLICE_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SLOTS];
+
 /// Tasks ended by a fault, killed, and exited by themselves, since boot.
 pub static FAULTS: AtomicU64 = AtomicU64::new(0);
 pub static KILLS: AtomicU64 = AtomicU64::new(0);
@@ -121,7 +124,14 @@ pub fn run_one() -> bool {
 fn run_one_locked_out() -> bool {
     let me = slot();
     let now = tsc::read();
-    let Some(Some(id)) = with(|s| s.pick_next(me, now)) else {
+    let (picked, dead) = with(|s| {
+        let picked = s.pick_next(me, now);
+        (picked, take_all_dead(s, me))
+    })
+    .unwrap_or_default();
+    // Tasks that ended on this CPU: their stacks are no longer in use; freed outside the lock.
+    drop(dead);
+    let Some(id) = picked else {
         return false;
     };
     // The task may still be on its way out of another CPU: wait for its context.
@@ -144,12 +154,12 @@ fn run_one_locked_out() -> bool {
     }
     RESCHED[me].store(false, Ordering::Relaxed);
     SWITCHES.fetch_add(1, Ordering::Relaxed);
-    let began = tsc::read();
+    SLICE_START[me].store(tsc::read(), Ordering::Relaxed);
     switch::switch_to(ctx);
     // Back from the task (this CPU's loop; the task left through `to_scheduler`).
     let back = switch::take_saved();
     space::activate_kernel();
-    let spent = tsc::read().saturating_sub(began);
+    let spent = tsc::read().saturating_sub(SLICE_START[me].load(Ordering::Relaxed));
     let dead = with(|s| {
         s.charge(id, spent);
         // An exited task has no payload any more (its context is dropped with `back`);
@@ -157,15 +167,20 @@ fn run_one_locked_out() -> bool {
         if let Some(t) = s.get_mut(id) {
             t.context = back;
         }
-        let mut dead = alloc::vec::Vec::new();
-        while let Some(t) = s.take_dead(me) {
-            dead.push(t);
-        }
-        dead
+        take_all_dead(s, me)
     });
     // Freed outside the lock (the address space gives its frames back).
     drop(dead);
     true
+}
+
+/// The payloads of the tasks that ended while running on CPU `cpu` and that it has left.
+fn take_all_dead(s: &mut Scheduler<Task>, cpu: usize) -> alloc::vec::Vec<Task> {
+    let mut dead = alloc::vec::Vec::new();
+    while let Some(t) = s.take_dead(cpu) {
+        dead.push(t);
+    }
+    dead
 }
 
 /// Called by a task on its own stack: back to the running CPU's scheduler loop. Returns when
@@ -249,14 +264,15 @@ pub fn exit_current(status: u64) -> ! {
 
 /// How many ended tasks [`recent_exit`] remembers.
 const RECENT: usize = 64;
-static RECENT_EXITS: Mutex<([(u64, u64); RECENT], usize)> = Mutex::new(([(0, 0); RECENT], 0));
+static RECENT_EXITS: Mutex<([Option<(TaskId, u64)>; RECENT], usize)> =
+    Mutex::new(([None; RECENT], 0));
 
 /// The exit status of task `id` if it ended recently (among the last 64 to end): how the shell
 /// and the tests learn how a task nobody waits for ended.
 pub fn recent_exit(id: TaskId) -> Option<u64> {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let r = RECENT_EXITS.lock();
-        r.0.iter().find(|(t, _)| *t == id.raw()).map(|&(_, s)| s)
+        r.0.iter().flatten().find(|(t, _)| *t == id).map(|&(_, s)| s)
     })
 }
 
@@ -264,7 +280,7 @@ fn end_record(id: TaskId, status: u64) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut r = RECENT_EXITS.lock();
         let at = r.1 % RECENT;
-        r.0[at] = (id.raw(), status);
+        r.0[at] = Some((id, status));
         r.1 = r.1.wrapping_add(1);
     });
 }
@@ -354,8 +370,12 @@ fn user_fault(fault: &UserFault) -> ! {
 /// was killed, give the CPU back if another task waits for it or this CPU was asked to.
 fn user_return() {
     let me = slot();
+    let now = tsc::read();
+    let spent = now.saturating_sub(SLICE_START[me].swap(now, Ordering::Relaxed));
     let Some(Some((id, killed, others))) = with(|s| {
         let id = s.current(me)?;
+        // Charged at every interrupt, so a task alone on its CPU shows its time too.
+        s.charge(id, spent);
         let others = (0..s.max_cpus()).any(|c| s.ready_on(c) > 0);
         Some((id, s.kill_pending(id), others))
     }) else {
