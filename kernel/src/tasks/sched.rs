@@ -21,7 +21,7 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mk_abi::TaskId;
-use mk_sched::{Block, Scheduler};
+use mk_sched::{Block, Scheduler, State};
 use spin::Mutex;
 
 use crate::arch::cpu::{self, MAX_SLOTS};
@@ -297,8 +297,9 @@ fn end(id: TaskId, status: u64) {
 
 /// Waits for the caller's child `child` to end and returns its status.
 pub fn wait(child: TaskId) -> Result<u64, mk_sched::SchedError> {
-    let me = slot();
     loop {
+        // Asked again on every round: the task may resume on another CPU.
+        let me = slot();
         let outcome = with(|s| {
             let parent = s.current(me)?;
             Some(match s.reap(parent, child) {
@@ -323,7 +324,20 @@ pub fn wait(child: TaskId) -> Result<u64, mk_sched::SchedError> {
 /// Ends task `id` of this instance with `STATUS_KILLED`: now if it is not running, else at
 /// its next entry into the kernel (its CPU is asked to reschedule).
 pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
-    let outcome = with(|s| s.kill(id)).ok_or(mk_sched::SchedError::NoSuchTask)??;
+    // A task that has just left a CPU (ready or blocked, its context not stored back yet) is
+    // still on its kernel stack: wait the few instructions until it is off it.
+    let outcome = loop {
+        let attempt = with(|s| {
+            let in_transit = s.get(id).is_some_and(|t| t.context.is_none())
+                && matches!(s.state(id), Some(State::Ready | State::Blocked(_)));
+            (!in_transit).then(|| s.kill(id))
+        })
+        .ok_or(mk_sched::SchedError::NoSuchTask)?;
+        match attempt {
+            Some(result) => break result?,
+            None => core::hint::spin_loop(),
+        }
+    };
     KILLS.fetch_add(1, Ordering::Relaxed);
     match outcome {
         mk_sched::KillOutcome::Exited(exit) => {
