@@ -36,4 +36,3 @@ pub fn start_init() {
         Err(e) => crate::warn!("could not start {line:?}: {e}"),
     }
 }
-

@@ -246,10 +246,7 @@ pub fn set_idle_work(work: &'static IdleWork) {
 
 /// Whether the CPU in `slot` has been asked to park (or the whole instance is stopping).
 pub fn park_requested(slot: usize) -> bool {
-    PARK.load(Ordering::SeqCst)
-        || PARK_CPU
-            .get(slot)
-            .is_some_and(|p| p.load(Ordering::SeqCst))
+    PARK.load(Ordering::SeqCst) || PARK_CPU.get(slot).is_some_and(|p| p.load(Ordering::SeqCst))
 }
 
 /// Set when the instance stops: its further CPUs park at their next wake-up.

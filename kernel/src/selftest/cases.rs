@@ -88,6 +88,7 @@ pub(super) static CASES: &[Case] = &[
     }),
     // Ending the boot: the expected page fault (must come last), the deliberate panic.
     // User space.
+    case("user_ring3", |_, arg| tasks::user_ring3(arg)),
     case("user_hello", |_, _| tasks::user_hello()),
     case("user_fuzz", |_, arg| tasks::user_fuzz(arg)),
     case("user_faults", |_, _| tasks::user_faults()),

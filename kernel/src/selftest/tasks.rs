@@ -29,7 +29,9 @@ fn wait_status(k: InstanceId, id: TaskId, ms: u64) -> Result<u64, String> {
             TaskStatus::Ended(s) => return Ok(s),
             TaskStatus::Unknown => return Err(format!("task {id} of instance {k} is unknown")),
             TaskStatus::Alive if tsc::read() > deadline => {
-                return Err(format!("task {id} of instance {k} still runs after {ms} ms"));
+                return Err(format!(
+                    "task {id} of instance {k} still runs after {ms} ms"
+                ));
             }
             TaskStatus::Alive => tsc::spin_micros(5_000),
         }
@@ -97,10 +99,37 @@ pub(super) fn user_hello() -> Outcome {
         let k = iid(p.index);
         let before = stats(k)?;
         let status = run_to_end(k, &format!("hello {k}"), 20_000)?;
-        ensure(status == 0, || format!("hello on instance {k} ended with {status}"))?;
+        ensure(status == 0, || {
+            format!("hello on instance {k} ended with {status}")
+        })?;
         let after = stats(k)?;
         ensure(after[2] > before[2], || {
             format!("instance {k} counted no system call for hello")
+        })?;
+    }
+    Ok(())
+}
+
+/// `N`: in every other instance, N `crash` tasks one after the other: each enters ring 3 in
+/// its own address space and reads address 0 at once, without a system call; each must end
+/// with the page fault's status, and the instance still answers pings. (The boot that runs
+/// only this is the nested-KVM one, where SYSCALL from ring 3 does not reach ring 0.)
+pub(super) fn user_ring3(arg: &str) -> Outcome {
+    let n: u64 = number(arg)?;
+    let plan = plan()?;
+    for p in plan.partitions().skip(1) {
+        let k = iid(p.index);
+        let before = stats(k)?[4];
+        for i in 0..n {
+            let status = run_to_end(k, "crash", 60_000)?;
+            ensure(status == mk_abi::STATUS_FAULT + 14, || {
+                format!("crash {i} on instance {k} ended with {status}, not a page fault")
+            })?;
+            ping(k, i)?;
+        }
+        let faults = stats(k)?[4] - before;
+        ensure(faults == n, || {
+            format!("instance {k} counted {faults} faults for {n} crashes")
         })?;
     }
     Ok(())
@@ -153,7 +182,9 @@ pub(super) fn user_faults() -> Outcome {
     }
     sleep_ms(200);
     let t1 = cpu_times(k, &[spin])?[0];
-    ensure(t1 > t0, || format!("spin made no progress during the faults ({t0} -> {t1} us)"))?;
+    ensure(t1 > t0, || {
+        format!("spin made no progress during the faults ({t0} -> {t1} us)")
+    })?;
     kill_all(k, &[spin])?;
     for i in 0..5 {
         ping(k, i)?;
@@ -168,7 +199,9 @@ pub(super) fn user_reap(arg: &str) -> Outcome {
     let k = iid(1);
     let before = stats(k)?[7];
     let status = run_to_end(k, &format!("spawner hello {n}"), 900_000)?;
-    ensure(status == 0, || format!("spawner ended with status {status}"))?;
+    ensure(status == 0, || {
+        format!("spawner ended with status {status}")
+    })?;
     let after = stats(k)?[7];
     println!("user_reap: {n} tasks; free frames {before} before, {after} after");
     ensure(before == after, || {
@@ -218,7 +251,9 @@ pub(super) fn user_smp(arg: &str) -> Outcome {
         "user_smp: 3 spins on CPUs {cpus:?} of instance {k}: {} us of CPU time in {wall_us} us",
         t1 - t0
     );
-    ensure(cpus.len() == 3, || format!("the 3 spins are on CPUs {cpus:?}"))?;
+    ensure(cpus.len() == 3, || {
+        format!("the 3 spins are on CPUs {cpus:?}")
+    })?;
     ensure((t1 - t0) * 2 > wall_us * 5, || {
         format!(
             "the 3 spins got {} us of CPU time in {wall_us} us: not 3 CPUs at once",
@@ -263,7 +298,9 @@ pub(super) fn user_cpu_move(arg: &str) -> Outcome {
     let before = window(&b_ids)?;
     let cpus = cpus_of(a)?;
     let apic = *cpus.last().ok_or("instance A has no CPU")?;
-    ensure(cpus.len() >= 2, || format!("instance {a} has CPUs {cpus:?}, needs 2"))?;
+    ensure(cpus.len() >= 2, || {
+        format!("instance {a} has CPUs {cpus:?}, needs 2")
+    })?;
     crate::services::cpu::move_cpu(apic, a, b)
         .map_err(|e| format!("moving CPU {apic} from {a} to {b}: {e:?}"))?;
     sleep_ms(200);
@@ -273,7 +310,9 @@ pub(super) fn user_cpu_move(arg: &str) -> Outcome {
         .iter()
         .filter(|r| a_ids.contains(&r.id) && r.state != "exited")
         .count();
-    ensure(alive == 4, || format!("instance {a} has {alive} of its 4 spins left"))?;
+    ensure(alive == 4, || {
+        format!("instance {a} has {alive} of its 4 spins left")
+    })?;
     let a0 = cpu_times(a, &a_ids)?;
     sleep_ms(500);
     let a1 = cpu_times(a, &a_ids)?;
@@ -295,7 +334,9 @@ pub(super) fn user_cpu_move(arg: &str) -> Outcome {
     ensure(a0.iter().zip(&a1).all(|(x, y)| y > x), || {
         format!("instance {a}'s spins stalled after the move: {a0:?} -> {a1:?}")
     })?;
-    ensure(on_new, || format!("no task of {b} ran on the moved CPU (slot 1)"))?;
+    ensure(on_new, || {
+        format!("no task of {b} ran on the moved CPU (slot 1)")
+    })?;
     ensure(after > before + before / 4, || {
         format!("instance {b}'s progress did not rise: {before} -> {after} us per second")
     })
@@ -312,8 +353,15 @@ pub(super) fn user_mem_add(arg: &str) -> Outcome {
     move_memory(bytes, from, k)?;
     let want = free + 4 * chunk;
     let status = run_to_end(k, &format!("alloc {want}"), 600_000)?;
-    println!("user_mem_add: instance {k} had {} MiB free; got {} MiB; a task touched {} MiB", free >> 20, bytes >> 20, want >> 20);
-    ensure(status == 0, || format!("alloc {want} ended with status {status}"))
+    println!(
+        "user_mem_add: instance {k} had {} MiB free; got {} MiB; a task touched {} MiB",
+        free >> 20,
+        bytes >> 20,
+        want >> 20
+    );
+    ensure(status == 0, || {
+        format!("alloc {want} ended with status {status}")
+    })
 }
 
 fn move_memory(bytes: u64, from: InstanceId, to: InstanceId) -> Outcome {
@@ -368,6 +416,10 @@ pub(super) fn user_crash_pings(arg: &str) -> Outcome {
     };
     let faults = stats(k)?[4] - before;
     println!("user_crash_pings: {faults} task crashes, {pings} pings answered meanwhile");
-    ensure(status == 0, || format!("spawner ended with status {status}"))?;
-    ensure(faults >= n, || format!("only {faults} of {n} crashes counted"))
+    ensure(status == 0, || {
+        format!("spawner ended with status {status}")
+    })?;
+    ensure(faults >= n, || {
+        format!("only {faults} of {n} crashes counted")
+    })
 }

@@ -279,7 +279,10 @@ fn call(to: InstanceId, sub: u16, payload: Option<UserPayload>) -> Result<Vec<u6
 }
 
 fn first_result(w: &[u64]) -> Result<u64, ControlError> {
-    let raw = w.first().copied().ok_or(ControlError::Status(Status::InternalError))?;
+    let raw = w
+        .first()
+        .copied()
+        .ok_or(ControlError::Status(Status::InternalError))?;
     mk_abi::decode(raw).map_err(ControlError::Refused)
 }
 
@@ -323,7 +326,7 @@ pub fn list(on: InstanceId) -> Result<Vec<TaskRow>, ControlError> {
     loop {
         let w = call(on, user::LIST, UserPayload::from_words(&[first]))?;
         let n = w.first().copied().unwrap_or(0) as usize;
-        for e in w.get(1..).unwrap_or(&[]).chunks_exact(4).take(n) {
+        for e in w.get(1..).unwrap_or(&[]).as_chunks::<4>().0.iter().take(n) {
             let name = e[3].to_le_bytes();
             let len = name.iter().position(|&b| b == 0).unwrap_or(8);
             rows.push(TaskRow {

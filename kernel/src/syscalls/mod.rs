@@ -78,8 +78,11 @@ fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
     let me = current()?;
     let mut buf = vec![0u8; len as usize];
     sched::with(|s| {
-        s.get(me)
-            .map(|t| t.space.read_user(ptr, &mut buf).map_err(|_| Error::BadAddress))
+        s.get(me).map(|t| {
+            t.space
+                .read_user(ptr, &mut buf)
+                .map_err(|_| Error::BadAddress)
+        })
     })
     .flatten()
     .ok_or(Error::NoSuchTask)??;
@@ -124,7 +127,13 @@ fn sys_write(ptr: u64, len: u64) -> SysResult {
     // operator's terminal and the logs, never their control.
     let text: String = String::from_utf8_lossy(&text)
         .chars()
-        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '.' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '.'
+            } else {
+                c
+            }
+        })
         .collect();
     for line in text.lines() {
         crate::println!("[i{} {me}] {line}", crate::instance::id());

@@ -103,7 +103,11 @@ fn slot() -> usize {
 /// A CPU joins (or leaves) the set that runs tasks. Leaving hands its queued tasks to the
 /// instance's other CPUs; returns how many moved.
 pub fn set_cpu_online(slot: usize, online: bool) -> usize {
-    with(|s| s.set_cpu_online(slot, online).map_or(0, |moved| moved.len())).unwrap_or(0)
+    with(|s| {
+        s.set_cpu_online(slot, online)
+            .map_or(0, |moved| moved.len())
+    })
+    .unwrap_or(0)
 }
 
 /// Asks the task running on CPU `slot` (if any) to come back to the scheduler at its next
@@ -264,15 +268,19 @@ pub fn exit_current(status: u64) -> ! {
 
 /// How many ended tasks [`recent_exit`] remembers.
 const RECENT: usize = 64;
-static RECENT_EXITS: Mutex<([Option<(TaskId, u64)>; RECENT], usize)> =
-    Mutex::new(([None; RECENT], 0));
+/// A ring of `(task, status)`, and where the next goes.
+type ExitRing = ([Option<(TaskId, u64)>; RECENT], usize);
+static RECENT_EXITS: Mutex<ExitRing> = Mutex::new(([None; RECENT], 0));
 
 /// The exit status of task `id` if it ended recently (among the last 64 to end): how the shell
 /// and the tests learn how a task nobody waits for ended.
 pub fn recent_exit(id: TaskId) -> Option<u64> {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let r = RECENT_EXITS.lock();
-        r.0.iter().flatten().find(|(t, _)| *t == id).map(|&(_, s)| s)
+        r.0.iter()
+            .flatten()
+            .find(|(t, _)| *t == id)
+            .map(|&(_, s)| s)
     })
 }
 

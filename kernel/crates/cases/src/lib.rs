@@ -88,6 +88,7 @@ pub const NAMES: &[&str] = &[
     "apic_ids",
     "numa_nodes",
     // User space (tasks in the other instances).
+    "user_ring3",
     "user_hello",
     "user_fuzz",
     "user_faults",

@@ -17,9 +17,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mk_hook::{Full, Hook, HookList};
 
 use spin::Lazy;
-use x86_64::registers::control::Cr2;
 use x86_64::PrivilegeLevel;
 use x86_64::instructions::segmentation::GS;
+use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 use super::gdt;
@@ -122,14 +122,18 @@ macro_rules! report_no_code {
                 code: 0,
                 addr: None,
             };
-            exception(&frame, fault, format_args!(
-                "EXCEPTION {} ({}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
-                $vector,
-                $text,
-                frame.instruction_pointer.as_u64(),
-                frame.stack_pointer.as_u64(),
-                frame.cpu_flags.bits()
-            ));
+            exception(
+                &frame,
+                fault,
+                format_args!(
+                    "EXCEPTION {} ({}) at RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
+                    $vector,
+                    $text,
+                    frame.instruction_pointer.as_u64(),
+                    frame.stack_pointer.as_u64(),
+                    frame.cpu_flags.bits()
+                ),
+            );
         }
     };
 }
@@ -144,14 +148,18 @@ macro_rules! report_with_code {
                 code,
                 addr: None,
             };
-            exception(&frame, fault, format_args!(
-                "EXCEPTION {} ({}) at RIP {:#x}, error code {:#x}, RSP {:#x}",
-                $vector,
-                $text,
-                frame.instruction_pointer.as_u64(),
-                code,
-                frame.stack_pointer.as_u64()
-            ));
+            exception(
+                &frame,
+                fault,
+                format_args!(
+                    "EXCEPTION {} ({}) at RIP {:#x}, error code {:#x}, RSP {:#x}",
+                    $vector,
+                    $text,
+                    frame.instruction_pointer.as_u64(),
+                    code,
+                    frame.stack_pointer.as_u64()
+                ),
+            );
         }
     };
 }

@@ -104,9 +104,8 @@ impl Stack {
         // Built in place: a 32 KiB array on the caller's stack first could overflow it.
         let bytes = alloc::boxed::Box::<StackBytes>::new_zeroed();
         // SAFETY: an all-zero byte array is a valid `StackBytes`.
-        Self {
-            bytes: unsafe { bytes.assume_init() },
-        }
+        let bytes = unsafe { bytes.assume_init() };
+        Self { bytes }
     }
 
     /// The stack's top (16-byte aligned): what RSP0 and the system call entry use.
@@ -119,13 +118,13 @@ impl Stack {
     pub fn prepare(&mut self, entry: extern "C" fn(u64) -> !, arg: u64) -> Context {
         let top = self.top();
         let words: [u64; 8] = [
-            0,                          // rflags: interrupts off
+            0,                                 // rflags: interrupts off
             entry as usize as u64,             // r15
-            arg,                        // r14
-            0,                          // r13
-            0,                          // r12
-            0,                          // rbx
-            0,                          // rbp
+            arg,                               // r14
+            0,                                 // r13
+            0,                                 // r12
+            0,                                 // rbx
+            0,                                 // rbp
             mk_task_start as *const () as u64, // return address
         ];
         let rsp = top - 8 * words.len() as u64;

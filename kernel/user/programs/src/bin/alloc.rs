@@ -40,7 +40,10 @@ fn main(args: Args) -> u64 {
         match Mapping::new(len) {
             Ok(m) => *slot = Some(m),
             Err(e) => {
-                println!("alloc: map of {len} bytes ({} of {bytes} mapped) failed: {e}", bytes - left);
+                println!(
+                    "alloc: map of {len} bytes ({} of {bytes} mapped) failed: {e}",
+                    bytes - left
+                );
                 return 1;
             }
         }
