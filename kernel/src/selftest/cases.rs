@@ -98,6 +98,7 @@ pub(super) static CASES: &[Case] = &[
     case("user_cpu_move", |_, arg| tasks::user_cpu_move(arg)),
     case("user_mem_add", |_, arg| tasks::user_mem_add(arg)),
     case("user_crash_pings", |_, arg| tasks::user_crash_pings(arg)),
+    case("bench_user", |_, arg| tasks::bench_user(arg)),
     case("page_fault", |_, _| hardware::page_fault()),
     case("panic", |_, _| {
         panic!("deliberate panic requested by the test harness")

@@ -423,3 +423,22 @@ pub(super) fn user_crash_pings(arg: &str) -> Outcome {
         format!("only {faults} of {n} crashes counted")
     })
 }
+
+/// `bench_user=N`: the system call and task switch figures, measured by `sysbench` tasks in
+/// instance 1 (they print the `BENCH` lines): N refused system calls, then two tasks pinned to
+/// the instance's first CPU yielding to each other N times each.
+pub(super) fn bench_user(arg: &str) -> Outcome {
+    let n: u64 = number(arg)?;
+    let k = iid(1);
+    let status = run_to_end(k, &format!("sysbench null {n}"), 600_000)?;
+    ensure(status == 0, || format!("sysbench null ended with {status}"))?;
+    let a = spawn(k, &format!("sysbench yield {n}"), Some(0))?;
+    let b = spawn(k, &format!("sysbench yield {n}"), Some(0))?;
+    for id in [a, b] {
+        let status = wait_status(k, id, 600_000)?;
+        ensure(status == 0, || {
+            format!("sysbench yield ended with {status}")
+        })?;
+    }
+    Ok(())
+}

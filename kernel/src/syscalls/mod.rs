@@ -58,10 +58,9 @@ fn dispatch(frame: &mut SyscallFrame) {
         ERRORS.fetch_add(1, Ordering::Relaxed);
     }
     frame.rax = mk_abi::encode(result);
-    // A task killed while it was in the kernel ends on its way out.
-    if let Some(me) = sched::current()
-        && sched::with(|s| s.kill_pending(me)) == Some(true)
-    {
+    // A task killed while it was in the kernel ends on its way out (`kill` asks the task's CPU
+    // to reschedule, so the scheduler is consulted only then).
+    if sched::resched_requested() && sched::kill_pending() {
         sched::exit_current(mk_abi::STATUS_KILLED);
     }
 }

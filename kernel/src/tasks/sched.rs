@@ -118,6 +118,19 @@ pub fn request_resched(slot: usize) {
     }
 }
 
+/// Whether the running CPU was asked to reschedule (its task killed, or the CPU parking).
+pub fn resched_requested() -> bool {
+    RESCHED
+        .get(slot())
+        .is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Whether the running task has been killed (it ends at its next way out of the kernel).
+pub fn kill_pending() -> bool {
+    let me = slot();
+    with(|s| s.current(me).is_some_and(|id| s.kill_pending(id))).unwrap_or(false)
+}
+
 /// Runs one slice of one ready task on the running CPU, if there is one: until it yields,
 /// blocks, exits or is preempted. Returns whether a task ran. Called with interrupts in any
 /// state; returns with them as they were.

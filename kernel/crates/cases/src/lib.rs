@@ -98,6 +98,7 @@ pub const NAMES: &[&str] = &[
     "user_cpu_move",
     "user_mem_add",
     "user_crash_pings",
+    "bench_user",
     // End the boot: the expected page fault, the deliberate panic.
     "page_fault",
     "panic",

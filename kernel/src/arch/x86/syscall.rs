@@ -27,16 +27,12 @@ use super::cpu::{SYSCALL_RSP_OFFSET, USER_RSP_OFFSET};
 use super::gdt;
 
 /// The user registers at a system call, as the entry code pushed them. The handler reads the
-/// number and arguments and writes the results into `rax` and `rdx`.
+/// number and arguments and writes the results into `rax` and `rdx`. The callee-saved
+/// registers (`rbx`, `rbp`, `r12`-`r15`) are not in it: the handler is Rust code, which keeps
+/// them, and a task that blocks keeps them in its suspended context.
 #[repr(C)]
 #[derive(Debug)]
 pub struct SyscallFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub rbp: u64,
-    pub rbx: u64,
     pub r9: u64,
     pub r8: u64,
     pub r10: u64,
@@ -77,20 +73,8 @@ global_asm!(
     "push r10",
     "push r8",
     "push r9",
-    "push rbx",
-    "push rbp",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
     "mov rdi, rsp",
     "call {dispatch}",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
-    "pop rbp",
-    "pop rbx",
     "pop r9",
     "pop r8",
     "pop r10",

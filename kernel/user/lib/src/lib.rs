@@ -29,7 +29,7 @@ use core::fmt::{self, Write as _};
 pub use mk_abi::{self as abi, Error, Sys, TaskId};
 #[doc(hidden)]
 pub use sys::_start;
-pub use sys::{Mapping, cli, div, hlt, raw_syscall, read_byte, ud2, write_byte};
+pub use sys::{Mapping, cli, div, hlt, raw_syscall, rdtsc, read_byte, ud2, write_byte};
 
 /// Exit status of a task that panicked.
 pub const PANIC_STATUS: u64 = 101;

@@ -94,6 +94,16 @@ pub fn cli() {
     unsafe { asm!("cli", options(nomem, nostack)) }
 }
 
+/// The CPU's time-stamp counter (`rdtsc`, allowed in ring 3). Under QEMU's instruction-count
+/// mode it counts guest instructions (1 GHz), so differences are instruction counts.
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` reads the time-stamp counter into edx:eax (declared outputs); it touches
+    // no memory.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Executes `ud2`: raises #UD.
 pub fn ud2() {
     // SAFETY: `ud2` only raises #UD; it touches no memory and no register.
