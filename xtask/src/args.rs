@@ -71,6 +71,14 @@ impl Args {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of a repeatable option, in the order given.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.values
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The kernel profile asked for by `--release` / `--debug`: release (true) unless `--debug` is
@@ -138,6 +146,24 @@ mod tests {
         assert_eq!(a.value("smp"), Some("4"));
         assert_eq!(a.value("memory"), Some("1G"));
         assert_eq!(a.positionals, vec!["x"]);
+    }
+
+    #[test]
+    fn repeated_values_are_all_kept() {
+        let a = Args::parse(
+            &v(&["--init", "1=hello", "--init=2=spin 5", "--smp", "4"]),
+            &[],
+            &["init", "smp"],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            a.values("init").collect::<Vec<_>>(),
+            ["1=hello", "2=spin 5"]
+        );
+        assert_eq!(a.value("init"), Some("2=spin 5"));
+        assert_eq!(a.values("smp").collect::<Vec<_>>(), ["4"]);
+        assert_eq!(a.values("memory").count(), 0);
     }
 
     #[test]

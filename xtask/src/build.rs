@@ -49,10 +49,10 @@ pub fn kernel(release: bool, flavor: Flavor) -> Result<PathBuf> {
         .join("kernel"))
 }
 
-/// Builds the user programs and packs them into the ramdisk archive every image carries (see
-/// `crate::ramdisk`); returns its path.
-pub fn ramdisk(plan: Option<&str>) -> Result<PathBuf> {
-    crate::ramdisk::build(plan)
+/// Builds the user programs and packs them, with `plan` and the `--init` command lines, into
+/// the ramdisk archive every image carries (see `crate::ramdisk`); returns its path.
+pub fn ramdisk(plan: Option<&str>, inits: &[crate::ramdisk::Init]) -> Result<PathBuf> {
+    crate::ramdisk::build(plan, inits)
 }
 
 /// Builds the disk image for `firmware` from `kernel` under `target/images/`, with `ramdisk`

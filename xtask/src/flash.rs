@@ -92,7 +92,8 @@ pub fn check_device(
 }
 
 pub fn main(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, &["uefi", "yes"], &[], 1)?;
+    let args = Args::parse(argv, &["uefi", "yes"], &["init"], 1)?;
+    let inits = crate::ramdisk::parse_inits(args.values("init"))?;
     let device = args
         .positionals
         .first()
@@ -106,7 +107,7 @@ pub fn main(argv: &[String]) -> Result<()> {
         Firmware::Bios
     };
     let kernel = build::kernel(true, Flavor::Run)?;
-    let ramdisk = build::ramdisk(None)?;
+    let ramdisk = build::ramdisk(None, &inits)?;
     let image_path = build::image(&kernel, &ramdisk, firmware, Flavor::Run)?;
     let image = std::fs::read(&image_path).map_err(|e| format!("reading image: {e}"))?;
     if image.len() as u64 > info.bytes {

@@ -8,7 +8,12 @@ use crate::setup::{self, root};
 use crate::{Error, Result};
 
 pub fn main(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, &["release", "debug"], &["out", "partitions"], 0)?;
+    let args = Args::parse(
+        argv,
+        &["release", "debug"],
+        &["out", "partitions", "init"],
+        0,
+    )?;
     let release = crate::args::release_profile(&args)?;
     let out = args
         .value("out")
@@ -26,9 +31,16 @@ pub fn main(argv: &[String]) -> Result<()> {
             Some(spec.to_string())
         }
     };
+    let inits = crate::ramdisk::parse_inits(args.values("init"))?;
     setup::ensure_toolchain()?;
     let kernel = build::kernel(release, Flavor::Run)?;
-    let ramdisk = build::ramdisk(plan.as_deref())?;
+    let ramdisk = build::ramdisk(plan.as_deref(), &inits)?;
+    for init in &inits {
+        println!(
+            "instance {} starts '{}' (etc/init.{} in the images' ramdisk)",
+            init.instance, init.command, init.instance
+        );
+    }
     let images = boot::build_images(&kernel, Some(&ramdisk), &out, "multikernel")?;
     for (name, path) in [("BIOS", &images.bios), ("UEFI", &images.uefi)] {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);

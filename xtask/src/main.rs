@@ -32,6 +32,9 @@ commands:
             --display        open a window with the framebuffer console
             --debug          unoptimised kernel (slow to boot under emulation)
             --release        optimised kernel (default; accepted for old scripts)
+            --init K=COMMAND instance K (1 to 63) starts COMMAND instead of init, e.g.
+                             --init \"2=spin 5\" (repeatable; its first word must be a
+                             program; instance 0 runs the shell)
   test    host unit tests, then every QEMU integration test
             [NAME]           only tests whose name contains NAME
             --no-kvm         run only what TCG can run; KVM tests are reported skipped
@@ -40,12 +43,14 @@ commands:
   image   build the BIOS and UEFI disk images
             --out DIR        where to write them (default target/images)
             --partitions P   partition plan carried in the images (ramdisk)
+            --init K=COMMAND as for run, carried in the images (ramdisk)
             --debug          unoptimised kernel
             --release        optimised kernel (default; accepted for old scripts)
   flash   write an image to a USB stick
             DEVICE           whole removable block device, e.g. /dev/sdb
             --uefi           write the UEFI image (default: BIOS image)
             --yes            do not ask for confirmation
+            --init K=COMMAND as for run, carried in the image (ramdisk)
   bench   message latency and throughput between instances, with the host's
           own floor measured in the same run (a report, not a test)
             --smp N          CPUs, one instance each (default 2)

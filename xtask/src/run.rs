@@ -39,7 +39,7 @@ pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(
         argv,
         &["uefi", "no-kvm", "gdb", "display", "release", "debug"],
-        &["smp", "memory", "partitions"],
+        &["smp", "memory", "partitions", "init"],
         0,
     )?;
     let smp: u32 = match args.value("smp") {
@@ -60,6 +60,22 @@ pub fn main(argv: &[String]) -> Result<()> {
         None => None,
         Some(text) => Some(check_plan(text, smp, memory_mib)?),
     };
+    let inits = crate::ramdisk::parse_inits(args.values("init"))?;
+    let instances = match &plan {
+        Some(p) => mk_plan::PlanSpec::parse(p).map_or(0, |s| s.partitions().len()),
+        None => (smp as usize).min(64),
+    };
+    for init in &inits {
+        if init.instance as usize >= instances {
+            eprintln!(
+                "xtask: note: --init {}: this machine has {instances} instances (0 to {}), so \
+                 etc/init.{} will not be used",
+                init.instance,
+                instances.saturating_sub(1),
+                init.instance
+            );
+        }
+    }
     let firmware = if args.flag("uefi") {
         Firmware::Uefi
     } else {
@@ -76,8 +92,9 @@ pub fn main(argv: &[String]) -> Result<()> {
     setup::ensure_toolchain()?;
     setup::ensure_qemu(firmware == Firmware::Uefi)?;
     let kernel = build::kernel(release, Flavor::Run)?;
-    // The plan goes by fw_cfg here (QEMU); the ramdisk carries the programs.
-    let ramdisk = build::ramdisk(None)?;
+    // The plan goes by fw_cfg here (QEMU); the ramdisk carries the programs and the `--init`
+    // command lines.
+    let ramdisk = build::ramdisk(None, &inits)?;
     let image = build::image(&kernel, &ramdisk, firmware, Flavor::Run)?;
 
     let accel = if args.flag("no-kvm") {

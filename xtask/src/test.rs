@@ -170,7 +170,7 @@ fn qemu_tests_run(
 
     let kernel = build::kernel(true, Flavor::Test)?;
     // The test boots pass their plans by fw_cfg; the ramdisk carries the programs.
-    let ramdisk = build::ramdisk(None)?;
+    let ramdisk = build::ramdisk(None, &[])?;
     let logs = root().join("target/test-logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut images: Vec<(qemu_tests::Firmware, PathBuf)> = Vec::new();

@@ -125,7 +125,7 @@ pub fn main(argv: &[String]) -> Result<()> {
     let eventfd_s = summary(eventfd.rtt_ns.clone(), "eventfd ping-pong")?;
 
     let kernel = build::kernel(true, Flavor::Test)?;
-    let ramdisk = build::ramdisk(None)?;
+    let ramdisk = build::ramdisk(None, &[])?;
     let image = build::image(&kernel, &ramdisk, boot::Firmware::Bios, Flavor::Test)?;
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)
