@@ -331,6 +331,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         smp: 7,
         memory_mib: 512,
         cases: &[
+            "msg_handler_call",
             "address_spaces",
             "user_ring3=20",
             "user_hello",
