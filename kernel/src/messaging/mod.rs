@@ -529,9 +529,9 @@ fn poll_locked(
     receivers: &Mutex<Vec<Option<ReceiverEnd<'static>>>>,
     d: &Dispatcher<'static, 32, 64>,
 ) -> usize {
-    // Only this CPU, at this nesting depth, uses this buffer.
-    let mut batch = batch.lock();
-    batch.clear();
+    // Only this CPU, at this nesting depth, uses this buffer; it is locked (and cleared) only
+    // once a message is there, so an empty drain costs no more than before.
+    let mut locked: Option<spin::MutexGuard<'_, Batch>> = None;
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
@@ -542,7 +542,16 @@ fn poll_locked(
                 *slot = MATRIX.get().and_then(|m| m.receiver_end(peer, me).ok());
             }
             let Some(r) = slot else { continue };
-            match r.drain(|s| batch.push((peer, *s))) {
+            let took = r.drain(|s| {
+                locked
+                    .get_or_insert_with(|| {
+                        let mut b = batch.lock();
+                        b.clear();
+                        b
+                    })
+                    .push((peer, *s));
+            });
+            match took {
                 Ok(_) => {}
                 Err(mk_mailbox::Error::Dead) => {
                     // The peer stopped or died (instance 0 marked its channels dead): nothing
@@ -558,6 +567,9 @@ fn poll_locked(
             }
         }
     }
+    let Some(batch) = locked else {
+        return 0;
+    };
     // Dispatched with the receiving ends unlocked: a handler may drain again.
     let mut replies: Vec<(InstanceId, Message)> = Vec::new();
     for (peer, slot) in batch.iter() {

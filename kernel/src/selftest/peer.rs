@@ -430,7 +430,10 @@ pub(super) fn register_test_handlers() {
         &(cpu_ticks as HandlerFn),
     );
     fn relay(m: &Message) -> Option<Reply> {
-        let to = payload_words(&m.payload).first().copied().unwrap_or(u64::MAX);
+        let to = payload_words(&m.payload)
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX);
         let Some(to) = u16::try_from(to).ok().map(crate::instance::InstanceId::new) else {
             return Some(Reply::error(mk_wire::Status::InvalidArgument));
         };
