@@ -331,6 +331,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         smp: 7,
         memory_mib: 512,
         cases: &[
+            "msg_handler_call",
             "address_spaces",
             "user_ring3=20",
             "user_hello",
@@ -346,7 +347,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         plan: Some("1,2,1,3:32M"),
         shape: Shape::DEFAULT,
         expect: Expect::Pass,
-        timeout_secs: 600,
+        timeout_secs: 300,
         note: "user tasks under TCG: hello, faults, fuzz, reaping, preemption, SMP, CPU and memory moves",
     });
     // Under this machine's nested KVM (kvm-pvm), IRETQ to ring 3 and exceptions from ring 3

@@ -28,6 +28,8 @@ commands:
             --memory SIZE    guest memory, e.g. 512M, 2G (default 1G)
             --uefi           boot the UEFI image under OVMF (default: BIOS image)
             --no-kvm         use TCG even where /dev/kvm works
+            --kvm            use KVM even where it is kvm-pvm (default there: TCG, as
+                             user tasks cannot make system calls under it)
             --gdb            start halted with a gdb stub on :1234 and print the gdb command
             --display        open a window with the framebuffer console
             --debug          unoptimised kernel (slow to boot under emulation)

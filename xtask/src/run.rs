@@ -38,7 +38,7 @@ pub fn check_plan(text: &str, smp: u32, memory_mib: u64) -> Result<String> {
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(
         argv,
-        &["uefi", "no-kvm", "gdb", "display", "release", "debug"],
+        &["uefi", "no-kvm", "kvm", "gdb", "display", "release", "debug"],
         &["smp", "memory", "partitions", "init"],
         0,
     )?;
@@ -99,6 +99,13 @@ pub fn main(argv: &[String]) -> Result<()> {
 
     let accel = if args.flag("no-kvm") {
         eprintln!("xtask: TCG (software emulation), as asked; the guest will use xAPIC mode");
+        Accel::Tcg
+    } else if setup::kvm_usable() && setup::kvm_is_pvm() && !args.flag("kvm") {
+        eprintln!(
+            "xtask: TCG: this machine's KVM is kvm-pvm (nested, in software), under which user \
+             tasks cannot make system calls (SYSCALL from ring 3 does not reach ring 0); \
+             add --kvm to use it anyway"
+        );
         Accel::Tcg
     } else if setup::kvm_usable() {
         eprintln!("xtask: KVM (/dev/kvm is usable)");

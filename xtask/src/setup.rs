@@ -177,6 +177,13 @@ pub fn ensure_qemu(uefi: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether the KVM behind `/dev/kvm` is kvm-pvm, the software nested KVM of some cloud
+/// machines: under it a `syscall` from ring 3 does not enter ring 0, so user tasks cannot make
+/// system calls (and OVMF fails).
+pub fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// Whether `/dev/kvm` exists and we may open it read-write.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()

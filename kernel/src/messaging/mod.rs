@@ -77,8 +77,19 @@ enum Outgoing<'a> {
     Slot(&'a Slot),
 }
 
-/// Set while one CPU of the instance drains the mailboxes; nobody drains re-entrantly.
-static POLLING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// The CPU that drains the mailboxes (1 + its index; 0: none). One CPU drains at a time; that
+/// CPU may drain again from inside a handler (a handler that makes a call waits for its reply
+/// by polling), up to [`MAX_DEPTH`] levels deep.
+static POLLER: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// How deep the poller is in nested polls (touched only by the CPU in `POLLER`).
+static DEPTH: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Most nested polls: a handler's call, whose handler makes a call...
+const MAX_DEPTH: usize = 4;
+/// The messages one drain took, copied out of the rings, one buffer per nesting level: they
+/// are dispatched after the receiving ends are unlocked, so that a handler can poll again.
+/// The buffers keep their capacity: after the first messages, draining allocates nothing.
+type Batch = Vec<(InstanceId, Slot)>;
+static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const { Mutex::new(Vec::new()) }; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
 static LOCAL_TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
 
@@ -473,16 +484,31 @@ pub enum CallFailure {
 }
 
 /// Drains every mailbox once: dispatches each message, sends the replies handlers produce.
-/// Returns how many messages were taken.
+/// Returns how many messages were taken. A handler may call it again (through `call`): the
+/// nested drain takes the messages that came in since, its reply among them.
 pub fn poll() -> usize {
     let (Some(receivers), Some(d)) = (RECEIVERS.get(), dispatcher()) else {
         return 0;
     };
-    if POLLING.swap(true, Ordering::Acquire) {
-        return 0;
+    let me = crate::arch::cpu::try_current().map_or(0, |c| c.index) + 1;
+    let outermost = match POLLER.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+        Ok(_) => true,
+        Err(owner) if owner == me => false,
+        // Another CPU drains: it will take what is there.
+        Err(_) => return 0,
+    };
+    let depth = DEPTH.load(Ordering::Relaxed);
+    let taken = if depth < MAX_DEPTH {
+        DEPTH.store(depth + 1, Ordering::Relaxed);
+        let taken = poll_locked(&BATCHES[depth], receivers, d);
+        DEPTH.store(depth, Ordering::Relaxed);
+        taken
+    } else {
+        0
+    };
+    if outermost {
+        POLLER.store(0, Ordering::Release);
     }
-    let taken = poll_locked(receivers, d);
-    POLLING.store(false, Ordering::Release);
     if let Some(hook) = POLL_HOOK.get() {
         hook();
     }
@@ -499,11 +525,13 @@ pub fn set_poll_hook(hook: fn()) -> Result<(), Full> {
 }
 
 fn poll_locked(
+    batch: &Mutex<Batch>,
     receivers: &Mutex<Vec<Option<ReceiverEnd<'static>>>>,
     d: &Dispatcher<'static, 32, 64>,
 ) -> usize {
-    let mut replies: Vec<(InstanceId, Message)> = Vec::new();
-    let mut taken = 0;
+    // Only this CPU, at this nesting depth, uses this buffer; it is locked (and cleared) only
+    // once a message is there, so an empty drain costs no more than before.
+    let mut locked: Option<spin::MutexGuard<'_, Batch>> = None;
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
@@ -514,28 +542,17 @@ fn poll_locked(
                 *slot = MATRIX.get().and_then(|m| m.receiver_end(peer, me).ok());
             }
             let Some(r) = slot else { continue };
-            let result = r.drain(|slot| {
-                match d.dispatch(peer, slot) {
-                    Ok(DispatchOutcome::Handled {
-                        reply: Some(reply), ..
-                    }) => replies.push((peer, reply)),
-                    Ok(_) => {}
-                    Err(reject) => {
-                        if let Some(reply) = d.reply_for_reject(slot, &reject) {
-                            replies.push((peer, reply));
-                        }
-                        if let mk_dispatch::LogDecision::Log { suppressed } =
-                            d.log_limiter().check(tsc::read())
-                        {
-                            crate::warn!(
-                                "rejected a message from instance {peer}: {reject} ({suppressed} similar suppressed)"
-                            );
-                        }
-                    }
-                }
+            let took = r.drain(|s| {
+                locked
+                    .get_or_insert_with(|| {
+                        let mut b = batch.lock();
+                        b.clear();
+                        b
+                    })
+                    .push((peer, *s));
             });
-            match result {
-                Ok(n) => taken += n,
+            match took {
+                Ok(_) => {}
                 Err(mk_mailbox::Error::Dead) => {
                     // The peer stopped or died (instance 0 marked its channels dead): nothing
                     // more will come until it is started again.
@@ -550,6 +567,33 @@ fn poll_locked(
             }
         }
     }
+    let Some(batch) = locked else {
+        return 0;
+    };
+    // Dispatched with the receiving ends unlocked: a handler may drain again.
+    let mut replies: Vec<(InstanceId, Message)> = Vec::new();
+    for (peer, slot) in batch.iter() {
+        match d.dispatch(*peer, slot) {
+            Ok(DispatchOutcome::Handled {
+                reply: Some(reply), ..
+            }) => replies.push((*peer, reply)),
+            Ok(_) => {}
+            Err(reject) => {
+                if let Some(reply) = d.reply_for_reject(slot, &reject) {
+                    replies.push((*peer, reply));
+                }
+                if let mk_dispatch::LogDecision::Log { suppressed } =
+                    d.log_limiter().check(tsc::read())
+                {
+                    crate::warn!(
+                        "rejected a message from instance {peer}: {reject} ({suppressed} similar suppressed)"
+                    );
+                }
+            }
+        }
+    }
+    let taken = batch.len();
+    drop(batch);
     for (peer, reply) in replies {
         if let Err(e) = send(peer, &reply) {
             crate::warn!("reply to instance {peer} not sent: {e:?}");

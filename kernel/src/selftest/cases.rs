@@ -40,6 +40,7 @@ pub(super) static CASES: &[Case] = &[
     case("ramdisk_programs", |_, _| instances::ramdisk_programs()),
     // Messaging.
     case("msg_ping", |_, arg| messaging::msg_ping(arg)),
+    case("msg_handler_call", |_, _| messaging::msg_handler_call()),
     case("msg_order", |_, arg| messaging::msg_order(arg)),
     case("msg_reject", |_, _| messaging::msg_reject()),
     case("msg_flood", |_, arg| messaging::msg_flood(arg)),

@@ -404,3 +404,26 @@ pub(super) fn doorbell_always() -> Outcome {
     crate::messaging::set_doorbell_mode(mk_mailbox::DoorbellMode::Always);
     Ok(())
 }
+
+/// A handler that makes a call: instance 0 asks each instance k to ping instance k+1 (and the
+/// last one instance 1) from inside its handler, and answer only then. The handler's call must
+/// be answered (its waiting drains the mailboxes again, where the reply arrives).
+pub(super) fn msg_handler_call() -> Outcome {
+    let plan = plan()?;
+    let n = plan.partitions().count();
+    ensure(n >= 3, || format!("needs 3 instances, the plan has {n}"))?;
+    for k in 1..n {
+        let to = if k + 1 < n { k + 1 } else { 1 };
+        let reply = crate::messaging::call_patiently(
+            iid(k),
+            mk_wire::Kind::User(user::RELAY),
+            crate::services::bench::words_payload(&[to as u64]),
+        )
+        .map_err(|e| format!("relay through instance {k}: {e:?}"))?;
+        let w = payload_words(&reply.payload);
+        ensure(w.first() == Some(&1), || {
+            format!("instance {k}'s handler did not get instance {to}'s answer: {w:?}")
+        })?;
+    }
+    Ok(())
+}

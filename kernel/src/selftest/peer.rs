@@ -98,6 +98,9 @@ pub(super) mod user {
     /// directly, the IRQ_FORWARD deliveries of it it received, and the bytes (and their sum)
     /// it took from COM2 (4 x u64).
     pub const IRQ_STATS: u16 = 9;
+    /// Call: payload = an instance; the handler itself calls that instance (a ping) before it
+    /// answers; reply = 1 if its call was answered, 0 if not (2 x u64: that, the ping's nonce).
+    pub const RELAY: u16 = 13;
 }
 
 /// Jobs an instance runs from its serve loop when instance 0 asks.
@@ -425,6 +428,27 @@ pub(super) fn register_test_handlers() {
     let _ = d.registry().register(
         HandlerKey::Kind(Kind::User(user::CPU_TICKS)),
         &(cpu_ticks as HandlerFn),
+    );
+    fn relay(m: &Message) -> Option<Reply> {
+        let to = payload_words(&m.payload)
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let Some(to) = u16::try_from(to).ok().map(crate::instance::InstanceId::new) else {
+            return Some(Reply::error(mk_wire::Status::InvalidArgument));
+        };
+        let ping = mk_wire::PingPayload {
+            nonce: 0x7e1a7,
+            sent_at: 0,
+        };
+        // A call from inside a handler: it waits by draining the mailboxes again.
+        let answered = crate::messaging::call(to, Kind::Ping, Payload::Ping(ping), 2000)
+            .is_ok_and(|r| r.payload == Payload::Ping(ping));
+        Some(Reply::ok(words_payload(&[u64::from(answered), ping.nonce])))
+    }
+    let _ = d.registry().register(
+        HandlerKey::Kind(Kind::User(user::RELAY)),
+        &(relay as HandlerFn),
     );
     fn irq_stats(m: &Message) -> Option<Reply> {
         let line = payload_words(&m.payload)

@@ -44,6 +44,9 @@ static SCHED_CTX: [Mutex<Option<Context>>; MAX_SLOTS] = [const { Mutex::new(None
 /// the doorbell on the first CPU, and by a CPU that is asked to park).
 static RESCHED: [AtomicBool; MAX_SLOTS] = [const { AtomicBool::new(false) }; MAX_SLOTS];
 
+/// Whether the "SYSCALL does not work here" error was logged (once per instance).
+static SYSCALL_BROKEN_SAID: AtomicBool = AtomicBool::new(false);
+
 /// Per CPU: when the running task's CPU time was last charged (TSC).
 static SLICE_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SLOTS];
 
@@ -373,6 +376,16 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
 /// The hardware layer's hook for an exception in ring 3: one log line, then the task ends.
 fn user_fault(fault: &UserFault) -> ! {
     FAULTS.fetch_add(1, Ordering::Relaxed);
+    // An instruction fetch from ring 3 at the system call entry: the CPU (a hypervisor, in
+    // practice: nested kvm-pvm) jumped to LSTAR without entering ring 0.
+    if fault.vector == 14
+        && fault.addr == Some(crate::arch::syscall::entry_address())
+        && !SYSCALL_BROKEN_SAID.swap(true, Ordering::Relaxed)
+    {
+        crate::error!(
+            "SYSCALL from ring 3 did not enter ring 0 on this CPU (a hypervisor without support for it, such as nested kvm-pvm): tasks cannot make system calls here; run under TCG (cargo xtask run --no-kvm) or on hardware"
+        );
+    }
     let me = slot();
     let (id, name) = with(|s| {
         let id = s.current(me)?;

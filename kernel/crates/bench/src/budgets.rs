@@ -27,6 +27,12 @@ pub struct Budget {
 /// The budgets, checked by the `bench_budget` case at `-smp 2` (one peer). Set from the counts
 /// of 2026-11-27 (`op.send` 484, `op.recv` 841, `op.poll_empty` 251; two boots of the same
 /// kernel gave byte-identical serial logs), about 10 % above them.
+///
+/// Raised the same day for `op.recv` and `op.poll_empty`, when message handlers became able to
+/// make calls (issue 13): a drain now copies each message out of the ring into a per-depth
+/// buffer and dispatches it after unlocking the receiving ends, and the polling CPU is
+/// identified so that it may poll again from inside a handler. Counts then: `op.send` 479,
+/// `op.recv` 968, `op.poll_empty` 279.
 pub const BUDGETS: &[Budget] = &[
     Budget {
         figure: "op.send",
@@ -35,12 +41,12 @@ pub const BUDGETS: &[Budget] = &[
     },
     Budget {
         figure: "op.recv",
-        budget: 925,
+        budget: 1060,
         aim: 150,
     },
     Budget {
         figure: "op.poll_empty",
-        budget: 280,
+        budget: 310,
         aim: 40,
     },
 ];

@@ -45,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "ramdisk_programs",
     // Messaging.
     "msg_ping",
+    "msg_handler_call",
     "msg_order",
     "msg_reject",
     "msg_flood",

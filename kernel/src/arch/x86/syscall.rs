@@ -130,7 +130,7 @@ pub fn init_this_cpu() {
     if let Err(e) = star {
         crate::platform::failure::fatal(format_args!("STAR: {e}"));
     }
-    LStar::write(VirtAddr::new(mk_syscall_entry as *const () as u64));
+    LStar::write(VirtAddr::new(entry_address()));
     SFMask::write(
         RFlags::INTERRUPT_FLAG
             | RFlags::TRAP_FLAG
@@ -152,6 +152,11 @@ pub fn init_this_cpu() {
     // kernel does neither (its text is supervisor-only, and it copies user memory through the
     // physical map).
     unsafe { Cr4::update(|f| f.insert(cr4)) };
+}
+
+/// The address `LSTAR` holds: where `SYSCALL` enters the kernel.
+pub fn entry_address() -> u64 {
+    mk_syscall_entry as *const () as u64
 }
 
 /// Whether the running CPU has SMEP and SMAP turned on.
