@@ -38,7 +38,9 @@ pub fn check_plan(text: &str, smp: u32, memory_mib: u64) -> Result<String> {
 pub fn main(argv: &[String]) -> Result<()> {
     let args = Args::parse(
         argv,
-        &["uefi", "no-kvm", "kvm", "gdb", "display", "release", "debug"],
+        &[
+            "uefi", "no-kvm", "kvm", "gdb", "display", "release", "debug",
+        ],
         &["smp", "memory", "partitions", "init"],
         0,
     )?;
