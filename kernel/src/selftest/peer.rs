@@ -52,7 +52,15 @@ pub fn run_in_instance(desc: &crate::platform::descriptor::BootDescriptor) -> ! 
         u64::from(smp::ONLINE.load(Ordering::SeqCst)),
     );
     region::report(report::COUNTER, PROBE_COUNTER.load(Ordering::SeqCst));
+    // Every online CPU should take a timer tick soon; a CPU that came up last (under a slow
+    // hypervisor, seconds after the first) gets up to 3 s.
+    let deadline = crate::arch::tsc::read() + 3000 * crate::arch::tsc::ticks_per_ms();
     crate::arch::tsc::spin_micros(200_000);
+    while smp::cpus_ticking() < smp::ONLINE.load(Ordering::SeqCst)
+        && crate::arch::tsc::read() < deadline
+    {
+        crate::arch::tsc::spin_micros(10_000);
+    }
     region::report(report::TICKING, u64::from(smp::cpus_ticking()));
     register_test_handlers();
     if desc.tests().split_whitespace().any(|t| t == "isolation") {
