@@ -207,12 +207,19 @@ pub enum TaskStatus {
 }
 
 fn local_status(id: TaskId) -> TaskStatus {
-    if let Some(status) = sched::recent_exit(id) {
-        return TaskStatus::Ended(status);
+    // The scheduler first, the record of ended tasks second: a task's exit is recorded before
+    // the scheduler lets it go, so a task gone from the scheduler is in the record, even if
+    // it ended on another CPU between the two looks.
+    let alive = sched::with(|s| {
+        s.state(id)
+            .is_some_and(|st| !matches!(st, mk_sched::State::Exited { .. }))
+    });
+    if alive == Some(true) {
+        return TaskStatus::Alive;
     }
-    match sched::with(|s| s.state(id).is_some()) {
-        Some(true) => TaskStatus::Alive,
-        _ => TaskStatus::Unknown,
+    match sched::recent_exit(id) {
+        Some(status) => TaskStatus::Ended(status),
+        None => TaskStatus::Unknown,
     }
 }
 

@@ -354,7 +354,15 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
         let attempt = with(|s| {
             let in_transit = s.get(id).is_some_and(|t| t.context.is_none())
                 && matches!(s.state(id), Some(State::Ready | State::Blocked(_)));
-            (!in_transit).then(|| s.kill(id))
+            (!in_transit).then(|| {
+                let outcome = s.kill(id);
+                // Recorded before the scheduler's lock is let go, as every exit is: whoever
+                // sees the task gone finds its status.
+                if let Ok(mk_sched::KillOutcome::Exited(_)) = &outcome {
+                    end_record(id, mk_abi::STATUS_KILLED);
+                }
+                outcome
+            })
         })
         .ok_or(mk_sched::SchedError::NoSuchTask)?;
         match attempt {
@@ -364,10 +372,7 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
     };
     KILLS.fetch_add(1, Ordering::Relaxed);
     match outcome {
-        mk_sched::KillOutcome::Exited(exit) => {
-            end_record(id, mk_abi::STATUS_KILLED);
-            drop(exit.payload);
-        }
+        mk_sched::KillOutcome::Exited(exit) => drop(exit.payload),
         mk_sched::KillOutcome::Running { cpu } => request_resched(cpu),
     }
     Ok(())
