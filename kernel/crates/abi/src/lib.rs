@@ -48,10 +48,53 @@ pub enum Sys {
     Unmap = 9,
     /// `whoami()`: returns the caller's task id in `rax` and `instance << 32 | cpu` in `rdx`.
     WhoAmI = 10,
+    /// `endpoint()`: creates an endpoint owned by the caller (destroyed when it exits).
+    /// Returns a handle with `SEND | RECV | GRANT` rights.
+    Endpoint = 11,
+    /// `send(handle, msg_ptr)`: sends the [`IpcMsg`] at `msg_ptr` through the endpoint
+    /// capability `handle` (right `SEND`) without waiting: `Busy` when the endpoint's queue
+    /// or the mailbox to its instance is full. Returns 0.
+    Send = 12,
+    /// `call(handle, msg_ptr, timeout_ms)`: sends the message at `msg_ptr` and waits for the
+    /// reply, which overwrites it (label, data, capabilities, badge 0, sender: the replier).
+    /// `timeout_ms` 0 means [`DEFAULT_CALL_TIMEOUT_MS`]. Returns the reply's label.
+    Call = 13,
+    /// `recv(handle, msg_ptr)`: waits for a message or notification on the endpoint `handle`
+    /// (right `RECV`) and writes it at `msg_ptr`. Returns a [`Received`] kind.
+    Recv = 14,
+    /// `reply(msg_ptr)`: answers the last call the caller received (one pending reply per
+    /// task). Returns 0; `NothingToReply` if there is none (or it was answered).
+    Reply = 15,
+    /// `reply_recv(handle, msg_ptr)`: `reply(msg_ptr)` then `recv(handle, msg_ptr)` (the
+    /// reply is sent even if the receive then fails). Returns what `recv` returns.
+    ReplyRecv = 16,
+    /// `cap_copy(handle, rights, badge)`: a new handle to the same object with
+    /// `rights & old rights`; `badge` (nonzero) is set if the old one had none. Returns it.
+    CapCopy = 17,
+    /// `cap_drop(handle)`: deletes the caller's capability. Returns 0.
+    CapDrop = 18,
+    /// `notification(endpoint)`: creates a notification delivered through the endpoint
+    /// `endpoint` (right `RECV`): its bits arrive at that endpoint's `recv`. Returns a handle
+    /// with `SEND` (signal) rights.
+    Notification = 19,
+    /// `signal(handle, bits)`: ORs `bits` into the notification `handle` (right `SEND`).
+    Signal = 20,
+    /// `irq_bind(irq, notification, bit)`: every interrupt of the line of IRQ capability
+    /// `irq` sets bit `bit` (0..64) of the notification, and masks the line until
+    /// `irq_ack`. Returns 0.
+    IrqBind = 21,
+    /// `irq_ack(irq)`: unmasks the line after an interrupt was handled. Returns 0.
+    IrqAck = 22,
+    /// `mmio_map(handle)`: maps the MMIO range of the capability into the caller (uncached,
+    /// read-write, never executable). Returns its address.
+    MmioMap = 23,
+    /// `cap_info(handle)`: what the capability is: `kind | rights << 8 | instance << 16`
+    /// in `rax`, the object's id in `rdx`. (For tests and tools.)
+    CapInfo = 24,
 }
 
 /// How many system calls there are (numbers `0..COUNT`).
-pub const COUNT: u64 = 11;
+pub const COUNT: u64 = 25;
 
 impl Sys {
     /// The call with number `n`, if there is one.
@@ -68,6 +111,20 @@ impl Sys {
             8 => Self::Map,
             9 => Self::Unmap,
             10 => Self::WhoAmI,
+            11 => Self::Endpoint,
+            12 => Self::Send,
+            13 => Self::Call,
+            14 => Self::Recv,
+            15 => Self::Reply,
+            16 => Self::ReplyRecv,
+            17 => Self::CapCopy,
+            18 => Self::CapDrop,
+            19 => Self::Notification,
+            20 => Self::Signal,
+            21 => Self::IrqBind,
+            22 => Self::IrqAck,
+            23 => Self::MmioMap,
+            24 => Self::CapInfo,
             _ => return None,
         })
     }
@@ -85,6 +142,20 @@ impl Sys {
             Self::Map => "map",
             Self::Unmap => "unmap",
             Self::WhoAmI => "whoami",
+            Self::Endpoint => "endpoint",
+            Self::Send => "send",
+            Self::Call => "call",
+            Self::Recv => "recv",
+            Self::Reply => "reply",
+            Self::ReplyRecv => "reply_recv",
+            Self::CapCopy => "cap_copy",
+            Self::CapDrop => "cap_drop",
+            Self::Notification => "notification",
+            Self::Signal => "signal",
+            Self::IrqBind => "irq_bind",
+            Self::IrqAck => "irq_ack",
+            Self::MmioMap => "mmio_map",
+            Self::CapInfo => "cap_info",
         }
     }
 }
@@ -130,6 +201,27 @@ pub enum Error {
     /// Another argument is out of range (a CPU hint that names no CPU, unknown flags, text
     /// that is not UTF-8, a program that is not a valid ELF).
     BadArgument = 9,
+    /// The handle names no capability of the caller (never was, dropped, or moved away).
+    NoSuchCap = 10,
+    /// The capability lacks the right the call needs, or is of the wrong kind.
+    NoRight = 11,
+    /// The endpoint's queue or the mailbox to its instance is full (`send`); try again.
+    Busy = 12,
+    /// The object is gone: its owner exited (an endpoint) or it was destroyed. A fresh
+    /// capability is needed (look the service up again).
+    Stale = 13,
+    /// No reply within the call's timeout.
+    TimedOut = 14,
+    /// The instance that hosts the object stopped (crashed, shut down, respawned).
+    PeerDead = 15,
+    /// `reply` with no call received and unanswered.
+    NothingToReply = 16,
+    /// The name service has no such name.
+    NotFound = 17,
+    /// The name service already has this name (registered by a live endpoint).
+    Exists = 18,
+    /// The caller's capability table is full.
+    TooManyCaps = 19,
 }
 
 impl Error {
@@ -144,6 +236,16 @@ impl Error {
             7 => Self::TooManyTasks,
             8 => Self::NotChild,
             9 => Self::BadArgument,
+            10 => Self::NoSuchCap,
+            11 => Self::NoRight,
+            12 => Self::Busy,
+            13 => Self::Stale,
+            14 => Self::TimedOut,
+            15 => Self::PeerDead,
+            16 => Self::NothingToReply,
+            17 => Self::NotFound,
+            18 => Self::Exists,
+            19 => Self::TooManyCaps,
             _ => return None,
         })
     }
@@ -163,6 +265,16 @@ impl Error {
             Self::TooManyTasks => "too many tasks",
             Self::NotChild => "not a child of the caller",
             Self::BadArgument => "bad argument",
+            Self::NoSuchCap => "no such capability",
+            Self::NoRight => "capability lacks the right",
+            Self::Busy => "busy",
+            Self::Stale => "object gone (stale capability)",
+            Self::TimedOut => "timed out",
+            Self::PeerDead => "the object's instance stopped",
+            Self::NothingToReply => "nothing to reply to",
+            Self::NotFound => "no such name",
+            Self::Exists => "name already registered",
+            Self::TooManyCaps => "capability table full",
         }
     }
 }
@@ -172,6 +284,9 @@ impl fmt::Display for Error {
         f.write_str(self.as_str())
     }
 }
+
+/// The highest error code.
+pub const LAST_ERROR: u64 = 19;
 
 /// The `rax` value for a result.
 pub const fn encode(result: Result<u64, Error>) -> u64 {
@@ -224,6 +339,9 @@ impl fmt::Display for TaskId {
     }
 }
 
+pub mod ipc;
+pub use ipc::{Handle, IpcMsg, Received, Rights};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,8 +358,8 @@ mod tests {
 
     #[test]
     fn results_round_trip() {
-        for code in 1..=9 {
-            let e = Error::from_code(code).expect("codes 1..=9 are errors");
+        for code in 1..=LAST_ERROR {
+            let e = Error::from_code(code).expect("codes 1..=LAST_ERROR are errors");
             assert_eq!(decode(encode(Err(e))), Err(e));
         }
         for v in [0, 1, 4096, u64::MAX / 2, (-4096i64) as u64] {
