@@ -91,9 +91,15 @@ fn owns(line: usize) -> Result<(), Status> {
     }
 }
 
-/// The line's interrupt handler in its owner (interrupts off: counts only).
+/// The line's interrupt handler in its owner (interrupts off: counts only). A line bound to a
+/// task's notification (a user-space driver) is the task's: the kernel does not touch the
+/// device, sets the task's bit and masks the line until the task acknowledges it.
 fn on_irq(line: usize) {
-    acknowledge_device(line);
+    if super::ipc::irq_fired(line) {
+        let _ = ioapic::mask(line as u32);
+    } else {
+        acknowledge_device(line);
+    }
     if FORWARD_TO[line].load(Ordering::Relaxed) != 0 {
         PENDING[line].fetch_add(1, Ordering::Relaxed);
         // Release: whoever sees the bit (Acquire) sees the count.
@@ -107,8 +113,11 @@ fn take_line(line: usize) -> Result<(), Status> {
     let apic = cpu::current().apic_id;
     ioapic::route(line as u32, vectors::IRQ_BASE + line as u8, apic, false)
         .map_err(|_| Status::InternalError)?;
-    // An edge the old owner never acknowledged would hold the device forever.
-    acknowledge_device(line);
+    // An edge the old owner never acknowledged would hold the device forever (a driver task
+    // bound to the line acknowledges it itself).
+    if !super::ipc::irq_bound(line) {
+        acknowledge_device(line);
+    }
     Ok(())
 }
 
@@ -178,8 +187,21 @@ fn irq_of(m: &Message) -> Result<usize, Status> {
 pub fn handle_forward(m: &Message) -> Option<Reply> {
     if let Ok(line) = irq_of(m) {
         FORWARDED_IN[line].fetch_add(1, Ordering::Relaxed);
+        // A driver task of this instance bound to the line gets it as a notification.
+        super::ipc::irq_fired(line);
     }
     None
+}
+
+/// A driver task acknowledges an interrupt of `line`: the owner unmasks it. A line forwarded
+/// from another instance is never masked (its owner does not know the task), so there is
+/// nothing to do.
+pub fn acknowledge_for_task(line: usize) -> Result<(), mk_abi::Error> {
+    let line = line_of(line as u32).map_err(|_| mk_abi::Error::BadArgument)?;
+    if owns(line).is_err() {
+        return Ok(());
+    }
+    ioapic::unmask(line as u32).map_err(|_| mk_abi::Error::Busy)
 }
 
 /// IRQ_MASK and IRQ_UNMASK, in the owner.
@@ -197,7 +219,9 @@ pub fn set_masked_here(line: usize, mask: bool) -> Result<(), Status> {
         ioapic::mask(gsi).map_err(|_| Status::InternalError)
     } else {
         ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
-        acknowledge_device(line);
+        if !super::ipc::irq_bound(line) {
+            acknowledge_device(line);
+        }
         Ok(())
     }
 }

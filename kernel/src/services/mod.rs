@@ -10,6 +10,8 @@
 //! | SHUTDOWN: stop cleanly, give every resource back to instance 0, park the CPUs | `lifecycle.rs` | every instance but 0 |
 //! | CPU_REMOVE / CPU_ADD: a CPU leaves one instance and runs in another (instance 0 brokers) | `cpu.rs` | every instance but 0 |
 //! | MEM_REMOVE / MEM_ADD: a range leaves one frame allocator and joins another's (instance 0 brokers) | `memory.rs` | every instance but 0 |
+//! | USER 0x101..0x106: task control (spawn, kill, list, stats, status, capabilities) | `tasks.rs` | every instance |
+//! | USER 0x110..0x112: IPC between tasks of different instances; the name service | `ipc.rs` | every instance (names: 0) |
 //!
 //! Periodic duties (sending beats, watching them, finishing a shutdown) run after each drain
 //! of the mailboxes (`messaging::set_poll_hook`), in thread context, never in an interrupt
@@ -20,6 +22,7 @@
 pub mod bench;
 pub mod cpu;
 pub mod heartbeat;
+pub mod ipc;
 pub mod irq;
 pub mod lifecycle;
 pub mod memory;
@@ -71,6 +74,7 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
     }
     crate::services::bench::register();
     tasks::register().map_err(InitError::Handler)?;
+    ipc::init(me).map_err(InitError::Handler)?;
     crate::arch::interrupts::add_tick_hook(heartbeat::on_tick)
         .map_err(|_| InitError::Hook("timer"))?;
     messaging::set_poll_hook(on_poll).map_err(|_| InitError::Hook("poll"))?;
@@ -108,6 +112,7 @@ fn on_poll() {
         return;
     }
     irq::flush_forwards();
+    ipc::on_poll();
     crate::console::refresh_screen();
     if crate::instance::id().is_supervisor() {
         lifecycle::watch();

@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ipc;
+
 use alloc::string::String;
 use alloc::vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +36,7 @@ pub fn init_this_cpu() {
     syscall::init_this_cpu();
 }
 
-type SysResult = Result<u64, Error>;
+pub(crate) type SysResult = Result<u64, Error>;
 
 /// Decodes the call in `frame`, runs it, and writes its result to `rax` (and `rdx`).
 fn dispatch(frame: &mut SyscallFrame) {
@@ -53,6 +55,20 @@ fn dispatch(frame: &mut SyscallFrame) {
         Some(Sys::Map) => sys_map(a[0], a[1]),
         Some(Sys::Unmap) => sys_unmap(a[0], a[1]),
         Some(Sys::WhoAmI) => sys_whoami(frame),
+        Some(Sys::Endpoint) => ipc::sys_endpoint(),
+        Some(Sys::Send) => ipc::sys_send(a[0], a[1]),
+        Some(Sys::Call) => ipc::sys_call(a[0], a[1], a[2]),
+        Some(Sys::Recv) => ipc::sys_recv(a[0], a[1]),
+        Some(Sys::Reply) => ipc::sys_reply(a[0]),
+        Some(Sys::ReplyRecv) => ipc::sys_reply_recv(a[0], a[1]),
+        Some(Sys::CapCopy) => ipc::sys_cap_copy(a[0], a[1], a[2]),
+        Some(Sys::CapDrop) => ipc::sys_cap_drop(a[0]),
+        Some(Sys::Notification) => ipc::sys_notification(a[0]),
+        Some(Sys::Signal) => ipc::sys_signal(a[0], a[1]),
+        Some(Sys::IrqBind) => ipc::sys_irq_bind(a[0], a[1], a[2]),
+        Some(Sys::IrqAck) => ipc::sys_irq_ack(a[0]),
+        Some(Sys::MmioMap) => ipc::sys_mmio_map(a[0]),
+        Some(Sys::CapInfo) => ipc::sys_cap_info(a[0], frame),
     };
     if result.is_err() {
         ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -65,12 +81,12 @@ fn dispatch(frame: &mut SyscallFrame) {
     }
 }
 
-fn current() -> Result<TaskId, Error> {
+pub(crate) fn current() -> Result<TaskId, Error> {
     sched::current().ok_or(Error::NoSuchTask)
 }
 
 /// Copies `len` bytes from the running task's memory at `ptr`, up to `max`.
-fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
+pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
     if len > max {
         return Err(Error::BadLength);
     }
@@ -86,6 +102,20 @@ fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
     .flatten()
     .ok_or(Error::NoSuchTask)??;
     Ok(buf)
+}
+
+/// Copies `data` into the running task's memory at `ptr`.
+pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
+    let me = current()?;
+    sched::with(|s| {
+        s.get_mut(me).map(|t| {
+            t.space
+                .write_user(ptr, data)
+                .map_err(|_| Error::BadAddress)
+        })
+    })
+    .flatten()
+    .ok_or(Error::NoSuchTask)?
 }
 
 fn copy_in_str(ptr: u64, len: u64, max: u64) -> Result<String, Error> {

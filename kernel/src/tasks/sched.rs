@@ -203,6 +203,40 @@ fn take_all_dead(s: &mut Scheduler<Task>, cpu: usize) -> alloc::vec::Vec<Task> {
     dead
 }
 
+/// Marks the running task blocked for `why` (it keeps running until [`reschedule`]): called
+/// under the lock of whatever will wake it, so that no wake-up falls between the decision to
+/// wait and the block.
+pub fn block_current(why: Block) {
+    let me = slot();
+    with(|s| s.block(me, why));
+}
+
+/// The running task leaves its CPU (after [`block_current`], until woken; else it is
+/// preempted and runs again when its turn comes).
+pub fn reschedule() {
+    to_scheduler();
+}
+
+/// Makes task `id` (blocked) ready.
+pub fn wake(id: TaskId) -> Result<(), mk_sched::SchedError> {
+    with(|s| s.wake(id)).unwrap_or(Err(mk_sched::SchedError::NoSuchTask))
+}
+
+/// Called after a task ended (exit, fault or kill), with no scheduler lock held: the IPC
+/// service revokes its capabilities and fails the calls it was to answer.
+static EXIT_HOOK: spin::Once<fn(TaskId)> = spin::Once::new();
+
+/// Sets [`EXIT_HOOK`] (once).
+pub fn set_exit_hook(hook: fn(TaskId)) {
+    EXIT_HOOK.call_once(|| hook);
+}
+
+fn ended(id: TaskId) {
+    if let Some(hook) = EXIT_HOOK.get() {
+        hook(id);
+    }
+}
+
 /// Called by a task on its own stack: back to the running CPU's scheduler loop. Returns when
 /// the task runs again (on this CPU or another).
 fn to_scheduler() {
@@ -317,6 +351,7 @@ fn end(id: TaskId, status: u64) {
     // not running (else the scheduler loop of its CPU frees it).
     let payload = with(|s| s.exit(id, status).ok().and_then(|e| e.payload)).flatten();
     drop(payload);
+    ended(id);
 }
 
 /// Waits for the caller's child `child` to end and returns its status.
@@ -372,7 +407,10 @@ pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
     };
     KILLS.fetch_add(1, Ordering::Relaxed);
     match outcome {
-        mk_sched::KillOutcome::Exited(exit) => drop(exit.payload),
+        mk_sched::KillOutcome::Exited(exit) => {
+            drop(exit.payload);
+            ended(id);
+        }
         mk_sched::KillOutcome::Running { cpu } => request_resched(cpu),
     }
     Ok(())

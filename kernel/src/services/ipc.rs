@@ -1,0 +1,586 @@
+//! Capability IPC between tasks, within an instance and across instances: `mk-ipc`'s state
+//! behind one lock, the blocking and waking around it, and the cross-instance routes over the
+//! mailboxes (`USER` messages `IPC_REQUEST`, `IPC_ANSWER`, `IPC_FORGET`; `mk_ipc::wire`).
+//! `docs/ipc.md` is the reference.
+//!
+//! ```text
+//!  instance a: task T                                   instance b: task S (server)
+//!  call(h) ── syscall ──► Ipc::send: cap h → Endpoint{b, e}
+//!            pending call (token), T blocks   ──IPC_REQUEST(e, token, T)──►  handler: Ipc::incoming
+//!                                                                             queue at e, wake S
+//!                                                                S: recv → parcel (sender a/T)
+//!            handler: Ipc::answer_in(b, token) ◄──IPC_ANSWER(token)──  S: reply → Effect::Answer
+//!            wake T; T: finish_call → reply
+//! ```
+//!
+//! Locking: the IPC lock is taken with interrupts off, before the scheduler's lock (never
+//! after). A task that waits marks itself blocked while it holds the IPC lock, so a wake-up
+//! (which needs that lock to find the task) cannot come between. Messages to other instances
+//! go out with no lock held: requests at once from the caller's system call (a full mailbox
+//! makes `send` fail with `Busy` and `call` wait), answers and endpoint deaths through an
+//! outbox flushed at once and after every drain.
+
+#![forbid(unsafe_code)]
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_abi::ipc::{Handle, IpcMsg, MAX_INLINE, Rights};
+use mk_abi::{Error, Received, TaskId};
+use mk_dispatch::{HandlerKey, Reply};
+use mk_ipc::wire::{self, Encoded, IPC_ANSWER, IPC_FORGET, IPC_REQUEST};
+use mk_ipc::{Cap, Delivery, Effect, Ipc, Object, Parcel, Sent};
+use mk_sched::Block;
+use mk_shared::InstanceState;
+use mk_wire::{Kind, Message, Payload, UserPayload};
+use spin::Mutex;
+
+use crate::arch::tsc;
+use crate::instance::InstanceId;
+use crate::messaging::{self, HandlerFn, SendError};
+use crate::shared::region;
+use crate::tasks::sched;
+
+static IPC: Mutex<Option<Ipc>> = Mutex::new(None);
+
+/// Answers and endpoint deaths waiting for room in a mailbox: `(to, subtype, bytes)`.
+static OUTBOX: Mutex<VecDeque<(InstanceId, u16, Encoded)>> = Mutex::new(VecDeque::new());
+/// Most messages the outbox holds; beyond, one is dropped and counted (never silently).
+const OUTBOX_MAX: usize = 512;
+/// Messages dropped because the outbox was full, and malformed IPC messages received.
+pub static OUTBOX_DROPPED: AtomicU64 = AtomicU64::new(0);
+pub static MALFORMED: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` on the IPC state, with interrupts off.
+fn with<R>(f: impl FnOnce(&mut Ipc) -> R) -> Option<R> {
+    x86_64::instructions::interrupts::without_interrupts(|| IPC.lock().as_mut().map(f))
+}
+
+/// Runs `f` on the IPC state, then carries out the effects it left (lock let go).
+fn with_effects<R>(f: impl FnOnce(&mut Ipc) -> R) -> Result<R, Error> {
+    let (r, effects) = with(|i| {
+        let r = f(i);
+        (r, i.take_effects())
+    })
+    .ok_or(Error::NoSuchTask)?;
+    run(effects);
+    Ok(r)
+}
+
+static HANDLERS: [(u16, HandlerFn); 3] = [
+    (IPC_REQUEST, handle_request),
+    (IPC_ANSWER, handle_answer),
+    (IPC_FORGET, handle_forget),
+];
+
+/// Sets up the IPC state of instance `me`, its message handlers and the task-exit hook.
+pub fn init(me: InstanceId) -> Result<(), Kind> {
+    *IPC.lock() = Some(Ipc::new(me.index() as u8));
+    let Some(d) = messaging::dispatcher() else {
+        return Err(Kind::User(IPC_REQUEST));
+    };
+    for (sub, handler) in &HANDLERS {
+        d.registry()
+            .register(HandlerKey::Kind(Kind::User(*sub)), handler)
+            .map_err(|_| Kind::User(*sub))?;
+    }
+    sched::set_exit_hook(task_ended);
+    Ok(())
+}
+
+fn task_ended(id: TaskId) {
+    let _ = with_effects(|i| i.task_exited(id));
+}
+
+/// Carries out effects: wakes, answers and deaths to other instances.
+fn run(effects: Vec<Effect>) {
+    for e in effects {
+        match e {
+            Effect::Wake(t) => {
+                let _ = sched::wake(t);
+            }
+            Effect::Forward {
+                to,
+                dst,
+                call,
+                parcel,
+            } => post(to, IPC_REQUEST, wire::encode_request(dst, call, &parcel)),
+            Effect::Answer { to, token, result } => {
+                post(to, IPC_ANSWER, wire::encode_answer(token, &result));
+            }
+            Effect::Forget { endpoint } => post(0, IPC_FORGET, wire::encode_forget(endpoint)),
+            Effect::Unbound { line } => {
+                crate::info!("irq line {line}: its driver task ended; the line stays masked until the next driver acknowledges it");
+            }
+        }
+    }
+}
+
+fn message(sub: u16, bytes: &[u8]) -> Option<Message> {
+    let p = UserPayload::new(bytes)?;
+    Some(Message::request(
+        crate::instance::id(),
+        Kind::User(sub),
+        0,
+        Payload::User(p),
+    ))
+}
+
+/// Sends now if the outbox is empty and the mailbox has room, else queues.
+fn post(to: u8, sub: u16, e: Encoded) {
+    let to = InstanceId::new(u16::from(to));
+    let mut q = x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut o = OUTBOX.lock();
+        if o.len() >= OUTBOX_MAX {
+            o.pop_front();
+            OUTBOX_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        o.push_back((to, sub, e));
+        o.len()
+    });
+    // Flushed in order; at most the whole outbox per post.
+    while q > 0 && flush_one() {
+        q -= 1;
+    }
+}
+
+/// Sends the outbox's oldest message if its mailbox has room (or drops it if the peer is
+/// gone); whether one left.
+fn flush_one() -> bool {
+    let Some((to, sub, e)) =
+        x86_64::instructions::interrupts::without_interrupts(|| OUTBOX.lock().pop_front())
+    else {
+        return false;
+    };
+    let Some(m) = message(sub, e.as_bytes()) else {
+        MALFORMED.fetch_add(1, Ordering::Relaxed);
+        return true;
+    };
+    match messaging::try_send(to, &m) {
+        Ok(()) => true,
+        Err(SendError::Busy | SendError::Mailbox(mk_mailbox::Error::Full)) => {
+            x86_64::instructions::interrupts::without_interrupts(|| {
+                OUTBOX.lock().push_front((to, sub, e));
+            });
+            false
+        }
+        // The peer stopped: whoever waited there is failed by its own kernel or not at all.
+        Err(_) => {
+            OUTBOX_DROPPED.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+}
+
+/// Whether instance `k` is not running (for calls waiting on it).
+fn stopped(k: u8) -> bool {
+    let Some(r) = region::get() else { return false };
+    !matches!(
+        r.instance(InstanceId::new(u16::from(k)))
+            .and_then(|i| i.state()),
+        Ok(InstanceState::Running)
+    )
+}
+
+/// After every drain of the mailboxes: flush the outbox, fail the calls waiting on instances
+/// that stopped, and (instance 0) drop their names.
+pub fn on_poll() {
+    while flush_one() {}
+    let waits = with(|i| i.waits_remote() || (i.me() == 0 && i.names.iter().next().is_some()));
+    if waits != Some(true) {
+        return;
+    }
+    let _ = with_effects(|i| {
+        i.expire(0, stopped);
+        if i.me() == 0 {
+            i.names.retain(|e| e.instance == 0 || !stopped(e.instance));
+        }
+    });
+}
+
+fn request_bytes(m: &Message) -> &[u8] {
+    match &m.payload {
+        Payload::User(u) => u.as_bytes(),
+        _ => &[],
+    }
+}
+
+fn malformed(m: &Message, what: &dyn core::fmt::Display) {
+    let n = MALFORMED.fetch_add(1, Ordering::Relaxed);
+    if n < 8 {
+        crate::warn!("ipc: malformed {:?} from instance {}: {what}", m.kind, m.sender);
+    }
+}
+
+fn handle_request(m: &Message) -> Option<Reply> {
+    match wire::decode_request(request_bytes(m)) {
+        Ok((dst, call, parcel)) => {
+            let from = m.sender.index() as u8;
+            let _ = with_effects(|i| i.incoming(from, dst, call, parcel));
+        }
+        Err(e) => malformed(m, &format_args!("{e:?}")),
+    }
+    None
+}
+
+fn handle_answer(m: &Message) -> Option<Reply> {
+    match wire::decode_answer(request_bytes(m)) {
+        Ok((token, result)) => {
+            let from = m.sender.index() as u8;
+            let _ = with_effects(|i| i.answer_in(from, token, result));
+        }
+        Err(e) => malformed(m, &format_args!("{e:?}")),
+    }
+    None
+}
+
+fn handle_forget(m: &Message) -> Option<Reply> {
+    match wire::decode_forget(request_bytes(m)) {
+        Ok(ep) => {
+            let from = m.sender.index() as u8;
+            with(|i| {
+                if i.me() == 0 {
+                    i.names.forget_endpoint(from, ep);
+                }
+            });
+        }
+        Err(e) => malformed(m, &format_args!("{e:?}")),
+    }
+    None
+}
+
+/// A device a task is given at spawn (by whoever starts it: the shell, a test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// An interrupt line (IO APIC input) of this instance, or forwarded to it.
+    Irq(u8),
+    /// I/O ports `base..base + len`.
+    IoPorts { base: u16, len: u16 },
+    /// Physical pages `phys..phys + pages * 4096`.
+    Mmio { phys: u64, pages: u32 },
+}
+
+impl Grant {
+    fn cap(self) -> Cap {
+        let object = match self {
+            Self::Irq(line) => Object::Irq { line },
+            Self::IoPorts { base, len } => Object::IoPorts { base, len },
+            Self::Mmio { phys, pages } => Object::Mmio { phys, pages },
+        };
+        Cap::new(object, Rights::SEND)
+    }
+
+    /// Checks a grant read from a request (a line that exists, ports that do not wrap, page-
+    /// aligned memory of at most 16 MiB).
+    pub fn validate(self) -> Result<Self, Error> {
+        let ok = match self {
+            Self::Irq(line) => usize::from(line) < mk_shared::MAX_IRQS,
+            Self::IoPorts { base, len } => len > 0 && u32::from(base) + u32::from(len) <= 0x1_0000,
+            Self::Mmio { phys, pages } => {
+                phys % 4096 == 0 && pages > 0 && pages <= 4096 && phys < (1 << 52)
+            }
+        };
+        if ok { Ok(self) } else { Err(Error::BadArgument) }
+    }
+}
+
+/// Gives task `id` (just spawned) the devices `grants`, in order (handles 1, 2, ...).
+pub fn grant(id: TaskId, grants: &[Grant]) -> Result<(), Error> {
+    for g in grants {
+        g.validate()?;
+        with(|i| i.grant(id, g.cap())).ok_or(Error::NoSuchTask)??;
+    }
+    sync_io_ports(id);
+    Ok(())
+}
+
+/// Copies the I/O port ranges task `id`'s capabilities grant into its task record.
+fn sync_io_ports(id: TaskId) {
+    let ports = with(|i| i.io_ports(id)).unwrap_or_default();
+    sched::set_io_ports(id, ports);
+}
+
+/// The parcel of a message a task passed (label and data checked).
+fn parcel_of(msg: &IpcMsg) -> Result<Parcel, Error> {
+    if msg.label > u64::from(u32::MAX) || msg.label & mk_abi::ipc::ERROR_LABEL != 0 {
+        return Err(Error::BadArgument);
+    }
+    if msg.len > MAX_INLINE as u64 {
+        return Err(Error::BadLength);
+    }
+    Parcel::new(msg.label as u32, msg.bytes()).ok_or(Error::BadLength)
+}
+
+/// Writes a delivery into the message the task will get back.
+fn fill(out: &mut IpcMsg, d: &Delivery) {
+    let data = d.parcel.data();
+    *out = IpcMsg::empty();
+    out.label = u64::from(d.parcel.label);
+    out.len = data.len() as u64;
+    out.data[..data.len()].copy_from_slice(data);
+    out.caps = d.handles;
+    out.badge = d.parcel.badge;
+    out.sender_instance = u64::from(d.parcel.sender_instance);
+    out.sender_task = d.parcel.sender_task.raw();
+}
+
+fn ticks_after_ms(ms: u64) -> u64 {
+    tsc::read().saturating_add(ms.saturating_mul(tsc::ticks_per_ms()))
+}
+
+/// Sends a forward now: `Ok` once the mailbox took it.
+fn forward_now(to: u8, sub: u16, e: &Encoded) -> Result<(), SendError> {
+    let m = message(sub, e.as_bytes()).ok_or(SendError::Invalid)?;
+    messaging::try_send(InstanceId::new(u16::from(to)), &m)
+}
+
+fn is_full(e: SendError) -> bool {
+    matches!(e, SendError::Busy | SendError::Mailbox(mk_mailbox::Error::Full))
+}
+
+/// Splits the forward (at most one) out of a send's effects and runs the others.
+fn split_forward(effects: Vec<Effect>) -> Option<(u8, Encoded)> {
+    let mut forward = None;
+    let mut rest = Vec::new();
+    for e in effects {
+        match e {
+            Effect::Forward {
+                to,
+                dst,
+                call,
+                parcel,
+            } if forward.is_none() => forward = Some((to, wire::encode_request(dst, call, &parcel))),
+            other => rest.push(other),
+        }
+    }
+    run(rest);
+    forward
+}
+
+/// `send`: task `me` sends `msg` through `h` without waiting.
+pub fn send(me: TaskId, h: Handle, msg: &IpcMsg) -> Result<(), Error> {
+    let parcel = parcel_of(msg)?;
+    let (sent, effects) = with(|i| {
+        let s = i.send(me, h, parcel, msg.caps, msg.cap_move, None);
+        (s, i.take_effects())
+    })
+    .ok_or(Error::NoSuchTask)?;
+    sent?;
+    if let Some((to, e)) = split_forward(effects) {
+        match forward_now(to, IPC_REQUEST, &e) {
+            Ok(()) => {}
+            Err(err) if is_full(err) => return Err(Error::Busy),
+            Err(_) => return Err(Error::PeerDead),
+        }
+        with(|i| i.commit_moves(me, msg.caps, msg.cap_move));
+    }
+    Ok(())
+}
+
+/// `call`: task `me` sends `msg` through `h` and waits up to `timeout_ms` for the reply,
+/// which replaces `msg`. Returns the reply's label.
+pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<u64, Error> {
+    let timeout_ms = match timeout_ms {
+        0 => mk_abi::ipc::DEFAULT_CALL_TIMEOUT_MS,
+        t if t > mk_abi::ipc::MAX_CALL_TIMEOUT_MS => return Err(Error::BadArgument),
+        t => t,
+    };
+    let parcel = parcel_of(msg)?;
+    let deadline = ticks_after_ms(timeout_ms);
+    let (sent, effects) = with(|i| {
+        let s = i.send(me, h, parcel, msg.caps, msg.cap_move, Some(deadline));
+        (s, i.take_effects())
+    })
+    .ok_or(Error::NoSuchTask)?;
+    let mut sent: Sent = sent?;
+    if let Some(answer) = sent.answered.take() {
+        run(effects);
+        let d = answer?;
+        return finish(me, msg, d.parcel, [mk_abi::ipc::NO_CAP; 2]);
+    }
+    let Some(token) = sent.token else {
+        return Err(Error::BadArgument);
+    };
+    if let Some((to, e)) = split_forward(effects) {
+        // A full mailbox makes the caller wait (a tick at a time) until its deadline.
+        loop {
+            match forward_now(to, IPC_REQUEST, &e) {
+                Ok(()) => break,
+                Err(err) if is_full(err) && tsc::read() < deadline => {
+                    sched::sleep_until(ticks_after_ms(1).min(deadline));
+                }
+                Err(err) => {
+                    with(|i| i.cancel_call(token));
+                    return Err(if is_full(err) {
+                        Error::TimedOut
+                    } else {
+                        Error::PeerDead
+                    });
+                }
+            }
+        }
+        with(|i| i.commit_moves(me, msg.caps, msg.cap_move));
+    }
+    loop {
+        let outcome = with(|i| match i.finish_call(me, token) {
+            Some(r) => Some(r),
+            None if tsc::read() >= deadline => {
+                i.fail_call(token, Error::TimedOut);
+                i.counters.timeouts += 1;
+                i.finish_call(me, token)
+            }
+            None => {
+                sched::block_current(Block::Sleep { until: deadline });
+                None
+            }
+        })
+        .ok_or(Error::NoSuchTask)?;
+        match outcome {
+            Some(Ok(d)) => {
+                let handles = d.handles;
+                return finish(me, msg, d.parcel, handles);
+            }
+            Some(Err(e)) => return Err(e),
+            None => sched::reschedule(),
+        }
+    }
+}
+
+fn finish(me: TaskId, msg: &mut IpcMsg, mut parcel: Parcel, handles: [u64; 2]) -> Result<u64, Error> {
+    // Capabilities of an answer given at once (the name service in this instance) are
+    // installed here; a delivered answer's already are.
+    let handles = if parcel.caps.iter().any(Option::is_some) {
+        let caps = core::mem::take(&mut parcel.caps);
+        let mut hs = [mk_abi::ipc::NO_CAP; 2];
+        for (k, c) in caps.iter().enumerate() {
+            if let Some(c) = c {
+                hs[k] = with(|i| i.grant(me, *c)).and_then(Result::ok).map_or(mk_abi::ipc::NO_CAP, |h| h.0);
+            }
+        }
+        hs
+    } else {
+        handles
+    };
+    let label = u64::from(parcel.label);
+    fill(
+        msg,
+        &Delivery {
+            kind: Received::Message,
+            parcel,
+            handles,
+        },
+    );
+    Ok(label)
+}
+
+/// `recv`: task `me` waits on its endpoint `h` for a message or notification bits.
+pub fn recv(me: TaskId, h: Handle, out: &mut IpcMsg) -> Result<Received, Error> {
+    loop {
+        let got = with(|i| {
+            let r = i.recv(me, h);
+            if matches!(r, Ok(None)) {
+                sched::block_current(Block::Event);
+            }
+            r
+        })
+        .ok_or(Error::NoSuchTask)??;
+        if let Some(d) = got {
+            fill(out, &d);
+            return Ok(d.kind);
+        }
+        sched::reschedule();
+        if sched::kill_pending() {
+            sched::exit_current(mk_abi::STATUS_KILLED);
+        }
+    }
+}
+
+/// `reply`: task `me` answers the last call it received.
+pub fn reply(me: TaskId, msg: &IpcMsg) -> Result<(), Error> {
+    let parcel = parcel_of(msg)?;
+    with_effects(|i| i.reply(me, parcel, msg.caps, msg.cap_move))?
+}
+
+pub fn create_endpoint(me: TaskId) -> Result<Handle, Error> {
+    with(|i| i.create_endpoint(me)).ok_or(Error::NoSuchTask)?
+}
+
+pub fn create_notification(me: TaskId, ep: Handle) -> Result<Handle, Error> {
+    with(|i| i.create_notification(me, ep)).ok_or(Error::NoSuchTask)?
+}
+
+pub fn signal(me: TaskId, h: Handle, bits: u64) -> Result<(), Error> {
+    with_effects(|i| i.signal(me, h, bits))?
+}
+
+pub fn copy_cap(me: TaskId, h: Handle, rights: u64, badge: u64) -> Result<Handle, Error> {
+    let rights = u8::try_from(rights)
+        .ok()
+        .and_then(Rights::from_bits)
+        .ok_or(Error::BadArgument)?;
+    let badge = u32::try_from(badge).map_err(|_| Error::BadArgument)?;
+    with(|i| i.copy_cap(me, h, rights, badge)).ok_or(Error::NoSuchTask)?
+}
+
+pub fn drop_cap(me: TaskId, h: Handle) -> Result<(), Error> {
+    let was_ports = with(|i| {
+        let c = i.cap(me, h)?;
+        i.drop_cap(me, h)?;
+        Ok(matches!(c.object, Object::IoPorts { .. }))
+    })
+    .ok_or(Error::NoSuchTask)??;
+    if was_ports {
+        sync_io_ports(me);
+        // The running task loses the ports now, not at its next switch.
+        crate::arch::gdt::set_user_io_ports(&with(|i| i.io_ports(me)).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `cap_info`: `(kind | rights << 8 | instance << 16, object id)`.
+pub fn cap_info(me: TaskId, h: Handle) -> Result<(u64, u64), Error> {
+    let (cap, here) = with(|i| i.cap(me, h).map(|c| (c, i.me()))).ok_or(Error::NoSuchTask)??;
+    let (instance, object) = cap.object.locate(here);
+    Ok((
+        cap.object.kind() as u64 | u64::from(cap.rights.bits()) << 8 | u64::from(instance) << 16,
+        object,
+    ))
+}
+
+/// Every capability of task `id` (for the shell's `caps`).
+pub fn caps_of(id: TaskId) -> Vec<(Handle, Cap)> {
+    with(|i| i.caps_of(id)).unwrap_or_default()
+}
+
+/// `irq_bind`: binds the line of `irq` to bit `bit` of notification `n`. The line's
+/// interrupts are then the task's: the kernel masks the line at each, and `irq_ack` unmasks.
+pub fn irq_bind(me: TaskId, irq: Handle, n: Handle, bit: u64) -> Result<u8, Error> {
+    with(|i| i.irq_bind(me, irq, n, bit)).ok_or(Error::NoSuchTask)?
+}
+
+/// The line task `me` may acknowledge with its capability `irq`.
+pub fn irq_line(me: TaskId, irq: Handle) -> Result<u8, Error> {
+    with(|i| i.irq_line(me, irq)).ok_or(Error::NoSuchTask)?
+}
+
+/// An interrupt of `line` (in its handler, interrupts off): whether a task took it.
+/// (The IPC lock is only ever held with interrupts off, so it is never held by the context
+/// this interrupt came from; another CPU holds it for a few hundred instructions at most.)
+pub fn irq_fired(line: usize) -> bool {
+    with_effects(|i| i.irq_fired(line)).unwrap_or(false)
+}
+
+pub fn irq_bound(line: usize) -> bool {
+    with(|i| i.irq_bound(line)).unwrap_or(false)
+}
+
+/// The MMIO range of task `me`'s capability `h`.
+pub fn mmio(me: TaskId, h: Handle) -> Result<(u64, u32), Error> {
+    with(|i| i.mmio(me, h)).ok_or(Error::NoSuchTask)?
+}
+
+/// This instance's IPC counters.
+pub fn counters() -> mk_ipc::Counters {
+    with(|i| i.counters).unwrap_or_default()
+}
