@@ -167,6 +167,11 @@ fn run_one_locked_out() -> bool {
         s.get(id).map(|t| {
             cpu::current().set_kernel_stack(t.stack.top());
             t.space.activate();
+            // Exactly this task's ports (none for most): every way into ring 3 passes here,
+            // so whatever the previous task on this CPU was allowed is denied again before
+            // this one runs. Left as it is when the task comes back: ring 0 ignores the
+            // bitmap, and the next task switched in here replaces it.
+            cpu::set_user_io_ports(&t.io_ports);
         })
     });
     if !matches!(started, Some(Some(()))) {
