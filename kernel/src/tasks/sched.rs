@@ -350,6 +350,27 @@ pub fn wait(child: TaskId) -> Result<u64, mk_sched::SchedError> {
     }
 }
 
+/// Makes the blocked task `id` ready (as [`Scheduler::wake`]; nothing changes if it is ready
+/// or running already) and, if it was made ready on another CPU, kicks that CPU
+/// (`cpus::smp::kick`) so that it runs the task now instead of at its next timer tick.
+#[allow(dead_code)] // called by the IPC system calls (receive, notify), which come next
+pub fn wake(id: TaskId) -> Result<(), mk_sched::SchedError> {
+    let me = slot();
+    let target = with(|s| {
+        let was_blocked = matches!(s.state(id), Some(State::Blocked(_)));
+        s.wake(id)?;
+        Ok(if was_blocked { s.cpu_of(id) } else { None })
+    })
+    .ok_or(mk_sched::SchedError::NoSuchTask)??;
+    // After the lock is let go: the kicked CPU's scheduler takes it at once.
+    if let Some(cpu) = target
+        && cpu != me
+    {
+        crate::cpus::smp::kick(cpu);
+    }
+    Ok(())
+}
+
 /// Ends task `id` of this instance with `STATUS_KILLED`: now if it is not running, else at
 /// its next entry into the kernel (its CPU is asked to reschedule).
 pub fn kill(id: TaskId) -> Result<(), mk_sched::SchedError> {
