@@ -198,6 +198,7 @@ pub fn all() -> Vec<Boot> {
                 "timer_rate",
                 "ipi_self",
                 "ioapic_rtc",
+                "io_bitmap",
                 "ramdisk_programs",
             ],
             _ => &["madt_cpus=4", "apic_mode=xapic", "frames_unique"],

@@ -4,11 +4,11 @@
 //! so two instances can start CPUs at the same time).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::cpu::PerCpu;
 use crate::arch::trampoline::{self, Params};
-use crate::arch::{apic, cpu, gdt, interrupts, tsc};
+use crate::arch::{apic, cpu, gdt, interrupts, tsc, vectors};
 use crate::platform::descriptor;
 use crate::{info, instance};
 
@@ -213,9 +213,55 @@ extern "C" fn ap_entry(index: u64) -> ! {
             park_this_cpu();
         }
         if !worked {
-            x86_64::instructions::hlt();
+            // Interrupts off from the kick check to `hlt` (`sti; hlt` leaves no gap): a task
+            // made ready here after `run` looked is either seen as a kick now or its IPI ends
+            // the `hlt`, never left until the next tick.
+            x86_64::instructions::interrupts::disable();
+            if take_kick(slot) {
+                x86_64::instructions::interrupts::enable();
+            } else {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
         }
     }
+}
+
+/// Wake-up IPIs sent by this instance ([`kick`]).
+pub static KICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Per CPU slot: a kick was sent and the CPU has not yet looked (see [`take_kick`]).
+static KICK_PENDING: [AtomicBool; descriptor::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; descriptor::MAX_CPUS];
+
+/// Gets the CPU in `slot` to look for work now: marks it kicked, then sends it the wake-up IPI
+/// (which takes it out of `hlt`, or a task it runs in ring 3 back to its scheduler). Returns
+/// whether an IPI went out (not if the slot has no online CPU or this CPU has no local APIC).
+/// Call it after the work is visible (the task made ready, its lock let go).
+pub fn kick(slot: usize) -> bool {
+    let (Some(target), Some(pending)) = (cpu::by_slot(slot), KICK_PENDING.get(slot)) else {
+        return false;
+    };
+    // Before the IPI: a CPU between its last look for work and `hlt` sees the flag (with
+    // interrupts off) and does not halt, even if the IPI was taken before it disabled them.
+    pending.store(true, Ordering::SeqCst);
+    let Some(this) = cpu::try_current() else {
+        return false;
+    };
+    let sent = this
+        .with_lapic(|l| l.send_ipi(vectors::WAKE_IPI, target.apic_id))
+        .is_some();
+    if sent {
+        KICKS.fetch_add(1, Ordering::Relaxed);
+    }
+    sent
+}
+
+/// Whether the CPU in `slot` was kicked since it last asked (and clears it). An idle loop asks
+/// with interrupts off, just before `hlt`: if it was kicked, it looks for work again instead.
+pub fn take_kick(slot: usize) -> bool {
+    KICK_PENDING
+        .get(slot)
+        .is_some_and(|p| p.swap(false, Ordering::SeqCst))
 }
 
 /// What a further CPU does besides halting: run tasks (installed by the tasks layer).

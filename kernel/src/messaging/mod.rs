@@ -680,13 +680,17 @@ pub fn serve_forever() -> ! {
             continue;
         }
         x86_64::instructions::interrupts::disable();
-        let may_sleep = RECEIVERS.get().is_some_and(|receivers| {
-            receivers
-                .lock()
-                .iter_mut()
-                .flatten()
-                .all(|r| r.arm().unwrap_or(false))
-        });
+        // A task made ready on this CPU since `run_one` looked (its wake-up IPI may have come
+        // before interrupts went off): look again rather than sleep until the next tick.
+        let kicked = crate::cpus::smp::take_kick(0);
+        let may_sleep = !kicked
+            && RECEIVERS.get().is_some_and(|receivers| {
+                receivers
+                    .lock()
+                    .iter_mut()
+                    .flatten()
+                    .all(|r| r.arm().unwrap_or(false))
+            });
         if may_sleep {
             let before = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed);
             let halted_at = tsc::read();

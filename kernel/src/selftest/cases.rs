@@ -26,6 +26,7 @@ pub(super) static CASES: &[Case] = &[
     case("timer_rate", |_, _| hardware::timer_rate()),
     case("ipi_self", |_, _| hardware::ipi_self()),
     case("ioapic_rtc", |c, _| hardware::ioapic_rtc(c.platform)),
+    case("io_bitmap", |_, _| hardware::io_bitmap()),
     // Instances and the partition plan.
     case("plan_rejected", |_, _| instances::plan_rejected()),
     case("instances", |_, arg| instances::instances(arg)),

@@ -195,6 +195,72 @@ pub(super) fn ipi_self() -> Outcome {
     ensure(got == SENT, || format!("{got} of {SENT} self-IPIs arrived"))
 }
 
+/// The running CPU's I/O permission bitmap allows ring 3 exactly the ports last given to
+/// `set_user_io_ports`: ranges clamped at 0xFFFF, earlier ranges denied again, more ranges
+/// than the CPU remembers denied again too, and every port denied at the end (as it was).
+pub(super) fn io_bitmap() -> Outcome {
+    use crate::arch::cpu::{set_user_io_ports, user_io_ports_allowed as allowed};
+    let denied_all = || (0..=u16::MAX).find(|&p| allowed(p));
+    ensure(denied_all().is_none(), || {
+        format!(
+            "port {:#x} allowed before any grant",
+            denied_all().unwrap_or(0)
+        )
+    })?;
+    set_user_io_ports(&[(0x3F8, 8), (0x60, 1), (0xFFF0, 0x20)]);
+    let expect = [
+        (0x3F7, false),
+        (0x3F8, true),
+        (0x3FF, true),
+        (0x400, false),
+        (0x5F, false),
+        (0x60, true),
+        (0x61, false),
+        (0xFFEF, false),
+        (0xFFF0, true),
+        (0xFFFF, true),
+        (0, false),
+    ];
+    let wrong = |list: &[(u16, bool)]| list.iter().find(|&&(p, ok)| allowed(p) != ok).copied();
+    if let Some((p, ok)) = wrong(&expect) {
+        set_user_io_ports(&[]);
+        return Err(format!(
+            "three ranges: port {p:#x} allowed {}, expected {ok}",
+            !ok
+        ));
+    }
+    set_user_io_ports(&[(0x70, 2)]);
+    let expect = [
+        (0x3F8, false),
+        (0x60, false),
+        (0xFFFF, false),
+        (0x70, true),
+        (0x71, true),
+        (0x72, false),
+    ];
+    if let Some((p, ok)) = wrong(&expect) {
+        set_user_io_ports(&[]);
+        return Err(format!(
+            "after a change: port {p:#x} allowed {}, expected {ok}",
+            !ok
+        ));
+    }
+    // More ranges than the CPU remembers one by one: all allowed, then all denied again.
+    let many: [(u16, u16); 6] = core::array::from_fn(|i| (0x1000 * (i as u16 + 1), 3));
+    set_user_io_ports(&many);
+    if let Some(&(p, _)) = many.iter().find(|&&(p, _)| !allowed(p + 2)) {
+        set_user_io_ports(&[]);
+        return Err(format!("six ranges: port {:#x} denied", p + 2));
+    }
+    set_user_io_ports(&[]);
+    ensure(denied_all().is_none(), || {
+        format!(
+            "port {:#x} still allowed after the grants ended",
+            denied_all().unwrap_or(0)
+        )
+    })
+}
+
 /// The RTC's periodic interrupt, routed through the IO APIC to this CPU, arrives; masked, it
 /// stops; unmasked, it comes back.
 pub(super) fn ioapic_rtc(platform: &Platform) -> Outcome {

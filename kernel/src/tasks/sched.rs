@@ -167,6 +167,11 @@ fn run_one_locked_out() -> bool {
         s.get(id).map(|t| {
             cpu::current().set_kernel_stack(t.stack.top());
             t.space.activate();
+            // Exactly this task's ports (none for most): every way into ring 3 passes here,
+            // so whatever the previous task on this CPU was allowed is denied again before
+            // this one runs. Left as it is when the task comes back: ring 0 ignores the
+            // bitmap, and the next task switched in here replaces it.
+            cpu::set_user_io_ports(&t.io_ports);
         })
     });
     if !matches!(started, Some(Some(()))) {
@@ -378,6 +383,27 @@ pub fn wait(child: TaskId) -> Result<u64, mk_sched::SchedError> {
             None => return Err(mk_sched::SchedError::NoSuchTask),
         }
     }
+}
+
+/// Makes the blocked task `id` ready (as [`Scheduler::wake`]; nothing changes if it is ready
+/// or running already) and, if it was made ready on another CPU, kicks that CPU
+/// (`cpus::smp::kick`) so that it runs the task now instead of at its next timer tick.
+#[allow(dead_code)] // called by the IPC system calls (receive, notify), which come next
+pub fn wake(id: TaskId) -> Result<(), mk_sched::SchedError> {
+    let me = slot();
+    let target = with(|s| {
+        let was_blocked = matches!(s.state(id), Some(State::Blocked(_)));
+        s.wake(id)?;
+        Ok(if was_blocked { s.cpu_of(id) } else { None })
+    })
+    .ok_or(mk_sched::SchedError::NoSuchTask)??;
+    // After the lock is let go: the kicked CPU's scheduler takes it at once.
+    if let Some(cpu) = target
+        && cpu != me
+    {
+        crate::cpus::smp::kick(cpu);
+    }
+    Ok(())
 }
 
 /// Ends task `id` of this instance with `STATUS_KILLED`: now if it is not running, else at

@@ -19,6 +19,10 @@ pub struct Task {
     pub context: Option<Context>,
     /// Where it enters ring 3 the first time (taken when it starts).
     pub start: Option<Start>,
+    /// I/O ports `(base, len)` it may use from ring 3 (a driver granted device capabilities;
+    /// empty for every other task). Set in the TSS's bitmap of whichever CPU switches it in
+    /// (a change shows from its next switch in), and denied again when another task follows.
+    pub io_ports: alloc::vec::Vec<(u16, u16)>,
 }
 
 /// The first entry into ring 3.
@@ -101,6 +105,7 @@ impl Task {
                 arg0: loaded.args_ptr,
                 arg1: loaded.args_len,
             }),
+            io_ports: alloc::vec::Vec::new(),
         })
     }
 }

@@ -31,6 +31,7 @@ pub const NAMES: &[&str] = &[
     "timer_rate",
     "ipi_self",
     "ioapic_rtc",
+    "io_bitmap",
     // Instances and the partition plan.
     "plan_rejected",
     "instances",

@@ -132,6 +132,7 @@ impl PerCpu {
 
 /// Most CPUs one instance can have (slots of the registry below).
 pub const MAX_SLOTS: usize = 64;
+const _: () = assert!(MAX_SLOTS == super::ioperm::SLOTS);
 
 /// The per-CPU blocks of this instance's online CPUs, by index: a block is published here once
 /// its CPU is up and removed when the CPU parks (the block itself stays allocated for good).
@@ -178,6 +179,27 @@ pub fn halt_forever() -> ! {
         x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();
     }
+}
+
+/// Lets ring 3 on the running CPU use the I/O ports of `ranges` (`(base, len)`; a range that
+/// would wrap past 0xFFFF is clamped there) from now on, and denies every other port again
+/// (see `ioperm`). The scheduler calls it each time it switches a task in, with that task's
+/// ports: empty for nearly all tasks, and then, if the CPU allowed none either, it costs a
+/// few loads and writes nothing. From thread context only (not in an interrupt handler).
+pub fn set_user_io_ports(ranges: &[(u16, u16)]) {
+    if let Some(cpu) = try_current() {
+        // SAFETY: `cpu.index` is the running CPU's slot, and this is thread context (the
+        // function's contract: no interrupt handler calls it, nor `gdt::set_kernel_stack`).
+        unsafe { super::ioperm::set_on_slot(cpu.index as usize, ranges) };
+    }
+}
+
+/// Whether ring 3 may use I/O port `port` on the running CPU now (for the tests).
+pub fn user_io_ports_allowed(port: u16) -> bool {
+    try_current().is_some_and(|cpu| {
+        // SAFETY: as in `set_user_io_ports`: the running CPU's own slot, thread context.
+        unsafe { super::ioperm::allowed_on_slot(cpu.index as usize, port) }
+    })
 }
 
 /// End of interrupt on the running CPU. Only for interrupt handlers.

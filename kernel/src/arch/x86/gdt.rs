@@ -11,14 +11,19 @@
 //! The TSS's `RSP0` is the kernel stack a CPU switches to when an interrupt or exception comes
 //! from ring 3: the running task's own kernel stack, set by the scheduler on every switch
 //! ([`set_kernel_stack`]).
+//!
+//! Each TSS is followed by its CPU's I/O permission bitmap (see `ioperm.rs`), which the TSS
+//! descriptor's limit covers: every port denied to ring 3 unless the running task was granted
+//! it.
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicPtr, Ordering};
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
+
+use super::ioperm::{self, TssBlock};
 
 pub const DOUBLE_FAULT_IST: u16 = 0;
 pub const NMI_IST: u16 = 1;
@@ -31,12 +36,12 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 struct Stack([u8; IST_STACK_SIZE]);
 struct BspTables {
     stacks: [Stack; 3],
-    tss: TaskStateSegment,
+    tss: TssBlock,
     gdt: GlobalDescriptorTable,
 }
 static mut BSP_TABLES: BspTables = BspTables {
     stacks: [const { Stack([0; IST_STACK_SIZE]) }; 3],
-    tss: TaskStateSegment::new(),
+    tss: TssBlock::new(),
     gdt: GlobalDescriptorTable::new(),
 };
 
@@ -53,28 +58,28 @@ pub const KERNEL_DATA: u16 = 0x10;
 pub const USER_DATA: u16 = 0x18 | 3;
 pub const USER_CODE: u16 = 0x20 | 3;
 
-/// Each CPU slot's TSS, for [`set_kernel_stack`].
-static TSS_OF_SLOT: [AtomicPtr<TaskStateSegment>; 64] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; 64];
-
-fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static mut TaskStateSegment, slot: usize) {
-    let tss_ptr: *mut TaskStateSegment = tss;
-    // SAFETY: `tss` is a leaked or static TSS owned by this CPU; the shared reference lives in
-    // the GDT's descriptor (the CPU reads it), and only `set_kernel_stack`, on this CPU, writes
-    // its RSP0 field later, through the pointer kept here.
-    let tss_ref: &'static TaskStateSegment = unsafe { &*tss_ptr };
+fn load(gdt: &'static mut GlobalDescriptorTable, block: &'static mut TssBlock, slot: usize) {
+    let block_ptr: *mut TssBlock = block;
+    // SAFETY: `block` is a leaked or static TSS block owned by this CPU; the shared references
+    // are used only to build the descriptor (which keeps the addresses, for the CPU), and
+    // later writes (RSP0 by `set_kernel_stack`, the bitmap by `ioperm`, both on this CPU) go
+    // through the pointer published here, never through these references.
+    let (tss_ref, iomap_ref): (&'static TaskStateSegment, &'static [u8]) =
+        unsafe { (&(*block_ptr).tss, (*block_ptr).iomap()) };
+    let tss_desc = Descriptor::tss_segment_with_iomap(tss_ref, iomap_ref).unwrap_or_else(|e| {
+        // The block's layout is fixed (and asserted at compile time in `ioperm`): a bug.
+        crate::platform::failure::fatal(format_args!("TSS I/O bitmap: {e}"))
+    });
     let code = gdt.append(Descriptor::kernel_code_segment());
     let data = gdt.append(Descriptor::kernel_data_segment());
     let user_data = gdt.append(Descriptor::user_data_segment());
     let user_code = gdt.append(Descriptor::user_code_segment());
-    let tss_sel = gdt.append(Descriptor::tss_segment(tss_ref));
+    let tss_sel = gdt.append(tss_desc);
     debug_assert_eq!(
         (code.0, data.0, user_data.0, user_code.0),
         (KERNEL_CODE, KERNEL_DATA, USER_DATA, USER_CODE)
     );
-    if let Some(entry) = TSS_OF_SLOT.get(slot) {
-        entry.store(tss_ptr, Ordering::Release);
-    }
+    ioperm::publish(slot, block_ptr);
     gdt.load();
     // SAFETY: the selectors were just appended to the GDT that is now loaded, and they describe
     // flat 64-bit kernel code/data segments and this CPU's own TSS.
@@ -97,7 +102,7 @@ pub fn init_bsp() {
         let start = VirtAddr::from_ptr(s.0.as_ptr());
         start + IST_STACK_SIZE as u64
     });
-    fill_tss(tss, tops);
+    fill_tss(&mut tss.tss, tops);
     load(gdt, tss, 0);
 }
 
@@ -107,8 +112,10 @@ pub fn init_bsp() {
 static IST_STACKS: spin::Mutex<[Option<[VirtAddr; 3]>; 64]> = spin::Mutex::new([None; 64]);
 
 /// Builds and loads a GDT/TSS for the application processor in slot `index` of this instance,
-/// with that slot's IST stacks. The TSS and GDT (a few hundred bytes) are leaked on purpose:
-/// a CPU's descriptor tables live as long as the CPU runs this kernel.
+/// with that slot's IST stacks. The GDT (a few dozen bytes) is leaked on purpose: a CPU's
+/// descriptor tables live as long as the CPU runs this kernel. The TSS with its I/O bitmap
+/// (8 KiB) is leaked once per slot and reused, reset, by a later CPU in the same slot, as the
+/// IST stacks are (the CPU that had the slot parked and never runs on it again).
 pub fn init_ap(index: usize) {
     let fresh = || -> [VirtAddr; 3] {
         core::array::from_fn(|_| {
@@ -120,8 +127,14 @@ pub fn init_ap(index: usize) {
         Some(slot) => *slot.get_or_insert_with(fresh),
         None => fresh(),
     };
-    let tss = Box::leak(Box::new(TaskStateSegment::new()));
-    fill_tss(tss, stacks);
+    let tss: &'static mut TssBlock = match ioperm::block_of(index) {
+        // SAFETY: the slot's previous CPU parked (a slot is taken again only once its CPU
+        // left, `cpus::smp`), so nothing else uses its block: this CPU owns it from now on.
+        Some(old) if index != 0 => unsafe { &mut *old },
+        _ => Box::leak(Box::new(TssBlock::new())),
+    };
+    tss.reset();
+    fill_tss(&mut tss.tss, stacks);
     let gdt = Box::leak(Box::new(GlobalDescriptorTable::new()));
     load(gdt, tss, index);
 }
@@ -129,14 +142,11 @@ pub fn init_ap(index: usize) {
 /// Sets the kernel stack (`RSP0`) that the CPU in `slot` switches to on an interrupt or
 /// exception from ring 3. Called by that CPU only (the scheduler, before it enters a task).
 pub fn set_kernel_stack(slot: usize, top: u64) {
-    let Some(tss) = TSS_OF_SLOT.get(slot).map(|e| e.load(Ordering::Acquire)) else {
+    let Some(block) = ioperm::block_of(slot) else {
         return;
     };
-    if tss.is_null() {
-        return;
-    }
-    // SAFETY: the pointer is this CPU's own TSS (stored by `load` on this CPU), alive for the
-    // CPU's lifetime; the CPU reads RSP0 only on a ring change, which cannot happen while this
-    // CPU is here in ring 0 writing it.
-    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new_truncate(top) };
+    // SAFETY: the pointer is this CPU's own TSS block (published by `load` on this CPU), alive
+    // for the CPU's lifetime; the CPU reads RSP0 only on a ring change, which cannot happen
+    // while this CPU is here in ring 0 writing it.
+    unsafe { (*block).tss.privilege_stack_table[0] = VirtAddr::new_truncate(top) };
 }

@@ -363,6 +363,19 @@ extern "x86-interrupt" fn message_ipi(frame: InterruptStackFrame) {
     leave(user);
 }
 
+/// Wake-up IPIs taken (all CPUs of this instance).
+pub static WAKE_IPIS: AtomicU64 = AtomicU64::new(0);
+
+/// The wake-up vector: nothing to do but EOI. Arriving is the point: the CPU leaves `hlt`,
+/// and an interrupted ring-3 task passes the user-return hook, where the scheduler sees the
+/// woken task and preempts.
+extern "x86-interrupt" fn wake_ipi(frame: InterruptStackFrame) {
+    let user = enter(&frame);
+    WAKE_IPIS.fetch_add(1, Ordering::Relaxed);
+    super::cpu::eoi();
+    leave(user);
+}
+
 /// The probe vector's handler (the benchmark installs one that answers, or one that counts).
 static PROBE_HANDLER: Hook<fn()> = Hook::new();
 pub static PROBE_IPIS: AtomicU64 = AtomicU64::new(0);
@@ -431,6 +444,7 @@ fn build_idt() -> InterruptDescriptorTable {
     idt[vectors::LAPIC_TIMER].set_handler_fn(lapic_timer);
     idt[vectors::MESSAGE_IPI].set_handler_fn(message_ipi);
     idt[vectors::PROBE_IPI].set_handler_fn(probe_ipi);
+    idt[vectors::WAKE_IPI].set_handler_fn(wake_ipi);
     idt[vectors::LAPIC_ERROR].set_handler_fn(lapic_error);
     idt[vectors::SPURIOUS].set_handler_fn(spurious);
     device_vectors!(idt, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod gdt;
 pub mod interrupts;
 pub mod ioapic;
+pub mod ioperm;
 pub mod pic;
 pub mod pit;
 pub mod switch;

@@ -11,6 +11,12 @@ pub const MESSAGE_IPI: u8 = 0x2C;
 /// Priority class of `MESSAGE_IPI`, for CR8.
 pub const MESSAGE_CLASS: u64 = (MESSAGE_IPI >> 4) as u64;
 pub const LAPIC_TIMER: u8 = 0x30;
+/// "A task was made ready on your CPU": gets a CPU out of `hlt` (or a task in ring 3 back to
+/// its scheduler) at once instead of at its next tick. The handler only counts and EOIs.
+/// In the timer's class (3), above `MESSAGE_CLASS`: an instance that shuts out the doorbell
+/// by raising its task priority must still get its wake-ups (they come from its own CPUs,
+/// at most one per wake, so they cannot flood it).
+pub const WAKE_IPI: u8 = 0x31;
 /// Device interrupts from the IO APIC: IRQ_BASE + line.
 pub const IRQ_BASE: u8 = 0x40;
 pub const IRQ_COUNT: usize = 32;
