@@ -87,6 +87,12 @@ const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT
     .union(PageTableFlags::WRITABLE)
     .union(PageTableFlags::USER_ACCESSIBLE);
 
+/// Most bytes one [`AddressSpace::map_device`] maps.
+pub const MAX_DEVICE_MAP: u64 = 16 << 20;
+/// Marks a leaf entry that maps device memory (an available bit, ignored by the CPU): the
+/// frame is not the space's, so it is never freed, and the kernel never copies through it.
+const DEVICE: PageTableFlags = PageTableFlags::BIT_9;
+
 /// User pages (data frames) held by all the spaces of this instance.
 static USER_FRAMES: AtomicU64 = AtomicU64::new(0);
 /// Page-table frames (roots included) held by all the spaces of this instance.
@@ -179,6 +185,13 @@ pub enum SpaceError {
     NotMapped { va: u64 },
     /// `[va, va + pages * 4 KiB)` is not inside the anonymous region.
     NotAnon { va: u64, pages: u64 },
+    /// The physical address `phys` of a device mapping is not page aligned.
+    PhysUnaligned { phys: u64 },
+    /// A device mapping of `len` bytes is above [`MAX_DEVICE_MAP`].
+    DeviceTooLarge { len: u64 },
+    /// `[phys, phys + len)` is not device memory: it overlaps this instance's own memory, or
+    /// lies beyond the physical address space.
+    NotDevice { phys: u64, len: u64 },
 }
 
 impl SpaceError {
@@ -186,8 +199,10 @@ impl SpaceError {
     pub fn abi_error(self) -> mk_abi::Error {
         match self {
             Self::OutOfFrames | Self::AnonFull { .. } => mk_abi::Error::OutOfMemory,
-            Self::Empty => mk_abi::Error::BadLength,
-            Self::WriteExecute => mk_abi::Error::BadArgument,
+            Self::Empty | Self::DeviceTooLarge { .. } => mk_abi::Error::BadLength,
+            Self::WriteExecute | Self::PhysUnaligned { .. } | Self::NotDevice { .. } => {
+                mk_abi::Error::BadArgument
+            }
             Self::Unaligned { .. }
             | Self::OutsideRegions { .. }
             | Self::AlreadyMapped { .. }
@@ -217,6 +232,17 @@ impl core::fmt::Display for SpaceError {
                 f,
                 "{pages} pages at {va:#x} are not in the anonymous-memory region"
             ),
+            Self::PhysUnaligned { phys } => {
+                write!(f, "physical address {phys:#x} is not page aligned")
+            }
+            Self::DeviceTooLarge { len } => write!(
+                f,
+                "a device mapping of {len} bytes is above the limit of {MAX_DEVICE_MAP}"
+            ),
+            Self::NotDevice { phys, len } => write!(
+                f,
+                "{len} bytes at physical {phys:#x} are not device memory (this instance's memory, or beyond the physical address space)"
+            ),
         }
     }
 }
@@ -235,6 +261,8 @@ pub enum UserFault {
     NotMapped { va: u64 },
     /// The page at `va` is not writable.
     ReadOnly { va: u64 },
+    /// The page at `va` maps device memory, which the kernel never copies through.
+    Device { va: u64 },
     /// The bytes at `va` are not UTF-8.
     NotUtf8 { va: u64 },
 }
@@ -248,7 +276,8 @@ impl UserFault {
             Self::Wraps { .. }
             | Self::OutsideUser { .. }
             | Self::NotMapped { .. }
-            | Self::ReadOnly { .. } => mk_abi::Error::BadAddress,
+            | Self::ReadOnly { .. }
+            | Self::Device { .. } => mk_abi::Error::BadAddress,
         }
     }
 }
@@ -263,6 +292,7 @@ impl core::fmt::Display for UserFault {
             Self::TooLong { len, max } => write!(f, "{len} bytes is above the limit of {max}"),
             Self::NotMapped { va } => write!(f, "user address {va:#x} is not mapped"),
             Self::ReadOnly { va } => write!(f, "user address {va:#x} is not writable"),
+            Self::Device { va } => write!(f, "user address {va:#x} maps device memory"),
             Self::NotUtf8 { va } => write!(f, "the text at {va:#x} is not UTF-8"),
         }
     }
@@ -273,8 +303,10 @@ impl core::fmt::Display for UserFault {
 pub struct AddressSpace {
     /// Physical address of the top-level table.
     root: u64,
-    /// User pages mapped.
+    /// User pages mapped (frames this space owns).
     user_frames: u64,
+    /// Device pages mapped ([`map_device`](Self::map_device): frames it does not own).
+    device_pages: u64,
     /// Page-table frames of the user half (the root not included).
     table_frames: u64,
     /// Mapped ranges `[start, end)` of the anonymous region, sorted, disjoint.
@@ -359,6 +391,7 @@ impl AddressSpace {
         Ok(Self {
             root,
             user_frames: 0,
+            device_pages: 0,
             table_frames: 0,
             anon: Vec::new(),
         })
@@ -372,6 +405,11 @@ impl AddressSpace {
     /// User pages mapped.
     pub fn mapped_pages(&self) -> u64 {
         self.user_frames
+    }
+
+    /// Device pages mapped (not in [`mapped_pages`](Self::mapped_pages): not the space's).
+    pub fn device_pages(&self) -> u64 {
+        self.device_pages
     }
 
     /// Page-table frames of the user half (the root not counted).
@@ -480,6 +518,16 @@ impl AddressSpace {
 
     /// Maps one fresh zeroed frame at `va` (not mapped: checked by the caller).
     fn map_page(&mut self, va: u64, flags: PageTableFlags) -> Result<(), SpaceError> {
+        let table = self.leaf_table(va)?;
+        let frame = zeroed_frame().ok_or(SpaceError::OutOfFrames)?;
+        write_entry(table, index(va, 1), frame | flags.bits());
+        self.user_frames += 1;
+        USER_FRAMES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The last-level table for `va`, with the tables above it created as needed.
+    fn leaf_table(&mut self, va: u64) -> Result<u64, SpaceError> {
         let mut table = self.root;
         for level in [4, 3, 2] {
             let i = index(va, level);
@@ -494,11 +542,55 @@ impl AddressSpace {
                 t
             };
         }
-        let frame = zeroed_frame().ok_or(SpaceError::OutOfFrames)?;
-        write_entry(table, index(va, 1), frame | flags.bits());
-        self.user_frames += 1;
-        USER_FRAMES.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(table)
+    }
+
+    /// Maps `len` bytes (rounded up to pages, at most [`MAX_DEVICE_MAP`]) of device memory at
+    /// physical `phys` (page aligned) in the anonymous region, user accessible, writable, not
+    /// executable and uncached (PCD|PWT), and returns its address. The frames stay the
+    /// device's: unmapping the range (`unmap_anon`) or dropping the space never frees them,
+    /// and `read_user`/`write_user` refuse the range. Memory this instance's allocator
+    /// manages is refused; which device a task may map is its caller's decision.
+    pub fn map_device(&mut self, phys: u64, len: u64) -> Result<u64, SpaceError> {
+        if len == 0 {
+            return Err(SpaceError::Empty);
+        }
+        if len > MAX_DEVICE_MAP {
+            return Err(SpaceError::DeviceTooLarge { len });
+        }
+        if !phys.is_multiple_of(PAGE_SIZE) {
+            return Err(SpaceError::PhysUnaligned { phys });
+        }
+        let pages = len.div_ceil(PAGE_SIZE);
+        let end = phys
+            .checked_add(pages * PAGE_SIZE)
+            .filter(|&e| e <= ADDR_MASK + PAGE_SIZE)
+            .ok_or(SpaceError::NotDevice { phys, len })?;
+        if frames::owns_any(phys, end) {
+            return Err(SpaceError::NotDevice { phys, len });
+        }
+        let va = self
+            .find_free_anon(len)
+            .ok_or(SpaceError::AnonFull { len })?;
+        let flags =
+            Perm::RW.flags() | PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH | DEVICE;
+        for i in 0..pages {
+            let page = va + i * PAGE_SIZE;
+            match self.leaf_table(page) {
+                Ok(table) => {
+                    write_entry(table, index(page, 1), (phys + i * PAGE_SIZE) | flags.bits());
+                    self.device_pages += 1;
+                }
+                Err(e) => {
+                    // Nothing of the range stays mapped (device pages are not freed).
+                    self.unmap_pages(va, i);
+                    return Err(e);
+                }
+            }
+        }
+        self.anon.push((va, va + pages * PAGE_SIZE));
+        self.anon.sort_unstable();
+        Ok(va)
     }
 
     /// Unmaps and frees the mapped pages of `[va, va + pages)` (those not mapped are skipped).
@@ -527,6 +619,11 @@ impl AddressSpace {
             write_entry(table, index(page, 1), 0);
             if active {
                 x86_64::instructions::tlb::flush(VirtAddr::new(page));
+            }
+            if e & DEVICE.bits() != 0 {
+                // The device's frame, not the space's: only the mapping goes.
+                self.device_pages -= 1;
+                continue;
             }
             free_frame(e & ADDR_MASK);
             self.user_frames -= 1;
@@ -629,6 +726,10 @@ impl AddressSpace {
             if write && !flags.contains(PageTableFlags::WRITABLE) {
                 return Err(UserFault::ReadOnly { va: page });
             }
+            // Registers, not memory: a copy could have side effects on the device.
+            if flags.contains(DEVICE) {
+                return Err(UserFault::Device { va: page });
+            }
             page += PAGE_SIZE;
         }
         Ok(())
@@ -726,7 +827,7 @@ impl Drop for AddressSpace {
         if self.is_active() {
             activate_kernel();
         }
-        let (mut pages, mut tables) = (0u64, 0u64);
+        let (mut pages, mut devices, mut tables) = (0u64, 0u64, 0u64);
         for i4 in 0..256 {
             let e4 = read_entry(self.root, i4);
             if !present(e4) {
@@ -747,7 +848,10 @@ impl Drop for AddressSpace {
                     let l1 = e2 & ADDR_MASK;
                     for i1 in 0..512 {
                         let e1 = read_entry(l1, i1);
-                        if present(e1) {
+                        if present(e1) && e1 & DEVICE.bits() != 0 {
+                            // Device memory: not the space's to free.
+                            devices += 1;
+                        } else if present(e1) {
                             free_frame(e1 & ADDR_MASK);
                             pages += 1;
                         }
@@ -765,7 +869,8 @@ impl Drop for AddressSpace {
         USER_FRAMES.fetch_sub(pages, Ordering::Relaxed);
         TABLE_FRAMES.fetch_sub(tables + 1, Ordering::Relaxed);
         SPACES.fetch_sub(1, Ordering::Relaxed);
-        if pages != self.user_frames || tables != self.table_frames {
+        if pages != self.user_frames || devices != self.device_pages || tables != self.table_frames
+        {
             // The counts disagree with the walk: a bookkeeping bug, reported like a refused
             // free (the frames themselves were all given back).
             FREE_ERRORS.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,49 @@ fn expect_err<T, E: PartialEq + core::fmt::Debug>(
 }
 
 /// The whole case; its parts below.
+/// Device memory (the IO APIC's page, never RAM): mapped uncached in the anonymous region,
+/// not counted as the space's pages, refused to the kernel's copies, and unmapped without
+/// being freed; the instance's own memory is refused.
+fn devices() -> Outcome {
+    const IOAPIC: u64 = 0xFEC0_0000;
+    let mut s = AddressSpace::new().map_err(|e| format!("new: {e}"))?;
+    let root = s.root_phys();
+    ensure(
+        matches!(
+            s.map_device(root, PAGE_SIZE),
+            Err(SpaceError::NotDevice { .. })
+        ),
+        || "the instance's own memory was mapped as a device".into(),
+    )?;
+    let va = s
+        .map_device(IOAPIC, 100)
+        .map_err(|e| format!("map_device: {e}"))?;
+    let (phys, flags) = s.translate(va).ok_or("the device page is not mapped")?;
+    ensure(phys == IOAPIC, || format!("device page maps {phys:#x}"))?;
+    let uncached = paging_flags_uncached(flags);
+    ensure(uncached, || format!("device page flags {flags:?}"))?;
+    ensure(s.device_pages() == 1 && s.mapped_pages() == 0, || {
+        format!(
+            "{} device, {} mapped pages",
+            s.device_pages(),
+            s.mapped_pages()
+        )
+    })?;
+    let mut buf = [0u8; 4];
+    ensure(
+        matches!(s.read_user(va, &mut buf), Err(UserFault::Device { .. })),
+        || "read_user copied from device memory".into(),
+    )?;
+    s.unmap_anon(va, 1)
+        .map_err(|e| format!("unmap_anon: {e}"))?;
+    ensure(s.device_pages() == 0, || "device page still counted".into())
+}
+
+fn paging_flags_uncached(flags: x86_64::structures::paging::PageTableFlags) -> bool {
+    use x86_64::structures::paging::PageTableFlags as F;
+    flags.contains(F::NO_CACHE | F::WRITE_THROUGH | F::USER_ACCESSIBLE | F::NO_EXECUTE)
+}
+
 pub(super) fn address_spaces() -> Outcome {
     let (free_before, _) = frames::counts();
     let usage_before = space::usage();
@@ -40,6 +83,7 @@ pub(super) fn address_spaces() -> Outcome {
     copies()?;
     isolation()?;
     anonymous()?;
+    devices()?;
     loading()?;
     activation()?;
     many_spaces()?;
