@@ -86,7 +86,19 @@ pub fn init(me: InstanceId) -> Result<(), Kind> {
             .map_err(|_| Kind::User(*sub))?;
     }
     sched::set_exit_hook(task_ended);
+    sched::set_start_hook(task_started);
     Ok(())
+}
+
+/// A task's first entry: its device capabilities go into its table (handles 1, 2, ... in the
+/// order granted), and its I/O ports are opened.
+fn task_started(id: TaskId, caps: Vec<Cap>) {
+    for c in caps {
+        if let Some(Err(e)) = with(|i| i.grant(id, c)) {
+            crate::warn!("task {id}: device capability {:?} not granted: {e}", c.object);
+        }
+    }
+    sync_io_ports(id);
 }
 
 fn task_ended(id: TaskId) {
@@ -262,7 +274,7 @@ pub enum Grant {
 }
 
 impl Grant {
-    fn cap(self) -> Cap {
+    pub fn cap(self) -> Cap {
         let object = match self {
             Self::Irq(line) => Object::Irq { line },
             Self::IoPorts { base, len } => Object::IoPorts { base, len },
@@ -285,14 +297,9 @@ impl Grant {
     }
 }
 
-/// Gives task `id` (just spawned) the devices `grants`, in order (handles 1, 2, ...).
-pub fn grant(id: TaskId, grants: &[Grant]) -> Result<(), Error> {
-    for g in grants {
-        g.validate()?;
-        with(|i| i.grant(id, g.cap())).ok_or(Error::NoSuchTask)??;
-    }
-    sync_io_ports(id);
-    Ok(())
+/// The capabilities for `grants`, each checked.
+pub fn grant_caps(grants: &[Grant]) -> Result<Vec<Cap>, Error> {
+    grants.iter().map(|g| g.validate().map(Grant::cap)).collect()
 }
 
 /// Copies the I/O port ranges task `id`'s capabilities grant into its task record.
@@ -396,8 +403,7 @@ pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<
     let mut sent: Sent = sent?;
     if let Some(answer) = sent.answered.take() {
         run(effects);
-        let d = answer?;
-        return finish(me, msg, d.parcel, [mk_abi::ipc::NO_CAP; 2]);
+        return finish(me, msg, answer?, [mk_abi::ipc::NO_CAP; 2]);
     }
     let Some(token) = sent.token else {
         return Err(Error::BadArgument);
@@ -527,13 +533,12 @@ pub fn drop_cap(me: TaskId, h: Handle) -> Result<(), Error> {
     let was_ports = with(|i| {
         let c = i.cap(me, h)?;
         i.drop_cap(me, h)?;
-        Ok(matches!(c.object, Object::IoPorts { .. }))
+        Ok::<bool, Error>(matches!(c.object, Object::IoPorts { .. }))
     })
     .ok_or(Error::NoSuchTask)??;
     if was_ports {
-        sync_io_ports(me);
         // The running task loses the ports now, not at its next switch.
-        crate::arch::gdt::set_user_io_ports(&with(|i| i.io_ports(me)).unwrap_or_default());
+        sync_io_ports(me);
     }
     Ok(())
 }

@@ -4,14 +4,17 @@
 //!
 //! | subtype | request payload | reply payload (status Ok) |
 //! |---|---|---|
-//! | `SPAWN` (0x101) | bytes: CPU hint (u32 LE, `u32::MAX` any), then the command line | word: `mk_abi::encode` of the spawn result (task id or error) |
+//! | `SPAWN` (0x101) | bytes: CPU hint (u32 LE, `u32::MAX` any), grant count (u8), 16 bytes per device grant (kind u8: 1 IRQ, 2 I/O ports, 3 MMIO; 3 zero bytes; u32 line, `base \| len << 16` or pages; u64 physical address), then the command line | word: `mk_abi::encode` of the spawn result (task id or error) |
 //! | `KILL` (0x102) | word: task id | word: `mk_abi::encode` of the result |
 //! | `LIST` (0x103) | word: first slot to list | word: count, then per task: id, state and CPU, CPU time (us), name (8 bytes) |
 //! | `STATS` (0x104) | none | words: tasks, switches, system calls, errors, faults, kills, exits, free frames |
 //! | `STATUS` (0x105) | word: task id | words: 0 and the exit status if it ended recently; 1 if it still runs; 2 if unknown |
+//! | `CAPS` (0x106) | words: task id, first slot | word: count, then per capability: handle, `kind \| rights << 8 \| instance << 16`, object id (at most 9) |
+//! | `IPC_STATS` (0x107) | none | words: the IPC counters (`IPC_COUNTERS` names them) |
 //!
-//! The sender is not checked: any instance may control another's tasks (issue 14 brings
-//! capabilities). Every field is validated: an id that names no task gets an error.
+//! The sender is not checked: any instance may control another's tasks (these are the
+//! operator's and the tests' requests; a task's authority is its capabilities, `ipc.rs`).
+//! Every field is validated: an id that names no task gets an error.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +28,7 @@ use mk_wire::{Kind, Message, Payload, Status, UserPayload};
 
 use crate::instance::InstanceId;
 use crate::messaging::{self, HandlerFn};
+pub use crate::services::ipc::Grant;
 use crate::tasks::sched;
 
 pub mod user {
@@ -33,6 +37,8 @@ pub mod user {
     pub const LIST: u16 = 0x103;
     pub const STATS: u16 = 0x104;
     pub const STATUS: u16 = 0x105;
+    pub const CAPS: u16 = 0x106;
+    pub const IPC_STATS: u16 = 0x107;
 }
 
 /// One task as `LIST` reports it.
@@ -48,13 +54,18 @@ pub struct TaskRow {
 /// Tasks per `LIST` reply: a count word, then 3 words and 8 name bytes per task.
 const ROWS_PER_REPLY: usize = (mk_wire::MAX_PAYLOAD - 8) / 32;
 
-static HANDLERS: [(u16, HandlerFn); 5] = [
+static HANDLERS: [(u16, HandlerFn); 7] = [
     (user::SPAWN, handle_spawn),
     (user::KILL, handle_kill),
     (user::LIST, handle_list),
     (user::STATS, handle_stats),
     (user::STATUS, handle_status),
+    (user::CAPS, handle_caps),
+    (user::IPC_STATS, handle_ipc_stats),
 ];
+
+/// Capabilities per `CAPS` reply.
+const CAPS_PER_REPLY: usize = (mk_wire::MAX_PAYLOAD - 8) / 24;
 
 pub fn register() -> Result<(), Kind> {
     let Some(d) = messaging::dispatcher() else {
@@ -89,24 +100,178 @@ fn reply_words(w: &[u64]) -> Option<Reply> {
     })
 }
 
-fn spawn_here(args: &str, hint: Option<usize>) -> Result<TaskId, mk_abi::Error> {
-    sched::spawn(args, None, hint).map_err(|e| {
+fn spawn_here(args: &str, hint: Option<usize>, grants: &[Grant]) -> Result<TaskId, mk_abi::Error> {
+    let caps = crate::services::ipc::grant_caps(grants)?;
+    sched::spawn_with(args, None, hint, caps).map_err(|e| {
         crate::warn!("spawn {args:?}: {e}");
         e.abi()
     })
 }
 
+/// Most device grants one spawn carries.
+pub const MAX_GRANTS: usize = 4;
+
+fn encode_grant(g: &Grant) -> [u8; 16] {
+    let (kind, x, y) = match *g {
+        Grant::Irq(line) => (1u8, u32::from(line), 0u64),
+        Grant::IoPorts { base, len } => (2, u32::from(base) | u32::from(len) << 16, 0),
+        Grant::Mmio { phys, pages } => (3, pages, phys),
+    };
+    let mut b = [0u8; 16];
+    b[0] = kind;
+    b[4..8].copy_from_slice(&x.to_le_bytes());
+    b[8..16].copy_from_slice(&y.to_le_bytes());
+    b
+}
+
+fn decode_grant(b: &[u8]) -> Option<Grant> {
+    let x = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let y = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    if b.get(1..4)? != [0, 0, 0] {
+        return None;
+    }
+    let g = match b[0] {
+        1 => Grant::Irq(u8::try_from(x).ok()?),
+        2 => Grant::IoPorts {
+            base: x as u16,
+            len: (x >> 16) as u16,
+        },
+        3 => Grant::Mmio { phys: y, pages: x },
+        _ => return None,
+    };
+    g.validate().ok()
+}
+
 fn handle_spawn(m: &Message) -> Option<Reply> {
     let b = bytes(m);
-    let (Some(hint), Some(text)) = (b.get(..4), b.get(4..)) else {
+    let (Some(hint), Some(&n)) = (b.get(..4), b.get(4)) else {
         return Some(Reply::error(Status::InvalidArgument));
     };
+    let n = usize::from(n);
+    let Some(text) = b.get(5 + 16 * n..).filter(|_| n <= MAX_GRANTS) else {
+        return Some(Reply::error(Status::InvalidArgument));
+    };
+    let mut grants = Vec::new();
+    for k in 0..n {
+        match decode_grant(&b[5 + 16 * k..5 + 16 * (k + 1)]) {
+            Some(g) => grants.push(g),
+            None => return reply_words(&[mk_abi::encode(Err(mk_abi::Error::BadArgument))]),
+        }
+    }
     let hint = u32::from_le_bytes([hint[0], hint[1], hint[2], hint[3]]);
     let Ok(text) = core::str::from_utf8(text) else {
         return reply_words(&[mk_abi::encode(Err(mk_abi::Error::BadArgument))]);
     };
     let hint = (hint != u32::MAX).then_some(hint as usize);
-    reply_words(&[mk_abi::encode(spawn_here(text, hint).map(TaskId::raw))])
+    reply_words(&[mk_abi::encode(spawn_here(text, hint, &grants).map(TaskId::raw))])
+}
+
+fn handle_caps(m: &Message) -> Option<Reply> {
+    let w = words(m);
+    let (Some(&task), first) = (w.first(), w.get(1).copied().unwrap_or(0)) else {
+        return Some(Reply::error(Status::InvalidArgument));
+    };
+    reply_words(&caps_words(TaskId::from_raw(task), first))
+}
+
+fn caps_words(id: TaskId, first: u64) -> Vec<u64> {
+    let me = crate::instance::id().index() as u8;
+    let caps: Vec<_> = crate::services::ipc::caps_of(id)
+        .into_iter()
+        .filter(|(h, _)| u64::from(h.slot()) >= first)
+        .take(CAPS_PER_REPLY)
+        .collect();
+    let mut w = alloc::vec![caps.len() as u64];
+    for (h, c) in caps {
+        let (instance, object) = c.object.locate(me);
+        w.extend_from_slice(&[
+            h.0,
+            c.object.kind() as u64 | u64::from(c.rights.bits()) << 8 | u64::from(instance) << 16,
+            object,
+        ]);
+    }
+    w
+}
+
+/// One capability as `CAPS` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapRow {
+    pub handle: mk_abi::ipc::Handle,
+    pub kind: &'static str,
+    pub rights: mk_abi::ipc::Rights,
+    pub instance: u8,
+    pub object: u64,
+}
+
+/// The capabilities of task `id` of instance `on` (the name service for a task that never
+/// used IPC; nothing for a task that does not exist).
+pub fn caps(on: InstanceId, id: TaskId) -> Result<Vec<CapRow>, ControlError> {
+    let mut rows = Vec::new();
+    let mut first = 0u64;
+    loop {
+        let w = if on == crate::instance::id() {
+            caps_words(id, first)
+        } else {
+            call(on, user::CAPS, UserPayload::from_words(&[id.raw(), first]))?
+        };
+        let n = w.first().copied().unwrap_or(0) as usize;
+        for e in w.get(1..).unwrap_or(&[]).as_chunks::<3>().0.iter().take(n) {
+            let handle = mk_abi::ipc::Handle(e[0]);
+            rows.push(CapRow {
+                handle,
+                kind: mk_abi::ipc::CapKind::from_raw(e[1] as u8).map_or("?", |k| k.name()),
+                rights: mk_abi::ipc::Rights::from_bits_truncate((e[1] >> 8) as u8),
+                instance: (e[1] >> 16) as u8,
+                object: e[2],
+            });
+            first = u64::from(handle.slot()) + 1;
+        }
+        if n < CAPS_PER_REPLY {
+            return Ok(rows);
+        }
+    }
+}
+
+/// The names of the IPC counters, in the order `ipc_stats` gives them.
+pub const IPC_COUNTERS: [&str; 13] = [
+    "calls", "sends", "receives", "replies", "notifications", "interrupts", "out", "in",
+    "answers", "refused", "dropped", "timeouts", "peer_dead",
+];
+
+fn local_ipc_stats() -> [u64; 13] {
+    let c = crate::services::ipc::counters();
+    [
+        c.calls,
+        c.sends,
+        c.receives,
+        c.replies,
+        c.notifications,
+        c.interrupts,
+        c.forwarded_out,
+        c.forwarded_in,
+        c.answers_in,
+        c.refused,
+        c.dropped,
+        c.timeouts,
+        c.peer_dead,
+    ]
+}
+
+fn handle_ipc_stats(_m: &Message) -> Option<Reply> {
+    reply_words(&local_ipc_stats())
+}
+
+/// The IPC counters of instance `on` (named by [`IPC_COUNTERS`]).
+pub fn ipc_stats(on: InstanceId) -> Result<[u64; 13], ControlError> {
+    if on == crate::instance::id() {
+        return Ok(local_ipc_stats());
+    }
+    let w = call(on, user::IPC_STATS, None)?;
+    let mut out = [0u64; 13];
+    for (o, v) in out.iter_mut().zip(w) {
+        *o = v;
+    }
+    Ok(out)
 }
 
 fn handle_kill(m: &Message) -> Option<Reply> {
@@ -295,11 +460,28 @@ fn first_result(w: &[u64]) -> Result<u64, ControlError> {
 
 /// Starts `args` as a task of instance `on` (CPU `hint` of it, or any).
 pub fn spawn(on: InstanceId, args: &str, hint: Option<u32>) -> Result<TaskId, ControlError> {
-    if on == crate::instance::id() {
-        return spawn_here(args, hint.map(|h| h as usize)).map_err(ControlError::Refused);
+    spawn_with(on, args, hint, &[])
+}
+
+/// [`spawn`] with devices the task holds from its start (handles 1, 2, ... in order).
+pub fn spawn_with(
+    on: InstanceId,
+    args: &str,
+    hint: Option<u32>,
+    grants: &[Grant],
+) -> Result<TaskId, ControlError> {
+    if grants.len() > MAX_GRANTS {
+        return Err(ControlError::Refused(mk_abi::Error::BadArgument));
     }
-    let mut b = Vec::with_capacity(4 + args.len());
+    if on == crate::instance::id() {
+        return spawn_here(args, hint.map(|h| h as usize), grants).map_err(ControlError::Refused);
+    }
+    let mut b = Vec::with_capacity(5 + 16 * grants.len() + args.len());
     b.extend_from_slice(&hint.unwrap_or(u32::MAX).to_le_bytes());
+    b.push(grants.len() as u8);
+    for g in grants {
+        b.extend_from_slice(&encode_grant(g));
+    }
     b.extend_from_slice(args.as_bytes());
     let p = UserPayload::new(&b).ok_or(ControlError::Refused(mk_abi::Error::BadLength))?;
     first_result(&call(on, user::SPAWN, Some(p))?).map(TaskId::from_raw)

@@ -222,11 +222,6 @@ pub fn reschedule() {
     to_scheduler();
 }
 
-/// Makes task `id` (blocked) ready.
-pub fn wake(id: TaskId) -> Result<(), mk_sched::SchedError> {
-    with(|s| s.wake(id)).unwrap_or(Err(mk_sched::SchedError::NoSuchTask))
-}
-
 /// Called after a task ended (exit, fault or kill), with no scheduler lock held: the IPC
 /// service revokes its capabilities and fails the calls it was to answer.
 static EXIT_HOOK: spin::Once<fn(TaskId)> = spin::Once::new();
@@ -234,6 +229,31 @@ static EXIT_HOOK: spin::Once<fn(TaskId)> = spin::Once::new();
 /// Sets [`EXIT_HOOK`] (once).
 pub fn set_exit_hook(hook: fn(TaskId)) {
     EXIT_HOOK.call_once(|| hook);
+}
+
+/// Called by a task on its first entry, before ring 3, with the device capabilities it was
+/// spawned with (the IPC service installs them: handles 1, 2, ... in order).
+static START_HOOK: spin::Once<fn(TaskId, alloc::vec::Vec<mk_ipc::Cap>)> = spin::Once::new();
+
+/// Sets [`START_HOOK`] (once).
+pub fn set_start_hook(hook: fn(TaskId, alloc::vec::Vec<mk_ipc::Cap>)) {
+    START_HOOK.call_once(|| hook);
+}
+
+/// Sets the I/O ports task `id` may use (from its capabilities); applied at once if it is
+/// the running task, else at its next switch in.
+pub fn set_io_ports(id: TaskId, ports: alloc::vec::Vec<(u16, u16)>) {
+    let me = slot();
+    let running_here = with(|s| {
+        let here = s.current(me) == Some(id);
+        if let Some(t) = s.get_mut(id) {
+            t.io_ports = ports.clone();
+        }
+        here
+    });
+    if running_here == Some(true) {
+        cpu::set_user_io_ports(&ports);
+    }
 }
 
 fn ended(id: TaskId) {
@@ -260,10 +280,17 @@ extern "C" fn task_entry(_arg: u64) -> ! {
     let me = slot();
     let start = with(|s| {
         let id = s.current(me)?;
-        s.get_mut(id).and_then(|t| t.start.take())
+        s.get_mut(id)
+            .and_then(|t| Some((id, t.start.take()?, core::mem::take(&mut t.grants))))
     })
     .flatten();
-    match start {
+    if let Some((id, _, grants)) = &start
+        && !grants.is_empty()
+        && let Some(hook) = START_HOOK.get()
+    {
+        hook(*id, grants.clone());
+    }
+    match start.map(|(_, s, _)| s) {
         Some(entry) => switch::enter_user(entry.rip, entry.rsp, entry.arg0, entry.arg1),
         None => exit_current(mk_abi::STATUS_FAULT),
     }
@@ -276,11 +303,22 @@ pub fn spawn(
     parent: Option<TaskId>,
     cpu_hint: Option<usize>,
 ) -> Result<TaskId, SpawnError> {
+    spawn_with(args, parent, cpu_hint, alloc::vec::Vec::new())
+}
+
+/// [`spawn`] with device capabilities the task holds from its start (handles 1, 2, ...).
+pub fn spawn_with(
+    args: &str,
+    parent: Option<TaskId>,
+    cpu_hint: Option<usize>,
+    grants: alloc::vec::Vec<mk_ipc::Cap>,
+) -> Result<TaskId, SpawnError> {
     // Refuse early what the scheduler would refuse, before building the address space.
     with(|s| s.check_spawn(parent, cpu_hint))
         .ok_or(SpawnError::OutOfMemory)?
         .map_err(SpawnError::Scheduler)?;
-    let task = Task::new(args, task_entry)?;
+    let mut task = Task::new(args, task_entry)?;
+    task.grants = grants;
     let name = task.program.clone();
     with(|s| s.spawn(&name, task, parent, cpu_hint))
         .ok_or(SpawnError::OutOfMemory)?

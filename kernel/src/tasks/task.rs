@@ -23,6 +23,8 @@ pub struct Task {
     /// empty for every other task). Set in the TSS's bitmap of whichever CPU switches it in
     /// (a change shows from its next switch in), and denied again when another task follows.
     pub io_ports: alloc::vec::Vec<(u16, u16)>,
+    /// Device capabilities it gets at its first entry (taken then).
+    pub grants: alloc::vec::Vec<mk_ipc::Cap>,
 }
 
 /// The first entry into ring 3.
@@ -106,6 +108,7 @@ impl Task {
                 arg1: loaded.args_len,
             }),
             io_ports: alloc::vec::Vec::new(),
+            grants: alloc::vec::Vec::new(),
         })
     }
 }
