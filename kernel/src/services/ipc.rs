@@ -95,7 +95,10 @@ pub fn init(me: InstanceId) -> Result<(), Kind> {
 fn task_started(id: TaskId, caps: Vec<Cap>) {
     for c in caps {
         if let Some(Err(e)) = with(|i| i.grant(id, c)) {
-            crate::warn!("task {id}: device capability {:?} not granted: {e}", c.object);
+            crate::warn!(
+                "task {id}: device capability {:?} not granted: {e}",
+                c.object
+            );
         }
     }
     sync_io_ports(id);
@@ -123,7 +126,9 @@ fn run(effects: Vec<Effect>) {
             }
             Effect::Forget { endpoint } => post(0, IPC_FORGET, wire::encode_forget(endpoint)),
             Effect::Unbound { line } => {
-                crate::info!("irq line {line}: its driver task ended; the line stays masked until the next driver acknowledges it");
+                crate::info!(
+                    "irq line {line}: its driver task ended; the line stays masked until the next driver acknowledges it"
+                );
             }
         }
     }
@@ -221,7 +226,11 @@ fn request_bytes(m: &Message) -> &[u8] {
 fn malformed(m: &Message, what: &dyn core::fmt::Display) {
     let n = MALFORMED.fetch_add(1, Ordering::Relaxed);
     if n < 8 {
-        crate::warn!("ipc: malformed {:?} from instance {}: {what}", m.kind, m.sender);
+        crate::warn!(
+            "ipc: malformed {:?} from instance {}: {what}",
+            m.kind,
+            m.sender
+        );
     }
 }
 
@@ -293,13 +302,20 @@ impl Grant {
                 phys % 4096 == 0 && pages > 0 && pages <= 4096 && phys < (1 << 52)
             }
         };
-        if ok { Ok(self) } else { Err(Error::BadArgument) }
+        if ok {
+            Ok(self)
+        } else {
+            Err(Error::BadArgument)
+        }
     }
 }
 
 /// The capabilities for `grants`, each checked.
 pub fn grant_caps(grants: &[Grant]) -> Result<Vec<Cap>, Error> {
-    grants.iter().map(|g| g.validate().map(Grant::cap)).collect()
+    grants
+        .iter()
+        .map(|g| g.validate().map(Grant::cap))
+        .collect()
 }
 
 /// Copies the I/O port ranges task `id`'s capabilities grant into its task record.
@@ -343,7 +359,10 @@ fn forward_now(to: u8, sub: u16, e: &Encoded) -> Result<(), SendError> {
 }
 
 fn is_full(e: SendError) -> bool {
-    matches!(e, SendError::Busy | SendError::Mailbox(mk_mailbox::Error::Full))
+    matches!(
+        e,
+        SendError::Busy | SendError::Mailbox(mk_mailbox::Error::Full)
+    )
 }
 
 /// Splits the forward (at most one) out of a send's effects and runs the others.
@@ -357,7 +376,9 @@ fn split_forward(effects: Vec<Effect>) -> Option<(u8, Encoded)> {
                 dst,
                 call,
                 parcel,
-            } if forward.is_none() => forward = Some((to, wire::encode_request(dst, call, &parcel))),
+            } if forward.is_none() => {
+                forward = Some((to, wire::encode_request(dst, call, &parcel)))
+            }
             other => rest.push(other),
         }
     }
@@ -453,7 +474,12 @@ pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<
     }
 }
 
-fn finish(me: TaskId, msg: &mut IpcMsg, mut parcel: Parcel, handles: [u64; 2]) -> Result<u64, Error> {
+fn finish(
+    me: TaskId,
+    msg: &mut IpcMsg,
+    mut parcel: Parcel,
+    handles: [u64; 2],
+) -> Result<u64, Error> {
     // Capabilities of an answer given at once (the name service in this instance) are
     // installed here; a delivered answer's already are.
     let handles = if parcel.caps.iter().any(Option::is_some) {
@@ -461,7 +487,9 @@ fn finish(me: TaskId, msg: &mut IpcMsg, mut parcel: Parcel, handles: [u64; 2]) -
         let mut hs = [mk_abi::ipc::NO_CAP; 2];
         for (k, c) in caps.iter().enumerate() {
             if let Some(c) = c {
-                hs[k] = with(|i| i.grant(me, *c)).and_then(Result::ok).map_or(mk_abi::ipc::NO_CAP, |h| h.0);
+                hs[k] = with(|i| i.grant(me, *c))
+                    .and_then(Result::ok)
+                    .map_or(mk_abi::ipc::NO_CAP, |h| h.0);
             }
         }
         hs

@@ -163,7 +163,9 @@ fn handle_spawn(m: &Message) -> Option<Reply> {
         return reply_words(&[mk_abi::encode(Err(mk_abi::Error::BadArgument))]);
     };
     let hint = (hint != u32::MAX).then_some(hint as usize);
-    reply_words(&[mk_abi::encode(spawn_here(text, hint, &grants).map(TaskId::raw))])
+    reply_words(&[mk_abi::encode(
+        spawn_here(text, hint, &grants).map(TaskId::raw),
+    )])
 }
 
 fn handle_caps(m: &Message) -> Option<Reply> {
@@ -234,8 +236,19 @@ pub fn caps(on: InstanceId, id: TaskId) -> Result<Vec<CapRow>, ControlError> {
 
 /// The names of the IPC counters, in the order `ipc_stats` gives them.
 pub const IPC_COUNTERS: [&str; 13] = [
-    "calls", "sends", "receives", "replies", "notifications", "interrupts", "out", "in",
-    "answers", "refused", "dropped", "timeouts", "peer_dead",
+    "calls",
+    "sends",
+    "receives",
+    "replies",
+    "notifications",
+    "interrupts",
+    "out",
+    "in",
+    "answers",
+    "refused",
+    "dropped",
+    "timeouts",
+    "peer_dead",
 ];
 
 fn local_ipc_stats() -> [u64; 13] {

@@ -42,7 +42,12 @@ pub fn run(command: Command) {
         Command::Crash { instance } => crash(instance),
         Command::Bench { rounds, instance } => bench(rounds, instance),
         Command::Ps => ps(),
-        Command::Spawn { instance, line } => spawn(instance, &line),
+        Command::Spawn {
+            instance,
+            line,
+            grants,
+        } => spawn(instance, &line, &grants),
+        Command::Caps { instance, task } => caps(instance, task),
         Command::Kill { instance, task } => kill(instance, task),
         Command::Programs => programs(),
     };
@@ -232,6 +237,26 @@ fn stats() -> Outcome {
     }
     let (handled, rejected) = messaging::counters();
     println!("instance 0's dispatcher: {handled} handled, {rejected} rejected");
+    let mut head = alloc::format!("{:<6}", "ipc");
+    for name in services::tasks::IPC_COUNTERS {
+        head.push_str(&alloc::format!("{name:>9} "));
+    }
+    println!("{head}");
+    for k in r.ids() {
+        if k != crate::instance::id() && !matches!(state_of(k), Ok(InstanceState::Running)) {
+            continue;
+        }
+        match services::tasks::ipc_stats(k) {
+            Ok(c) => {
+                let mut line = alloc::format!("{:<6}", alloc::format!("{k}"));
+                for v in c {
+                    line.push_str(&alloc::format!("{v:>9} "));
+                }
+                println!("{line}");
+            }
+            Err(e) => println!("{k}: {e}"),
+        }
+    }
     Ok(())
 }
 
@@ -604,11 +629,52 @@ fn task_target(k: InstanceId) -> Outcome {
     }
 }
 
-fn spawn(k: InstanceId, line: &str) -> Outcome {
+fn spawn(k: InstanceId, line: &str, grants: &[mk_shell::GrantSpec]) -> Outcome {
     task_target(k)?;
-    let id =
-        services::tasks::spawn(k, line, None).map_err(|e| format!("spawn on instance {k}: {e}"))?;
+    let grants: alloc::vec::Vec<services::tasks::Grant> = grants
+        .iter()
+        .map(|g| match *g {
+            mk_shell::GrantSpec::Irq(line) => services::tasks::Grant::Irq(line),
+            mk_shell::GrantSpec::IoPorts { base, len } => {
+                services::tasks::Grant::IoPorts { base, len }
+            }
+            mk_shell::GrantSpec::Mmio { phys, pages } => {
+                services::tasks::Grant::Mmio { phys, pages }
+            }
+        })
+        .collect();
+    let id = services::tasks::spawn_with(k, line, None, &grants)
+        .map_err(|e| format!("spawn on instance {k}: {e}"))?;
     println!("instance {k}: started {line:?} as task {id}");
+    Ok(())
+}
+
+fn caps(k: InstanceId, task: u64) -> Outcome {
+    task_target(k)?;
+    let id = mk_abi::TaskId::from_raw(task);
+    let rows =
+        services::tasks::caps(k, id).map_err(|e| format!("caps of {id} on instance {k}: {e}"))?;
+    println!(
+        "{:<10}{:<14}{:<8}{:<10}object",
+        "handle", "kind", "rights", "instance"
+    );
+    for r in rows {
+        let rights: alloc::string::String = [
+            (mk_abi::ipc::Rights::SEND, 's'),
+            (mk_abi::ipc::Rights::RECV, 'r'),
+            (mk_abi::ipc::Rights::GRANT, 'g'),
+        ]
+        .iter()
+        .map(|(b, c)| if r.rights.contains(*b) { *c } else { '-' })
+        .collect();
+        println!(
+            "{:<10}{:<14}{rights:<8}{:<10}{:#x}",
+            alloc::format!("{}", r.handle),
+            r.kind,
+            r.instance,
+            r.object
+        );
+    }
     Ok(())
 }
 

@@ -108,11 +108,8 @@ pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8
 pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
     let me = current()?;
     sched::with(|s| {
-        s.get_mut(me).map(|t| {
-            t.space
-                .write_user(ptr, data)
-                .map_err(|_| Error::BadAddress)
-        })
+        s.get_mut(me)
+            .map(|t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
     })
     .flatten()
     .ok_or(Error::NoSuchTask)?

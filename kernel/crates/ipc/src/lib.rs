@@ -237,10 +237,9 @@ impl Ipc {
             owner: id,
             endpoint,
         })?;
-        self.task(id).caps.insert(Cap::new(
-            Object::Notification { id: n },
-            Rights::SEND,
-        ))
+        self.task(id)
+            .caps
+            .insert(Cap::new(Object::Notification { id: n }, Rights::SEND))
     }
 
     fn local_endpoint(&self, object: Object) -> Result<ObjId, Error> {
@@ -323,7 +322,12 @@ impl Ipc {
         }
     }
 
-    fn start_call(&mut self, caller: TaskId, target: u8, deadline: u64) -> Result<CallToken, Error> {
+    fn start_call(
+        &mut self,
+        caller: TaskId,
+        target: u8,
+        deadline: u64,
+    ) -> Result<CallToken, Error> {
         let index = match self.calls.iter().position(|c| c.1.is_none()) {
             Some(i) => i,
             None if self.calls.len() < MAX_CALLS => {
@@ -608,11 +612,7 @@ impl Ipc {
 
     /// The outcome of call `token` of task `id`, if it came (the call is then over and its
     /// capabilities are installed in the caller's table); `None` while it waits.
-    pub fn finish_call(
-        &mut self,
-        id: TaskId,
-        token: CallToken,
-    ) -> Option<Result<Delivery, Error>> {
+    pub fn finish_call(&mut self, id: TaskId, token: CallToken) -> Option<Result<Delivery, Error>> {
         let c = self.call_slot(token)?;
         if c.caller != id {
             return None;
@@ -646,13 +646,7 @@ impl Ipc {
 
     /// A request from instance `from` (the channel's sender, never the payload's) for
     /// endpoint `dst` of this instance (or the name service).
-    pub fn incoming(
-        &mut self,
-        from: u8,
-        dst: ObjId,
-        call: Option<CallToken>,
-        mut parcel: Parcel,
-    ) {
+    pub fn incoming(&mut self, from: u8, dst: ObjId, call: Option<CallToken>, mut parcel: Parcel) {
         self.counters.forwarded_in += 1;
         parcel.sender_instance = from;
         let reply = call.map(|token| ReplyTo::Remote {
@@ -915,7 +909,9 @@ impl Ipc {
                 {
                     ep.named = true;
                 }
-                Ok(Parcel::new(0, &[]).unwrap_or_else(|| unreachable!()).from(0, KERNEL_TASK))
+                Ok(Parcel::new(0, &[])
+                    .unwrap_or_else(|| unreachable!())
+                    .from(0, KERNEL_TASK))
             }
             labels::LOOKUP => {
                 let e = self.names.lookup(name).ok_or(Error::NotFound)?;
@@ -933,7 +929,9 @@ impl Ipc {
             }
             labels::UNREGISTER => {
                 self.names.unregister(name, by)?;
-                Ok(Parcel::new(0, &[]).unwrap_or_else(|| unreachable!()).from(0, KERNEL_TASK))
+                Ok(Parcel::new(0, &[])
+                    .unwrap_or_else(|| unreachable!())
+                    .from(0, KERNEL_TASK))
             }
             _ => Err(Error::BadArgument),
         }

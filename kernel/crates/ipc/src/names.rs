@@ -29,8 +29,7 @@ pub struct Names {
 
 /// A valid service name: 1..=32 bytes of printable ASCII without spaces.
 pub fn check_name(raw: &[u8]) -> Result<&str, Error> {
-    if raw.is_empty() || raw.len() > MAX_SERVICE_NAME || !raw.iter().all(|b| b.is_ascii_graphic())
-    {
+    if raw.is_empty() || raw.len() > MAX_SERVICE_NAME || !raw.iter().all(|b| b.is_ascii_graphic()) {
         return Err(Error::BadArgument);
     }
     core::str::from_utf8(raw).map_err(|_| Error::BadArgument)

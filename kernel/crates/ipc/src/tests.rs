@@ -30,16 +30,18 @@ fn pair() -> (Ipc, Handle, Handle) {
     let mut ipc = Ipc::new(1);
     let ep = ipc.create_endpoint(t(1)).unwrap();
     let cap = ipc.cap(t(1), ep).unwrap();
-    let client = ipc
-        .grant(t(2), Cap::new(cap.object, Rights::SEND))
-        .unwrap();
+    let client = ipc.grant(t(2), Cap::new(cap.object, Rights::SEND)).unwrap();
     (ipc, ep, client)
 }
 
 #[test]
 fn a_local_call_is_received_answered_and_finished_in_order() {
     let (mut ipc, ep, client) = pair();
-    assert_eq!(ipc.recv(t(1), ep).unwrap(), None, "nothing queued: server waits");
+    assert_eq!(
+        ipc.recv(t(1), ep).unwrap(),
+        None,
+        "nothing queued: server waits"
+    );
     for i in 0..100u32 {
         let sent = ipc
             .send(t(2), client, p(i, &[i as u8; 9]), NONE, 0, Some(1000))
@@ -59,7 +61,10 @@ fn a_local_call_is_received_answered_and_finished_in_order() {
         assert_eq!(r.parcel.label, i + 1);
         assert_eq!(r.parcel.sender_task, t(1));
     }
-    assert_eq!(ipc.reply(t(1), p(0, &[]), NONE, 0), Err(Error::NothingToReply));
+    assert_eq!(
+        ipc.reply(t(1), p(0, &[]), NONE, 0),
+        Err(Error::NothingToReply)
+    );
 }
 
 #[test]
@@ -86,7 +91,9 @@ fn rights_are_checked() {
 fn capabilities_move_and_copy() {
     let (mut ipc, ep, client) = pair();
     let other = ipc.create_endpoint(t(1)).unwrap();
-    let give = ipc.copy_cap(t(1), other, Rights::SEND | Rights::GRANT, 0).unwrap();
+    let give = ipc
+        .copy_cap(t(1), other, Rights::SEND | Rights::GRANT, 0)
+        .unwrap();
     // Client calls; server replies moving `give` and copying `other`.
     let token = ipc
         .send(t(2), client, p(1, &[]), NONE, 0, Some(100))
@@ -98,7 +105,11 @@ fn capabilities_move_and_copy() {
     assert_eq!(ipc.cap(t(1), give), Err(Error::NoSuchCap), "moved away");
     assert!(ipc.cap(t(1), other).is_ok(), "copied: kept");
     let r = ipc.finish_call(t(2), token).unwrap().unwrap();
-    let got: Vec<Cap> = r.handles.iter().map(|h| ipc.cap(t(2), Handle(*h)).unwrap()).collect();
+    let got: Vec<Cap> = r
+        .handles
+        .iter()
+        .map(|h| ipc.cap(t(2), Handle(*h)).unwrap())
+        .collect();
     assert_eq!(got[0].rights, Rights::SEND | Rights::GRANT);
     assert_eq!(got[1].rights, Rights::all());
     assert_eq!(got[0].object, got[1].object);
@@ -113,10 +124,18 @@ fn capabilities_move_and_copy() {
 fn exit_revokes_and_fails_callers_with_stale() {
     let (mut ipc, ep, client) = pair();
     // Call 1 received, unanswered; call 2 queued.
-    let t1 = ipc.send(t(2), client, p(1, &[]), NONE, 0, Some(100)).unwrap().token.unwrap();
+    let t1 = ipc
+        .send(t(2), client, p(1, &[]), NONE, 0, Some(100))
+        .unwrap()
+        .token
+        .unwrap();
     ipc.recv(t(1), ep).unwrap().unwrap();
     let c3 = ipc.grant(t(3), ipc.cap(t(2), client).unwrap()).unwrap();
-    let t2 = ipc.send(t(3), c3, p(2, &[]), NONE, 0, Some(100)).unwrap().token.unwrap();
+    let t2 = ipc
+        .send(t(3), c3, p(2, &[]), NONE, 0, Some(100))
+        .unwrap()
+        .token
+        .unwrap();
     ipc.take_effects();
     ipc.task_exited(t(1));
     let mut w = wakes(&mut ipc);
@@ -127,9 +146,18 @@ fn exit_revokes_and_fails_callers_with_stale() {
     // The endpoint is gone: the capability is stale, and a new endpoint in the same slot
     // is not reached by it.
     let fresh = ipc.create_endpoint(t(4)).unwrap();
-    assert!(matches!(ipc.cap(t(4), fresh).unwrap().object, Object::Endpoint { id, .. } if id.index == 0));
-    assert_eq!(ipc.send(t(2), client, p(0, &[]), NONE, 0, None).err(), Some(Error::Stale));
-    assert_eq!(ipc.cap(t(1), ep), Err(Error::NoSuchCap), "the dead task's table is gone");
+    assert!(
+        matches!(ipc.cap(t(4), fresh).unwrap().object, Object::Endpoint { id, .. } if id.index == 0)
+    );
+    assert_eq!(
+        ipc.send(t(2), client, p(0, &[]), NONE, 0, None).err(),
+        Some(Error::Stale)
+    );
+    assert_eq!(
+        ipc.cap(t(1), ep),
+        Err(Error::NoSuchCap),
+        "the dead task's table is gone"
+    );
 }
 
 #[test]
@@ -139,8 +167,18 @@ fn remote_calls_are_forwarded_and_answered_only_by_the_target() {
     let ep = b.create_endpoint(t(1)).unwrap();
     let obj = b.cap(t(1), ep).unwrap().object;
     let h = a.grant(t(5), Cap::new(obj, Rights::SEND)).unwrap();
-    let token = a.send(t(5), h, p(7, b"hi"), NONE, 0, Some(1000)).unwrap().token.unwrap();
-    let Some(Effect::Forward { to: 2, dst, call, parcel }) = a.take_effects().pop() else {
+    let token = a
+        .send(t(5), h, p(7, b"hi"), NONE, 0, Some(1000))
+        .unwrap()
+        .token
+        .unwrap();
+    let Some(Effect::Forward {
+        to: 2,
+        dst,
+        call,
+        parcel,
+    }) = a.take_effects().pop()
+    else {
         panic!("a forward to instance 2")
     };
     let enc = wire::encode_request(dst, call, &parcel);
@@ -150,7 +188,12 @@ fn remote_calls_are_forwarded_and_answered_only_by_the_target() {
     assert_eq!((d.parcel.sender_instance, d.parcel.sender_task), (1, t(5)));
     assert_eq!(d.parcel.data(), b"hi");
     b.reply(t(1), p(8, b"ok"), NONE, 0).unwrap();
-    let Some(Effect::Answer { to: 1, token: tk, result }) = b.take_effects().pop() else {
+    let Some(Effect::Answer {
+        to: 1,
+        token: tk,
+        result,
+    }) = b.take_effects().pop()
+    else {
         panic!("an answer to instance 1")
     };
     let enc = wire::encode_answer(tk, &result);
@@ -168,12 +211,18 @@ fn calls_expire_and_fail_when_the_peer_dies() {
     let mut a = Ipc::new(1);
     let obj = Object::Endpoint {
         instance: 2,
-        id: ObjId { index: 0, generation: 1 },
+        id: ObjId {
+            index: 0,
+            generation: 1,
+        },
     };
     let tokens: Vec<_> = (0..8)
         .map(|i| {
             let h = a.grant(t(i), Cap::new(obj, Rights::SEND)).unwrap();
-            a.send(t(i), h, p(0, &[]), NONE, 0, Some(500 + u64::from(i))).unwrap().token.unwrap()
+            a.send(t(i), h, p(0, &[]), NONE, 0, Some(500 + u64::from(i)))
+                .unwrap()
+                .token
+                .unwrap()
         })
         .collect();
     a.take_effects();
@@ -184,7 +233,11 @@ fn calls_expire_and_fail_when_the_peer_dies() {
     a.instance_stopped(2);
     assert_eq!(wakes(&mut a).len(), 4);
     for (i, tk) in tokens.iter().enumerate() {
-        let want = if i <= 3 { Error::TimedOut } else { Error::PeerDead };
+        let want = if i <= 3 {
+            Error::TimedOut
+        } else {
+            Error::PeerDead
+        };
         assert_eq!(a.finish_call(t(i as u32), *tk).unwrap().err(), Some(want));
     }
 }
@@ -194,15 +247,29 @@ fn the_name_service_registers_looks_up_and_forgets() {
     let mut ns = Ipc::new(0);
     let ep = ns.create_endpoint(t(1)).unwrap();
     let reg = |ns: &mut Ipc, who: TaskId, h: Handle| {
-        ns.send(who, NAME_SERVICE, p(labels::REGISTER, b"com2"), [h.0, NO_CAP], 0, Some(9))
-            .unwrap()
-            .answered
-            .unwrap()
+        ns.send(
+            who,
+            NAME_SERVICE,
+            p(labels::REGISTER, b"com2"),
+            [h.0, NO_CAP],
+            0,
+            Some(9),
+        )
+        .unwrap()
+        .answered
+        .unwrap()
     };
     reg(&mut ns, t(1), ep).unwrap();
     assert_eq!(reg(&mut ns, t(1), ep).err(), Some(Error::Exists));
     let r = ns
-        .send(t(2), NAME_SERVICE, p(labels::LOOKUP, b"com2"), NONE, 0, Some(9))
+        .send(
+            t(2),
+            NAME_SERVICE,
+            p(labels::LOOKUP, b"com2"),
+            NONE,
+            0,
+            Some(9),
+        )
         .unwrap()
         .answered
         .unwrap()
@@ -210,26 +277,37 @@ fn the_name_service_registers_looks_up_and_forgets() {
     let cap = r.caps[0].unwrap();
     assert_eq!(cap.object, ns.cap(t(1), ep).unwrap().object);
     assert_eq!(cap.rights, Rights::SEND | Rights::GRANT);
-    let bad = ns.send(t(2), NAME_SERVICE, p(labels::LOOKUP, b"no such"), NONE, 0, Some(9));
-    assert_eq!(bad.unwrap().answered.unwrap().err(), Some(Error::BadArgument));
+    let bad = ns.send(
+        t(2),
+        NAME_SERVICE,
+        p(labels::LOOKUP, b"no such"),
+        NONE,
+        0,
+        Some(9),
+    );
+    assert_eq!(
+        bad.unwrap().answered.unwrap().err(),
+        Some(Error::BadArgument)
+    );
     // The registrant exits: the name is free again.
     ns.task_exited(t(1));
     let ep2 = ns.create_endpoint(t(3)).unwrap();
     reg(&mut ns, t(3), ep2).unwrap();
     // A remote instance's names go when it stops.
-    ns.incoming(
-        4,
-        NAME_SERVICE_ID,
-        None,
-        {
-            let mut q = p(labels::REGISTER, b"far");
-            q.caps[0] = Some(Cap::new(
-                Object::Endpoint { instance: 4, id: ObjId { index: 3, generation: 2 } },
-                Rights::SEND | Rights::GRANT,
-            ));
-            q
-        },
-    );
+    ns.incoming(4, NAME_SERVICE_ID, None, {
+        let mut q = p(labels::REGISTER, b"far");
+        q.caps[0] = Some(Cap::new(
+            Object::Endpoint {
+                instance: 4,
+                id: ObjId {
+                    index: 3,
+                    generation: 2,
+                },
+            },
+            Rights::SEND | Rights::GRANT,
+        ));
+        q
+    });
     assert!(ns.names.lookup("far").is_some());
     ns.instance_stopped(4);
     assert!(ns.names.lookup("far").is_none());
@@ -240,7 +318,9 @@ fn interrupts_set_notification_bits_seen_by_recv() {
     let mut ipc = Ipc::new(1);
     let ep = ipc.create_endpoint(t(1)).unwrap();
     let n = ipc.create_notification(t(1), ep).unwrap();
-    let irq = ipc.grant(t(1), Cap::new(Object::Irq { line: 3 }, Rights::SEND)).unwrap();
+    let irq = ipc
+        .grant(t(1), Cap::new(Object::Irq { line: 3 }, Rights::SEND))
+        .unwrap();
     assert!(!ipc.irq_fired(3), "unbound: the kernel's");
     assert_eq!(ipc.irq_line(t(1), irq), Err(Error::BadArgument));
     assert_eq!(ipc.irq_bind(t(1), irq, n, 5), Ok(3));
@@ -251,7 +331,9 @@ fn interrupts_set_notification_bits_seen_by_recv() {
     assert_eq!((d.kind, d.parcel.badge), (Received::Notification, 1 << 5));
     assert_eq!(ipc.irq_line(t(1), irq), Ok(3));
     // Another task cannot bind the same line; the owner's exit frees it.
-    let irq2 = ipc.grant(t(2), Cap::new(Object::Irq { line: 3 }, Rights::SEND)).unwrap();
+    let irq2 = ipc
+        .grant(t(2), Cap::new(Object::Irq { line: 3 }, Rights::SEND))
+        .unwrap();
     let ep2 = ipc.create_endpoint(t(2)).unwrap();
     let n2 = ipc.create_notification(t(2), ep2).unwrap();
     assert_eq!(ipc.irq_bind(t(2), irq2, n2, 0), Err(Error::Busy));

@@ -132,7 +132,12 @@ pub fn encode_request(dst: ObjId, call: Option<CallToken>, p: &Parcel) -> Encode
     e.word(dst.raw());
     e.word(p.sender_task.raw());
     e.word((p.badge & 0xFFFF_FFFF) | u64::from(p.label) << 32);
-    let ncaps = p.caps.iter().flatten().filter(|c| c.object.transferable()).count() as u64;
+    let ncaps = p
+        .caps
+        .iter()
+        .flatten()
+        .filter(|c| c.object.transferable())
+        .count() as u64;
     e.word(
         u64::from(call.map_or(0, |t| t.0))
             | u64::from(call.is_some()) << 32
@@ -186,7 +191,12 @@ pub fn encode_answer(token: CallToken, result: &Result<Parcel, Error>) -> Encode
             e.word(0);
         }
         Ok(p) => {
-            let ncaps = p.caps.iter().flatten().filter(|c| c.object.transferable()).count() as u64;
+            let ncaps = p
+                .caps
+                .iter()
+                .flatten()
+                .filter(|c| c.object.transferable())
+                .count() as u64;
             e.word(u64::from(token.0) | (p.data().len() as u64) << 48 | ncaps << 56);
             e.word(p.sender_task.raw());
             e.word(u64::from(p.label));

@@ -41,13 +41,31 @@ pub enum Command {
     Bench { rounds: u32, instance: InstanceId },
     /// `ps`: the tasks of every instance.
     Ps,
-    /// `spawn INST PROGRAM [ARGS...]`: `line` is the program and its arguments.
-    Spawn { instance: InstanceId, line: String },
+    /// `spawn INST [--irq LINE] [--io BASE:LEN] [--mmio PHYS:PAGES] PROGRAM [ARGS...]`:
+    /// `line` is the program and its arguments, `grants` the devices it gets (in order).
+    Spawn {
+        instance: InstanceId,
+        line: String,
+        grants: Vec<GrantSpec>,
+    },
+    /// `caps INST TASK`: the capabilities of a task.
+    Caps { instance: InstanceId, task: u64 },
     /// `kill INST TASK` (TASK as `ps` prints it, `t3.1`, or the raw number).
     Kill { instance: InstanceId, task: u64 },
     /// `programs`
     Programs,
 }
+
+/// A device a spawned task gets (`spawn --irq/--io/--mmio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSpec {
+    Irq(u8),
+    IoPorts { base: u16, len: u16 },
+    Mmio { phys: u64, pages: u32 },
+}
+
+/// Most `--irq/--io/--mmio` options one `spawn` takes.
+pub const MAX_GRANTS: usize = 4;
 
 /// One command's name, usage and one-line description (what `help` prints).
 #[derive(Debug, PartialEq, Eq)]
@@ -121,8 +139,13 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "spawn",
-        usage: "spawn INST PROGRAM [ARGS...]",
-        about: "start PROGRAM (from the ramdisk) as a task of instance INST",
+        usage: "spawn INST [--irq LINE] [--io BASE:LEN] [--mmio PHYS:PAGES] PROGRAM [ARGS...]",
+        about: "start PROGRAM (from the ramdisk) as a task of instance INST, holding the devices named (capability handles 1, 2, ... in order)",
+    },
+    CommandInfo {
+        name: "caps",
+        usage: "caps INST TASK",
+        about: "the capabilities of task TASK (e.g. t3.1) of instance INST: handle, kind, rights, object",
     },
     CommandInfo {
         name: "kill",
@@ -293,15 +316,39 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             Command::Ps
         }
         "spawn" => match args {
-            [inst, program, rest @ ..] => {
+            [inst, rest @ ..] if !rest.is_empty() => {
+                let mut rest = rest;
+                let mut grants = Vec::new();
+                while let [flag @ ("--irq" | "--io" | "--mmio"), value, tail @ ..] = rest {
+                    if grants.len() == MAX_GRANTS {
+                        return Err(usage_error(
+                            cmd,
+                            format!("at most {MAX_GRANTS} devices per task"),
+                        ));
+                    }
+                    grants.push(parse_grant(flag, value).ok_or_else(|| {
+                        usage_error(cmd, format!("'{flag} {value}' is not a valid device"))
+                    })?);
+                    rest = tail;
+                }
+                let [program, args @ ..] = rest else {
+                    return Err(usage_error(cmd, String::from("no PROGRAM")));
+                };
+                if program.starts_with("--") {
+                    return Err(usage_error(
+                        cmd,
+                        format!("unknown option or missing value: '{program}'"),
+                    ));
+                }
                 let mut line = String::from(*program);
-                for word in rest {
+                for word in args {
                     line.push(' ');
                     line.push_str(word);
                 }
                 Command::Spawn {
                     instance: instance(inst)?,
                     line,
+                    grants,
                 }
             }
             _ => {
@@ -311,6 +358,18 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
                 ));
             }
         },
+        "caps" => {
+            arity(2)?;
+            Command::Caps {
+                instance: instance(args[0])?,
+                task: parse_task(args[1]).ok_or_else(|| {
+                    usage_error(
+                        cmd,
+                        format!("task '{}' is not a task id (e.g. t3.1)", args[1]),
+                    )
+                })?,
+            }
+        }
         "kill" => {
             arity(2)?;
             Command::Kill {
@@ -333,6 +392,35 @@ fn positive(cmd: &'static CommandInfo, what: &str, n: u64) -> Result<u64, UsageE
         Err(usage_error(cmd, format!("{what} must be at least 1")))
     } else {
         Ok(n)
+    }
+}
+
+/// `--irq LINE` (0..=63), `--io BASE:LEN` (within the 64 Ki ports), `--mmio PHYS:PAGES`
+/// (page-aligned, 1..=4096 pages).
+fn parse_grant(flag: &str, value: &str) -> Option<GrantSpec> {
+    match flag {
+        "--irq" => parse_number(value)
+            .filter(|&n| n < 64)
+            .map(|n| GrantSpec::Irq(n as u8)),
+        "--io" => {
+            let (b, l) = value.split_once(':')?;
+            let (base, len) = (parse_number(b)?, parse_number(l)?);
+            (len > 0 && base + len <= 0x1_0000).then_some(GrantSpec::IoPorts {
+                base: base as u16,
+                len: len as u16,
+            })
+        }
+        "--mmio" => {
+            let (p, n) = value.split_once(':')?;
+            let (phys, pages) = (parse_number(p)?, parse_number(n)?);
+            (phys % 4096 == 0 && (1..=4096).contains(&pages) && phys < 1 << 52).then_some(
+                GrantSpec::Mmio {
+                    phys,
+                    pages: pages as u32,
+                },
+            )
+        }
+        _ => None,
     }
 }
 
@@ -463,9 +551,41 @@ mod tests {
             ok("spawn 2 spin 5"),
             Command::Spawn {
                 instance: InstanceId::new(2),
-                line: String::from("spin 5")
+                line: String::from("spin 5"),
+                grants: Vec::new(),
             }
         );
+        assert_eq!(
+            ok("spawn 1 --irq 3 --io 0x2f8:8 com2drv"),
+            Command::Spawn {
+                instance: InstanceId::new(1),
+                line: String::from("com2drv"),
+                grants: alloc::vec![
+                    GrantSpec::Irq(3),
+                    GrantSpec::IoPorts {
+                        base: 0x2f8,
+                        len: 8
+                    }
+                ],
+            }
+        );
+        assert_eq!(
+            ok("caps 1 t2.1"),
+            Command::Caps {
+                instance: InstanceId::new(1),
+                task: (1 << 32) | 2
+            }
+        );
+        for bad in [
+            "spawn 1 --irq 64 x",
+            "spawn 1 --io 0xfffe:8 x",
+            "spawn 1 --mmio 0x1001:1 x",
+            "spawn 1 --irq 3",
+            "spawn 1 --bogus 3 x",
+            "caps 1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} must be refused");
+        }
         assert_eq!(
             ok("kill 1 t3.2"),
             Command::Kill {

@@ -27,7 +27,8 @@ mod keys;
 pub const PROMPT: &str = "mk> ";
 
 pub use command::{
-    COMMANDS, Command, CommandInfo, InstanceId, UsageError, format_size, parse, parse_size,
+    COMMANDS, Command, CommandInfo, GrantSpec, InstanceId, UsageError, format_size, parse,
+    parse_size,
 };
 pub use editor::{Edit, HISTORY_LEN, LineEditor, MAX_LINE};
 pub use keys::{AnsiDecoder, Key, Set1Decoder};
