@@ -6,7 +6,9 @@
 //! Kept harmless to the rest of the instance: never `exit`; `kill` never of itself nor of an id
 //! that could name a live task (its generation is forced large); `sleep` below 2 ms; `spawn`
 //! mostly with a bad name pointer, and a task it does start is killed and waited for; memory
-//! it maps is unmapped at once.
+//! it maps is unmapped at once; `recv` and `reply_recv` only on handles that name nothing (so
+//! they never block). `call`, `recv` and `reply_recv` with a pointer into the task's own
+//! memory are refused by `raw_syscall` itself (the kernel would write there).
 
 #![no_std]
 #![no_main]
@@ -115,6 +117,12 @@ fn tame(n: u64, a: &mut [u64; 6], me: TaskId, rng: &mut XorShift) -> bool {
             a[0] |= 1 << 63;
             a[0] != me.raw()
         }
+        Some(Sys::Recv | Sys::ReplyRecv) => {
+            // Never one of its own endpoints (which could block for ever): a handle with bits
+            // above the generation names no capability. (`ipcfuzz` covers these calls.)
+            a[0] |= 1 << 63;
+            true
+        }
         Some(Sys::Spawn) => {
             // One call in eight names a real program, with a valid pointer.
             if rng.below(8) == 0 {
@@ -134,6 +142,12 @@ fn tame(n: u64, a: &mut [u64; 6], me: TaskId, rng: &mut XorShift) -> bool {
 /// unmapped.
 fn clean_up(n: u64, value: u64, a: [u64; 6]) {
     match Sys::from_raw(n) {
+        Some(Sys::Recv | Sys::ReplyRecv) => {
+            // Never one of its own endpoints (which could block for ever): a handle with bits
+            // above the generation names no capability. (`ipcfuzz` covers these calls.)
+            a[0] |= 1 << 63;
+            true
+        }
         Some(Sys::Spawn) => {
             let task = TaskId::from_raw(value);
             let _ = mk_user::kill(task);
