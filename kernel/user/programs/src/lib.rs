@@ -1,4 +1,5 @@
-//! What several programs share: the xorshift generator (fuzz, spin).
+//! What several programs share: the xorshift generator (fuzz, spin, forge, ipcfuzz) and the
+//! IPC test programs' labels.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -29,3 +30,6 @@ impl XorShift {
         self.next_u64() % n.max(1)
     }
 }
+
+/// The label that makes `echo` reply (label 0) and exit 0.
+pub const QUIT_LABEL: u32 = 0xFFFF_0000;

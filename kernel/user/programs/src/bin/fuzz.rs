@@ -142,12 +142,6 @@ fn tame(n: u64, a: &mut [u64; 6], me: TaskId, rng: &mut XorShift) -> bool {
 /// unmapped.
 fn clean_up(n: u64, value: u64, a: [u64; 6]) {
     match Sys::from_raw(n) {
-        Some(Sys::Recv | Sys::ReplyRecv) => {
-            // Never one of its own endpoints (which could block for ever): a handle with bits
-            // above the generation names no capability. (`ipcfuzz` covers these calls.)
-            a[0] |= 1 << 63;
-            true
-        }
         Some(Sys::Spawn) => {
             let task = TaskId::from_raw(value);
             let _ = mk_user::kill(task);
