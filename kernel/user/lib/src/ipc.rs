@@ -5,8 +5,8 @@
 //! The message calls (`call`, `recv`, `reply_recv`) take a `&mut IpcMsg` that the kernel
 //! overwrites with what arrives: read it after the call.
 
-use mk_abi::ipc::{ERROR_LABEL, MAX_INLINE, NO_CAP};
 pub use mk_abi::ipc::{CapKind, Handle, IpcMsg, NAME_SERVICE, Received, Rights};
+use mk_abi::ipc::{ERROR_LABEL, MAX_INLINE, NO_CAP};
 
 use crate::sys::{raw_syscall, syscall_msg};
 use crate::{Error, Sys};
@@ -141,7 +141,10 @@ pub fn cap_info(h: Handle) -> Result<CapInfo, Error> {
 
 /// The handles a received message (or a call's reply) carries, [`NO_CAP`] left out.
 pub fn received_caps(msg: &IpcMsg) -> impl Iterator<Item = Handle> + '_ {
-    msg.caps.iter().filter(|&&c| c != NO_CAP).map(|&c| Handle(c))
+    msg.caps
+        .iter()
+        .filter(|&&c| c != NO_CAP)
+        .map(|&c| Handle(c))
 }
 
 /// Drops the capabilities a received message carries (a server that wants none of them).

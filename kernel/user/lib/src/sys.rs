@@ -4,8 +4,8 @@
 
 use core::arch::asm;
 
-use mk_abi::ipc::{IPC_MSG_SIZE, IpcMsg};
 use mk_abi::Sys;
+use mk_abi::ipc::{IPC_MSG_SIZE, IpcMsg};
 
 /// Whether call number `n` may write the caller's memory: `call`, `recv` and `reply_recv`
 /// write an [`IpcMsg`] (`IPC_MSG_SIZE` bytes) at their second argument, `msg_ptr`. Decided on
@@ -65,14 +65,7 @@ pub fn syscall_msg(n: u64, a0: u64, msg: &mut IpcMsg, a2: u64, a3: u64) -> (u64,
 /// without entering the kernel unless `offset + IPC_MSG_SIZE <= buf.len()` (the kernel may
 /// write that much there).
 #[inline(always)]
-pub fn syscall_buf(
-    n: u64,
-    a0: u64,
-    buf: &mut [u8],
-    offset: usize,
-    a2: u64,
-    a3: u64,
-) -> (u64, u64) {
+pub fn syscall_buf(n: u64, a0: u64, buf: &mut [u8], offset: usize, a2: u64, a3: u64) -> (u64, u64) {
     if offset
         .checked_add(IPC_MSG_SIZE)
         .is_none_or(|end| end > buf.len())
@@ -131,7 +124,9 @@ pub fn inb(port: u16) -> u8 {
     // SAFETY: in ring 3 `in` either faults (#GP, which ends the task: nothing runs on) or reads
     // a port the kernel granted this task; it touches no memory of the program and no register
     // but the declared output.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -141,7 +136,9 @@ pub fn outb(port: u16, value: u8) {
     // SAFETY: as for `inb`: the write faults or reaches a device the kernel gave this task
     // (whose effects, DMA included, the kernel vouched for by granting it); no memory or
     // register of the program changes.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// `exit(status)`: never returns.
