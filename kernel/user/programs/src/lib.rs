@@ -50,3 +50,16 @@ pub mod grant {
     /// A reply label meaning "refused" (an unknown label, or F is gone).
     pub const REFUSED: u32 = 0xEE;
 }
+
+/// `com2drv`'s labels (calls on the endpoint it registers as `com2`).
+pub mod com2 {
+    /// The name the driver registers.
+    pub const NAME: &str = "com2";
+    /// `data`: up to 160 bytes to send through the UART in loopback; reply label 0 with the
+    /// bytes that came back.
+    pub const WRITE: u32 = 1;
+    /// Reply label 0, data: bytes handled and interrupts taken (two little-endian u64s).
+    pub const STATS: u32 = 2;
+    /// Reply label for an unknown request.
+    pub const REFUSED: u32 = 0xEE;
+}
