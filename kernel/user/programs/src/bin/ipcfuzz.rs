@@ -195,12 +195,13 @@ impl Fuzz {
         for b in &mut m.data {
             *b = self.rng.next_u64() as u8;
         }
-        for i in 0..2 {
-            m.caps[i] = match self.below(3) {
-                0 => NO_CAP,
-                _ => self.handle(),
-            };
+        let mut caps = [NO_CAP; 2];
+        for c in &mut caps {
+            if self.below(3) != 0 {
+                *c = self.handle();
+            }
         }
+        m.caps = caps;
         m.cap_move = match self.below(4) {
             0 => self.value(),
             _ => self.below(4),
@@ -341,12 +342,12 @@ impl Fuzz {
                     dst.copy_from_slice(&msg.to_bytes());
                 }
                 let rax = syscall_buf(num, h, buf, offset, a2, 0).0;
-                if abi::decode(rax).is_ok() {
-                    if let Some(src) = buf.get(offset..offset + IPC_MSG_SIZE) {
-                        let mut bytes = [0u8; IPC_MSG_SIZE];
-                        bytes.copy_from_slice(src);
-                        self.add_received(&IpcMsg::from_bytes(&bytes));
-                    }
+                if abi::decode(rax).is_ok()
+                    && let Some(src) = buf.get(offset..offset + IPC_MSG_SIZE)
+                {
+                    let mut bytes = [0u8; IPC_MSG_SIZE];
+                    bytes.copy_from_slice(src);
+                    self.add_received(&IpcMsg::from_bytes(&bytes));
                 }
                 rax
             }
@@ -371,12 +372,12 @@ impl Fuzz {
         let mut other_object = false;
         // Also as a kernel that ignored the upper bits would read it.
         for candidate in [h, h & LOW48, h & 0xFFFF_FFFF] {
-            if let Ok(info) = ipc::cap_info(Handle(candidate)) {
-                if info.rights.contains(Rights::RECV) {
-                    can_receive = true;
-                    other_object |=
-                        info.kind != Some(CapKind::Endpoint) || info.object != self.e_object;
-                }
+            if let Ok(info) = ipc::cap_info(Handle(candidate))
+                && info.rights.contains(Rights::RECV)
+            {
+                can_receive = true;
+                other_object |=
+                    info.kind != Some(CapKind::Endpoint) || info.object != self.e_object;
             }
         }
         if !can_receive {
