@@ -3,6 +3,8 @@
 //! - system calls: [`raw_syscall`] and safe wrappers ([`exit`], [`yield_now`], [`sleep_ms`],
 //!   [`clock_ns`], [`write`], [`spawn`], [`wait`], [`kill`], [`map`], [`unmap`], [`whoami`]),
 //!   plus [`Mapping`], anonymous memory that unmaps itself;
+//! - capability IPC: [`ipc`] (endpoints, messages, capabilities, notifications, interrupts,
+//!   the name service), over [`syscall_msg`]; I/O ports: [`inb`], [`outb`];
 //! - [`print!`] and [`println!`]: formatted into a buffer on the stack, one `write` per line
 //!   when the line fits ([`LINE`] bytes);
 //! - [`entry!`]: defines `_start` for a `fn main(args: Args) -> impl Exit`;
@@ -29,7 +31,12 @@ use core::fmt::{self, Write as _};
 pub use mk_abi::{self as abi, Error, Sys, TaskId};
 #[doc(hidden)]
 pub use sys::_start;
-pub use sys::{Mapping, cli, div, hlt, raw_syscall, rdtsc, read_byte, ud2, write_byte};
+pub use sys::{
+    Mapping, cli, div, hlt, inb, outb, raw_syscall, rdtsc, read_byte, syscall_buf, syscall_msg,
+    ud2, write_byte, writes_caller_memory,
+};
+
+pub mod ipc;
 
 /// Exit status of a task that panicked.
 pub const PANIC_STATUS: u64 = 101;

@@ -1,23 +1,101 @@
-//! The one module of the user library with `unsafe`: the `syscall` instruction, the entry
-//! point's argument string, and the instructions the fault-test programs execute on purpose.
+//! The one module of the user library with `unsafe`: the `syscall` instruction (and the
+//! messages the kernel writes through it), the entry point's argument string, I/O port access,
+//! and the instructions the fault-test programs execute on purpose.
 
 use core::arch::asm;
+
+use mk_abi::Sys;
+use mk_abi::ipc::{IPC_MSG_SIZE, IpcMsg};
+
+/// Whether call number `n` may write the caller's memory: `call`, `recv` and `reply_recv`
+/// write an [`IpcMsg`] (`IPC_MSG_SIZE` bytes) at their second argument, `msg_ptr`. Decided on
+/// the low byte alone, conservatively: a kernel that ignored the upper bits of `rax` would
+/// still never be handed one of these with a user pointer by [`raw_syscall`].
+pub const fn writes_caller_memory(n: u64) -> bool {
+    let low = (n & 0xFF) as u8;
+    low == Sys::Call as u8 || low == Sys::Recv as u8 || low == Sys::ReplyRecv as u8
+}
+
+/// The first address above the user half: a pointer at or above it is never memory of the
+/// task (the kernel half or a non-canonical address).
+const USER_END: u64 = 0x0000_8000_0000_0000;
 
 /// Makes system call `n` with arguments `a0..a5` (in `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`) and
 /// returns the raw `rax` and `rdx` (see `mk_abi` for the convention; [`mk_abi::decode`] turns
 /// `rax` into a `Result`).
 ///
-/// Safe: no system call writes into the caller's memory, and a bad number or argument is
-/// refused with an error. A call can end the task (`exit`, `kill` of itself) or unmap pages
-/// the program still uses (`unmap`), after which touching them faults and the kernel ends the
-/// task: what follows is a fault, never a silent corruption.
+/// Safe because it never lets the kernel write memory Rust knows about:
+///
+/// - most calls write no user memory: they only read it (`write`, `spawn`, `send`, `reply`),
+///   and a bad number or argument is refused with an error;
+/// - `call`, `recv` and `reply_recv` write an [`IpcMsg`] at `msg_ptr` (`a1`): this function
+///   makes them only when `a1` is 0 or not a user address (at or above `USER_END`), which the
+///   kernel refuses without writing; with any other `a1` it returns `-BadAddress` without
+///   entering the kernel. Make them with [`syscall_msg`] (a `&mut IpcMsg`) or [`syscall_buf`]
+///   (a `&mut [u8]`), or through `crate::ipc`.
+///
+/// A call can end the task (`exit`, `kill` of itself) or unmap pages the program still uses
+/// (`unmap`), after which touching them faults and the kernel ends the task: what follows is a
+/// fault, never a silent corruption.
 #[inline(always)]
 pub fn raw_syscall(n: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, u64) {
+    if writes_caller_memory(n) && a1 != 0 && a1 < USER_END {
+        return (mk_abi::encode(Err(mk_abi::Error::BadAddress)), 0);
+    }
+    // SAFETY: the call writes no memory of the task (checked above: the only calls that write
+    // one were refused unless the kernel will refuse their pointer).
+    unsafe { syscall(n, a0, a1, a2, a3, a4, a5) }
+}
+
+/// Makes system call `n` with `msg` as its second argument (`msg_ptr`): for `send`, `call`,
+/// `recv`, `reply` and `reply_recv` (`reply` takes it as its first: pass it as `a0` yourself
+/// with [`raw_syscall`], or use `crate::ipc`). The kernel may read and write all of `msg`.
+#[inline(always)]
+pub fn syscall_msg(n: u64, a0: u64, msg: &mut IpcMsg, a2: u64, a3: u64) -> (u64, u64) {
+    let ptr = core::ptr::from_mut(msg) as u64;
+    // SAFETY: the only memory the kernel may write is at `ptr` (the second argument), 224 bytes:
+    // `msg` exactly, borrowed mutably for the whole call, and every bit pattern is a valid
+    // `IpcMsg` (integers only). The pointer-to-integer cast exposes the pointer, and the `asm!`
+    // has no `nomem`/`readonly` option: the compiler assumes `msg` may have changed.
+    unsafe { syscall(n, a0, ptr, a2, a3, 0, 0) }
+}
+
+/// Makes system call `n` with `buf[offset..]` as its second argument (`msg_ptr`), for tests
+/// that pass unaligned or odd pointers into their own memory. Refused with `-BadLength`
+/// without entering the kernel unless `offset + IPC_MSG_SIZE <= buf.len()` (the kernel may
+/// write that much there).
+#[inline(always)]
+pub fn syscall_buf(n: u64, a0: u64, buf: &mut [u8], offset: usize, a2: u64, a3: u64) -> (u64, u64) {
+    if offset
+        .checked_add(IPC_MSG_SIZE)
+        .is_none_or(|end| end > buf.len())
+    {
+        return (mk_abi::encode(Err(mk_abi::Error::BadLength)), 0);
+    }
+    let ptr = buf[offset..].as_mut_ptr() as u64;
+    // SAFETY: the kernel writes at most `IPC_MSG_SIZE` bytes at `ptr` (the second argument),
+    // which lie within `buf` (checked above), borrowed mutably for the whole call; any bytes
+    // are valid `u8`s. As for `syscall_msg`, the pointer is exposed and the `asm!` may write.
+    unsafe { syscall(n, a0, ptr, a2, a3, 0, 0) }
+}
+
+/// The `syscall` instruction itself.
+///
+/// # Safety
+///
+/// If the call writes the caller's memory (`call`, `recv`, `reply_recv`: [`IPC_MSG_SIZE`]
+/// bytes at `a1`), `a1` must be 0, outside the user half, or point to that many bytes the
+/// caller may write for the call's duration (no live shared reference to them, and the
+/// pointer derived from a mutable borrow that outlives the call).
+#[inline(always)]
+unsafe fn syscall(n: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, u64) {
     let rax: u64;
     let rdx: u64;
     // SAFETY: `syscall` enters the kernel, which preserves every register but rax, rdx (the
     // results), rcx and r11 (declared clobbered) and does not touch the user stack (so no
-    // red-zone concern either way); it writes no user memory.
+    // red-zone concern either way). The only user memory it writes is the message of `call`,
+    // `recv` and `reply_recv`, which the caller vouches for; no `nomem`/`readonly` option, so
+    // the compiler assumes any memory whose address escaped may have been read or written.
     unsafe {
         asm!(
             "syscall",
@@ -34,6 +112,33 @@ pub fn raw_syscall(n: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64)
         );
     }
     (rax, rdx)
+}
+
+/// Reads the I/O port `port` (`in al, dx`).
+///
+/// Works only where the kernel granted the task an I/O-port capability covering `port` (it
+/// opens those ports in the task's I/O permission bitmap); anywhere else the instruction
+/// raises #GP in ring 3 and the kernel ends the task (status `STATUS_FAULT + 13`).
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: in ring 3 `in` either faults (#GP, which ends the task: nothing runs on) or reads
+    // a port the kernel granted this task; it touches no memory of the program and no register
+    // but the declared output.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// Writes `value` to the I/O port `port` (`out dx, al`). Like [`inb`], only on ports the
+/// kernel granted through an I/O-port capability; elsewhere #GP ends the task.
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: as for `inb`: the write faults or reaches a device the kernel gave this task
+    // (whose effects, DMA included, the kernel vouched for by granting it); no memory or
+    // register of the program changes.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// `exit(status)`: never returns.

@@ -6,7 +6,9 @@
 //! Kept harmless to the rest of the instance: never `exit`; `kill` never of itself nor of an id
 //! that could name a live task (its generation is forced large); `sleep` below 2 ms; `spawn`
 //! mostly with a bad name pointer, and a task it does start is killed and waited for; memory
-//! it maps is unmapped at once.
+//! it maps is unmapped at once; `recv` and `reply_recv` only on handles that name nothing (so
+//! they never block). `call`, `recv` and `reply_recv` with a pointer into the task's own
+//! memory are refused by `raw_syscall` itself (the kernel would write there).
 
 #![no_std]
 #![no_main]
@@ -114,6 +116,12 @@ fn tame(n: u64, a: &mut [u64; 6], me: TaskId, rng: &mut XorShift) -> bool {
             // A generation of at least 2^31 names no task that has lived; never our own id.
             a[0] |= 1 << 63;
             a[0] != me.raw()
+        }
+        Some(Sys::Recv | Sys::ReplyRecv) => {
+            // Never one of its own endpoints (which could block for ever): a handle with bits
+            // above the generation names no capability. (`ipcfuzz` covers these calls.)
+            a[0] |= 1 << 63;
+            true
         }
         Some(Sys::Spawn) => {
             // One call in eight names a real program, with a valid pointer.
