@@ -351,6 +351,26 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         timeout_secs: 300,
         note: "user tasks under TCG: hello, faults, fuzz, reaping, preemption, SMP, CPU and memory moves",
     });
+    // Capability IPC between tasks (issue 14), under TCG (system calls): 4 instances, so that
+    // all-pairs traffic, a driver moved to a third instance and a crashed peer are all there.
+    boots.push(Boot {
+        name: "tcg-ipc",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 5,
+        memory_mib: 512,
+        cases: &[
+            "ipc_local=1000",
+            "ipc_remote=1000",
+            "ipc_grant",
+            "ipc_devices",
+        ],
+        plan: Some("1,2,1,1"),
+        shape: Shape::DEFAULT,
+        expect: Expect::Pass,
+        timeout_secs: 600,
+        note: "capability IPC: local and cross-instance ping-pong, all pairs, forgery and fuzz, capability transfer and revocation, device capabilities, a COM2 driver task killed, restarted and moved, callers of a crashed instance",
+    });
     // Under this machine's nested KVM (kvm-pvm), IRETQ to ring 3 and exceptions from ring 3
     // work, but SYSCALL from ring 3 does not reach ring 0: the guest fetches LSTAR's target in
     // user mode and page-faults there (error code 0x15). So the user-space cases that make

@@ -7,7 +7,7 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{bench, hardware, instances, machine, messaging, services, spaces, start, tasks};
+use super::{bench, hardware, instances, ipc, machine, messaging, services, spaces, start, tasks};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
@@ -100,6 +100,15 @@ pub(super) static CASES: &[Case] = &[
     case("user_cpu_move", |_, arg| tasks::user_cpu_move(arg)),
     case("user_mem_add", |_, arg| tasks::user_mem_add(arg)),
     case("user_crash_pings", |_, arg| tasks::user_crash_pings(arg)),
+    case("ipc_local", |_, arg| ipc::ipc_local(arg)),
+    case("ipc_remote", |_, arg| ipc::ipc_remote(arg)),
+    case("ipc_all_pairs", |_, arg| ipc::ipc_all_pairs(arg)),
+    case("ipc_forge", |_, arg| ipc::ipc_forge(arg)),
+    case("ipc_grant", |_, _| ipc::ipc_grant()),
+    case("ipc_peer_dead", |_, arg| ipc::ipc_peer_dead(arg)),
+    case("ipc_com2", |_, arg| ipc::ipc_com2(arg)),
+    case("ipc_devices", |_, _| ipc::ipc_devices()),
+    case("bench_ipc", |_, arg| ipc::bench_ipc(arg)),
     case("bench_user", |_, arg| tasks::bench_user(arg)),
     case("page_fault", |_, _| hardware::page_fault()),
     case("panic", |_, _| {

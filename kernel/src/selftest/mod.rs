@@ -25,6 +25,7 @@ mod cases;
 mod hardware;
 mod harness;
 mod instances;
+mod ipc;
 mod machine;
 mod messaging;
 mod peer;

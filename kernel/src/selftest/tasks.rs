@@ -17,12 +17,12 @@ use crate::println;
 use crate::services::tasks::{self, TaskRow, TaskStatus};
 use crate::shared::region;
 
-fn spawn(k: InstanceId, line: &str, hint: Option<u32>) -> Result<TaskId, String> {
+pub(super) fn spawn(k: InstanceId, line: &str, hint: Option<u32>) -> Result<TaskId, String> {
     tasks::spawn(k, line, hint).map_err(|e| format!("spawn {line:?} on instance {k}: {e}"))
 }
 
 /// Waits up to `ms` for task `id` of instance `k` to end; returns its status.
-fn wait_status(k: InstanceId, id: TaskId, ms: u64) -> Result<u64, String> {
+pub(super) fn wait_status(k: InstanceId, id: TaskId, ms: u64) -> Result<u64, String> {
     let deadline = tsc::read() + ms * tsc::ticks_per_ms();
     loop {
         match tasks::status(k, id).map_err(|e| format!("status of {id} on {k}: {e}"))? {
@@ -38,7 +38,7 @@ fn wait_status(k: InstanceId, id: TaskId, ms: u64) -> Result<u64, String> {
     }
 }
 
-fn run_to_end(k: InstanceId, line: &str, ms: u64) -> Result<u64, String> {
+pub(super) fn run_to_end(k: InstanceId, line: &str, ms: u64) -> Result<u64, String> {
     let id = spawn(k, line, None)?;
     wait_status(k, id, ms)
 }
@@ -75,7 +75,7 @@ fn cpu_times(k: InstanceId, ids: &[TaskId]) -> Result<Vec<u64>, String> {
         .collect()
 }
 
-fn sleep_ms(ms: u64) {
+pub(super) fn sleep_ms(ms: u64) {
     tsc::spin_micros(ms * 1000);
 }
 

@@ -324,9 +324,9 @@ fn sync_io_ports(id: TaskId) {
     sched::set_io_ports(id, ports);
 }
 
-/// The parcel of a message a task passed (label and data checked).
+/// The parcel of a message a task passed (label: 32 bits; data checked).
 fn parcel_of(msg: &IpcMsg) -> Result<Parcel, Error> {
-    if msg.label > u64::from(u32::MAX) || msg.label & mk_abi::ipc::ERROR_LABEL != 0 {
+    if msg.label > u64::from(u32::MAX) {
         return Err(Error::BadArgument);
     }
     if msg.len > MAX_INLINE as u64 {
@@ -581,8 +581,16 @@ pub fn cap_info(me: TaskId, h: Handle) -> Result<(u64, u64), Error> {
     ))
 }
 
-/// Every capability of task `id` (for the shell's `caps`).
+/// Every capability of task `id` (for the shell's `caps`); none for a task that does not
+/// run (any more).
 pub fn caps_of(id: TaskId) -> Vec<(Handle, Cap)> {
+    let alive = sched::with(|s| {
+        s.state(id)
+            .is_some_and(|st| !matches!(st, mk_sched::State::Exited { .. }))
+    });
+    if alive != Some(true) {
+        return Vec::new();
+    }
     with(|i| i.caps_of(id)).unwrap_or_default()
 }
 

@@ -63,10 +63,14 @@ pub fn sys_reply(ptr: u64) -> SysResult {
     ipc::reply(current()?, &msg).map(|()| 0)
 }
 
+/// With no call to answer (a server's first round), it only receives.
 pub fn sys_reply_recv(h: u64, ptr: u64) -> SysResult {
     let msg = read_msg(ptr)?;
     check_writable(ptr)?;
-    ipc::reply(current()?, &msg)?;
+    match ipc::reply(current()?, &msg) {
+        Ok(()) | Err(Error::NothingToReply) => {}
+        Err(e) => return Err(e),
+    }
     recv_into(h, ptr)
 }
 

@@ -126,7 +126,7 @@ impl Received {
 /// The message in the caller's memory that `send`, `call`, `recv` and `reply` read and
 /// write (224 bytes, 8-aligned).
 ///
-/// In: `label`, `len`, `data[..len]`, `caps` (handles of the sender, [`NO_CAP`] for none),
+/// In: `label` (32 bits; larger is `BadArgument`), `len`, `data[..len]`, `caps` (handles of the sender, [`NO_CAP`] for none),
 /// `cap_move` (bit i: capability i is moved out of the sender's table, else copied; both
 /// need `GRANT`). Out (`recv`, and `call`'s reply): the same fields, `caps` holding the
 /// receiver's new handles, plus `badge` (of the capability the sender used, or the
@@ -231,10 +231,6 @@ pub mod names {
     /// `data`: the name; only its registrant (same instance and task) may. Reply label 0.
     pub const UNREGISTER: u32 = 3;
 }
-
-/// A reply whose label has this bit carries an error from the kernel (the low 16 bits are
-/// the [`crate::Error`] code): a call returns it as the call's error instead.
-pub const ERROR_LABEL: u64 = 1 << 31;
 
 #[cfg(test)]
 mod tests {

@@ -66,7 +66,8 @@ pub enum Sys {
     /// task). Returns 0; `NothingToReply` if there is none (or it was answered).
     Reply = 15,
     /// `reply_recv(handle, msg_ptr)`: `reply(msg_ptr)` then `recv(handle, msg_ptr)` (the
-    /// reply is sent even if the receive then fails). Returns what `recv` returns.
+    /// reply is sent even if the receive then fails; with no call to answer it only
+    /// receives). Returns what `recv` returns.
     ReplyRecv = 16,
     /// `cap_copy(handle, rights, badge)`: a new handle to the same object with
     /// `rights & old rights`; `badge` (nonzero) is set if the old one had none. Returns it.

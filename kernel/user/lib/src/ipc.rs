@@ -6,7 +6,7 @@
 //! overwrites with what arrives: read it after the call.
 
 pub use mk_abi::ipc::{CapKind, Handle, IpcMsg, NAME_SERVICE, Received, Rights};
-use mk_abi::ipc::{ERROR_LABEL, MAX_INLINE, NO_CAP};
+use mk_abi::ipc::{MAX_INLINE, NO_CAP};
 
 use crate::sys::{raw_syscall, syscall_msg};
 use crate::{Error, Sys};
@@ -41,15 +41,11 @@ pub fn send(h: Handle, msg: &IpcMsg) -> Result<(), Error> {
 }
 
 /// Sends `msg` through `h` and waits up to `timeout_ms` (0: the default, 5 s) for the reply,
-/// which overwrites `msg`. Returns the reply's label. A reply label with [`ERROR_LABEL`] is
-/// returned by the kernel as the call's error; should one arrive as a value anyway, it is
-/// decoded here the same way.
+/// which overwrites `msg`. Returns the reply's label (32 bits: any value). A failed call
+/// (the kernel's errors: stale, timed out, peer dead...) is the call's error.
 pub fn call(h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<u32, Error> {
     let label = sys_msg(Sys::Call, h.0, msg, timeout_ms)?;
-    if label & ERROR_LABEL != 0 {
-        return Err(Error::from_code(label & 0xFFFF).unwrap_or(Error::NoSuchCall));
-    }
-    Ok(label as u32)
+    u32::try_from(label).map_err(|_| Error::BadArgument)
 }
 
 /// Waits for a message or notification on the endpoint `h` (right `RECV`); it overwrites

@@ -289,3 +289,38 @@ pub unsafe fn _start<R: crate::Exit>(ptr: *const u8, len: usize, main: fn(crate:
     let text = core::str::from_utf8(bytes).unwrap_or("");
     exit(main(crate::Args::new(text)).status())
 }
+
+/// A device's registers mapped into this task by `mmio_map` (an MMIO capability): read and
+/// written only through bounds-checked volatile accesses.
+pub struct Mmio {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Mmio {
+    /// Maps the MMIO capability `h` (its length from `cap_info`).
+    pub fn map(h: mk_abi::ipc::Handle) -> Result<Self, mk_abi::Error> {
+        let info = crate::ipc::cap_info(h)?;
+        if info.kind != Some(mk_abi::ipc::CapKind::Mmio) {
+            return Err(mk_abi::Error::NoRight);
+        }
+        let pages = (info.object & 0xFFF) as usize;
+        let base = crate::ipc::mmio_map(h)?;
+        Ok(Self {
+            base,
+            len: pages * 4096,
+        })
+    }
+
+    /// The 32-bit register at byte `offset` (aligned, inside the range), or `None`.
+    pub fn read32(&self, offset: usize) -> Option<u32> {
+        if offset % 4 != 0 || offset + 4 > self.len {
+            return None;
+        }
+        // SAFETY: `base..base + len` is this task's mapping of the capability's pages (the
+        // kernel mapped them, uncached, for the task's whole life: nothing unmaps them but
+        // this task's own `unmap`, which this type never calls); `offset` is aligned and in
+        // range, and a volatile read of device memory has no effect on the program's memory.
+        Some(unsafe { core::ptr::read_volatile(self.base.add(offset).cast::<u32>()) })
+    }
+}

@@ -55,6 +55,9 @@ fn main(args: Args) -> u64 {
     if status == 0 {
         let per = (rdtsc() - start) / n.max(1);
         println!("pingpong {name} {n} ok cycles_per_call={per}");
+        // For `cargo xtask bench` (time-stamp counter ticks: instructions in its
+        // instruction-count mode).
+        println!("BENCH ipc.rtt.{name} unit=ns_per_op value={per} n={n}");
     }
     if quit {
         let mut msg = IpcMsg::new(QUIT_LABEL, &[]);
