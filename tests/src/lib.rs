@@ -366,6 +366,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "ipc_forge=4660:20000",
             "ipc_grant",
             "ipc_devices",
+            "ipc_pages=64:20",
             "ipc_com2=4096",
             "ipc_peer_dead=4",
         ],

@@ -707,6 +707,91 @@ impl AddressSpace {
         Ok(va)
     }
 
+    /// The page-table frame holding the last-level entry of `page`, if its tables exist.
+    fn leaf_of(&self, page: u64) -> Option<u64> {
+        let mut table = self.root;
+        for level in [4, 3, 2] {
+            let e = read_entry(table, index(page, level));
+            if !present(e) || huge(e) {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        Some(table)
+    }
+
+    /// Takes `pages` pages at `va` out of the space (the `pages` system call): every page
+    /// must be mapped in the anonymous region and be memory, not a device. They are unmapped
+    /// and their frames handed over in a [`PageRun`], with their contents. Nothing changes on
+    /// an error.
+    pub fn take_anon(&mut self, va: u64, pages: u64) -> Result<PageRun, SpaceError> {
+        match region_of(va, pages) {
+            Some((ANON_START, _)) if pages > 0 => {}
+            _ if pages == 0 => return Err(SpaceError::Empty),
+            _ => return Err(SpaceError::NotAnon { va, pages }),
+        }
+        let mut run = Vec::with_capacity(pages as usize);
+        for i in 0..pages {
+            let page = va + i * PAGE_SIZE;
+            let (e, flags) = self.walk(page).ok_or(SpaceError::NotMapped { va: page })?;
+            if flags.contains(DEVICE) {
+                return Err(SpaceError::NotAnon { va, pages });
+            }
+            run.push(e & ADDR_MASK);
+        }
+        let active = self.is_active();
+        for i in 0..pages {
+            let page = va + i * PAGE_SIZE;
+            if let Some(table) = self.leaf_of(page) {
+                write_entry(table, index(page, 1), 0);
+            }
+            if active {
+                x86_64::instructions::tlb::flush(VirtAddr::new(page));
+            }
+            self.user_frames -= 1;
+            USER_FRAMES.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.forget_anon(va, va + pages * PAGE_SIZE);
+        Ok(PageRun { frames: run })
+    }
+
+    /// Maps the pages of `run` in the anonymous region (read-write, not executable), which
+    /// become the space's (freed with it); returns their address. On an error the run is
+    /// given back untouched.
+    pub fn map_run(&mut self, mut run: PageRun) -> Result<u64, (SpaceError, PageRun)> {
+        let pages = run.frames.len() as u64;
+        let Some(va) = self.find_free_anon(pages * PAGE_SIZE) else {
+            return Err((
+                SpaceError::AnonFull {
+                    len: pages * PAGE_SIZE,
+                },
+                run,
+            ));
+        };
+        for (i, &frame) in run.frames.iter().enumerate() {
+            let page = va + i as u64 * PAGE_SIZE;
+            match self.leaf_table(page) {
+                Ok(table) => write_entry(table, index(page, 1), frame | Perm::RW.flags().bits()),
+                Err(e) => {
+                    // Take back what was mapped (the frames stay the run's).
+                    for k in 0..i as u64 {
+                        let p = va + k * PAGE_SIZE;
+                        if let Some(t) = self.leaf_of(p) {
+                            write_entry(t, index(p, 1), 0);
+                        }
+                    }
+                    return Err((e, run));
+                }
+            }
+        }
+        self.user_frames += pages;
+        USER_FRAMES.fetch_add(pages, Ordering::Relaxed);
+        self.anon.push((va, va + pages * PAGE_SIZE));
+        self.anon.sort_unstable();
+        run.frames.clear();
+        Ok(va)
+    }
+
     /// Checks `[va, va + len)` for a copy and that every page is mapped, user accessible, and
     /// writable if `write`.
     fn check_copy(&self, va: u64, len: u64, write: bool) -> Result<(), UserFault> {
@@ -874,6 +959,72 @@ impl Drop for AddressSpace {
             // The counts disagree with the walk: a bookkeeping bug, reported like a refused
             // free (the frames themselves were all given back).
             FREE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Pages of memory that belong to no address space: taken out of one (`take_anon`) or filled
+/// by the kernel (`from_bytes`), until mapped into one (`map_run`). Dropping a run frees its
+/// frames.
+#[derive(Debug)]
+pub struct PageRun {
+    frames: Vec<u64>,
+}
+
+impl PageRun {
+    /// A run of `data.len()` bytes rounded up to pages, holding `data` (the rest zeroed).
+    pub fn from_bytes(data: &[u8]) -> Result<Self, SpaceError> {
+        let pages = data.len().div_ceil(PAGE_SIZE as usize).max(1);
+        let mut run = Self {
+            frames: Vec::with_capacity(pages),
+        };
+        for chunk in 0..pages {
+            let frame = zeroed_frame().ok_or(SpaceError::OutOfFrames)?;
+            run.frames.push(frame);
+            let from = chunk * PAGE_SIZE as usize;
+            let part = &data[from.min(data.len())..(from + PAGE_SIZE as usize).min(data.len())];
+            // SAFETY: `frame` was just allocated from this instance's allocator (so it is in
+            // the physical map) and belongs to this run alone; `part` is at most a page long
+            // and a kernel buffer, so the ranges do not overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    part.as_ptr(),
+                    frames::phys_to_virt(frame) as *mut u8,
+                    part.len(),
+                );
+            }
+        }
+        Ok(run)
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// The run's contents.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = alloc::vec![0u8; self.frames.len() * PAGE_SIZE as usize];
+        for (i, &frame) in self.frames.iter().enumerate() {
+            let at = i * PAGE_SIZE as usize;
+            // SAFETY: every frame of a run is a whole page of this instance's memory that no
+            // address space maps (taken out of one, or filled by `from_bytes`) and that only
+            // this run owns; `out` has room for the page at `at`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    frames::phys_to_virt(frame) as *const u8,
+                    out[at..].as_mut_ptr(),
+                    PAGE_SIZE as usize,
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Drop for PageRun {
+    fn drop(&mut self) {
+        for &f in &self.frames {
+            free_frame(f);
         }
     }
 }

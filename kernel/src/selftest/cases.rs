@@ -108,6 +108,7 @@ pub(super) static CASES: &[Case] = &[
     case("ipc_peer_dead", |_, arg| ipc::ipc_peer_dead(arg)),
     case("ipc_com2", |_, arg| ipc::ipc_com2(arg)),
     case("ipc_devices", |_, _| ipc::ipc_devices()),
+    case("ipc_pages", |_, arg| ipc::ipc_pages(arg)),
     case("bench_ipc", |_, arg| ipc::bench_ipc(arg)),
     case("bench_user", |_, arg| tasks::bench_user(arg)),
     case("page_fault", |_, _| hardware::page_fault()),

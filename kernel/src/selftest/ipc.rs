@@ -28,7 +28,7 @@ fn expect_zero(k: InstanceId, what: &str, status: u64) -> Outcome {
     })
 }
 
-fn ipc_stats(k: InstanceId) -> Result<[u64; 13], String> {
+fn ipc_stats(k: InstanceId) -> Result<[u64; 15], String> {
     control::ipc_stats(k).map_err(|e| format!("ipc stats of {k}: {e}"))
 }
 
@@ -39,7 +39,9 @@ fn wait_until(what: &str, ms: u64, mut done: impl FnMut() -> Result<bool, String
         if done()? {
             return Ok(());
         }
-        ensure(tsc::read() < deadline, || format!("{what}: not within {ms} ms"))?;
+        ensure(tsc::read() < deadline, || {
+            format!("{what}: not within {ms} ms")
+        })?;
         messaging::poll();
         tsc::spin_micros(2_000);
     }
@@ -47,13 +49,23 @@ fn wait_until(what: &str, ms: u64, mut done: impl FnMut() -> Result<bool, String
 
 /// Runs a server `echo NAME` on `server` and `pingpong NAME N quit` on `client`; both must end
 /// with 0 (the client checked every reply: label, length and bytes, in order).
-fn ping_pong(server: InstanceId, client: InstanceId, name: &str, n: u64) -> Result<(TaskId, TaskId), String> {
+fn ping_pong(
+    server: InstanceId,
+    client: InstanceId,
+    name: &str,
+    n: u64,
+) -> Result<(TaskId, TaskId), String> {
     let s = spawn(server, &format!("echo {name}"), None)?;
     let c = spawn(client, &format!("pingpong {name} {n} quit"), None)?;
     Ok((s, c))
 }
 
-fn finish_pair(server: InstanceId, client: InstanceId, (s, c): (TaskId, TaskId), ms: u64) -> Outcome {
+fn finish_pair(
+    server: InstanceId,
+    client: InstanceId,
+    (s, c): (TaskId, TaskId),
+    ms: u64,
+) -> Outcome {
     expect_zero(client, "pingpong", wait_status(client, c, ms)?)?;
     expect_zero(server, "echo", wait_status(server, s, 10_000)?)
 }
@@ -73,7 +85,9 @@ pub(super) fn ipc_local(arg: &str) -> Outcome {
             after[3] - before[3]
         )
     })?;
-    println!("ipc_local: {n} calls between two tasks of instance {k}, every reply intact and in order");
+    println!(
+        "ipc_local: {n} calls between two tasks of instance {k}, every reply intact and in order"
+    );
     Ok(())
 }
 
@@ -88,7 +102,9 @@ fn counters_reconciled(ids: &[usize]) -> Outcome {
                     .map_or(0, |t| t.sent.load(core::sync::atomic::Ordering::Relaxed));
                 let got = region::telemetry_row(iid(b))
                     .and_then(|r| r.get(a))
-                    .map_or(0, |t| t.received.load(core::sync::atomic::Ordering::Relaxed));
+                    .map_or(0, |t| {
+                        t.received.load(core::sync::atomic::Ordering::Relaxed)
+                    });
                 if sent != got {
                     return Ok(false);
                 }
@@ -97,7 +113,11 @@ fn counters_reconciled(ids: &[usize]) -> Outcome {
         Ok(true)
     };
     // Heartbeats and replies may be in flight: equal at some instant within 2 s.
-    wait_until("mailbox counters reconciled (sent = received per pair)", 2_000, || settle(()))
+    wait_until(
+        "mailbox counters reconciled (sent = received per pair)",
+        2_000,
+        || settle(()),
+    )
 }
 
 /// `ipc_remote=N`: N calls from a task of instance 2 to a server task of instance 1.
@@ -109,10 +129,15 @@ pub(super) fn ipc_remote(arg: &str) -> Outcome {
     finish_pair(s, c, pair, 900_000)?;
     let after = ipc_stats(s)?;
     ensure(after[7] - before[7] >= n, || {
-        format!("instance {s} took {} requests from other instances for {n}", after[7] - before[7])
+        format!(
+            "instance {s} took {} requests from other instances for {n}",
+            after[7] - before[7]
+        )
     })?;
     counters_reconciled(&[0, 1, 2])?;
-    println!("ipc_remote: {n} calls from instance {c} to instance {s}, intact and in order; mailbox counters reconciled");
+    println!(
+        "ipc_remote: {n} calls from instance {c} to instance {s}, intact and in order; mailbox counters reconciled"
+    );
     Ok(())
 }
 
@@ -129,7 +154,10 @@ pub(super) fn ipc_all_pairs(arg: &str) -> Outcome {
     let mut clients = Vec::new();
     for &c in &ids {
         for &s in ids.iter().filter(|&&s| s != c) {
-            clients.push((iid(c), spawn(iid(c), &format!("pingpong all{s} {n}"), None)?));
+            clients.push((
+                iid(c),
+                spawn(iid(c), &format!("pingpong all{s} {n}"), None)?,
+            ));
         }
     }
     for (k, id) in clients {
@@ -144,7 +172,9 @@ pub(super) fn ipc_all_pairs(arg: &str) -> Outcome {
         expect_zero(k, "echo", wait_status(k, id, 10_000)?)?;
     }
     counters_reconciled(&[0, 1, 2, 3, 4])?;
-    println!("ipc_all_pairs: 12 clients x {n} calls among instances 1 to 4 at once, intact and in order; mailbox counters reconciled");
+    println!(
+        "ipc_all_pairs: 12 clients x {n} calls among instances 1 to 4 at once, intact and in order; mailbox counters reconciled"
+    );
     Ok(())
 }
 
@@ -156,16 +186,30 @@ pub(super) fn ipc_forge(arg: &str) -> Outcome {
     let (seed, n) = arg.split_once(':').ok_or("ipc_forge=SEED:N")?;
     let (seed, n): (u64, u64) = (number(seed)?, number(n)?);
     let k = iid(1);
-    expect_zero(k, "forge", run_to_end(k, &format!("forge {seed} {n}"), 300_000)?)?;
-    expect_zero(k, "ipcfuzz", run_to_end(k, &format!("ipcfuzz {seed} {n}"), 600_000)?)?;
+    expect_zero(
+        k,
+        "forge",
+        run_to_end(k, &format!("forge {seed} {n}"), 300_000)?,
+    )?;
+    expect_zero(
+        k,
+        "ipcfuzz",
+        run_to_end(k, &format!("ipcfuzz {seed} {n}"), 600_000)?,
+    )?;
     // Another task's handles: a server's endpoint handle (slot 1, generation 1), used by a
     // task that holds nothing there, is refused (`forge` tries small slots and generations).
     let s = spawn(k, "echo forged", None)?;
     let status = run_to_end(k, &format!("forge {} 200", seed ^ 0x5555), 300_000)?;
     expect_zero(k, "forge beside a server", status)?;
-    expect_zero(k, "pingpong (quit)", run_to_end(k, "pingpong forged 1 quit", 60_000)?)?;
+    expect_zero(
+        k,
+        "pingpong (quit)",
+        run_to_end(k, "pingpong forged 1 quit", 60_000)?,
+    )?;
     expect_zero(k, "echo", wait_status(k, s, 10_000)?)?;
-    println!("ipc_forge: forged and stale handles refused, {n} fuzzed IPC calls survived (seed {seed:#x})");
+    println!(
+        "ipc_forge: forged and stale handles refused, {n} fuzzed IPC calls survived (seed {seed:#x})"
+    );
     Ok(())
 }
 
@@ -182,7 +226,9 @@ pub(super) fn ipc_grant() -> Outcome {
     ensure(caps.is_empty(), || {
         format!("the exited server still holds {caps:?}")
     })?;
-    println!("ipc_grant: copy with fewer rights and a badge, move, revocation on exit: as specified");
+    println!(
+        "ipc_grant: copy with fewer rights and a badge, move, revocation on exit: as specified"
+    );
     Ok(())
 }
 
@@ -218,7 +264,10 @@ pub(super) fn ipc_peer_dead(arg: &str) -> Outcome {
     for id in &callers {
         let status = wait_status(callers_in, *id, 20_000)?;
         ensure(status == mk_abi::Error::PeerDead.code(), || {
-            format!("caller {id} ended with {status}, want PeerDead ({})", mk_abi::Error::PeerDead.code())
+            format!(
+                "caller {id} ended with {status}, want PeerDead ({})",
+                mk_abi::Error::PeerDead.code()
+            )
         })?;
     }
     let all_failed = tsc::read();
@@ -230,7 +279,11 @@ pub(super) fn ipc_peer_dead(arg: &str) -> Outcome {
     );
     crate::services::lifecycle::respawn(dead).map_err(|e| format!("respawning {dead}: {e}"))?;
     let s = spawn(dead, "echo doomed", None)?;
-    expect_zero(callers_in, "pingpong after respawn", run_to_end(callers_in, "pingpong doomed 100 quit", 120_000)?)?;
+    expect_zero(
+        callers_in,
+        "pingpong after respawn",
+        run_to_end(callers_in, "pingpong doomed 100 quit", 120_000)?,
+    )?;
     expect_zero(dead, "echo", wait_status(dead, s, 10_000)?)?;
     println!("ipc_peer_dead: after respawning instance {dead}, a fresh lookup and 100 calls work");
     Ok(())
@@ -263,7 +316,9 @@ fn driver(k: InstanceId, line: usize) -> Result<TaskId, String> {
 fn kill(k: InstanceId, id: TaskId) -> Outcome {
     control::kill(k, id).map_err(|e| format!("kill {id} on {k}: {e}"))?;
     let s = wait_status(k, id, 10_000)?;
-    ensure(s == mk_abi::STATUS_KILLED, || format!("killed {id} ended with {s}"))
+    ensure(s == mk_abi::STATUS_KILLED, || {
+        format!("killed {id} ended with {s}")
+    })
 }
 
 /// `ipc_com2=TOTAL`: COM2 (loopback) driven by a user task: its line is balanced to instance
@@ -276,7 +331,8 @@ pub(super) fn ipc_com2(arg: &str) -> Outcome {
     let total: u64 = number(arg)?;
     let line = com2_line()?;
     let (d1, c, d3) = (iid(1), iid(2), iid(3));
-    crate::services::irq::balance(line, d1).map_err(|s| format!("balancing COM2's line {line} to {d1}: {s:?}"))?;
+    crate::services::irq::balance(line, d1)
+        .map_err(|s| format!("balancing COM2's line {line} to {d1}: {s:?}"))?;
     let first = driver(d1, line)?;
     let client = spawn(c, &format!("com2client {total}"), None)?;
     let irqs = |k: InstanceId| Ok::<u64, String>(ipc_stats(k)?[5]);
@@ -293,17 +349,30 @@ pub(super) fn ipc_com2(arg: &str) -> Outcome {
     kill(d1, second)?;
     let jobs = start_job(1, job::BALANCE_LINE, line as u64 | (3u64 << 32))?;
     let result = wait_job(1, jobs, 10_000)?.job_result;
-    ensure(result == 0, || format!("instance 1 could not balance line {line} to 3 (status {})", result - 1))?;
-    let r = region::get().ok_or("no shared region")?;
-    ensure(r.owner(Resource::Irq(line as u32)) == Ok(Owner::Owned(d3)), || {
-        format!("line {line} owned by {:?} after the balance", r.owner(Resource::Irq(line as u32)))
+    ensure(result == 0, || {
+        format!(
+            "instance 1 could not balance line {line} to 3 (status {})",
+            result - 1
+        )
     })?;
+    let r = region::get().ok_or("no shared region")?;
+    ensure(
+        r.owner(Resource::Irq(line as u32)) == Ok(Owner::Owned(d3)),
+        || {
+            format!(
+                "line {line} owned by {:?} after the balance",
+                r.owner(Resource::Irq(line as u32))
+            )
+        },
+    )?;
     let third_before = irqs(d3)?;
     let third = driver(d3, line)?;
     let status = wait_status(c, client, 600_000)?;
     expect_zero(c, "com2client (count and checksum of every byte)", status)?;
     let third_irqs = irqs(d3)? - third_before;
-    ensure(third_irqs > 0, || String::from("the driver in instance 3 took no interrupt"))?;
+    ensure(third_irqs > 0, || {
+        String::from("the driver in instance 3 took no interrupt")
+    })?;
     kill(d3, third)?;
     println!(
         "ipc_com2: {total} bytes through user-space COM2 drivers intact: instance {d1} (killed and restarted), then instance {d3} ({third_irqs} interrupts) after IRQ_BALANCE"
@@ -321,21 +390,84 @@ pub(super) fn ipc_devices() -> Outcome {
     ensure(status == mk_abi::STATUS_FAULT + 13, || {
         format!("a port read without a capability ended with {status}, want a #GP fault")
     })?;
-    let with = control::spawn_with(k, "ioport 0x2ff", None, &[Grant::IoPorts { base: 0x2F8, len: 8 }])
-        .map_err(|e| format!("{e}"))?;
-    expect_zero(k, "ioport with the capability", wait_status(k, with, 30_000)?)?;
-    let outside = control::spawn_with(k, "ioport 0x300", None, &[Grant::IoPorts { base: 0x2F8, len: 8 }])
-        .map_err(|e| format!("{e}"))?;
+    let with = control::spawn_with(
+        k,
+        "ioport 0x2ff",
+        None,
+        &[Grant::IoPorts {
+            base: 0x2F8,
+            len: 8,
+        }],
+    )
+    .map_err(|e| format!("{e}"))?;
+    expect_zero(
+        k,
+        "ioport with the capability",
+        wait_status(k, with, 30_000)?,
+    )?;
+    let outside = control::spawn_with(
+        k,
+        "ioport 0x300",
+        None,
+        &[Grant::IoPorts {
+            base: 0x2F8,
+            len: 8,
+        }],
+    )
+    .map_err(|e| format!("{e}"))?;
     let status = wait_status(k, outside, 30_000)?;
     ensure(status == mk_abi::STATUS_FAULT + 13, || {
         format!("a port outside the granted range ended with {status}")
     })?;
-    let hpet = control::spawn_with(k, "mmio", None, &[Grant::Mmio { phys: 0xFED0_0000, pages: 1 }])
-        .map_err(|e| format!("{e}"))?;
+    let hpet = control::spawn_with(
+        k,
+        "mmio",
+        None,
+        &[Grant::Mmio {
+            phys: 0xFED0_0000,
+            pages: 1,
+        }],
+    )
+    .map_err(|e| format!("{e}"))?;
     expect_zero(k, "mmio with the capability", wait_status(k, hpet, 30_000)?)?;
     let status = run_to_end(k, "mmio", 30_000)?;
-    ensure(status == 2, || format!("mmio without a capability ended with {status}, want 2 (refused)"))?;
+    ensure(status == 2, || {
+        format!("mmio without a capability ended with {status}, want 2 (refused)")
+    })?;
     println!("ipc_devices: I/O ports and MMIO only through capabilities");
+    Ok(())
+}
+
+/// `ipc_pages=KIB:ROUNDS`: pages granted in calls, both ways: `bulk` maps KIB KiB, fills
+/// them, grants them (they leave its address space) to `bulksrv`, which maps them, checks
+/// them and grants them back changed; within instance 1, then from instance 2 to 1 (through
+/// the shared page pool, ownership checked). Afterwards no page run is left in either
+/// instance, none was lost, and the pool has every page back.
+pub(super) fn ipc_pages(arg: &str) -> Outcome {
+    let (kib, rounds) = arg.split_once(':').ok_or("ipc_pages=KIB:ROUNDS")?;
+    let (kib, rounds): (u64, u64) = (number(kib)?, number(rounds)?);
+    let (s, c) = (iid(1), iid(2));
+    let pool = || region::pool().map(|(p, _)| p.free_pages()).ok_or("no pool");
+    let pool_before = pool()?;
+    for (client, name) in [(s, "pagesl"), (c, "pagesr")] {
+        let server = spawn(s, &format!("bulksrv {name}"), None)?;
+        let status = run_to_end(client, &format!("bulk {name} {kib} {rounds} quit"), 300_000)?;
+        expect_zero(client, "bulk", status)?;
+        expect_zero(s, "bulksrv", wait_status(s, server, 10_000)?)?;
+    }
+    for k in [s, c] {
+        let st = ipc_stats(k)?;
+        ensure(st[13] == 0 && st[14] == 0, || {
+            format!("instance {k}: {} page runs left, {} lost", st[13], st[14])
+        })?;
+    }
+    let pool_after = pool()?;
+    ensure(pool_after == pool_before, || {
+        format!("the shared pool had {pool_before} free pages, now {pool_after}")
+    })?;
+    println!(
+        "ipc_pages: {rounds} x {kib} KiB granted both ways within instance {s} and from {c} to {s} (through the pool), intact; no run left or lost, the pool whole"
+    );
     Ok(())
 }
 
@@ -351,7 +483,10 @@ pub(super) fn bench_ipc(arg: &str) -> Outcome {
     finish_pair(s, c, pair, 900_000)?;
     let start = tsc::read();
     for i in 0..n {
-        let p = mk_wire::Payload::Ping(mk_wire::PingPayload { nonce: i, sent_at: i });
+        let p = mk_wire::Payload::Ping(mk_wire::PingPayload {
+            nonce: i,
+            sent_at: i,
+        });
         messaging::call(s, Kind::Ping, p, 2000).map_err(|e| format!("ping {i}: {e:?}"))?;
     }
     let per = (tsc::read() - start) * 1_000_000 / tsc::ticks_per_ms() / n;

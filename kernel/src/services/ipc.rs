@@ -38,11 +38,25 @@ use spin::Mutex;
 
 use crate::arch::tsc;
 use crate::instance::InstanceId;
+use crate::memory::space::PageRun;
 use crate::messaging::{self, HandlerFn, SendError};
 use crate::shared::region;
 use crate::tasks::sched;
 
 static IPC: Mutex<Option<Ipc>> = Mutex::new(None);
+
+/// Page runs held by capabilities (`pages`), by the id their capability names. Taken with
+/// interrupts off, after the IPC lock if both are held.
+static PAGE_RUNS: Mutex<mk_ipc::Slots<PageRun>> = Mutex::new(mk_ipc::Slots::new(MAX_RUNS));
+/// Most page runs an instance holds at once.
+const MAX_RUNS: usize = 256;
+/// Page runs that could not cross to another instance (the shared pool was full, or the
+/// receiver found the pages not handed to it): their messages went without them.
+pub static PAGES_LOST: AtomicU64 = AtomicU64::new(0);
+
+fn runs<R>(f: impl FnOnce(&mut mk_ipc::Slots<PageRun>) -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| f(&mut PAGE_RUNS.lock()))
+}
 
 /// Answers and endpoint deaths waiting for room in a mailbox: `(to, subtype, bytes)`.
 static OUTBOX: Mutex<VecDeque<(InstanceId, u16, Encoded)>> = Mutex::new(VecDeque::new());
@@ -120,11 +134,22 @@ fn run(effects: Vec<Effect>) {
                 dst,
                 call,
                 parcel,
-            } => post(to, IPC_REQUEST, wire::encode_request(dst, call, &parcel)),
+            } => {
+                let (parcel, leases) = export(parcel, to);
+                free_exported(&leases);
+                post(to, IPC_REQUEST, wire::encode_request(dst, call, &parcel));
+            }
             Effect::Answer { to, token, result } => {
+                let result = result.map(|p| {
+                    let (p, leases) = export(p, to);
+                    // An answer is final: the local runs go now (their bytes are in the pool).
+                    free_exported(&leases);
+                    p
+                });
                 post(to, IPC_ANSWER, wire::encode_answer(token, &result));
             }
             Effect::Forget { endpoint } => post(0, IPC_FORGET, wire::encode_forget(endpoint)),
+            Effect::Release { run } => drop(runs(|r| r.remove(run))),
             Effect::Unbound { line } => {
                 crate::info!(
                     "irq line {line}: its driver task ended; the line stays masked until the next driver acknowledges it"
@@ -238,6 +263,7 @@ fn handle_request(m: &Message) -> Option<Reply> {
     match wire::decode_request(request_bytes(m)) {
         Ok((dst, call, parcel)) => {
             let from = m.sender.index() as u8;
+            let parcel = import(parcel, m.sender);
             let _ = with_effects(|i| i.incoming(from, dst, call, parcel));
         }
         Err(e) => malformed(m, &format_args!("{e:?}")),
@@ -249,6 +275,7 @@ fn handle_answer(m: &Message) -> Option<Reply> {
     match wire::decode_answer(request_bytes(m)) {
         Ok((token, result)) => {
             let from = m.sender.index() as u8;
+            let result = result.map(|p| import(p, m.sender));
             let _ = with_effects(|i| i.answer_in(from, token, result));
         }
         Err(e) => malformed(m, &format_args!("{e:?}")),
@@ -365,8 +392,16 @@ fn is_full(e: SendError) -> bool {
     )
 }
 
+/// A forward ready to go: destination, encoding, and the page runs it carries through the
+/// pool (freed once sent, taken back if it cannot be).
+struct Outgoing {
+    to: u8,
+    encoded: Encoded,
+    leases: Vec<Exported>,
+}
+
 /// Splits the forward (at most one) out of a send's effects and runs the others.
-fn split_forward(effects: Vec<Effect>) -> Option<(u8, Encoded)> {
+fn split_forward(effects: Vec<Effect>) -> Option<Outgoing> {
     let mut forward = None;
     let mut rest = Vec::new();
     for e in effects {
@@ -377,13 +412,136 @@ fn split_forward(effects: Vec<Effect>) -> Option<(u8, Encoded)> {
                 call,
                 parcel,
             } if forward.is_none() => {
-                forward = Some((to, wire::encode_request(dst, call, &parcel)))
+                let (parcel, leases) = export(parcel, to);
+                forward = Some(Outgoing {
+                    to,
+                    encoded: wire::encode_request(dst, call, &parcel),
+                    leases,
+                });
             }
             other => rest.push(other),
         }
     }
     run(rest);
     forward
+}
+
+/// A page run copied into the shared pool for another instance.
+struct Exported {
+    run: mk_ipc::ObjId,
+    lease: mk_pool::Lease,
+}
+
+/// Puts the page runs `p` carries into the shared pool, handed over to instance `to`
+/// (`Object::PoolPages`); a run the pool cannot take is left out (counted in `PAGES_LOST`).
+fn export(mut p: Parcel, to: u8) -> (Parcel, Vec<Exported>) {
+    let mut out = Vec::new();
+    for slot in p.caps.iter_mut() {
+        let Some(Cap {
+            object: Object::Pages { id, .. },
+            ..
+        }) = *slot
+        else {
+            continue;
+        };
+        match to_pool(id, to) {
+            Some((frame, e)) => {
+                let pages = e.lease.pages;
+                out.push(e);
+                *slot = slot.map(|c| Cap {
+                    object: Object::PoolPages { frame, pages },
+                    ..c
+                });
+            }
+            None => {
+                PAGES_LOST.fetch_add(1, Ordering::Relaxed);
+                *slot = None;
+            }
+        }
+    }
+    (p, out)
+}
+
+fn to_pool(run: mk_ipc::ObjId, to: u8) -> Option<(u64, Exported)> {
+    let (pool, pool_phys) = region::pool()?;
+    let me = crate::instance::id().raw();
+    let data = runs(|r| r.get(run).map(PageRun::to_bytes))?;
+    let pages = (data.len() / 4096) as u32;
+    let lease = pool.alloc(me, pages).ok()?;
+    let written = pool.checked_write(lease.first, lease.pages, me, &data);
+    let handed = match written {
+        Ok(()) => pool.hand_over(lease, me, u16::from(to)),
+        Err(e) => Err(e),
+    };
+    let lease = match handed {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = pool.release(lease, me);
+            return None;
+        }
+    };
+    let offset = pool.page_phys_offset(lease.first).ok()? as u64;
+    Some(((pool_phys + offset) >> 12, Exported { run, lease }))
+}
+
+/// The forward went: the runs it carried are the receiver's now (in the pool).
+fn free_exported(e: &[Exported]) {
+    for x in e {
+        drop(runs(|r| r.remove(x.run)));
+    }
+}
+
+/// The forward could not go: the pool pages come back, the runs stay the sender's.
+fn cancel_exported(e: Vec<Exported>) {
+    let Some((pool, _)) = region::pool() else {
+        return;
+    };
+    let me = crate::instance::id().raw();
+    for x in e {
+        if let Ok(l) = pool.cancel(x.lease, me) {
+            let _ = pool.release(l, me);
+        }
+    }
+}
+
+/// Takes the pool pages a parcel from `from` carries (they must be in transit from it to
+/// us), copies them into page runs of this instance and gives the parcel capabilities to
+/// those; a run that is not ours to take is left out (counted in `PAGES_LOST`).
+fn import(mut p: Parcel, from: InstanceId) -> Parcel {
+    for slot in p.caps.iter_mut() {
+        let Some(Cap {
+            object: Object::PoolPages { frame, pages },
+            ..
+        }) = *slot
+        else {
+            continue;
+        };
+        let local = from_pool(frame, pages, from).and_then(|run| {
+            let n = run.pages() as u32;
+            runs(|r| r.insert(run)).ok().map(|id| (id, n))
+        });
+        *slot = match local {
+            Some((id, pages)) => slot.map(|c| Cap {
+                object: Object::Pages { id, pages },
+                ..c
+            }),
+            None => {
+                PAGES_LOST.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+    }
+    p
+}
+
+fn from_pool(frame: u64, pages: u32, from: InstanceId) -> Option<PageRun> {
+    let p = mk_wire::LargeDataPayload {
+        pool_frame: frame,
+        page_count: pages,
+        byte_len: u64::from(pages) * 4096,
+    };
+    let data = messaging::bulk::receive_large(from, &p).ok()?;
+    PageRun::from_bytes(&data).ok()
 }
 
 /// `send`: task `me` sends `msg` through `h` without waiting.
@@ -395,11 +553,17 @@ pub fn send(me: TaskId, h: Handle, msg: &IpcMsg) -> Result<(), Error> {
     })
     .ok_or(Error::NoSuchTask)?;
     sent?;
-    if let Some((to, e)) = split_forward(effects) {
-        match forward_now(to, IPC_REQUEST, &e) {
-            Ok(()) => {}
-            Err(err) if is_full(err) => return Err(Error::Busy),
-            Err(_) => return Err(Error::PeerDead),
+    if let Some(out) = split_forward(effects) {
+        match forward_now(out.to, IPC_REQUEST, &out.encoded) {
+            Ok(()) => free_exported(&out.leases),
+            Err(err) => {
+                cancel_exported(out.leases);
+                return Err(if is_full(err) {
+                    Error::Busy
+                } else {
+                    Error::PeerDead
+                });
+            }
         }
         with(|i| i.commit_moves(me, msg.caps, msg.cap_move));
     }
@@ -429,15 +593,19 @@ pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<
     let Some(token) = sent.token else {
         return Err(Error::BadArgument);
     };
-    if let Some((to, e)) = split_forward(effects) {
+    if let Some(out) = split_forward(effects) {
         // A full mailbox makes the caller wait (a tick at a time) until its deadline.
         loop {
-            match forward_now(to, IPC_REQUEST, &e) {
-                Ok(()) => break,
+            match forward_now(out.to, IPC_REQUEST, &out.encoded) {
+                Ok(()) => {
+                    free_exported(&out.leases);
+                    break;
+                }
                 Err(err) if is_full(err) && tsc::read() < deadline => {
                     sched::sleep_until(ticks_after_ms(1).min(deadline));
                 }
                 Err(err) => {
+                    cancel_exported(out.leases);
                     with(|i| i.cancel_call(token));
                     return Err(if is_full(err) {
                         Error::TimedOut
@@ -614,6 +782,52 @@ pub fn irq_fired(line: usize) -> bool {
 
 pub fn irq_bound(line: usize) -> bool {
     with(|i| i.irq_bound(line)).unwrap_or(false)
+}
+
+/// `pages`: takes task `me`'s pages `va..va + len` out of its address space into a page run
+/// and gives it a capability to the run.
+pub fn grant_pages(me: TaskId, va: u64, len: u64) -> Result<Handle, Error> {
+    if len == 0 || va % 4096 != 0 {
+        return Err(Error::BadArgument);
+    }
+    let pages = len.div_ceil(4096);
+    if pages > mk_abi::ipc::MAX_GRANT_PAGES {
+        return Err(Error::BadLength);
+    }
+    if with(|i| i.cap_room(me)) != Some(true) {
+        return Err(Error::TooManyCaps);
+    }
+    let run = sched::with(|s| {
+        let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
+        t.space.take_anon(va, pages).map_err(|e| e.abi_error())
+    })
+    .ok_or(Error::NoSuchTask)??;
+    let id = runs(|r| r.insert(run)).map_err(|_| Error::OutOfMemory)?;
+    match with(|i| i.new_pages(me, id, pages as u32)) {
+        Some(Ok(h)) => Ok(h),
+        other => {
+            drop(runs(|r| r.remove(id)));
+            Err(other.map_or(Error::NoSuchTask, |r| r.err().unwrap_or(Error::TooManyCaps)))
+        }
+    }
+}
+
+/// `pages_map`: maps the page run of task `me`'s capability `h` into it (the capability is
+/// used up). Returns the address.
+pub fn map_pages(me: TaskId, h: Handle) -> Result<u64, Error> {
+    let (id, _) = with(|i| i.take_pages(me, h)).ok_or(Error::NoSuchTask)??;
+    let run = runs(|r| r.remove(id)).ok_or(Error::Stale)?;
+    sched::with(|s| {
+        let t = s.get_mut(me).ok_or(Error::NoSuchTask)?;
+        // On an error the run is dropped (freed) with the capability already used up.
+        t.space.map_run(run).map_err(|(e, _run)| e.abi_error())
+    })
+    .ok_or(Error::NoSuchTask)?
+}
+
+/// Page runs this instance holds (for the tests: none may leak).
+pub fn page_runs() -> usize {
+    runs(|r| r.len())
 }
 
 /// The MMIO range of task `me`'s capability `h`.

@@ -251,7 +251,7 @@ pub const IPC_COUNTERS: [&str; 13] = [
     "peer_dead",
 ];
 
-fn local_ipc_stats() -> [u64; 13] {
+fn local_ipc_stats() -> [u64; 15] {
     let c = crate::services::ipc::counters();
     [
         c.calls,
@@ -267,6 +267,8 @@ fn local_ipc_stats() -> [u64; 13] {
         c.dropped,
         c.timeouts,
         c.peer_dead,
+        crate::services::ipc::page_runs() as u64,
+        crate::services::ipc::PAGES_LOST.load(Ordering::Relaxed),
     ]
 }
 
@@ -275,12 +277,12 @@ fn handle_ipc_stats(_m: &Message) -> Option<Reply> {
 }
 
 /// The IPC counters of instance `on` (named by [`IPC_COUNTERS`]).
-pub fn ipc_stats(on: InstanceId) -> Result<[u64; 13], ControlError> {
+pub fn ipc_stats(on: InstanceId) -> Result<[u64; 15], ControlError> {
     if on == crate::instance::id() {
         return Ok(local_ipc_stats());
     }
     let w = call(on, user::IPC_STATS, None)?;
-    let mut out = [0u64; 13];
+    let mut out = [0u64; 15];
     for (o, v) in out.iter_mut().zip(w) {
         *o = v;
     }

@@ -116,3 +116,11 @@ pub fn sys_cap_info(h: u64, frame: &mut SyscallFrame) -> SysResult {
     frame.rdx = object;
     Ok(info)
 }
+
+pub fn sys_pages(addr: u64, len: u64) -> SysResult {
+    ipc::grant_pages(current()?, addr, len).map(|h| h.0)
+}
+
+pub fn sys_pages_map(h: u64) -> SysResult {
+    ipc::map_pages(current()?, Handle(h))
+}

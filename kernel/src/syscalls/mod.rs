@@ -69,6 +69,8 @@ fn dispatch(frame: &mut SyscallFrame) {
         Some(Sys::IrqAck) => ipc::sys_irq_ack(a[0]),
         Some(Sys::MmioMap) => ipc::sys_mmio_map(a[0]),
         Some(Sys::CapInfo) => ipc::sys_cap_info(a[0], frame),
+        Some(Sys::Pages) => ipc::sys_pages(a[0], a[1]),
+        Some(Sys::PagesMap) => ipc::sys_pages_map(a[0]),
     };
     if result.is_err() {
         ERRORS.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,9 @@ pub const MAX_TASK_CAPS: usize = 64;
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 5_000;
 /// The longest timeout a call takes (a minute).
 pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
+/// Most pages one page run (`pages`) holds (1 MiB): what crosses instances goes through the
+/// shared page pool.
+pub const MAX_GRANT_PAGES: u64 = 256;
 /// Most bytes of a name in the name service.
 pub const MAX_SERVICE_NAME: usize = 32;
 
@@ -74,6 +77,7 @@ pub enum CapKind {
     Irq = 4,
     IoPorts = 5,
     Mmio = 6,
+    Pages = 7,
 }
 
 impl CapKind {
@@ -85,6 +89,7 @@ impl CapKind {
             4 => Self::Irq,
             5 => Self::IoPorts,
             6 => Self::Mmio,
+            7 => Self::Pages,
             _ => return None,
         })
     }
@@ -96,6 +101,7 @@ impl CapKind {
             Self::Irq => "irq",
             Self::IoPorts => "ioports",
             Self::Mmio => "mmio",
+            Self::Pages => "pages",
         }
     }
 }
@@ -221,9 +227,10 @@ impl IpcMsg {
 
 /// The name service's labels (calls on [`NAME_SERVICE`]).
 pub mod names {
-    /// `data`: the name (1..=32 bytes of UTF-8); `caps[0]`: an endpoint the caller may grant
-    /// (`GRANT`). Reply label 0. Errors: `Exists` (the name names a live endpoint),
-    /// `BadArgument` (the name), `NoRight`.
+    /// `data`: the name (1..=32 bytes of printable ASCII, no spaces); `caps[0]`: an endpoint
+    /// the caller receives on and may grant (`RECV | GRANT`). Reply label 0. Errors: `Exists`
+    /// (the name names a live endpoint), `BadArgument` (the name, no endpoint), `NoRight`,
+    /// `OutOfMemory` (64 names).
     pub const REGISTER: u32 = 1;
     /// `data`: the name. Reply label 0, `caps[0]`: a `SEND | GRANT` capability to the
     /// endpoint. Errors: `NotFound`.

@@ -53,7 +53,9 @@ pub enum Sys {
     Endpoint = 11,
     /// `send(handle, msg_ptr)`: sends the [`IpcMsg`] at `msg_ptr` through the endpoint
     /// capability `handle` (right `SEND`) without waiting: `Busy` when the endpoint's queue
-    /// or the mailbox to its instance is full. Returns 0.
+    /// (of this instance) or the mailbox to its instance is full. A one-way message that
+    /// finds a remote endpoint full or gone is dropped there and counted (`dropped`).
+    /// Returns 0.
     Send = 12,
     /// `call(handle, msg_ptr, timeout_ms)`: sends the message at `msg_ptr` and waits for the
     /// reply, which overwrites it (label, data, capabilities, badge 0, sender: the replier).
@@ -62,8 +64,9 @@ pub enum Sys {
     /// `recv(handle, msg_ptr)`: waits for a message or notification on the endpoint `handle`
     /// (right `RECV`) and writes it at `msg_ptr`. Returns a [`Received`] kind.
     Recv = 14,
-    /// `reply(msg_ptr)`: answers the last call the caller received (one pending reply per
-    /// task). Returns 0; `NothingToReply` if there is none (or it was answered).
+    /// `reply(msg_ptr)`: answers the last call the caller received and has not answered (a
+    /// task holds up to 16; a 17th received answers the oldest with `Busy`). Returns 0;
+    /// `NothingToReply` if there is none.
     Reply = 15,
     /// `reply_recv(handle, msg_ptr)`: `reply(msg_ptr)` then `recv(handle, msg_ptr)` (the
     /// reply is sent even if the receive then fails; with no call to answer it only
@@ -92,10 +95,17 @@ pub enum Sys {
     /// `cap_info(handle)`: what the capability is: `kind | rights << 8 | instance << 16`
     /// in `rax`, the object's id in `rdx`. (For tests and tools.)
     CapInfo = 24,
+    /// `pages(addr, len)`: takes the caller's pages `addr..addr + len` (mapped with `map`,
+    /// page aligned, at most [`ipc::MAX_GRANT_PAGES`]) out of its address space into a page
+    /// run; returns a capability to it (`SEND | GRANT`, move only) to pass in a message.
+    Pages = 25,
+    /// `pages_map(handle)`: maps the page run into the caller (read-write, never
+    /// executable) and consumes the capability. Returns the address (the length: `cap_info`).
+    PagesMap = 26,
 }
 
 /// How many system calls there are (numbers `0..COUNT`).
-pub const COUNT: u64 = 25;
+pub const COUNT: u64 = 27;
 
 impl Sys {
     /// The call with number `n`, if there is one.
@@ -126,6 +136,8 @@ impl Sys {
             22 => Self::IrqAck,
             23 => Self::MmioMap,
             24 => Self::CapInfo,
+            25 => Self::Pages,
+            26 => Self::PagesMap,
             _ => return None,
         })
     }
@@ -157,6 +169,8 @@ impl Sys {
             Self::IrqAck => "irq_ack",
             Self::MmioMap => "mmio_map",
             Self::CapInfo => "cap_info",
+            Self::Pages => "pages",
+            Self::PagesMap => "pages_map",
         }
     }
 }

@@ -108,6 +108,7 @@ pub const NAMES: &[&str] = &[
     "ipc_peer_dead",
     "ipc_com2",
     "ipc_devices",
+    "ipc_pages",
     "bench_ipc",
     "bench_user",
     // End the boot: the expected page fault, the deliberate panic.

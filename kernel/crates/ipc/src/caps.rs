@@ -47,6 +47,14 @@ pub enum Object {
     IoPorts { base: u16, len: u16 },
     /// Physical MMIO pages `phys..phys + pages * 4096`.
     Mmio { phys: u64, pages: u32 },
+    /// A run of memory pages taken out of a task's address space (`pages`), held by the
+    /// kernel (its page run `id`) until a task maps it (`pages_map`). It travels by move
+    /// only: one holder at a time.
+    Pages { id: ObjId, pages: u32 },
+    /// A run of shared-pool pages on its way to another instance (only in a cross-instance
+    /// message: the receiving kernel accepts the run, checks its owner words, copies it into
+    /// its own pages and hands the receiver an [`Object::Pages`]).
+    PoolPages { frame: u64, pages: u32 },
 }
 
 impl Object {
@@ -58,13 +66,23 @@ impl Object {
             Self::Irq { .. } => CapKind::Irq,
             Self::IoPorts { .. } => CapKind::IoPorts,
             Self::Mmio { .. } => CapKind::Mmio,
+            Self::Pages { .. } | Self::PoolPages { .. } => CapKind::Pages,
         }
     }
 
+    /// Whether a capability to it may only be moved, never copied.
+    pub const fn move_only(&self) -> bool {
+        matches!(self, Self::Pages { .. } | Self::PoolPages { .. })
+    }
+
     /// Whether a capability to it may travel in a message (endpoints and the name service:
-    /// they mean the same in every instance; devices and notifications are local grants).
+    /// they mean the same in every instance; page runs, moved; devices and notifications are
+    /// local grants).
     pub const fn transferable(&self) -> bool {
-        matches!(self, Self::NameService | Self::Endpoint { .. })
+        matches!(
+            self,
+            Self::NameService | Self::Endpoint { .. } | Self::Pages { .. }
+        )
     }
 
     /// The instance hosting it (`me` for local objects), and its id as `cap_info` reports it.
@@ -76,6 +94,8 @@ impl Object {
             Self::Irq { line } => (me, u64::from(line)),
             Self::IoPorts { base, len } => (me, u64::from(base) << 16 | u64::from(len)),
             Self::Mmio { phys, pages } => (me, phys | u64::from(pages.min(4095))),
+            Self::Pages { id, pages } => (me, id.raw() | u64::from(pages) << 48),
+            Self::PoolPages { frame, pages } => (me, frame << 12 | u64::from(pages.min(4095))),
         }
     }
 }
@@ -175,6 +195,9 @@ impl CapTable {
     /// none (a badge, once set, cannot be changed).
     pub fn copy(&mut self, h: Handle, rights: Rights, badge: u32) -> Result<Handle, Error> {
         let cap = self.get(h)?;
+        if cap.object.move_only() {
+            return Err(Error::NoRight);
+        }
         let badge = if cap.badge == 0 { badge } else { cap.badge };
         self.insert(Cap {
             object: cap.object,

@@ -129,9 +129,10 @@ impl Endpoint {
     }
 
     /// Queues `env`; returns the waiters to wake (all of them: each retries its `recv`).
-    pub fn push(&mut self, env: Envelope) -> Result<Vec<TaskId>, Error> {
+    /// A full queue gives the envelope back.
+    pub fn push(&mut self, env: Envelope) -> Result<Vec<TaskId>, (Error, Envelope)> {
         if self.queue.len() >= QUEUE_DEPTH {
-            return Err(Error::Busy);
+            return Err((Error::Busy, env));
         }
         self.queue.push_back(env);
         Ok(core::mem::take(&mut self.waiters))

@@ -71,6 +71,9 @@ pub enum Effect {
     Forget { endpoint: ObjId },
     /// Interrupt line `line` lost its binding (its task exited): the kernel takes it back.
     Unbound { line: u8 },
+    /// Page run `run` has no holder any more (its capability was dropped, or died with a
+    /// task or an undelivered message): the kernel frees its pages.
+    Release { run: ObjId },
 }
 
 /// A call waiting for its answer.
@@ -268,6 +271,42 @@ impl Ipc {
         Ok(())
     }
 
+    /// A parcel that will never be delivered: the page runs it carries are released.
+    fn discard(&mut self, parcel: &Parcel) {
+        for cap in parcel.caps.iter().flatten() {
+            self.release(cap);
+        }
+    }
+
+    fn release(&mut self, cap: &Cap) {
+        if let Object::Pages { id, .. } = cap.object {
+            self.effects.push(Effect::Release { run: id });
+        }
+    }
+
+    /// Whether task `id` has a free capability slot.
+    pub fn cap_room(&mut self, id: TaskId) -> bool {
+        self.task(id).caps.free() > 0
+    }
+
+    /// Gives task `id` a capability to the kernel's page run `run` of `pages` pages (just
+    /// taken out of its address space).
+    pub fn new_pages(&mut self, id: TaskId, run: ObjId, pages: u32) -> Result<Handle, Error> {
+        self.task(id).caps.insert(Cap::new(
+            Object::Pages { id: run, pages },
+            Rights::SEND | Rights::GRANT,
+        ))
+    }
+
+    /// Task `id` consumes its page run capability `h` (to map the run): the run and its size.
+    pub fn take_pages(&mut self, id: TaskId, h: Handle) -> Result<(ObjId, u32), Error> {
+        let Object::Pages { id: run, pages } = self.cap_with(id, h, Rights::SEND)?.object else {
+            return Err(Error::NoRight);
+        };
+        self.task(id).caps.remove(h)?;
+        Ok((run, pages))
+    }
+
     pub fn copy_cap(
         &mut self,
         id: TaskId,
@@ -279,7 +318,9 @@ impl Ipc {
     }
 
     pub fn drop_cap(&mut self, id: TaskId, h: Handle) -> Result<(), Error> {
-        self.task(id).caps.remove(h).map(|_| ())
+        let cap = self.task(id).caps.remove(h)?;
+        self.release(&cap);
+        Ok(())
     }
 
     /// The capabilities a message carries, checked (`GRANT`, transferable), not yet taken.
@@ -304,7 +345,7 @@ impl Ipc {
                 return Err(Error::BadArgument);
             }
             let cap = self.cap_with(id, Handle(raw), Rights::GRANT)?;
-            if !cap.object.transferable() {
+            if !cap.object.transferable() || (cap.object.move_only() && moves & (1 << i) == 0) {
                 return Err(Error::NoRight);
             }
             out[i] = Some(cap);
@@ -360,10 +401,16 @@ impl Ipc {
     pub fn cancel_call(&mut self, token: CallToken) {
         let index = (token.0 & 0xFFFF) as usize;
         let generation = (token.0 >> 16) as u16;
-        if let Some((g, c)) = self.calls.get_mut(index)
-            && *g == generation
+        let gone = match self.calls.get_mut(index) {
+            Some((g, c)) if *g == generation => c.take(),
+            _ => None,
+        };
+        if let Some(PendingCall {
+            outcome: Some(Ok(parcel)),
+            ..
+        }) = gone
         {
-            *c = None;
+            self.discard(&parcel);
         }
     }
 
@@ -375,12 +422,18 @@ impl Ipc {
         from: Option<u8>,
         result: Result<Parcel, Error>,
     ) -> Option<TaskId> {
-        let c = self.call_slot(token)?;
-        if c.outcome.is_some() || from.is_some_and(|f| f != c.target) {
-            return None;
+        let taken = match self.call_slot(token) {
+            Some(c) if c.outcome.is_none() && from.is_none_or(|f| f == c.target) => {
+                c.outcome = Some(result);
+                return Some(c.caller);
+            }
+            _ => result,
+        };
+        // Too late (timed out, forgotten) or not the callee's: what it carries is dropped.
+        if let Ok(parcel) = taken {
+            self.discard(&parcel);
         }
-        c.outcome = Some(result);
-        Some(c.caller)
+        None
     }
 
     /// Task `id` sends `parcel` (label and data; the kernel sets sender and badge) with the
@@ -427,6 +480,7 @@ impl Ipc {
                 if self.me == 0 {
                     let answer = self.names_request(&parcel);
                     self.commit_moves(id, handles, moves);
+                    self.discard(&parcel);
                     if deadline.is_some() {
                         sent.answered = Some(answer);
                     }
@@ -462,7 +516,8 @@ impl Ipc {
                         sent.token = token;
                         self.effects.extend(wake.into_iter().map(Effect::Wake));
                     }
-                    Err(e) => {
+                    // The capabilities are still the sender's (moves happen on success only).
+                    Err((e, _)) => {
                         if let Some(t) = token {
                             self.cancel_call(t);
                         }
@@ -510,7 +565,10 @@ impl Ipc {
         let mut handles = [NO_CAP; MAX_CAPS];
         for (i, cap) in parcel.caps.iter_mut().enumerate() {
             if let Some(c) = cap.take() {
-                handles[i] = self.task(id).caps.insert(c).map_or(NO_CAP, |h| h.0);
+                match self.task(id).caps.insert(c) {
+                    Ok(h) => handles[i] = h.0,
+                    Err(_) => self.release(&c),
+                }
             }
         }
         handles
@@ -659,27 +717,36 @@ impl Ipc {
             } else {
                 Err(Error::BadArgument)
             };
+            self.discard(&parcel);
             if let Some(to) = reply {
                 self.answer(to, answer);
             }
             return;
         }
+        let env = Envelope { parcel, reply };
         let pushed = match self.endpoints.get_mut(dst) {
-            None => Err(Error::Stale),
-            Some(ep) => ep.push(Envelope { parcel, reply }),
+            None => Err((Error::Stale, env)),
+            Some(ep) => ep.push(env),
         };
         match pushed {
             Ok(wake) => self.effects.extend(wake.into_iter().map(Effect::Wake)),
-            Err(e) => match reply {
-                Some(to) => self.answer(to, Err(e)),
-                None => self.counters.dropped += 1,
-            },
+            Err((e, env)) => {
+                self.discard(&env.parcel);
+                match reply {
+                    Some(to) => self.answer(to, Err(e)),
+                    None => self.counters.dropped += 1,
+                }
+            }
         }
     }
 
     /// The answer from instance `from` to call `token` of one of our tasks.
     pub fn answer_in(&mut self, from: u8, token: CallToken, result: Result<Parcel, Error>) {
         self.counters.answers_in += 1;
+        let result = result.map(|mut p| {
+            p.sender_instance = from;
+            p
+        });
         if let Some(caller) = self.settle(token, Some(from), result) {
             self.effects.push(Effect::Wake(caller));
         }
@@ -738,6 +805,9 @@ impl Ipc {
             for to in t.replies {
                 self.answer(to, Err(Error::Stale));
             }
+            for (_, cap) in t.caps.iter() {
+                self.release(&cap);
+            }
         }
         let owned: Vec<ObjId> = self
             .endpoints
@@ -749,7 +819,11 @@ impl Ipc {
             let Some(ep) = self.endpoints.remove(epid) else {
                 continue;
             };
+            // Whoever waits in `recv` on it (through a copied capability) finds it gone.
+            self.effects
+                .extend(ep.waiters.iter().map(|&w| Effect::Wake(w)));
             for env in ep.queue {
+                self.discard(&env.parcel);
                 if let Some(to) = env.reply {
                     self.answer(to, Err(Error::Stale));
                 }
@@ -777,10 +851,19 @@ impl Ipc {
                 self.effects.push(Effect::Unbound { line: line as u8 });
             }
         }
+        let mut forgotten = Vec::new();
         for (_, slot) in &mut self.calls {
-            if slot.as_ref().is_some_and(|c| c.caller == id) {
-                *slot = None;
+            if slot.as_ref().is_some_and(|c| c.caller == id)
+                && let Some(PendingCall {
+                    outcome: Some(Ok(parcel)),
+                    ..
+                }) = slot.take()
+            {
+                forgotten.push(parcel);
             }
+        }
+        for parcel in forgotten {
+            self.discard(&parcel);
         }
         for (_, ep) in self.endpoints_mut() {
             ep.waiters.retain(|w| *w != id);
@@ -889,11 +972,17 @@ impl Ipc {
             labels::REGISTER => {
                 let Some(Cap {
                     object: Object::Endpoint { instance, id },
+                    rights,
                     ..
                 }) = p.caps[0]
                 else {
                     return Err(Error::BadArgument);
                 };
+                // Only a receiver publishes an endpoint: a client cannot widen what it was
+                // given by registering it and looking it up again.
+                if !rights.contains(Rights::RECV) {
+                    return Err(Error::NoRight);
+                }
                 // A name of one of our own endpoints that died is free again.
                 let endpoints = &self.endpoints;
                 self.names

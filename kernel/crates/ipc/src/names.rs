@@ -86,7 +86,7 @@ impl Names {
         before - self.entries.len()
     }
 
-    /// Drops entries `stale` says are dead (instance 0's own endpoints, checked locally).
+    /// Keeps only the entries `keep` accepts (the others are dead endpoints).
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         self.entries.retain(|e| keep(e));
     }

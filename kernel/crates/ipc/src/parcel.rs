@@ -55,7 +55,7 @@ impl Parcel {
     }
 }
 
-/// A token naming one pending call of a caller's instance: `generation << 8 | index`.
+/// A token naming one pending call of a caller's instance: `generation << 16 | index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CallToken(pub u32);
 

@@ -304,13 +304,103 @@ fn the_name_service_registers_looks_up_and_forgets() {
                     generation: 2,
                 },
             },
-            Rights::SEND | Rights::GRANT,
+            Rights::all(),
         ));
         q
     });
     assert!(ns.names.lookup("far").is_some());
     ns.instance_stopped(4);
     assert!(ns.names.lookup("far").is_none());
+    // A client's capability (SEND | GRANT from a lookup) cannot be registered: only a
+    // receiver publishes its endpoint.
+    let looked = ns.grant(t(7), cap).unwrap();
+    let again = ns
+        .send(
+            t(7),
+            NAME_SERVICE,
+            p(labels::REGISTER, b"mine"),
+            [looked.0, NO_CAP],
+            0,
+            Some(9),
+        )
+        .unwrap()
+        .answered
+        .unwrap();
+    assert_eq!(again.err(), Some(Error::NoRight));
+}
+
+fn released(ipc: &mut Ipc) -> Vec<ObjId> {
+    ipc.take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Release { run } => Some(run),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn page_runs_move_only_and_are_released_exactly_when_nobody_holds_them() {
+    let (mut ipc, ep, client) = pair();
+    let run = ObjId {
+        index: 9,
+        generation: 1,
+    };
+    let h = ipc.new_pages(t(2), run, 4).unwrap();
+    // Copying is refused; sending without moving too.
+    assert_eq!(ipc.copy_cap(t(2), h, Rights::all(), 0), Err(Error::NoRight));
+    assert_eq!(
+        ipc.send(t(2), client, p(0, &[]), [h.0, NO_CAP], 0, None)
+            .err(),
+        Some(Error::NoRight)
+    );
+    // Moved in a call: the sender loses it, the server gets it, nothing is released.
+    let token = ipc
+        .send(t(2), client, p(0, &[]), [h.0, NO_CAP], 1, Some(100))
+        .unwrap()
+        .token
+        .unwrap();
+    assert_eq!(ipc.cap(t(2), h), Err(Error::NoSuchCap));
+    let d = ipc.recv(t(1), ep).unwrap().unwrap();
+    let got = Handle(d.handles[0]);
+    assert!(
+        matches!(ipc.cap(t(1), got).unwrap().object, Object::Pages { id, pages: 4 } if id == run)
+    );
+    assert!(released(&mut ipc).is_empty());
+    // Taken to be mapped: gone from the table, not released (the kernel maps it).
+    assert_eq!(ipc.take_pages(t(1), got), Ok((run, 4)));
+    assert_eq!(ipc.cap(t(1), got), Err(Error::NoSuchCap));
+    assert!(released(&mut ipc).is_empty());
+    // A run in a reply to a call that timed out is released.
+    let run2 = ObjId {
+        index: 10,
+        generation: 1,
+    };
+    let back = ipc.new_pages(t(1), run2, 1).unwrap();
+    ipc.expire(u64::MAX, |_| false);
+    ipc.take_effects();
+    ipc.reply(t(1), p(0, &[]), [back.0, NO_CAP], 1).unwrap();
+    assert_eq!(
+        ipc.finish_call(t(2), token).unwrap().err(),
+        Some(Error::TimedOut)
+    );
+    // (The late answer settled nothing: its run went back.)
+    assert_eq!(released(&mut ipc), vec![run2]);
+    // Dropped, or held by a task that exits: released.
+    let run3 = ObjId {
+        index: 11,
+        generation: 1,
+    };
+    let run4 = ObjId {
+        index: 12,
+        generation: 1,
+    };
+    let h3 = ipc.new_pages(t(1), run3, 1).unwrap();
+    ipc.new_pages(t(1), run4, 1).unwrap();
+    ipc.drop_cap(t(1), h3).unwrap();
+    assert_eq!(released(&mut ipc), vec![run3]);
+    ipc.task_exited(t(1));
+    assert_eq!(released(&mut ipc), vec![run4]);
 }
 
 #[test]

@@ -73,45 +73,68 @@ fn word(b: &[u8], i: usize) -> Result<u64, WireError> {
     Ok(u64::from_le_bytes(x))
 }
 
+/// A capability's two words, if it can cross instances as it is (a page run must first be
+/// put in the shared pool by the sending kernel: [`Object::PoolPages`]).
 fn cap_words(c: &Cap) -> Option<(u64, u64)> {
-    let (instance, id) = match c.object {
-        Object::NameService => (0u8, 0u64),
-        Object::Endpoint { instance, id } => (instance, id.raw()),
+    let (instance, id, extra) = match c.object {
+        Object::NameService => (0u8, 0u64, u64::from(c.badge)),
+        Object::Endpoint { instance, id } => (instance, id.raw(), u64::from(c.badge)),
+        Object::PoolPages { frame, pages } if frame < 1 << 40 => (0, frame, u64::from(pages)),
         _ => return None,
     };
     let a = id | u64::from(instance) << 48 | (c.object.kind() as u64) << 56;
-    let b = u64::from(c.rights.bits()) | u64::from(c.badge) << 32;
+    let b = u64::from(c.rights.bits()) | extra << 32;
     Some((a, b))
 }
 
 fn cap_of(a: u64, b: u64) -> Result<Cap, WireError> {
-    let object = match CapKind::from_raw((a >> 56) as u8) {
-        Some(CapKind::NameService) => Object::NameService,
-        Some(CapKind::Endpoint) => Object::Endpoint {
-            instance: (a >> 48) as u8,
-            id: ObjId::from_raw(a & 0xFFFF_FFFF_FFFF),
-        },
-        _ => return Err(WireError::Field("capability kind")),
-    };
     let rights = Rights::from_bits((b & 0xFF) as u8).ok_or(WireError::Field("rights"))?;
     if (b >> 8) & 0xFF_FFFF != 0 {
         return Err(WireError::Field("capability reserved bits"));
     }
+    let extra = (b >> 32) as u32;
+    let (object, badge) = match CapKind::from_raw((a >> 56) as u8) {
+        Some(CapKind::NameService) if a & 0x00FF_FFFF_FFFF_FFFF == 0 => {
+            (Object::NameService, extra)
+        }
+        Some(CapKind::Endpoint) => (
+            Object::Endpoint {
+                instance: (a >> 48) as u8,
+                id: ObjId::from_raw(a & 0xFFFF_FFFF_FFFF),
+            },
+            extra,
+        ),
+        Some(CapKind::Pages)
+            if (a >> 40) & 0xFFFF == 0
+                && (1..=mk_abi::ipc::MAX_GRANT_PAGES).contains(&u64::from(extra)) =>
+        {
+            (
+                Object::PoolPages {
+                    frame: a & 0xFF_FFFF_FFFF,
+                    pages: extra,
+                },
+                0,
+            )
+        }
+        _ => return Err(WireError::Field("capability kind")),
+    };
     Ok(Cap {
         object,
         rights,
-        badge: (b >> 32) as u32,
+        badge,
     })
 }
 
-fn put_caps(e: &mut Encoded, caps: &[Option<Cap>; MAX_CAPS]) -> u64 {
-    let mut n = 0;
+fn put_caps(e: &mut Encoded, caps: &[Option<Cap>; MAX_CAPS]) {
     for (a, b) in caps.iter().flatten().filter_map(cap_words) {
         e.word(a);
         e.word(b);
-        n += 1;
     }
-    n
+}
+
+/// How many of `caps` [`put_caps`] writes.
+fn count_caps(caps: &[Option<Cap>; MAX_CAPS]) -> u64 {
+    caps.iter().flatten().filter_map(cap_words).count() as u64
 }
 
 fn get_caps(b: &[u8], first_word: usize, n: usize) -> Result<[Option<Cap>; MAX_CAPS], WireError> {
@@ -132,12 +155,7 @@ pub fn encode_request(dst: ObjId, call: Option<CallToken>, p: &Parcel) -> Encode
     e.word(dst.raw());
     e.word(p.sender_task.raw());
     e.word((p.badge & 0xFFFF_FFFF) | u64::from(p.label) << 32);
-    let ncaps = p
-        .caps
-        .iter()
-        .flatten()
-        .filter(|c| c.object.transferable())
-        .count() as u64;
+    let ncaps = count_caps(&p.caps);
     e.word(
         u64::from(call.map_or(0, |t| t.0))
             | u64::from(call.is_some()) << 32
@@ -191,12 +209,7 @@ pub fn encode_answer(token: CallToken, result: &Result<Parcel, Error>) -> Encode
             e.word(0);
         }
         Ok(p) => {
-            let ncaps = p
-                .caps
-                .iter()
-                .flatten()
-                .filter(|c| c.object.transferable())
-                .count() as u64;
+            let ncaps = count_caps(&p.caps);
             e.word(u64::from(token.0) | (p.data().len() as u64) << 48 | ncaps << 56);
             e.word(p.sender_task.raw());
             e.word(u64::from(p.label));

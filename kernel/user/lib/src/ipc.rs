@@ -108,6 +108,18 @@ pub fn mmio_map(h: Handle) -> Result<*mut u8, Error> {
     sys(Sys::MmioMap, h.0, 0, 0).map(|a| a as *mut u8)
 }
 
+/// Takes this task's pages `ptr..ptr + len` (from `map`) out of it into a page run; returns
+/// a capability to the run ([`crate::Mapping::grant`] is the safe way to use it).
+pub fn pages(ptr: *mut u8, len: usize) -> Result<Handle, Error> {
+    sys(Sys::Pages, ptr as u64, len as u64, 0).map(Handle)
+}
+
+/// Maps the page run of `h` into this task (the capability is used up); returns its address
+/// ([`crate::Mapping::from_pages`] is the safe way to use it).
+pub fn pages_map(h: Handle) -> Result<*mut u8, Error> {
+    sys(Sys::PagesMap, h.0, 0, 0).map(|a| a as *mut u8)
+}
+
 /// What [`cap_info`] tells about a capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapInfo {

@@ -260,8 +260,38 @@ impl Mapping {
         self.len == 0
     }
 
+    /// Gives these pages away: the kernel takes them out of this task into a page run and
+    /// returns a capability to it (move it in a message; the receiver maps it with
+    /// [`Mapping::from_pages`]). The memory is gone from this task on success.
+    pub fn grant(self) -> Result<mk_abi::ipc::Handle, mk_abi::Error> {
+        let h = crate::ipc::pages(self.ptr, self.len)?;
+        // The kernel unmapped the pages: nothing to unmap on drop.
+        core::mem::forget(self);
+        Ok(h)
+    }
+
+    /// Maps the page run of capability `h` (received in a message) into this task; the
+    /// capability is used up.
+    pub fn from_pages(h: mk_abi::ipc::Handle) -> Result<Self, mk_abi::Error> {
+        let info = crate::ipc::cap_info(h)?;
+        if info.kind != Some(mk_abi::ipc::CapKind::Pages) {
+            return Err(mk_abi::Error::NoRight);
+        }
+        let len = ((info.object >> 48) as usize) * 4096;
+        let ptr = crate::ipc::pages_map(h)?;
+        if ptr.is_null() || len == 0 {
+            return Err(mk_abi::Error::BadAddress);
+        }
+        Ok(Self { ptr, len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as in `as_mut_slice`, shared: `len` mapped readable bytes of this task.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` and `len` are what `map` returned: the kernel mapped `len` bytes there,
+        // SAFETY: `ptr` and `len` are what `map` (or `pages_map`) returned: the kernel mapped `len` bytes there,
         // readable and writable, for this task alone, and nothing else in the program holds
         // them; the slice borrows `self` mutably, and the memory is unmapped only on drop.
         unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }

@@ -63,3 +63,10 @@ pub mod com2 {
     /// Reply label for an unknown request.
     pub const REFUSED: u32 = 0xEE;
 }
+
+/// FNV-1a, 64 bits: the checksum of the page-grant test programs (`bulk`, `bulksrv`).
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
