@@ -839,6 +839,12 @@ impl AddressSpace {
         }
     }
 
+    /// Whether `[va, va + len)` could be written by `write_user` (mapped, user accessible,
+    /// writable, not a device): a check before an operation whose result must be deliverable.
+    pub fn check_user_writable(&self, va: u64, len: u64) -> Result<(), UserFault> {
+        self.check_copy(va, len, true)
+    }
+
     /// Copies `buf.len()` bytes from user address `va` (every page mapped and user accessible).
     pub fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), UserFault> {
         let len = buf.len() as u64;

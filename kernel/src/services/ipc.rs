@@ -71,11 +71,25 @@ fn with<R>(f: impl FnOnce(&mut Ipc) -> R) -> Option<R> {
     x86_64::instructions::interrupts::without_interrupts(|| IPC.lock().as_mut().map(f))
 }
 
+/// Wakes the tasks the last operations named (with the IPC lock held: waking takes the
+/// scheduler's lock, which comes after it) and takes the other effects, to be carried out
+/// once the lock is let go.
+fn wake_and_take(i: &mut Ipc) -> Vec<Effect> {
+    for t in i.take_wakes() {
+        let _ = sched::wake(t);
+    }
+    if i.has_effects() {
+        i.take_effects()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Runs `f` on the IPC state, then carries out the effects it left (lock let go).
 fn with_effects<R>(f: impl FnOnce(&mut Ipc) -> R) -> Result<R, Error> {
     let (r, effects) = with(|i| {
         let r = f(i);
-        (r, i.take_effects())
+        (r, wake_and_take(i))
     })
     .ok_or(Error::NoSuchTask)?;
     run(effects);
@@ -126,9 +140,6 @@ fn task_ended(id: TaskId) {
 fn run(effects: Vec<Effect>) {
     for e in effects {
         match e {
-            Effect::Wake(t) => {
-                let _ = sched::wake(t);
-            }
             Effect::Forward {
                 to,
                 dst,
@@ -549,7 +560,7 @@ pub fn send(me: TaskId, h: Handle, msg: &IpcMsg) -> Result<(), Error> {
     let parcel = parcel_of(msg)?;
     let (sent, effects) = with(|i| {
         let s = i.send(me, h, parcel, msg.caps, msg.cap_move, None);
-        (s, i.take_effects())
+        (s, wake_and_take(i))
     })
     .ok_or(Error::NoSuchTask)?;
     sent?;
@@ -582,7 +593,7 @@ pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<
     let deadline = ticks_after_ms(timeout_ms);
     let (sent, effects) = with(|i| {
         let s = i.send(me, h, parcel, msg.caps, msg.cap_move, Some(deadline));
-        (s, i.take_effects())
+        (s, wake_and_take(i))
     })
     .ok_or(Error::NoSuchTask)?;
     let mut sent: Sent = sent?;

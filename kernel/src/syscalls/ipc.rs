@@ -12,9 +12,8 @@ use crate::tasks::sched;
 use super::{SysResult, current};
 
 fn read_msg(ptr: u64) -> Result<IpcMsg, Error> {
-    let bytes = super::copy_in(ptr, IPC_MSG_SIZE as u64, IPC_MSG_SIZE as u64)?;
     let mut b = [0u8; IPC_MSG_SIZE];
-    b.copy_from_slice(&bytes);
+    super::copy_in_to(ptr, &mut b)?;
     Ok(IpcMsg::from_bytes(&b))
 }
 
@@ -25,8 +24,7 @@ fn write_msg(ptr: u64, msg: &IpcMsg) -> Result<(), Error> {
 /// Fails with `BadAddress` before anything happens if the task could not take a message at
 /// `ptr` (a receive must not consume a message it cannot deliver).
 fn check_writable(ptr: u64) -> Result<(), Error> {
-    let probe = read_msg(ptr)?;
-    write_msg(ptr, &probe)
+    super::check_out(ptr, IPC_MSG_SIZE as u64)
 }
 
 pub fn sys_endpoint() -> SysResult {

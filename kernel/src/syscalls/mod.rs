@@ -106,6 +106,31 @@ pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8
     Ok(buf)
 }
 
+/// Copies `buf.len()` bytes from the running task's memory at `ptr` (no allocation).
+pub(crate) fn copy_in_to(ptr: u64, buf: &mut [u8]) -> Result<(), Error> {
+    let me = current()?;
+    sched::with(|s| {
+        s.get(me)
+            .map(|t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
+    })
+    .flatten()
+    .ok_or(Error::NoSuchTask)?
+}
+
+/// Whether the running task's memory at `ptr..ptr + len` is writable by the kernel's copies.
+pub(crate) fn check_out(ptr: u64, len: u64) -> Result<(), Error> {
+    let me = current()?;
+    sched::with(|s| {
+        s.get(me).map(|t| {
+            t.space
+                .check_user_writable(ptr, len)
+                .map_err(|_| Error::BadAddress)
+        })
+    })
+    .flatten()
+    .ok_or(Error::NoSuchTask)?
+}
+
 /// Copies `data` into the running task's memory at `ptr`.
 pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
     let me = current()?;

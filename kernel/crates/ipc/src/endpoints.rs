@@ -128,14 +128,13 @@ impl Endpoint {
         }
     }
 
-    /// Queues `env`; returns the waiters to wake (all of them: each retries its `recv`).
-    /// A full queue gives the envelope back.
-    pub fn push(&mut self, env: Envelope) -> Result<Vec<TaskId>, (Error, Envelope)> {
+    /// Queues `env` (its waiters are then to be woken). A full queue gives it back.
+    pub fn push(&mut self, env: Envelope) -> Result<(), (Error, Envelope)> {
         if self.queue.len() >= QUEUE_DEPTH {
             return Err((Error::Busy, env));
         }
         self.queue.push_back(env);
-        Ok(core::mem::take(&mut self.waiters))
+        Ok(())
     }
 }
 

@@ -51,8 +51,6 @@ pub const KERNEL_TASK: TaskId = TaskId {
 /// What the kernel must do after an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Make this task of this instance ready (it waits in `recv` or `call`).
-    Wake(TaskId),
     /// Send a request (`call` names the caller's pending call) to endpoint `dst` of
     /// instance `to`.
     Forward {
@@ -150,6 +148,9 @@ pub struct Ipc {
     pub counters: Counters,
     /// What the last operations left for the kernel to do ([`Ipc::take_effects`]).
     effects: Vec<Effect>,
+    /// Tasks to wake ([`Ipc::take_wakes`]; kept apart, and its capacity kept, so that the
+    /// common path allocates nothing).
+    wakes: Vec<TaskId>,
 }
 
 impl Ipc {
@@ -164,6 +165,7 @@ impl Ipc {
             names: Names::new(),
             counters: Counters::default(),
             effects: Vec::new(),
+            wakes: Vec::with_capacity(8),
         }
     }
 
@@ -253,12 +255,27 @@ impl Ipc {
     }
 
     /// ORs `bits` into notification `n`; the tasks to wake.
-    fn notify(&mut self, n: ObjId, bits: u64) -> Result<Vec<TaskId>, Error> {
+    fn notify(&mut self, n: ObjId, bits: u64) -> Result<(), Error> {
         let endpoint = self.notifications.get(n).ok_or(Error::Stale)?.endpoint;
         let ep = self.endpoints.get_mut(endpoint).ok_or(Error::Stale)?;
         ep.bits |= bits;
         self.counters.notifications += 1;
-        Ok(core::mem::take(&mut ep.waiters))
+        self.wake_waiters(endpoint);
+        Ok(())
+    }
+
+    /// Every task waiting in `recv` on endpoint `ep` is to be woken (each retries).
+    fn wake_waiters(&mut self, ep: ObjId) {
+        if let Some(e) = self.endpoints.get_mut(ep) {
+            self.wakes.extend(e.waiters.drain(..));
+        }
+    }
+
+    /// The tasks to wake after the operations since the last call (the kernel wakes them with
+    /// the IPC lock still held: waking takes only the scheduler's lock, and allocates
+    /// nothing).
+    pub fn take_wakes(&mut self) -> alloc::vec::Drain<'_, TaskId> {
+        self.wakes.drain(..)
     }
 
     pub fn signal(&mut self, id: TaskId, h: Handle, bits: u64) -> Result<(), Error> {
@@ -266,9 +283,7 @@ impl Ipc {
         let Object::Notification { id: n } = cap.object else {
             return Err(Error::NoRight);
         };
-        let wake = self.notify(n, bits)?;
-        self.effects.extend(wake.into_iter().map(Effect::Wake));
-        Ok(())
+        self.notify(n, bits)
     }
 
     /// A parcel that will never be delivered: the page runs it carries are released.
@@ -511,10 +526,10 @@ impl Ipc {
                 };
                 let pushed = self.endpoints.get_mut(ep).ok_or(Error::Stale)?.push(env);
                 match pushed {
-                    Ok(wake) => {
+                    Ok(()) => {
                         self.commit_moves(id, handles, moves);
                         sent.token = token;
-                        self.effects.extend(wake.into_iter().map(Effect::Wake));
+                        self.wake_waiters(ep);
                     }
                     // The capabilities are still the sender's (moves happen on success only).
                     Err((e, _)) => {
@@ -576,7 +591,7 @@ impl Ipc {
 
     /// Task `id` receives on its endpoint capability `h`: a notification's bits first, then
     /// the oldest message. `None`: nothing there, and the task is now among the endpoint's
-    /// waiters (the kernel blocks it, and wakes it on an [`Effect::Wake`]).
+    /// waiters (the kernel blocks it, and wakes it when [`Ipc::take_wakes`] names it).
     pub fn recv(&mut self, id: TaskId, h: Handle) -> Result<Option<Delivery>, Error> {
         let cap = self.cap_with(id, h, Rights::RECV)?;
         let epid = self.local_endpoint(cap.object)?;
@@ -627,7 +642,7 @@ impl Ipc {
         match to {
             ReplyTo::Local { token, .. } => {
                 if let Some(caller) = self.settle(token, None, result) {
-                    self.effects.push(Effect::Wake(caller));
+                    self.wakes.push(caller);
                 }
             }
             ReplyTo::Remote { instance, token } => self.effects.push(Effect::Answer {
@@ -729,7 +744,7 @@ impl Ipc {
             Some(ep) => ep.push(env),
         };
         match pushed {
-            Ok(wake) => self.effects.extend(wake.into_iter().map(Effect::Wake)),
+            Ok(()) => self.wake_waiters(dst),
             Err((e, env)) => {
                 self.discard(&env.parcel);
                 match reply {
@@ -748,7 +763,7 @@ impl Ipc {
             p
         });
         if let Some(caller) = self.settle(token, Some(from), result) {
-            self.effects.push(Effect::Wake(caller));
+            self.wakes.push(caller);
         }
     }
 
@@ -776,7 +791,7 @@ impl Ipc {
         }
         self.counters.timeouts += timeouts;
         self.counters.peer_dead += peer_dead;
-        self.effects.extend(wake.into_iter().map(Effect::Wake));
+        self.wakes.extend(wake);
     }
 
     /// The earliest deadline of a waiting call (for the kernel's timer).
@@ -820,8 +835,7 @@ impl Ipc {
                 continue;
             };
             // Whoever waits in `recv` on it (through a copied capability) finds it gone.
-            self.effects
-                .extend(ep.waiters.iter().map(|&w| Effect::Wake(w)));
+            self.wakes.extend(ep.waiters.iter().copied());
             for env in ep.queue {
                 self.discard(&env.parcel);
                 if let Some(to) = env.reply {
@@ -934,9 +948,8 @@ impl Ipc {
             return false;
         };
         self.counters.interrupts += 1;
-        match self.notify(b.notification, 1 << b.bit) {
-            Ok(wake) => self.effects.extend(wake.into_iter().map(Effect::Wake)),
-            Err(_) => self.irqs[line] = None,
+        if self.notify(b.notification, 1 << b.bit).is_err() {
+            self.irqs[line] = None;
         }
         true
     }

@@ -16,13 +16,7 @@ fn p(label: u32, data: &[u8]) -> Parcel {
 const NONE: [u64; 2] = [NO_CAP, NO_CAP];
 
 fn wakes(ipc: &mut Ipc) -> Vec<TaskId> {
-    ipc.take_effects()
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Wake(t) => Some(t),
-            _ => None,
-        })
-        .collect()
+    ipc.take_wakes().collect()
 }
 
 /// A server task 1 with an endpoint, a client task 2 holding a SEND copy of it.
