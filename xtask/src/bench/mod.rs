@@ -244,6 +244,9 @@ fn guest_cases(opt: &Options) -> Vec<String> {
             "bench_user={}",
             (opt.samples * 10).clamp(100, 10_000)
         ));
+        // User-to-user IPC round trips (issue 14), local and (with --smp 3 or more) across
+        // instances, beside the kernel-to-kernel one.
+        cases.push(format!("bench_ipc={}", (opt.samples * 2).clamp(100, 5_000)));
     }
     cases
 }
@@ -635,6 +638,28 @@ impl Table<'_> {
                 met: v.map(|v| v <= bound),
             });
         }
+        // Issue 14: a local user call round trip <= 1000 instructions; a cross-instance one at
+        // most 1.5 times the kernel-to-kernel round trip of the same run.
+        let local = value("ipc.rtt.benchl");
+        aims.push(Aim {
+            what: "ipc.rtt.benchl, instructions (user call round trip, one instance)",
+            figure: local.map_or_else(
+                || "figure missing".to_string(),
+                |v| format!("{v} (aim <= 1000)"),
+            ),
+            met: local.map(|v| v <= 1000),
+        });
+        let cross = value("ipc.rtt.benchr")
+            .zip(value("ipc.kernel_rtt"))
+            .map(|(u, k)| ratio(u, k));
+        aims.push(Aim {
+            what: "ipc.rtt.benchr / ipc.kernel_rtt (user round trip across instances / kernel's)",
+            figure: cross.map_or_else(
+                || "figure missing (needs --smp 3 or more)".to_string(),
+                |v| format!("{v:.2} (aim <= 1.5)"),
+            ),
+            met: cross.map(|v| v <= 1.5),
+        });
         aims
     }
 }
