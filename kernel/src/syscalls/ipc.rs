@@ -9,22 +9,22 @@ use crate::arch::syscall::SyscallFrame;
 use crate::services::ipc;
 use crate::tasks::sched;
 
-use super::{SysResult, current};
+use super::user::{self, SysResult, current};
 
 fn read_msg(ptr: u64) -> Result<IpcMsg, Error> {
     let mut b = [0u8; IPC_MSG_SIZE];
-    super::copy_in_to(ptr, &mut b)?;
+    user::copy_in_to(ptr, &mut b)?;
     Ok(IpcMsg::from_bytes(&b))
 }
 
 fn write_msg(ptr: u64, msg: &IpcMsg) -> Result<(), Error> {
-    super::copy_out(ptr, &msg.to_bytes())
+    user::copy_out(ptr, &msg.to_bytes())
 }
 
 /// Fails with `BadAddress` before anything happens if the task could not take a message at
 /// `ptr` (a receive must not consume a message it cannot deliver).
 fn check_writable(ptr: u64) -> Result<(), Error> {
-    super::check_out(ptr, IPC_MSG_SIZE as u64)
+    user::check_out(ptr, IPC_MSG_SIZE as u64)
 }
 
 pub fn sys_endpoint() -> SysResult {

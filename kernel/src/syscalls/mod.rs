@@ -11,9 +11,9 @@
 #![forbid(unsafe_code)]
 
 mod ipc;
+mod user;
 
 use alloc::string::String;
-use alloc::vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_abi::{Error, Sys, TaskId};
@@ -36,7 +36,7 @@ pub fn init_this_cpu() {
     syscall::init_this_cpu();
 }
 
-pub(crate) type SysResult = Result<u64, Error>;
+use user::{SysResult, copy_in, current};
 
 /// Decodes the call in `frame`, runs it, and writes its result to `rax` (and `rdx`).
 fn dispatch(frame: &mut SyscallFrame) {
@@ -81,65 +81,6 @@ fn dispatch(frame: &mut SyscallFrame) {
     if sched::resched_requested() && sched::kill_pending() {
         sched::exit_current(mk_abi::STATUS_KILLED);
     }
-}
-
-pub(crate) fn current() -> Result<TaskId, Error> {
-    sched::current().ok_or(Error::NoSuchTask)
-}
-
-/// Copies `len` bytes from the running task's memory at `ptr`, up to `max`.
-pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8>, Error> {
-    if len > max {
-        return Err(Error::BadLength);
-    }
-    let me = current()?;
-    let mut buf = vec![0u8; len as usize];
-    sched::with(|s| {
-        s.get(me).map(|t| {
-            t.space
-                .read_user(ptr, &mut buf)
-                .map_err(|_| Error::BadAddress)
-        })
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)??;
-    Ok(buf)
-}
-
-/// Copies `buf.len()` bytes from the running task's memory at `ptr` (no allocation).
-pub(crate) fn copy_in_to(ptr: u64, buf: &mut [u8]) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get(me)
-            .map(|t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)?
-}
-
-/// Whether the running task's memory at `ptr..ptr + len` is writable by the kernel's copies.
-pub(crate) fn check_out(ptr: u64, len: u64) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get(me).map(|t| {
-            t.space
-                .check_user_writable(ptr, len)
-                .map_err(|_| Error::BadAddress)
-        })
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)?
-}
-
-/// Copies `data` into the running task's memory at `ptr`.
-pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get_mut(me)
-            .map(|t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)?
 }
 
 fn copy_in_str(ptr: u64, len: u64, max: u64) -> Result<String, Error> {

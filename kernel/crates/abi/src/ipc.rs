@@ -53,17 +53,63 @@ impl fmt::Display for Handle {
 /// Every task's first capability: the name service (slot 0, generation 1).
 pub const NAME_SERVICE: Handle = Handle::new(0, 1);
 
-bitflags::bitflags! {
-    /// What a capability allows.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-    pub struct Rights: u8 {
-        /// Send or call through it (endpoints), signal (notifications), use the device
-        /// (IRQ, I/O ports, MMIO).
-        const SEND = 1;
-        /// Receive from it (endpoints).
-        const RECV = 2;
-        /// Pass it on in a message.
-        const GRANT = 4;
+/// What a capability allows: a set of the bits below. (A plain type rather than the
+/// `bitflags` crate: this crate is shared with user programs, which must not pull `std`
+/// through a dependency's features.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rights(u8);
+
+impl Rights {
+    /// Send or call through it (endpoints), signal (notifications), use the device (IRQ, I/O
+    /// ports, MMIO), map it (page runs).
+    pub const SEND: Self = Self(1);
+    /// Receive from it (endpoints).
+    pub const RECV: Self = Self(2);
+    /// Pass it on in a message.
+    pub const GRANT: Self = Self(4);
+    const ALL: u8 = 7;
+
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+    pub const fn all() -> Self {
+        Self(Self::ALL)
+    }
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+    /// The rights of `bits`, if it has no unknown bit.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        if bits & !Self::ALL == 0 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+    /// The known rights of `bits` (unknown bits dropped).
+    pub const fn from_bits_truncate(bits: u8) -> Self {
+        Self(bits & Self::ALL)
+    }
+    /// `bits` as they are, unknown bits kept (for displaying what a kernel said).
+    pub const fn from_bits_retain(bits: u8) -> Self {
+        Self(bits)
+    }
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Rights {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl core::ops::BitAnd for Rights {
+    type Output = Self;
+    fn bitand(self, rhs: Self) -> Self {
+        Self(self.0 & rhs.0)
     }
 }
 

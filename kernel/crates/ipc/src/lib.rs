@@ -267,7 +267,7 @@ impl Ipc {
     /// Every task waiting in `recv` on endpoint `ep` is to be woken (each retries).
     fn wake_waiters(&mut self, ep: ObjId) {
         if let Some(e) = self.endpoints.get_mut(ep) {
-            self.wakes.extend(e.waiters.drain(..));
+            self.wakes.append(&mut e.waiters);
         }
     }
 
