@@ -24,7 +24,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use mk_abi::ipc::{Handle, IpcMsg, MAX_INLINE, Rights};
 use mk_abi::{Error, Received, TaskId};
@@ -62,6 +62,12 @@ fn runs<R>(f: impl FnOnce(&mut mk_ipc::Slots<PageRun>) -> R) -> R {
 static OUTBOX: Mutex<VecDeque<(InstanceId, u16, Encoded)>> = Mutex::new(VecDeque::new());
 /// Most messages the outbox holds; beyond, one is dropped and counted (never silently).
 const OUTBOX_MAX: usize = 512;
+/// How many messages the outbox holds (read without its lock by every drain).
+static OUTBOX_LEN: AtomicUsize = AtomicUsize::new(0);
+/// When the drain next looks for calls waiting on stopped instances (TSC).
+static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
+/// How often it looks (ms): the bound on `PeerDead` after instance 0 declared a death.
+const WATCH_MS: u64 = 2;
 /// Messages dropped because the outbox was full, and malformed IPC messages received.
 pub static OUTBOX_DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static MALFORMED: AtomicU64 = AtomicU64::new(0);
@@ -190,6 +196,7 @@ fn post(to: u8, sub: u16, e: Encoded) {
             OUTBOX_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
         o.push_back((to, sub, e));
+        OUTBOX_LEN.store(o.len(), Ordering::Relaxed);
         o.len()
     });
     // Flushed in order; at most the whole outbox per post.
@@ -201,9 +208,12 @@ fn post(to: u8, sub: u16, e: Encoded) {
 /// Sends the outbox's oldest message if its mailbox has room (or drops it if the peer is
 /// gone); whether one left.
 fn flush_one() -> bool {
-    let Some((to, sub, e)) =
-        x86_64::instructions::interrupts::without_interrupts(|| OUTBOX.lock().pop_front())
-    else {
+    let Some((to, sub, e)) = x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut o = OUTBOX.lock();
+        let first = o.pop_front();
+        OUTBOX_LEN.store(o.len(), Ordering::Relaxed);
+        first
+    }) else {
         return false;
     };
     let Some(m) = message(sub, e.as_bytes()) else {
@@ -214,7 +224,9 @@ fn flush_one() -> bool {
         Ok(()) => true,
         Err(SendError::Busy | SendError::Mailbox(mk_mailbox::Error::Full)) => {
             x86_64::instructions::interrupts::without_interrupts(|| {
-                OUTBOX.lock().push_front((to, sub, e));
+                let mut o = OUTBOX.lock();
+                o.push_front((to, sub, e));
+                OUTBOX_LEN.store(o.len(), Ordering::Relaxed);
             });
             false
         }
@@ -238,8 +250,18 @@ fn stopped(k: u8) -> bool {
 
 /// After every drain of the mailboxes: flush the outbox, fail the calls waiting on instances
 /// that stopped, and (instance 0) drop their names.
+///
+/// Cheap when there is nothing to do (it runs after every drain, empty ones included): one
+/// load for the outbox, one clock read for the watch, which runs every `WATCH_MS`.
 pub fn on_poll() {
-    while flush_one() {}
+    if OUTBOX_LEN.load(Ordering::Relaxed) != 0 {
+        while flush_one() {}
+    }
+    let now = tsc::read();
+    if now < NEXT_WATCH.load(Ordering::Relaxed) {
+        return;
+    }
+    NEXT_WATCH.store(now + WATCH_MS * tsc::ticks_per_ms(), Ordering::Relaxed);
     let waits = with(|i| i.waits_remote() || (i.me() == 0 && i.names.iter().next().is_some()));
     if waits != Some(true) {
         return;
