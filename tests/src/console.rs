@@ -149,6 +149,22 @@ pub const SCRIPT: Script = Script {
             &["mailbox", "0 -> 1", "1 -> 0", "instance 0's dispatcher"],
             &["error"],
         ),
+        // Task devices and capabilities in the shell (issue 14): a bad device is refused before
+        // anything is sent; `caps` of a task that does not exist lists nothing; `stats` has a
+        // row of IPC counters per instance.
+        typed(
+            "ipc_shell",
+            "spawn 2 --irq 99 hello\rcaps 2 t5.1\rstats\r",
+            &[
+                "error: '--irq 99' is not a valid device",
+                "handle    kind",
+                "ipc",
+                "calls",
+                "peer_dead",
+                "runs_lost",
+            ],
+            &["started", "names"],
+        ),
         // A move that must be refused, with nothing moved: instance 2's only CPU.
         typed(
             "cpu_move_refused",

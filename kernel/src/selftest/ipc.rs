@@ -321,21 +321,37 @@ fn kill(k: InstanceId, id: TaskId) -> Outcome {
     })
 }
 
-/// `ipc_com2=TOTAL`: COM2 (loopback) driven by a user task: its line is balanced to instance
-/// 1, where `com2drv` holds the line (IRQ capability) and the UART's ports (I/O-port
-/// capability) and serves `write` calls; `com2client` in instance 2 writes TOTAL bytes through
-/// it and checks that every byte came back (count and checksum). Mid-stream the driver is
-/// killed and started again; later killed again while the line is balanced to instance 3,
-/// where a new driver takes over. The client retries through each (a fresh lookup).
+/// `ipc_com2=TOTAL`: COM2 (loopback) driven by a user task, which holds the line (IRQ
+/// capability) and the UART's ports (I/O-port capability) and serves `write` calls;
+/// `com2client` in instance 2 writes TOTAL bytes through it and checks that every byte came
+/// back (count and checksum). First the line stays instance 0's, which forwards each
+/// interrupt (IRQ_FORWARD) to a driver in instance 4; then that driver is killed and the line
+/// balanced to instance 1, where a driver takes it directly; that one is killed mid-stream and
+/// started again; later killed again while the line is balanced to instance 3, where a new
+/// driver takes over. The client retries through each (a fresh lookup).
 pub(super) fn ipc_com2(arg: &str) -> Outcome {
     let total: u64 = number(arg)?;
     let line = com2_line()?;
-    let (d1, c, d3) = (iid(1), iid(2), iid(3));
+    let (d1, c, d3, d4) = (iid(1), iid(2), iid(3), iid(4));
+    let irqs = |k: InstanceId| Ok::<u64, String>(ipc_stats(k)?[5]);
+    // Forwarded: instance 0 takes the line and forwards it to the driver in instance 4.
+    crate::services::irq::claim_local(line)
+        .map_err(|s| format!("taking COM2's line {line}: {s:?}"))?;
+    crate::services::irq::forward_to_driver(line, d4)
+        .map_err(|s| format!("forwarding COM2's line {line} to {d4}: {s:?}"))?;
+    let forwarded_before = irqs(d4)?;
+    let zeroth = driver(d4, line)?;
+    let client = spawn(c, &format!("com2client {total}"), None)?;
+    wait_until(
+        "the driver in instance 4 takes 1/8 of the stream through IRQ_FORWARD",
+        300_000,
+        || Ok(irqs(d4)? >= forwarded_before + total / 8),
+    )?;
+    kill(d4, zeroth)?;
+    let forwarded = irqs(d4)? - forwarded_before;
     crate::services::irq::balance(line, d1)
         .map_err(|s| format!("balancing COM2's line {line} to {d1}: {s:?}"))?;
     let first = driver(d1, line)?;
-    let client = spawn(c, &format!("com2client {total}"), None)?;
-    let irqs = |k: InstanceId| Ok::<u64, String>(ipc_stats(k)?[5]);
     let at_start = irqs(d1)?;
     wait_until("the first driver takes 1/4 of the stream", 300_000, || {
         Ok(irqs(d1)? >= at_start + total / 4)
@@ -375,7 +391,7 @@ pub(super) fn ipc_com2(arg: &str) -> Outcome {
     })?;
     kill(d3, third)?;
     println!(
-        "ipc_com2: {total} bytes through user-space COM2 drivers intact: instance {d1} (killed and restarted), then instance {d3} ({third_irqs} interrupts) after IRQ_BALANCE"
+        "ipc_com2: {total} bytes through user-space COM2 drivers intact: instance {d4} ({forwarded} interrupts forwarded by instance 0), instance {d1} (killed and restarted), then instance {d3} ({third_irqs} interrupts) after IRQ_BALANCE"
     );
     Ok(())
 }

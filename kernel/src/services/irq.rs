@@ -35,6 +35,10 @@ static PENDING: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
 /// is to be forwarded is one load, not one per line.
 static PENDING_LINES: AtomicU64 = AtomicU64::new(0);
 const _: () = assert!(MAX_IRQS <= 64, "PENDING_LINES has one bit per line");
+/// Lines (owner side, bit = line) whose device a driver task in a subscriber instance drives:
+/// the owner neither acknowledges the device nor masks the line (edge-triggered lines: the
+/// driver's reading the device ends the interrupt condition, and the next one is a new edge).
+static DRIVEN_ELSEWHERE: AtomicU64 = AtomicU64::new(0);
 /// Per line (subscriber side): IRQ_FORWARD deliveries received.
 pub static FORWARDED_IN: [AtomicU64; MAX_IRQS] = [const { AtomicU64::new(0) }; MAX_IRQS];
 /// GSI of the RTC, whose every interrupt must be acknowledged (u32::MAX: unknown).
@@ -97,7 +101,7 @@ fn owns(line: usize) -> Result<(), Status> {
 fn on_irq(line: usize) {
     if super::ipc::irq_fired(line) {
         let _ = ioapic::mask(line as u32);
-    } else {
+    } else if DRIVEN_ELSEWHERE.load(Ordering::Relaxed) & (1 << line) == 0 {
         acknowledge_device(line);
     }
     if FORWARD_TO[line].load(Ordering::Relaxed) != 0 {
@@ -115,7 +119,7 @@ fn take_line(line: usize) -> Result<(), Status> {
         .map_err(|_| Status::InternalError)?;
     // An edge the old owner never acknowledged would hold the device forever (a driver task
     // bound to the line acknowledges it itself).
-    if !super::ipc::irq_bound(line) {
+    if !super::ipc::irq_bound(line) && DRIVEN_ELSEWHERE.load(Ordering::Relaxed) & (1 << line) == 0 {
         acknowledge_device(line);
     }
     Ok(())
@@ -134,6 +138,17 @@ pub fn forward(line: usize, to: InstanceId) -> Result<(), Status> {
         return Err(Status::InvalidArgument);
     }
     FORWARD_TO[line].fetch_or(1 << to.index(), Ordering::SeqCst);
+    Ok(())
+}
+
+/// Owner: forwards every interrupt of `line` to instance `to`, where a driver task drives
+/// the device (its notification gets each one): from now on this instance leaves the device
+/// alone. Ends with a balance of the line. (Only the tests forward lines to driver tasks so
+/// far: the shell hands a line over with `irq route`, a balance.)
+#[cfg_attr(not(feature = "qemu-tests"), allow(dead_code))]
+pub fn forward_to_driver(line: usize, to: InstanceId) -> Result<(), Status> {
+    forward(line, to)?;
+    DRIVEN_ELSEWHERE.fetch_or(1 << line, Ordering::SeqCst);
     Ok(())
 }
 
@@ -269,6 +284,7 @@ pub fn balance(line: usize, to: InstanceId) -> Result<(), Status> {
     match outcome {
         Ok(reply) if reply.status == Status::Ok => {
             FORWARD_TO[line].store(0, Ordering::SeqCst);
+            DRIVEN_ELSEWHERE.fetch_and(!(1 << line), Ordering::SeqCst);
             Ok(())
         }
         other => {
