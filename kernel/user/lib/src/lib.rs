@@ -32,7 +32,7 @@ pub use mk_abi::{self as abi, Error, Sys, TaskId};
 #[doc(hidden)]
 pub use sys::_start;
 pub use sys::{
-    Mapping, Mmio, cli, div, hlt, inb, outb, raw_syscall, rdtsc, read_byte, syscall_buf,
+    Mapping, Mmio, USER_END, cli, div, hlt, inb, outb, raw_syscall, rdtsc, read_byte, syscall_buf,
     syscall_msg, ud2, write_byte, writes_caller_memory,
 };
 

@@ -18,7 +18,9 @@ pub const fn writes_caller_memory(n: u64) -> bool {
 
 /// The first address above the user half: a pointer at or above it is never memory of the
 /// task (the kernel half or a non-canonical address).
-const USER_END: u64 = 0x0000_8000_0000_0000;
+/// The end of the user half of the address space (a pointer at or above it is never the
+/// task's own memory).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
 
 /// Makes system call `n` with arguments `a0..a5` (in `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`) and
 /// returns the raw `rax` and `rdx` (see `mk_abi` for the convention; [`mk_abi::decode`] turns
