@@ -235,7 +235,7 @@ pub fn caps(on: InstanceId, id: TaskId) -> Result<Vec<CapRow>, ControlError> {
 }
 
 /// The names of the IPC counters, in the order `ipc_stats` gives them.
-pub const IPC_COUNTERS: [&str; 13] = [
+pub const IPC_COUNTERS: [&str; 15] = [
     "calls",
     "sends",
     "receives",
@@ -249,6 +249,8 @@ pub const IPC_COUNTERS: [&str; 13] = [
     "dropped",
     "timeouts",
     "peer_dead",
+    "runs",
+    "runs_lost",
 ];
 
 fn local_ipc_stats() -> [u64; 15] {
