@@ -152,13 +152,13 @@ fn run(effects: Vec<Effect>) {
                 call,
                 parcel,
             } => {
-                let (parcel, leases) = export(parcel, to);
+                let (parcel, leases) = export_or_drop(parcel, to);
                 free_exported(&leases);
                 post(to, IPC_REQUEST, wire::encode_request(dst, call, &parcel));
             }
             Effect::Answer { to, token, result } => {
                 let result = result.map(|p| {
-                    let (p, leases) = export(p, to);
+                    let (p, leases) = export_or_drop(p, to);
                     // An answer is final: the local runs go now (their bytes are in the pool).
                     free_exported(&leases);
                     p
@@ -433,10 +433,13 @@ struct Outgoing {
     leases: Vec<Exported>,
 }
 
-/// Splits the forward (at most one) out of a send's effects and runs the others.
-fn split_forward(effects: Vec<Effect>) -> Option<Outgoing> {
+/// Splits the forward (at most one) out of a send's effects and runs the others. If a page
+/// run it carries cannot go (the pool is full), nothing goes: `OutOfMemory`, and the sender
+/// keeps its capabilities (its moves are committed only once the forward went).
+fn split_forward(effects: Vec<Effect>) -> Result<Option<Outgoing>, Error> {
     let mut forward = None;
     let mut rest = Vec::new();
+    let mut refused = false;
     for e in effects {
         match e {
             Effect::Forward {
@@ -444,19 +447,27 @@ fn split_forward(effects: Vec<Effect>) -> Option<Outgoing> {
                 dst,
                 call,
                 parcel,
-            } if forward.is_none() => {
-                let (parcel, leases) = export(parcel, to);
-                forward = Some(Outgoing {
-                    to,
-                    encoded: wire::encode_request(dst, call, &parcel),
-                    leases,
-                });
+            } if forward.is_none() && !refused => {
+                let (parcel, leases, failed) = export(parcel, to);
+                if failed.is_empty() {
+                    forward = Some(Outgoing {
+                        to,
+                        encoded: wire::encode_request(dst, call, &parcel),
+                        leases,
+                    });
+                } else {
+                    cancel_exported(leases);
+                    refused = true;
+                }
             }
             other => rest.push(other),
         }
     }
     run(rest);
-    forward
+    if refused {
+        return Err(Error::OutOfMemory);
+    }
+    Ok(forward)
 }
 
 /// A page run copied into the shared pool for another instance.
@@ -466,9 +477,11 @@ struct Exported {
 }
 
 /// Puts the page runs `p` carries into the shared pool, handed over to instance `to`
-/// (`Object::PoolPages`); a run the pool cannot take is left out (counted in `PAGES_LOST`).
-fn export(mut p: Parcel, to: u8) -> (Parcel, Vec<Exported>) {
+/// (`Object::PoolPages`). A run the pool cannot take is left out of the parcel and returned
+/// in the third list (still held here: the caller decides).
+fn export(mut p: Parcel, to: u8) -> (Parcel, Vec<Exported>, Vec<mk_ipc::ObjId>) {
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for slot in p.caps.iter_mut() {
         let Some(Cap {
             object: Object::Pages { id, .. },
@@ -487,10 +500,21 @@ fn export(mut p: Parcel, to: u8) -> (Parcel, Vec<Exported>) {
                 });
             }
             None => {
-                PAGES_LOST.fetch_add(1, Ordering::Relaxed);
+                failed.push(id);
                 *slot = None;
             }
         }
+    }
+    (p, out, failed)
+}
+
+/// An answer or a late forward, already committed: a run that could not go is freed and
+/// counted (`PAGES_LOST`).
+fn export_or_drop(p: Parcel, to: u8) -> (Parcel, Vec<Exported>) {
+    let (p, out, failed) = export(p, to);
+    for id in failed {
+        PAGES_LOST.fetch_add(1, Ordering::Relaxed);
+        drop(runs(|r| r.remove(id)));
     }
     (p, out)
 }
@@ -586,7 +610,7 @@ pub fn send(me: TaskId, h: Handle, msg: &IpcMsg) -> Result<(), Error> {
     })
     .ok_or(Error::NoSuchTask)?;
     sent?;
-    if let Some(out) = split_forward(effects) {
+    if let Some(out) = split_forward(effects)? {
         match forward_now(out.to, IPC_REQUEST, &out.encoded) {
             Ok(()) => free_exported(&out.leases),
             Err(err) => {
@@ -626,7 +650,14 @@ pub fn call(me: TaskId, h: Handle, msg: &mut IpcMsg, timeout_ms: u64) -> Result<
     let Some(token) = sent.token else {
         return Err(Error::BadArgument);
     };
-    if let Some(out) = split_forward(effects) {
+    let forward = match split_forward(effects) {
+        Ok(f) => f,
+        Err(e) => {
+            with(|i| i.cancel_call(token));
+            return Err(e);
+        }
+    };
+    if let Some(out) = forward {
         // A full mailbox makes the caller wait (a tick at a time) until its deadline.
         loop {
             match forward_now(out.to, IPC_REQUEST, &out.encoded) {
