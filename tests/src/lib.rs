@@ -360,6 +360,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         smp: 5,
         memory_mib: 640,
         cases: &[
+            "bench_control",
             "ipc_local=100000",
             "ipc_remote=100000",
             "ipc_all_pairs=2000",

@@ -100,6 +100,7 @@ pub(super) static CASES: &[Case] = &[
     case("user_cpu_move", |_, arg| tasks::user_cpu_move(arg)),
     case("user_mem_add", |_, arg| tasks::user_mem_add(arg)),
     case("user_crash_pings", |_, arg| tasks::user_crash_pings(arg)),
+    case("bench_control", |_, _| services::bench_control()),
     case("ipc_local", |_, arg| ipc::ipc_local(arg)),
     case("ipc_remote", |_, arg| ipc::ipc_remote(arg)),
     case("ipc_all_pairs", |_, arg| ipc::ipc_all_pairs(arg)),

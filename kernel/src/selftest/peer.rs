@@ -144,6 +144,9 @@ pub(super) mod job {
     /// Look up the programs `ramdisk_programs` needs in this instance's own ramdisk; result:
     /// `super::ramdisk_check()`.
     pub const RAMDISK: u64 = 11;
+    /// Send a benchmark CONTROL request (set the idle poll to forever) to instance `arg`, as
+    /// a hostile peer would; result: the reply's status code + 1 (0: no reply).
+    pub const CONTROL_TO: u64 = 12;
 }
 
 /// Programs every ramdisk must hold, each a loadable ELF (`ramdisk_programs`).
@@ -302,6 +305,18 @@ fn run_job() {
             r.begin_transfer(chunk, iid(me), iid((arg >> 48) as usize))
                 .map_or(0, |g| u64::from(g) + 1)
         }),
+        job::CONTROL_TO => {
+            let p = crate::services::bench::words_payload(&[1, u64::MAX]);
+            match messaging::call(
+                iid(arg as usize),
+                mk_wire::Kind::User(crate::services::bench::user::CONTROL),
+                p,
+                2000,
+            ) {
+                Ok(reply) => u64::from(reply.status.code()) + 1,
+                Err(_) => 0,
+            }
+        }
         job::BALANCE_LINE => {
             match crate::services::irq::balance(
                 (arg & 0xFFFF_FFFF) as usize,

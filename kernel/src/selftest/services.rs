@@ -1017,3 +1017,48 @@ pub(super) fn respawn(arg: &str) -> Outcome {
     println!("respawn: instance {k} runs again on CPUs {cpus:?}; no stale message reached it");
     Ok(())
 }
+
+/// `bench_control`: the benchmark's CONTROL requests (which pin a CPU in polling, or aim probe
+/// echoes) are taken from instance 0 only: instance 2 asking instance 1 is refused (`NotOwner`)
+/// and instance 1's idle poll is left alone; an echo aimed at instance 1's own CPU, or at the
+/// xAPIC broadcast, is refused even from instance 0 (it would answer itself forever).
+pub(super) fn bench_control() -> Outcome {
+    use crate::services::bench::{user as bench_user, words_payload};
+    let jobs = start_job(2, job::CONTROL_TO, 1)?;
+    let status = wait_job(2, jobs, 10_000)?.job_result;
+    ensure(
+        status == u64::from(mk_wire::Status::NotOwner.code()) + 1,
+        || {
+            format!(
+                "instance 1 answered instance 2's CONTROL with status code {}",
+                status.wrapping_sub(1)
+            )
+        },
+    )?;
+    let r = region::get().ok_or("no shared region")?;
+    let own = r
+        .instance(iid(1))
+        .and_then(|i| i.resources())
+        .map(|res| res.cpus().to_vec())
+        .map_err(|e| format!("{e:?}"))?;
+    let &cpu = own.first().ok_or("instance 1 has no CPU")?;
+    for target in [u64::from(cpu), 0xFF] {
+        let reply = messaging::call(
+            iid(1),
+            Kind::User(bench_user::CONTROL),
+            words_payload(&[3, target]),
+            2000,
+        )
+        .map_err(|e| format!("echo request: {e:?}"))?;
+        ensure(reply.status == mk_wire::Status::InvalidArgument, || {
+            format!(
+                "an echo to APIC ID {target:#x} was answered {:?}",
+                reply.status
+            )
+        })?;
+    }
+    println!(
+        "bench_control: CONTROL refused from instance 2; echoes at the target's own CPU or the broadcast refused"
+    );
+    Ok(())
+}

@@ -78,6 +78,8 @@ const ANSWER_TIMEOUT_MS: u64 = 1000;
 
 /// SINK messages this instance took.
 pub static SUNK: AtomicU64 = AtomicU64::new(0);
+/// CONTROL requests refused: from an instance other than 0, or an echo aimed at ourselves.
+pub static REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Where probe IPIs are echoed to (`FOREVER`: nowhere).
 static ECHO_TO: AtomicU64 = AtomicU64::new(FOREVER);
 
@@ -89,6 +91,12 @@ pub fn register() {
         return;
     };
     fn control(m: &Message) -> Option<Reply> {
+        // Only the supervisor measures (the shell's `bench`, `cargo xtask bench`): another
+        // instance must not pin this one's CPU or aim its probe echoes (issue 15).
+        if !m.sender.is_supervisor() {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            return Some(Reply::error(mk_wire::Status::NotOwner));
+        }
         let w = payload_words(&m.payload);
         let [op, arg] = w[..] else {
             return Some(Reply::error(mk_wire::Status::InvalidArgument));
@@ -105,6 +113,14 @@ pub fn register() {
                 SUNK.load(Ordering::Relaxed),
             ],
             op::ECHO => {
+                // An echo to one of our own CPUs (or the xAPIC broadcast 0xFF, or beyond)
+                // would answer itself forever, above the timer's priority.
+                if arg != FOREVER
+                    && (arg >= 0xFF || crate::cpus::smp::cpu_list().contains(&(arg as u32)))
+                {
+                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    return Some(Reply::error(mk_wire::Status::InvalidArgument));
+                }
                 ECHO_TO.store(arg, Ordering::SeqCst);
                 if interrupts::set_probe_handler(echo).is_err() {
                     return Some(Reply::error(mk_wire::Status::InternalError));

@@ -100,6 +100,7 @@ pub const NAMES: &[&str] = &[
     "user_cpu_move",
     "user_mem_add",
     "user_crash_pings",
+    "bench_control",
     "ipc_local",
     "ipc_remote",
     "ipc_all_pairs",
