@@ -361,14 +361,22 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     }
 
     /// The reply message for `request`; a handler answer that would not encode becomes an
-    /// `InternalError` reply.
+    /// `InternalError` reply, except an error answer without the payload its kind's replies
+    /// carry (`Reply::error` to a USER request): it keeps its status, with the kind's empty
+    /// payload.
     fn build_reply(&self, request: &Message, answer: Reply) -> Message {
-        let reply = Message::reply_to(request, self.instance, answer.status, answer.payload);
+        let status = answer.status;
+        let reply = Message::reply_to(request, self.instance, status, answer.payload);
         if reply.validate().is_ok() {
-            reply
-        } else {
-            self.error_reply(request, Status::InternalError)
+            return reply;
         }
+        if status != Status::Ok {
+            let refusal = self.error_reply(request, status);
+            if refusal.validate().is_ok() {
+                return refusal;
+            }
+        }
+        self.error_reply(request, Status::InternalError)
     }
 
     /// An error reply to `request` from this instance (empty payload; an empty opaque payload

@@ -703,3 +703,28 @@ fn concurrent_calls_replies_and_expiry_end_each_call_once() {
     ids.dedup();
     assert_eq!(ids.len() as u64, total, "message ids are unique");
 }
+
+/// A USER handler that refuses with `Reply::error` (no payload) is answered with its own
+/// status and an empty USER payload, not `InternalError`.
+#[test]
+fn a_user_refusal_keeps_its_status() {
+    let d: D = Dispatcher::new(iid(0), zero_clock, &[], 100, 10);
+    d.registry()
+        .register(HandlerKey::Kind(Kind::User(5)), REFUSE)
+        .unwrap();
+    let req = Message::request(
+        iid(2),
+        Kind::User(5),
+        4,
+        Payload::User(UserPayload::new(b"op").unwrap()),
+    )
+    .with_flags(MsgFlags::NEEDS_REPLY);
+    let DispatchOutcome::Handled { reply: Some(r), .. } =
+        d.dispatch(iid(2), &slot_of(&req)).unwrap()
+    else {
+        panic!("a reply")
+    };
+    assert_eq!(r.status, Status::Refused);
+    assert!(r.validate().is_ok());
+    assert_eq!(decode(&slot_of(&r)), Ok(r));
+}
