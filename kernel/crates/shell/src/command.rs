@@ -216,6 +216,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             .ok_or_else(|| usage_error(cmd, format!("{what} '{text}' is not a number 0..={max}")))
     };
     let instance = |text: &str| num("instance", text, 63).map(|n| InstanceId::new(n as u16));
+    let task = |text: &str| {
+        parse_task(text)
+            .ok_or_else(|| usage_error(cmd, format!("task '{text}' is not a task id (e.g. t3.1)")))
+    };
     let parsed = match name {
         "help" => match args {
             [] => Command::Help(None),
@@ -362,24 +366,14 @@ pub fn parse(line: &str) -> Result<Option<Command>, UsageError> {
             arity(2)?;
             Command::Caps {
                 instance: instance(args[0])?,
-                task: parse_task(args[1]).ok_or_else(|| {
-                    usage_error(
-                        cmd,
-                        format!("task '{}' is not a task id (e.g. t3.1)", args[1]),
-                    )
-                })?,
+                task: task(args[1])?,
             }
         }
         "kill" => {
             arity(2)?;
             Command::Kill {
                 instance: instance(args[0])?,
-                task: parse_task(args[1]).ok_or_else(|| {
-                    usage_error(
-                        cmd,
-                        format!("task '{}' is not a task id (e.g. t3.1)", args[1]),
-                    )
-                })?,
+                task: task(args[1])?,
             }
         }
         _ => unreachable!("every name in COMMANDS is parsed above"),
