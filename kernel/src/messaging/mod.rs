@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_dispatch::{CallState, DispatchOutcome, Dispatcher, HandlerKey, PeerTelemetry, Reply};
 use mk_hook::{Full, Hook};
-use mk_mailbox::{DoorbellMode, MailboxMatrix, ReceiverEnd, SenderEnd};
+use mk_mailbox::{DoorbellMode, Inbox, MailboxMatrix, ReceiverEnd, SenderEnd};
 use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
 use spin::{Mutex, Once};
 
@@ -56,6 +56,19 @@ pub enum SendError {
 }
 
 static MATRIX: Once<MailboxMatrix<'static>> = Once::new();
+/// This instance's summary word in the shared region: which peers published since we last
+/// looked (`mk_mailbox::Inbox`). An empty poll is this one load and the two words below.
+static INBOX: Once<Inbox<'static>> = Once::new();
+/// Peers whose last drain took a whole ring (more may be waiting): looked at again next poll.
+static LEFTOVER: AtomicU64 = AtomicU64::new(0);
+/// Work for the next poll besides the flagged mailboxes: [`WORK_HOOK`], [`WORK_SCAN`].
+static WORK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// Run the poll hook (the services' duties): asked by [`want_poll_hook`] and every timer tick.
+const WORK_HOOK: u32 = 1;
+/// Look at every peer's mailbox, flagged or not: every timer tick, so that a summary bit a
+/// broken peer cleared delays messages by a tick at most, and so that the mailboxes of a peer
+/// started again are claimed.
+const WORK_SCAN: u32 = 2;
 /// This instance's sending ends (to each peer) and receiving ends (from each peer), under
 /// separate locks: a CPU waiting for room to send must still be able to drain its inbox (the
 /// peer may be waiting for room in it).
@@ -85,11 +98,26 @@ static POLLER: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::ne
 static DEPTH: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 /// Most nested polls: a handler's call, whose handler makes a call...
 const MAX_DEPTH: usize = 4;
-/// The messages one drain took, copied out of the rings, one buffer per nesting level: they
-/// are dispatched after the receiving ends are unlocked, so that a handler can poll again.
-/// The buffers keep their capacity: after the first messages, draining allocates nothing.
-type Batch = Vec<(InstanceId, Slot)>;
-static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const { Mutex::new(Vec::new()) }; MAX_DEPTH];
+/// The messages one drain took, copied out of the rings straight into these buffers, one
+/// batch per nesting level: they are dispatched after the receiving ends are unlocked, so that
+/// a handler can poll again. Each batch also keeps the message its slots are decoded into
+/// (`mk_wire::decode_into`: a payload is copied once more, into it, and nothing is moved).
+struct Batch {
+    len: usize,
+    peers: [InstanceId; BATCH],
+    slots: [Slot; BATCH],
+    msg: Message,
+}
+/// Messages one poll takes at most (two rings' worth); what is left waits for the next poll.
+const BATCH: usize = 2 * mk_mailbox::SLOTS;
+static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
+    Mutex::new(Batch {
+        len: 0,
+        peers: [InstanceId::ZERO; BATCH],
+        slots: [[0; SLOT_SIZE]; BATCH],
+        msg: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
+    })
+}; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
 static LOCAL_TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
 
@@ -120,6 +148,7 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
     let region = region::get().ok_or(InitError::NoRegion)?;
     let n = region.instance_count();
     let matrix = MATRIX.try_call_once(|| region.mailbox().map_err(InitError::Matrix))?;
+    INBOX.try_call_once(|| matrix.inbox(me).map_err(InitError::Matrix))?;
     let mut senders: Vec<Option<SenderEnd<'static>>> = (0..n).map(|_| None).collect();
     let mut receivers: Vec<Option<ReceiverEnd<'static>>> = (0..n).map(|_| None).collect();
     for p in region.ids().filter(|&p| p != me) {
@@ -244,6 +273,7 @@ fn on_ipi() {
 /// Timer-tick hook: ends a doorbell throttle once its time is up, on the CPU that raised it
 /// (CR8 is per CPU; every CPU's timer runs this hook).
 fn on_tick() {
+    WORK.fetch_or(WORK_HOOK | WORK_SCAN, Ordering::Relaxed);
     let until = THROTTLED_UNTIL.load(Ordering::Relaxed);
     let me = cpu::try_current().map_or(0, |c| c.index);
     if until != 0 && me == THROTTLED_CPU.load(Ordering::Relaxed) && tsc::read() >= until {
@@ -483,10 +513,43 @@ pub enum CallFailure {
     Timeout,
 }
 
-/// Drains every mailbox once: dispatches each message, sends the replies handlers produce.
-/// Returns how many messages were taken. A handler may call it again (through `call`): the
-/// nested drain takes the messages that came in since, its reply among them.
+/// Drains the mailboxes of the peers that published since the last look (the instance's
+/// summary word, `mk_mailbox::Inbox`): dispatches each message, sends the replies handlers
+/// produce, and runs the poll hook when asked to ([`want_poll_hook`], and every timer tick,
+/// when every peer's mailbox is looked at too). Returns how many messages were taken. An
+/// empty poll reads three words. A handler may call it again (through `call`): the nested
+/// drain takes the messages that came in since, its reply among them.
+#[inline]
 pub fn poll() -> usize {
+    let Some(inbox) = INBOX.get() else {
+        return 0;
+    };
+    if inbox.pending() | LEFTOVER.load(Ordering::Relaxed) == 0 && WORK.load(Ordering::Relaxed) == 0
+    {
+        return 0;
+    }
+    poll_flagged(inbox)
+}
+
+/// Runs the poll hook now if a poll was asked to (clearing the request), without draining:
+/// for a measurement that wants a poll's own cost without the timer tick's duties in it.
+pub fn run_poll_hook_if_asked() {
+    if WORK.load(Ordering::Relaxed) & WORK_HOOK != 0 {
+        WORK.fetch_and(!WORK_HOOK, Ordering::Acquire);
+        if let Some(hook) = POLL_HOOK.get() {
+            hook();
+        }
+    }
+}
+
+/// Asks the next poll to run the poll hook: for work queued outside a drain (an interrupt to
+/// forward, an IPC answer waiting for room, a shutdown asked for). Every timer tick asks too.
+pub fn want_poll_hook() {
+    WORK.fetch_or(WORK_HOOK, Ordering::Release);
+}
+
+#[inline(never)]
+fn poll_flagged(inbox: &Inbox<'static>) -> usize {
     let (Some(receivers), Some(d)) = (RECEIVERS.get(), dispatcher()) else {
         return 0;
     };
@@ -497,27 +560,41 @@ pub fn poll() -> usize {
         // Another CPU drains: it will take what is there.
         Err(_) => return 0,
     };
+    let work = if WORK.load(Ordering::Relaxed) == 0 {
+        0
+    } else {
+        WORK.swap(0, Ordering::Acquire)
+    };
+    let mut peers = inbox.take() | LEFTOVER.swap(0, Ordering::Relaxed);
+    if work & WORK_SCAN != 0 {
+        peers = u64::MAX;
+    }
     let depth = DEPTH.load(Ordering::Relaxed);
     let taken = if depth < MAX_DEPTH {
         DEPTH.store(depth + 1, Ordering::Relaxed);
-        let taken = poll_locked(&BATCHES[depth], receivers, d);
+        let taken = poll_locked(&BATCHES[depth], receivers, d, peers);
         DEPTH.store(depth, Ordering::Relaxed);
         taken
     } else {
+        // Too deep to drain here: the outer levels will look again.
+        LEFTOVER.fetch_or(peers, Ordering::Relaxed);
         0
     };
     if outermost {
         POLLER.store(0, Ordering::Release);
     }
-    if let Some(hook) = POLL_HOOK.get() {
+    if work & WORK_HOOK != 0
+        && let Some(hook) = POLL_HOOK.get()
+    {
         hook();
     }
     taken
 }
 
-/// Work done after every drain (the services' periodic duties: heartbeats, failure
-/// detection). It may send; it must guard itself against re-entry (a send that waits for room
-/// drains, and so calls it again).
+/// Work done by a poll when asked ([`want_poll_hook`]) and once per timer tick (the services'
+/// duties: interrupts to forward, heartbeats, failure detection). It may send; it must guard
+/// itself against re-entry (a send that waits for room drains, and so calls it again), and ask
+/// again ([`want_poll_hook`]) for work it could not finish.
 static POLL_HOOK: Hook<fn()> = Hook::new();
 
 pub fn set_poll_hook(hook: fn()) -> Result<(), Full> {
@@ -528,31 +605,40 @@ fn poll_locked(
     batch: &Mutex<Batch>,
     receivers: &Mutex<Vec<Option<ReceiverEnd<'static>>>>,
     d: &Dispatcher<'static, 32, 64>,
+    peers: u64,
 ) -> usize {
-    // Only this CPU, at this nesting depth, uses this buffer; it is locked (and cleared) only
-    // once a message is there, so an empty drain costs no more than before.
-    let mut locked: Option<spin::MutexGuard<'_, Batch>> = None;
+    // Only this CPU, at this nesting depth, uses this batch.
+    let mut batch = batch.lock();
+    let batch = &mut *batch;
+    batch.len = 0;
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
         for (peer, slot) in InstanceId::all(receivers.len()).zip(receivers.iter_mut()) {
+            let bit = 1u64 << (peer.index() & 63);
+            if peers & bit == 0 {
+                continue;
+            }
             if slot.is_none() && peer != me {
                 // A peer whose channels were marked dead may have been started again (reset
                 // channels): take the new receiving end. Fails quietly while still dead.
                 *slot = MATRIX.get().and_then(|m| m.receiver_end(peer, me).ok());
             }
             let Some(r) = slot else { continue };
-            let took = r.drain(|s| {
-                locked
-                    .get_or_insert_with(|| {
-                        let mut b = batch.lock();
-                        b.clear();
-                        b
-                    })
-                    .push((peer, *s));
-            });
-            match took {
-                Ok(_) => {}
+            let room = batch.slots.get_mut(batch.len..).unwrap_or_default();
+            let room_len = room.len();
+            match r.drain_into(room) {
+                Ok(n) => {
+                    if let Some(p) = batch.peers.get_mut(batch.len..batch.len + n) {
+                        p.fill(peer);
+                    }
+                    batch.len += n;
+                    // A whole ring, or the batch full: more may be waiting, look again next
+                    // poll.
+                    if n == mk_mailbox::SLOTS || n == room_len {
+                        LEFTOVER.fetch_or(bit, Ordering::Relaxed);
+                    }
+                }
                 Err(mk_mailbox::Error::Dead) => {
                     // The peer stopped or died (instance 0 marked its channels dead): nothing
                     // more will come until it is started again.
@@ -567,13 +653,17 @@ fn poll_locked(
             }
         }
     }
-    let Some(batch) = locked else {
+    let taken = batch.len;
+    if taken == 0 {
         return 0;
-    };
+    }
     // Dispatched with the receiving ends unlocked: a handler may drain again.
     let mut replies: Vec<(InstanceId, Message)> = Vec::new();
-    for (peer, slot) in batch.iter() {
-        match d.dispatch(*peer, slot) {
+    let Batch {
+        peers, slots, msg, ..
+    } = batch;
+    for (peer, slot) in peers.iter().zip(slots.iter()).take(taken) {
+        match d.dispatch_with(*peer, slot, msg) {
             Ok(DispatchOutcome::Handled {
                 reply: Some(reply), ..
             }) => replies.push((*peer, reply)),
@@ -592,8 +682,6 @@ fn poll_locked(
             }
         }
     }
-    let taken = batch.len();
-    drop(batch);
     for (peer, reply) in replies {
         if let Err(e) = send(peer, &reply) {
             crate::warn!("reply to instance {peer} not sent: {e:?}");

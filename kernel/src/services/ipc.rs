@@ -203,6 +203,10 @@ fn post(to: u8, sub: u16, e: Encoded) {
     while q > 0 && flush_one() {
         q -= 1;
     }
+    if OUTBOX_LEN.load(Ordering::Relaxed) != 0 {
+        // What did not fit goes out from the next poll.
+        messaging::want_poll_hook();
+    }
 }
 
 /// Sends the outbox's oldest message if its mailbox has room (or drops it if the peer is
@@ -256,6 +260,10 @@ fn stopped(k: u8) -> bool {
 pub fn on_poll() {
     if OUTBOX_LEN.load(Ordering::Relaxed) != 0 {
         while flush_one() {}
+        if OUTBOX_LEN.load(Ordering::Relaxed) != 0 {
+            // Still no room: try again at the next poll.
+            messaging::want_poll_hook();
+        }
     }
     let now = tsc::read();
     if now < NEXT_WATCH.load(Ordering::Relaxed) {

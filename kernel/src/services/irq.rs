@@ -108,6 +108,7 @@ fn on_irq(line: usize) {
         PENDING[line].fetch_add(1, Ordering::Relaxed);
         // Release: whoever sees the bit (Acquire) sees the count.
         PENDING_LINES.fetch_or(1 << line, Ordering::Release);
+        messaging::want_poll_hook();
     }
 }
 

@@ -185,9 +185,12 @@ pub fn handle_shutdown(m: &Message) -> Option<Reply> {
         && p.flags.contains(mk_wire::ShutdownFlags::CRASH)
     {
         CRASH_ASKED.store(true, Ordering::SeqCst);
+        crate::messaging::want_poll_hook();
         return Some(Reply::ok(Payload::Empty));
     }
     SHUTDOWN_ASKED.store(true, Ordering::SeqCst);
+    // Carried out by the poll hook, after this drain has sent the reply.
+    crate::messaging::want_poll_hook();
     Some(Reply::ok(Payload::Empty))
 }
 

@@ -107,8 +107,14 @@ impl core::fmt::Display for InitError {
 /// Set while `on_poll` runs: what it sends may drain the mailboxes, which calls it again.
 static IN_POLL_HOOK: AtomicBool = AtomicBool::new(false);
 
+/// The poll hook: runs when a poll was asked to (`messaging::want_poll_hook`: an interrupt to
+/// forward, an IPC answer to send, a shutdown asked for) and once per timer tick (heartbeats,
+/// failure detection, the IPC watch, the screen).
 fn on_poll() {
     if IN_POLL_HOOK.swap(true, Ordering::Acquire) {
+        // Entered from inside itself (a send waiting for room polls): the outer run is busy,
+        // so ask for another one rather than lose what this one was called for.
+        messaging::want_poll_hook();
         return;
     }
     irq::flush_forwards();

@@ -301,11 +301,23 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
     ) -> Result<DispatchOutcome, Reject> {
+        let mut msg = Message::request(self.instance, Kind::Ping, 0, Payload::Empty);
+        self.dispatch_with(expected_sender, slot, &mut msg)
+    }
+
+    /// [`dispatch`](Self::dispatch), decoding into `msg`, a message the caller keeps from one
+    /// slot to the next (see [`mk_wire::decode_into`]: a USER payload is then copied once).
+    pub fn dispatch_with(
+        &self,
+        expected_sender: InstanceId,
+        slot: &Slot,
+        msg: &mut Message,
+    ) -> Result<DispatchOutcome, Reject> {
         let peer = self.peer(expected_sender);
         if let Some(p) = peer {
             p.received.fetch_add(1, Relaxed);
         }
-        let result = self.dispatch_inner(expected_sender, slot, peer);
+        let result = self.dispatch_inner(expected_sender, slot, peer, msg);
         if let Err(reject) = &result {
             self.rejects.record(reject.reason());
             if let Some(p) = peer {
@@ -320,8 +332,10 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
         peer: Option<&PeerTelemetry>,
+        msg: &mut Message,
     ) -> Result<DispatchOutcome, Reject> {
-        let msg = mk_wire::decode(slot).map_err(Reject::Malformed)?;
+        mk_wire::decode_into(slot, msg).map_err(Reject::Malformed)?;
+        let msg = &*msg;
         if msg.sender != expected_sender {
             return Err(Reject::SenderMismatch {
                 expected: expected_sender,
@@ -332,7 +346,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
             let now = (self.clock)();
             let done = self
                 .pending
-                .complete(expected_sender, &msg, now)
+                .complete(expected_sender, msg, now)
                 .map_err(|s| Reject::StaleReply { msg_id: s.msg_id })?;
             if let Some(p) = peer {
                 p.calls_completed.fetch_add(1, Relaxed);
@@ -348,9 +362,9 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
             .lookup(msg.kind)
             .ok_or(Reject::NoHandler(msg.kind))?;
         self.handled.fetch_add(1, Relaxed);
-        let answer = handler.handle(&msg);
+        let answer = handler.handle(msg);
         let reply = match answer {
-            Some(r) if msg.needs_reply() => Some(self.build_reply(&msg, r)),
+            Some(r) if msg.needs_reply() => Some(self.build_reply(msg, r)),
             _ => None,
         };
         Ok(DispatchOutcome::Handled {

@@ -109,6 +109,8 @@ fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [
 /// [`crate::MailboxMatrix`]); released on drop.
 pub struct SenderEnd<'a> {
     chan: &'a Channel,
+    /// The receiver's summary word, where this end sets bit `from` after each message.
+    summary: &'a AtomicU64,
     claim: &'a AtomicU64,
     bit: u64,
     from: InstanceId,
@@ -126,6 +128,7 @@ pub struct SenderEnd<'a> {
 impl<'a> SenderEnd<'a> {
     pub(crate) fn attach(
         chan: &'a Channel,
+        summary: &'a AtomicU64,
         claim: &'a AtomicU64,
         bit: u64,
         from: InstanceId,
@@ -137,6 +140,7 @@ impl<'a> SenderEnd<'a> {
         let fault = chan.tx.fault.load(Ordering::Relaxed) != 0;
         Ok(Self {
             chan,
+            summary,
             claim,
             bit,
             from,
@@ -225,6 +229,9 @@ impl<'a> SenderEnd<'a> {
         // Release: the payload stores above happen before any Acquire load that reads this
         // sequence number, i.e. before the receiver's copy.
         slot.seq.store(self.next_seq, Ordering::Release);
+        // Release: a receiver whose `take` (Acquire) reads our bit sees the message above.
+        self.summary
+            .fetch_or(1 << (self.from.index() & 63), Ordering::Release);
         self.sent = self.sent.wrapping_add(1);
         self.next_seq = seq_next(self.next_seq);
         self.chan.tx.sent.store(self.sent, Ordering::Relaxed);
@@ -435,6 +442,22 @@ impl<'a> ReceiverEnd<'a> {
                 return Ok(n);
             }
         }
+    }
+
+    /// Copies up to `out.len()` (at most [`SLOTS`]) waiting messages, in order, straight into
+    /// `out` and acknowledges them; returns how many. One copy per message, out of shared memory
+    /// into the caller's buffers, which the peer can no longer change.
+    pub fn drain_into(&mut self, out: &mut [[u8; MSG_SIZE]]) -> Result<usize, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        let mut n = 0;
+        for buf in out.iter_mut().take(SLOTS) {
+            if !self.peek()? {
+                break;
+            }
+            take_slot(self.chan, &mut self.consumed, &mut self.expected, buf);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// [`Self::drain_max`] with a limit of one ring's worth ([`SLOTS`]), so that a peer that

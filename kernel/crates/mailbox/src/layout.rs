@@ -18,7 +18,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"MKMB");
 
 /// Protocol version. Bump on any change of layout or of the protocol; attaching to a region or
 /// channel with another version fails with [`crate::Error::VersionMismatch`].
-pub const VERSION: u32 = 1;
+///
+/// 2: the receivers' summary lines after the region header.
+pub const VERSION: u32 = 2;
 
 /// Single writer helper: a counter that only one party writes needs no read-modify-write
 /// instruction (no `lock` prefix), a load and a store of its own previous value suffice.
@@ -46,6 +48,26 @@ mk_raw::atomic_struct! {
         pub _reserved: AtomicU32,
         /// Total bytes used, header included.
         pub region_size: AtomicU64,
+    }
+}
+
+mk_raw::atomic_struct! {
+    #[repr(C, align(64))]
+    /// A receiver's summary line: which senders published since the receiver last looked.
+    /// Sender `from` sets bit `from` of `pending` (`fetch_or`, Release) after every message it
+    /// publishes to this receiver; the receiver takes the word (`swap(0)`, Acquire) and drains
+    /// only the channels whose bits were set. So an empty poll is one load, whatever the number
+    /// of peers.
+    ///
+    /// The word has many writers, unlike every other word of the region: each sender owns only
+    /// its bit, and the receiver only clears. It is a hint: a bit set for nothing costs one
+    /// empty look at a channel; a bit a broken peer clears delays that peer's messages only
+    /// until the receiver's periodic look at every channel (its caller's duty, e.g. once per
+    /// timer tick), and the receiver looks at every channel anyway before it sleeps
+    /// ([`crate::ReceiverEnd::arm`]).
+    pub(crate) struct Summary {
+        pub pending: AtomicU64,
+        pub _reserved: [AtomicU64; 7],
     }
 }
 
@@ -139,28 +161,25 @@ mk_raw::atomic_struct! {
 }
 
 impl Slot {
-    /// Copies message bytes 4..256 into the slot (Relaxed: the Release store of `seq` that
-    /// follows publishes them).
+    /// Copies message bytes 4..256 into the slot (each word an atomic store, as `Relaxed`: the
+    /// Release store of `seq` that follows publishes them). The body goes in one run of word
+    /// moves (`mk_raw::copy_to_words`).
     #[inline]
     pub fn write_payload(&self, msg: &[u8; MSG_SIZE]) {
-        let mut head = [0u8; 4];
-        head.copy_from_slice(&msg[4..8]);
-        self.head.store(u32::from_ne_bytes(head), Ordering::Relaxed);
-        let (chunks, _) = msg[8..].as_chunks::<8>();
-        for (word, chunk) in self.body.iter().zip(chunks) {
-            word.store(u64::from_ne_bytes(*chunk), Ordering::Relaxed);
-        }
+        let (head, body) = msg[4..].split_at(4);
+        let mut word = [0u8; 4];
+        word.copy_from_slice(head);
+        self.head.store(u32::from_ne_bytes(word), Ordering::Relaxed);
+        mk_raw::copy_to_words(&self.body, body);
     }
 
-    /// Copies message bytes 4..256 out of the slot (Relaxed: ordered after the Acquire load of
-    /// `seq` that preceded it and before the Release store of the acknowledgement after it).
+    /// Copies message bytes 4..256 out of the slot (each word an atomic load, as `Relaxed`:
+    /// ordered after the Acquire load of `seq` that preceded it and before the Release store of
+    /// the acknowledgement after it).
     #[inline]
     pub fn read_payload(&self, out: &mut [u8; MSG_SIZE]) {
         out[4..8].copy_from_slice(&self.head.load(Ordering::Relaxed).to_ne_bytes());
-        let (chunks, _) = out[8..].as_chunks_mut::<8>();
-        for (word, chunk) in self.body.iter().zip(chunks) {
-            *chunk = word.load(Ordering::Relaxed).to_ne_bytes();
-        }
+        mk_raw::copy_from_words(&mut out[8..], &self.body);
     }
 
     pub fn zero(&self) {
@@ -214,6 +233,7 @@ impl Channel {
 
 const _: () = {
     assert!(size_of::<RegionHeader>() == CACHE_LINE);
+    assert!(size_of::<Summary>() == CACHE_LINE);
     assert!(size_of::<ChannelHeader>() == CACHE_LINE);
     assert!(size_of::<TxLine>() == CACHE_LINE);
     assert!(size_of::<RxLine>() == CACHE_LINE);

@@ -117,7 +117,7 @@ mod tests;
 
 pub use channel::{DoorbellMode, ReceiverEnd, SendOutcome, SenderEnd};
 pub use layout::{MAGIC, VERSION};
-pub use matrix::{CHANNEL_SIZE, ChannelStats, MailboxMatrix, region_size};
+pub use matrix::{CHANNEL_SIZE, ChannelStats, Inbox, MailboxMatrix, region_size};
 pub use mk_ids::InstanceId;
 pub use mk_raw::Raw;
 pub use rate::RateLimiter;

@@ -4,14 +4,20 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::channel::{ReceiverEnd, SenderEnd};
-use crate::layout::{Channel, MAGIC, RegionHeader, VERSION};
+use crate::layout::{Channel, MAGIC, RegionHeader, Summary, VERSION};
 use crate::{ChannelState, Error, InstanceId, MAX_INSTANCES, MSG_SIZE, SLOTS};
 use mk_raw::Raw;
 
-/// Bytes of shared memory needed for `n` instances: one header line plus one channel per
-/// ordered pair of distinct instances (`n * (n - 1)`), each [`CHANNEL_SIZE`] bytes.
+/// Bytes of shared memory needed for `n` instances: one header line, one summary line per
+/// receiver, and one channel per ordered pair of distinct instances (`n * (n - 1)`), each
+/// [`CHANNEL_SIZE`] bytes.
 pub const fn region_size(n: usize) -> usize {
-    size_of::<RegionHeader>() + n * n.saturating_sub(1) * size_of::<Channel>()
+    channels_offset(n) + n * n.saturating_sub(1) * size_of::<Channel>()
+}
+
+/// Where the channels start: after the header line and the `n` summary lines.
+const fn channels_offset(n: usize) -> usize {
+    size_of::<RegionHeader>() + n * size_of::<Summary>()
 }
 
 /// The header line at the start of `raw` (which must be 64-byte aligned).
@@ -20,9 +26,14 @@ fn view_header<'a>(raw: Raw<'a>) -> Result<&'a RegionHeader, Error> {
     Ok(raw.at(0)?)
 }
 
-/// The `n * (n - 1)` channels after the header line.
+/// The `n` receivers' summary lines after the header line.
+fn view_summaries<'a>(raw: Raw<'a>, n: usize) -> Result<&'a [Summary], Error> {
+    Ok(raw.slice(size_of::<RegionHeader>(), n)?)
+}
+
+/// The `n * (n - 1)` channels after the summary lines.
 fn view_channels<'a>(raw: Raw<'a>, n: usize) -> Result<&'a [Channel], Error> {
-    Ok(raw.slice(size_of::<RegionHeader>(), n * n.saturating_sub(1))?)
+    Ok(raw.slice(channels_offset(n), n * n.saturating_sub(1))?)
 }
 
 /// Bytes of one channel (4 control lines + the ring).
@@ -69,6 +80,7 @@ pub struct ChannelStats {
 /// offsets implied by the layout, so it works at any mapping address.
 pub struct MailboxMatrix<'a> {
     header: &'a RegionHeader,
+    summaries: &'a [Summary],
     channels: &'a [Channel],
     n: usize,
     /// Bit `to` of `tx_claims[from]`: a `SenderEnd(from, to)` exists in this view.
@@ -94,8 +106,15 @@ impl<'a> MailboxMatrix<'a> {
         let header = view_header(raw)?;
         let need = region_size(n);
         raw.ensure_len(need)?;
+        let summaries = view_summaries(raw, n)?;
         let channels = view_channels(raw, n)?;
         header.magic.store(0, Ordering::Relaxed);
+        for s in summaries {
+            s.pending.store(0, Ordering::Relaxed);
+            s._reserved
+                .iter()
+                .for_each(|w| w.store(0, Ordering::Relaxed));
+        }
         header.version.store(VERSION, Ordering::Relaxed);
         header.instances.store(n as u32, Ordering::Relaxed);
         header.slots.store(SLOTS as u32, Ordering::Relaxed);
@@ -103,7 +122,7 @@ impl<'a> MailboxMatrix<'a> {
             .channel_size
             .store(CHANNEL_SIZE as u32, Ordering::Relaxed);
         header.region_size.store(need as u64, Ordering::Relaxed);
-        let m = Self::new_view(header, channels, n);
+        let m = Self::new_view(header, summaries, channels, n);
         for from in InstanceId::all(n) {
             for to in InstanceId::all(n).filter(|&t| t != from) {
                 let c = m.chan(from, to)?;
@@ -155,13 +174,20 @@ impl<'a> MailboxMatrix<'a> {
         {
             return Err(Error::LayoutMismatch);
         }
+        let summaries = view_summaries(raw, n)?;
         let channels = view_channels(raw, n)?;
-        Ok(Self::new_view(header, channels, n))
+        Ok(Self::new_view(header, summaries, channels, n))
     }
 
-    fn new_view(header: &'a RegionHeader, channels: &'a [Channel], n: usize) -> Self {
+    fn new_view(
+        header: &'a RegionHeader,
+        summaries: &'a [Summary],
+        channels: &'a [Channel],
+        n: usize,
+    ) -> Self {
         Self {
             header,
+            summaries,
             channels,
             n,
             tx_claims: [const { AtomicU64::new(0) }; MAX_INSTANCES],
@@ -197,6 +223,21 @@ impl<'a> MailboxMatrix<'a> {
         Ok(&self.channels[self.index(from, to)?])
     }
 
+    /// The summary word of receiver `to` (see [`Inbox`]).
+    fn summary(&self, to: InstanceId) -> Result<&'a AtomicU64, Error> {
+        self.summaries
+            .get(to.index())
+            .map(|s| &s.pending)
+            .ok_or(Error::BadPair { from: to, to })
+    }
+
+    /// Receiver `to`'s summary: which senders published since it last looked.
+    pub fn inbox(&self, to: InstanceId) -> Result<Inbox<'a>, Error> {
+        Ok(Inbox {
+            word: self.summary(to)?,
+        })
+    }
+
     fn claim(word: &AtomicU64, bit: u64) -> Result<(), Error> {
         if word.fetch_or(bit, Ordering::Acquire) & bit != 0 {
             return Err(Error::AlreadyClaimed);
@@ -209,9 +250,10 @@ impl<'a> MailboxMatrix<'a> {
     /// version, or its header does not match its place.
     pub fn sender_end(&self, from: InstanceId, to: InstanceId) -> Result<SenderEnd<'_>, Error> {
         let chan = self.chan(from, to)?;
+        let summary = self.summary(to)?;
         let (word, bit) = (&self.tx_claims[from.index()], 1u64 << to.index());
         Self::claim(word, bit)?;
-        SenderEnd::attach(chan, word, bit, from, to).inspect_err(|_| {
+        SenderEnd::attach(chan, summary, word, bit, from, to).inspect_err(|_| {
             word.fetch_and(!bit, Ordering::Release);
         })
     }
@@ -319,5 +361,33 @@ impl<'a> MailboxMatrix<'a> {
             f(peer, instance)?;
         }
         Ok(())
+    }
+}
+
+/// A receiver's summary word: bit `p` set means sender `p` published a message since the
+/// receiver last took the word. A hint, never trusted for more than "look at that channel"
+/// (see the layout's `Summary`): the receiver must still look at every channel now and then,
+/// and before it sleeps.
+#[derive(Clone, Copy)]
+pub struct Inbox<'a> {
+    word: &'a AtomicU64,
+}
+
+impl Inbox<'_> {
+    /// The senders flagged so far (one Relaxed load: the cheap test of an empty poll).
+    #[inline]
+    pub fn pending(&self) -> u64 {
+        self.word.load(Ordering::Relaxed)
+    }
+
+    /// Takes the flagged senders, clearing the word. Acquire: pairs with each sender's Release
+    /// `fetch_or`, so the messages it flagged are visible to the drain that follows. A sender
+    /// that publishes after this sets its bit again, for the next look.
+    #[inline]
+    pub fn take(&self) -> u64 {
+        if self.word.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.word.swap(0, Ordering::Acquire)
     }
 }

@@ -398,5 +398,65 @@ impl<'a> Raw<'a> {
     }
 }
 
+/// Copies the bytes of `src` into the words of `dst` (native byte order), as a run of 8-byte
+/// aligned stores, each one atomic (like a `Relaxed` store): the way into a message slot others
+/// may read concurrently. Copies `min(dst.len(), src.len() / 8)` words. On x86_64 one `rep movsq` (what a message costs is counted
+/// in instructions, and the loop of atomic stores costs two or three per word).
+#[inline]
+pub fn copy_to_words(dst: &[AtomicU64], src: &[u8]) {
+    let n = dst.len().min(src.len() / 8);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `rep movsq` moves `n` quadwords from `src` (valid for `8 n` bytes; x86_64 reads
+    // unaligned quadwords) to `dst` (valid for `n` aligned `AtomicU64`s). Each quadword move is an aligned 8-byte
+    // store, which x86_64 performs atomically, so concurrent readers of `dst` (other CPUs,
+    // other instances) see each word old or new, exactly as with `Relaxed` atomic stores;
+    // `AtomicU64` permits writes through `&` (interior mutability), and inline assembly is
+    // outside the Rust memory model's data-race rules. The direction flag is clear on entry
+    // (Rust's ABI guarantees it) and the clobbered registers are declared.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") n => _,
+            inout("rdi") dst.as_ptr() => _,
+            inout("rsi") src.as_ptr() => _,
+            options(nostack, preserves_flags)
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, s) in dst.iter().zip(src.as_chunks::<8>().0) {
+        d.store(u64::from_ne_bytes(*s), Ordering::Relaxed);
+    }
+}
+
+/// Copies the words of `src` out into the bytes of `dst` (native byte order), each word read
+/// atomically (like a `Relaxed` load): the copy out of a message slot that the peer may change
+/// under us. Copies `min(dst.len() / 8, src.len())` words; the result is a private copy to validate. On x86_64 one
+/// `rep movsq`.
+#[inline]
+pub fn copy_from_words(dst: &mut [u8], src: &[AtomicU64]) {
+    let n = (dst.len() / 8).min(src.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `rep movsq` moves `n` quadwords from `src` (valid for `n` aligned `AtomicU64`s)
+    // to `dst` (valid for `8 n` bytes, exclusively ours: `&mut`; x86_64 writes unaligned
+    // quadwords). Each quadword load from `src` is an
+    // aligned 8-byte load, atomic on x86_64, as a `Relaxed` atomic load would be; a concurrent
+    // writer (another instance) can only make the copy hold other values, which the caller
+    // validates. Inline assembly is outside the Rust memory model's data-race rules. The
+    // direction flag is clear on entry (Rust's ABI) and the clobbered registers are declared.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") n => _,
+            inout("rdi") dst.as_mut_ptr() => _,
+            inout("rsi") src.as_ptr() => _,
+            options(nostack, preserves_flags)
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, s) in dst.as_chunks_mut::<8>().0.iter_mut().zip(src) {
+        *d = s.load(Ordering::Relaxed).to_ne_bytes();
+    }
+}
+
 #[cfg(test)]
 mod tests;

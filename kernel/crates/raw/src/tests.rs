@@ -185,3 +185,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn word_copies_move_exactly_the_shorter_length() {
+    let shared: [AtomicU64; 8] = core::array::from_fn(|_| AtomicU64::new(7));
+    let src: Vec<u8> = (1..=43).collect(); // 5 whole words and 3 bytes
+    copy_to_words(&shared, &src);
+    let now: Vec<u64> = shared.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    for (i, w) in now[..5].iter().enumerate() {
+        assert_eq!(w.to_ne_bytes(), src[8 * i..8 * i + 8]);
+    }
+    assert_eq!(&now[5..], &[7, 7, 7]);
+    let mut out = [0u8; 20]; // 2 whole words
+    copy_from_words(&mut out, &shared);
+    assert_eq!(out[..16], src[..16]);
+    assert_eq!(out[16..], [0; 4]);
+    let mut long = [9u8; 80];
+    copy_from_words(&mut long[1..], &shared); // unaligned destination, 8 words fit
+    assert_eq!(long[0], 9);
+    assert_eq!(long[1..41], src[..40]);
+    assert_eq!(long[41..49], 7u64.to_ne_bytes());
+    assert_eq!(long[65..], [9; 15]);
+}
+
+/// A copy out of words another thread keeps rewriting sees each word whole (old or new, never
+/// torn), as `Relaxed` loads would.
+#[test]
+fn word_copies_never_tear_a_word() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let shared: Arc<[AtomicU64; 32]> = Arc::new(core::array::from_fn(|_| AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut byte = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                byte = byte.wrapping_add(1);
+                copy_to_words(&shared[..], &[byte; 256]);
+            }
+        })
+    };
+    for _ in 0..20_000 {
+        let mut out = [0u8; 256];
+        copy_from_words(&mut out, &shared[..]);
+        for w in out.as_chunks::<8>().0 {
+            assert!(w.iter().all(|&x| x == w[0]), "torn word {w:x?}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+}

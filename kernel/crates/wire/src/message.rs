@@ -512,6 +512,15 @@ pub fn encode(msg: &Message, slot: &mut Slot) -> Result<usize, EncodeError> {
 /// Checks, in order: version, flags, type, subtype, payload length bound, status, message id,
 /// payload size for the kind, payload values.
 pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
+    let mut msg = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+    decode_into(slot, &mut msg)?;
+    Ok(msg)
+}
+
+/// [`decode`] into `out`, which a receiver keeps from one message to the next: a USER payload
+/// is copied once, straight into `out`'s when `out` already holds one (no message is built
+/// and then moved). On `Err`, `out` holds no meaningful message (it may be half written).
+pub fn decode_into(slot: &Slot, out: &mut Message) -> Result<(), DecodeError> {
     let raw = RawHeader::read(slot);
     if raw.version != PROTOCOL_VERSION {
         return Err(DecodeError::BadVersion { found: raw.version });
@@ -538,14 +547,17 @@ pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
     let bytes = slot
         .get(HEADER_LEN..HEADER_LEN + len)
         .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?;
-    let payload = Payload::read(expected, bytes)?;
-    Ok(Message {
-        sender: InstanceId::new(raw.sender),
-        kind,
-        flags,
-        status,
-        msg_id: raw.msg_id,
-        timestamp: raw.timestamp,
-        payload,
-    })
+    match (&mut out.payload, expected) {
+        (Payload::User(u), PayloadKind::User) => u
+            .set(bytes)
+            .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?,
+        (p, kind) => *p = Payload::read(kind, bytes)?,
+    }
+    out.sender = InstanceId::new(raw.sender);
+    out.kind = kind;
+    out.flags = flags;
+    out.status = status;
+    out.msg_id = raw.msg_id;
+    out.timestamp = raw.timestamp;
+    Ok(())
 }

@@ -786,12 +786,32 @@ impl core::fmt::Debug for UserPayload {
 impl UserPayload {
     /// A payload holding `bytes`; `None` when longer than [`MAX_PAYLOAD`].
     pub fn new(bytes: &[u8]) -> Option<Self> {
+        // A full payload is copied as is (nothing to zero behind it).
+        if let Ok(full) = <&[u8; MAX_PAYLOAD]>::try_from(bytes) {
+            return Some(Self {
+                len: MAX_PAYLOAD as u8,
+                data: *full,
+            });
+        }
         let mut data = [0; MAX_PAYLOAD];
         data.get_mut(..bytes.len())?.copy_from_slice(bytes);
         Some(Self {
             len: bytes.len() as u8,
             data,
         })
+    }
+
+    /// Replaces the contents with `bytes` in place (one copy, and zeroes only what the old
+    /// contents used beyond the new length); `None`, leaving the payload as it was, when
+    /// `bytes` is longer than [`MAX_PAYLOAD`].
+    pub fn set(&mut self, bytes: &[u8]) -> Option<()> {
+        let old = usize::from(self.len);
+        self.data.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        if let Some(stale) = self.data.get_mut(bytes.len()..old) {
+            stale.fill(0);
+        }
+        self.len = bytes.len() as u8;
+        Some(())
     }
 
     /// The payload bytes.

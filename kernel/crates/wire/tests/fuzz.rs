@@ -104,6 +104,28 @@ proptest! {
         }
     }
 
+    /// A receiver decodes every message into the one `Message` it keeps: whatever that held
+    /// before (a longer USER payload, another kind, a failed decode), the result is the message
+    /// a fresh decode gives, and a refusal is the same refusal.
+    #[test]
+    fn decoding_into_a_reused_message_equals_a_fresh_decode(
+        msgs in proptest::collection::vec(message_strategy(), 1..6),
+        flip in proptest::option::of(0..SLOT_SIZE * 8),
+    ) {
+        let mut kept = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        for msg in msgs {
+            let mut slot = encoded(&msg);
+            if let Some(bit) = flip {
+                slot[bit / 8] ^= 1 << (bit % 8);
+            }
+            match (decode(&slot), decode_into(&slot, &mut kept)) {
+                (Ok(fresh), Ok(())) => prop_assert_eq!(fresh, kept),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "decode {:?}, decode_into {:?}", a, b),
+            }
+        }
+    }
+
     #[test]
     fn single_bit_flips_never_panic(msg in message_strategy(), bit in 0..SLOT_SIZE * 8) {
         let mut slot = encoded(&msg);

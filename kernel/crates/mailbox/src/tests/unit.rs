@@ -14,8 +14,9 @@ fn seq_in(m: &[u8; MSG_SIZE]) -> u32 {
 #[test]
 fn sizes() {
     assert_eq!(CHANNEL_SIZE, 256 + SLOTS * 256);
-    assert_eq!(region_size(2), 64 + 2 * CHANNEL_SIZE);
-    assert_eq!(region_size(16), 64 + 240 * CHANNEL_SIZE);
+    // Header line, one summary line per receiver, the channels.
+    assert_eq!(region_size(2), 64 + 2 * 64 + 2 * CHANNEL_SIZE);
+    assert_eq!(region_size(16), 64 + 16 * 64 + 240 * CHANNEL_SIZE);
 }
 
 #[test]
@@ -122,6 +123,32 @@ fn ring_wraps_many_laps_in_order() {
     .unwrap();
     assert_eq!(sent, recvd);
     assert!(sent > 10 * SLOTS as u64);
+}
+
+#[test]
+fn drain_into_copies_in_order_and_stops_at_the_room_given() {
+    let mut r = Region::new(2);
+    let m = r.init(2);
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    let mut bufs = [[0u8; MSG_SIZE]; SLOTS + 4];
+    for round in 0..100usize {
+        while tx.try_send(&make_msg(0, 1, sent)).is_ok() {
+            sent += 1;
+        }
+        // Room for 0..=SLOTS+3 messages: never more than the room, nor than a ring.
+        let room = round % (SLOTS + 4);
+        let n = rx.drain_into(&mut bufs[..room]).unwrap();
+        assert_eq!(n, room.min(SLOTS));
+        for msg in &bufs[..n] {
+            assert_eq!(check_msg(0, 1, msg), recvd);
+            assert_eq!(seq_in(msg), seq_of(recvd));
+            recvd += 1;
+        }
+    }
+    assert_eq!(rx.drain_into(&mut bufs).unwrap(), (sent - recvd) as usize);
+    assert_eq!(m.stats(id(0), id(1)).unwrap().received, sent);
 }
 
 fn run_across(start: u64, count: u64) -> Vec<u32> {
