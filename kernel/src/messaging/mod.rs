@@ -74,12 +74,13 @@ const WORK_SCAN: u32 = 2;
 /// peer may be waiting for room in it).
 static SENDERS: Once<Mutex<Senders>> = Once::new();
 static RECEIVERS: Once<Mutex<Vec<Option<ReceiverEnd<'static>>>>> = Once::new();
-/// The sending ends, by peer, and the one buffer messages are encoded into under the same
-/// lock, right before they are copied into a ring (no fresh 256-byte buffer to clear per
-/// message: `encode` writes every byte the mailbox takes).
+/// The sending ends, by peer, and the buffers a message is encoded into under the same lock,
+/// right before its two parts are copied into a ring (`mk_wire::encode_parts`): the header,
+/// and a payload other than USER (a USER payload is copied from the message itself).
 struct Senders {
     ends: Vec<Option<SenderEnd<'static>>>,
-    scratch: Slot,
+    header: [u8; mk_wire::HEADER_LEN],
+    scratch: [u8; mk_wire::MAX_PAYLOAD],
 }
 
 /// What `publish` sends: a message to encode, or a slot already encoded (tests' malformed
@@ -122,9 +123,10 @@ static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
 static LOCAL_TELEMETRY: [PeerTelemetry; MAX_PEERS] = [const { PeerTelemetry::new() }; MAX_PEERS];
 
 /// This instance's per-peer counters: its row of the shared telemetry table, readable by every
-/// instance.
+/// instance (found once: every message counts in it).
 fn telemetry_row() -> &'static [PeerTelemetry] {
-    region::telemetry_row(crate::instance::id()).unwrap_or(&LOCAL_TELEMETRY)
+    static ROW: Once<&'static [PeerTelemetry]> = Once::new();
+    ROW.call_once(|| region::telemetry_row(crate::instance::id()).unwrap_or(&LOCAL_TELEMETRY))
 }
 
 fn telemetry(peer: InstanceId) -> Option<&'static PeerTelemetry> {
@@ -169,7 +171,8 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
     SENDERS.call_once(|| {
         Mutex::new(Senders {
             ends: senders,
-            scratch: [0; SLOT_SIZE],
+            header: [0; mk_wire::HEADER_LEN],
+            scratch: [0; mk_wire::MAX_PAYLOAD],
         })
     });
     RECEIVERS.call_once(|| Mutex::new(receivers));
@@ -383,7 +386,11 @@ fn publish(
     let outcome = loop {
         let attempt = {
             let mut senders = senders.lock();
-            let Senders { ends, scratch } = &mut *senders;
+            let Senders {
+                ends,
+                header,
+                scratch,
+            } = &mut *senders;
             match ends
                 .get_mut(to.index())
                 .ok_or(SendError::NoSuchInstance(to))?
@@ -392,8 +399,9 @@ fn publish(
                 // buffer for a reply.
                 Some(sender) => match out {
                     Outgoing::Message(m) => {
-                        mk_wire::encode(m, scratch).map_err(|_| SendError::Invalid)?;
-                        sender.try_send(scratch)
+                        let payload = mk_wire::encode_parts(m, header, scratch)
+                            .map_err(|_| SendError::Invalid)?;
+                        sender.try_send_parts(header, payload)
                     }
                     Outgoing::Slot(slot) => sender.try_send(slot),
                 },
@@ -478,6 +486,7 @@ pub fn call(
         d.cancel_call(&token);
         return Err(CallFailure::Send(e));
     }
+    let deadline = tsc::read().saturating_add(timeout_ms * tsc::ticks_per_ms());
     loop {
         poll();
         match d.poll_call(&token) {
@@ -485,7 +494,11 @@ pub fn call(
             CallState::TimedOut => return Err(CallFailure::Timeout),
             CallState::Invalid => return Err(CallFailure::Timeout),
             CallState::Pending => {
-                d.expire_calls();
+                // The pending table is swept only once this call is due (a sweep looks at
+                // every entry): what expires before is the business of its own caller.
+                if tsc::read() >= deadline {
+                    d.expire_calls();
+                }
                 core::hint::spin_loop();
             }
         }
@@ -614,11 +627,19 @@ fn poll_locked(
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
-        for (peer, slot) in InstanceId::all(receivers.len()).zip(receivers.iter_mut()) {
-            let bit = 1u64 << (peer.index() & 63);
-            if peers & bit == 0 {
-                continue;
-            }
+        // Only the flagged peers' mailboxes, lowest first.
+        let mut flagged = peers & ((1u64 << receivers.len().min(63)) - 1);
+        if receivers.len() >= 64 {
+            flagged = peers;
+        }
+        while flagged != 0 {
+            let index = flagged.trailing_zeros() as usize;
+            flagged &= flagged - 1;
+            let bit = 1u64 << index;
+            let Some(slot) = receivers.get_mut(index) else {
+                break;
+            };
+            let peer = InstanceId::new(index as u16);
             if slot.is_none() && peer != me {
                 // A peer whose channels were marked dead may have been started again (reset
                 // channels): take the new receiving end. Fails quietly while still dead.

@@ -363,15 +363,20 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
             .ok_or(Reject::NoHandler(msg.kind))?;
         self.handled.fetch_add(1, Relaxed);
         let answer = handler.handle(msg);
-        let reply = match answer {
-            Some(r) if msg.needs_reply() => Some(self.build_reply(msg, r)),
-            _ => None,
-        };
-        Ok(DispatchOutcome::Handled {
-            kind: msg.kind,
-            msg_id: msg.msg_id,
-            reply,
-        })
+        // Two returns rather than one built from a `reply` variable: the outcome is written
+        // where the caller wants it, not built and then copied (it is message-sized).
+        match answer {
+            Some(r) if msg.needs_reply() => Ok(DispatchOutcome::Handled {
+                kind: msg.kind,
+                msg_id: msg.msg_id,
+                reply: Some(self.build_reply(msg, r)),
+            }),
+            _ => Ok(DispatchOutcome::Handled {
+                kind: msg.kind,
+                msg_id: msg.msg_id,
+                reply: None,
+            }),
+        }
     }
 
     /// The reply message for `request`; a handler answer that would not encode becomes an

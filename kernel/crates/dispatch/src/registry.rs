@@ -103,7 +103,53 @@ struct Entry {
 /// returns, a dispatch that looked the handler up just before may still run it once (the
 /// reference is `'static`, so that is memory-safe).
 pub struct Registry<const N: usize> {
-    entries: spin::RwLock<[Option<Entry>; N]>,
+    entries: spin::RwLock<Table<N>>,
+}
+
+/// Buckets of a registry's hash index (at least twice the entries: probes stay short).
+const BUCKETS: usize = 128;
+
+/// The entries, and an open-addressing index over their codes so that a lookup costs a hash
+/// and a probe or two, not a pass over every entry (it runs for every message received).
+struct Table<const N: usize> {
+    entries: [Option<Entry>; N],
+    /// `1 + index` into `entries` of the entry whose code hashes here (or after, with linear
+    /// probing); 0: empty. Rebuilt on every registration change.
+    index: [u8; BUCKETS],
+}
+
+impl<const N: usize> Table<N> {
+    const fn bucket(code: u64) -> usize {
+        // Fibonacci hashing: the top 7 bits of the code times 2^64 / phi.
+        (code.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize
+    }
+
+    fn rebuild(&mut self) {
+        self.index = [0; BUCKETS];
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            let mut b = Self::bucket(e.code);
+            while self.index[b % BUCKETS] != 0 {
+                b += 1;
+            }
+            self.index[b % BUCKETS] = i as u8 + 1;
+        }
+    }
+
+    #[inline]
+    fn find(&self, code: u64) -> Option<&'static dyn Handler> {
+        let mut b = Self::bucket(code);
+        // At most N entries in BUCKETS > N buckets: an empty bucket ends every probe.
+        for _ in 0..BUCKETS {
+            let i = usize::from(*self.index.get(b % BUCKETS)?);
+            let e = self.entries.get(i.checked_sub(1)?)?.as_ref()?;
+            if e.code == code {
+                return Some(e.handler);
+            }
+            b += 1;
+        }
+        None
+    }
 }
 
 impl<const N: usize> Default for Registry<N> {
@@ -124,8 +170,17 @@ impl<const N: usize> core::fmt::Debug for Registry<N> {
 impl<const N: usize> Registry<N> {
     /// Empty.
     pub const fn new() -> Self {
+        const {
+            assert!(
+                N < BUCKETS / 2,
+                "a registry's index needs twice its entries"
+            )
+        };
         Self {
-            entries: spin::RwLock::new([None; N]),
+            entries: spin::RwLock::new(Table {
+                entries: [None; N],
+                index: [0; BUCKETS],
+            }),
         }
     }
 
@@ -135,11 +190,12 @@ impl<const N: usize> Registry<N> {
         key: HandlerKey,
         handler: &'static dyn Handler,
     ) -> Result<(), RegistryError> {
-        let mut entries = self.entries.write();
-        if entries.iter().flatten().any(|e| e.key == key) {
+        let mut table = self.entries.write();
+        if table.entries.iter().flatten().any(|e| e.key == key) {
             return Err(RegistryError::AlreadyRegistered);
         }
-        let free = entries
+        let free = table
+            .entries
             .iter_mut()
             .find(|e| e.is_none())
             .ok_or(RegistryError::Full)?;
@@ -148,43 +204,45 @@ impl<const N: usize> Registry<N> {
             code: key.code(),
             handler,
         });
+        table.rebuild();
         Ok(())
     }
 
     /// Removes the handler of `key`.
     pub fn unregister(&self, key: HandlerKey) -> Result<(), RegistryError> {
-        let mut entries = self.entries.write();
-        let slot = entries
+        let mut table = self.entries.write();
+        let slot = table
+            .entries
             .iter_mut()
             .find(|e| e.is_some_and(|e| e.key == key))
             .ok_or(RegistryError::NotRegistered)?;
         *slot = None;
+        table.rebuild();
         Ok(())
     }
 
     /// Whether `key` has a handler.
     pub fn is_registered(&self, key: HandlerKey) -> bool {
-        self.entries.read().iter().flatten().any(|e| e.key == key)
+        self.entries
+            .read()
+            .entries
+            .iter()
+            .flatten()
+            .any(|e| e.key == key)
     }
 
     /// The handler for `kind`: its `Kind` handler, else its type's.
     pub fn lookup(&self, kind: Kind) -> Option<&'static dyn Handler> {
-        // Keys compared as numbers: the `Kind` handler, else the type's.
-        let entries = self.entries.read();
-        let find = |code: u64| {
-            entries
-                .iter()
-                .flatten()
-                .find(|e| e.code == code)
-                .map(|e| e.handler)
-        };
-        find(HandlerKey::Kind(kind).code())
-            .or_else(|| find(HandlerKey::Type(kind.msg_type()).code()))
+        // Keys found by their numbers: the `Kind` handler, else the type's.
+        let table = self.entries.read();
+        table
+            .find(HandlerKey::Kind(kind).code())
+            .or_else(|| table.find(HandlerKey::Type(kind.msg_type()).code()))
     }
 
     /// Handlers registered.
     pub fn len(&self) -> usize {
-        self.entries.read().iter().flatten().count()
+        self.entries.read().entries.iter().flatten().count()
     }
 
     /// Whether no handler is registered.

@@ -728,3 +728,53 @@ fn a_user_refusal_keeps_its_status() {
     assert!(r.validate().is_ok());
     assert_eq!(decode(&slot_of(&r)), Ok(r));
 }
+
+/// The registry's hash index finds every handler registered, whatever the order of
+/// registrations and removals, and nothing once removed: a full table of USER kinds (whose
+/// codes differ in a few low bits, the hash's hard case) plus type handlers.
+#[test]
+fn a_full_registry_finds_each_handler_through_its_index() {
+    static HANDLERS: [fn(&Message) -> Option<Reply>; 2] = [echo, refuse];
+    let reg: Registry<32> = Registry::new();
+    let mut keys: Vec<(HandlerKey, usize)> = Vec::new();
+    for (i, t) in [MsgType::Io, MsgType::System].into_iter().enumerate() {
+        reg.register(HandlerKey::Type(t), &HANDLERS[i % 2]).unwrap();
+        keys.push((HandlerKey::Type(t), i % 2));
+    }
+    for n in 0..30u16 {
+        let key = HandlerKey::Kind(Kind::User(0x100 + n * 3));
+        reg.register(key, &HANDLERS[usize::from(n % 2)]).unwrap();
+        keys.push((key, usize::from(n % 2)));
+    }
+    assert_eq!(
+        reg.register(HandlerKey::Kind(Kind::User(1)), &HANDLERS[0]),
+        Err(RegistryError::Full)
+    );
+    let which = |h: &'static dyn Handler| {
+        let ping = Message::request(iid(1), Kind::Ping, 1, ping_payload());
+        // echo answers Ok, refuse Refused.
+        usize::from(h.handle(&ping).map(|r| r.status) == Some(Status::Refused))
+    };
+    for &(key, h) in &keys {
+        let kind = match key {
+            HandlerKey::Kind(k) => k,
+            HandlerKey::Type(MsgType::Io) => Kind::IrqMask,
+            HandlerKey::Type(_) => Kind::Heartbeat,
+        };
+        assert_eq!(reg.lookup(kind).map(which), Some(h), "{key:?}");
+    }
+    // Remove every other USER kind: the rest are still found, the removed ones are not.
+    for (n, &(key, _)) in keys.iter().enumerate().skip(2) {
+        if n % 2 == 0 {
+            reg.unregister(key).unwrap();
+        }
+    }
+    for (n, &(key, h)) in keys.iter().enumerate().skip(2) {
+        let HandlerKey::Kind(kind) = key else {
+            unreachable!()
+        };
+        let want = (n % 2 == 1).then_some(h);
+        assert_eq!(reg.lookup(kind).map(which), want, "{key:?}");
+    }
+    assert!(reg.lookup(Kind::User(0x7777)).is_none());
+}

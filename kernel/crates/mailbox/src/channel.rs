@@ -213,7 +213,11 @@ impl<'a> SenderEnd<'a> {
         Ok(SLOTS - self.in_flight() as usize)
     }
 
-    fn send_inner(&mut self, msg: &[u8; MSG_SIZE], count_full: bool) -> Result<SendOutcome, Error> {
+    fn send_inner(
+        &mut self,
+        write: impl FnOnce(&crate::layout::Slot),
+        count_full: bool,
+    ) -> Result<SendOutcome, Error> {
         op_check(self.chan, self.generation, self.fault)?;
         if self.in_flight() >= SLOTS as u64 {
             self.refresh_ack()?;
@@ -225,7 +229,7 @@ impl<'a> SenderEnd<'a> {
             }
         }
         let slot = &self.chan.slots[(self.sent % SLOTS as u64) as usize];
-        slot.write_payload(msg);
+        write(slot);
         // Release: the payload stores above happen before any Acquire load that reads this
         // sequence number, i.e. before the receiver's copy.
         slot.seq.store(self.next_seq, Ordering::Release);
@@ -269,7 +273,25 @@ impl<'a> SenderEnd<'a> {
     /// are ignored: the mailbox puts the sequence number there. The message is never
     /// overwritten or dropped once `Ok` is returned.
     pub fn try_send(&mut self, msg: &[u8; MSG_SIZE]) -> Result<SendOutcome, Error> {
-        self.send_inner(msg, true)
+        self.send_inner(|slot| slot.write_payload(msg), true)
+    }
+
+    /// [`Self::try_send`] of a message given in two parts, copied straight into the slot: its
+    /// first [`crate::HEAD`] bytes (0..4 ignored, as in `try_send`) and `tail`, the bytes after
+    /// them. The slot's bytes past the tail are not cleared (they hold an earlier message of
+    /// this sender): for formats that carry their own length, like the wire crate's.
+    /// [`Error::TooLong`] if the parts do not fit a slot (nothing sent).
+    pub fn try_send_parts(
+        &mut self,
+        head: &[u8; crate::HEAD],
+        tail: &[u8],
+    ) -> Result<SendOutcome, Error> {
+        if tail.len() > MSG_SIZE - crate::HEAD {
+            return Err(Error::TooLong {
+                len: crate::HEAD + tail.len(),
+            });
+        }
+        self.send_inner(|slot| slot.write_parts(head, tail), true)
     }
 
     /// Sends `msg`, waiting while the ring is full until `now() >= deadline`, then returns
@@ -282,7 +304,7 @@ impl<'a> SenderEnd<'a> {
         deadline: u64,
     ) -> Result<SendOutcome, Error> {
         loop {
-            match self.send_inner(msg, false) {
+            match self.send_inner(|slot| slot.write_payload(msg), false) {
                 Err(Error::Full) => {
                     if now() >= deadline {
                         bump(&self.chan.tx.busy);

@@ -173,6 +173,29 @@ impl Slot {
         mk_raw::copy_to_words(&self.body, body);
     }
 
+    /// Writes a message given as its first [`crate::HEAD`] bytes and the `tail` after them
+    /// (at most `MSG_SIZE - HEAD` bytes, checked by the caller): bytes 4..HEAD of `head`, then
+    /// `tail`, each word an atomic store. The slot's bytes past the tail keep what they held (a
+    /// message this sender sent before): the reader's format must not look past its length.
+    #[inline]
+    pub fn write_parts(&self, head: &[u8; crate::HEAD], tail: &[u8]) {
+        const HEAD_WORDS: usize = (crate::HEAD - 8) / 8;
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&head[4..8]);
+        self.head.store(u32::from_ne_bytes(word), Ordering::Relaxed);
+        let (head_words, tail_words) = self.body.split_at(HEAD_WORDS);
+        mk_raw::copy_to_words(head_words, &head[8..]);
+        mk_raw::copy_to_words(tail_words, tail);
+        let (whole, rest) = tail.as_chunks::<8>();
+        if !rest.is_empty()
+            && let Some(last) = tail_words.get(whole.len())
+        {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            last.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+        }
+    }
+
     /// Copies message bytes 4..256 out of the slot (each word an atomic load, as `Relaxed`:
     /// ordered after the Acquire load of `seq` that preceded it and before the Release store of
     /// the acknowledgement after it).

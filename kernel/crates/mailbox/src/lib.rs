@@ -125,6 +125,10 @@ pub use rate::RateLimiter;
 /// Size of a message and of a slot, in bytes.
 pub const MSG_SIZE: usize = 256;
 
+/// The first part of a message sent in two parts ([`SenderEnd::try_send_parts`]): a header
+/// of this many bytes (a multiple of 8), then the rest.
+pub const HEAD: usize = 32;
+
 /// Slots in each channel's ring (a power of two).
 pub const SLOTS: usize = 16;
 
@@ -215,6 +219,11 @@ pub enum Error {
     },
     /// That end is already claimed in this view.
     AlreadyClaimed,
+    /// A message given in parts is longer than a slot ([`SenderEnd::try_send_parts`]).
+    TooLong {
+        /// Bytes given, both parts together.
+        len: usize,
+    },
 }
 
 impl From<mk_raw::Error> for Error {

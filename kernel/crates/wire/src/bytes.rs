@@ -62,10 +62,6 @@ impl<'a> Wr<'a> {
         self.pos = end;
     }
 
-    pub(crate) fn u8(&mut self, v: u8) {
-        self.put(v.to_le_bytes());
-    }
-
     /// Copies `bytes` in one go (a byte-at-a-time loop costs one bounds check per byte, which
     /// shows when every instruction is expensive, as under an emulating hypervisor).
     pub(crate) fn bytes(&mut self, bytes: &[u8]) {

@@ -87,7 +87,7 @@ mod types;
 
 pub use message::{
     DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, decode, decode_into,
-    encode, expected_payload, offset,
+    encode, encode_parts, expected_payload, offset,
 };
 pub use mk_ids::InstanceId;
 pub use payload::{

@@ -483,27 +483,56 @@ impl fmt::Display for EncodeError {
 
 impl core::error::Error for EncodeError {}
 
+/// Writes the header's bytes 4..32 of `msg` (with a payload of `payload_len` bytes), at
+/// fixed offsets of a fixed-size array: no bounds to check at run time.
+#[inline]
+fn write_header(msg: &Message, payload_len: usize, h: &mut [u8; HEADER_LEN]) {
+    h[offset::VERSION] = PROTOCOL_VERSION;
+    h[offset::FLAGS] = msg.flags.bits();
+    h[offset::SENDER..offset::SENDER + 2].copy_from_slice(&msg.sender.raw().to_le_bytes());
+    h[offset::TYPE..offset::TYPE + 2].copy_from_slice(&msg.kind.msg_type().code().to_le_bytes());
+    h[offset::SUBTYPE..offset::SUBTYPE + 2].copy_from_slice(&msg.kind.subtype_code().to_le_bytes());
+    h[offset::PAYLOAD_LEN..offset::PAYLOAD_LEN + 2]
+        .copy_from_slice(&(payload_len as u16).to_le_bytes());
+    h[offset::STATUS..offset::STATUS + 2].copy_from_slice(&msg.status.code().to_le_bytes());
+    h[offset::MSG_ID..offset::MSG_ID + 8].copy_from_slice(&msg.msg_id.to_le_bytes());
+    h[offset::TIMESTAMP..offset::TIMESTAMP + 8].copy_from_slice(&msg.timestamp.to_le_bytes());
+}
+
 /// Encodes `msg` into `slot`: bytes 4..256, leaving the mailbox's sequence number (bytes 0..4)
 /// untouched and zeroing the unused tail. Returns the bytes used (header + payload).
 pub fn encode(msg: &Message, slot: &mut Slot) -> Result<usize, EncodeError> {
     msg.validate()?;
     let payload_len = msg.payload.encoded_len();
-    let mut w = Wr::at(slot, offset::VERSION);
-    w.u8(PROTOCOL_VERSION);
-    w.u8(msg.flags.bits());
-    w.u16(msg.sender.raw());
-    w.u16(msg.kind.msg_type().code());
-    w.u16(msg.kind.subtype_code());
-    w.u16(payload_len as u16);
-    w.u16(msg.status.code());
-    w.u64(msg.msg_id);
-    w.u64(msg.timestamp);
-    msg.payload.write(&mut w);
+    if let Some((header, _)) = slot.split_first_chunk_mut::<HEADER_LEN>() {
+        write_header(msg, payload_len, header);
+    }
+    msg.payload.write(&mut Wr::at(slot, HEADER_LEN));
     let end = HEADER_LEN + payload_len;
     if let Some(tail) = slot.get_mut(end..) {
         tail.fill(0);
     }
     Ok(end)
+}
+
+/// Encodes `msg` in two parts, for a sender that copies them straight into a mailbox slot
+/// (no whole-slot buffer in between): the 32-byte header into `header` (bytes 0..4, the
+/// mailbox's, left as they are), and the payload, which is returned: a USER payload's own
+/// bytes (nothing copied), any other written into `scratch`. The slot's bytes past the payload
+/// are not the encoder's concern ([`decode`] ignores them).
+pub fn encode_parts<'a>(
+    msg: &'a Message,
+    header: &mut [u8; HEADER_LEN],
+    scratch: &'a mut [u8; MAX_PAYLOAD],
+) -> Result<&'a [u8], EncodeError> {
+    msg.validate()?;
+    let payload_len = msg.payload.encoded_len();
+    write_header(msg, payload_len, header);
+    if let Payload::User(u) = &msg.payload {
+        return Ok(u.as_bytes());
+    }
+    msg.payload.write(&mut Wr::at(scratch, 0));
+    Ok(scratch.get(..payload_len).unwrap_or(&[]))
 }
 
 /// Decodes and validates a slot. Bytes 0..4 (the mailbox's) and bytes past the payload are

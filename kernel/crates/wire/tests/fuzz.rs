@@ -89,6 +89,20 @@ proptest! {
         prop_assert_eq!(decode(&slot), Ok(msg));
     }
 
+    /// The two parts a sender copies into a slot make the same message as `encode`, whatever
+    /// the slot held before behind the payload.
+    #[test]
+    fn encoded_parts_decode_like_encode(msg in message_strategy(), stale in any::<u8>()) {
+        let mut header = [0u8; HEADER_LEN];
+        let mut scratch = [0u8; MAX_PAYLOAD];
+        let payload = encode_parts(&msg, &mut header, &mut scratch).unwrap();
+        let mut slot = [stale; SLOT_SIZE];
+        slot[SEQ_LEN..HEADER_LEN].copy_from_slice(&header[SEQ_LEN..]);
+        slot[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+        prop_assert_eq!(HEADER_LEN + payload.len(), msg.encoded_len());
+        prop_assert_eq!(decode(&slot), Ok(msg));
+    }
+
     #[test]
     fn mutated_messages_never_panic(
         msg in message_strategy(),

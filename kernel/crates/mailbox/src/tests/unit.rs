@@ -151,6 +151,37 @@ fn drain_into_copies_in_order_and_stops_at_the_room_given() {
     assert_eq!(m.stats(id(0), id(1)).unwrap().received, sent);
 }
 
+#[test]
+fn a_message_sent_in_parts_arrives_as_head_then_tail() {
+    let mut r = Region::new(2);
+    let m = r.init(2);
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    let head: [u8; crate::HEAD] = core::array::from_fn(|i| 0xa0 ^ i as u8);
+    let mut out = [0u8; MSG_SIZE];
+    // Every tail length, whole words or not, up to a full slot; a longer one is refused.
+    for len in 0..=MSG_SIZE - crate::HEAD {
+        let tail: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        tx.try_send_parts(&head, &tail).unwrap();
+        assert!(rx.try_recv(&mut out).unwrap());
+        assert_eq!(out[4..crate::HEAD], head[4..], "head, tail of {len}");
+        assert_eq!(
+            out[crate::HEAD..crate::HEAD + len],
+            tail[..],
+            "tail of {len}"
+        );
+    }
+    let long = [0u8; MSG_SIZE - crate::HEAD + 1];
+    assert_eq!(
+        tx.try_send_parts(&head, &long),
+        Err(Error::TooLong { len: MSG_SIZE + 1 })
+    );
+    assert!(
+        !rx.try_recv(&mut out).unwrap(),
+        "a refused message was sent"
+    );
+}
+
 fn run_across(start: u64, count: u64) -> Vec<u32> {
     let mut r = Region::new(2);
     let m = r.init_at(2, start);
