@@ -17,6 +17,8 @@ use bootloader_api::BootInfo;
 use bootloader_api::info::Optional;
 use spin::Mutex;
 
+use crate::arch::tsc;
+
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -136,9 +138,15 @@ pub fn shell_echo(bytes: &[u8]) {
 fn locked<R>(f: impl FnOnce() -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = LINE_LOCK.lock();
+        // Bounded (`CONSOLE_WAIT`): after it the line goes out without the lock, counted in
+        // the lock's `timed_out`, rather than freezing this CPU with interrupts off.
         let _shared = shared().map(|r| {
-            r.console()
-                .lock(crate::instance::id(), mk_shared::CONSOLE_FORCE_SPINS)
+            r.console().lock_or_bypass(
+                crate::instance::id(),
+                tsc::wait_bound(mk_shared::CONSOLE_WAIT),
+                tsc::read,
+                core::hint::spin_loop,
+            )
         });
         f()
     })
@@ -203,9 +211,9 @@ pub fn serial_read() -> Option<u8> {
 }
 
 /// Last-resort output for the panic handler: takes no lock of this instance that the panicking
-/// CPU might hold. It does queue for the cross-instance console lock, with a short bound (the
-/// lock breaks a dead holder's hold after it), so that the other instances' lines, which go on,
-/// do not cut into the report.
+/// CPU might hold. It does queue for the cross-instance console lock, for `EMERGENCY_WAIT` at
+/// most (then it writes anyway), so that the other instances' lines, which go on, do not cut
+/// into the report.
 pub fn emergency_write(args: fmt::Arguments<'_>) {
     let mut line = LineBuf {
         bytes: [0; 512],
@@ -217,14 +225,18 @@ pub fn emergency_write(args: fmt::Arguments<'_>) {
     line.len = line.len.min(line.bytes.len() - 1);
     line.bytes[line.len] = b'\n';
     let text = &line.bytes[..=line.len];
-    let shared = shared().map(|r| r.console().lock(instance, EMERGENCY_LOCK_SPINS));
+    let shared = shared().map(|r| {
+        r.console().lock_or_bypass(
+            instance,
+            tsc::wait_bound(mk_shared::EMERGENCY_WAIT),
+            tsc::read,
+            core::hint::spin_loop,
+        )
+    });
     serial::force_write_bytes(text);
     framebuffer::force_write_line(&text[..text.len() - 1]);
     drop(shared);
 }
-
-/// How long a panicking CPU queues for the console lock before writing anyway.
-const EMERGENCY_LOCK_SPINS: u32 = 1 << 20;
 
 #[macro_export]
 macro_rules! error {

@@ -10,7 +10,8 @@
 //! Refused with a status: a line that does not exist (`NoSuchResource`), a request to an
 //! instance that does not own the line, or a balance the sender has not started
 //! (`NotOwner`). The IO APIC is shared hardware: every access to it holds the cross-instance
-//! IO APIC lock (`arch::x86::ioapic`).
+//! IO APIC lock (`arch::x86::ioapic`); a wait for it that times out (another instance holds it
+//! too long or corrupted it) fails the operation with `Busy`, logged and counted in the lock.
 //!
 //! Interrupt handlers only count (and acknowledge the device); the forwarding messages go out
 //! after the next drain of the mailboxes, in thread context.
@@ -100,7 +101,9 @@ fn owns(line: usize) -> Result<(), Status> {
 /// device, sets the task's bit and masks the line until the task acknowledges it.
 fn on_irq(line: usize) {
     if super::ipc::irq_fired(line) {
-        let _ = ioapic::mask(line as u32);
+        if let Err(e) = ioapic::mask(line as u32) {
+            chip_failed("masking for its driver task", line, e);
+        }
     } else if DRIVEN_ELSEWHERE.load(Ordering::Relaxed) & (1 << line) == 0 {
         acknowledge_device(line);
     }
@@ -117,7 +120,7 @@ fn take_line(line: usize) -> Result<(), Status> {
     interrupts::set_irq_handler(line, on_irq).map_err(|_| Status::NoSuchResource)?;
     let apic = cpu::current().apic_id;
     ioapic::route(line as u32, vectors::IRQ_BASE + line as u8, apic, false)
-        .map_err(|_| Status::InternalError)?;
+        .map_err(|e| chip_failed("routing", line, e))?;
     // An edge the old owner never acknowledged would hold the device forever (a driver task
     // bound to the line acknowledges it itself).
     if !super::ipc::irq_bound(line) && DRIVEN_ELSEWHERE.load(Ordering::Relaxed) & (1 << line) == 0 {
@@ -217,7 +220,10 @@ pub fn acknowledge_for_task(line: usize) -> Result<(), mk_abi::Error> {
     if owns(line).is_err() {
         return Ok(());
     }
-    ioapic::unmask(line as u32).map_err(|_| mk_abi::Error::Busy)
+    ioapic::unmask(line as u32).map_err(|e| {
+        chip_failed("unmasking for its driver task", line, e);
+        mk_abi::Error::Busy
+    })
 }
 
 /// IRQ_MASK and IRQ_UNMASK, in the owner.
@@ -232,13 +238,24 @@ pub fn set_masked_here(line: usize, mask: bool) -> Result<(), Status> {
     owns(line)?;
     let gsi = line as u32;
     if mask {
-        ioapic::mask(gsi).map_err(|_| Status::InternalError)
+        ioapic::mask(gsi).map_err(|e| chip_failed("masking", line, e))
     } else {
-        ioapic::unmask(gsi).map_err(|_| Status::InternalError)?;
+        ioapic::unmask(gsi).map_err(|e| chip_failed("unmasking", line, e))?;
         if !super::ipc::irq_bound(line) {
             acknowledge_device(line);
         }
         Ok(())
+    }
+}
+
+/// An IO APIC operation on `line` failed: logs it (the caller only passes on a status) and
+/// gives the status: `Busy` when the shared IO APIC lock timed out (another instance's fault;
+/// try again), `InternalError` otherwise (this instance's chip table).
+fn chip_failed(what: &str, line: usize, e: ioapic::IoApicError) -> Status {
+    crate::warn!("IRQ line {line}: {what} failed: {e}");
+    match e {
+        ioapic::IoApicError::SharedLock(_) => Status::Busy,
+        _ => Status::InternalError,
     }
 }
 

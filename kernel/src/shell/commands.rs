@@ -237,6 +237,20 @@ fn stats() -> Outcome {
     }
     let (handled, rejected) = messaging::counters();
     println!("instance 0's dispatcher: {handled} handled, {rejected} rejected");
+    for lock in [r.console(), r.ioapic_lock()] {
+        let s = lock.stats();
+        println!(
+            "shared {}: {} acquired, {} forced, {} stale unlocks, {} requeued, {} timed out, \
+             {} repaired",
+            lock.name().name(),
+            s.acquired,
+            s.forced,
+            s.stale_unlocks,
+            s.requeued,
+            s.timed_out,
+            s.repaired
+        );
+    }
     let mut head = alloc::format!("{:<6}", "ipc");
     for name in services::tasks::IPC_COUNTERS {
         head.push_str(&alloc::format!("{name:>9} "));

@@ -4,12 +4,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_mailbox::MailboxMatrix;
 
-use crate::console::Console;
 use crate::instance::Instance;
 use crate::layout::{
-    ALL_TABLES, ConsoleLine, Header, InstanceEntry, Layout, MAGIC, TableId, VERSION, build_params,
+    ALL_TABLES, Header, InstanceEntry, Layout, LockLine, MAGIC, TableId, VERSION, build_params,
     layout,
 };
+use crate::lock::{LockName, TicketLock};
 use crate::owner::{Owner, Resource, Words};
 use crate::{
     Error, InstanceId, MAX_APIC_IDS, MAX_INSTANCES, MAX_IRQS, MEM_CHUNK_SHIFT, MEM_CHUNKS,
@@ -21,8 +21,8 @@ use mk_raw::Raw;
 pub struct SharedRegion<'a> {
     raw: Raw<'a>,
     header: &'a Header,
-    console: &'a ConsoleLine,
-    ioapic: &'a ConsoleLine,
+    console: &'a LockLine,
+    ioapic: &'a LockLine,
     instances: &'a [InstanceEntry],
     cpus: &'a [AtomicU64],
     irqs: &'a [AtomicU64],
@@ -64,7 +64,14 @@ impl<'a> SharedRegion<'a> {
             for w in [&c.next, &c.serving, &c.holder, &c._reserved] {
                 w.store(0, Ordering::Relaxed);
             }
-            for w in [&c.acquired, &c.forced, &c.stale_unlocks, &c.requeued] {
+            for w in [
+                &c.acquired,
+                &c.forced,
+                &c.stale_unlocks,
+                &c.requeued,
+                &c.timed_out,
+                &c.repaired,
+            ] {
                 w.store(0, Ordering::Relaxed);
             }
         }
@@ -129,7 +136,7 @@ impl<'a> SharedRegion<'a> {
             raw,
             header: raw.at(0)?,
             console: raw.at(t(TableId::Console).offset)?,
-            ioapic: raw.at(t(TableId::Console).offset + core::mem::size_of::<ConsoleLine>())?,
+            ioapic: raw.at(t(TableId::Console).offset + core::mem::size_of::<LockLine>())?,
             instances: raw.slice(t(TableId::Instances).offset, MAX_INSTANCES)?,
             cpus: raw.slice(t(TableId::Cpus).offset, MAX_APIC_IDS)?,
             irqs: raw.slice(t(TableId::Irqs).offset, MAX_IRQS)?,
@@ -173,16 +180,23 @@ impl<'a> SharedRegion<'a> {
         InstanceId::all(self.layout.instances)
     }
 
-    /// The console lock.
-    pub fn console(&self) -> Console<'a> {
-        Console { line: self.console }
+    /// The console lock (lock line 0): taken around every line written to the shared serial
+    /// port, with [`TicketLock::lock_or_bypass`].
+    pub fn console(&self) -> TicketLock<'a> {
+        TicketLock {
+            line: self.console,
+            name: LockName::Console,
+        }
     }
 
-    /// The IO APIC lock: the same ticket lock as the console's, held by whichever instance
-    /// programs an IO APIC (an index write followed by a data access must not interleave with
-    /// another instance's).
-    pub fn ioapic_lock(&self) -> Console<'a> {
-        Console { line: self.ioapic }
+    /// The IO APIC lock (lock line 1): the same ticket lock as the console's, held by whichever
+    /// instance programs an IO APIC (an index write followed by a data access must not
+    /// interleave with another instance's), taken with [`TicketLock::try_lock`].
+    pub fn ioapic_lock(&self) -> TicketLock<'a> {
+        TicketLock {
+            line: self.ioapic,
+            name: LockName::IoApic,
+        }
     }
 
     fn word(&self, r: Resource) -> Result<(Words, &'a AtomicU64), Error> {

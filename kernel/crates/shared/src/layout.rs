@@ -17,7 +17,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MKSHARED");
 
 /// Layout version. Bump on any change of layout or protocol; `attach` to a region of another
 /// version fails with [`crate::Error::VersionMismatch`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Page alignment required of the region base and used for the mailbox offset.
 pub const PAGE: usize = 4096;
@@ -81,7 +81,7 @@ mk_raw::atomic_struct! {
     #[repr(C, align(64))]
     /// A lock line (ticket lock). Every instance writes it. Line 0 guards the shared serial port,
     /// line 1 the IO APICs' index/data register pairs.
-    pub(crate) struct ConsoleLine {
+    pub(crate) struct LockLine {
         /// Next ticket to hand out (`fetch_add`).
         pub next: AtomicU32,
         /// Ticket now allowed in; advanced by the holder on unlock or by a waiter that forces.
@@ -91,12 +91,18 @@ mk_raw::atomic_struct! {
         pub _reserved: AtomicU32,
         /// Acquisitions.
         pub acquired: AtomicU64,
-        /// Locks broken by a waiter after its spin bound (holder presumed dead).
+        /// Locks broken by a waiter after `serving` stood still for its stall bound (holder
+        /// presumed dead).
         pub forced: AtomicU64,
         /// Unlocks that found their lock already broken.
         pub stale_unlocks: AtomicU64,
         /// Waiters whose turn was skipped by a force and who took a new ticket.
         pub requeued: AtomicU64,
+        /// Waits that hit their time bound (console: went on without the lock; IO APIC: the
+        /// operation failed).
+        pub timed_out: AtomicU64,
+        /// Corrupt `serving` values a waiter replaced by its ticket.
+        pub repaired: AtomicU64,
     }
 }
 
@@ -237,7 +243,7 @@ pub struct Layout {
     pub instances: usize,
     /// Header (2 cache lines).
     pub header: Table,
-    /// Console ticket lock (1 cache line).
+    /// The lock lines (2 cache lines): the console lock, then the IO APIC lock.
     pub console: Table,
     /// Instance table, always [`MAX_INSTANCES`] entries.
     pub instance_table: Table,
@@ -265,7 +271,7 @@ pub const fn layout(instances: usize) -> Layout {
     };
     let console = Table {
         offset: header.end(),
-        size: LOCK_LINES * size_of::<ConsoleLine>(),
+        size: LOCK_LINES * size_of::<LockLine>(),
     };
     let instance_table = Table {
         offset: console.end(),
@@ -362,7 +368,7 @@ impl Header {
 
 const _: () = {
     assert!(size_of::<Header>() == 2 * CACHE_LINE);
-    assert!(size_of::<ConsoleLine>() == CACHE_LINE);
+    assert!(size_of::<LockLine>() == CACHE_LINE);
     assert!(size_of::<StatusLine>() == CACHE_LINE);
     assert!(size_of::<HeartbeatLine>() == CACHE_LINE);
     assert!(size_of::<ResourceHead>() == CACHE_LINE);

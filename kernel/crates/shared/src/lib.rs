@@ -4,7 +4,7 @@
 //! Kernel instances share nothing but this region (each maps it, possibly at a different
 //! virtual address) and the interrupt controller. Instance 0 formats it once with
 //! [`SharedRegion::init`] before starting anyone else; the others [`SharedRegion::attach`]. It
-//! holds: a header, the console lock, the instance table, the ownership tables for CPUs, IRQ
+//! holds: a header, the two shared locks, the instance table, the ownership tables for CPUs, IRQ
 //! lines and memory, and the mk-mailbox matrix. This crate is pure logic (`no_std`, no `alloc`),
 //! tested on the host with threads standing in for instances.
 //!
@@ -22,12 +22,14 @@
 //!                       chunks, chunk shift, CPUs/ranges per instance);
 //!                       line 1: directory of (offset u32, size u32) for the
 //!                       six tables below, in this order
-//!  0x00080        64    Console lock (1 line): next ticket, serving,        every instance
-//!                       holder, counters (acquired/forced/stale/requeued)   (ticket lock)
-//!  0x000c0    12 288    Instance table: MAX_INSTANCES (16) entries x 768 B  see below
-//!  0x030c0     2 048    CPU owner words: 256 x u64, index = APIC ID         compare-exchange
-//!  0x038c0       512    IRQ owner words: 64 x u64, index = GSI              compare-exchange
-//!  0x03ac0   262 144    Memory owner words: 32 768 x u64, one per 2 MiB     compare-exchange
+//!  0x00080       128    Locks (2 lines, one ticket lock each): line 0 the   every instance
+//!                       console lock, line 1 the IO APIC lock; each: next  (ticket lock)
+//!                       ticket, serving, holder, counters (acquired/forced/
+//!                       stale/requeued/timed out/repaired)
+//!  0x00100    12 288    Instance table: MAX_INSTANCES (16) entries x 768 B  see below
+//!  0x03100     2 048    CPU owner words: 256 x u64, index = APIC ID         compare-exchange
+//!  0x03900       512    IRQ owner words: 64 x u64, index = GSI              compare-exchange
+//!  0x03b00   262 144    Memory owner words: 32 768 x u64, one per 2 MiB     compare-exchange
 //!                       chunk of physical memory below 64 GiB
 //!  0x44000   mailbox    mk-mailbox matrix, 4 KiB aligned:                   see mk-mailbox
 //!                       64 + n(n-1) x 4 352 B (none if n = 1)
@@ -89,19 +91,34 @@
 //!   again; retry on odd or changed. No torn list is ever returned.
 //! * **State words and owner words** change only by compare-exchange with **AcqRel** (Acquire
 //!   on failure): the previous owner's use of a resource happens-before the next owner's.
-//! * **Console lock:** ticket `fetch_add` Relaxed; wait for `serving` with Acquire; unlock
-//!   by compare-exchange `serving: t -> t + 1` with Release.
+//! * **Shared locks:** ticket `fetch_add` Relaxed; wait for `serving` with Acquire; unlock
+//!   by compare-exchange `serving: t -> t + 1` with Release; forces and repairs of `serving`
+//!   by compare-exchange with AcqRel.
 //! * Single-writer counters (heartbeat) are a load plus a store, no locked instruction.
 //!
-//! # The console lock
+//! # The shared locks
 //!
-//! [`Console`] is the **one** cross-instance lock, and it is only for the shared serial port, so
-//! that lines of different instances never interleave mid-line. It is a ticket lock with a
-//! bounded spin: a waiter that sees `serving` stand still for `max_spins` polls presumes the
-//! holder dead and advances `serving` by compare-exchange (counted in
-//! [`ConsoleStats::forced`]); an unlock that finds its lock broken leaves `serving` alone and
-//! counts a stale unlock. Everything else between instances is lock-free (owner words) or
-//! single-writer (instance entries, mailboxes).
+//! [`TicketLock`] is the lock type of the only two cross-instance locks: the console lock
+//! ([`SharedRegion::console`]), only for the shared serial port so that lines of different
+//! instances never interleave mid-line, and the IO APIC lock ([`SharedRegion::ioapic_lock`]),
+//! only around an IO APIC's index/data register pair. Both are ticket locks whose every wait is
+//! bounded in time by a clock the caller passes ([`WaitBound`], in ticks; the kernel uses the
+//! TSC and [`CONSOLE_WAIT`] / [`IOAPIC_WAIT`]), never by a count of polls that a writer could
+//! reset:
+//!
+//! * `serving` standing still for [`WaitBound::stall`]: the holder is presumed dead, the waiter
+//!   advances `serving` by compare-exchange ([`LockStats::forced`]); an unlock that finds its
+//!   lock broken leaves `serving` alone ([`LockStats::stale_unlocks`]).
+//! * `serving` more than [`MAX_QUEUE`] behind the waiter's ticket or ahead of `next` (a stray
+//!   or hostile write): the waiter sets it to its ticket ([`LockStats::repaired`]).
+//! * [`WaitBound::total`] passed since the call, however `serving` moved meanwhile: the console
+//!   waiter goes on without the lock ([`TicketLock::lock_or_bypass`]; its guard unlocks nothing)
+//!   and the IO APIC waiter gets [`LockTimedOut`] ([`TicketLock::try_lock`]); both count
+//!   [`LockStats::timed_out`].
+//!
+//! So a broken or hostile instance can garble console lines and fail IO APIC operations, but
+//! can delay no other instance's wait beyond its bound. Everything else between instances is
+//! lock-free (owner words) or single-writer (instance entries, mailboxes).
 //!
 //! All shared memory is accessed only through atomics, so even a broken peer cannot cause a
 //! data race, only values that the decoders reject ([`Error::Corrupt`]). The crate has no
@@ -112,10 +129,10 @@
 #![forbid(unsafe_code)]
 
 mod allocation;
-mod console;
 mod handle;
 mod instance;
 mod layout;
+mod lock;
 mod owner;
 
 #[cfg(test)]
@@ -124,11 +141,14 @@ mod tests;
 pub use allocation::{
     Allocation, AllocationLayout, TELEMETRY_ROWS, Telemetry, allocation_layout, allocation_size,
 };
-pub use console::{CONSOLE_FORCE_SPINS, Console, ConsoleGuard, ConsoleStats};
 pub use handle::{Reclaimed, SharedRegion, memory_chunks};
 pub use instance::{Instance, InstanceResources, InstanceState, RESOURCE_READ_RETRIES};
 pub use layout::{
     INSTANCE_ENTRY_SIZE, Layout, MAGIC, PAGE, REPORT_WORDS, Table, VERSION, layout, region_size,
+};
+pub use lock::{
+    Acquired, CONSOLE_WAIT, EMERGENCY_WAIT, IOAPIC_WAIT, LockGuard, LockName, LockStats,
+    LockTimedOut, MAX_QUEUE, TicketLock, WaitBound, WaitMs,
 };
 pub use mk_ids::InstanceId;
 pub use owner::{Owner, Resource};

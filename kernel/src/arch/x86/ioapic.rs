@@ -24,18 +24,30 @@ static CHIPS: Mutex<[Option<Chip>; MAX_CHIPS]> = Mutex::new([const { None }; MAX
 
 /// The cross-instance IO APIC lock, once the shared region exists (before, only instance 0
 /// runs). Other instances program the same chips.
-static SHARED_LOCK: spin::Once<(mk_shared::Console<'static>, InstanceId)> = spin::Once::new();
+static SHARED_LOCK: spin::Once<(mk_shared::TicketLock<'static>, InstanceId)> = spin::Once::new();
 
 /// From now on, every access to the chips is also serialised with the other instances by
 /// `lock` (the shared region's IO APIC lock), taken as instance `me`.
-pub fn use_shared_lock(lock: mk_shared::Console<'static>, me: InstanceId) {
+pub fn use_shared_lock(lock: mk_shared::TicketLock<'static>, me: InstanceId) {
     SHARED_LOCK.call_once(|| (lock, me));
 }
 
-fn shared_lock() -> Option<mk_shared::ConsoleGuard<'static>> {
+/// Takes the shared IO APIC lock (if there is one yet), waiting `IOAPIC_WAIT` at most: a
+/// holder that long is dead or hostile, and the caller's operation fails (counted in the lock's
+/// `timed_out`) rather than stall this CPU. Call with interrupts off.
+fn shared_lock() -> Result<Option<mk_shared::LockGuard<'static>>, IoApicError> {
     SHARED_LOCK
         .get()
-        .map(|(lock, me)| lock.lock(*me, mk_shared::CONSOLE_FORCE_SPINS))
+        .map(|(lock, me)| {
+            lock.try_lock(
+                *me,
+                super::tsc::wait_bound(mk_shared::IOAPIC_WAIT),
+                super::tsc::read,
+                core::hint::spin_loop,
+            )
+        })
+        .transpose()
+        .map_err(IoApicError::SharedLock)
 }
 
 /// Maps the IO APIC at physical `phys` (uncached, for good) and registers it as serving GSIs
@@ -86,11 +98,11 @@ unsafe fn add_mapped(virt: u64, gsi_base: u32) -> Result<u32, IoApicError> {
 unsafe fn attach_mapped(virt: u64, gsi_base: u32) -> Result<u32, IoApicError> {
     // SAFETY: the caller guarantees `virt` maps an IO APIC; only the version register is read.
     let mut regs = unsafe { IoApic::new(virt) };
-    let lines = {
-        let _shared = shared_lock();
+    let lines = x86_64::instructions::interrupts::without_interrupts(|| {
+        let _shared = shared_lock()?;
         // SAFETY: as above.
-        u32::from(unsafe { regs.max_table_entry() }) + 1
-    };
+        Ok::<_, IoApicError>(u32::from(unsafe { regs.max_table_entry() }) + 1)
+    })?;
     register(Chip {
         regs,
         gsi_base,
@@ -147,17 +159,21 @@ pub fn line_count() -> u32 {
 
 /// Runs `f` on the chip serving `gsi` under this instance's CHIPS lock and the shared IO APIC
 /// lock (other instances program the same chips: an index write and the data access after it
-/// must not interleave with theirs).
+/// must not interleave with theirs), with interrupts off: an IRQ handler that masks its line on
+/// this CPU must not find CHIPS held here, and the shared lock is held only as long as the
+/// register accesses take.
 fn with_line<R>(gsi: u32, f: impl FnOnce(&mut Chip, u8) -> R) -> Result<R, IoApicError> {
-    let mut chips = CHIPS.lock();
-    let _shared = shared_lock();
-    let chip = chips
-        .iter_mut()
-        .flatten()
-        .find(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.lines)
-        .ok_or(IoApicError::NoChip { gsi })?;
-    let line = (gsi - chip.gsi_base) as u8;
-    Ok(f(chip, line))
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut chips = CHIPS.lock();
+        let chip = chips
+            .iter_mut()
+            .flatten()
+            .find(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.lines)
+            .ok_or(IoApicError::NoChip { gsi })?;
+        let line = (gsi - chip.gsi_base) as u8;
+        let _shared = shared_lock()?;
+        Ok(f(chip, line))
+    })
 }
 
 /// Why an IO APIC could not be registered, or a line programmed.
@@ -169,6 +185,9 @@ pub enum IoApicError {
     TooMany,
     /// No registered chip serves the caller's `gsi`.
     NoChip { gsi: u32 },
+    /// Another instance held the shared IO APIC lock past `IOAPIC_WAIT`, or corrupted it:
+    /// nothing was written to the chip.
+    SharedLock(mk_shared::LockTimedOut),
 }
 
 impl core::fmt::Display for IoApicError {
@@ -177,6 +196,7 @@ impl core::fmt::Display for IoApicError {
             Self::Map(e) => write!(f, "{e}"),
             Self::TooMany => write!(f, "too many IO APICs (at most {MAX_CHIPS})"),
             Self::NoChip { gsi } => write!(f, "no IO APIC serves this GSI ({gsi})"),
+            Self::SharedLock(e) => write!(f, "{e}; the IO APIC was not touched"),
         }
     }
 }

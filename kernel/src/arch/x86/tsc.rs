@@ -30,6 +30,21 @@ pub fn ticks_per_ms() -> u64 {
     TICKS_PER_MS.load(Ordering::Relaxed).max(1)
 }
 
+/// A TSC rate for time bounds that must never come out too short: the calibrated rate, or,
+/// before calibration (or on a zero rate from a boot descriptor), 10 GHz, above any x86 TSC, so
+/// an early bound is at worst a few times too long.
+pub fn ticks_per_ms_for_bounds() -> u64 {
+    match TICKS_PER_MS.load(Ordering::Relaxed) {
+        0 | 1 => 10_000_000,
+        t => t,
+    }
+}
+
+/// A shared lock's wait bound ([`mk_shared::WaitMs`]) in TSC ticks.
+pub fn wait_bound(w: mk_shared::WaitMs) -> mk_shared::WaitBound {
+    w.ticks(ticks_per_ms_for_bounds())
+}
+
 /// Nanoseconds since an arbitrary origin (the TSC's).
 pub fn nanos() -> u64 {
     ((read() as u128 * 1_000_000) / ticks_per_ms() as u128) as u64

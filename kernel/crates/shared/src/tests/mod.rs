@@ -1,6 +1,7 @@
 //! Host tests. Threads stand in for kernel instances.
 
 mod allocation;
+mod lock;
 mod threads;
 mod unit;
 

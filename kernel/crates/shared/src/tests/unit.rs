@@ -1,4 +1,4 @@
-//! Single-threaded tests: layout, init / attach, instance entries, ownership, console.
+//! Single-threaded tests: layout, init / attach, instance entries, ownership (the locks: lock.rs).
 
 use super::{Region, id};
 use crate::{
@@ -478,42 +478,6 @@ fn corrupt_owner_word_is_reported() {
         r.begin_transfer(Resource::Irq(3), id(0), id(1)),
         Err(Error::Corrupt(w))
     );
-}
-
-#[test]
-fn console_force_path_and_stale_unlock() {
-    let mut reg = Region::new(2);
-    let r = reg.init(2, 0).unwrap();
-    let c = r.console();
-    // Normal use.
-    {
-        let g = c.lock(id(0), 1000);
-        assert!(!g.forced());
-    }
-    // Instance 1 takes the lock and dies holding it.
-    core::mem::forget(c.lock(id(1), 1000));
-    assert_eq!(c.stats().holder, Some(id(1)));
-    // Instance 0 breaks it after its spin bound.
-    let g = c.lock(id(0), 1000);
-    assert!(g.forced());
-    let s = c.stats();
-    assert_eq!((s.forced, s.holder), (1, Some(id(0))));
-    drop(g);
-    // The lock works normally afterwards.
-    assert!(!c.lock(id(1), 1000).forced());
-    // A slow (not dead) holder: the waiter forces, then the holder's unlock is stale and must
-    // not disturb the new holder.
-    let slow = c.lock(id(1), 1000);
-    let g = c.lock(id(0), 10);
-    assert!(g.forced());
-    drop(slow);
-    assert_eq!(c.stats().stale_unlocks, 1);
-    drop(g);
-    let g = c.lock(id(1), 1000);
-    assert!(!g.forced());
-    drop(g);
-    let s = c.stats();
-    assert_eq!((s.forced, s.stale_unlocks, s.acquired), (2, 1, 7));
 }
 
 #[test]
