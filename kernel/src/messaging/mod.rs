@@ -814,6 +814,12 @@ pub fn serve_forever() -> ! {
             }
         } else {
             disarm_all();
+            if !kicked {
+                // A mailbox's re-check found a message whose sender has not set its summary
+                // bit yet (it does so right after publishing): look at every mailbox, rather
+                // than spin on an empty-looking summary until the sender gets there.
+                LEFTOVER.store(u64::MAX, Ordering::Relaxed);
+            }
             x86_64::instructions::interrupts::enable();
         }
     }
