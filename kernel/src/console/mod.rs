@@ -169,7 +169,7 @@ pub fn shell_commit(prompt: &str, line: &str) {
 }
 
 /// Re-lays this instance's pane if instances started, stopped or died, and refreshes its
-/// header; at most every `REFRESH_MS` (it is called after every drain of the mailboxes).
+/// header; at most every `REFRESH_MS` (the poll hook calls it once per timer tick).
 pub fn refresh_screen() {
     let now = crate::arch::tsc::read();
     let every = REFRESH_MS * crate::arch::tsc::ticks_per_ms();

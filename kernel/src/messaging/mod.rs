@@ -578,7 +578,10 @@ fn poll_flagged(inbox: &Inbox<'static>) -> usize {
     } else {
         WORK.swap(0, Ordering::Acquire)
     };
-    let mut peers = inbox.take() | LEFTOVER.swap(0, Ordering::Relaxed);
+    let mut peers = inbox.take();
+    if LEFTOVER.load(Ordering::Relaxed) != 0 {
+        peers |= LEFTOVER.swap(0, Ordering::Relaxed);
+    }
     if work & WORK_SCAN != 0 {
         peers = u64::MAX;
     }
@@ -678,8 +681,8 @@ fn poll_locked(
     if taken == 0 {
         return 0;
     }
-    // Dispatched with the receiving ends unlocked: a handler may drain again.
-    let mut replies: Vec<(InstanceId, Message)> = Vec::new();
+    // Dispatched with the receiving ends unlocked: a handler may drain again. Replies go out
+    // as they come (a reply that waits for room drains one level deeper, into the next batch).
     let Batch {
         peers, slots, msg, ..
     } = batch;
@@ -687,11 +690,11 @@ fn poll_locked(
         match d.dispatch_with(*peer, slot, msg) {
             Ok(DispatchOutcome::Handled {
                 reply: Some(reply), ..
-            }) => replies.push((*peer, reply)),
+            }) => send_reply(*peer, &reply),
             Ok(_) => {}
             Err(reject) => {
                 if let Some(reply) = d.reply_for_reject(slot, &reject) {
-                    replies.push((*peer, reply));
+                    send_reply(*peer, &reply);
                 }
                 if let mk_dispatch::LogDecision::Log { suppressed } =
                     d.log_limiter().check(tsc::read())
@@ -703,12 +706,13 @@ fn poll_locked(
             }
         }
     }
-    for (peer, reply) in replies {
-        if let Err(e) = send(peer, &reply) {
-            crate::warn!("reply to instance {peer} not sent: {e:?}");
-        }
-    }
     taken
+}
+
+fn send_reply(peer: InstanceId, reply: &Message) {
+    if let Err(e) = send(peer, reply) {
+        crate::warn!("reply to instance {peer} not sent: {e:?}");
+    }
 }
 
 /// Work the serve loop runs between drains (tests use it to run jobs that send).

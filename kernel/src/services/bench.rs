@@ -487,8 +487,8 @@ pub fn median_ticks(n: usize, mut one: impl FnMut() -> u64) -> u64 {
     v[v.len() / 2]
 }
 
-/// `op.poll_empty`: one `poll()` of this instance's empty inbox (every peer's mailbox looked
-/// at once, the poll hook run), timed alone, the median of `n`, the TSC floor taken off; and
+/// `op.poll_empty`: one `poll()` of this instance's empty inbox (its summary word read: no
+/// peer flagged a message, no poll hook asked for), timed alone, the median of `n`, the TSC floor taken off; and
 /// how many peers it looked at. Each call is timed on its own (no loop around it), so that in
 /// instruction-count mode the figure is the poll's own instructions.
 pub fn poll_empty_ticks(n: usize) -> (u64, usize) {

@@ -18,7 +18,7 @@
 //! (which needs that lock to find the task) cannot come between. Messages to other instances
 //! go out with no lock held: requests at once from the caller's system call (a full mailbox
 //! makes `send` fail with `Busy` and `call` wait), answers and endpoint deaths through an
-//! outbox flushed at once and after every drain.
+//! outbox flushed at once and by the poll hook (asked for while messages wait in it).
 
 #![forbid(unsafe_code)]
 
@@ -252,11 +252,11 @@ fn stopped(k: u8) -> bool {
     )
 }
 
-/// After every drain of the mailboxes: flush the outbox, fail the calls waiting on instances
-/// that stopped, and (instance 0) drop their names.
+/// The poll hook's IPC duties (run when asked and once per timer tick): flush the outbox, fail
+/// the calls waiting on instances that stopped, and (instance 0) drop their names.
 ///
-/// Cheap when there is nothing to do (it runs after every drain, empty ones included): one
-/// load for the outbox, one clock read for the watch, which runs every `WATCH_MS`.
+/// Cheap when there is nothing to do: one load for the outbox, one clock read for the watch,
+/// which runs every `WATCH_MS` at most (in practice once per tick).
 pub fn on_poll() {
     if OUTBOX_LEN.load(Ordering::Relaxed) != 0 {
         while flush_one() {}

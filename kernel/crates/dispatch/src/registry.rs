@@ -128,25 +128,27 @@ impl<const N: usize> Table<N> {
         self.index = [0; BUCKETS];
         for (i, e) in self.entries.iter().enumerate() {
             let Some(e) = e else { continue };
-            let mut b = Self::bucket(e.code);
-            while self.index[b % BUCKETS] != 0 {
-                b += 1;
+            // Fewer entries than buckets: the probe finds a free one.
+            let start = Self::bucket(e.code);
+            let free = (start..start + BUCKETS)
+                .map(|b| b % BUCKETS)
+                .find(|&b| self.index.get(b) == Some(&0));
+            if let Some(slot) = free.and_then(|b| self.index.get_mut(b)) {
+                *slot = i as u8 + 1;
             }
-            self.index[b % BUCKETS] = i as u8 + 1;
         }
     }
 
     #[inline]
     fn find(&self, code: u64) -> Option<&'static dyn Handler> {
-        let mut b = Self::bucket(code);
+        let start = Self::bucket(code);
         // At most N entries in BUCKETS > N buckets: an empty bucket ends every probe.
-        for _ in 0..BUCKETS {
+        for b in (start..).take(BUCKETS) {
             let i = usize::from(*self.index.get(b % BUCKETS)?);
             let e = self.entries.get(i.checked_sub(1)?)?.as_ref()?;
             if e.code == code {
                 return Some(e.handler);
             }
-            b += 1;
         }
         None
     }

@@ -9,17 +9,19 @@
 //! # Layout
 //!
 //! [`MailboxMatrix`] formats a caller-supplied region (an [`mk_raw::Raw`] view, 64-byte aligned)
-//! as one header line followed by `n * (n - 1)` channels, row-major by sender, the diagonal
-//! omitted: channel `(from, to)` is number `from * (n - 1) + (to if to < from else to - 1)`.
-//! [`region_size`]`(n)` = 64 + n(n-1) × [`CHANNEL_SIZE`] (4 352 bytes with [`SLOTS`] = 16), e.g.
-//! 1 044 544 bytes for 16 instances. The region holds no pointers, so the mapping address does
+//! as one header line, one summary line per receiver ([`Inbox`]: which senders published since
+//! it last looked), then `n * (n - 1)` channels, row-major by sender, the diagonal omitted:
+//! channel `(from, to)` is number `from * (n - 1) + (to if to < from else to - 1)`.
+//! [`region_size`]`(n)` = 64 + 64n + n(n-1) × [`CHANNEL_SIZE`] (4 352 bytes with [`SLOTS`] =
+//! 16), e.g. 1 045 568 bytes for 16 instances. The region holds no pointers, so the mapping address does
 //! not matter.
 //!
 //! ```text
 //!  offset  region
 //!  0       RegionHeader   magic "MKMB", version, n, SLOTS, channel size, region size  (creator)
-//!  64      channel (0,1)
-//!  64+C    channel (0,2)  ... one per ordered pair, C = CHANNEL_SIZE bytes each
+//!  64+64r  Summary of r   pending: bit p set by sender p after a message (senders; r clears)
+//!  H       channel (0,1)  H = 64 + 64n
+//!  H+C     channel (0,2)  ... one per ordered pair, C = CHANNEL_SIZE bytes each
 //!
 //!  offset  one channel (#[repr(C, align(64))]), one writer per cache line
 //!  0       +------------------------------------------------------------+

@@ -26,10 +26,6 @@ impl<'a> Rd<'a> {
         out
     }
 
-    pub(crate) fn u8(&mut self) -> u8 {
-        u8::from_le_bytes(self.take())
-    }
-
     pub(crate) fn u16(&mut self) -> u16 {
         u16::from_le_bytes(self.take())
     }

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::bytes::{Rd, Wr};
+use crate::bytes::Wr;
 use crate::payload::{Fixed, read_fixed};
 use crate::*;
 
@@ -61,20 +61,29 @@ pub struct RawHeader {
 impl RawHeader {
     /// Reads the header of `slot`.
     pub fn read(slot: &Slot) -> Self {
-        let mut r = Rd::new(slot);
+        // Fixed offsets into a fixed-size array: the bounds checks fold away.
         Self {
-            seq: r.u32(),
-            version: r.u8(),
-            flags: r.u8(),
-            sender: r.u16(),
-            ty: r.u16(),
-            subtype: r.u16(),
-            payload_len: r.u16(),
-            status: r.u16(),
-            msg_id: r.u64(),
-            timestamp: r.u64(),
+            seq: u32::from_le_bytes(at::<{ offset::SEQ }, 4>(slot)),
+            version: at::<{ offset::VERSION }, 1>(slot)[0],
+            flags: at::<{ offset::FLAGS }, 1>(slot)[0],
+            sender: u16::from_le_bytes(at::<{ offset::SENDER }, 2>(slot)),
+            ty: u16::from_le_bytes(at::<{ offset::TYPE }, 2>(slot)),
+            subtype: u16::from_le_bytes(at::<{ offset::SUBTYPE }, 2>(slot)),
+            payload_len: u16::from_le_bytes(at::<{ offset::PAYLOAD_LEN }, 2>(slot)),
+            status: u16::from_le_bytes(at::<{ offset::STATUS }, 2>(slot)),
+            msg_id: u64::from_le_bytes(at::<{ offset::MSG_ID }, 8>(slot)),
+            timestamp: u64::from_le_bytes(at::<{ offset::TIMESTAMP }, 8>(slot)),
         }
     }
+}
+
+/// The `N` bytes of `slot` at offset `O` (zeros if out of bounds, which no caller's constants
+/// are).
+#[inline(always)]
+fn at<const O: usize, const N: usize>(slot: &Slot) -> [u8; N] {
+    slot.get(O..O + N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .unwrap_or([0; N])
 }
 
 /// Which payload structure a message carries.

@@ -162,7 +162,7 @@ fn a_message_sent_in_parts_arrives_as_head_then_tail() {
     // Every tail length, whole words or not, up to a full slot; a longer one is refused.
     for len in 0..=MSG_SIZE - crate::HEAD {
         let tail: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-        tx.try_send_parts(&head, &tail).unwrap();
+        let _ = tx.try_send_parts(&head, &tail).unwrap();
         assert!(rx.try_recv(&mut out).unwrap());
         assert_eq!(out[4..crate::HEAD], head[4..], "head, tail of {len}");
         assert_eq!(
