@@ -9,9 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use mk_shared::{InstanceState, Owner, Resource};
-use mk_wire::{
-    Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload, Status,
-};
+use mk_wire::{Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, Status};
 
 use super::harness::{Outcome, ensure, plan};
 use super::peer::{self, job, start_job, user, wait_job};
@@ -245,6 +243,9 @@ pub(super) fn crash(arg: &str) -> Outcome {
         .max()
         .unwrap_or(0);
     let incoming = Resource::memory_at((top0 & !(chunk_size - 1)) - chunk_size);
+    crate::shared::records::with(|l| l.start_handoff(incoming, iid(k)))
+        .ok_or("instance 0 keeps no record")?
+        .map_err(|e| format!("recording a hand-off to {k}: {e}"))?;
     let g_in = r
         .begin_transfer(incoming, iid(0), iid(k))
         .map_err(|e| format!("starting a hand-off to {k}: {e:?}"))?;
@@ -334,15 +335,10 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
         .and_then(|i| i.resources().ok())
         .map_or(0, |res| res.cpus().len()) as u64;
     let held = held_by(k)?;
-    let request = Payload::Shutdown(ShutdownPayload {
-        reason: mk_wire::ShutdownReason::Requested,
-        flags: ShutdownFlags::RETURN_RESOURCES,
-        deadline_ticks: 0,
-    });
-    let reply = messaging::call(iid(k), Kind::Shutdown, request, 2000)
+    let status = lifecycle::request_stop(iid(k), ShutdownFlags::RETURN_RESOURCES)
         .map_err(|e| format!("shutdown call: {e:?}"))?;
-    ensure(reply.status == mk_wire::Status::Ok, || {
-        format!("shutdown answered {:?}", reply.status)
+    ensure(status == mk_wire::Status::Ok, || {
+        format!("shutdown answered {status:?}")
     })?;
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     while !lifecycle::COLLECTED[k].load(Ordering::SeqCst) {
@@ -464,28 +460,49 @@ pub(super) fn cpu_hotplug() -> Outcome {
     let (first1, second1, only2) = (p1.cpus[0], p1.cpus[1], p2.cpus[0]);
     move_and_check(second1, 1, 2)?;
     move_and_check(second1, 2, 1)?;
+    // Instance 0's record refuses what the giver does not hold, or what does not exist,
+    // before the giver is asked; the giver refuses its first or only CPU.
+    let not_holder = |apic: u32, holder: usize| {
+        MoveError::Record(mk_ledger::Refusal::NotHolder {
+            resource: Resource::Cpu(apic),
+            holder: Some(iid(holder)),
+            named: iid(1),
+        })
+    };
     let refusals = [
-        (first1, 1, 2, Status::Refused, "instance 1's first CPU"),
-        (only2, 2, 1, Status::Refused, "instance 2's only CPU"),
+        (
+            first1,
+            1,
+            2,
+            MoveError::Refused(Status::Refused),
+            "instance 1's first CPU",
+        ),
+        (
+            only2,
+            2,
+            1,
+            MoveError::Refused(Status::Refused),
+            "instance 2's only CPU",
+        ),
         (
             only2,
             1,
             2,
-            Status::NotOwner,
+            not_holder(only2, 2),
             "a CPU instance 1 does not own",
         ),
         (
             300,
             1,
             2,
-            Status::NoSuchResource,
+            MoveError::Record(mk_ledger::Refusal::NoSuchResource(Resource::Cpu(300))),
             "a CPU that does not exist",
         ),
     ];
     for (apic, from, to, want, what) in refusals {
         let got = move_cpu(apic, iid(from), iid(to));
-        ensure(got == Err(MoveError::Refused(want)), || {
-            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        ensure(got == Err(want), || {
+            format!("moving {what} gave {got:?}, expected {want:?}")
         })?;
     }
     let r = region::get().ok_or("no shared region")?;
@@ -540,23 +557,32 @@ pub(super) fn mem_hotplug() -> Outcome {
     let low1 = p1.memory[0].start.next_multiple_of(chunk);
     let low2 = p2.memory[0].start.next_multiple_of(chunk);
     for (s, l, want, what) in [
-        (low1, chunk, Status::Busy, "instance 1's memory in use"),
+        (
+            low1,
+            chunk,
+            MoveError::Refused(Status::Busy),
+            "instance 1's memory in use",
+        ),
         (
             start + 4096,
             len - chunk,
-            Status::InvalidArgument,
+            MoveError::Refused(Status::InvalidArgument),
             "a range not 2 MiB aligned",
         ),
         (
             low2,
             chunk,
-            Status::NotOwner,
-            "memory instance 1 does not own",
+            MoveError::Record(mk_ledger::Refusal::NotHolder {
+                resource: Resource::memory_at(low2),
+                holder: Some(iid(2)),
+                named: iid(1),
+            }),
+            "memory instance 1 does not own (by instance 0's record)",
         ),
     ] {
         let got = move_memory(s, l, iid(1), iid(2));
-        ensure(got == Err(MoveError::Refused(want)), || {
-            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        ensure(got == Err(want), || {
+            format!("moving {what} gave {got:?}, expected {want:?}")
         })?;
     }
     ensure(
@@ -877,6 +903,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
         .collect();
     let r = region::get().ok_or("no shared region")?;
     let before = census()?;
+    let disagreements_before = crate::shared::records::disagreements();
     let mem_before: Vec<u64> = (1..count).map(memory_of).collect::<Result<_, _>>()?;
     let chunks_before: Vec<u64> = (0..count).map(|k| before.owned[2][k]).collect();
     let seed = tsc::read() | 1;
@@ -926,13 +953,18 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 let line = LINES[rng.below(LINES.len() as u64) as usize];
                 let from = owner_of(Resource::Irq(line))?;
                 let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
+                // Lines move through instance 0 (its record of who holds each): an owner
+                // other than 0 hands the line back, and instance 0 hands it on.
                 let result = if from == 0 {
                     irq::balance(line as usize, iid(to))
                         .map_or_else(|s| u64::from(s.code()) + 1, |()| 0)
                 } else {
-                    let jobs =
-                        start_job(from, job::BALANCE_LINE, u64::from(line) | (to as u64) << 32)?;
-                    wait_job(from, jobs, 10_000)?.job_result
+                    let jobs = start_job(from, job::BALANCE_LINE, u64::from(line))?;
+                    match wait_job(from, jobs, 10_000)?.job_result {
+                        0 if to != 0 => irq::balance(line as usize, iid(to))
+                            .map_or_else(|s| u64::from(s.code()) + 1, |()| 0),
+                        other => other,
+                    }
                 };
                 ensure(result == 0, || {
                     format!(
@@ -945,6 +977,13 @@ pub(super) fn storm(arg: &str) -> Outcome {
         }
     }
     let after = census()?;
+    let disagreements = crate::shared::records::disagreements();
+    ensure(disagreements == disagreements_before, || {
+        format!(
+            "{} disagreement(s) between instance 0's record and the shared table during the storm",
+            disagreements - disagreements_before
+        )
+    })?;
     ensure(after.in_transit == 0, || {
         format!("{} resources left in transit", after.in_transit)
     })?;

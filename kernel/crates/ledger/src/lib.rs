@@ -259,6 +259,9 @@ pub enum ReclaimAction {
 
 const NOBODY: u8 = 0xFF;
 
+/// One table of slots and how its index names a resource.
+type Table<'a> = (&'a [Slot], fn(u32) -> Resource);
+
 #[derive(Clone, Copy)]
 struct Slot {
     holder: u8,
@@ -518,7 +521,7 @@ impl Ledger {
     pub fn held_by(&self, k: InstanceId) -> Vec<Resource> {
         let k = k.index();
         let mut out = Vec::new();
-        let tables: [(&[Slot], fn(u32) -> Resource); 3] = [
+        let tables: [Table<'_>; 3] = [
             (&self.cpus, Resource::Cpu),
             (&self.irqs, Resource::Irq),
             (&self.memory, Resource::Memory),
