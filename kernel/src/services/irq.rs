@@ -7,7 +7,9 @@
 //! | IRQ_BALANCE (call) | instance 0 → new owner, or owner → instance 0 | two-phase: the owner `begin_transfer`s the line to the target; the target routes the line's redirection entry to its own first CPU, installs its handler and `complete_transfer`s; a refusal makes the owner abort (the line stays routed to it). Lines move only through instance 0, which keeps the record of who holds each (`shared::records`): another instance takes a line only from 0, and 0 takes one back only from the holder its record names |
 //! | IRQ_MASK / IRQ_UNMASK (call) | instance 0 → owner | the owner masks or unmasks the line; refused from anyone else |
 //!
-//! Refused with a status: a line that does not exist (`NoSuchResource`), a request to an
+//! Refused with a status: a request from an instance without the authority (`Refused`: a
+//! mask or unmask not from instance 0, a balance to an instance other than 0 not from
+//! instance 0), a line that does not exist (`NoSuchResource`), a request to an
 //! instance that does not own the line, or a balance the sender has not started
 //! (`NotOwner`). The IO APIC is shared hardware: every access to it holds the cross-instance
 //! IO APIC lock (`arch::x86::ioapic`); a wait for it that times out (another instance holds it
