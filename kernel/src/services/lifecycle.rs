@@ -418,35 +418,20 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
     if memory.is_empty() {
         return Err(E::NoMemory);
     }
-    // Give the resources to k (it is not running: a plain claim from instance 0).
-    for &c in &cpus {
-        r.claim(Resource::Cpu(c), k, Some(InstanceId::ZERO))
-            .map_err(|e| E::Claim(c, e))?;
-        records::with(|l| l.give(Resource::Cpu(c), k));
-    }
-    for m in &memory {
-        for chunk in whole_chunks(m.start, m.end()) {
-            match r.claim(chunk, k, Some(InstanceId::ZERO)) {
-                Ok(()) => {
-                    records::with(|l| l.give(chunk, k));
-                }
-                Err(e) => warn!("{chunk:?} not given to instance {k}: {e:?}"),
-            }
-        }
-    }
-    if let Some(m) = records::mailboxes() {
-        m.reset_instance(k).map_err(E::Mailboxes)?;
-    }
+    let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
+    // From here on the record has it starting: whatever fails, `give_up` stops what may
+    // have started and takes back what it was given, by the record.
+    records::with(|l| l.starting(k));
     collected.store(false, Ordering::SeqCst);
     dead_at.store(0, Ordering::SeqCst);
     heartbeat::forget(k);
-    // Instance 0's record says it ended: whatever the word holds, it becomes Empty.
-    let _ = inst.overrule_state(InstanceState::Empty);
-    // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
-    for m in &memory {
-        crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
+    if let Err(e) = hand_over(r, &inst, k, &cpus, &memory) {
+        for m in &memory {
+            let _ = crate::memory::paging::unmap_phys(m.start, m.end());
+        }
+        give_up(k, &e);
+        return Err(e);
     }
-    let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
     let result = launcher.launch(k, &memory, &cpus);
     for m in &memory {
         let _ = crate::memory::paging::unmap_phys(m.start, m.end());
@@ -466,6 +451,41 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
             Err(E::Launch(e))
         }
     }
+}
+
+/// Respawn's hand-over to `k` (not running): its CPUs and memory, in the table and the
+/// record; fresh mailboxes (new generation: nothing sent to the old incarnation is delivered
+/// to the new one); an `Empty` state word (the record says it ended, whatever the word
+/// holds); its memory mapped into instance 0 while the new copy is built.
+fn hand_over(
+    r: &mk_shared::SharedRegion<'_>,
+    inst: &mk_shared::Instance<'_>,
+    k: InstanceId,
+    cpus: &[u32],
+    memory: &[mk_plan::MemRange],
+) -> Result<(), RespawnError> {
+    use RespawnError as E;
+    for &c in cpus {
+        r.claim(Resource::Cpu(c), k, Some(InstanceId::ZERO))
+            .map_err(|e| E::Claim(c, e))?;
+        records::with(|l| l.give(Resource::Cpu(c), k));
+    }
+    for m in memory {
+        for chunk in whole_chunks(m.start, m.end()) {
+            r.claim(chunk, k, Some(InstanceId::ZERO))
+                .map_err(|e| E::ClaimMemory(chunk, e))?;
+            records::with(|l| l.give(chunk, k));
+        }
+    }
+    if let Some(m) = records::mailboxes() {
+        m.reset_instance(k).map_err(E::Mailboxes)?;
+    }
+    let _ = inst.overrule_state(InstanceState::Empty);
+    // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
+    for m in memory {
+        crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
+    }
+    Ok(())
 }
 
 /// Why [`respawn`] did not start an instance again, and whose fault it is.
@@ -490,6 +510,9 @@ pub enum RespawnError {
     NoMemory,
     /// Giving a CPU to the new instance failed in the ownership table.
     Claim(u32, mk_shared::Error),
+    /// Giving a memory chunk to the new instance failed in the ownership table (its word
+    /// changed after instance 0 checked it: someone else wrote it).
+    ClaimMemory(Resource, mk_shared::Error),
     /// Resetting its mailboxes failed (the mailbox matrix refused).
     Mailboxes(mk_mailbox::Error),
     /// Mapping its memory into instance 0 failed (instance 0's page tables).
@@ -513,6 +536,7 @@ impl core::fmt::Display for RespawnError {
             Self::NoCpu => f.write_str("none of its CPUs is with instance 0"),
             Self::NoMemory => f.write_str("none of its memory is with instance 0"),
             Self::Claim(c, e) => write!(f, "claiming CPU {c} for it: {e:?}"),
+            Self::ClaimMemory(c, e) => write!(f, "claiming {c:?} for it: {e:?}"),
             Self::Mailboxes(e) => write!(f, "resetting its mailboxes: {e:?}"),
             Self::Map(e) => write!(f, "mapping its memory: {e}"),
             Self::Launch(e) => write!(f, "the new instance did not start: {e}"),
