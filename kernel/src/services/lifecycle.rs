@@ -193,93 +193,38 @@ fn stop_cpus_of(k: InstanceId) -> alloc::vec::Vec<u32> {
     stopped
 }
 
-/// Instance 0: takes back, into itself, everything its record gives the ended instance `k`:
-/// by compare-exchange where the owner word agrees (or shows `k` handing it somewhere), by
-/// overruling the word where it does not (logged and counted). Then every word naming `k` for
-/// a resource the record does not give it (`k`, or someone, forged it) is written back as the
-/// record says. `k` counts as collected only if nothing the record gives it is left.
+/// Instance 0: takes back, into itself, everything its record gives the ended instance `k`
+/// (`mk_ledger::Ledger::reclaim`: by compare-exchange where the owner word agrees, by
+/// overruling it where it does not; words naming `k` for resources the record gives
+/// elsewhere written back), after marking its mailboxes dead through the view cached at boot.
+/// Every disagreement is logged. `k` counts as collected only if nothing of its record is
+/// left.
 fn take_back(r: &mk_shared::SharedRegion<'_>, k: InstanceId) -> Reclaimed {
-    use mk_ledger::ReclaimAction;
     if let Some(m) = records::mailboxes() {
         let _ = m.mark_instance_dead(k);
     }
-    let mut got = Reclaimed::default();
-    let held = records::with(|l| l.held_by(k)).unwrap_or_default();
-    for res in held {
-        let word = r.owner(res);
-        let Some(action) = records::with(|l| l.reclaim_action(res, k, word)) else {
-            break;
+    let Some(out) = records::with(|l| l.reclaim(r, k)) else {
+        return Reclaimed::default();
+    };
+    for (d, fix) in &out.disagreements {
+        let action = match fix {
+            mk_ledger::Fix::TakenBack => alloc::string::String::from("taken back all the same"),
+            mk_ledger::Fix::WrittenBack(o) => alloc::format!("written back as {o:?}"),
+            mk_ledger::Fix::NotFixed => alloc::string::String::from("could not be written"),
         };
-        let (back, took) = match action {
-            ReclaimAction::Step => match r.reclaim_resource(res, k, InstanceId::ZERO) {
-                Ok(step) => {
-                    got.rolled_back += step.rolled_back;
-                    let back = step.now == Owner::Owned(InstanceId::ZERO)
-                        || overrule(
-                            r,
-                            res,
-                            &alloc::format!("it became {:?} meanwhile", step.now),
-                        );
-                    (back, step.took)
-                }
-                Err(e) => (overrule(r, res, &alloc::format!("{e:?}")), false),
-            },
-            ReclaimAction::Overrule(d) => {
-                records::note(&d, "taken back by instance 0 all the same");
-                let back = r
-                    .overrule_owner(res, Owner::Owned(InstanceId::ZERO))
-                    .is_ok();
-                (back, back)
-            }
-        };
-        if back {
-            records::with(|l| l.give(res, InstanceId::ZERO));
-            if took {
-                got.count[kind(res)] += 1;
-            }
-        } else {
-            got.corrupt += 1;
-        }
+        records::note(d, &action);
     }
-    // Words naming `k` that the record does not give it: written back as the record says.
-    let mut restores = alloc::vec::Vec::new();
-    for (res, word) in r.resources() {
-        if let Some(x) = records::with(|l| l.restore_action(res, k, word)).flatten() {
-            restores.push((res, x));
-        }
-    }
-    for (res, (owner, d)) in restores {
-        records::note(&d, &alloc::format!("written back as {owner:?}"));
-        let _ = r.overrule_owner(res, owner);
-    }
-    let left = records::with(|l| l.held_by(k).len()).unwrap_or(0);
-    if left == 0 {
-        records::with(|l| l.collected(k));
+    if out.left == 0 {
         if let Some(c) = COLLECTED.get(k.index()) {
             c.store(true, Ordering::SeqCst);
         }
     } else {
-        warn!("instance {k}: {left} resource(s) of its record did not come back; not collected");
+        warn!(
+            "instance {k}: {} resource(s) of instance 0's record did not come back; not collected",
+            out.left
+        );
     }
-    got
-}
-
-/// Instance 0 takes `res` by overruling its word (the reclaim step left it elsewhere: `why`).
-fn overrule(r: &mk_shared::SharedRegion<'_>, res: Resource, why: &str) -> bool {
-    warn!(
-        "{res:?}: the reclaim step did not bring it back ({why}); instance 0's record overrules the word"
-    );
-    r.overrule_owner(res, Owner::Owned(InstanceId::ZERO))
-        .is_ok()
-}
-
-/// Index of `res`'s table in [`Reclaimed::count`].
-fn kind(res: Resource) -> usize {
-    match res {
-        Resource::Cpu(_) => 0,
-        Resource::Irq(_) => 1,
-        Resource::Memory(_) => 2,
-    }
+    out.got
 }
 
 /// Set by the SHUTDOWN handler; acted on after the drain that sent the reply.

@@ -33,6 +33,8 @@ use mk_shared::{
 };
 
 #[cfg(test)]
+mod region_tests;
+#[cfg(test)]
 mod tests;
 
 /// The xAPIC broadcast destination: an INIT to it resets every CPU but the sender's.
@@ -765,6 +767,136 @@ impl Ledger {
     fn count(&mut self, d: Disagreement) -> Disagreement {
         self.disagreements += 1;
         d
+    }
+}
+
+/// What instance 0 did about one disagreement found while reclaiming ([`Ledger::reclaim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fix {
+    /// The record gives the resource to the dead instance: the word was overruled with
+    /// `Owned(0)`.
+    TakenBack,
+    /// The word named the dead instance for a resource the record gives elsewhere: written
+    /// back as the record says.
+    WrittenBack(Owner),
+    /// The word could not be written (no such resource in the region: a bug).
+    NotFixed,
+}
+
+/// What [`Ledger::reclaim`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reclaim {
+    /// Taken back (by compare-exchange or by overruling the word), rolled back, and not
+    /// back (`corrupt`: resources of the record whose word could not be written).
+    pub got: mk_shared::Reclaimed,
+    /// Every disagreement found (counted), and what was done about it: to log.
+    pub disagreements: Vec<(Disagreement, Fix)>,
+    /// Resources the record still gives the dead instance afterwards (0: it is collected).
+    pub left: usize,
+}
+
+impl Ledger {
+    /// Instance 0 takes back, into itself, everything the record gives the ended instance
+    /// `dead` (or has instance 0 handing to it), deciding by the record:
+    ///
+    /// * a word that agrees with the record, or shows `dead` handing the resource somewhere
+    ///   (its own act on what it held), goes through the usual compare-exchanges
+    ///   (`SharedRegion::reclaim_resource`: claimed, hand-back completed, transfers rolled
+    ///   back); if it ends anywhere but with instance 0 (it changed meanwhile) it is
+    ///   overruled;
+    /// * any other word (corrupt, `Free`, naming another instance) is overruled with
+    ///   `Owned(0)`: counted and reported, never a reason to stop;
+    /// * then every word naming `dead` for a resource the record gives elsewhere (a forgery)
+    ///   is written back as the record says, counted and reported.
+    ///
+    /// The record then gives instance 0 everything that came back; the instance is collected
+    /// only if nothing of the record is left ([`Reclaim::left`]). Sends nothing: call it
+    /// under the kernel's lock.
+    pub fn reclaim(&mut self, r: &mk_shared::SharedRegion<'_>, dead: InstanceId) -> Reclaim {
+        let zero = InstanceId::ZERO;
+        let mut out = Reclaim::default();
+        if dead.is_supervisor() || self.check(dead).is_err() {
+            out.left = self.held_by(dead).len();
+            return out;
+        }
+        for res in self.held_by(dead) {
+            let word = r.owner(res);
+            let (back, took) = match self.reclaim_action(res, dead, word) {
+                ReclaimAction::Step => match r.reclaim_resource(res, dead, zero) {
+                    Ok(step) => {
+                        out.got.rolled_back += step.rolled_back;
+                        if step.now == Owner::Owned(zero) {
+                            (true, step.took)
+                        } else {
+                            // It changed under us: the record decides.
+                            let d = self.count(Disagreement::Owner {
+                                resource: res,
+                                record: self.entry(res).unwrap_or_default(),
+                                word: Ok(step.now),
+                            });
+                            let back = r.overrule_owner(res, Owner::Owned(zero)).is_ok();
+                            out.disagreements.push((d, fix_taken(back)));
+                            (back, back)
+                        }
+                    }
+                    Err(e) => {
+                        let d = self.count(Disagreement::Owner {
+                            resource: res,
+                            record: self.entry(res).unwrap_or_default(),
+                            word: word_of(Err(e)),
+                        });
+                        let back = r.overrule_owner(res, Owner::Owned(zero)).is_ok();
+                        out.disagreements.push((d, fix_taken(back)));
+                        (back, back)
+                    }
+                },
+                ReclaimAction::Overrule(d) => {
+                    let back = r.overrule_owner(res, Owner::Owned(zero)).is_ok();
+                    out.disagreements.push((d, fix_taken(back)));
+                    (back, back)
+                }
+            };
+            if back {
+                // `give` cannot fail: `res` came from the record, 0 is an instance.
+                let _ = self.give(res, zero);
+                if took {
+                    out.got.count[kind(res)] += 1;
+                }
+            } else {
+                out.got.corrupt += 1;
+            }
+        }
+        let mut restores = Vec::new();
+        for (res, word) in r.resources() {
+            if let Some(x) = self.restore_action(res, dead, word) {
+                restores.push((res, x));
+            }
+        }
+        for (res, (owner, d)) in restores {
+            let fix = match r.overrule_owner(res, owner) {
+                Ok(_) => Fix::WrittenBack(owner),
+                Err(_) => Fix::NotFixed,
+            };
+            out.disagreements.push((d, fix));
+        }
+        out.left = self.held_by(dead).len();
+        if out.left == 0 {
+            self.collected(dead);
+        }
+        out
+    }
+}
+
+fn fix_taken(back: bool) -> Fix {
+    if back { Fix::TakenBack } else { Fix::NotFixed }
+}
+
+/// Index of `res`'s table in `Reclaimed::count`.
+fn kind(res: Resource) -> usize {
+    match res {
+        Resource::Cpu(_) => 0,
+        Resource::Irq(_) => 1,
+        Resource::Memory(_) => 2,
     }
 }
 
