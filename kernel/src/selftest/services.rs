@@ -328,6 +328,134 @@ pub(super) fn crash(arg: &str) -> Outcome {
 
 /// `shutdown=K`: instance K, asked by SHUTDOWN, answers, parks every one of its CPUs, hands
 /// every resource back; instance 0 takes them, and K is no longer sent to.
+/// `forged_words=K:V:T` (issue 15, items 1, 2, 9): instance K writes its id into every other
+/// CPU's owner word (instance 0's and V's included) and APIC ID 255's, forges a hand-off of
+/// one of instance 0's IRQ lines to T and asks T to take it, asks instance 0 to mask it, and
+/// writes `Stopped` into V's state word (`Dead` goes into instance 0's too); then it crashes. Nothing of
+/// that is obeyed: T and instance 0 refuse the requests; within a few watch periods both state
+/// words are running again and V still answers; the disagreements are counted; when K is
+/// declared dead only K's own CPUs are stopped (V's still take timer interrupts), everything
+/// K held comes back, and every forged word is written back as instance 0's record says.
+pub(super) fn forged_words(arg: &str) -> Outcome {
+    let mut parts = arg.split(':').map(parse_instance);
+    let (Some(k), Some(v), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("bad argument '{arg}' (want K:V:T)"));
+    };
+    let (k, v, t) = (k?, v?, t?);
+    ensure(k != v && k != t, || {
+        String::from("K must differ from V and T")
+    })?;
+    let r = region::get().ok_or("no shared region")?;
+    let held = held_by(k)?;
+    let v_cpus: Vec<u32> = r
+        .resources()
+        .filter_map(|(res, o)| match (res, o) {
+            (Resource::Cpu(c), Ok(Owner::Owned(x))) if x == iid(v) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let zero_cpus: Vec<u32> = crate::cpus::smp::cpu_list();
+    let line = (0..24u32)
+        .find(|&l| {
+            l != crate::services::irq::rtc_gsi()
+                && l != crate::services::irq::com2_gsi()
+                && crate::shared::records::with(|rec| rec.holder(Resource::Irq(l)))
+                    == Some(Some(iid(0)))
+                && r.owner(Resource::Irq(l)) == Ok(Owner::Owned(iid(0)))
+        })
+        .ok_or("no IRQ line of instance 0's to forge")?;
+    let before = crate::shared::records::disagreements();
+    let jobs = start_job(
+        k,
+        job::FORGE,
+        v as u64 | u64::from(line) << 8 | (t as u64) << 16,
+    )?;
+    let answers = wait_job(k, jobs, 10_000)?.job_result;
+    let refused = u64::from(Status::Refused.code()) + 1;
+    ensure(answers == refused | refused << 16, || {
+        format!(
+            "instance {t} answered the forged balance with code {}, instance 0 the mask with {} (want Refused for both)",
+            (answers & 0xFFFF) as i64 - 1,
+            (answers >> 16) as i64 - 1
+        )
+    })?;
+    // Instance 0's own word, as K could have written it (done here: while it says dead, K's
+    // reply telling the job's result could not reach instance 0).
+    r.instance(iid(0))
+        .map_err(|e| format!("{e:?}"))?
+        .overrule_state(InstanceState::Dead)
+        .map_err(|raw| format!("instance 0's state word was {raw:#x}"))?;
+    // A few watch periods: both state words are written back.
+    let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+    while state(v)? != InstanceState::Running || state(0)? != InstanceState::Running {
+        ensure(tsc::read() < deadline, || {
+            format!(
+                "after 2 s instance {v} is {:?}, instance 0 is {:?}",
+                state(v),
+                state(0)
+            )
+        })?;
+        messaging::poll();
+    }
+    ensure(!lifecycle::COLLECTED[v].load(Ordering::SeqCst), || {
+        format!("instance {v} was collected on a forged Stopped")
+    })?;
+    let ticks_before: Vec<u64> = v_cpus
+        .iter()
+        .map(|&c| ticks_in(v, c))
+        .collect::<Result<_, _>>()?;
+    // K crashes: instance 0 declares it dead and reclaims by its record.
+    let crash = Message::request(iid(0), Kind::User(user::CRASH), 1, peer::user_payload(&[]));
+    messaging::send(iid(k), &crash).map_err(|e| format!("crash request: {e:?}"))?;
+    let deadline = tsc::read() + 2 * heartbeat::dead_after_tsc() + 5000 * tsc::ticks_per_ms();
+    while !lifecycle::COLLECTED[k].load(Ordering::SeqCst) {
+        ensure(tsc::read() < deadline, || {
+            format!("instance {k} was not declared dead and collected in time")
+        })?;
+        messaging::poll();
+    }
+    check_taken_back(k, &held)?;
+    for (&c, &b) in v_cpus.iter().zip(&ticks_before) {
+        ensure(
+            r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(iid(v))),
+            || format!("CPU {c} of instance {v}: {:?}", r.owner(Resource::Cpu(c))),
+        )?;
+        let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+        while ticks_in(v, c)? <= b {
+            ensure(tsc::read() < deadline, || {
+                format!("CPU {c} of instance {v} takes no timer interrupts after {k} died")
+            })?;
+            messaging::poll();
+        }
+    }
+    for &c in &zero_cpus {
+        ensure(
+            r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(iid(0))),
+            || format!("CPU {c} of instance 0: {:?}", r.owner(Resource::Cpu(c))),
+        )?;
+    }
+    ensure(
+        r.owner(Resource::Cpu(0xFF)) == Ok(Owner::Free)
+            && r.owner(Resource::Irq(line)) == Ok(Owner::Owned(iid(0))),
+        || {
+            format!(
+                "APIC ID 255: {:?}, line {line}: {:?}",
+                r.owner(Resource::Cpu(0xFF)),
+                r.owner(Resource::Irq(line))
+            )
+        },
+    )?;
+    let after = crate::shared::records::disagreements();
+    ensure(after > before, || {
+        String::from("no disagreement was counted")
+    })?;
+    println!(
+        "forged_words: instance {k}'s forged owner and state words and requests were refused or written back ({} disagreement(s) counted); when it died only its own CPUs were stopped and instance {v} ran on",
+        after - before
+    );
+    Ok(())
+}
+
 pub(super) fn shutdown(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
     let cpus = region::get()
