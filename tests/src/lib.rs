@@ -504,6 +504,8 @@ fn instance_boots(boots: &mut Vec<Boot>) {
                 "respawn=2",
                 "shutdown=1",
                 "respawn=1",
+                "forged_words=2:1:3",
+                "respawn=2",
                 "query",
             ][..],
         ),

@@ -218,6 +218,10 @@ pub fn start_all(
     if let Err(e) = region::record_ownership(plan) {
         error!("ownership tables: {e}");
     }
+    // Instance 0's private record of the same, before anyone else runs: what it decides by.
+    if let Err(e) = crate::shared::records::init(plan, &cpus, crate::arch::ioapic::line_count()) {
+        error!("instance 0's records: {e}");
+    }
     if let Some(r) = region::get() {
         crate::console::use_shared(r);
     }

@@ -136,6 +136,7 @@ impl Launcher {
             desc.tests[..n].copy_from_slice(&t.as_bytes()[..n]);
             desc.tests_len = n as u32;
         }
+        crate::shared::records::with(|l| l.starting(id));
         region::set_booting(id, started);
         let l = launch::prepare(memory, self.shared, &self.kernel_file, page, root, &desc)
             .map_err(LaunchError::Prepare)?;
@@ -148,6 +149,8 @@ impl Launcher {
             _pad: 0,
         };
         smp::start_cpu(first, page, params).map_err(LaunchError::Cpu)?;
-        region::wait_running(id, self.wait_for(id)).map_err(LaunchError::Wait)
+        let started = region::wait_running(id, self.wait_for(id)).map_err(LaunchError::Wait)?;
+        crate::shared::records::with(|l| l.started(id));
+        Ok(started)
     }
 }

@@ -75,6 +75,7 @@ pub(super) static CASES: &[Case] = &[
     case("irq_forwarding", |_, arg| services::irq_forwarding(arg)),
     case("serial_irq", |_, arg| services::serial_irq(arg)),
     case("storm", |_, arg| services::storm(arg)),
+    case("forged_words", |_, arg| services::forged_words(arg)),
     // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),

@@ -147,6 +147,14 @@ pub(super) mod job {
     /// Send a benchmark CONTROL request (set the idle poll to forever) to instance `arg`, as
     /// a hostile peer would; result: the reply's status code + 1 (0: no reply).
     pub const CONTROL_TO: u64 = 12;
+    /// Behave as a hostile instance against the shared words (issue 15, items 1, 2, 9):
+    /// victim `arg & 0xFF`, IRQ line `(arg >> 8) & 0xFF` (instance 0's), accomplice
+    /// `(arg >> 16) & 0xFF`: write this instance's id into every other CPU's owner word and
+    /// into APIC ID 255's; put the line "in transit" from this instance to the accomplice and
+    /// ask it to take the line (IRQ_BALANCE), then ask instance 0 to mask it (IRQ_MASK); last,
+    /// `Stopped` into the victim's state word. Result: the balance's
+    /// status code + 1 (0: no answer) in bits 0..16, the mask's in bits 16..32.
+    pub const FORGE: u64 = 13;
 }
 
 /// Programs every ramdisk must hold, each a loadable ELF (`ramdisk_programs`).
@@ -317,6 +325,7 @@ fn run_job() {
                 Err(_) => 0,
             }
         }
+        job::FORGE => forge(arg),
         job::BALANCE_LINE => {
             match crate::services::irq::balance(
                 (arg & 0xFFFF_FFFF) as usize,
@@ -330,6 +339,50 @@ fn run_job() {
     };
     JOB_RESULT.store(result, Ordering::SeqCst);
     JOBS_DONE.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Job `FORGE`: what a hostile instance can write into the shared region with the region's
+/// own API (it could write anything, anywhere; these are the words instance 0 used to obey).
+fn forge(arg: u64) -> u64 {
+    use mk_shared::{InstanceState, Owner, Resource};
+    let Some(r) = crate::shared::region::get() else {
+        return 0;
+    };
+    let me = crate::instance::id();
+    let (victim, line, accomplice) = (
+        iid((arg & 0xFF) as usize),
+        (arg >> 8) as u32 & 0xFF,
+        iid(((arg >> 16) & 0xFF) as usize),
+    );
+    for apic in 0..mk_shared::MAX_APIC_IDS as u32 {
+        let cpu = Resource::Cpu(apic);
+        let theirs = matches!(r.owner(cpu), Ok(Owner::Owned(o)) if o != me);
+        if theirs || apic == 0xFF {
+            let _ = r.overrule_owner(cpu, Owner::Owned(me));
+        }
+    }
+    let res = Resource::Irq(line);
+    let _ = r.overrule_owner(res, Owner::Owned(me));
+    let _ = r.begin_transfer(res, me, accomplice);
+    let request = |to, kind| {
+        let p = mk_wire::Payload::IoIrq(mk_wire::IoIrqPayload {
+            irq: line,
+            vector: 0,
+            device_id: 0,
+            flags: mk_wire::IrqFlags::empty(),
+        });
+        match messaging::call(to, kind, p, 2000) {
+            Ok(reply) => u64::from(reply.status.code()) + 1,
+            Err(_) => 0,
+        }
+    };
+    let balance = request(accomplice, mk_wire::Kind::IrqBalance);
+    let mask = request(iid(0), mk_wire::Kind::IrqMask);
+    // Last: while the victim's word says stopped, nobody sends to it (replies included).
+    if let Ok(v) = r.instance(victim) {
+        let _ = v.overrule_state(InstanceState::Stopped);
+    }
+    balance | mask << 16
 }
 
 /// Halts for `ms` without arming the doorbells or draining (jobs `QUIET`, `SINKS`).

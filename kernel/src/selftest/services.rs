@@ -9,9 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use mk_shared::{InstanceState, Owner, Resource};
-use mk_wire::{
-    Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, ShutdownPayload, Status,
-};
+use mk_wire::{Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, Status};
 
 use super::harness::{Outcome, ensure, plan};
 use super::peer::{self, job, start_job, user, wait_job};
@@ -245,6 +243,9 @@ pub(super) fn crash(arg: &str) -> Outcome {
         .max()
         .unwrap_or(0);
     let incoming = Resource::memory_at((top0 & !(chunk_size - 1)) - chunk_size);
+    crate::shared::records::with(|l| l.start_handoff(incoming, iid(k)))
+        .ok_or("instance 0 keeps no record")?
+        .map_err(|e| format!("recording a hand-off to {k}: {e}"))?;
     let g_in = r
         .begin_transfer(incoming, iid(0), iid(k))
         .map_err(|e| format!("starting a hand-off to {k}: {e:?}"))?;
@@ -327,6 +328,134 @@ pub(super) fn crash(arg: &str) -> Outcome {
 
 /// `shutdown=K`: instance K, asked by SHUTDOWN, answers, parks every one of its CPUs, hands
 /// every resource back; instance 0 takes them, and K is no longer sent to.
+/// `forged_words=K:V:T` (issue 15, items 1, 2, 9): instance K writes its id into every other
+/// CPU's owner word (instance 0's and V's included) and APIC ID 255's, forges a hand-off of
+/// one of instance 0's IRQ lines to T and asks T to take it, asks instance 0 to mask it, and
+/// writes `Stopped` into V's state word (`Dead` goes into instance 0's too); then it crashes. Nothing of
+/// that is obeyed: T and instance 0 refuse the requests; within a few watch periods both state
+/// words are running again and V still answers; the disagreements are counted; when K is
+/// declared dead only K's own CPUs are stopped (V's still take timer interrupts), everything
+/// K held comes back, and every forged word is written back as instance 0's record says.
+pub(super) fn forged_words(arg: &str) -> Outcome {
+    let mut parts = arg.split(':').map(parse_instance);
+    let (Some(k), Some(v), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("bad argument '{arg}' (want K:V:T)"));
+    };
+    let (k, v, t) = (k?, v?, t?);
+    ensure(k != v && k != t, || {
+        String::from("K must differ from V and T")
+    })?;
+    let r = region::get().ok_or("no shared region")?;
+    let held = held_by(k)?;
+    let v_cpus: Vec<u32> = r
+        .resources()
+        .filter_map(|(res, o)| match (res, o) {
+            (Resource::Cpu(c), Ok(Owner::Owned(x))) if x == iid(v) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let zero_cpus: Vec<u32> = crate::cpus::smp::cpu_list();
+    let line = (0..24u32)
+        .find(|&l| {
+            l != crate::services::irq::rtc_gsi()
+                && l != crate::services::irq::com2_gsi()
+                && crate::shared::records::with(|rec| rec.holder(Resource::Irq(l)))
+                    == Some(Some(iid(0)))
+                && r.owner(Resource::Irq(l)) == Ok(Owner::Owned(iid(0)))
+        })
+        .ok_or("no IRQ line of instance 0's to forge")?;
+    let before = crate::shared::records::disagreements();
+    let jobs = start_job(
+        k,
+        job::FORGE,
+        v as u64 | u64::from(line) << 8 | (t as u64) << 16,
+    )?;
+    let answers = wait_job(k, jobs, 10_000)?.job_result;
+    let refused = u64::from(Status::Refused.code()) + 1;
+    ensure(answers == refused | refused << 16, || {
+        format!(
+            "instance {t} answered the forged balance with code {}, instance 0 the mask with {} (want Refused for both)",
+            (answers & 0xFFFF) as i64 - 1,
+            (answers >> 16) as i64 - 1
+        )
+    })?;
+    // Instance 0's own word, as K could have written it (done here: while it says dead, K's
+    // reply telling the job's result could not reach instance 0).
+    r.instance(iid(0))
+        .map_err(|e| format!("{e:?}"))?
+        .overrule_state(InstanceState::Dead)
+        .map_err(|raw| format!("instance 0's state word was {raw:#x}"))?;
+    // A few watch periods: both state words are written back.
+    let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+    while state(v)? != InstanceState::Running || state(0)? != InstanceState::Running {
+        ensure(tsc::read() < deadline, || {
+            format!(
+                "after 2 s instance {v} is {:?}, instance 0 is {:?}",
+                state(v),
+                state(0)
+            )
+        })?;
+        messaging::poll();
+    }
+    ensure(!lifecycle::COLLECTED[v].load(Ordering::SeqCst), || {
+        format!("instance {v} was collected on a forged Stopped")
+    })?;
+    let ticks_before: Vec<u64> = v_cpus
+        .iter()
+        .map(|&c| ticks_in(v, c))
+        .collect::<Result<_, _>>()?;
+    // K crashes: instance 0 declares it dead and reclaims by its record.
+    let crash = Message::request(iid(0), Kind::User(user::CRASH), 1, peer::user_payload(&[]));
+    messaging::send(iid(k), &crash).map_err(|e| format!("crash request: {e:?}"))?;
+    let deadline = tsc::read() + 2 * heartbeat::dead_after_tsc() + 5000 * tsc::ticks_per_ms();
+    while !lifecycle::COLLECTED[k].load(Ordering::SeqCst) {
+        ensure(tsc::read() < deadline, || {
+            format!("instance {k} was not declared dead and collected in time")
+        })?;
+        messaging::poll();
+    }
+    check_taken_back(k, &held)?;
+    for (&c, &b) in v_cpus.iter().zip(&ticks_before) {
+        ensure(
+            r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(iid(v))),
+            || format!("CPU {c} of instance {v}: {:?}", r.owner(Resource::Cpu(c))),
+        )?;
+        let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+        while ticks_in(v, c)? <= b {
+            ensure(tsc::read() < deadline, || {
+                format!("CPU {c} of instance {v} takes no timer interrupts after {k} died")
+            })?;
+            messaging::poll();
+        }
+    }
+    for &c in &zero_cpus {
+        ensure(
+            r.owner(Resource::Cpu(c)) == Ok(Owner::Owned(iid(0))),
+            || format!("CPU {c} of instance 0: {:?}", r.owner(Resource::Cpu(c))),
+        )?;
+    }
+    ensure(
+        r.owner(Resource::Cpu(0xFF)) == Ok(Owner::Free)
+            && r.owner(Resource::Irq(line)) == Ok(Owner::Owned(iid(0))),
+        || {
+            format!(
+                "APIC ID 255: {:?}, line {line}: {:?}",
+                r.owner(Resource::Cpu(0xFF)),
+                r.owner(Resource::Irq(line))
+            )
+        },
+    )?;
+    let after = crate::shared::records::disagreements();
+    ensure(after > before, || {
+        String::from("no disagreement was counted")
+    })?;
+    println!(
+        "forged_words: instance {k}'s forged owner and state words and requests were refused or written back ({} disagreement(s) counted); when it died only its own CPUs were stopped and instance {v} ran on",
+        after - before
+    );
+    Ok(())
+}
+
 pub(super) fn shutdown(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
     let cpus = region::get()
@@ -334,15 +463,10 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
         .and_then(|i| i.resources().ok())
         .map_or(0, |res| res.cpus().len()) as u64;
     let held = held_by(k)?;
-    let request = Payload::Shutdown(ShutdownPayload {
-        reason: mk_wire::ShutdownReason::Requested,
-        flags: ShutdownFlags::RETURN_RESOURCES,
-        deadline_ticks: 0,
-    });
-    let reply = messaging::call(iid(k), Kind::Shutdown, request, 2000)
+    let status = lifecycle::request_stop(iid(k), ShutdownFlags::RETURN_RESOURCES)
         .map_err(|e| format!("shutdown call: {e:?}"))?;
-    ensure(reply.status == mk_wire::Status::Ok, || {
-        format!("shutdown answered {:?}", reply.status)
+    ensure(status == mk_wire::Status::Ok, || {
+        format!("shutdown answered {status:?}")
     })?;
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     while !lifecycle::COLLECTED[k].load(Ordering::SeqCst) {
@@ -464,28 +588,49 @@ pub(super) fn cpu_hotplug() -> Outcome {
     let (first1, second1, only2) = (p1.cpus[0], p1.cpus[1], p2.cpus[0]);
     move_and_check(second1, 1, 2)?;
     move_and_check(second1, 2, 1)?;
+    // Instance 0's record refuses what the giver does not hold, or what does not exist,
+    // before the giver is asked; the giver refuses its first or only CPU.
+    let not_holder = |apic: u32, holder: usize| {
+        MoveError::Record(mk_ledger::Refusal::NotHolder {
+            resource: Resource::Cpu(apic),
+            holder: Some(iid(holder)),
+            named: iid(1),
+        })
+    };
     let refusals = [
-        (first1, 1, 2, Status::Refused, "instance 1's first CPU"),
-        (only2, 2, 1, Status::Refused, "instance 2's only CPU"),
+        (
+            first1,
+            1,
+            2,
+            MoveError::Refused(Status::Refused),
+            "instance 1's first CPU",
+        ),
+        (
+            only2,
+            2,
+            1,
+            MoveError::Refused(Status::Refused),
+            "instance 2's only CPU",
+        ),
         (
             only2,
             1,
             2,
-            Status::NotOwner,
+            not_holder(only2, 2),
             "a CPU instance 1 does not own",
         ),
         (
             300,
             1,
             2,
-            Status::NoSuchResource,
+            MoveError::Record(mk_ledger::Refusal::NoSuchResource(Resource::Cpu(300))),
             "a CPU that does not exist",
         ),
     ];
     for (apic, from, to, want, what) in refusals {
         let got = move_cpu(apic, iid(from), iid(to));
-        ensure(got == Err(MoveError::Refused(want)), || {
-            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        ensure(got == Err(want), || {
+            format!("moving {what} gave {got:?}, expected {want:?}")
         })?;
     }
     let r = region::get().ok_or("no shared region")?;
@@ -540,23 +685,32 @@ pub(super) fn mem_hotplug() -> Outcome {
     let low1 = p1.memory[0].start.next_multiple_of(chunk);
     let low2 = p2.memory[0].start.next_multiple_of(chunk);
     for (s, l, want, what) in [
-        (low1, chunk, Status::Busy, "instance 1's memory in use"),
+        (
+            low1,
+            chunk,
+            MoveError::Refused(Status::Busy),
+            "instance 1's memory in use",
+        ),
         (
             start + 4096,
             len - chunk,
-            Status::InvalidArgument,
+            MoveError::Refused(Status::InvalidArgument),
             "a range not 2 MiB aligned",
         ),
         (
             low2,
             chunk,
-            Status::NotOwner,
-            "memory instance 1 does not own",
+            MoveError::Record(mk_ledger::Refusal::NotHolder {
+                resource: Resource::memory_at(low2),
+                holder: Some(iid(2)),
+                named: iid(1),
+            }),
+            "memory instance 1 does not own (by instance 0's record)",
         ),
     ] {
         let got = move_memory(s, l, iid(1), iid(2));
-        ensure(got == Err(MoveError::Refused(want)), || {
-            format!("moving {what} gave {got:?}, expected Refused({want:?})")
+        ensure(got == Err(want), || {
+            format!("moving {what} gave {got:?}, expected {want:?}")
         })?;
     }
     ensure(
@@ -877,6 +1031,7 @@ pub(super) fn storm(arg: &str) -> Outcome {
         .collect();
     let r = region::get().ok_or("no shared region")?;
     let before = census()?;
+    let disagreements_before = crate::shared::records::disagreements();
     let mem_before: Vec<u64> = (1..count).map(memory_of).collect::<Result<_, _>>()?;
     let chunks_before: Vec<u64> = (0..count).map(|k| before.owned[2][k]).collect();
     let seed = tsc::read() | 1;
@@ -926,13 +1081,18 @@ pub(super) fn storm(arg: &str) -> Outcome {
                 let line = LINES[rng.below(LINES.len() as u64) as usize];
                 let from = owner_of(Resource::Irq(line))?;
                 let to = (from + 1 + rng.below(count as u64 - 1) as usize) % count;
+                // Lines move through instance 0 (its record of who holds each): an owner
+                // other than 0 hands the line back, and instance 0 hands it on.
                 let result = if from == 0 {
                     irq::balance(line as usize, iid(to))
                         .map_or_else(|s| u64::from(s.code()) + 1, |()| 0)
                 } else {
-                    let jobs =
-                        start_job(from, job::BALANCE_LINE, u64::from(line) | (to as u64) << 32)?;
-                    wait_job(from, jobs, 10_000)?.job_result
+                    let jobs = start_job(from, job::BALANCE_LINE, u64::from(line))?;
+                    match wait_job(from, jobs, 10_000)?.job_result {
+                        0 if to != 0 => irq::balance(line as usize, iid(to))
+                            .map_or_else(|s| u64::from(s.code()) + 1, |()| 0),
+                        other => other,
+                    }
                 };
                 ensure(result == 0, || {
                     format!(
@@ -945,6 +1105,13 @@ pub(super) fn storm(arg: &str) -> Outcome {
         }
     }
     let after = census()?;
+    let disagreements = crate::shared::records::disagreements();
+    ensure(disagreements == disagreements_before, || {
+        format!(
+            "{} disagreement(s) between instance 0's record and the shared table during the storm",
+            disagreements - disagreements_before
+        )
+    })?;
     ensure(after.in_transit == 0, || {
         format!("{} resources left in transit", after.in_transit)
     })?;

@@ -29,11 +29,11 @@ use mk_dispatch::Reply;
 use mk_shared::{Owner, Resource};
 use mk_wire::{CpuFlags, CpuPayload, HandoffPhase, Kind, Message, Payload, Status};
 
-use super::moves::MoveError;
+use super::moves::{self, MoveError};
 use crate::cpus::smp;
 use crate::instance::InstanceId;
 use crate::messaging;
-use crate::shared::region;
+use crate::shared::{records, region};
 
 /// How long the giver waits for the CPU to park.
 const PARK_TIMEOUT_MS: u64 = 1000;
@@ -157,9 +157,16 @@ fn join(apic: u32) -> Result<(), Status> {
 }
 
 /// Instance 0: moves CPU `apic` from instance `from` to instance `to` (either may be 0).
+/// Instance 0's record must give the CPU to `from` and the owner word must agree; the giver's
+/// hand-back must show in the word with the generation it reports (both checked, never taken
+/// on trust); the record follows every step.
 pub fn move_cpu(apic: u32, from: InstanceId, to: InstanceId) -> Result<(), MoveError> {
     let r = region::get().ok_or(MoveError::Refused(Status::InternalError))?;
     let cpu = Resource::Cpu(apic);
+    if from == to {
+        return Err(MoveError::Refused(Status::InvalidArgument));
+    }
+    moves::check_giver(cpu, from)?;
     // Step 1: the giver parks it and hands it to instance 0.
     if from.is_supervisor() {
         smp::park_cpu(apic, PARK_TIMEOUT_MS).map_err(|_| MoveError::Refused(Status::Refused))?;
@@ -178,16 +185,27 @@ pub fn move_cpu(apic: u32, from: InstanceId, to: InstanceId) -> Result<(), MoveE
         let Payload::Cpu(p) = reply.payload else {
             return Err(MoveError::Refused(Status::InternalError));
         };
+        moves::check_handed_back(r, cpu, from, p.generation)?;
         r.complete_transfer(cpu, InstanceId::ZERO, p.generation)
             .map_err(MoveError::Table)?;
+        records::with(|l| l.give(cpu, InstanceId::ZERO));
     }
     // Step 2: instance 0 hands it to the receiver, which starts it.
     if to.is_supervisor() {
         return join(apic).map_err(MoveError::ReceiverRefused);
     }
-    let g = r
-        .begin_transfer(cpu, InstanceId::ZERO, to)
-        .map_err(MoveError::Table)?;
+    match records::with(|l| l.start_handoff(cpu, to)) {
+        Some(Ok(())) => {}
+        Some(Err(refusal)) => return Err(MoveError::Record(refusal)),
+        None => return Err(MoveError::Refused(Status::InternalError)),
+    }
+    let g = match r.begin_transfer(cpu, InstanceId::ZERO, to) {
+        Ok(g) => g,
+        Err(e) => {
+            moves::settle_handoff(r, cpu, to, false);
+            return Err(MoveError::Table(e));
+        }
+    };
     let outcome = messaging::call(
         to,
         Kind::CpuAdd,
@@ -199,6 +217,7 @@ pub fn move_cpu(apic: u32, from: InstanceId, to: InstanceId) -> Result<(), MoveE
         // Roll back if the receiver did not take it: the CPU stays parked with instance 0.
         let _ = r.abort_transfer(cpu, InstanceId::ZERO, g);
     }
+    moves::settle_handoff(r, cpu, to, result.is_ok());
     result
 }
 

@@ -4,10 +4,12 @@
 //! | request | sent by → to | what happens |
 //! |---|---|---|
 //! | IRQ_FORWARD (one-way) | owner → subscriber | "line N fired": the owner forwards each interrupt of a line to the instances it forwards that line to (`forward`); the subscriber counts it |
-//! | IRQ_BALANCE (call) | owner → new owner | two-phase: the owner `begin_transfer`s the line to the target; the target routes the line's redirection entry to its own first CPU, installs its handler and `complete_transfer`s; a refusal makes the owner abort (the line stays routed to it) |
-//! | IRQ_MASK / IRQ_UNMASK (call) | anyone → owner | the owner masks or unmasks the line |
+//! | IRQ_BALANCE (call) | instance 0 → new owner, or owner → instance 0 | two-phase: the owner `begin_transfer`s the line to the target; the target routes the line's redirection entry to its own first CPU, installs its handler and `complete_transfer`s; a refusal makes the owner abort (the line stays routed to it). Lines move only through instance 0, which keeps the record of who holds each (`shared::records`): another instance takes a line only from 0, and 0 takes one back only from the holder its record names |
+//! | IRQ_MASK / IRQ_UNMASK (call) | instance 0 → owner | the owner masks or unmasks the line; refused from anyone else |
 //!
-//! Refused with a status: a line that does not exist (`NoSuchResource`), a request to an
+//! Refused with a status: a request from an instance without the authority (`Refused`: a
+//! mask or unmask not from instance 0, a balance to an instance other than 0 not from
+//! instance 0), a line that does not exist (`NoSuchResource`), a request to an
 //! instance that does not own the line, or a balance the sender has not started
 //! (`NotOwner`). The IO APIC is shared hardware: every access to it holds the cross-instance
 //! IO APIC lock (`arch::x86::ioapic`); a wait for it that times out (another instance holds it
@@ -26,7 +28,7 @@ use crate::arch::vectors;
 use crate::arch::{cpu, interrupts, ioapic};
 use crate::instance::InstanceId;
 use crate::messaging;
-use crate::shared::region;
+use crate::shared::{records, region};
 
 /// Per line (owner side): bit k set = forward this line's interrupts to instance k.
 static FORWARD_TO: [AtomicU32; MAX_IRQS] = [const { AtomicU32::new(0) }; MAX_IRQS];
@@ -226,8 +228,12 @@ pub fn acknowledge_for_task(line: usize) -> Result<(), mk_abi::Error> {
     })
 }
 
-/// IRQ_MASK and IRQ_UNMASK, in the owner.
+/// IRQ_MASK and IRQ_UNMASK, in the owner: only instance 0 (which brokered the line to this
+/// instance) may ask; anyone else is refused.
 pub fn handle_mask(m: &Message) -> Option<Reply> {
+    if !m.sender.is_supervisor() {
+        return Some(reply(Err(Status::Refused)));
+    }
     let result = irq_of(m).and_then(|line| set_masked_here(line, m.kind == Kind::IrqMask));
     Some(reply(result))
 }
@@ -267,12 +273,19 @@ fn reply(result: Result<(), Status>) -> Reply {
     }
 }
 
-/// IRQ_BALANCE, in the new owner: take the line the sender has started handing over.
+/// IRQ_BALANCE, in the new owner: take the line the sender has started handing over. Every
+/// balance goes through instance 0, which keeps the record of who holds each line: an
+/// instance other than 0 takes a line only from instance 0; instance 0 takes one back only
+/// from the instance its record gives the line to, the word agreeing. (So a forged in-transit
+/// word cannot make anyone take another instance's line.)
 pub fn handle_balance(m: &Message) -> Option<Reply> {
     let me = crate::instance::id();
     let result = irq_of(m).and_then(|line| {
         let r = region::get().ok_or(Status::InternalError)?;
         let res = Resource::Irq(line as u32);
+        if !me.is_supervisor() && !m.sender.is_supervisor() {
+            return Err(Status::Refused);
+        }
         let generation = match r.owner(res) {
             Ok(Owner::InTransit {
                 from,
@@ -281,25 +294,61 @@ pub fn handle_balance(m: &Message) -> Option<Reply> {
             }) if from == m.sender && to == me => generation,
             _ => return Err(Status::NotOwner),
         };
+        if me.is_supervisor() {
+            let word = r.owner(res);
+            match records::with(|l| l.check_handed_back(res, m.sender, generation, word)) {
+                Some(Ok(())) => {}
+                Some(Err(d)) => {
+                    records::note(&d, "the line is not taken");
+                    return Err(Status::NotOwner);
+                }
+                None => return Err(Status::InternalError),
+            }
+        }
         take_line(line)?;
         r.complete_transfer(res, me, generation)
-            .map_err(|_| Status::StaleGeneration)
+            .map_err(|_| Status::StaleGeneration)?;
+        records::with(|l| l.give(res, me));
+        Ok(())
     });
     Some(reply(result))
 }
 
 /// Owner: hands `line` to instance `to`, which routes it to itself. Forwarding set up here
-/// stops (the new owner decides its own).
+/// stops (the new owner decides its own). Instance 0 hands a line to anyone, its record
+/// agreeing; any other owner only back to instance 0 (which may then hand it on).
 pub fn balance(line: usize, to: InstanceId) -> Result<(), Status> {
     let me = crate::instance::id();
     owns(line)?;
     let r = region::get().ok_or(Status::InternalError)?;
     let res = Resource::Irq(line as u32);
-    let g = r
-        .begin_transfer(res, me, to)
-        .map_err(|_| Status::InvalidArgument)?;
+    if me.is_supervisor() {
+        let word = r.owner(res);
+        match records::with(|l| {
+            l.may_give(res, me, word)
+                .and_then(|()| l.start_handoff(res, to))
+        }) {
+            Some(Ok(())) => {}
+            Some(Err(refusal)) => {
+                if let mk_ledger::Refusal::Word(d) = &refusal {
+                    records::note(d, "the balance is refused");
+                }
+                return Err(Status::NotOwner);
+            }
+            None => return Err(Status::InternalError),
+        }
+    } else if !to.is_supervisor() {
+        return Err(Status::Refused);
+    }
+    let g = match r.begin_transfer(res, me, to) {
+        Ok(g) => g,
+        Err(_) => {
+            super::moves::settle_handoff(r, res, to, false);
+            return Err(Status::InvalidArgument);
+        }
+    };
     let outcome = messaging::call(to, Kind::IrqBalance, payload(line), 5000);
-    match outcome {
+    let result = match outcome {
         Ok(reply) if reply.status == Status::Ok => {
             FORWARD_TO[line].store(0, Ordering::SeqCst);
             DRIVEN_ELSEWHERE.fetch_and(!(1 << line), Ordering::SeqCst);
@@ -312,7 +361,11 @@ pub fn balance(line: usize, to: InstanceId) -> Result<(), Status> {
                 Err(_) => Status::Timeout,
             })
         }
+    };
+    if me.is_supervisor() {
+        super::moves::settle_handoff(r, res, to, result.is_ok());
     }
+    result
 }
 
 /// Asks the owner `owner` to mask (`mask`) or unmask line `irq`.

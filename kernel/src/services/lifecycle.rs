@@ -27,7 +27,7 @@ use super::heartbeat;
 use crate::arch::tsc;
 use crate::cpus::smp;
 use crate::instance::InstanceId;
-use crate::shared::region;
+use crate::shared::{records, region};
 use crate::{info, warn};
 
 const MAX: usize = mk_shared::MAX_INSTANCES;
@@ -37,41 +37,87 @@ pub static DECLARED_DEAD_AT: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MA
 /// Instance 0: per instance, whether its resources were taken back after it stopped or died.
 pub static COLLECTED: [AtomicBool; MAX] = [const { AtomicBool::new(false) }; MAX];
 
-/// Instance 0, after each drain (at most once a heartbeat period): takes back what every
-/// instance that shut down handed over, and declares dead every running instance silent for
-/// longer than `heartbeat::dead_after_tsc`.
+/// Instance 0, after each drain (at most once a heartbeat period): reads every state word
+/// (its own included) and acts on what its own record says of that instance
+/// (`mk_ledger::Ledger::judge`): takes back what an instance it asked to stop handed over,
+/// declares dead every instance it has running that was silent for longer than
+/// `heartbeat::dead_after_tsc`, and writes back any state word that disagrees with the record
+/// (another instance wrote it), logging and counting the disagreement.
 pub fn watch() {
     if !heartbeat::watch_due() {
         return;
     }
     let now = tsc::read();
     let Some(r) = region::get() else { return };
-    for k in r.ids().skip(1) {
+    for k in r.ids() {
         let Ok(inst) = r.instance(k) else { continue };
-        match inst.state() {
-            Ok(InstanceState::Running) => {}
-            Ok(InstanceState::Stopped) => {
-                // Shut down by request: take back what it handed over.
-                collect_stopped(k);
-                continue;
-            }
-            _ => continue,
+        let word = inst.state().map_err(|_| inst.state_word());
+        let Some(v) = records::with(|l| l.judge(k, word)) else {
+            return;
+        };
+        if let Some(to) = v.restore {
+            let _ = inst.overrule_state(to);
         }
-        let silent = heartbeat::silence(k, inst.heartbeat(), now);
-        if silent > heartbeat::dead_after_tsc() {
-            declare_dead(k, silent);
+        if let Some(d) = &v.disagreement {
+            match v.restore {
+                Some(to) => records::note(d, &alloc::format!("wrote {} back", to.name())),
+                None => records::note(d, "watching its signs of life"),
+            }
+        }
+        if v.collect {
+            collect_stopped(k);
+            continue;
+        }
+        if v.watch_liveness {
+            let silent = heartbeat::silence(k, inst.heartbeat(), now);
+            if silent > heartbeat::dead_after_tsc() {
+                declare_dead(k, silent);
+            }
         }
     }
 }
 
+/// Instance 0: asks instance `k` to shut down (`flags` as SHUTDOWN carries them), noting in
+/// its record that a `Stopped` word is now expected of `k` (only then is one collected). A
+/// refusal or a failed call puts the record back to running. The reply's status on an answer.
+pub fn request_stop(k: InstanceId, flags: mk_wire::ShutdownFlags) -> Result<Status, StopError> {
+    match records::with(|l| l.ask_stop(k)) {
+        Some(Ok(())) => {}
+        Some(Err(life)) => return Err(StopError::NotRunning(life)),
+        None => return Err(StopError::NoRecord),
+    }
+    let request = Payload::Shutdown(mk_wire::ShutdownPayload {
+        reason: mk_wire::ShutdownReason::Requested,
+        flags,
+        deadline_ticks: 0,
+    });
+    let answer = crate::messaging::call(k, mk_wire::Kind::Shutdown, request, 2000);
+    if !matches!(&answer, Ok(reply) if reply.status == Status::Ok) {
+        records::with(|l| l.stop_refused(k));
+    }
+    answer.map(|reply| reply.status).map_err(StopError::Call)
+}
+
+/// Why [`request_stop`] sent nothing, or got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopError {
+    /// This instance keeps no record (it is not instance 0).
+    NoRecord,
+    /// Instance 0's record does not have the instance running (the caller's argument).
+    NotRunning(mk_ledger::Life),
+    /// The call failed (the instance did not answer).
+    Call(crate::messaging::CallFailure),
+}
+
 /// Instance 0: declares instance `k` dead (it was silent for `silent` TSC ticks) and takes
-/// back everything it held.
+/// back everything its record gives it. The state word becomes `Dead` whatever it held.
 pub fn declare_dead(k: InstanceId, silent: u64) {
     let Some(r) = region::get() else { return };
     let Ok(inst) = r.instance(k) else { return };
-    if inst.set_state(InstanceState::Dead).is_err() {
+    if records::with(|l| l.declare_dead(k)) != Some(Ok(())) {
         return;
     }
+    let _ = inst.overrule_state(InstanceState::Dead);
     let (stopped, got) = stop_and_take_back(r, k);
     warn!(
         "instance {k} declared dead after {} ms without a sign of life; stopped its CPUs {stopped:?}; took back {} CPU(s), {} IRQ line(s), {} MiB, rolled back {} transfer(s)",
@@ -83,17 +129,17 @@ pub fn declare_dead(k: InstanceId, silent: u64) {
     );
 }
 
-/// Instance 0 gave up starting instance `k` (`region::wait_running` failed, so its state is no
-/// longer `Booting`): stops its CPUs, wherever its boot got to, and takes back everything it was
-/// given, so that it ends stopped and reclaimed, never running while instance 0 counts it out.
+/// Instance 0 gave up starting instance `k` (its launch failed): stops its CPUs, wherever its
+/// boot got to, and takes back everything it was given, so that it ends stopped and
+/// reclaimed, never running while instance 0 counts it out. The record decides (it has `k`
+/// starting); the state word becomes `Dead` whatever it held.
 pub fn give_up(k: InstanceId, why: &dyn core::fmt::Display) {
     let Some(r) = region::get() else { return };
     let Ok(inst) = r.instance(k) else { return };
-    match inst.state() {
-        Ok(InstanceState::Dead) => {}
-        // Anything else (it went on running, or someone stopped it): nothing to collect here.
-        _ => return,
+    if records::with(|l| l.declare_dead(k)) != Some(Ok(())) {
+        return;
     }
+    let _ = inst.overrule_state(InstanceState::Dead);
     let (stopped, got) = stop_and_take_back(r, k);
     warn!(
         "instance {k} did not start: {why}; stopped its CPUs {stopped:?}; took back {} CPU(s), {} MiB",
@@ -110,8 +156,8 @@ fn stop_and_take_back(
     if let Some(d) = DECLARED_DEAD_AT.get(k.index()) {
         d.store(tsc::read(), Ordering::SeqCst);
     }
-    let stopped = stop_cpus_of(r, k);
-    (stopped, take_back(k))
+    let stopped = stop_cpus_of(k);
+    (stopped, take_back(r, k))
 }
 
 /// Instance 0: instance `k` stopped on request; takes back what it handed over (once).
@@ -122,7 +168,8 @@ pub fn collect_stopped(k: InstanceId) {
     {
         return;
     }
-    let got = take_back(k);
+    let Some(r) = region::get() else { return };
+    let got = take_back(r, k);
     info!(
         "instance {k} stopped; took back {} CPU(s), {} IRQ line(s), {} MiB",
         got.cpus(),
@@ -131,42 +178,53 @@ pub fn collect_stopped(k: InstanceId) {
     );
 }
 
-/// Stops every CPU the ownership table gives to (or has in transit to or from) the dead
-/// instance `k` with an INIT IPI: a crashed instance's other CPUs would otherwise go on
-/// running its code from memory that instance 0 is about to take back (and may give to a new
-/// instance). INIT leaves a CPU waiting for a start-up IPI, which any later start sends.
-fn stop_cpus_of(r: &mk_shared::SharedRegion<'_>, k: InstanceId) -> alloc::vec::Vec<u32> {
-    let mut stopped = alloc::vec::Vec::new();
-    for (res, owner) in r.resources().take(mk_shared::MAX_APIC_IDS) {
-        let Resource::Cpu(apic) = res else { break };
-        let involved = match owner {
-            Ok(Owner::Owned(o)) => o == k,
-            Ok(Owner::InTransit { from, to, .. }) => from == k || to == k,
-            _ => false,
-        };
-        if involved {
-            crate::arch::cpu::current().with_lapic(|l| l.send_init(apic));
-            stopped.push(apic);
-        }
+/// Stops with an INIT IPI every CPU that instance 0's record gives the dead instance `k` (or
+/// has instance 0 handing to it), that the MADT lists, and that instance 0 does not run on
+/// (`mk_ledger::Ledger::cpus_to_stop`; never the xAPIC broadcast ID): a crashed instance's
+/// other CPUs would otherwise go on running its code from memory that instance 0 is about to
+/// take back. The shared owner words play no part: a forged one names a CPU that is not `k`'s.
+/// INIT leaves a CPU waiting for a start-up IPI, which any later start sends.
+fn stop_cpus_of(k: InstanceId) -> alloc::vec::Vec<u32> {
+    let here = smp::cpu_list();
+    let stopped = records::with(|l| l.cpus_to_stop(k, &here)).unwrap_or_default();
+    for &apic in &stopped {
+        crate::arch::cpu::current().with_lapic(|l| l.send_init(apic));
     }
     stopped
 }
 
-fn take_back(k: InstanceId) -> Reclaimed {
-    let Some(r) = region::get() else {
-        return Reclaimed::default();
-    };
-    if let Ok(m) = r.mailbox() {
+/// Instance 0: takes back, into itself, everything its record gives the ended instance `k`
+/// (`mk_ledger::Ledger::reclaim`: by compare-exchange where the owner word agrees, by
+/// overruling it where it does not; words naming `k` for resources the record gives
+/// elsewhere written back), after marking its mailboxes dead through the view cached at boot.
+/// Every disagreement is logged. `k` counts as collected only if nothing of its record is
+/// left.
+fn take_back(r: &mk_shared::SharedRegion<'_>, k: InstanceId) -> Reclaimed {
+    if let Some(m) = records::mailboxes() {
         let _ = m.mark_instance_dead(k);
     }
-    let got = r.reclaim(k, InstanceId::ZERO).unwrap_or_else(|e| {
-        warn!("taking back instance {k}'s resources: {e:?}");
-        Reclaimed::default()
-    });
-    if let Some(c) = COLLECTED.get(k.index()) {
-        c.store(true, Ordering::SeqCst);
+    let Some(out) = records::with(|l| l.reclaim(r, k)) else {
+        return Reclaimed::default();
+    };
+    for (d, fix) in &out.disagreements {
+        let action = match fix {
+            mk_ledger::Fix::TakenBack => alloc::string::String::from("taken back all the same"),
+            mk_ledger::Fix::WrittenBack(o) => alloc::format!("written back as {o:?}"),
+            mk_ledger::Fix::NotFixed => alloc::string::String::from("could not be written"),
+        };
+        records::note(d, &action);
     }
-    got
+    if out.left == 0 {
+        if let Some(c) = COLLECTED.get(k.index()) {
+            c.store(true, Ordering::SeqCst);
+        }
+    } else {
+        warn!(
+            "instance {k}: {} resource(s) of instance 0's record did not come back; not collected",
+            out.left
+        );
+    }
+    out.got
 }
 
 /// Set by the SHUTDOWN handler; acted on after the drain that sent the reply.
@@ -271,24 +329,26 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
     use RespawnError as E;
     let r = region::get().ok_or(E::NoRegion)?;
     let inst = r.instance(k).map_err(|_| E::NoSuchInstance)?;
-    match inst.state() {
-        Ok(InstanceState::Dead | InstanceState::Stopped) => {}
-        Ok(s) => return Err(E::NotEnded(s)),
-        Err(_) => return Err(E::NotEnded(InstanceState::Empty)),
+    // The record decides whether `k` ended and came back, not its state word (which `k` or
+    // anyone else may have written).
+    match records::with(|l| l.may_respawn(k)) {
+        None => return Err(E::NoPlan),
+        Some(Ok(())) => {}
+        Some(Err(mk_ledger::Life::Ended {
+            collected: false, ..
+        })) => return Err(E::NotCollected),
+        Some(Err(life)) => return Err(E::NotEnded(life)),
     }
     let (Some(collected), Some(dead_at)) =
         (COLLECTED.get(k.index()), DECLARED_DEAD_AT.get(k.index()))
     else {
         return Err(E::NoSuchInstance);
     };
-    if !collected.load(Ordering::SeqCst) {
-        return Err(E::NotCollected);
-    }
     let plan = crate::cpus::launch::PLAN.get().ok_or(E::NoPlan)?;
     let p = plan.partition(k.index()).ok_or(E::NoSuchInstance)?;
     let mut cpus = alloc::vec::Vec::new();
     for &c in p.cpus {
-        if r.owner(Resource::Cpu(c)) != Ok(Owner::Owned(InstanceId::ZERO)) {
+        if !with_instance_0(r, Resource::Cpu(c)) {
             continue;
         }
         if smp::slot_of(c).is_some() {
@@ -303,28 +363,20 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
     if memory.is_empty() {
         return Err(E::NoMemory);
     }
-    // Give the resources to k (it is not running: a plain claim from instance 0).
-    for &c in &cpus {
-        r.claim(Resource::Cpu(c), k, Some(InstanceId::ZERO))
-            .map_err(|e| E::Claim(c, e))?;
-    }
-    for m in &memory {
-        for chunk in whole_chunks(m.start, m.end()) {
-            let _ = r.claim(chunk, k, Some(InstanceId::ZERO));
-        }
-    }
-    if let Ok(m) = r.mailbox() {
-        m.reset_instance(k).map_err(E::Mailboxes)?;
-    }
+    let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
+    // From here on the record has it starting: whatever fails, `give_up` stops what may
+    // have started and takes back what it was given, by the record.
+    records::with(|l| l.starting(k));
     collected.store(false, Ordering::SeqCst);
     dead_at.store(0, Ordering::SeqCst);
     heartbeat::forget(k);
-    inst.set_state(InstanceState::Empty).map_err(E::State)?;
-    // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
-    for m in &memory {
-        crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
+    if let Err(e) = hand_over(r, &inst, k, &cpus, &memory) {
+        for m in &memory {
+            let _ = crate::memory::paging::unmap_phys(m.start, m.end());
+        }
+        give_up(k, &e);
+        return Err(e);
     }
-    let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
     let result = launcher.launch(k, &memory, &cpus);
     for m in &memory {
         let _ = crate::memory::paging::unmap_phys(m.start, m.end());
@@ -346,6 +398,41 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
     }
 }
 
+/// Respawn's hand-over to `k` (not running): its CPUs and memory, in the table and the
+/// record; fresh mailboxes (new generation: nothing sent to the old incarnation is delivered
+/// to the new one); an `Empty` state word (the record says it ended, whatever the word
+/// holds); its memory mapped into instance 0 while the new copy is built.
+fn hand_over(
+    r: &mk_shared::SharedRegion<'_>,
+    inst: &mk_shared::Instance<'_>,
+    k: InstanceId,
+    cpus: &[u32],
+    memory: &[mk_plan::MemRange],
+) -> Result<(), RespawnError> {
+    use RespawnError as E;
+    for &c in cpus {
+        r.claim(Resource::Cpu(c), k, Some(InstanceId::ZERO))
+            .map_err(|e| E::Claim(c, e))?;
+        records::with(|l| l.give(Resource::Cpu(c), k));
+    }
+    for m in memory {
+        for chunk in whole_chunks(m.start, m.end()) {
+            r.claim(chunk, k, Some(InstanceId::ZERO))
+                .map_err(|e| E::ClaimMemory(chunk, e))?;
+            records::with(|l| l.give(chunk, k));
+        }
+    }
+    if let Some(m) = records::mailboxes() {
+        m.reset_instance(k).map_err(E::Mailboxes)?;
+    }
+    let _ = inst.overrule_state(InstanceState::Empty);
+    // Instance 0 keeps other partitions unmapped: map this one while building the new copy.
+    for m in memory {
+        crate::memory::paging::map_phys(m.start, m.end()).map_err(E::Map)?;
+    }
+    Ok(())
+}
+
 /// Why [`respawn`] did not start an instance again, and whose fault it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RespawnError {
@@ -353,8 +440,9 @@ pub enum RespawnError {
     NoRegion,
     /// The caller named no instance of the plan.
     NoSuchInstance,
-    /// The caller named an instance that is still up (booting, running) or never started.
-    NotEnded(InstanceState),
+    /// The caller named an instance that is still up (starting, running, asked to stop) or
+    /// never started, by instance 0's record.
+    NotEnded(mk_ledger::Life),
     /// The instance ended, but instance 0 has not taken its resources back yet: try again.
     NotCollected,
     /// Instance 0 kept no plan or launcher from boot (this instance's fault).
@@ -367,10 +455,11 @@ pub enum RespawnError {
     NoMemory,
     /// Giving a CPU to the new instance failed in the ownership table.
     Claim(u32, mk_shared::Error),
+    /// Giving a memory chunk to the new instance failed in the ownership table (its word
+    /// changed after instance 0 checked it: someone else wrote it).
+    ClaimMemory(Resource, mk_shared::Error),
     /// Resetting its mailboxes failed (the mailbox matrix refused).
     Mailboxes(mk_mailbox::Error),
-    /// Its state word could not be reset (it changed meanwhile).
-    State(mk_shared::Error),
     /// Mapping its memory into instance 0 failed (instance 0's page tables).
     Map(crate::memory::paging::PagingError),
     /// The new instance did not start (instance 0 stopped it and took its resources back).
@@ -382,17 +471,18 @@ impl core::fmt::Display for RespawnError {
         match self {
             Self::NoRegion => f.write_str("no shared region"),
             Self::NoSuchInstance => f.write_str("no such instance"),
-            Self::NotEnded(s) => {
-                write!(f, "the instance is neither stopped nor dead ({})", s.name())
-            }
+            Self::NotEnded(life) => write!(
+                f,
+                "the instance is neither stopped nor dead by instance 0's record ({life})"
+            ),
             Self::NotCollected => f.write_str("its resources are not back with instance 0 yet"),
             Self::NoPlan => f.write_str("no plan"),
             Self::Park(c, e) => write!(f, "parking CPU {c}: {e}"),
             Self::NoCpu => f.write_str("none of its CPUs is with instance 0"),
             Self::NoMemory => f.write_str("none of its memory is with instance 0"),
             Self::Claim(c, e) => write!(f, "claiming CPU {c} for it: {e:?}"),
+            Self::ClaimMemory(c, e) => write!(f, "claiming {c:?} for it: {e:?}"),
             Self::Mailboxes(e) => write!(f, "resetting its mailboxes: {e:?}"),
-            Self::State(e) => write!(f, "resetting its state: {e:?}"),
             Self::Map(e) => write!(f, "mapping its memory: {e}"),
             Self::Launch(e) => write!(f, "the new instance did not start: {e}"),
         }
@@ -407,7 +497,22 @@ fn whole_chunks(start: u64, end: u64) -> impl Iterator<Item = Resource> {
         .map(Resource::memory_at)
 }
 
-/// `ranges` less every whole 2 MiB chunk that instance 0 does not hold. (Partial chunks at a
+/// Whether instance 0 holds `res` by its record, with nothing in flight, and the owner word
+/// agrees (a disagreement is logged and counted, and the resource left out).
+fn with_instance_0(r: &mk_shared::SharedRegion<'_>, res: Resource) -> bool {
+    let word = r.owner(res);
+    match records::with(|l| l.may_give(res, InstanceId::ZERO, word)) {
+        Some(Ok(())) => true,
+        Some(Err(mk_ledger::Refusal::Word(d))) => {
+            records::note(&d, "left out of the respawn");
+            false
+        }
+        _ => false,
+    }
+}
+
+/// `ranges` less every whole 2 MiB chunk that instance 0 does not hold (by its record, the
+/// word agreeing). (Partial chunks at a
 /// range's edges are in no ownership word: moves are by whole chunks, so they never left.)
 fn usable_part(
     r: &mk_shared::SharedRegion<'_>,
@@ -423,7 +528,7 @@ fn usable_part(
             let c = a & !(size - 1);
             let next = (c + size).min(e);
             let whole = c >= s && c + size <= e;
-            if !whole || r.owner(Resource::memory_at(c)) == Ok(Owner::Owned(InstanceId::ZERO)) {
+            if !whole || with_instance_0(r, Resource::memory_at(c)) {
                 run.get_or_insert(a);
             } else if let Some(rs) = run.take() {
                 out.push(mk_plan::MemRange::new(rs, a - rs));

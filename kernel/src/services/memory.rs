@@ -28,11 +28,11 @@ use mk_dispatch::Reply;
 use mk_shared::{MEM_CHUNK_SIZE, Owner, Resource};
 use mk_wire::{HandoffPhase, Kind, MemPayload, MemType, Message, Payload, Status};
 
-use super::moves::MoveError;
+use super::moves::{self, MoveError};
 use crate::instance::InstanceId;
 use crate::memory::{frames, paging};
 use crate::messaging;
-use crate::shared::region;
+use crate::shared::{records, region};
 
 /// How long the broker waits for each step's reply.
 const STEP_TIMEOUT_MS: u64 = 10_000;
@@ -202,7 +202,9 @@ fn add(start: u64, len: u64) -> Result<(), Status> {
 }
 
 /// Instance 0: moves `[start, start + len)` from instance `from` to instance `to` (both other
-/// than 0).
+/// than 0). Instance 0's record must give every chunk to `from` and every owner word must
+/// agree, before anything is asked of `from` and again when it has handed them back; the
+/// record follows every step.
 pub fn move_memory(
     start: u64,
     len: u64,
@@ -214,6 +216,9 @@ pub fn move_memory(
     }
     let list: alloc::vec::Vec<Resource> = chunks(start, len).map_err(MoveError::Refused)?.collect();
     let r = region::get().ok_or(MoveError::Refused(Status::InternalError))?;
+    for &c in &list {
+        moves::check_giver(c, from)?;
+    }
     let reply = messaging::call(
         from,
         Kind::MemRemove,
@@ -230,9 +235,12 @@ pub fn move_memory(
                 from: f,
                 to,
                 generation,
-            }) if f == from && to.is_supervisor() => r
-                .complete_transfer(c, InstanceId::ZERO, generation)
-                .map_err(MoveError::Table)?,
+            }) if f == from && to.is_supervisor() => {
+                moves::check_handed_back(r, c, from, generation)?;
+                r.complete_transfer(c, InstanceId::ZERO, generation)
+                    .map_err(MoveError::Table)?;
+                records::with(|l| l.give(c, InstanceId::ZERO));
+            }
             Ok(found) => {
                 return Err(MoveError::Table(mk_shared::Error::WrongOwner { found }));
             }
@@ -240,25 +248,36 @@ pub fn move_memory(
         }
     }
     let mut begun = alloc::vec::Vec::new();
+    let mut failed = None;
     for &c in &list {
-        begun.push((
-            c,
-            r.begin_transfer(c, InstanceId::ZERO, to)
-                .map_err(MoveError::Table)?,
-        ));
+        if let Some(Err(refusal)) = records::with(|l| l.start_handoff(c, to)) {
+            failed = Some(MoveError::Record(refusal));
+            break;
+        }
+        match r.begin_transfer(c, InstanceId::ZERO, to) {
+            Ok(g) => begun.push((c, g)),
+            Err(e) => {
+                moves::settle_handoff(r, c, to, false);
+                failed = Some(MoveError::Table(e));
+                break;
+            }
+        }
     }
-    let outcome = messaging::call(
-        to,
-        Kind::MemAdd,
-        payload(start, len, HandoffPhase::Commit),
-        STEP_TIMEOUT_MS,
-    );
-    let result = super::moves::receiver_answer(outcome);
-    if result.is_err() {
-        // Roll back: the range stays with instance 0 (unmapped), free for a later move.
-        for (c, g) in begun {
+    let result = match failed {
+        Some(e) => Err(e),
+        None => super::moves::receiver_answer(messaging::call(
+            to,
+            Kind::MemAdd,
+            payload(start, len, HandoffPhase::Commit),
+            STEP_TIMEOUT_MS,
+        )),
+    };
+    for (c, g) in begun {
+        if result.is_err() {
+            // Roll back: the range stays with instance 0 (unmapped), free for a later move.
             let _ = r.abort_transfer(c, InstanceId::ZERO, g);
         }
+        moves::settle_handoff(r, c, to, result.is_ok());
     }
     result
 }

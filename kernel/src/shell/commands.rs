@@ -10,9 +10,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use mk_shared::{InstanceState, Owner, Resource};
+use mk_shared::{InstanceState, Resource};
 use mk_shell::{COMMANDS, Command, format_size};
-use mk_wire::{Kind, Payload, PingPayload, ShutdownFlags, ShutdownPayload, ShutdownReason, Status};
+use mk_wire::{Kind, Payload, PingPayload, ShutdownFlags, Status};
 
 use crate::arch::tsc;
 use crate::instance::InstanceId;
@@ -237,6 +237,10 @@ fn stats() -> Outcome {
     }
     let (handled, rejected) = messaging::counters();
     println!("instance 0's dispatcher: {handled} handled, {rejected} rejected");
+    println!(
+        "instance 0's record: {} disagreement(s) with the shared tables (logged, not obeyed)",
+        crate::shared::records::disagreements()
+    );
     for lock in [r.console(), r.ioapic_lock()] {
         let s = lock.stats();
         println!(
@@ -346,18 +350,31 @@ fn move_error(e: MoveError) -> String {
             format!("the receiver refused ({s:?}); the resource is held by instance 0")
         }
         MoveError::Table(e) => format!("the ownership table refused a step ({e:?})"),
+        MoveError::Record(refusal) => format!("{refusal}; nothing moved"),
     }
 }
 
-fn owner_of(res: Resource, what: &str) -> Result<InstanceId, String> {
-    match shared()?.owner(res) {
-        Ok(Owner::Owned(o)) => Ok(o),
-        Ok(Owner::Free) => Err(format!("{what} is owned by no instance")),
-        Ok(Owner::InTransit { from, to, .. }) => Err(format!(
-            "{what} is being moved from instance {from} to {to}; try again"
-        )),
-        Err(_) => Err(format!("there is no {what}")),
+/// Who holds `res` by instance 0's record (the shared table is only a hint), refusing with
+/// a clear error when the word disagrees (someone else wrote it; logged and counted).
+fn holder_of(res: Resource, what: &str) -> Result<InstanceId, String> {
+    let r = shared()?;
+    let entry = crate::shared::records::with(|l| l.entry(res))
+        .ok_or_else(|| String::from("instance 0 keeps no record (single-instance boot)"))?
+        .ok_or_else(|| format!("there is no {what}"))?;
+    if let Some(to) = entry.moving_to {
+        return Err(format!("{what} is being moved to instance {to}; try again"));
     }
+    let holder = entry
+        .holder
+        .ok_or_else(|| format!("{what} is owned by no instance"))?;
+    let word = r.owner(res);
+    if let Some(Err(d)) = crate::shared::records::with(|l| l.check_word(res, word)) {
+        crate::shared::records::note(&d, "the command is refused");
+        return Err(format!(
+            "{what}: the shared table disagrees with instance 0's record ({d}); nothing moved"
+        ));
+    }
+    Ok(holder)
 }
 
 fn destination(to: InstanceId) -> Outcome {
@@ -375,7 +392,7 @@ fn destination(to: InstanceId) -> Outcome {
 
 fn cpu_move(apic: u32, to: InstanceId) -> Outcome {
     let what = format!("CPU {apic}");
-    let from = owner_of(Resource::Cpu(apic), &what)?;
+    let from = holder_of(Resource::Cpu(apic), &what)?;
     if from == to {
         return Err(format!("{what} already belongs to instance {to}"));
     }
@@ -417,12 +434,14 @@ fn mem_move(bytes: u64, from: InstanceId, to: InstanceId) -> Outcome {
     }
     running_peer(from, "take memory from")?;
     destination(to)?;
-    // The chunks `from` owns, highest first; candidate ranges are runs of consecutive chunks.
-    let r = shared()?;
-    let mut owned: Vec<u32> = r
-        .resources()
-        .filter_map(|(res, owner)| match (res, owner) {
-            (Resource::Memory(c), Ok(Owner::Owned(o))) if o == from => Some(c),
+    // The chunks `from` holds by instance 0's record (never the shared table, which any
+    // instance can write), highest first; candidate ranges are runs of consecutive chunks. The
+    // move checks each chunk's word against the record again.
+    let mut owned: Vec<u32> = crate::shared::records::with(|l| l.held_by(from))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|res| match res {
+            Resource::Memory(c) => Some(c),
             _ => None,
         })
         .collect();
@@ -463,7 +482,7 @@ fn mem_move(bytes: u64, from: InstanceId, to: InstanceId) -> Outcome {
 
 fn irq_route(line: u32, to: InstanceId) -> Outcome {
     let what = format!("IRQ line {line}");
-    let owner = owner_of(Resource::Irq(line), &what)?;
+    let owner = holder_of(Resource::Irq(line), &what)?;
     if owner == to {
         return Err(format!("{what} already belongs to instance {to}"));
     }
@@ -482,7 +501,7 @@ fn irq_route(line: u32, to: InstanceId) -> Outcome {
 
 fn irq_mask(line: u32, mask: bool) -> Outcome {
     let what = format!("IRQ line {line}");
-    let owner = owner_of(Resource::Irq(line), &what)?;
+    let owner = holder_of(Resource::Irq(line), &what)?;
     let verb = if mask { "masked" } else { "unmasked" };
     let result = if owner.is_supervisor() {
         services::irq::set_masked_here(line as usize, mask)
@@ -508,16 +527,15 @@ fn wait_for(ms: u64, done: impl Fn() -> bool) -> bool {
 }
 
 fn request_stop(k: InstanceId, flags: ShutdownFlags) -> Outcome {
-    let request = Payload::Shutdown(ShutdownPayload {
-        reason: ShutdownReason::Requested,
-        flags,
-        deadline_ticks: 0,
-    });
-    let reply = messaging::call(k, Kind::Shutdown, request, 2000).map_err(call_failure)?;
-    if reply.status != Status::Ok {
-        return Err(format!("instance {k} refused ({:?})", reply.status));
+    match lifecycle::request_stop(k, flags) {
+        Ok(Status::Ok) => Ok(()),
+        Ok(status) => Err(format!("instance {k} refused ({status:?})")),
+        Err(lifecycle::StopError::Call(e)) => Err(call_failure(e)),
+        Err(lifecycle::StopError::NotRunning(life)) => Err(format!(
+            "instance {k} is {life} by instance 0's record, not running"
+        )),
+        Err(lifecycle::StopError::NoRecord) => Err(String::from("instance 0 keeps no record")),
     }
-    Ok(())
 }
 
 fn shutdown(k: InstanceId) -> Outcome {
@@ -563,15 +581,8 @@ fn respawn(k: InstanceId) -> Outcome {
     if k.is_supervisor() {
         return Err(String::from("instance 0 is this shell's own instance"));
     }
-    match state_of(k)? {
-        InstanceState::Stopped | InstanceState::Dead => {}
-        s => {
-            return Err(format!(
-                "instance {k} is {}: only a stopped or dead one can be started again",
-                InstanceState::name(s)
-            ));
-        }
-    }
+    // Instance 0's record decides whether it ended (`lifecycle::respawn` says why not).
+    state_of(k)?;
     lifecycle::respawn(k).map_err(|e| format!("instance {k} not started again: {e}"))?;
     println!("instance {k} running again");
     Ok(())

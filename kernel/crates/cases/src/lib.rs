@@ -77,6 +77,7 @@ pub const NAMES: &[&str] = &[
     "irq_forwarding",
     "serial_irq",
     "storm",
+    "forged_words",
     // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).
     "start_wait",
     "slow_start",

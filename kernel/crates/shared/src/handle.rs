@@ -364,7 +364,15 @@ impl<'a> SharedRegion<'a> {
     ///
     /// Each step is one compare-exchange, so a resource has exactly one owner at every
     /// instant; a word that changes under us (a live peer completing a transfer from `dead`
-    /// at the same moment) is simply re-read and handled in its new state.
+    /// at the same moment) is simply re-read and handled in its new state. A word that does
+    /// not decode (a stray or hostile write) is skipped and counted in
+    /// [`Reclaimed::corrupt`]: it stops nothing else from coming back, and the caller learns
+    /// that the scan did not take back everything it may have had to.
+    ///
+    /// This trusts the words: whatever a word says `dead` holds comes back. Instance 0 keeps
+    /// its own record of who holds what and reclaims by that record with
+    /// [`Self::reclaim_resource`] one resource at a time; this whole-table scan is for callers
+    /// without such a record (and the tests).
     pub fn reclaim(&self, dead: InstanceId, into: InstanceId) -> Result<Reclaimed, Error> {
         let words = Words {
             instances: self.layout.instances,
@@ -374,43 +382,119 @@ impl<'a> SharedRegion<'a> {
         let mut out = Reclaimed::default();
         for (table, kind) in [(self.cpus, 0), (self.irqs, 1), (self.memory, 2)] {
             for w in table {
-                // Bounded: every pass either changes the word or finds it settled.
-                for _ in 0..8 {
-                    match words.owner(w)? {
-                        Owner::Owned(o) if o == dead => {
-                            if words.claim(w, into, Some(dead)).is_ok() {
-                                out.count[kind] += 1;
-                                break;
-                            }
+                match reclaim_word(&words, w, dead, into) {
+                    Ok(step) => {
+                        out.rolled_back += step.rolled_back;
+                        if step.took {
+                            out.count[kind] += 1;
                         }
-                        Owner::InTransit {
-                            from,
-                            to,
-                            generation,
-                        } if from == dead && to == into => {
-                            // Handed back before stopping: the reclaimer completes it.
-                            if words.complete_transfer(w, into, generation).is_ok() {
-                                out.count[kind] += 1;
-                                break;
-                            }
-                        }
-                        Owner::InTransit {
-                            from,
-                            to,
-                            generation,
-                        } if from == dead || to == dead => {
-                            if words.abort_transfer(w, from, generation).is_ok() {
-                                out.rolled_back += 1;
-                            }
-                            // Re-read: now Owned(from) (reclaimed next pass if from == dead).
-                        }
-                        _ => break,
                     }
+                    Err(_) => out.corrupt += 1,
                 }
             }
         }
         Ok(out)
     }
+
+    /// [`Self::reclaim`] for the one resource `r`: what `dead` held of it (owned, or in transit
+    /// from or to it) goes to `into` or back to the live giver, by the same compare-exchanges.
+    /// Returns what was done and the owner the word holds afterwards; a word that does not
+    /// decode is [`Error::Corrupt`] and left alone.
+    pub fn reclaim_resource(
+        &self,
+        r: Resource,
+        dead: InstanceId,
+        into: InstanceId,
+    ) -> Result<ReclaimStep, Error> {
+        let (t, w) = self.word(r)?;
+        t.check(dead)?;
+        t.check(into)?;
+        reclaim_word(&t, w, dead, into)
+    }
+
+    /// Instance 0 only, when its own record of who holds `r` overrules the shared word (a
+    /// word that does not decode, or names an owner instance 0 never gave `r` to): the word
+    /// becomes `owner` outright (one atomic swap, AcqRel), keeping the generation bits it
+    /// held. Returns the raw word it replaced, for the log. Never a transfer: `owner` must be
+    /// `Free` or `Owned`.
+    pub fn overrule_owner(&self, r: Resource, owner: Owner) -> Result<u64, Error> {
+        let (t, w) = self.word(r)?;
+        match owner {
+            Owner::Free => {}
+            Owner::Owned(o) => t.check(o)?,
+            Owner::InTransit { .. } => return Err(Error::WrongOwner { found: owner }),
+        }
+        let old = w.load(Ordering::Acquire);
+        let generation = (old >> 32) as u32;
+        Ok(w.swap(crate::owner::encode(owner, generation), Ordering::AcqRel))
+    }
+}
+
+/// What [`SharedRegion::reclaim_resource`] did to one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReclaimStep {
+    /// The word went to the reclaimer (claimed from `dead`, or a hand-back completed).
+    pub took: bool,
+    /// Transfers to or from `dead` rolled back on the way.
+    pub rolled_back: u32,
+    /// The word's owner afterwards.
+    pub now: Owner,
+}
+
+/// One word of [`SharedRegion::reclaim`]. Bounded: every pass either changes the word or
+/// finds it settled.
+fn reclaim_word(
+    words: &Words,
+    w: &AtomicU64,
+    dead: InstanceId,
+    into: InstanceId,
+) -> Result<ReclaimStep, Error> {
+    let mut rolled_back = 0;
+    let mut now = words.owner(w)?;
+    for _ in 0..8 {
+        match now {
+            Owner::Owned(o) if o == dead => {
+                if words.claim(w, into, Some(dead)).is_ok() {
+                    return Ok(ReclaimStep {
+                        took: true,
+                        rolled_back,
+                        now: Owner::Owned(into),
+                    });
+                }
+            }
+            Owner::InTransit {
+                from,
+                to,
+                generation,
+            } if from == dead && to == into => {
+                // Handed back before stopping: the reclaimer completes it.
+                if words.complete_transfer(w, into, generation).is_ok() {
+                    return Ok(ReclaimStep {
+                        took: true,
+                        rolled_back,
+                        now: Owner::Owned(into),
+                    });
+                }
+            }
+            Owner::InTransit {
+                from,
+                to,
+                generation,
+            } if from == dead || to == dead => {
+                if words.abort_transfer(w, from, generation).is_ok() {
+                    rolled_back += 1;
+                }
+                // Re-read: now Owned(from) (reclaimed next pass if from == dead).
+            }
+            _ => break,
+        }
+        now = words.owner(w)?;
+    }
+    Ok(ReclaimStep {
+        took: false,
+        rolled_back,
+        now,
+    })
 }
 
 /// What [`SharedRegion::reclaim`] took back.
@@ -420,6 +504,8 @@ pub struct Reclaimed {
     pub count: [u32; 3],
     /// Transfers rolled back (to or from the dead instance).
     pub rolled_back: u32,
+    /// Words that did not decode: skipped, so whatever they stood for did not come back.
+    pub corrupt: u32,
 }
 
 impl Reclaimed {

@@ -142,6 +142,21 @@ impl Instance<'_> {
         }
     }
 
+    /// Instance 0 only, when its own record of the instance's life overrules the word (the
+    /// word holds garbage, or a state instance 0 never saw it reach, e.g. `Stopped` written by
+    /// a third instance): the word becomes `to` outright (one atomic swap, AcqRel), whatever
+    /// it held. Returns the previous word, decoded if it decodes (`Err(raw)` otherwise), for
+    /// the log. Not a life-cycle transition: [`Self::set_state`] is for those.
+    pub fn overrule_state(&self, to: InstanceState) -> Result<InstanceState, u32> {
+        let old = self.e.status.state.swap(to as u32, Ordering::AcqRel);
+        InstanceState::from_raw(old).ok_or(old)
+    }
+
+    /// The raw state word (diagnostics: what a corrupt word held).
+    pub fn state_word(&self) -> u32 {
+        self.e.status.state.load(Ordering::Acquire)
+    }
+
     /// Exactly `expected -> to` (compare-exchange, AcqRel), failing with
     /// [`Error::StateChanged`] if the state is not `expected`.
     pub fn transition(&self, expected: InstanceState, to: InstanceState) -> Result<(), Error> {

@@ -141,7 +141,7 @@ mod tests;
 pub use allocation::{
     Allocation, AllocationLayout, TELEMETRY_ROWS, Telemetry, allocation_layout, allocation_size,
 };
-pub use handle::{Reclaimed, SharedRegion, memory_chunks};
+pub use handle::{ReclaimStep, Reclaimed, SharedRegion, memory_chunks};
 pub use instance::{Instance, InstanceResources, InstanceState, RESOURCE_READ_RETRIES};
 pub use layout::{
     INSTANCE_ENTRY_SIZE, Layout, MAGIC, PAGE, REPORT_WORDS, Table, VERSION, layout, region_size,

@@ -535,3 +535,143 @@ fn reclaim_takes_back_owned_and_rolls_back_transfers() {
     );
     assert_eq!(r.reclaim(id(4), id(0)), Err(Error::BadInstance(id(4))));
 }
+
+/// Issue 15, item 8: one corrupt word used to abort the whole scan (`owner(w)?`) after
+/// taking back only what came before it; now it is skipped and counted, and everything else
+/// the dead instance held still comes back.
+#[test]
+fn reclaim_skips_and_counts_a_corrupt_word() {
+    let mut reg = Region::new(3);
+    {
+        let r = reg.init(3, 0).unwrap();
+        for res in [Resource::Cpu(1), Resource::Irq(9), Resource::Memory(40)] {
+            r.claim(res, id(2), None).unwrap();
+        }
+    }
+    // CPU 0's word (before everything instance 2 holds, in scan order) is garbage.
+    reg.poke(
+        layout(3).cpus.offset,
+        &0xdead_beef_0000_00ffu64.to_le_bytes(),
+    );
+    let r = reg.attach().unwrap();
+    let got = r.reclaim(id(2), id(0)).unwrap();
+    assert_eq!(
+        (got.cpus(), got.irqs(), got.memory_chunks(), got.corrupt),
+        (1, 1, 1, 1)
+    );
+    for res in [Resource::Cpu(1), Resource::Irq(9), Resource::Memory(40)] {
+        assert_eq!(r.owner(res), Ok(Owner::Owned(id(0))), "{res:?}");
+    }
+    // Still corrupt: the scan does not pretend it handled it.
+    assert!(matches!(r.owner(Resource::Cpu(0)), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn reclaim_resource_handles_one_word_and_reports_corruption() {
+    let mut reg = Region::new(4);
+    {
+        let r = reg.init(4, 0).unwrap();
+        r.claim(Resource::Cpu(2), id(1), None).unwrap();
+        r.claim(Resource::Cpu(3), id(1), None).unwrap();
+        r.begin_transfer(Resource::Cpu(3), id(1), id(2)).unwrap();
+        r.claim(Resource::Cpu(4), id(3), None).unwrap();
+    }
+    reg.poke(layout(4).cpus.offset + 5 * 8, &u64::MAX.to_le_bytes());
+    let r = reg.attach().unwrap();
+    let step = |res| r.reclaim_resource(res, id(1), id(0));
+    assert_eq!(
+        step(Resource::Cpu(2)),
+        Ok(crate::ReclaimStep {
+            took: true,
+            rolled_back: 0,
+            now: Owner::Owned(id(0))
+        })
+    );
+    // Given away without completing: rolled back, then taken.
+    assert_eq!(
+        step(Resource::Cpu(3)),
+        Ok(crate::ReclaimStep {
+            took: true,
+            rolled_back: 1,
+            now: Owner::Owned(id(0))
+        })
+    );
+    // Someone else's: untouched.
+    assert_eq!(
+        step(Resource::Cpu(4)),
+        Ok(crate::ReclaimStep {
+            took: false,
+            rolled_back: 0,
+            now: Owner::Owned(id(3))
+        })
+    );
+    assert_eq!(step(Resource::Cpu(5)), Err(Error::Corrupt(u64::MAX)));
+    assert_eq!(
+        r.reclaim_resource(Resource::Cpu(2), id(4), id(0)),
+        Err(Error::BadInstance(id(4)))
+    );
+}
+
+#[test]
+fn overrule_owner_replaces_any_word_but_never_makes_a_transfer() {
+    let mut reg = Region::new(3);
+    reg.init(3, 0).unwrap();
+    reg.poke(
+        layout(3).memory.offset + 7 * 8,
+        &0x0000_0005_ffff_ff03u64.to_le_bytes(),
+    );
+    let r = reg.attach().unwrap();
+    let res = Resource::Memory(7);
+    assert!(r.owner(res).is_err());
+    assert_eq!(
+        r.overrule_owner(res, Owner::Owned(id(0))),
+        Ok(0x0000_0005_ffff_ff03)
+    );
+    assert_eq!(r.owner(res), Ok(Owner::Owned(id(0))));
+    // The generation is kept: the next transfer gets the one after it.
+    assert_eq!(r.begin_transfer(res, id(0), id(1)), Ok(6));
+    assert_eq!(
+        r.overrule_owner(
+            res,
+            Owner::InTransit {
+                from: id(0),
+                to: id(2),
+                generation: 9
+            }
+        ),
+        Err(Error::WrongOwner {
+            found: Owner::InTransit {
+                from: id(0),
+                to: id(2),
+                generation: 9
+            }
+        })
+    );
+    assert_eq!(
+        r.overrule_owner(res, Owner::Owned(id(3))),
+        Err(Error::BadInstance(id(3)))
+    );
+    assert!(r.overrule_owner(res, Owner::Free).is_ok());
+    assert_eq!(r.owner(res), Ok(Owner::Free));
+}
+
+#[test]
+fn overrule_state_replaces_garbage_and_forged_states() {
+    let mut reg = Region::new(2);
+    reg.init(2, 0).unwrap();
+    let off = layout(2).instance_table.offset + INSTANCE_ENTRY_SIZE;
+    reg.poke(off, &77u32.to_le_bytes());
+    let r = reg.attach().unwrap();
+    let i = r.instance(id(1)).unwrap();
+    assert_eq!(i.state(), Err(Error::Corrupt(77)));
+    // A life-cycle transition cannot get past garbage...
+    assert_eq!(i.set_state(InstanceState::Dead), Err(Error::Corrupt(77)));
+    // ...instance 0's overrule can.
+    assert_eq!(i.overrule_state(InstanceState::Dead), Err(77));
+    assert_eq!(i.state(), Ok(InstanceState::Dead));
+    assert_eq!(
+        i.overrule_state(InstanceState::Empty),
+        Ok(InstanceState::Dead)
+    );
+    assert_eq!(i.state_word(), 0);
+}
