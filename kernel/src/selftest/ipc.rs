@@ -327,8 +327,9 @@ fn kill(k: InstanceId, id: TaskId) -> Outcome {
 /// back (count and checksum). First the line stays instance 0's, which forwards each
 /// interrupt (IRQ_FORWARD) to a driver in instance 4; then that driver is killed and the line
 /// balanced to instance 1, where a driver takes it directly; that one is killed mid-stream and
-/// started again; later killed again while the line is balanced to instance 3, where a new
-/// driver takes over. The client retries through each (a fresh lookup).
+/// started again; later killed again while the line goes to instance 3 (handed back to
+/// instance 0, which balances it on: lines move only through instance 0), where a new driver
+/// takes over. The client retries through each (a fresh lookup).
 pub(super) fn ipc_com2(arg: &str) -> Outcome {
     let total: u64 = number(arg)?;
     let line = com2_line()?;
@@ -363,14 +364,18 @@ pub(super) fn ipc_com2(arg: &str) -> Outcome {
         Ok(irqs(d1)? >= mid + total / 4)
     })?;
     kill(d1, second)?;
-    let jobs = start_job(1, job::BALANCE_LINE, line as u64 | (3u64 << 32))?;
+    // Lines move through instance 0 (its record of who holds each, issue 15): instance 1
+    // hands the line back, instance 0 hands it on to instance 3.
+    let jobs = start_job(1, job::BALANCE_LINE, line as u64)?;
     let result = wait_job(1, jobs, 10_000)?.job_result;
     ensure(result == 0, || {
         format!(
-            "instance 1 could not balance line {line} to 3 (status {})",
+            "instance 1 could not hand line {line} back to instance 0 (status {})",
             result - 1
         )
     })?;
+    crate::services::irq::balance(line, d3)
+        .map_err(|s| format!("balancing COM2's line {line} on to {d3}: {s:?}"))?;
     let r = region::get().ok_or("no shared region")?;
     ensure(
         r.owner(Resource::Irq(line as u32)) == Ok(Owner::Owned(d3)),
