@@ -544,14 +544,15 @@ pub fn poll() -> usize {
     poll_flagged(inbox)
 }
 
-/// Runs the poll hook now if a poll was asked to (clearing the request), without draining:
-/// for a measurement that wants a poll's own cost without the timer tick's duties in it.
-pub fn run_poll_hook_if_asked() {
-    if WORK.load(Ordering::Relaxed) & WORK_HOOK != 0 {
-        WORK.fetch_and(!WORK_HOOK, Ordering::Acquire);
-        if let Some(hook) = POLL_HOOK.get() {
-            hook();
-        }
+/// For a measurement that wants a poll's own cost without the timer tick's duties in it:
+/// runs the poll hook now if a poll was asked to, and leaves the tick's look at every mailbox
+/// to the next tick (the flagged mailboxes are still drained by the next poll). Drains nothing.
+pub fn settle_tick_work() {
+    let work = WORK.swap(0, Ordering::Acquire);
+    if work & WORK_HOOK != 0
+        && let Some(hook) = POLL_HOOK.get()
+    {
+        hook();
     }
 }
 
