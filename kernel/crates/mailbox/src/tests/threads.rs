@@ -37,6 +37,25 @@ fn pump_sender(tx: &mut SenderEnd<'_>, count: u64) {
     }
 }
 
+/// Sends each end's next messages (numbered per pair, up to `per_pair`) until its ring is
+/// full; whether any went.
+fn pump_each(txs: &mut [SenderEnd<'_>], sent: &mut [u64], per_pair: u64) -> bool {
+    let mut progress = false;
+    for (tx, n) in txs.iter_mut().zip(sent.iter_mut()) {
+        while *n < per_pair {
+            match tx.try_send(&make_msg(tx.from().index(), tx.to().index(), *n)) {
+                Ok(_) => {
+                    *n += 1;
+                    progress = true;
+                }
+                Err(Error::Full) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    progress
+}
+
 fn pump_receiver(rx: &mut ReceiverEnd<'_>, count: u64) {
     let (from, to) = (rx.from().index(), rx.to().index());
     let mut next = 0;
@@ -117,19 +136,7 @@ fn all_to_all_over_the_matrix() {
                 let mut next = vec![0u64; rxs.len()];
                 let mut backoff = Backoff(0);
                 loop {
-                    let mut progress = false;
-                    for (tx, n) in txs.iter_mut().zip(sent.iter_mut()) {
-                        while *n < per_pair {
-                            match tx.try_send(&make_msg(tx.from().index(), tx.to().index(), *n)) {
-                                Ok(_) => {
-                                    *n += 1;
-                                    progress = true;
-                                }
-                                Err(Error::Full) => break,
-                                Err(e) => panic!("{e:?}"),
-                            }
-                        }
-                    }
+                    let mut progress = pump_each(&mut txs, &mut sent, per_pair);
                     for (rx, next) in rxs.iter_mut().zip(next.iter_mut()) {
                         let (from, to) = (rx.from().index(), rx.to().index());
                         let got = rx
@@ -340,19 +347,7 @@ fn receivers_guided_by_the_summary_miss_nothing() {
                 let mut leftover = 0u64;
                 let mut backoff = Backoff(0);
                 loop {
-                    let mut progress = false;
-                    for (tx, n) in txs.iter_mut().zip(sent.iter_mut()) {
-                        while *n < per_pair {
-                            match tx.try_send(&make_msg(tx.from().index(), tx.to().index(), *n)) {
-                                Ok(_) => {
-                                    *n += 1;
-                                    progress = true;
-                                }
-                                Err(Error::Full) => break,
-                                Err(e) => panic!("{e:?}"),
-                            }
-                        }
-                    }
+                    let mut progress = pump_each(&mut txs, &mut sent, per_pair);
                     let flagged = inbox.take() | core::mem::take(&mut leftover);
                     for (rx, next) in rxs.iter_mut().zip(next.iter_mut()) {
                         let (from, to) = (rx.from().index(), rx.to().index());
