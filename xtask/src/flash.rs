@@ -114,6 +114,16 @@ fn device_name(device: &Path) -> std::result::Result<String, String> {
         })
 }
 
+/// The devices in the first column of a table like `/proc/mounts` or `/proc/swaps` that are
+/// disk `name` or one of its partitions.
+fn listed<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|dev| is_disk_or_partition(dev, name))
+        .collect()
+}
+
 /// Whether `/dev/...` path `dev` is disk `name` or one of its partitions (`sdb1`, `nvme0n1p2`).
 fn is_disk_or_partition(dev: &str, name: &str) -> bool {
     dev.strip_prefix("/dev/").is_some_and(|d| {
@@ -146,12 +156,7 @@ fn check_dir(
             device.display()
         ));
     }
-    let mounted: Vec<&str> = in_use
-        .mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|dev| is_disk_or_partition(dev, name))
-        .collect();
+    let mounted = listed(in_use.mounts, name);
     if !mounted.is_empty() {
         return Err(format!(
             "{}: mounted ({}); unmount it first",
@@ -159,12 +164,7 @@ fn check_dir(
             mounted.join(", ")
         ));
     }
-    let swapping: Vec<&str> = in_use
-        .swaps
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|dev| is_disk_or_partition(dev, name))
-        .collect();
+    let swapping = listed(in_use.swaps, name);
     if !swapping.is_empty() {
         return Err(format!(
             "{}: in use as swap ({}); run `swapoff {}` first",

@@ -104,14 +104,17 @@ fn two_threads_millions_in_order() {
     );
 }
 
+/// Messages per ordered pair in the all-to-all tests.
+const PER_PAIR: u64 = if cfg!(debug_assertions) {
+    20_000
+} else {
+    200_000
+};
+
 #[test]
 fn all_to_all_over_the_matrix() {
     const N: usize = 4;
-    let per_pair: u64 = if cfg!(debug_assertions) {
-        20_000
-    } else {
-        200_000
-    };
+    let per_pair = PER_PAIR;
     let mut r = Region::new(N);
     let m = r.init(N);
     // Claim every end here and move them to their instance's thread (ends are Send).
@@ -316,11 +319,7 @@ fn sleeping_receiver_never_misses_a_doorbell() {
 #[test]
 fn receivers_guided_by_the_summary_miss_nothing() {
     const N: usize = 4;
-    let per_pair: u64 = if cfg!(debug_assertions) {
-        20_000
-    } else {
-        200_000
-    };
+    let per_pair = PER_PAIR;
     let mut r = Region::new(N);
     let m = r.init(N);
     let mut instances: Vec<_> = (0..N)
