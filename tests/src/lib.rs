@@ -543,6 +543,31 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             note: "services over messages: query, heartbeat, CPU and memory hotplug, IRQ forwarding, failure detection, shutdown",
         });
     }
+    // A rogue instance (issue 15): instance 2 sends unauthorised requests, scribbles over its
+    // own area, tortures the shared locks, then scribbles over the whole region and stops
+    // beating; instance 1 (two CPUs, the RTC's line) and instance 0 must go on unharmed, and
+    // the rogue is collected and started again. The scribblers' seeds are printed (replay:
+    // append `:SEED` to the case).
+    boots.push(Boot {
+        name: "tcg-rogue",
+        accel: Accel::Tcg,
+        firmware: Firmware::Bios,
+        smp: 4,
+        memory_mib: 1024,
+        cases: &[
+            "instances=3",
+            "rogue_requests=2:1",
+            "rogue_scribble_own=2:1:10",
+            "rogue_locks=2:1:5",
+            "rogue_scribble_all=2:1:3",
+            "query",
+        ],
+        plan: Some("1,2,1"),
+        shape: Shape::DEFAULT,
+        expect: Expect::Pass,
+        timeout_secs: 300,
+        note: "a rogue instance: unauthorised requests, scribbling its own area and the whole region, lock torture",
+    });
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
     // answer arrives, every message is counted as taken). The figures themselves are not judged.
     boots.push(Boot {

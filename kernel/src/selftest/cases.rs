@@ -7,7 +7,9 @@
 use alloc::string::String;
 
 use super::harness::{self, Case, Ctx, Outcome};
-use super::{bench, hardware, instances, ipc, machine, messaging, services, spaces, start, tasks};
+use super::{
+    bench, hardware, instances, ipc, machine, messaging, rogue, services, spaces, start, tasks,
+};
 use crate::platform::acpi::Platform;
 
 /// Runs the boot's cases (instance 0): the entry point from `main.rs`.
@@ -76,6 +78,11 @@ pub(super) static CASES: &[Case] = &[
     case("serial_irq", |_, arg| services::serial_irq(arg)),
     case("storm", |_, arg| services::storm(arg)),
     case("forged_words", |_, arg| services::forged_words(arg)),
+    // A rogue instance (issue 15).
+    case("rogue_requests", |_, arg| rogue::rogue_requests(arg)),
+    case("rogue_scribble_own", |_, arg| rogue::rogue_scribble_own(arg)),
+    case("rogue_locks", |_, arg| rogue::rogue_locks(arg)),
+    case("rogue_scribble_all", |_, arg| rogue::rogue_scribble_all(arg)),
     // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),

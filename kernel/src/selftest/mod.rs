@@ -29,6 +29,7 @@ mod ipc;
 mod machine;
 mod messaging;
 mod peer;
+mod rogue;
 mod services;
 mod spaces;
 mod start;

@@ -326,6 +326,7 @@ fn run_job() {
             }
         }
         job::FORGE => forge(arg),
+        kind if kind >= super::rogue::job::FIRST => super::rogue::run_job(kind, arg),
         job::BALANCE_LINE => {
             match crate::services::irq::balance(
                 (arg & 0xFFFF_FFFF) as usize,

@@ -21,7 +21,7 @@ use crate::services::bench::{payload_words, words_payload};
 use crate::services::{heartbeat, lifecycle};
 use crate::shared::region;
 
-fn parse_instance(arg: &str) -> Result<usize, String> {
+pub(super) fn parse_instance(arg: &str) -> Result<usize, String> {
     let k: usize = arg.parse().map_err(|_| format!("bad instance '{arg}'"))?;
     let count = plan()?.partition_count();
     if k == 0 || k >= count {
@@ -30,7 +30,7 @@ fn parse_instance(arg: &str) -> Result<usize, String> {
     Ok(k)
 }
 
-fn state(k: usize) -> Result<InstanceState, String> {
+pub(super) fn state(k: usize) -> Result<InstanceState, String> {
     region::get()
         .ok_or("no shared region")?
         .instance(iid(k))
@@ -155,7 +155,7 @@ pub(super) fn heartbeats() -> Outcome {
 }
 
 /// What instance `k` owns now, by the ownership table.
-fn held_by(k: usize) -> Result<Vec<Resource>, String> {
+pub(super) fn held_by(k: usize) -> Result<Vec<Resource>, String> {
     let r = region::get().ok_or("no shared region")?;
     Ok(r.resources()
         .filter(|(_, o)| *o == Ok(Owner::Owned(iid(k))))
@@ -165,7 +165,7 @@ fn held_by(k: usize) -> Result<Vec<Resource>, String> {
 
 /// Nothing in the ownership tables names instance `k` any more, and everything it `held`
 /// before it went is instance 0's now.
-fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
+pub(super) fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
     let r = region::get().ok_or("no shared region")?;
     let left: Vec<Resource> = r
         .resources()
@@ -194,7 +194,7 @@ fn check_taken_back(k: usize, held: &[Resource]) -> Outcome {
 
 /// Messages still flow among the running instances: instance 0 pings each, and each asks
 /// (as a job) to ping every running instance.
-fn survivors_talk() -> Outcome {
+pub(super) fn survivors_talk() -> Outcome {
     let running: Vec<usize> = peer::others().collect();
     ensure(!running.is_empty(), || {
         String::from("no instance left running")
@@ -506,7 +506,7 @@ pub(super) fn shutdown(arg: &str) -> Outcome {
 }
 
 /// Timer interrupts CPU `apic` took in instance `k` (asked of `k`).
-fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
+pub(super) fn ticks_in(k: usize, apic: u32) -> Result<u64, String> {
     let reply = messaging::call_patiently(
         iid(k),
         Kind::User(user::CPU_TICKS),
@@ -758,7 +758,7 @@ pub(super) fn mem_hotplug() -> Outcome {
 }
 
 /// (direct interrupts, forwarded deliveries) of `line` in instance `k`.
-fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
+pub(super) fn irq_stats(k: usize, line: usize) -> Result<(u64, u64), String> {
     if k == 0 {
         return Ok((
             crate::arch::interrupts::IRQ_COUNTS[line].load(Ordering::Relaxed),
@@ -838,7 +838,7 @@ pub(super) fn serial_irq(arg: &str) -> Outcome {
 }
 
 /// Waits (draining, up to 5 s) until `get` has grown by at least `by` from its first value.
-fn wait_growth(what: &str, by: u64, mut get: impl FnMut() -> Result<u64, String>) -> Outcome {
+pub(super) fn wait_growth(what: &str, by: u64, mut get: impl FnMut() -> Result<u64, String>) -> Outcome {
     let first = get()?;
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     loop {
@@ -949,10 +949,10 @@ pub(super) fn irq_forwarding(arg: &str) -> Outcome {
 }
 
 /// A small xorshift generator for the storm (seeded from the TSC, printed for replay).
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -961,7 +961,7 @@ impl Rng {
         x
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
@@ -1186,7 +1186,7 @@ pub(super) fn respawn(arg: &str) -> Outcome {
 }
 
 /// `bench_control`: the benchmark's CONTROL requests (which pin a CPU in polling, or aim probe
-/// echoes) are taken from instance 0 only: instance 2 asking instance 1 is refused (`NotOwner`)
+/// echoes) are taken from instance 0 only: instance 2 asking instance 1 is refused (`Refused`)
 /// and instance 1's idle poll is left alone; an echo aimed at instance 1's own CPU, or at the
 /// xAPIC broadcast, is refused even from instance 0 (it would answer itself forever).
 pub(super) fn bench_control() -> Outcome {
@@ -1194,7 +1194,7 @@ pub(super) fn bench_control() -> Outcome {
     let jobs = start_job(2, job::CONTROL_TO, 1)?;
     let status = wait_job(2, jobs, 10_000)?.job_result;
     ensure(
-        status == u64::from(mk_wire::Status::NotOwner.code()) + 1,
+        status == u64::from(mk_wire::Status::Refused.code()) + 1,
         || {
             format!(
                 "instance 1 answered instance 2's CONTROL with status code {}",

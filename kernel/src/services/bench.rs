@@ -95,7 +95,7 @@ pub fn register() {
         // instance must not pin this one's CPU or aim its probe echoes (issue 15).
         if !m.sender.is_supervisor() {
             REFUSED.fetch_add(1, Ordering::Relaxed);
-            return Some(Reply::error(mk_wire::Status::NotOwner));
+            return Some(Reply::error(mk_wire::Status::Refused));
         }
         let w = payload_words(&m.payload);
         let [op, arg] = w[..] else {

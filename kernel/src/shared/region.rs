@@ -4,6 +4,7 @@
 //! virtual address, but nothing relies on that).
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_dispatch::PeerTelemetry;
 use mk_plan::MemRange;
@@ -42,6 +43,34 @@ pub fn pool() -> Option<&'static (mk_pool::Pool<'static>, u64)> {
 
 pub fn get() -> Option<&'static SharedRegion<'static>> {
     REGION.get()
+}
+
+/// The whole shared window, as mapped here: what any instance can write, word by word.
+static WINDOW: Once<mk_raw::Raw<'static>> = Once::new();
+
+/// The shared window's place in this address space (address, bytes), once attached.
+pub fn window_span() -> Option<(usize, usize)> {
+    WINDOW.get().map(|w| (w.addr(), w.len()))
+}
+
+/// Stores `value` into the shared word at address `addr` (8-byte aligned, inside the window),
+/// as a stray or hostile writer could: for the rogue-instance tests, which scribble over the
+/// region. False (nothing written) outside the window or unaligned. Test kernels only.
+#[cfg(feature = "qemu-tests")]
+pub fn scribble(addr: usize, value: u64) -> bool {
+    let Some(w) = WINDOW.get() else {
+        return false;
+    };
+    match addr
+        .checked_sub(w.addr())
+        .and_then(|off| w.at::<AtomicU64>(off).ok())
+    {
+        Some(word) => {
+            word.store(value, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Keeps the parts of the allocation for the accessors above.
@@ -85,6 +114,7 @@ impl fmt::Display for RegionError {
 /// Instance 0: formats the shared allocation at `shared` for `count` instances.
 pub fn init(shared: MemRange, count: usize) -> Result<(), RegionError> {
     let raw = crate::memory::shared_window(shared.start, shared.len).map_err(RegionError::Map)?;
+    WINDOW.call_once(|| raw);
     let all = Allocation::init(raw, count, POOL_PAGES, tsc::read()).map_err(RegionError::Layout)?;
     publish(all, shared.start);
     Ok(())
@@ -93,6 +123,7 @@ pub fn init(shared: MemRange, count: usize) -> Result<(), RegionError> {
 /// Every other instance: attaches to the allocation instance 0 formatted.
 pub fn attach(phys: u64, len: u64) -> Result<(), RegionError> {
     let raw = crate::memory::shared_window(phys, len).map_err(RegionError::Map)?;
+    WINDOW.call_once(|| raw);
     let all = Allocation::attach(raw).map_err(RegionError::Layout)?;
     publish(all, phys);
     Ok(())

@@ -78,6 +78,11 @@ pub const NAMES: &[&str] = &[
     "serial_irq",
     "storm",
     "forged_words",
+    // A rogue instance: unauthorised requests, scribbling, lock torture.
+    "rogue_requests",
+    "rogue_scribble_own",
+    "rogue_locks",
+    "rogue_scribble_all",
     // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).
     "start_wait",
     "slow_start",

@@ -231,6 +231,13 @@ impl<'a> MailboxMatrix<'a> {
             .ok_or(Error::BadPair { from: to, to })
     }
 
+    /// Where the ring of channel `from -> to` lies in this address space (address, bytes):
+    /// for the rogue-instance tests, which scribble over their own outgoing slots.
+    pub fn ring_span(&self, from: InstanceId, to: InstanceId) -> Result<(usize, usize), Error> {
+        let slots = &self.chan(from, to)?.slots;
+        Ok((core::ptr::from_ref(slots).addr(), size_of_val(slots)))
+    }
+
     /// Receiver `to`'s summary: which senders published since it last looked.
     pub fn inbox(&self, to: InstanceId) -> Result<Inbox<'a>, Error> {
         Ok(Inbox {

@@ -152,6 +152,15 @@ impl Instance<'_> {
         InstanceState::from_raw(old).ok_or(old)
     }
 
+    /// Where the entry lies in this address space (address, bytes): for the rogue-instance
+    /// tests, which scribble over their own entry.
+    pub fn span(&self) -> (usize, usize) {
+        (
+            core::ptr::from_ref(self.e).addr(),
+            size_of::<InstanceEntry>(),
+        )
+    }
+
     /// The raw state word (diagnostics: what a corrupt word held).
     pub fn state_word(&self) -> u32 {
         self.e.status.state.load(Ordering::Acquire)

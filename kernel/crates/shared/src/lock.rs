@@ -305,11 +305,41 @@ impl<'a> TicketLock<'a> {
                 relax();
                 let s = l.serving.load(Ordering::Acquire);
                 if s != seen {
+                    // `serving` only ever moves forward (unlocks and forces add one), except
+                    // when a waiter repairs a corrupt value: a step back means a stray or
+                    // hostile write, which we repair like a value far behind (to our ticket).
+                    // Without this a writer toggling `serving` between two tickets behind ours
+                    // would keep every waiter from its turn until its bound ran out.
+                    if (s.wrapping_sub(seen) as i32) < 0
+                        && l.serving
+                            .compare_exchange(s, ticket, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        l.repaired.fetch_add(1, Ordering::Relaxed);
+                        how = Acquired::Forced;
+                        seen = ticket;
+                        continue;
+                    }
                     seen = s;
                     since = now;
                 }
             }
         }
+    }
+
+    /// The raw words `(next, serving)` (diagnostics, and the rogue-instance tests).
+    pub fn words(&self) -> (u32, u32) {
+        (
+            self.line.next.load(Ordering::Relaxed),
+            self.line.serving.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Writes `serving` outright, as a stray or hostile writer could (any instance maps the
+    /// lock line): for the rogue-instance tests, which torture the lock. No use of the lock
+    /// calls it.
+    pub fn overrule_serving(&self, serving: u32) {
+        self.line.serving.store(serving, Ordering::Relaxed);
     }
 
     /// Counters and last holder.

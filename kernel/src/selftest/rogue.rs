@@ -1,0 +1,715 @@
+//! The rogue-instance tests of issue 15: one instance misbehaves on purpose, seeded and
+//! replayable (the seed is printed; pass it back as the case's last argument), and the others
+//! must go on as if it were not there.
+//!
+//! ```text
+//!  instance 0 (the harness)          victim V                    rogue R
+//!  ─────────────────────────         ─────────────────────       ──────────────────────────
+//!  rogue_requests=R:V   ── job ──────────────────────────────►  IRQ_MASK, CONTROL, SHUTDOWN,
+//!    V's RTC still interrupts V                                  CPU_REMOVE, MEM_REMOVE to 0, V
+//!  rogue_scribble_own=R:V:S          pings 0 every 10 ms         random stores: own outgoing
+//!    pings V every 10 ms                                         slots, table entry, telemetry
+//!  rogue_locks=R:V:S                 prints markers              rewinds, then toggles the
+//!    prints markers, masks the RTC                               console and IO APIC `serving`
+//!  rogue_scribble_all=R:V:S          prints markers              random stores anywhere in the
+//!    waits for R's death, reclaim,                               region, then stops beating
+//!    respawn; every pair pings
+//! ```
+//!
+//! The rogue's side runs as jobs in its serve loop (`peer::start_job`); between bursts of
+//! misbehaviour it polls, so that it keeps beating and its misdeeds last the whole period.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use mk_shared::{InstanceState, Owner, Resource};
+use mk_wire::{Kind, Payload, Status};
+
+use super::harness::{Outcome, ensure};
+use super::peer::{start_job, wait_job};
+use super::services::{Rng, irq_stats, parse_instance, state, survivors_talk, ticks_in};
+use crate::arch::tsc;
+use crate::instance::iid;
+use crate::messaging;
+use crate::println;
+use crate::services::lifecycle;
+use crate::shared::region;
+
+/// The jobs of this module (`peer::run_job` hands them over).
+pub(super) mod job {
+    /// First job number of this module.
+    pub const FIRST: u64 = 100;
+    /// Rogue: unauthorised requests to instance 0 and to V (`arg` = V | line << 8).
+    pub const REQUESTS: u64 = 100;
+    /// Rogue: random stores into its own area (`arg` = seconds | seed << 32).
+    pub const SCRIBBLE_OWN: u64 = 101;
+    /// Victim: pings `to` every `period` ms (`arg` = to | seconds << 8 | period << 16 |
+    /// within << 32); the result is answered-within | sent << 32.
+    pub const PINGS: u64 = 102;
+    /// Rogue: rewinds, then toggles, `serving` of both shared locks (`arg` = seconds).
+    pub const LOCKS: u64 = 103;
+    /// Victim: prints a marker every `period` ms (`arg` = seconds | period << 16); the result
+    /// is the longest print (µs) | the longest gap between two markers (µs) << 32.
+    pub const MARKERS: u64 = 104;
+    /// Rogue: random stores anywhere in the shared region (`arg` = seconds | seed << 32),
+    /// then it stops beating for good.
+    pub const SCRIBBLE_ALL: u64 = 105;
+}
+
+/// Runs one of this module's jobs (in the instance asked to); the job's result.
+pub(super) fn run_job(kind: u64, arg: u64) -> u64 {
+    match kind {
+        job::REQUESTS => requests((arg & 0xFF) as usize, (arg >> 8) as u32 & 0xFF),
+        job::SCRIBBLE_OWN => scribble(arg & 0xFFFF, arg >> 32, Area::Own),
+        job::PINGS => pings(
+            (arg & 0xFF) as usize,
+            (arg >> 8) & 0xFF,
+            (arg >> 16) & 0xFFFF,
+            arg >> 32,
+        ),
+        job::LOCKS => locks(arg),
+        job::MARKERS => markers(arg & 0xFFFF, arg >> 16),
+        job::SCRIBBLE_ALL => {
+            scribble(arg & 0xFFFF, arg >> 32, Area::Whole);
+            // Stops beating: no poll, no timer, ever again. Instance 0 declares it dead.
+            x86_64::instructions::interrupts::disable();
+            loop {
+                x86_64::instructions::hlt();
+            }
+        }
+        _ => 0,
+    }
+}
+
+fn ms(n: u64) -> u64 {
+    n * tsc::ticks_per_ms()
+}
+
+fn micros(ticks: u64) -> u64 {
+    ticks * 1000 / tsc::ticks_per_ms().max(1)
+}
+
+/// Polls for `ms` milliseconds.
+fn poll_for(n: u64) {
+    let until = tsc::read() + ms(n);
+    while tsc::read() < until {
+        messaging::poll();
+        core::hint::spin_loop();
+    }
+}
+
+/// A seed from the clock, unless the case's argument gives one (to replay a run).
+fn seed_from(arg: Option<&str>) -> Result<u64, String> {
+    match arg {
+        Some(s) => s
+            .parse::<u32>()
+            .map(u64::from)
+            .map_err(|_| format!("bad seed '{s}'")),
+        None => Ok((tsc::read() ^ (tsc::read() >> 17)) & 0xFFFF_FFFF | 1),
+    }
+}
+
+/// `R:V[:rest...]`, both instances other than 0 and different.
+fn rogue_and_victim<'a>(
+    arg: &'a str,
+) -> Result<(usize, usize, core::str::Split<'a, char>), String> {
+    let mut parts = arg.split(':');
+    let r = parse_instance(parts.next().unwrap_or(""))?;
+    let v = parse_instance(parts.next().unwrap_or(""))?;
+    ensure(r != 0 && v != 0 && r != v, || {
+        format!("bad argument '{arg}': want R:V, two instances other than 0")
+    })?;
+    Ok((r, v, parts))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unauthorised requests.
+
+/// The requests the rogue sends to `to` (instance 0 or V), each one only instance 0, or the
+/// line's owner, may make.
+fn forbidden(to: usize, line: u32) -> Vec<(Kind, Payload)> {
+    let r = region::get();
+    let owned = |pick: &dyn Fn(Resource) -> bool| {
+        r.and_then(|r| {
+            r.resources()
+                .find(|(res, o)| pick(*res) && *o == Ok(Owner::Owned(iid(to))))
+                .map(|(res, _)| res)
+        })
+    };
+    let irq = mk_wire::IoIrqPayload {
+        irq: line,
+        vector: 0,
+        device_id: 0,
+        flags: mk_wire::IrqFlags::empty(),
+    };
+    let mut list = alloc::vec![
+        (Kind::IrqMask, Payload::IoIrq(irq)),
+        (Kind::IrqUnmask, Payload::IoIrq(irq)),
+        (
+            Kind::User(crate::services::bench::user::CONTROL),
+            crate::services::bench::words_payload(&[1, u64::MAX]),
+        ),
+        (
+            Kind::Shutdown,
+            Payload::Shutdown(mk_wire::ShutdownPayload {
+                reason: mk_wire::ShutdownReason::Requested,
+                flags: mk_wire::ShutdownFlags::RETURN_RESOURCES,
+                deadline_ticks: 0,
+            }),
+        ),
+    ];
+    // A CPU and a memory chunk `to` really owns: the authority check, not the payload's
+    // validation, must refuse them.
+    if let Some(Resource::Cpu(apic)) = owned(&|res| matches!(res, Resource::Cpu(_))) {
+        list.push((
+            Kind::CpuRemove,
+            Payload::Cpu(mk_wire::CpuPayload {
+                apic_id: apic,
+                numa_node: 0,
+                flags: mk_wire::CpuFlags::empty(),
+                generation: 0,
+                phase: mk_wire::HandoffPhase::Prepare,
+            }),
+        ));
+    }
+    if let Some(Resource::Memory(chunk)) = owned(&|res| matches!(res, Resource::Memory(_))) {
+        list.push((
+            Kind::MemRemove,
+            Payload::Mem(mk_wire::MemPayload {
+                start_frame: u64::from(chunk) * mk_shared::MEM_CHUNK_SIZE / mk_wire::PAGE_SIZE,
+                page_count: mk_shared::MEM_CHUNK_SIZE / mk_wire::PAGE_SIZE,
+                numa_node: 0,
+                mem_type: mk_wire::MemType::Normal,
+                generation: 0,
+                phase: mk_wire::HandoffPhase::Prepare,
+            }),
+        ));
+    }
+    list
+}
+
+/// Job `REQUESTS`, in the rogue: sends every forbidden request to instance 0 and to V. The
+/// result: answers that were `Refused` or `Unsupported` | requests << 8 | (the first other
+/// answer: its index + 1 << 16 | its status code + 1 << 24, 0 for no answer).
+fn requests(victim: usize, line: u32) -> u64 {
+    let mut good = 0u64;
+    let mut total = 0u64;
+    let mut first_bad = 0u64;
+    for to in [victim, 0] {
+        for (kind, payload) in forbidden(to, line) {
+            total += 1;
+            let status = messaging::call(iid(to), kind, payload, 2000).map(|m| m.status);
+            match status {
+                Ok(Status::Refused | Status::Unsupported) => good += 1,
+                other if first_bad == 0 => {
+                    let code = other.map_or(0, |s| u64::from(s.code()) + 1);
+                    first_bad = total << 16 | code << 24;
+                }
+                _ => {}
+            }
+        }
+    }
+    good | total << 8 | first_bad
+}
+
+/// `rogue_requests=R:V`: the RTC's line goes to V (balanced, 64 Hz); rogue R sends instance 0
+/// and V each an IRQ_MASK and an IRQ_UNMASK of that line, a benchmark CONTROL (pin the CPU
+/// polling), a SHUTDOWN, a CPU_REMOVE of one of their CPUs and a MEM_REMOVE of one of their
+/// memory chunks: every answer is `Refused` or `Unsupported`; V's RTC interrupts go on, V and
+/// instance 0 keep their CPUs and memory, V keeps running. The line stays V's, unmasked, for
+/// the cases after this one.
+pub(super) fn rogue_requests(arg: &str) -> Outcome {
+    use crate::services::irq;
+    let (r, v, _) = rogue_and_victim(arg)?;
+    let gsi = irq::rtc_gsi();
+    let line = gsi as usize;
+    let reg = region::get().ok_or("no shared region")?;
+    if reg.owner(Resource::Irq(gsi)) != Ok(Owner::Owned(iid(v))) {
+        irq::claim_local(line).map_err(|s| format!("claiming line {line}: {s:?}"))?;
+        crate::platform::rtc::start_periodic(10);
+        irq::balance(line, iid(v)).map_err(|s| format!("balancing line {line} to {v}: {s:?}"))?;
+    }
+    super::services::wait_growth("RTC interrupts in the victim", 10, || {
+        Ok(irq_stats(v, line)?.0)
+    })?;
+    let held: Vec<(Resource, Owner)> = reg
+        .resources()
+        .filter_map(|(res, o)| match o {
+            Ok(o @ Owner::Owned(x)) if x == iid(0) || x == iid(v) => Some((res, o)),
+            _ => None,
+        })
+        .collect();
+    let before = start_job(r, job::REQUESTS, v as u64 | u64::from(gsi) << 8)?;
+    let res = wait_job(r, before, 60_000)?.job_result;
+    let (good, total, bad_at, bad_code) = (
+        res & 0xFF,
+        (res >> 8) & 0xFF,
+        (res >> 16) & 0xFF,
+        (res >> 24) & 0xFFFF,
+    );
+    ensure(total >= 10 && good == total, || {
+        format!(
+            "{good} of {total} forbidden requests refused; request {bad_at} was answered {}",
+            if bad_code == 0 {
+                String::from("not at all")
+            } else {
+                format!("with status code {}", bad_code - 1)
+            }
+        )
+    })?;
+    super::services::wait_growth("RTC interrupts in the victim afterwards", 10, || {
+        Ok(irq_stats(v, line)?.0)
+    })?;
+    for (res, o) in &held {
+        ensure(reg.owner(*res) == Ok(*o), || {
+            format!("{res:?} was {o:?}, now {:?}", reg.owner(*res))
+        })?;
+    }
+    ensure(state(v)? == InstanceState::Running, || {
+        format!("instance {v} is {:?}", state(v))
+    })?;
+    println!(
+        "rogue_requests: instance {r}'s {total} forbidden requests to instance 0 and {v} were all refused; {v}'s RTC line {line} still interrupts it"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scribblers.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Area {
+    /// The rogue's own outgoing slots, table entry and telemetry row.
+    Own,
+    /// Anywhere in the shared region.
+    Whole,
+}
+
+/// The spans (address, bytes) of `area` for this instance.
+fn spans(area: Area) -> Vec<(usize, usize)> {
+    let Some(w) = region::window_span() else {
+        return Vec::new();
+    };
+    if area == Area::Whole {
+        return alloc::vec![w];
+    }
+    let me = crate::instance::id();
+    let mut spans = Vec::new();
+    if let Some(r) = region::get() {
+        if let Ok(matrix) = r.mailbox() {
+            for p in r.ids().filter(|&p| p != me) {
+                if let Ok(s) = matrix.ring_span(me, p) {
+                    spans.push(s);
+                }
+            }
+        }
+        if let Ok(i) = r.instance(me) {
+            spans.push(i.span());
+        }
+    }
+    if let Some(row) = region::telemetry_row(me) {
+        spans.push((
+            core::ptr::from_ref(row).addr(),
+            core::mem::size_of_val(row),
+        ));
+    }
+    spans
+}
+
+/// Random 8-byte stores into `area` for `secs` seconds, in bursts of 64 with a poll after each
+/// burst (so the rogue keeps beating). Returns how many stores were made.
+fn scribble(secs: u64, seed: u64, area: Area) -> u64 {
+    let spans = spans(area);
+    let words: u64 = spans.iter().map(|&(_, len)| (len / 8) as u64).sum();
+    if words == 0 {
+        return 0;
+    }
+    crate::info!(
+        "rogue: scribbling over {words} words ({}) for {secs} s, seed {seed}",
+        if area == Area::Own {
+            "own area"
+        } else {
+            "whole region"
+        }
+    );
+    let mut rng = Rng(seed | 1);
+    let until = tsc::read() + ms(secs * 1000);
+    let mut stores = 0;
+    while tsc::read() < until {
+        for _ in 0..64 {
+            let mut w = rng.below(words);
+            let value = match rng.below(4) {
+                0 => 0,
+                1 => u64::MAX,
+                2 => rng.below(64),
+                _ => rng.next(),
+            };
+            for &(addr, len) in &spans {
+                let n = (len / 8) as u64;
+                if w < n {
+                    if region::scribble(addr + 8 * w as usize, value) {
+                        stores += 1;
+                    }
+                    break;
+                }
+                w -= n;
+            }
+        }
+        messaging::poll();
+        core::hint::spin_loop();
+    }
+    stores
+}
+
+/// Job `PINGS`, in the victim: pings `to` every `period` ms for `secs` s, each with a
+/// `within` ms timeout. Returns answered (with the right payload, in time) | sent << 32.
+fn pings(to: usize, secs: u64, period: u64, within: u64) -> u64 {
+    let (answered, sent) = ping_loop(to, secs, period, within);
+    answered | sent << 32
+}
+
+fn ping_loop(to: usize, secs: u64, period: u64, within: u64) -> (u64, u64) {
+    let until = tsc::read() + ms(secs * 1000);
+    let (mut answered, mut sent) = (0, 0);
+    while tsc::read() < until {
+        let next = tsc::read() + ms(period);
+        sent += 1;
+        let ping = Payload::Ping(mk_wire::PingPayload {
+            nonce: sent,
+            sent_at: 0,
+        });
+        let t0 = tsc::read();
+        if let Ok(reply) = messaging::call(iid(to), Kind::Ping, ping, within)
+            && reply.payload == ping
+            && tsc::read() - t0 <= ms(within)
+        {
+            answered += 1;
+        }
+        while tsc::read() < next {
+            messaging::poll();
+            core::hint::spin_loop();
+        }
+    }
+    (answered, sent)
+}
+
+/// Over `secs` seconds: instance 0 and V ping each other every 10 ms (50 ms to answer).
+/// At least 99% of each side's pings must be answered in time.
+fn ping_each_other(v: usize, secs: u64) -> Outcome {
+    let before = start_job(v, job::PINGS, 0 | secs << 8 | 10 << 16 | 50 << 32)?;
+    let (answered, sent) = ping_loop(v, secs, 10, 50);
+    let res = wait_job(v, before, 30_000 + secs * 1000)?.job_result;
+    let (v_answered, v_sent) = (res & 0xFFFF_FFFF, res >> 32);
+    for (who, a, s) in [("0", answered, sent), ("V", v_answered, v_sent)] {
+        ensure(s > 0 && a * 100 >= s * 99, || {
+            format!("instance {who}'s pings: {a} of {s} answered within 50 ms (want 99%)")
+        })?;
+    }
+    println!(
+        "rogue: instance 0 -> {v}: {answered}/{sent} pings answered within 50 ms; {v} -> 0: {v_answered}/{v_sent}"
+    );
+    Ok(())
+}
+
+/// The CPUs `v` owns, by the table, and the timer interrupts each took so far.
+fn cpu_ticks(v: usize) -> Result<Vec<(u32, u64)>, String> {
+    let reg = region::get().ok_or("no shared region")?;
+    reg.resources()
+        .filter_map(|(res, o)| match (res, o) {
+            (Resource::Cpu(c), Ok(Owner::Owned(x))) if x == iid(v) => Some(c),
+            _ => None,
+        })
+        .collect::<Vec<u32>>()
+        .into_iter()
+        .map(|c| Ok((c, ticks_in(v, c)?)))
+        .collect()
+}
+
+/// V was neither declared dead nor collected, still owns every CPU it had, and each of them
+/// took timer interrupts since `before` (a CPU that got INIT takes none).
+fn victim_unharmed(v: usize, before: &[(u32, u64)]) -> Outcome {
+    ensure(
+        !lifecycle::COLLECTED[v].load(Ordering::SeqCst)
+            && lifecycle::DECLARED_DEAD_AT[v].load(Ordering::SeqCst) == 0
+            && state(v)? == InstanceState::Running,
+        || format!("instance {v} was declared dead or collected ({:?})", state(v)),
+    )?;
+    let after = cpu_ticks(v)?;
+    for &(c, b) in before {
+        let now = after.iter().find(|&&(x, _)| x == c).map(|&(_, t)| t);
+        ensure(now.is_some_and(|t| t > b), || {
+            format!("CPU {c} of instance {v}: ticks {b} before, {now:?} after (INIT? moved?)")
+        })?;
+    }
+    Ok(())
+}
+
+/// After a case that may have killed rogue R: if it was declared dead, waits until it is
+/// collected and starts it again, so that the next case finds it running.
+fn revive(r: usize) -> Outcome {
+    if state(r)? == InstanceState::Running && !lifecycle::COLLECTED[r].load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    wait_collected(r, 10_000)?;
+    lifecycle::respawn(iid(r)).map_err(|e| format!("respawning {r}: {e}"))?;
+    println!("rogue: instance {r} was declared dead and collected; started again");
+    Ok(())
+}
+
+fn wait_collected(r: usize, timeout_ms: u64) -> Outcome {
+    let deadline = tsc::read() + ms(timeout_ms);
+    while !lifecycle::COLLECTED[r].load(Ordering::SeqCst) {
+        ensure(tsc::read() < deadline, || {
+            format!(
+                "instance {r} ({:?}) was not declared dead and collected within {timeout_ms} ms",
+                state(r)
+            )
+        })?;
+        messaging::poll();
+    }
+    Ok(())
+}
+
+/// `S` seconds from the case's argument (default `default`), and a seed.
+fn secs_and_seed(
+    mut rest: core::str::Split<'_, char>,
+    default: u64,
+) -> Result<(u64, u64), String> {
+    let secs = match rest.next() {
+        Some(s) => s.parse::<u64>().map_err(|_| format!("bad seconds '{s}'"))?,
+        None => default,
+    };
+    ensure((1..=600).contains(&secs), || format!("{secs} s"))?;
+    Ok((secs, seed_from(rest.next())?))
+}
+
+/// `rogue_scribble_own=R:V[:S[:SEED]]`: rogue R makes random 8-byte stores into its own
+/// outgoing slots, its own table entry and its telemetry row for S seconds (default 10) while
+/// instance 0 and V ping each other every 10 ms: at least 99% of the pings are answered within
+/// 50 ms, V is never declared dead or collected, and its CPUs keep taking timer interrupts
+/// (none got INIT). R may be declared dead (it wrote over its own heartbeat); it is then
+/// started again.
+pub(super) fn rogue_scribble_own(arg: &str) -> Outcome {
+    let (r, v, rest) = rogue_and_victim(arg)?;
+    let (secs, seed) = secs_and_seed(rest, 10)?;
+    println!("rogue_scribble_own: seed {seed} (replay: rogue_scribble_own={r}:{v}:{secs}:{seed})");
+    let before = cpu_ticks(v)?;
+    let jobs = start_job(r, job::SCRIBBLE_OWN, secs | seed << 32)?;
+    ping_each_other(v, secs)?;
+    victim_unharmed(v, &before)?;
+    if state(r)? == InstanceState::Running {
+        let stores = wait_job(r, jobs, 10_000).map(|s| s.job_result);
+        println!("rogue_scribble_own: instance {r} made {stores:?} stores into its own area");
+    }
+    revive(r)?;
+    println!(
+        "rogue_scribble_own: instance {v} unharmed by {r}'s scribbling: never declared dead, its CPUs kept ticking"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock torture.
+
+/// Job `LOCKS`, in the rogue: for the first fifth of `secs`, sets `serving` of both shared
+/// locks far behind `next` every millisecond; then toggles it between two values behind it as
+/// fast as it can. Polls between rounds (it keeps beating). Returns the writes made.
+fn locks(secs: u64) -> u64 {
+    let Some(r) = region::get() else {
+        return 0;
+    };
+    let locks = [r.console(), r.ioapic_lock()];
+    let start = tsc::read();
+    let rewind_until = start + ms(secs * 200);
+    let until = start + ms(secs * 1000);
+    let mut writes = 0u64;
+    let mut flip = 0u32;
+    while tsc::read() < until {
+        let rewinding = tsc::read() < rewind_until;
+        for _ in 0..64 {
+            for l in &locks {
+                let (next, _) = l.words();
+                let to = if rewinding {
+                    next.wrapping_sub(100_000)
+                } else {
+                    flip ^= 1;
+                    next.wrapping_sub(2 + flip)
+                };
+                l.overrule_serving(to);
+                writes += 1;
+            }
+            if rewinding {
+                break;
+            }
+        }
+        if rewinding {
+            tsc::spin_micros(1000);
+        }
+        messaging::poll();
+        core::hint::spin_loop();
+    }
+    writes
+}
+
+/// Job `MARKERS`, in the victim: prints a marker every `period` ms for `secs` s. Returns the
+/// longest print (µs) | the longest gap between two markers' ends (µs) << 32.
+fn markers(secs: u64, period: u64) -> u64 {
+    let (print, gap) = marker_loop(secs, period, "victim");
+    print.min(0xFFFF_FFFF) | gap.min(0xFFFF_FFFF) << 32
+}
+
+/// Prints `rogue marker WHO N` every `period` ms for `secs` s, polling between; returns the
+/// longest print and the longest gap between two markers' ends, in µs.
+fn marker_loop(secs: u64, period: u64, who: &str) -> (u64, u64) {
+    let until = tsc::read() + ms(secs * 1000);
+    let (mut longest, mut gap) = (0, 0);
+    let mut last = tsc::read();
+    let mut n = 0;
+    while tsc::read() < until {
+        let next = tsc::read() + ms(period);
+        let t0 = tsc::read();
+        println!("rogue marker {who} {n}");
+        let t1 = tsc::read();
+        longest = longest.max(t1 - t0);
+        gap = gap.max(t1 - last);
+        last = t1;
+        n += 1;
+        while tsc::read() < next {
+            messaging::poll();
+            core::hint::spin_loop();
+        }
+    }
+    (micros(longest), micros(gap))
+}
+
+/// `rogue_locks=R:V[:S]`: rogue R rewinds `serving` of the console and IO APIC locks far
+/// behind for a fifth of S seconds (default 5), then toggles it between two tickets behind
+/// for the rest. Meanwhile instance 0 and V each print a marker every 100 ms: each print
+/// completes within 1 s, and no two markers are more than 1 s apart; V's and instance 0's
+/// timer ticks advance; instance 0 has V mask and unmask its RTC line (an IO APIC write under
+/// the tortured lock) every 500 ms, and each completes within 1 s.
+pub(super) fn rogue_locks(arg: &str) -> Outcome {
+    use crate::services::irq;
+    let (r, v, rest) = rogue_and_victim(arg)?;
+    let (secs, _) = secs_and_seed(rest, 5)?;
+    let gsi = irq::rtc_gsi();
+    let reg = region::get().ok_or("no shared region")?;
+    ensure(
+        reg.owner(Resource::Irq(gsi)) == Ok(Owner::Owned(iid(v))),
+        || format!("the RTC line {gsi} is not instance {v}'s (run rogue_requests first)"),
+    )?;
+    let before = cpu_ticks(v)?;
+    let my_ticks = crate::arch::interrupts::TIMER_TICKS.load(Ordering::Relaxed);
+    let stats_before = [reg.console().stats(), reg.ioapic_lock().stats()];
+    let rogue = start_job(r, job::LOCKS, secs)?;
+    let victim = start_job(v, job::MARKERS, secs | 100 << 16)?;
+    let until = tsc::read() + ms(secs * 1000);
+    let (mut longest, mut gap, mut masks, mut slowest_mask) = (0, 0, 0, 0);
+    let mut last = tsc::read();
+    let mut n = 0u64;
+    while tsc::read() < until {
+        let t0 = tsc::read();
+        println!("rogue marker instance-0 {n}");
+        let t1 = tsc::read();
+        longest = longest.max(t1 - t0);
+        gap = gap.max(t1 - last);
+        last = t1;
+        if n % 5 == 0 {
+            for mask in [true, false] {
+                let t0 = tsc::read();
+                let deadline = t0 + ms(1000);
+                // An operation that met the lock's bound fails with `Busy`: asked again until
+                // it is done or the second is up.
+                loop {
+                    match irq::request_mask(iid(v), gsi, mask) {
+                        Ok(()) => break,
+                        Err(Status::Busy) if tsc::read() < deadline => {
+                            messaging::poll();
+                        }
+                        Err(s) => {
+                            return Err(format!(
+                                "{} of line {gsi} in instance {v}: {s:?} after {} ms",
+                                if mask { "mask" } else { "unmask" },
+                                (tsc::read() - t0) / tsc::ticks_per_ms()
+                            ));
+                        }
+                    }
+                }
+                slowest_mask = slowest_mask.max(tsc::read() - t0);
+                masks += 1;
+            }
+        }
+        n += 1;
+        poll_for(100);
+    }
+    let writes = wait_job(r, rogue, 10_000)?.job_result;
+    let res = wait_job(v, victim, 10_000)?.job_result;
+    let (v_longest, v_gap) = (res & 0xFFFF_FFFF, res >> 32);
+    let (longest, gap, slowest_mask) = (micros(longest), micros(gap), micros(slowest_mask));
+    for (what, us) in [
+        ("instance 0's longest print", longest),
+        ("instance 0's longest gap between markers", gap),
+        ("V's longest print", v_longest),
+        ("V's longest gap between markers", v_gap),
+        ("the slowest RTC mask or unmask", slowest_mask),
+    ] {
+        ensure(us < 1_000_000, || format!("{what}: {us} µs (want < 1 s)"))?;
+    }
+    ensure(
+        crate::arch::interrupts::TIMER_TICKS.load(Ordering::Relaxed) > my_ticks + 10,
+        || String::from("instance 0's timer stood still"),
+    )?;
+    victim_unharmed(v, &before)?;
+    let after = [reg.console().stats(), reg.ioapic_lock().stats()];
+    let repaired: u64 = after
+        .iter()
+        .zip(&stats_before)
+        .map(|(a, b)| a.repaired - b.repaired)
+        .sum();
+    ensure(repaired > 0, || {
+        String::from("the locks repaired nothing: was the rogue torturing them?")
+    })?;
+    println!(
+        "rogue_locks: {writes} hostile writes to the locks' serving words in {secs} s; longest print {longest} µs (V: {v_longest} µs), longest gap {gap} µs (V: {v_gap} µs), {masks} RTC masks/unmasks, slowest {slowest_mask} µs; {repaired} repairs"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-region scribbler.
+
+/// `rogue_scribble_all=R:V[:S[:SEED]]`: rogue R makes random stores anywhere in the shared
+/// region for S seconds (default 3), then stops beating. Meanwhile instance 0 and V print a
+/// marker every 100 ms: neither panics or hangs (no gap of 1 s or more between markers). R is
+/// declared dead, reclaimed and started again; after that every pair of instances pings.
+pub(super) fn rogue_scribble_all(arg: &str) -> Outcome {
+    let (r, v, rest) = rogue_and_victim(arg)?;
+    let (secs, seed) = secs_and_seed(rest, 3)?;
+    println!("rogue_scribble_all: seed {seed} (replay: rogue_scribble_all={r}:{v}:{secs}:{seed})");
+    start_job(r, job::SCRIBBLE_ALL, secs | seed << 32)?;
+    let watch = secs + 3;
+    let victim = start_job(v, job::MARKERS, watch | 100 << 16)?;
+    let (longest, gap) = marker_loop(watch, 100, "instance-0");
+    let res = wait_job(v, victim, 20_000)?.job_result;
+    let (v_longest, v_gap) = (res & 0xFFFF_FFFF, res >> 32);
+    for (what, us) in [
+        ("instance 0's longest print", longest),
+        ("instance 0's longest gap between markers", gap),
+        ("V's longest print", v_longest),
+        ("V's longest gap between markers", v_gap),
+    ] {
+        ensure(us < 1_000_000, || format!("{what}: {us} µs (want < 1 s)"))?;
+    }
+    wait_collected(r, 20_000)?;
+    lifecycle::respawn(iid(r)).map_err(|e| format!("respawning {r}: {e}"))?;
+    ensure(state(r)? == InstanceState::Running, || {
+        format!("instance {r} is {:?} after the respawn", state(r))
+    })?;
+    survivors_talk()?;
+    println!(
+        "rogue_scribble_all: instances 0 and {v} went on through {secs} s of stores anywhere in the region (longest gaps {gap} and {v_gap} µs); {r} was collected, started again, and every pair pings"
+    );
+    Ok(())
+}
