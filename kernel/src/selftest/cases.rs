@@ -80,9 +80,13 @@ pub(super) static CASES: &[Case] = &[
     case("forged_words", |_, arg| services::forged_words(arg)),
     // A rogue instance (issue 15).
     case("rogue_requests", |_, arg| rogue::rogue_requests(arg)),
-    case("rogue_scribble_own", |_, arg| rogue::rogue_scribble_own(arg)),
+    case("rogue_scribble_own", |_, arg| {
+        rogue::rogue_scribble_own(arg)
+    }),
     case("rogue_locks", |_, arg| rogue::rogue_locks(arg)),
-    case("rogue_scribble_all", |_, arg| rogue::rogue_scribble_all(arg)),
+    case("rogue_scribble_all", |_, arg| {
+        rogue::rogue_scribble_all(arg)
+    }),
     // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),

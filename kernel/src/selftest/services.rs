@@ -838,7 +838,11 @@ pub(super) fn serial_irq(arg: &str) -> Outcome {
 }
 
 /// Waits (draining, up to 5 s) until `get` has grown by at least `by` from its first value.
-pub(super) fn wait_growth(what: &str, by: u64, mut get: impl FnMut() -> Result<u64, String>) -> Outcome {
+pub(super) fn wait_growth(
+    what: &str,
+    by: u64,
+    mut get: impl FnMut() -> Result<u64, String>,
+) -> Outcome {
     let first = get()?;
     let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
     loop {

@@ -12,6 +12,7 @@ use mk_mailbox::MailboxMatrix;
 use spin::{Mutex, Once};
 
 use super::region;
+use crate::arch::tsc;
 use crate::instance::InstanceId;
 
 static RECORDS: Once<Mutex<Ledger>> = Once::new();
@@ -92,10 +93,22 @@ pub fn mailboxes() -> Option<&'static MailboxMatrix<'static>> {
     MAILBOXES.get()
 }
 
-/// Logs a disagreement (the records counted it) and says what instance 0 does about it.
+/// Logs a disagreement (the records counted it) and says what instance 0 does about it, at
+/// most [`NOTE_BURST`] lines a second: a hostile instance can make disagreements as fast as it
+/// can write, and must not make instance 0 spend its time on the console.
 pub fn note(d: &Disagreement, action: &str) {
-    crate::warn!("shared table disagrees with instance 0's record: {d}; {action}");
+    static LIMIT: Once<mk_dispatch::LogLimiter> = Once::new();
+    let limit =
+        LIMIT.call_once(|| mk_dispatch::LogLimiter::new(1000 * tsc::ticks_per_ms(), NOTE_BURST));
+    if let mk_dispatch::LogDecision::Log { suppressed } = limit.check(tsc::read()) {
+        crate::warn!(
+            "shared table disagrees with instance 0's record: {d}; {action} ({suppressed} similar suppressed)"
+        );
+    }
 }
+
+/// Disagreement lines logged per second at most (all are counted).
+pub const NOTE_BURST: u32 = 8;
 
 /// Disagreements found so far (0 outside instance 0).
 pub fn disagreements() -> u64 {

@@ -215,10 +215,14 @@ impl<'a> TicketLock<'a> {
     ///   `next` and never lags by more than the waiters there can be). We set it to our ticket
     ///   by compare-exchange, which takes the lock, and count a repair. (Far *ahead* of our
     ///   ticket but not of `next` is legitimate, if we were skipped long ago: we queue again.)
+    /// * `serving` stepped back since our last look: only a repair of a corrupt value moves it
+    ///   back, so a writer did; we repair it the same way (to our ticket). A writer toggling
+    ///   `serving` between two tickets behind ours so gets the next waiter its turn at once.
     ///
     /// Every poll checks the deadline first, and no step waits for anything but `relax`: a
     /// writer that rewinds or toggles `serving` (each change restarts the stall timer) cannot
-    /// make the call last longer than `bound.total` plus one poll.
+    /// make the call last longer than `bound.total` plus one poll; only one that moves it
+    /// forward, never to our ticket, can make it last that long.
     ///
     /// Callers hold it with interrupts disabled and only for short work: an interrupt handler
     /// taking the same lock on the same CPU would otherwise wait for the bound.
