@@ -39,8 +39,6 @@ use crate::shared::region;
 
 /// The jobs of this module (`peer::run_job` hands them over).
 pub(super) mod job {
-    /// First job number of this module.
-    pub const FIRST: u64 = 100;
     /// Rogue: unauthorised requests to instance 0 and to V (`arg` = V | line << 8).
     pub const REQUESTS: u64 = 100;
     /// Rogue: random stores into its own area (`arg` = seconds | seed << 32).
@@ -58,8 +56,16 @@ pub(super) mod job {
     pub const SCRIBBLE_ALL: u64 = 105;
 }
 
-/// Runs one of this module's jobs (in the instance asked to); the job's result.
-pub(super) fn run_job(kind: u64, arg: u64) -> u64 {
+/// Hands this module's jobs to the job runner (`peer`): in every instance but 0.
+pub(super) fn register() {
+    if super::peer::set_more_jobs(run_job).is_err() {
+        crate::warn!("rogue tests: the job runner's hook was taken");
+    }
+}
+
+/// Runs one of this module's jobs (in the instance asked to); the job's result (0 for a kind
+/// that is not one).
+fn run_job(kind: u64, arg: u64) -> u64 {
     match kind {
         job::REQUESTS => requests((arg & 0xFF) as usize, (arg >> 8) as u32 & 0xFF),
         job::SCRIBBLE_OWN => scribble(arg & 0xFFFF, arg >> 32, Area::Own),

@@ -75,17 +75,19 @@ pub(crate) fn attach_check(chan: &Channel, from: InstanceId, to: InstanceId) -> 
     Ok(h.generation.load(Ordering::Relaxed))
 }
 
-/// Per-operation check: state Active and same generation as at attach.
+/// Per-operation check: state Active and same generation as at attach, and this end found no
+/// fault. A reset is reported before a fault: a faulted end learns that instance 0 reset the
+/// channel (and claims the new one) instead of staying faulted for good.
 #[inline]
 fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
-    if fault {
-        return Err(Error::Corrupt);
-    }
     let h = &chan.header;
     // Acquire: if a reset completed (Release store of Active) we also see its new generation.
     ChannelState::from_raw(h.state.load(Ordering::Acquire)).usable()?;
     if h.generation.load(Ordering::Relaxed) != generation {
         return Err(Error::Reset);
+    }
+    if fault {
+        return Err(Error::Corrupt);
     }
     Ok(())
 }

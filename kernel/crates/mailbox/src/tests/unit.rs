@@ -298,6 +298,29 @@ fn corrupt_slot_seq_is_detected() {
 }
 
 #[test]
+fn faulted_ends_learn_of_a_reset() {
+    let mut r = Region::new(2);
+    let m = r.init(2);
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    let chan = m.chan(id(0), id(1)).unwrap();
+    chan.slots[0].seq.store(777, Ordering::Release);
+    chan.rx.ack.store(u64::MAX / 2, Ordering::Release);
+    assert_eq!(rx.has_pending(), Err(Error::Corrupt));
+    assert_eq!(tx.free_slots(), Err(Error::Corrupt));
+    // Instance 0 resets the channel: both faulted ends are told so (not `Corrupt` forever),
+    // drop themselves and claim the new incarnation, which works.
+    m.reset_channel(id(0), id(1)).unwrap();
+    assert_eq!(rx.has_pending(), Err(Error::Reset));
+    assert_eq!(tx.free_slots(), Err(Error::Reset));
+    drop((tx, rx));
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    let _ = tx.try_send(&make_msg(0, 1, 9)).unwrap();
+    assert_eq!(rx.drain(|_| ()), Ok(1));
+}
+
+#[test]
 fn version_and_magic_checked() {
     let mut r = Region::new(3);
     {
