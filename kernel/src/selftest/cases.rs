@@ -76,6 +76,7 @@ pub(super) static CASES: &[Case] = &[
     case("serial_irq", |_, arg| services::serial_irq(arg)),
     case("storm", |_, arg| services::storm(arg)),
     case("forged_words", |_, arg| services::forged_words(arg)),
+    case("interrupt_flood", |_, arg| services::interrupt_flood(arg)),
     // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),

@@ -78,6 +78,7 @@ pub const NAMES: &[&str] = &[
     "serial_irq",
     "storm",
     "forged_words",
+    "interrupt_flood",
     // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).
     "start_wait",
     "slow_start",
