@@ -562,6 +562,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
             "instances=3",
             "rogue_requests=2:1",
             "rogue_scribble_own=2:1:10",
+            "rogue_no_drain=2:1",
             "rogue_locks=2:1:5",
             "rogue_scribble_all=2:1:3",
             "query",

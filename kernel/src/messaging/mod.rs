@@ -19,6 +19,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bulk;
+mod replies;
+
+pub use replies::{REPLIES_DROPPED, REPLIES_QUEUED};
 pub mod doorbell;
 
 use alloc::vec::Vec;
@@ -546,10 +549,11 @@ fn poll_flagged(inbox: &Inbox<'static>) -> usize {
     if outermost {
         POLLER.store(0, Ordering::Release);
     }
-    if work & WORK_HOOK != 0
-        && let Some(hook) = POLL_HOOK.get()
-    {
-        hook();
+    if work & WORK_HOOK != 0 {
+        replies::flush();
+        if let Some(hook) = POLL_HOOK.get() {
+            hook();
+        }
     }
     taken
 }
@@ -615,12 +619,14 @@ fn poll_locked(
                     // more will come until it is started again.
                     crate::info!("mailbox from instance {peer} is dead; no longer drained");
                     *slot = None;
+                    unfence(peer);
                 }
                 Err(mk_mailbox::Error::Reset) => {
-                    // Started again: the next drain takes the new incarnation's end.
+                    // Started again, or repaired: the next drain takes the new end.
                     *slot = None;
+                    unfence(peer);
                 }
-                Err(e) => crate::warn!("mailbox from instance {peer}: {e:?}"),
+                Err(e) => fence(peer, e),
             }
         }
     }
@@ -656,10 +662,38 @@ fn poll_locked(
     taken
 }
 
+/// A reply never waits inside a poll for room in the peer's mailbox: what finds it full waits
+/// in the peer's reply queue (`replies`), in order, for a later timer tick.
 fn send_reply(peer: InstanceId, reply: &Message) {
-    if let Err(e) = send(peer, reply) {
-        crate::warn!("reply to instance {peer} not sent: {e:?}");
+    replies::send(peer, reply);
+}
+
+/// Peers whose channel to this instance was found faulted (a sequence number no correct
+/// sender writes, counters that do not check): the fault is counted and logged once, and the
+/// channel is drained no more (each look costs one check) until instance 0 resets it
+/// (`lifecycle::repair_channels`), which the end learns as `Reset`.
+static FENCED: AtomicU64 = AtomicU64::new(0);
+/// Channels fenced so far (each fault once).
+pub static FENCES: AtomicU64 = AtomicU64::new(0);
+
+fn fence(peer: InstanceId, e: mk_mailbox::Error) {
+    static LOG: mk_dispatch::LogLimiter = mk_dispatch::LogLimiter::new(0, 4);
+    let bit = 1u64 << (peer.index() & 63);
+    if FENCED.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+        return;
     }
+    FENCES.fetch_add(1, Ordering::Relaxed);
+    // At most 4 lines a second, whatever the peers do.
+    let second = tsc::read() / (tsc::ticks_per_ms() * 1000).max(1);
+    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(second) {
+        crate::warn!(
+            "mailbox from instance {peer}: {e:?}; fenced until instance 0 resets it ({suppressed} similar suppressed)"
+        );
+    }
+}
+
+fn unfence(peer: InstanceId) {
+    FENCED.fetch_and(!(1u64 << (peer.index() & 63)), Ordering::Relaxed);
 }
 
 /// Work the serve loop runs between drains (tests use it to run jobs that send).
@@ -749,7 +783,8 @@ pub fn serve_forever() -> ! {
                     .lock()
                     .iter_mut()
                     .flatten()
-                    .all(|r| r.arm().unwrap_or(false))
+                    // A faulted end has nothing to wake us for (it is repaired on a tick).
+                    .all(|r| r.arm().unwrap_or(true))
             });
         if may_sleep {
             let before = interrupts::MESSAGE_IPIS.load(Ordering::Relaxed);

@@ -84,6 +84,7 @@ pub(super) static CASES: &[Case] = &[
     case("rogue_scribble_own", |_, arg| {
         rogue::rogue_scribble_own(arg)
     }),
+    case("rogue_no_drain", |_, arg| rogue::rogue_no_drain(arg)),
     case("rogue_locks", |_, arg| rogue::rogue_locks(arg)),
     case("rogue_scribble_all", |_, arg| {
         rogue::rogue_scribble_all(arg)

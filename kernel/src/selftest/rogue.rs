@@ -54,6 +54,13 @@ pub(super) mod job {
     /// Rogue: random stores anywhere in the shared region (`arg` = seconds | seed << 32),
     /// then it stops beating for good.
     pub const SCRIBBLE_ALL: u64 = 105;
+    /// Rogue: sends `n` PING requests to V without draining its own inbox, then halts `ms`
+    /// without draining (`arg` = V | n << 8 | ms << 32); the result is the requests sent.
+    pub const NO_DRAIN: u64 = 106;
+    /// Victim: its reply-queue counters (queued | dropped << 32).
+    pub const REPLY_STATS: u64 = 107;
+    /// Victim: channels it fenced so far.
+    pub const FENCES: u64 = 108;
 }
 
 /// Hands this module's jobs to the job runner (`peer`): in every instance but 0.
@@ -77,6 +84,12 @@ fn run_job(kind: u64, arg: u64) -> u64 {
         ),
         job::LOCKS => locks(arg),
         job::MARKERS => markers(arg & 0xFFFF, arg >> 16),
+        job::NO_DRAIN => no_drain((arg & 0xFF) as usize, (arg >> 8) & 0xFFFF, arg >> 32),
+        job::FENCES => messaging::FENCES.load(Ordering::Relaxed),
+        job::REPLY_STATS => {
+            messaging::REPLIES_QUEUED.load(Ordering::Relaxed)
+                | messaging::REPLIES_DROPPED.load(Ordering::Relaxed) << 32
+        }
         job::SCRIBBLE_ALL => {
             scribble(arg & 0xFFFF, arg >> 32, Area::Whole);
             // Stops beating: no poll, no timer, ever again. Instance 0 declares it dead.
@@ -513,14 +526,108 @@ pub(super) fn rogue_scribble_own(arg: &str) -> Outcome {
     let (secs, seed) = secs_and_seed(rest, 10)?;
     println!("rogue_scribble_own: seed {seed} (replay: rogue_scribble_own={r}:{v}:{secs}:{seed})");
     let before = cpu_ticks(v)?;
+    let fences = fences_in(v)?;
+    let repairs = lifecycle::REPAIRS.load(Ordering::Relaxed);
     start_job(r, job::SCRIBBLE_OWN, secs | seed << 32)?;
     ping_each_other(v, secs)?;
     victim_unharmed(v, &before)?;
+    // The channel from R broke (R wrote over its slots' sequence numbers): V fenced it, once
+    // per break, and instance 0 reset it (at most once a second).
+    let (fenced, repaired) = (
+        fences_in(v)? - fences,
+        lifecycle::REPAIRS.load(Ordering::Relaxed) - repairs,
+    );
+    ensure(
+        fenced >= 1 && repaired >= 1 && fenced <= repaired + 2,
+        || {
+            format!(
+                "instance {v} fenced {fenced} channel faults, instance 0 made {repaired} repairs"
+            )
+        },
+    )?;
     // R's replies may never come back (it wrote over its own outgoing slots): it is not asked
     // how many stores it made, it is started again.
     restart(r)?;
     println!(
-        "rogue_scribble_own: instance {v} unharmed by {r}'s scribbling: never declared dead, its CPUs kept ticking; {r} started again"
+        "rogue_scribble_own: instance {v} unharmed by {r}'s scribbling: never declared dead, its CPUs kept ticking; it fenced {fenced} faults of {r}'s channel, instance 0 made {repaired} repairs; {r} started again"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A peer that does not drain.
+
+/// Job `NO_DRAIN`, in the rogue: `n` PING requests (each wants a reply) to `victim`, sent as
+/// room comes (for at most 2 s) without ever draining this instance's inbox; then `ms` of
+/// halting without draining. Returns the requests sent.
+fn no_drain(victim: usize, n: u64, ms_quiet: u64) -> u64 {
+    let d = messaging::dispatcher();
+    let give_up = tsc::read() + ms(2000);
+    let mut sent = 0;
+    while sent < n && tsc::read() < give_up {
+        let Some(id) = d.map(|d| d.next_msg_id()) else {
+            break;
+        };
+        let ping = mk_wire::Message::request(
+            crate::instance::id(),
+            Kind::Ping,
+            id,
+            Payload::Ping(mk_wire::PingPayload {
+                nonce: id,
+                sent_at: 0,
+            }),
+        )
+        .with_flags(mk_wire::MsgFlags::NEEDS_REPLY);
+        match messaging::try_send(iid(victim), &ping) {
+            Ok(()) => sent += 1,
+            Err(_) => core::hint::spin_loop(),
+        }
+    }
+    let until = tsc::read() + ms(ms_quiet);
+    while tsc::read() < until {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+    sent
+}
+
+/// Channels instance `v` fenced so far, asked with a job.
+fn fences_in(v: usize) -> Result<u64, String> {
+    let before = start_job(v, job::FENCES, 0)?;
+    Ok(wait_job(v, before, 10_000)?.job_result)
+}
+
+/// V's reply-queue counters (queued, dropped), asked with a job.
+fn reply_stats(v: usize) -> Result<(u64, u64), String> {
+    let before = start_job(v, job::REPLY_STATS, 0)?;
+    let res = wait_job(v, before, 10_000)?.job_result;
+    Ok((res & 0xFFFF_FFFF, res >> 32))
+}
+
+/// `rogue_no_drain=R:V`: rogue R sends V 48 PING requests and never drains its inbox (for
+/// 1.5 s), so that V's replies fill R's mailbox (16), then V's reply queue for R (16), and the
+/// rest are dropped. Meanwhile instance 0 pings V every 10 ms for 1 s: V answers at least 99%
+/// within 50 ms (it never waits inside a poll for room). V counted queued and dropped replies.
+pub(super) fn rogue_no_drain(arg: &str) -> Outcome {
+    let (r, v, _) = rogue_and_victim(arg)?;
+    let (queued0, dropped0) = reply_stats(v)?;
+    let jobs = start_job(r, job::NO_DRAIN, v as u64 | 48 << 8 | 1500 << 32)?;
+    let (answered, sent) = ping_loop(v, 1, 10, 50);
+    ensure(sent > 0 && answered * 100 >= sent * 99, || {
+        format!("instance 0's pings to {v}: {answered} of {sent} answered within 50 ms")
+    })?;
+    let requests = wait_job(r, jobs, 20_000)?.job_result;
+    let (queued, dropped) = reply_stats(v)?;
+    let (queued, dropped) = (queued - queued0, dropped - dropped0);
+    ensure(requests == 48 && queued >= 1 && dropped >= 1, || {
+        format!(
+            "instance {r} sent {requests} requests; instance {v} queued {queued} replies and dropped {dropped}"
+        )
+    })?;
+    ensure(state(v)? == InstanceState::Running, || {
+        format!("instance {v} is {:?}", state(v))
+    })?;
+    println!(
+        "rogue_no_drain: instance {r} sent {requests} requests and did not drain; {v} queued {queued} replies, dropped {dropped}, and answered {answered}/{sent} of instance 0's pings within 50 ms"
     );
     Ok(())
 }

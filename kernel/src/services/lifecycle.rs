@@ -75,6 +75,57 @@ pub fn watch() {
             }
         }
     }
+    repair_channels(now);
+}
+
+/// Channels instance 0 reset because an end found them faulted or their header broken.
+pub static REPAIRS: AtomicU64 = AtomicU64::new(0);
+
+/// Instance 0, with the watch: resets every channel between two instances its record has
+/// running that an end found faulted (`mk_mailbox::MailboxMatrix::needs_repair`: it set the
+/// line's fault flag) or whose header no longer reads as instance 0 wrote it. Both ends then
+/// get `Reset` and claim the new incarnation; messages in flight on it are lost (they were
+/// garbled or stuck already). At most once a second per channel, so that a peer that keeps
+/// breaking its channel costs instance 0 one reset a second. The reset runs while the ends
+/// may be active: an end that was between its check and its store when the reset ran may
+/// garble the new incarnation's first slot, which then faults and is reset again.
+fn repair_channels(now: u64) {
+    static LAST: spin::Mutex<[u64; MAX * MAX]> = spin::Mutex::new([0; MAX * MAX]);
+    let Some(m) = records::mailboxes() else {
+        return;
+    };
+    let running = |k: InstanceId| {
+        records::with(|l| {
+            matches!(
+                l.life(k),
+                mk_ledger::Life::Running | mk_ledger::Life::StopAsked
+            )
+        }) == Some(true)
+    };
+    let ids: alloc::vec::Vec<InstanceId> = m.ids().filter(|&k| running(k)).collect();
+    let second = 1000 * tsc::ticks_per_ms();
+    let mut last = LAST.lock();
+    for &from in &ids {
+        for &to in ids.iter().filter(|&&t| t != from) {
+            let Err(why) = m.needs_repair(from, to) else {
+                continue;
+            };
+            let Some(at) = last.get_mut(from.index() * MAX + to.index()) else {
+                continue;
+            };
+            if *at != 0 && now.wrapping_sub(*at) < second {
+                continue;
+            }
+            *at = now;
+            match m.reset_channel(from, to) {
+                Ok(()) => {
+                    REPAIRS.fetch_add(1, Ordering::Relaxed);
+                    warn!("mailbox {from} -> {to} was {why:?}: reset");
+                }
+                Err(e) => warn!("mailbox {from} -> {to} was {why:?}; reset failed: {e:?}"),
+            }
+        }
+    }
 }
 
 /// Instance 0: asks instance `k` to shut down (`flags` as SHUTDOWN carries them), noting in

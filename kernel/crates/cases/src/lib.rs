@@ -82,6 +82,7 @@ pub const NAMES: &[&str] = &[
     // A rogue instance: unauthorised requests, scribbling, lock torture.
     "rogue_requests",
     "rogue_scribble_own",
+    "rogue_no_drain",
     "rogue_locks",
     "rogue_scribble_all",
     // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).

@@ -137,8 +137,13 @@ impl<'a> SenderEnd<'a> {
         to: InstanceId,
     ) -> Result<Self, Error> {
         let generation = attach_check(chan, from, to)?;
-        // Our own line: only we (and the creator before Active) write it.
+        // Our own line: only we (and the creator before Active) write it; but any instance
+        // can, so the counts must at least agree with the receiver's (at most a ring apart).
         let sent = chan.tx.sent.load(Ordering::Relaxed);
+        if sent.wrapping_sub(chan.rx.ack.load(Ordering::Relaxed)) > SLOTS as u64 {
+            chan.tx.fault.store(1, Ordering::Relaxed);
+            return Err(Error::Corrupt);
+        }
         let fault = chan.tx.fault.load(Ordering::Relaxed) != 0;
         Ok(Self {
             chan,
@@ -367,6 +372,11 @@ impl<'a> ReceiverEnd<'a> {
     ) -> Result<Self, Error> {
         let generation = attach_check(chan, from, to)?;
         let consumed = chan.rx.ack.load(Ordering::Relaxed);
+        // As for the sender: the counts must agree (the ring holds at most SLOTS messages).
+        if chan.tx.sent.load(Ordering::Relaxed).wrapping_sub(consumed) > SLOTS as u64 {
+            chan.rx.fault.store(1, Ordering::Relaxed);
+            return Err(Error::Corrupt);
+        }
         let fault = chan.rx.fault.load(Ordering::Relaxed) != 0;
         Ok(Self {
             chan,

@@ -339,11 +339,35 @@ impl<'a> MailboxMatrix<'a> {
         h.state
             .store(ChannelState::Resetting as u32, Ordering::SeqCst);
         c.clear(0);
+        // The identity too: a stray or hostile write may have hit it (see `needs_repair`).
+        h.magic.store(MAGIC, Ordering::Relaxed);
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.from.store(from.raw().into(), Ordering::Relaxed);
+        h.to.store(to.raw().into(), Ordering::Relaxed);
+        h.slots.store(SLOTS as u32, Ordering::Relaxed);
+        h.slot_size.store(MSG_SIZE as u32, Ordering::Relaxed);
         let g = h.generation.load(Ordering::Relaxed).wrapping_add(1);
         h.generation.store(g, Ordering::Relaxed);
         // Release: an end that sees Active again sees the zeroed lines and the new generation.
         h.state
             .store(ChannelState::Active as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// For the creator's watch: why channel `from -> to` needs a reset to be usable again, if
+    /// it does: an end found it faulted (a sequence number or acknowledgement no correct peer
+    /// writes, or counters that do not check at attach), or its header no longer reads as the
+    /// creator wrote it (identity, or a state no run of the protocol leaves). `Ok(())` for a
+    /// healthy channel and for one marked dead (that one waits for its instance's respawn).
+    pub fn needs_repair(&self, from: InstanceId, to: InstanceId) -> Result<(), Error> {
+        let c = self.chan(from, to)?;
+        if ChannelState::from_raw(c.header.state.load(Ordering::Acquire)) == ChannelState::Dead {
+            return Ok(());
+        }
+        crate::channel::attach_check(c, from, to)?;
+        if c.tx.fault.load(Ordering::Relaxed) != 0 || c.rx.fault.load(Ordering::Relaxed) != 0 {
+            return Err(Error::Corrupt);
+        }
         Ok(())
     }
 

@@ -604,3 +604,48 @@ fn rate_limiter() {
     let allowed = (0..10_000u64).filter(|&t| rl.allow(t)).count();
     assert!((1000..=1006).contains(&allowed), "{allowed}");
 }
+
+#[test]
+fn needs_repair_finds_faults_and_broken_headers_and_a_reset_repairs_them() {
+    let mut r = Region::new(3);
+    let m = r.init(3);
+    let pairs = [(id(0), id(1)), (id(1), id(2)), (id(2), id(0))];
+    for &(a, b) in &pairs {
+        assert_eq!(m.needs_repair(a, b), Ok(()));
+    }
+    // A bogus acknowledgement seen by the sender; a hit on the header's identity; counters
+    // that disagree, found at attach (which sets the fault flag for the watch to see).
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    m.chan(id(0), id(1))
+        .unwrap()
+        .rx
+        .ack
+        .store(u64::MAX / 3, Ordering::Release);
+    assert_eq!(tx.free_slots(), Err(Error::Corrupt));
+    m.chan(id(1), id(2))
+        .unwrap()
+        .header
+        .magic
+        .store(0xdead, Ordering::Relaxed);
+    m.chan(id(2), id(0))
+        .unwrap()
+        .tx
+        .sent
+        .store(1000, Ordering::Relaxed);
+    assert_eq!(m.receiver_end(id(2), id(0)).err(), Some(Error::Corrupt));
+    for &(a, b) in &pairs {
+        assert!(m.needs_repair(a, b).is_err(), "{a:?} -> {b:?}");
+    }
+    for &(a, b) in &pairs {
+        m.reset_channel(a, b).unwrap();
+        assert_eq!(m.needs_repair(a, b), Ok(()));
+    }
+    drop(tx);
+    let mut tx = m.sender_end(id(2), id(0)).unwrap();
+    let mut rx = m.receiver_end(id(2), id(0)).unwrap();
+    let _ = tx.try_send(&make_msg(2, 0, 1)).unwrap();
+    assert_eq!(rx.drain(|_| ()), Ok(1));
+    // A dead channel waits for its instance's respawn: not the watch's to repair.
+    m.mark_dead(id(1), id(2)).unwrap();
+    assert_eq!(m.needs_repair(id(1), id(2)), Ok(()));
+}

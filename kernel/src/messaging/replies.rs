@@ -1,0 +1,95 @@
+//! Replies waiting for room, per peer (issue 15, item 6).
+//!
+//! A handler's reply is sent from inside a poll. It used to wait there for room (up to
+//! `SEND_TIMEOUT_MS`), so a peer that sent requests and never drained its inbox held the
+//! answering instance about a second per request. Now a reply that finds the peer's mailbox
+//! full waits here instead, behind the peer's earlier ones (order per peer is kept: while a
+//! peer has replies waiting, new ones queue behind them), and goes out on a later timer tick.
+//!
+//! ```text
+//!  handler ─► reply ─► peer's queue empty? ── yes ─► try_send ─ Ok ──────────────► sent
+//!                         │ no                          └─ Busy ─► queue (tail)
+//!                         └───────────────────────────────────────► queue (tail)
+//!  every tick ─► flush: each queue, front first, until Busy
+//!  queue full (PER_PEER) or peer gone ─► dropped, counted, logged at a limited rate
+//! ```
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mk_wire::Message;
+use spin::Mutex;
+
+use super::{InstanceId, SendError, try_send};
+use crate::arch::tsc;
+
+/// Replies kept per peer at most; past that the newest is dropped (a peer that does not drain
+/// cannot make this instance hold more).
+pub const PER_PEER: usize = 16;
+
+/// Replies that had to wait for room.
+pub static REPLIES_QUEUED: AtomicU64 = AtomicU64::new(0);
+/// Replies dropped: the peer's queue was full, or the peer went away.
+pub static REPLIES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+static QUEUES: Mutex<Vec<VecDeque<Message>>> = Mutex::new(Vec::new());
+
+/// Sends `reply` to `peer` now if its mailbox has room and no earlier reply waits; else queues
+/// it behind them. Never waits.
+pub(super) fn send(peer: InstanceId, reply: &Message) {
+    let mut queues = QUEUES.lock();
+    if queues.len() < mk_shared::MAX_INSTANCES {
+        queues.resize_with(mk_shared::MAX_INSTANCES, VecDeque::new);
+    }
+    let Some(q) = queues.get_mut(peer.index()) else {
+        return dropped(peer, "no such instance");
+    };
+    if q.is_empty() {
+        match try_send(peer, reply) {
+            Ok(()) => return,
+            Err(SendError::Busy) => {}
+            Err(e) => return dropped(peer, &alloc::format!("{e:?}")),
+        }
+    }
+    if q.len() >= PER_PEER {
+        return dropped(peer, "its reply queue is full");
+    }
+    q.push_back(*reply);
+    REPLIES_QUEUED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends what waits, each peer's replies in order, until a mailbox is full again (timer tick).
+pub(super) fn flush() {
+    let Some(mut queues) = QUEUES.try_lock() else {
+        return;
+    };
+    for (i, q) in queues.iter_mut().enumerate() {
+        let peer = InstanceId::new(i as u16);
+        while let Some(reply) = q.front() {
+            match try_send(peer, reply) {
+                Ok(()) => {
+                    q.pop_front();
+                }
+                Err(SendError::Busy) => break,
+                Err(e) => {
+                    // Gone (stopped, dead, channel reset or faulted): nobody waits for these.
+                    let n = q.len();
+                    q.clear();
+                    REPLIES_DROPPED.fetch_add(n as u64 - 1, Ordering::Relaxed);
+                    dropped(peer, &alloc::format!("{e:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// Counts a dropped reply; logs at most 4 lines a second.
+fn dropped(peer: InstanceId, why: &str) {
+    static LOG: mk_dispatch::LogLimiter = mk_dispatch::LogLimiter::new(0, 4);
+    REPLIES_DROPPED.fetch_add(1, Ordering::Relaxed);
+    let second = tsc::read() / (tsc::ticks_per_ms() * 1000).max(1);
+    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(second) {
+        crate::warn!("reply to instance {peer} dropped: {why} ({suppressed} similar suppressed)");
+    }
+}
