@@ -651,12 +651,12 @@ fn locks(secs: u64) -> u64 {
     while tsc::read() < until {
         let rewinding = tsc::read() < rewind_until;
         for _ in 0..64 {
+            flip ^= 1;
             for l in &locks {
                 let (next, _) = l.words();
                 let to = if rewinding {
                     next.wrapping_sub(100_000)
                 } else {
-                    flip ^= 1;
                     next.wrapping_sub(2 + flip)
                 };
                 l.overrule_serving(to);

@@ -290,6 +290,7 @@ impl<'a> TicketLock<'a> {
                     continue 'queue;
                 }
                 if now.wrapping_sub(since) >= bound.stall {
+                    since = now;
                     if l.serving
                         .compare_exchange(
                             seen,
@@ -301,9 +302,12 @@ impl<'a> TicketLock<'a> {
                     {
                         l.forced.fetch_add(1, Ordering::Relaxed);
                         how = Acquired::Forced;
+                        // What we wrote is what we go by: if it is our ticket the lock is ours
+                        // now, even if a writer changed the word again since.
+                        seen = seen.wrapping_add(1);
+                    } else {
+                        seen = l.serving.load(Ordering::Acquire);
                     }
-                    since = now;
-                    seen = l.serving.load(Ordering::Acquire);
                     continue;
                 }
                 relax();

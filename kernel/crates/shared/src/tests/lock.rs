@@ -114,6 +114,16 @@ fn toggling_serving_is_repaired_and_creeping_cannot_stretch_a_wait() {
         let s = lock.stats();
         assert_eq!((s.timed_out, s.forced, s.acquired), (0, 0, 2), "{s:?}");
         assert!(s.repaired >= 1, "{s:?}");
+        // One that keeps writing the same ticket just behind ours, even right after we force
+        // it on: a force that writes our ticket is our turn, whatever is written after it.
+        let mine = l.next.load(Ordering::Relaxed);
+        l.serving.store(mine.wrapping_sub(1), Ordering::Relaxed);
+        let pin = || l.serving.store(mine.wrapping_sub(1), Ordering::Relaxed);
+        let g = lock.try_lock(id(0), bound, counter(), pin).unwrap();
+        assert_eq!((g.ticket(), g.acquired()), (mine, Acquired::Forced));
+        drop(g);
+        let s = lock.stats();
+        assert_eq!((s.timed_out, s.forced, s.acquired), (0, 1, 3), "{s:?}");
         // One that only ever moves it forward, one ticket per poll from far (but not too
         // far) behind ours: each change restarts the stall timer and nothing looks corrupt;
         // the deadline comes before our turn does.
@@ -144,7 +154,7 @@ fn toggling_serving_is_repaired_and_creeping_cannot_stretch_a_wait() {
             "{e:?}, {reads}"
         );
         let s = lock.stats();
-        assert_eq!((s.timed_out, s.forced), (1, 0), "{s:?}");
+        assert_eq!((s.timed_out, s.forced), (1, 1), "{s:?}");
         drop(holder);
     }
     assert_eq!(r.console().name(), LockName::Console);
