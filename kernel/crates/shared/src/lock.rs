@@ -205,9 +205,13 @@ impl<'a> TicketLock<'a> {
     /// Ticket lock: take `ticket = next.fetch_add(1)` (Relaxed), wait until `serving == ticket`
     /// (Acquire: the previous holder's work is done before ours starts). Then:
     ///
-    /// * `serving` has not changed for `bound.stall` ticks: its holder is presumed dead, we
-    ///   advance it by compare-exchange `s -> s + 1` (two waiters forcing at once skip only one
-    ///   ticket) and count a force.
+    /// * `serving` has not changed for `bound.stall` ticks: its holder is presumed dead, and
+    ///   so are the tickets between it and ours (abandoned by waiters that timed out, or
+    ///   taken by a dead instance); we take our turn by compare-exchange `s -> ticket` (of
+    ///   two waiters forcing at once one wins; a live waiter skipped this way sees `serving`
+    ///   past its ticket and queues again) and count a force. One stall per acquisition,
+    ///   however many tickets were abandoned: waiters that time out faster than stalls pass
+    ///   cannot keep the lock from recovering.
     /// * `serving` moved past our ticket (someone forced while it was our turn): take a new
     ///   ticket and go on waiting, still against the deadline of the call.
     /// * `serving` is more than [`MAX_QUEUE`] tickets behind ours, or ahead of `next`: no run
@@ -294,7 +298,7 @@ impl<'a> TicketLock<'a> {
                     if l.serving
                         .compare_exchange(
                             seen,
-                            seen.wrapping_add(1),
+                            ticket,
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         )
@@ -302,9 +306,9 @@ impl<'a> TicketLock<'a> {
                     {
                         l.forced.fetch_add(1, Ordering::Relaxed);
                         how = Acquired::Forced;
-                        // What we wrote is what we go by: if it is our ticket the lock is ours
-                        // now, even if a writer changed the word again since.
-                        seen = seen.wrapping_add(1);
+                        // What we wrote is what we go by: the lock is ours now, even if a
+                        // writer changed the word again since.
+                        seen = ticket;
                     } else {
                         seen = l.serving.load(Ordering::Acquire);
                     }
