@@ -418,6 +418,12 @@ impl<'a> ReceiverEnd<'a> {
     /// (never used). Anything else was written by a broken peer: the channel is corrupt.
     #[inline]
     fn peek(&mut self) -> Result<bool, Error> {
+        self.look().map_err(|()| self.mark_fault())
+    }
+
+    /// [`Self::peek`] without marking the fault (`Err(())`: the slot is corrupt).
+    #[inline]
+    fn look(&self) -> Result<bool, ()> {
         let slot = &self.chan.slots[(self.consumed % SLOTS as u64) as usize];
         // Acquire: pairs with the sender's Release store of seq; the payload is visible.
         let seq = slot.seq.load(Ordering::Acquire);
@@ -426,7 +432,7 @@ impl<'a> ReceiverEnd<'a> {
         } else if seq == 0 || seq == seq_back(self.expected, SLOTS as u32) {
             Ok(false)
         } else {
-            Err(self.mark_fault())
+            Err(())
         }
     }
 
@@ -480,13 +486,18 @@ impl<'a> ReceiverEnd<'a> {
 
     /// Copies up to `out.len()` (at most [`SLOTS`]) waiting messages, in order, straight into
     /// `out` and acknowledges them; returns how many. One copy per message, out of shared memory
-    /// into the caller's buffers, which the peer can no longer change.
+    /// into the caller's buffers, which the peer can no longer change. A corrupt slot after
+    /// some messages ends the drain with those (they were acknowledged: they must reach the
+    /// caller); the next call reports it ([`Error::Corrupt`]).
     pub fn drain_into(&mut self, out: &mut [[u8; MSG_SIZE]]) -> Result<usize, Error> {
         op_check(self.chan, self.generation, self.fault)?;
         let mut n = 0;
         for buf in out.iter_mut().take(SLOTS) {
-            if !self.peek()? {
-                break;
+            match self.look() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(()) if n == 0 => return Err(self.mark_fault()),
+                Err(()) => break,
             }
             take_slot(self.chan, &mut self.consumed, &mut self.expected, buf);
             n += 1;
