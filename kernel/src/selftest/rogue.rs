@@ -110,19 +110,12 @@ fn micros(ticks: u64) -> u64 {
     ticks * 1000 / tsc::ticks_per_ms().max(1)
 }
 
-/// Polls for `ms` milliseconds, halting between polls (a timer tick or a doorbell wakes the
-/// CPU): spinning CPUs would make an instruction-count run crawl (every `pause` switches
-/// QEMU to the next CPU).
+/// Polls for `ms` milliseconds.
 fn poll_for(n: u64) {
-    wait_until(tsc::read() + ms(n));
-}
-
-/// Polls until the TSC reaches `until`, halting between polls.
-fn wait_until(until: u64) {
+    let until = tsc::read() + ms(n);
     while tsc::read() < until {
-        if messaging::poll() == 0 {
-            x86_64::instructions::interrupts::enable_and_hlt();
-        }
+        messaging::poll();
+        core::hint::spin_loop();
     }
 }
 
@@ -360,12 +353,12 @@ fn scribble(secs: u64, seed: u64, area: Area) -> u64 {
     let mut rng = Rng(seed | 1);
     let until = tsc::read() + ms(secs * 1000);
     let mut stores = 0;
-    // Its own area as fast as it can; the whole region in bursts of 80 a timer tick (about
+    // Its own area as fast as it can; the whole region in bursts of 8 a millisecond (about
     // 8,000 stores a second: every control word of the region is hit now and then, rather
     // than all of them all the time, when nothing could work).
     let (burst, pause) = match area {
         Area::Own => (64, 0),
-        Area::Whole => (80, ms(5)),
+        Area::Whole => (8, ms(1)),
     };
     while tsc::read() < until {
         for _ in 0..burst {
@@ -387,11 +380,13 @@ fn scribble(secs: u64, seed: u64, area: Area) -> u64 {
                 w -= n;
             }
         }
-        if pause == 0 {
+        let resume = tsc::read() + pause;
+        loop {
             messaging::poll();
             core::hint::spin_loop();
-        } else {
-            wait_until(tsc::read() + pause);
+            if tsc::read() >= resume {
+                break;
+            }
         }
     }
     stores
@@ -421,7 +416,10 @@ fn ping_loop(to: usize, secs: u64, period: u64, within: u64) -> (u64, u64) {
         {
             answered += 1;
         }
-        wait_until(next);
+        while tsc::read() < next {
+            messaging::poll();
+            core::hint::spin_loop();
+        }
     }
     (answered, sent)
 }
@@ -713,7 +711,10 @@ fn marker_loop(secs: u64, period: u64, who: &str) -> (u64, u64) {
         gap = gap.max(t1 - last);
         last = t1;
         n += 1;
-        wait_until(next);
+        while tsc::read() < next {
+            messaging::poll();
+            core::hint::spin_loop();
+        }
     }
     (micros(longest), micros(gap))
 }
