@@ -550,7 +550,7 @@ fn poll_flagged(inbox: &Inbox<'static>) -> usize {
         POLLER.store(0, Ordering::Release);
     }
     if work & WORK_HOOK != 0 {
-        replies::flush();
+        replies::flush(reply_attempt);
         if let Some(hook) = POLL_HOOK.get() {
             hook();
         }
@@ -665,7 +665,16 @@ fn poll_locked(
 /// A reply never waits inside a poll for room in the peer's mailbox: what finds it full waits
 /// in the peer's reply queue (`replies`), in order, for a later timer tick.
 fn send_reply(peer: InstanceId, reply: &Message) {
-    replies::send(peer, reply);
+    replies::send(peer, reply, |m| reply_attempt(peer, m));
+}
+
+/// One attempt to send a reply, never waiting for room.
+fn reply_attempt(peer: InstanceId, reply: &Message) -> replies::Attempt {
+    match try_send(peer, reply) {
+        Ok(()) => replies::Attempt::Sent,
+        Err(SendError::Busy) => replies::Attempt::Full,
+        Err(e) => replies::Attempt::Gone(alloc::format!("{e:?}")),
+    }
 }
 
 /// Peers whose channel to this instance was found faulted (a sequence number no correct

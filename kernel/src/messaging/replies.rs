@@ -21,8 +21,18 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mk_wire::Message;
 use spin::Mutex;
 
-use super::{InstanceId, SendError, try_send};
 use crate::arch::tsc;
+use crate::instance::InstanceId;
+
+/// What one attempt to send a reply did (the sender is the caller's: this file knows nothing
+/// of mailboxes).
+pub(super) enum Attempt {
+    Sent,
+    /// The peer's mailbox is full: try again later.
+    Full,
+    /// The peer cannot take it (stopped, dead, channel reset or faulted): why.
+    Gone(alloc::string::String),
+}
 
 /// Replies kept per peer at most; past that the newest is dropped (a peer that does not drain
 /// cannot make this instance hold more).
@@ -37,7 +47,7 @@ static QUEUES: Mutex<Vec<VecDeque<Message>>> = Mutex::new(Vec::new());
 
 /// Sends `reply` to `peer` now if its mailbox has room and no earlier reply waits; else queues
 /// it behind them. Never waits.
-pub(super) fn send(peer: InstanceId, reply: &Message) {
+pub(super) fn send(peer: InstanceId, reply: &Message, try_send: impl Fn(&Message) -> Attempt) {
     let mut queues = QUEUES.lock();
     if queues.len() < mk_shared::MAX_INSTANCES {
         queues.resize_with(mk_shared::MAX_INSTANCES, VecDeque::new);
@@ -46,10 +56,10 @@ pub(super) fn send(peer: InstanceId, reply: &Message) {
         return dropped(peer, "no such instance");
     };
     if q.is_empty() {
-        match try_send(peer, reply) {
-            Ok(()) => return,
-            Err(SendError::Busy) => {}
-            Err(e) => return dropped(peer, &alloc::format!("{e:?}")),
+        match try_send(reply) {
+            Attempt::Sent => return,
+            Attempt::Full => {}
+            Attempt::Gone(why) => return dropped(peer, &why),
         }
     }
     if q.len() >= PER_PEER {
@@ -60,7 +70,7 @@ pub(super) fn send(peer: InstanceId, reply: &Message) {
 }
 
 /// Sends what waits, each peer's replies in order, until a mailbox is full again (timer tick).
-pub(super) fn flush() {
+pub(super) fn flush(try_send: impl Fn(InstanceId, &Message) -> Attempt) {
     let Some(mut queues) = QUEUES.try_lock() else {
         return;
     };
@@ -68,16 +78,16 @@ pub(super) fn flush() {
         let peer = InstanceId::new(i as u16);
         while let Some(reply) = q.front() {
             match try_send(peer, reply) {
-                Ok(()) => {
+                Attempt::Sent => {
                     q.pop_front();
                 }
-                Err(SendError::Busy) => break,
-                Err(e) => {
-                    // Gone (stopped, dead, channel reset or faulted): nobody waits for these.
+                Attempt::Full => break,
+                Attempt::Gone(why) => {
+                    // Nobody waits for these any more.
                     let n = q.len();
                     q.clear();
                     REPLIES_DROPPED.fetch_add(n as u64 - 1, Ordering::Relaxed);
-                    dropped(peer, &alloc::format!("{e:?}"));
+                    dropped(peer, &why);
                 }
             }
         }

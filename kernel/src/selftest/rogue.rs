@@ -427,7 +427,7 @@ fn ping_loop(to: usize, secs: u64, period: u64, within: u64) -> (u64, u64) {
 /// Over `secs` seconds: instance 0 and V ping each other every 10 ms (50 ms to answer).
 /// At least 99% of each side's pings must be answered in time.
 fn ping_each_other(v: usize, secs: u64) -> Outcome {
-    let before = start_job(v, job::PINGS, 0 | secs << 8 | 10 << 16 | 50 << 32)?;
+    let before = start_job(v, job::PINGS, (secs << 8) | 10 << 16 | 50 << 32)?;
     let (answered, sent) = ping_loop(v, secs, 10, 50);
     let res = wait_job(v, before, 30_000 + secs * 1000)?.job_result;
     let (v_answered, v_sent) = (res & 0xFFFF_FFFF, res >> 32);

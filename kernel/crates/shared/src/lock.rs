@@ -296,12 +296,7 @@ impl<'a> TicketLock<'a> {
                 if now.wrapping_sub(since) >= bound.stall {
                     since = now;
                     if l.serving
-                        .compare_exchange(
-                            seen,
-                            ticket,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
+                        .compare_exchange(seen, ticket, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
                         l.forced.fetch_add(1, Ordering::Relaxed);

@@ -245,13 +245,19 @@ fn corrupt_serving_is_repaired_at_once() {
     };
     let mut relaxed = 0;
     let forced = c.stats().forced;
-    drop(c.try_lock(id(0), short, counter(), || relaxed += 1).unwrap());
+    drop(
+        c.try_lock(id(0), short, counter(), || relaxed += 1)
+            .unwrap(),
+    );
     assert!(relaxed >= 2 && c.stats().forced == forced + 1, "{relaxed}");
     let (next, _) = words(l);
     l.serving
         .store(next.wrapping_sub(MAX_QUEUE + 1), Ordering::Relaxed);
     let mut relaxed = 0;
-    drop(c.try_lock(id(0), short, counter(), || relaxed += 1).unwrap());
+    drop(
+        c.try_lock(id(0), short, counter(), || relaxed += 1)
+            .unwrap(),
+    );
     assert_eq!(relaxed, 0);
 }
 
