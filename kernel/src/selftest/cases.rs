@@ -78,7 +78,6 @@ pub(super) static CASES: &[Case] = &[
     case("serial_irq", |_, arg| services::serial_irq(arg)),
     case("storm", |_, arg| services::storm(arg)),
     case("forged_words", |_, arg| services::forged_words(arg)),
-    case("interrupt_flood", |_, arg| services::interrupt_flood(arg)),
     // A rogue instance (issue 15).
     case("rogue_requests", |_, arg| rogue::rogue_requests(arg)),
     case("rogue_scribble_own", |_, arg| {

@@ -78,7 +78,6 @@ pub const NAMES: &[&str] = &[
     "serial_irq",
     "storm",
     "forged_words",
-    "interrupt_flood",
     // A rogue instance: unauthorised requests, scribbling, lock torture.
     "rogue_requests",
     "rogue_scribble_own",
