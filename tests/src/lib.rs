@@ -568,7 +568,8 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         plan: Some("1,2,1"),
         shape: Shape::DEFAULT,
         expect: Expect::Pass,
-        timeout_secs: 300,
+        // About 285 s of host time alone on this machine (instruction-count mode).
+        timeout_secs: 600,
         note: "a rogue instance: unauthorised requests, scribbling its own area, a peer that does not drain, lock torture",
     });
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
