@@ -572,6 +572,28 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         timeout_secs: 600,
         note: "a rogue instance: unauthorised requests, scribbling its own area, a peer that does not drain, lock torture",
     });
+    // The same rogue under KVM (x2APIC, real time): the deadlines are wall-clock ones here.
+    boots.push(Boot {
+        name: "kvm-rogue",
+        accel: Accel::Kvm,
+        firmware: Firmware::Bios,
+        smp: 4,
+        memory_mib: 1024,
+        cases: &[
+            "instances=3",
+            "rogue_requests=2:1",
+            "rogue_scribble_own=2:1:10",
+            "rogue_no_drain=2:1",
+            "rogue_locks=2:1:5",
+            "rogue_scribble_all=2:1:3",
+            "query",
+        ],
+        plan: Some("1,2,1"),
+        shape: Shape::DEFAULT,
+        expect: Expect::Pass,
+        timeout_secs: 600,
+        note: "a rogue instance under KVM: unauthorised requests, scribbling its own area and the whole region, a peer that does not drain, lock torture",
+    });
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
     // answer arrives, every message is counted as taken). The figures themselves are not judged.
     boots.push(Boot {

@@ -147,12 +147,13 @@ pub(super) mod job {
     /// Send a benchmark CONTROL request (set the idle poll to forever) to instance `arg`, as
     /// a hostile peer would; result: the reply's status code + 1 (0: no reply).
     pub const CONTROL_TO: u64 = 12;
-    /// Behave as a hostile instance against the shared words (issue 15, items 1, 2, 9):
-    /// victim `arg & 0xFF`, IRQ line `(arg >> 8) & 0xFF` (instance 0's), accomplice
-    /// `(arg >> 16) & 0xFF`: write this instance's id into every other CPU's owner word and
-    /// into APIC ID 255's; put the line "in transit" from this instance to the accomplice and
-    /// ask it to take the line (IRQ_BALANCE), then ask instance 0 to mask it (IRQ_MASK); last,
-    /// `Stopped` into the victim's state word. Result: the balance's
+    /// Behave as a hostile instance against the shared words (issue 15, items 1, 2, 8, 9):
+    /// victim `arg & 0xFF`, IRQ line `(arg >> 8) & 0xFF` (the victim's), accomplice
+    /// `(arg >> 16) & 0xFF`, memory chunk `arg >> 32` (the victim's): write this instance's
+    /// id into every other CPU's owner word, into APIC ID 255's and into the chunk's; garbage
+    /// into the word of one of its own chunks; put the line "in transit" from this instance to the accomplice and ask it to take
+    /// the line (IRQ_BALANCE), then ask instance 0 to mask it (IRQ_MASK); last, `Stopped` into
+    /// the victim's state word. Result: the balance's
     /// status code + 1 (0: no answer) in bits 0..16, the mask's in bits 16..32.
     pub const FORGE: u64 = 13;
 }
@@ -368,6 +369,19 @@ fn forge(arg: u64) -> u64 {
         if theirs || apic == 0xFF {
             let _ = r.overrule_owner(cpu, Owner::Owned(me));
         }
+    }
+    // The victim's chunk "is" this instance's; one of its own chunks' words does not decode
+    // (tag 0x0D): instance 0's reclaim must not stop at it.
+    let _ = r.overrule_owner(Resource::Memory((arg >> 32) as u32), Owner::Owned(me));
+    let own_chunk = r
+        .resources()
+        .filter_map(|(res, o)| match (res, o) {
+            (Resource::Memory(c), Ok(Owner::Owned(x))) if x == me => Some(c),
+            _ => None,
+        })
+        .max();
+    if let Some(addr) = own_chunk.and_then(|c| r.owner_word_addr(Resource::Memory(c)).ok()) {
+        crate::shared::region::scribble(addr, 0xDEAD_BEEF_0BAD_F00D);
     }
     let res = Resource::Irq(line);
     let _ = r.overrule_owner(res, Owner::Owned(me));

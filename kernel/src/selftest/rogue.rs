@@ -240,19 +240,10 @@ fn requests(victim: usize, line: u32) -> u64 {
 /// instance 0 keep their CPUs and memory, V keeps running. The line stays V's, unmasked, for
 /// the cases after this one.
 pub(super) fn rogue_requests(arg: &str) -> Outcome {
-    use crate::services::irq;
     let (r, v, _) = rogue_and_victim(arg)?;
-    let gsi = irq::rtc_gsi();
+    let gsi = super::services::rtc_to(v)?;
     let line = gsi as usize;
     let reg = region::get().ok_or("no shared region")?;
-    if reg.owner(Resource::Irq(gsi)) != Ok(Owner::Owned(iid(v))) {
-        irq::claim_local(line).map_err(|s| format!("claiming line {line}: {s:?}"))?;
-        crate::platform::rtc::start_periodic(10);
-        irq::balance(line, iid(v)).map_err(|s| format!("balancing line {line} to {v}: {s:?}"))?;
-    }
-    super::services::wait_growth("RTC interrupts in the victim", 10, || {
-        Ok(irq_stats(v, line)?.0)
-    })?;
     let held: Vec<(Resource, Owner)> = reg
         .resources()
         .filter_map(|(res, o)| match o {

@@ -326,16 +326,17 @@ pub(super) fn crash(arg: &str) -> Outcome {
     survivors_talk()
 }
 
-/// `shutdown=K`: instance K, asked by SHUTDOWN, answers, parks every one of its CPUs, hands
-/// every resource back; instance 0 takes them, and K is no longer sent to.
-/// `forged_words=K:V:T` (issue 15, items 1, 2, 9): instance K writes its id into every other
-/// CPU's owner word (instance 0's and V's included) and APIC ID 255's, forges a hand-off of
-/// one of instance 0's IRQ lines to T and asks T to take it, asks instance 0 to mask it, and
-/// writes `Stopped` into V's state word (`Dead` goes into instance 0's too); then it crashes. Nothing of
-/// that is obeyed: T and instance 0 refuse the requests; within a few watch periods both state
+/// `forged_words=K:V:T` (issue 15, items 1, 2, 8, 9): instance K writes its id into every
+/// other CPU's owner word (instance 0's and V's included), APIC ID 255's and one of V's memory
+/// chunks', garbage into one of its own chunks' word, forges a hand-off of V's IRQ line (the
+/// RTC's, given to V first) to T and asks T to take it, asks instance 0 to mask it, and writes
+/// `Stopped` into V's state word (`Dead` goes into instance 0's too); then it crashes. Nothing
+/// of that is obeyed: T and instance 0 refuse the requests; the moves the shell would make of
+/// V's CPU and chunk with K as the giver are refused; within a few watch periods both state
 /// words are running again and V still answers; the disagreements are counted; when K is
 /// declared dead only K's own CPUs are stopped (V's still take timer interrupts), everything
-/// K held comes back, and every forged word is written back as instance 0's record says.
+/// K held comes back (the garbage word included), every forged word is written back as
+/// instance 0's record says, and V's line still interrupts V.
 pub(super) fn forged_words(arg: &str) -> Outcome {
     let mut parts = arg.split(':').map(parse_instance);
     let (Some(k), Some(v), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
@@ -355,20 +356,21 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
         })
         .collect();
     let zero_cpus: Vec<u32> = crate::cpus::smp::cpu_list();
-    let line = (0..24u32)
-        .find(|&l| {
-            l != crate::services::irq::rtc_gsi()
-                && l != crate::services::irq::com2_gsi()
-                && crate::shared::records::with(|rec| rec.holder(Resource::Irq(l)))
-                    == Some(Some(iid(0)))
-                && r.owner(Resource::Irq(l)) == Ok(Owner::Owned(iid(0)))
+    // V's line: the RTC's, interrupting V.
+    let line = rtc_to(v)?;
+    let v_chunk = r
+        .resources()
+        .filter_map(|(res, o)| match (res, o) {
+            (Resource::Memory(c), Ok(Owner::Owned(x))) if x == iid(v) => Some(c),
+            _ => None,
         })
-        .ok_or("no IRQ line of instance 0's to forge")?;
+        .max()
+        .ok_or_else(|| format!("instance {v} holds no memory chunk"))?;
     let before = crate::shared::records::disagreements();
     let jobs = start_job(
         k,
         job::FORGE,
-        v as u64 | u64::from(line) << 8 | (t as u64) << 16,
+        v as u64 | u64::from(line) << 8 | (t as u64) << 16 | u64::from(v_chunk) << 32,
     )?;
     let answers = wait_job(k, jobs, 10_000)?.job_result;
     let refused = u64::from(Status::Refused.code()) + 1;
@@ -379,6 +381,38 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
             (answers >> 16) as i64 - 1
         )
     })?;
+    // The moves the shell makes, asked to move V's CPU and memory as K's (the words say so,
+    // or did until instance 0 wrote them back): refused, by instance 0's record.
+    let chunk_size = mk_shared::MEM_CHUNK_SIZE;
+    let dest = if t == 0 { v } else { t };
+    for (what, refused) in [
+        (
+            format!(
+                "CPU {} of instance {v}",
+                v_cpus.first().copied().unwrap_or(0)
+            ),
+            crate::services::cpu::move_cpu(
+                v_cpus.first().copied().ok_or("V has no CPU")?,
+                iid(k),
+                iid(0),
+            )
+            .is_err(),
+        ),
+        (
+            format!("memory chunk {v_chunk} of instance {v}"),
+            crate::services::memory::move_memory(
+                u64::from(v_chunk) * chunk_size,
+                chunk_size,
+                iid(k),
+                iid(dest),
+            )
+            .is_err(),
+        ),
+    ] {
+        ensure(refused, || {
+            format!("a move of {what}, presented as instance {k}'s, was not refused")
+        })?;
+    }
     // Instance 0's own word, as K could have written it (done here: while it says dead, K's
     // reply telling the job's result could not reach instance 0).
     r.instance(iid(0))
@@ -436,26 +470,35 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
     }
     ensure(
         r.owner(Resource::Cpu(0xFF)) == Ok(Owner::Free)
-            && r.owner(Resource::Irq(line)) == Ok(Owner::Owned(iid(0))),
+            && r.owner(Resource::Irq(line)) == Ok(Owner::Owned(iid(v)))
+            && r.owner(Resource::Memory(v_chunk)) == Ok(Owner::Owned(iid(v))),
         || {
             format!(
-                "APIC ID 255: {:?}, line {line}: {:?}",
+                "APIC ID 255: {:?}, line {line}: {:?}, chunk {v_chunk}: {:?}",
                 r.owner(Resource::Cpu(0xFF)),
-                r.owner(Resource::Irq(line))
+                r.owner(Resource::Irq(line)),
+                r.owner(Resource::Memory(v_chunk))
             )
         },
+    )?;
+    wait_growth(
+        &format!("RTC interrupts in instance {v} after {k} died"),
+        10,
+        || Ok(irq_stats(v, line as usize)?.0),
     )?;
     let after = crate::shared::records::disagreements();
     ensure(after > before, || {
         String::from("no disagreement was counted")
     })?;
     println!(
-        "forged_words: instance {k}'s forged owner and state words and requests were refused or written back ({} disagreement(s) counted); when it died only its own CPUs were stopped and instance {v} ran on",
+        "forged_words: instance {k}'s forged owner and state words and requests were refused or written back ({} disagreement(s) counted); when it died only its own CPUs were stopped and instance {v} ran on, its line {line} still interrupting it; moves of {v}'s CPU and memory presented as {k}'s were refused",
         after - before
     );
     Ok(())
 }
 
+/// `shutdown=K`: instance K, asked by SHUTDOWN, answers, parks every one of its CPUs, hands
+/// every resource back; instance 0 takes them, and K is no longer sent to.
 pub(super) fn shutdown(arg: &str) -> Outcome {
     let k = parse_instance(arg)?;
     let cpus = region::get()
@@ -835,6 +878,39 @@ pub(super) fn serial_irq(arg: &str) -> Outcome {
         irqs - irqs0
     );
     Ok(())
+}
+
+/// Gives the RTC's line to instance `v` (through instance 0: another holder hands it back
+/// first; instance 0 claims it and starts the RTC's periodic interrupt), unless `v` holds it
+/// already, and waits until `v` counts its interrupts. Returns the line (GSI).
+pub(super) fn rtc_to(v: usize) -> Result<u32, String> {
+    use crate::services::irq;
+    let gsi = irq::rtc_gsi();
+    let line = gsi as usize;
+    let reg = region::get().ok_or("no shared region")?;
+    let holder = reg.owner(Resource::Irq(gsi));
+    if let Ok(Owner::Owned(x)) = holder
+        && x != iid(v)
+        && !x.is_supervisor()
+    {
+        let jobs = start_job(x.index(), job::BALANCE_LINE, u64::from(gsi))?;
+        let refused = wait_job(x.index(), jobs, 10_000)?.job_result;
+        ensure(refused == 0, || {
+            format!(
+                "instance {x} did not hand line {line} back (code {})",
+                refused as i64 - 1
+            )
+        })?;
+    }
+    if holder != Ok(Owner::Owned(iid(v))) {
+        irq::claim_local(line).map_err(|s| format!("claiming line {line}: {s:?}"))?;
+        crate::platform::rtc::start_periodic(10);
+        irq::balance(line, iid(v)).map_err(|s| format!("balancing line {line} to {v}: {s:?}"))?;
+    }
+    wait_growth(&format!("RTC interrupts in instance {v}"), 10, || {
+        Ok(irq_stats(v, line)?.0)
+    })?;
+    Ok(gsi)
 }
 
 /// Waits (draining, up to 5 s) until `get` has grown by at least `by` from its first value.

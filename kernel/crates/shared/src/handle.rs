@@ -214,6 +214,13 @@ impl<'a> SharedRegion<'a> {
         ))
     }
 
+    /// Where `r`'s owner word lies in this address space: for the rogue-instance tests,
+    /// which write garbage into another instance's word.
+    pub fn owner_word_addr(&self, r: Resource) -> Result<usize, Error> {
+        let (_, w) = self.word(r)?;
+        Ok(core::ptr::from_ref(w).addr())
+    }
+
     /// Current owner (Acquire).
     pub fn owner(&self, r: Resource) -> Result<Owner, Error> {
         let (t, w) = self.word(r)?;
