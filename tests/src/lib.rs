@@ -572,7 +572,11 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         timeout_secs: 600,
         note: "a rogue instance: unauthorised requests, scribbling its own area, a peer that does not drain, lock torture",
     });
-    // The same rogue under KVM (x2APIC, real time): the deadlines are wall-clock ones here.
+    // The rogue under KVM (x2APIC): the cases whose checks are not deadlines of a few tens of
+    // milliseconds. Under this machine's nested KVM an idle ping round trip takes about 8 ms
+    // and, with four vCPUs on two host cores, a call can wait seconds for its reply: the
+    // 50 ms and 1 s deadlines of the other rogue cases are checked in instruction-count mode
+    // only (tcg-rogue; docs/threat-model.md).
     boots.push(Boot {
         name: "kvm-rogue",
         accel: Accel::Kvm,
@@ -582,17 +586,16 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         cases: &[
             "instances=3",
             "rogue_requests=2:1",
-            "rogue_scribble_own=2:1:10",
-            "rogue_no_drain=2:1",
-            "rogue_locks=2:1:5",
-            "rogue_scribble_all=2:1:3",
+            "forged_words=2:1:1",
+            "respawn=2",
             "query",
         ],
         plan: Some("1,2,1"),
         shape: Shape::DEFAULT,
         expect: Expect::Pass,
+        // About 130 s alone, 255 s beside a build.
         timeout_secs: 600,
-        note: "a rogue instance under KVM: unauthorised requests, scribbling its own area and the whole region, a peer that does not drain, lock torture",
+        note: "a rogue instance under KVM (x2APIC): unauthorised requests refused; forged owner, state and in-transit words neither obeyed nor kept",
     });
     // The guest half of `cargo xtask bench`, with small counts: every figure can be taken (each
     // answer arrives, every message is counted as taken). The figures themselves are not judged.

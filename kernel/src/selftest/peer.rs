@@ -149,9 +149,10 @@ pub(super) mod job {
     pub const CONTROL_TO: u64 = 12;
     /// Behave as a hostile instance against the shared words (issue 15, items 1, 2, 8, 9):
     /// victim `arg & 0xFF`, IRQ line `(arg >> 8) & 0xFF` (the victim's), accomplice
-    /// `(arg >> 16) & 0xFF`, memory chunk `arg >> 32` (the victim's): write this instance's
-    /// id into every other CPU's owner word, into APIC ID 255's and into the chunk's; garbage
-    /// into the word of one of its own chunks; put the line "in transit" from this instance to the accomplice and ask it to take
+    /// `(arg >> 16) & 0xFF`, memory chunks `(arg >> 24) & 0xF_FFFF` (the victim's) and
+    /// `arg >> 44` (its own): write this instance's id into every other CPU's owner word, into
+    /// APIC ID 255's and into the victim's chunk's; garbage into its own chunk's word; put the
+    /// line "in transit" from this instance to the accomplice and ask it to take
     /// the line (IRQ_BALANCE), then ask instance 0 to mask it (IRQ_MASK); last, `Stopped` into
     /// the victim's state word. Result: the balance's
     /// status code + 1 (0: no answer) in bits 0..16, the mask's in bits 16..32.
@@ -372,15 +373,9 @@ fn forge(arg: u64) -> u64 {
     }
     // The victim's chunk "is" this instance's; one of its own chunks' words does not decode
     // (tag 0x0D): instance 0's reclaim must not stop at it.
-    let _ = r.overrule_owner(Resource::Memory((arg >> 32) as u32), Owner::Owned(me));
-    let own_chunk = r
-        .resources()
-        .filter_map(|(res, o)| match (res, o) {
-            (Resource::Memory(c), Ok(Owner::Owned(x))) if x == me => Some(c),
-            _ => None,
-        })
-        .max();
-    if let Some(addr) = own_chunk.and_then(|c| r.owner_word_addr(Resource::Memory(c)).ok()) {
+    let chunk = |shift: u32| Resource::Memory((arg >> shift) as u32 & 0xF_FFFF);
+    let _ = r.overrule_owner(chunk(24), Owner::Owned(me));
+    if let Ok(addr) = r.owner_word_addr(chunk(44)) {
         crate::shared::region::scribble(addr, 0xDEAD_BEEF_0BAD_F00D);
     }
     let res = Resource::Irq(line);

@@ -366,11 +366,26 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
         })
         .max()
         .ok_or_else(|| format!("instance {v} holds no memory chunk"))?;
+    let k_chunk = held
+        .iter()
+        .filter_map(|res| match res {
+            Resource::Memory(c) => Some(*c),
+            _ => None,
+        })
+        .max()
+        .ok_or_else(|| format!("instance {k} holds no memory chunk"))?;
+    ensure(v_chunk < 1 << 20 && k_chunk < 1 << 20, || {
+        format!("chunks {v_chunk} and {k_chunk}: over 20 bits")
+    })?;
     let before = crate::shared::records::disagreements();
     let jobs = start_job(
         k,
         job::FORGE,
-        v as u64 | u64::from(line) << 8 | (t as u64) << 16 | u64::from(v_chunk) << 32,
+        v as u64
+            | u64::from(line) << 8
+            | (t as u64) << 16
+            | u64::from(v_chunk) << 24
+            | u64::from(k_chunk) << 44,
     )?;
     let answers = wait_job(k, jobs, 10_000)?.job_result;
     let refused = u64::from(Status::Refused.code()) + 1;
@@ -384,7 +399,6 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
     // The moves the shell makes, asked to move V's CPU and memory as K's (the words say so,
     // or did until instance 0 wrote them back): refused, by instance 0's record.
     let chunk_size = mk_shared::MEM_CHUNK_SIZE;
-    let dest = if t == 0 { v } else { t };
     for (what, refused) in [
         (
             format!(
@@ -404,7 +418,7 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
                 u64::from(v_chunk) * chunk_size,
                 chunk_size,
                 iid(k),
-                iid(dest),
+                iid(t),
             )
             .is_err(),
         ),
