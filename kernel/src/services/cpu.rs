@@ -56,19 +56,6 @@ fn payload(apic: u32, generation: u32, phase: HandoffPhase) -> Payload {
     })
 }
 
-/// Republishes this instance's CPU list (first CPU first) in the shared instance table.
-fn republish() {
-    let me = crate::instance::id();
-    let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) else {
-        return;
-    };
-    let ranges = inst
-        .resources()
-        .map(|r| r.ranges().to_vec())
-        .unwrap_or_default();
-    let _ = inst.publish_resources(&smp::cpu_list(), &ranges);
-}
-
 /// CPU_REMOVE, in the giver: park the CPU and hand it to instance 0.
 pub fn handle_remove(m: &Message) -> Option<Reply> {
     let Payload::Cpu(p) = m.payload else {
@@ -101,7 +88,7 @@ fn remove(sender: InstanceId, apic: u32) -> Result<u32, Status> {
         crate::warn!("CPU {apic} did not leave: {e}");
         return Err(Status::Timeout);
     }
-    republish();
+    super::entry::publish();
     let g = r
         .begin_transfer(Resource::Cpu(apic), me, InstanceId::ZERO)
         .map_err(|e| {
@@ -148,7 +135,7 @@ fn join(apic: u32) -> Result<(), Status> {
         crate::error!("CPU {apic} did not start in this instance: {e}");
         Status::InternalError
     })?;
-    republish();
+    super::entry::publish();
     crate::info!(
         "CPU {apic} joined instance {} in slot {slot}",
         crate::instance::id()
@@ -170,7 +157,7 @@ pub fn move_cpu(apic: u32, from: InstanceId, to: InstanceId) -> Result<(), MoveE
     // Step 1: the giver parks it and hands it to instance 0.
     if from.is_supervisor() {
         smp::park_cpu(apic, PARK_TIMEOUT_MS).map_err(|_| MoveError::Refused(Status::Refused))?;
-        republish();
+        super::entry::publish();
     } else {
         let reply = messaging::call(
             from,

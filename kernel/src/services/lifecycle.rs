@@ -415,6 +415,12 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
         return Err(E::NoMemory);
     }
     let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
+    // A stray or hostile write into the region's header or the mailboxes' would fail the new
+    // instance's attach: both are written back as instance 0 formatted them.
+    let fixed = r.restore_header() + records::mailboxes().map_or(0, |m| m.restore_header());
+    if fixed > 0 {
+        warn!("respawning {k}: {fixed} word(s) of the shared headers were written over; restored");
+    }
     // From here on the record has it starting: whatever fails, `give_up` stops what may
     // have started and takes back what it was given, by the record.
     records::with(|l| l.starting(k));

@@ -59,25 +59,6 @@ fn chunks(start: u64, len: u64) -> Result<impl Iterator<Item = Resource>, Status
         .map(Resource::memory_at))
 }
 
-/// Republishes this instance's memory ranges (from its frame allocator).
-fn republish() {
-    let me = crate::instance::id();
-    let Some(inst) = region::get().and_then(|r| r.instance(me).ok()) else {
-        return;
-    };
-    let cpus = inst
-        .resources()
-        .map(|r| r.cpus().to_vec())
-        .unwrap_or_default();
-    let mut ranges = alloc::vec::Vec::new();
-    frames::with(|a| {
-        for run in a.owned_ranges().take(mk_shared::RANGES_PER_INSTANCE) {
-            ranges.push((run.start * 4096, run.count * 4096));
-        }
-    });
-    let _ = inst.publish_resources(&cpus, &ranges);
-}
-
 fn range_of(p: &Payload) -> Option<(u64, u64)> {
     match p {
         Payload::Mem(m) => Some((
@@ -141,7 +122,7 @@ fn remove(start: u64, len: u64) -> Result<(), Status> {
             }
         }
     }
-    republish();
+    super::entry::publish();
     crate::info!(
         "memory {start:#x}..{:#x} ({} MiB) left instance {me}, handed to instance 0",
         start + len,
@@ -192,7 +173,7 @@ fn add(start: u64, len: u64) -> Result<(), Status> {
         r.complete_transfer(c, me, g)
             .map_err(|_| Status::StaleGeneration)?;
     }
-    republish();
+    super::entry::publish();
     crate::info!(
         "memory {start:#x}..{:#x} ({} MiB) joined instance {me}",
         start + len,

@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod entry;
 pub mod heartbeat;
 pub mod ipc;
 pub mod irq;
@@ -120,6 +121,7 @@ fn on_poll() {
     irq::flush_forwards();
     ipc::on_poll();
     crate::console::refresh_screen();
+    entry::heal_if_due();
     if crate::instance::id().is_supervisor() {
         lifecycle::watch();
     } else {

@@ -667,3 +667,18 @@ fn drain_into_hands_out_what_it_took_before_a_corrupt_slot() {
     assert_eq!(rx.drain_into(&mut out), Ok(2));
     assert_eq!(rx.drain_into(&mut out), Err(Error::Corrupt));
 }
+
+#[test]
+fn restore_header_undoes_any_write_into_it() {
+    // The header's words (the rest of its cache line is padding).
+    let header = 32;
+    for offset in (0..header).step_by(4) {
+        let r = Region::new(3);
+        let m = MailboxMatrix::init(r.raw(), 3).unwrap();
+        assert_eq!(m.restore_header(), 0, "an intact header needs nothing");
+        r.poke(offset, &0xffff_fffeu32.to_ne_bytes());
+        assert_eq!(m.restore_header(), 1, "offset {offset}");
+        let again = MailboxMatrix::attach(r.raw()).unwrap();
+        assert_eq!(again.instances(), 3);
+    }
+}

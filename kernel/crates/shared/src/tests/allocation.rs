@@ -116,3 +116,37 @@ fn too_small_or_misaligned() {
         Some(Error::Pool(mk_pool::Error::RegionTooSmall { .. }))
     ));
 }
+
+#[test]
+fn restore_header_lets_a_later_attach_succeed() {
+    use crate::SharedRegion;
+    // Every 4-byte word of the two header lines, written over in turn.
+    for offset in (0..2 * 64).step_by(4) {
+        let r = Region::new(3);
+        let region = SharedRegion::init(r.raw(), 3, 5).unwrap();
+        assert_eq!(region.restore_header(), 0, "an intact header needs nothing");
+        // As a stray or hostile writer would, beside instance 0's handle.
+        r.raw()
+            .write(offset, &0xffff_fffeu32.to_ne_bytes())
+            .unwrap();
+        // The creation time (bytes 24..32) is neither checked by attach nor restored.
+        if (24..32).contains(&offset) {
+            assert!(SharedRegion::attach(r.raw()).is_ok());
+            assert_eq!(region.restore_header(), 0);
+            continue;
+        }
+        // The reserved words (bytes 112..128) are not checked either, but cleared.
+        if (112..128).contains(&offset) {
+            assert!(SharedRegion::attach(r.raw()).is_ok());
+            assert_eq!(region.restore_header(), 1);
+            continue;
+        }
+        assert!(
+            SharedRegion::attach(r.raw()).is_err(),
+            "offset {offset}: attach took a damaged header"
+        );
+        assert_eq!(region.restore_header(), 1, "offset {offset}");
+        let again = SharedRegion::attach(r.raw()).unwrap();
+        assert_eq!(again.instance_count(), 3);
+    }
+}
