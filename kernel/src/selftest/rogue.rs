@@ -54,8 +54,8 @@ pub(super) mod job {
     /// Rogue: random stores anywhere in the shared region (`arg` = seconds | seed << 32),
     /// then it stops beating for good.
     pub const SCRIBBLE_ALL: u64 = 105;
-    /// Rogue: sends `n` PING requests to V without draining its own inbox, then halts `ms`
-    /// without draining (`arg` = V | n << 8 | ms << 32); the result is the requests sent.
+    /// Rogue: rounds of 16 PING requests to instance 0 and to V every 100 ms for S seconds,
+    /// never draining its own inbox (`arg` = V | S << 8); the result is the requests sent.
     pub const NO_DRAIN: u64 = 106;
     /// Victim: its reply-queue counters (queued | dropped << 32).
     pub const REPLY_STATS: u64 = 107;
@@ -84,7 +84,7 @@ fn run_job(kind: u64, arg: u64) -> u64 {
         ),
         job::LOCKS => locks(arg),
         job::MARKERS => markers(arg & 0xFFFF, arg >> 16),
-        job::NO_DRAIN => no_drain((arg & 0xFF) as usize, (arg >> 8) & 0xFFFF, arg >> 32),
+        job::NO_DRAIN => no_drain((arg & 0xFF) as usize, arg >> 8),
         job::FENCES => messaging::FENCES.load(Ordering::Relaxed),
         job::REPLY_STATS => {
             messaging::REPLIES_QUEUED.load(Ordering::Relaxed)
@@ -561,35 +561,39 @@ pub(super) fn rogue_scribble_own(arg: &str) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // A peer that does not drain.
 
-/// Job `NO_DRAIN`, in the rogue: `n` PING requests (each wants a reply) to `victim`, sent as
-/// room comes (for at most 2 s) without ever draining this instance's inbox; then `ms` of
-/// halting without draining. Returns the requests sent.
-fn no_drain(victim: usize, n: u64, ms_quiet: u64) -> u64 {
+/// Job `NO_DRAIN`, in the rogue: for `secs` seconds, a round every 100 ms of 16 PING
+/// requests (each wants a reply) to instance 0 and 16 to `victim`, each sent only if there is
+/// room (never waiting), and never a drain of this instance's inbox: the replies pile up in
+/// front of it. Returns the requests sent.
+fn no_drain(victim: usize, secs: u64) -> u64 {
     let d = messaging::dispatcher();
-    let give_up = tsc::read() + ms(2000);
+    let until = tsc::read() + ms(secs * 1000);
     let mut sent = 0;
-    while sent < n && tsc::read() < give_up {
-        let Some(id) = d.map(|d| d.next_msg_id()) else {
-            break;
-        };
-        let ping = mk_wire::Message::request(
-            crate::instance::id(),
-            Kind::Ping,
-            id,
-            Payload::Ping(mk_wire::PingPayload {
-                nonce: id,
-                sent_at: 0,
-            }),
-        )
-        .with_flags(mk_wire::MsgFlags::NEEDS_REPLY);
-        match messaging::try_send(iid(victim), &ping) {
-            Ok(()) => sent += 1,
-            Err(_) => core::hint::spin_loop(),
-        }
-    }
-    let until = tsc::read() + ms(ms_quiet);
     while tsc::read() < until {
-        x86_64::instructions::interrupts::enable_and_hlt();
+        let round = tsc::read() + ms(100);
+        for to in [0, victim] {
+            for _ in 0..16 {
+                let Some(id) = d.map(|d| d.next_msg_id()) else {
+                    break;
+                };
+                let ping = mk_wire::Message::request(
+                    crate::instance::id(),
+                    Kind::Ping,
+                    id,
+                    Payload::Ping(mk_wire::PingPayload {
+                        nonce: id,
+                        sent_at: 0,
+                    }),
+                )
+                .with_flags(mk_wire::MsgFlags::NEEDS_REPLY);
+                if messaging::try_send(iid(to), &ping).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        while tsc::read() < round {
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
     }
     sent
 }
@@ -607,33 +611,69 @@ fn reply_stats(v: usize) -> Result<(u64, u64), String> {
     Ok((res & 0xFFFF_FFFF, res >> 32))
 }
 
-/// `rogue_no_drain=R:V`: rogue R sends V 48 PING requests and never drains its inbox (for
-/// 1.5 s), so that V's replies fill R's mailbox (16), then V's reply queue for R (16), and the
-/// rest are dropped. Meanwhile instance 0 pings V every 10 ms for 1 s: V answers at least 99%
-/// within 50 ms (it never waits inside a poll for room). V counted queued and dropped replies.
+/// `rogue_no_drain=R:V[:S]`: for S seconds (default 10) rogue R sends instance 0 and V 16
+/// PING requests each every 100 ms and never drains its inbox, so that the replies fill R's
+/// mailbox (16), then the reply queue for R (16), and the rest are dropped. Meanwhile instance
+/// 0 and V ping each other every 10 ms: at least 99% answered within 50 ms both ways (no reply
+/// waits inside a poll for room). Instance 0 keeps watching heartbeats (V's last sign is
+/// fresh at the end, nobody was declared dead), and both count queued and dropped replies.
 pub(super) fn rogue_no_drain(arg: &str) -> Outcome {
-    let (r, v, _) = rogue_and_victim(arg)?;
-    let (queued0, dropped0) = reply_stats(v)?;
-    let jobs = start_job(r, job::NO_DRAIN, v as u64 | 48 << 8 | 1500 << 32)?;
-    let (answered, sent) = ping_loop(v, 1, 10, 50);
-    ensure(sent > 0 && answered * 100 >= sent * 99, || {
-        format!("instance 0's pings to {v}: {answered} of {sent} answered within 50 ms")
-    })?;
+    let (r, v, mut rest) = rogue_and_victim(arg)?;
+    let secs = match rest.next() {
+        Some(s) => s.parse::<u64>().map_err(|_| format!("bad seconds '{s}'"))?,
+        None => 10,
+    };
+    ensure((1..=60).contains(&secs), || format!("{secs} s"))?;
+    let (queued_v0, dropped_v0) = reply_stats(v)?;
+    let (queued_00, dropped_00) = zero_reply_stats();
+    let jobs = start_job(r, job::NO_DRAIN, v as u64 | secs << 8)?;
+    ping_each_other(v, secs)?;
     let requests = wait_job(r, jobs, 20_000)?.job_result;
-    let (queued, dropped) = reply_stats(v)?;
-    let (queued, dropped) = (queued - queued0, dropped - dropped0);
-    ensure(requests == 48 && queued >= 1 && dropped >= 1, || {
-        format!(
-            "instance {r} sent {requests} requests; instance {v} queued {queued} replies and dropped {dropped}"
-        )
-    })?;
-    ensure(state(v)? == InstanceState::Running, || {
-        format!("instance {v} is {:?}", state(v))
-    })?;
+    let (queued_v, dropped_v) = reply_stats(v)?;
+    let (queued_0, dropped_0) = zero_reply_stats();
+    let (queued_v, dropped_v, queued_0, dropped_0) = (
+        queued_v - queued_v0,
+        dropped_v - dropped_v0,
+        queued_0 - queued_00,
+        dropped_0 - dropped_00,
+    );
+    ensure(
+        requests >= 32 && queued_v >= 1 && dropped_v >= 1 && queued_0 >= 1 && dropped_0 >= 1,
+        || {
+            format!(
+                "instance {r} sent {requests} requests; instance {v} queued {queued_v} replies and dropped {dropped_v}, instance 0 queued {queued_0} and dropped {dropped_0}"
+            )
+        },
+    )?;
+    let silence = crate::services::heartbeat::last_sign(iid(v))
+        .map(|t| micros(tsc::read().saturating_sub(t)) / 1000);
+    ensure(
+        silence.is_some_and(|ms| ms < 1000)
+            && [r, v]
+                .iter()
+                .all(|&k| lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst) == 0)
+            && state(v)? == InstanceState::Running,
+        || {
+            format!(
+                "instance 0's watch: {v}'s last sign {silence:?} ms ago, {v} is {:?}, dead at {:?}",
+                state(v),
+                [r, v].map(|k| lifecycle::DECLARED_DEAD_AT[k].load(Ordering::SeqCst))
+            )
+        },
+    )?;
     println!(
-        "rogue_no_drain: instance {r} sent {requests} requests and did not drain; {v} queued {queued} replies, dropped {dropped}, and answered {answered}/{sent} of instance 0's pings within 50 ms"
+        "rogue_no_drain: instance {r} sent {requests} requests in {secs} s and did not drain; {v} queued {queued_v} replies and dropped {dropped_v}, instance 0 queued {queued_0} and dropped {dropped_0}; 0 and {v} kept answering each other, 0 kept watching ({v}'s last sign {} ms ago)",
+        silence.unwrap_or(0)
     );
     Ok(())
+}
+
+/// Instance 0's reply-queue counters (queued, dropped).
+fn zero_reply_stats() -> (u64, u64) {
+    (
+        messaging::REPLIES_QUEUED.load(Ordering::Relaxed),
+        messaging::REPLIES_DROPPED.load(Ordering::Relaxed),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -415,9 +415,11 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
         return Err(E::NoMemory);
     }
     let launcher = crate::cpus::launch::LAUNCH.get().ok_or(E::NoPlan)?;
-    // A stray or hostile write into the region's header or the mailboxes' would fail the new
-    // instance's attach: both are written back as instance 0 formatted them.
-    let fixed = r.restore_header() + records::mailboxes().map_or(0, |m| m.restore_header());
+    // A stray or hostile write into the region's header, the mailboxes' or the page pool's
+    // would fail the new instance's attach: each is written back as instance 0 formatted it.
+    let fixed = r.restore_header()
+        + records::mailboxes().map_or(0, |m| m.restore_header())
+        + region::pool().map_or(0, |(pool, _)| pool.restore_header());
     if fixed > 0 {
         warn!("respawning {k}: {fixed} word(s) of the shared headers were written over; restored");
     }

@@ -802,3 +802,22 @@ fn checked_write_needs_ownership() {
     p.release(got, 2).unwrap();
     assert_all_free(&p);
 }
+
+#[test]
+fn restore_header_undoes_writes_into_the_layout_words() {
+    // magic, version, pages, page_size, word_pages, data_offset, total_size: bytes 0..40.
+    for offset in (0..40).step_by(4) {
+        let r = Region::new(region_size(8));
+        let p = init(&r, 8);
+        assert_eq!(p.restore_header(), 0, "an intact header needs nothing");
+        r.raw()
+            .write(offset, &0xffff_fffeu32.to_ne_bytes())
+            .unwrap();
+        assert!(
+            attach(&r).is_err(),
+            "offset {offset}: attach took a damaged header"
+        );
+        assert_eq!(p.restore_header(), 1, "offset {offset}");
+        assert_eq!(attach(&r).unwrap().pages(), 8);
+    }
+}
