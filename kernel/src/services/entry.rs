@@ -12,7 +12,7 @@ use crate::cpus::smp;
 use crate::memory::frames;
 use crate::shared::region;
 
-/// Times this instance found its entry changed behind its back and rewrote it.
+/// Times this instance found its entry no longer saying what it has, and rewrote it.
 pub static HEALED: AtomicU64 = AtomicU64::new(0);
 
 /// When the entry is next checked (TSC).
@@ -73,7 +73,9 @@ pub fn heal_if_due() {
         return;
     }
     HEALED.fetch_add(1, Ordering::Relaxed);
-    crate::warn!("this instance's entry in the shared table was written over; publishing it again");
+    crate::warn!(
+        "this instance's entry in the shared table no longer says what it has (written over?); publishing it again"
+    );
     if let Err(e) = inst.publish_resources(&cpus, &ranges) {
         crate::warn!("publishing this instance's CPUs and memory: {e:?}");
     }

@@ -410,6 +410,8 @@ pub fn respawn(k: InstanceId) -> Result<(), RespawnError> {
     if cpus.is_empty() {
         return Err(E::NoCpu);
     }
+    // Instance 0 may have parked CPUs of its own above: its entry says so at once.
+    super::entry::publish();
     let memory = usable_part(r, p.memory);
     if memory.is_empty() {
         return Err(E::NoMemory);
