@@ -362,22 +362,17 @@ pub(super) fn forged_words(arg: &str) -> Outcome {
     let zero_cpus: Vec<u32> = crate::cpus::smp::cpu_list();
     // V's line: the RTC's, interrupting V.
     let line = rtc_to(v)?;
-    let v_chunk = r
-        .resources()
-        .filter_map(|(res, o)| match (res, o) {
-            (Resource::Memory(c), Ok(Owner::Owned(x))) if x == iid(v) => Some(c),
-            _ => None,
-        })
-        .max()
-        .ok_or_else(|| format!("instance {v} holds no memory chunk"))?;
-    let k_chunk = held
-        .iter()
-        .filter_map(|res| match res {
-            Resource::Memory(c) => Some(*c),
-            _ => None,
-        })
-        .max()
-        .ok_or_else(|| format!("instance {k} holds no memory chunk"))?;
+    let top_chunk = |i: usize, held: &[Resource]| {
+        held.iter()
+            .filter_map(|res| match res {
+                Resource::Memory(c) => Some(*c),
+                _ => None,
+            })
+            .max()
+            .ok_or_else(|| format!("instance {i} holds no memory chunk"))
+    };
+    let v_chunk = top_chunk(v, &held_by(v)?)?;
+    let k_chunk = top_chunk(k, &held)?;
     ensure(v_chunk < 1 << 20 && k_chunk < 1 << 20, || {
         format!("chunks {v_chunk} and {k_chunk}: over 20 bits")
     })?;

@@ -36,7 +36,11 @@ pub fn publish() {
         return;
     };
     let (cpus, ranges) = wanted();
-    if let Err(e) = inst.publish_resources(&cpus, &ranges) {
+    write(&inst, &cpus, &ranges);
+}
+
+fn write(inst: &mk_shared::Instance<'_>, cpus: &[u32], ranges: &[(u64, u64)]) {
+    if let Err(e) = inst.publish_resources(cpus, ranges) {
         crate::warn!("publishing this instance's CPUs and memory: {e:?}");
     }
 }
@@ -76,7 +80,5 @@ pub fn heal_if_due() {
     crate::warn!(
         "this instance's entry in the shared table no longer says what it has (written over?); publishing it again"
     );
-    if let Err(e) = inst.publish_resources(&cpus, &ranges) {
-        crate::warn!("publishing this instance's CPUs and memory: {e:?}");
-    }
+    write(&inst, &cpus, &ranges);
 }

@@ -1,7 +1,7 @@
 //! [`MailboxMatrix`]: the `n * (n - 1)` channels of a shared region, and the creator's controls.
 
 use core::mem::size_of;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::channel::{ReceiverEnd, SenderEnd};
 use crate::layout::{Channel, MAGIC, RegionHeader, Summary, VERSION};
@@ -183,27 +183,16 @@ impl<'a> MailboxMatrix<'a> {
     /// instance count and the build (a stray or hostile write into it would make every later
     /// `attach`, a respawned instance's among them, fail). Returns how many words had changed.
     pub fn restore_header(&self) -> usize {
+        use mk_raw::{put_back_u32, put_back_u64};
         let h = self.header;
-        let mut fixed = 0;
-        let mut fix = |w: &AtomicU32, v: u32| {
-            if w.swap(v, Ordering::Relaxed) != v {
-                fixed += 1;
-            }
-        };
-        fix(&h.version, VERSION);
-        fix(&h.instances, self.n as u32);
-        fix(&h.slots, SLOTS as u32);
-        fix(&h.channel_size, CHANNEL_SIZE as u32);
-        fix(&h._reserved, 0);
-        let size = region_size(self.n) as u64;
-        if h.region_size.swap(size, Ordering::Relaxed) != size {
-            fixed += 1;
-        }
+        let fixed = put_back_u32(&h.version, VERSION)
+            + put_back_u32(&h.instances, self.n as u32)
+            + put_back_u32(&h.slots, SLOTS as u32)
+            + put_back_u32(&h.channel_size, CHANNEL_SIZE as u32)
+            + put_back_u32(&h._reserved, 0)
+            + put_back_u64(&h.region_size, region_size(self.n) as u64);
         // Release, last, as in `init`.
-        if h.magic.swap(MAGIC, Ordering::Release) != MAGIC {
-            fixed += 1;
-        }
-        fixed
+        fixed + usize::from(h.magic.swap(MAGIC, Ordering::Release) != MAGIC)
     }
 
     fn new_view(

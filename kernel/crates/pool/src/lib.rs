@@ -336,29 +336,16 @@ impl<'a> Pool<'a> {
     /// [`Pool::attach`], a respawned instance's among them, fail). The generation counter is
     /// left as it is. Returns how many words had changed (0: intact).
     pub fn restore_header(&self) -> usize {
+        use mk_raw::{put_back_u32, put_back_u64};
         let h = self.header;
-        let mut fixed = 0;
-        let mut fix32 = |w: &AtomicU32, v: u32| {
-            if w.swap(v, Ordering::Relaxed) != v {
-                fixed += 1;
-            }
-        };
-        fix32(&h.version, VERSION);
-        fix32(&h.pages, self.pages);
-        fix32(&h.page_size, PAGE as u32);
-        fix32(&h.word_pages, word_pages(self.pages) as u32);
-        let mut fix64 = |w: &AtomicU64, v: u64| {
-            if w.swap(v, Ordering::Relaxed) != v {
-                fixed += 1;
-            }
-        };
-        fix64(&h.data_offset, data_offset(self.pages) as u64);
-        fix64(&h.total_size, region_size(self.pages) as u64);
+        let fixed = put_back_u32(&h.version, VERSION)
+            + put_back_u32(&h.pages, self.pages)
+            + put_back_u32(&h.page_size, PAGE as u32)
+            + put_back_u32(&h.word_pages, word_pages(self.pages) as u32)
+            + put_back_u64(&h.data_offset, data_offset(self.pages) as u64)
+            + put_back_u64(&h.total_size, region_size(self.pages) as u64);
         // Release, last, as in `init`: an attacher that sees the magic sees the words above.
-        if h.magic.swap(MAGIC, Ordering::Release) != MAGIC {
-            fixed += 1;
-        }
-        fixed
+        fixed + usize::from(h.magic.swap(MAGIC, Ordering::Release) != MAGIC)
     }
 
     /// The typed parts of a pool of `pages` pages at `raw`.

@@ -398,6 +398,18 @@ impl<'a> Raw<'a> {
     }
 }
 
+/// Puts `want` back into a shared header word that a stray or hostile writer may have changed
+/// (one swap, `Relaxed`); 1 if it held something else, 0 if it was intact: the creator's
+/// `restore_header`s add these up.
+pub fn put_back_u32(word: &AtomicU32, want: u32) -> usize {
+    usize::from(word.swap(want, Ordering::Relaxed) != want)
+}
+
+/// [`put_back_u32`] for a 64-bit word.
+pub fn put_back_u64(word: &AtomicU64, want: u64) -> usize {
+    usize::from(word.swap(want, Ordering::Relaxed) != want)
+}
+
 /// Copies the bytes of `src` into the words of `dst` (native byte order), as a run of 8-byte
 /// aligned stores, each one atomic (like a `Relaxed` store): the way into a message slot others
 /// may read concurrently. Copies `min(dst.len(), src.len() / 8)` words. On x86_64 one `rep movsq` (what a message costs is counted

@@ -1,6 +1,6 @@
 //! [`SharedRegion`]: formatting, attaching, and the typed accessors.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use mk_mailbox::MailboxMatrix;
 
@@ -135,37 +135,24 @@ impl<'a> SharedRegion<'a> {
     /// `attach`, a respawned instance's among them, fail). The creation time is not checked
     /// by `attach` and is left as it is. Returns how many words had changed (0: intact).
     pub fn restore_header(&self) -> usize {
+        use mk_raw::{put_back_u32, put_back_u64};
         let h = self.header;
-        let mut fixed = 0;
-        let mut fix32 = |w: &AtomicU32, v: u32| {
-            if w.swap(v, Ordering::Relaxed) != v {
-                fixed += 1;
-            }
-        };
-        fix32(&h.version, VERSION);
-        fix32(&h.instances, self.layout.instances as u32);
+        let mut fixed = put_back_u32(&h.version, VERSION)
+            + put_back_u32(&h.instances, self.layout.instances as u32)
+            + put_back_u64(&h.total_size, self.layout.total as u64);
         for (field, value) in h.params().into_iter().zip(build_params()) {
-            fix32(field, value);
+            fixed += put_back_u32(field, value);
         }
         for (desc, id) in h.tables.iter().zip(ALL_TABLES) {
             let t = self.layout.table(id);
-            fix32(&desc.offset, t.offset as u32);
-            fix32(&desc.size, t.size as u32);
+            fixed += put_back_u32(&desc.offset, t.offset as u32)
+                + put_back_u32(&desc.size, t.size as u32);
         }
         for w in &h._reserved {
-            fix32(w, 0);
-        }
-        if h.total_size
-            .swap(self.layout.total as u64, Ordering::Relaxed)
-            != self.layout.total as u64
-        {
-            fixed += 1;
+            fixed += put_back_u32(w, 0);
         }
         // Release, last, as in `init`: an attacher that sees the magic sees the fields above.
-        if h.magic.swap(MAGIC, Ordering::Release) != MAGIC {
-            fixed += 1;
-        }
-        fixed
+        fixed + usize::from(h.magic.swap(MAGIC, Ordering::Release) != MAGIC)
     }
 
     fn views(raw: Raw<'a>, layout: Layout) -> Result<Self, Error> {
