@@ -131,6 +131,9 @@ fn repair_channels(now: u64) {
 /// Instance 0: asks instance `k` to shut down (`flags` as SHUTDOWN carries them), noting in
 /// its record that a `Stopped` word is now expected of `k` (only then is one collected). A
 /// refusal or a failed call puts the record back to running. The reply's status on an answer.
+///
+/// The answer may take [`STOP_ANSWER_MS`]: under a nested, loaded KVM, 2 s once passed without
+/// one (a CI run), though the handler only sets a flag.
 pub fn request_stop(k: InstanceId, flags: mk_wire::ShutdownFlags) -> Result<Status, StopError> {
     match records::with(|l| l.ask_stop(k)) {
         Some(Ok(())) => {}
@@ -142,12 +145,15 @@ pub fn request_stop(k: InstanceId, flags: mk_wire::ShutdownFlags) -> Result<Stat
         flags,
         deadline_ticks: 0,
     });
-    let answer = crate::messaging::call(k, mk_wire::Kind::Shutdown, request, 2000);
+    let answer = crate::messaging::call(k, mk_wire::Kind::Shutdown, request, STOP_ANSWER_MS);
     if !matches!(&answer, Ok(reply) if reply.status == Status::Ok) {
         records::with(|l| l.stop_refused(k));
     }
     answer.map(|reply| reply.status).map_err(StopError::Call)
 }
+
+/// How long [`request_stop`] waits for the answer (ms).
+pub const STOP_ANSWER_MS: u64 = 5000;
 
 /// Why [`request_stop`] sent nothing, or got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
