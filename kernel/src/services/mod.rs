@@ -120,6 +120,7 @@ fn on_poll() {
     irq::flush_forwards();
     ipc::on_poll();
     crate::console::refresh_screen();
+    messaging::doorbell::report();
     if crate::instance::id().is_supervisor() {
         lifecycle::watch();
     } else {
