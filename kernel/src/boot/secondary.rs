@@ -35,6 +35,9 @@ pub fn start(boot_info: &'static BootInfo, desc: &'static BootDescriptor) {
     }
     // From here on, every stage is a sign of progress for instance 0, which waits for us.
     region::boot_progress();
+    if let Err(e) = crate::messaging::doorbell::learn_plan(desc.plan_cpus()) {
+        crate::warn!("the boot descriptor's plan: {e:?}; no doorbell goes to that CPU");
+    }
     if let Err(e) = crate::messaging::init(me) {
         crate::error!("messaging: {e}");
     } else if let Err(e) = crate::services::init(me) {

@@ -222,6 +222,13 @@ pub fn start_all(
     if let Err(e) = crate::shared::records::init(plan, &cpus, crate::arch::ioapic::line_count()) {
         error!("instance 0's records: {e}");
     }
+    // Where doorbells may go: the plan's CPUs of each instance (never the shared table).
+    let plan_cpus = plan
+        .partitions()
+        .flat_map(|p| p.cpus.iter().map(move |&c| (p.index as u16, c)));
+    if let Err(e) = crate::messaging::doorbell::learn_plan(plan_cpus) {
+        error!("the plan's CPUs for doorbells: {e:?}; no doorbell goes to that CPU");
+    }
     if let Some(r) = region::get() {
         crate::console::use_shared(r);
     }

@@ -128,6 +128,11 @@ impl Launcher {
             desc.ioapic_gsi_base[i] = gsi_base;
             desc.ioapic_count = i as u32 + 1;
         }
+        if let Some(plan) = PLAN.get() {
+            for p in plan.partitions() {
+                desc.set_plan_cpus(p.index, p.cpus);
+            }
+        }
         desc.rtc_gsi = self.rtc_gsi;
         desc.com2_gsi = self.com2_gsi;
         desc.framebuffer = crate::console::framebuffer_desc();

@@ -3,14 +3,14 @@
 //! The sender allocates a run of pool pages, writes the data, hands the run over to the
 //! receiver (owner words: Owned(sender) -> InTransit(sender, receiver), Release) and sends a
 //! message whose payload is a `LargeDataPayload` (first frame, pages, bytes). The receiver
-//! trusts none of it: it maps the frame number back to a pool page (range-checked), reads the
-//! run's owner word from the pool (it must be in transit from that sender to us), accepts it
-//! (-> Owned(receiver), Acquire), copies the bytes out, and releases the pages to the pool.
+//! trusts none of it: it maps the frame number back to a pool page (range-checked) and accepts
+//! the run with the generation the message carries, checking it is in transit from that
+//! sender (the channel's peer) to us and that we stay within our quota (-> Owned(receiver),
+//! Acquire), copies the bytes out, and releases the pages to the pool.
 //! If the call fails, the sender cancels the hand-over and frees the run: no page is lost.
 
 use alloc::vec::Vec;
 
-use mk_pool::Owner;
 use mk_wire::{Kind, LargeDataPayload, Message, Payload};
 
 use crate::instance::InstanceId;
@@ -18,11 +18,36 @@ use crate::shared::region;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BulkError {
+    /// This instance has no pool (not attached: its own boot).
     NoPool,
+    /// This instance's own pool operation failed (sending side: exhausted, over its quota).
     Pool(mk_pool::Error),
-    /// The pages are not in transit from the claimed sender to us.
+    /// The message names pages outside the pool (the sender's fault).
     NotForUs,
+    /// The run the sender named could not be accepted: not in transit from it to us, another
+    /// generation than its message says (the sender's fault), or over our quota (ours:
+    /// `mk_pool::Error::OverQuota` names us).
+    Refused {
+        sender: InstanceId,
+        why: mk_pool::Error,
+    },
     Call(super::CallFailure),
+}
+
+impl core::fmt::Display for BulkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoPool => f.write_str("no shared pool in this instance"),
+            Self::Pool(e) => write!(f, "pool: {e}"),
+            Self::NotForUs => {
+                f.write_str("the message names pages outside the pool (sender's fault)")
+            }
+            Self::Refused { sender, why } => {
+                write!(f, "pages from instance {sender} not accepted: {why}")
+            }
+            Self::Call(e) => write!(f, "the call failed: {e:?}"),
+        }
+    }
 }
 
 /// Sends `data` to `to` through the pool as a `kind` call; returns the reply.
@@ -47,6 +72,7 @@ pub fn call_large(
     let payload = Payload::LargeData(LargeDataPayload {
         pool_frame: (pool_phys + offset) >> 12,
         page_count: pages,
+        generation: lease.generation,
         byte_len: data.len() as u64,
     });
     match super::call(to, kind, payload, timeout_ms) {
@@ -71,19 +97,10 @@ pub fn receive_large(sender: InstanceId, p: &LargeDataPayload) -> Result<Vec<u8>
     let offset = phys.checked_sub(*pool_phys).ok_or(BulkError::NotForUs)?;
     let first = pool
         .page_from_phys_offset(offset as usize)
-        .map_err(BulkError::Pool)?;
-    let (owner, generation) = pool.owner(first).map_err(BulkError::Pool)?;
-    if owner
-        != (Owner::InTransit {
-            from: sender.raw(),
-            to: me,
-        })
-    {
-        return Err(BulkError::NotForUs);
-    }
+        .map_err(|_| BulkError::NotForUs)?;
     let lease = pool
-        .accept(first, p.page_count, me, generation)
-        .map_err(BulkError::Pool)?;
+        .accept_from(first, p.page_count, sender.raw(), me, p.generation)
+        .map_err(|why| BulkError::Refused { sender, why })?;
     let mut data = alloc::vec![0u8; lease.len_bytes()];
     let copied = pool.checked_copy(first, p.page_count, me, &mut data);
     let _ = pool.release(lease, me);

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bulk;
+pub mod doorbell;
 mod replies;
 
 pub use replies::{REPLIES_DROPPED, REPLIES_QUEUED};
@@ -32,9 +33,11 @@ use mk_mailbox::{DoorbellMode, Inbox, MailboxMatrix, ReceiverEnd, SenderEnd};
 use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
 use spin::{Mutex, Once};
 
-use crate::arch::{cpu, interrupts, tsc};
+use crate::arch::{interrupts, tsc};
 pub use crate::instance::InstanceId;
 use crate::shared::region;
+use doorbell::Doorbell;
+pub use doorbell::{THROTTLES, doorbell_cpu};
 
 const MAX_PEERS: usize = mk_shared::MAX_INSTANCES;
 
@@ -184,7 +187,7 @@ pub fn init(me: InstanceId) -> Result<(), InitError> {
     d.registry()
         .register(HandlerKey::Kind(Kind::Ping), &(pong as HandlerFn))
         .map_err(|_| InitError::PingHandler)?;
-    interrupts::set_message_handler(on_ipi).map_err(|_| InitError::DoorbellHook)?;
+    interrupts::set_message_handler(doorbell::on_ipi).map_err(|_| InitError::DoorbellHook)?;
     interrupts::add_tick_hook(on_tick).map_err(|_| InitError::TimerHook)?;
     Ok(())
 }
@@ -239,60 +242,11 @@ pub fn set_doorbell_mode(mode: DoorbellMode) {
     }
 }
 
-/// Doorbells a CPU accepts before throttling: a burst, then one per `IPI_TOKEN_US`.
-const IPI_BURST: u64 = 256;
-const IPI_TOKEN_US: u64 = 50;
-/// How long a throttled CPU keeps the doorbell vector blocked (it polls on timer ticks).
-const THROTTLE_MS: u64 = 20;
-
-static IPI_LIMITER: Mutex<Option<mk_mailbox::RateLimiter>> = Mutex::new(None);
-/// TSC until which the doorbell vector is blocked on the serving CPU (0: not throttled).
-static THROTTLED_UNTIL: AtomicU64 = AtomicU64::new(0);
-/// Index (in this instance) of the CPU whose CR8 was raised; only it may lower it.
-static THROTTLED_CPU: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
-/// Times a doorbell flood made this instance block the doorbell vector.
-pub static THROTTLES: AtomicU64 = AtomicU64::new(0);
-
-/// Runs in the IPI handler. Handling happens in thread context (the serve loop); here we only
-/// enforce the doorbell rate: an instance that floods us with IPIs gets the doorbell vector
-/// blocked (CR8, task priority = its class) for `THROTTLE_MS`, during which we poll on timer
-/// ticks instead, so no peer can keep this CPU in its interrupt handler.
-fn on_ipi() {
-    let now = tsc::read();
-    let Some(mut guard) = IPI_LIMITER.try_lock() else {
-        return;
-    };
-    let limiter = guard.get_or_insert_with(|| {
-        mk_mailbox::RateLimiter::new(IPI_BURST, IPI_TOKEN_US * tsc::ticks_per_ms() / 1000, now)
-    });
-    if !limiter.allow(now) {
-        let me = cpu::try_current().map_or(0, |c| c.index);
-        THROTTLED_CPU.store(me, Ordering::Relaxed);
-        THROTTLED_UNTIL.store(now + THROTTLE_MS * tsc::ticks_per_ms(), Ordering::Relaxed);
-        THROTTLES.fetch_add(1, Ordering::Relaxed);
-        // Raising the task priority only holds back the doorbell's class on this CPU;
-        // `on_tick` lowers it again.
-        x86_64::registers::control::Cr8::write_raw(crate::arch::vectors::MESSAGE_CLASS);
-    }
-}
-
-/// Timer-tick hook: ends a doorbell throttle once its time is up, on the CPU that raised it
-/// (CR8 is per CPU; every CPU's timer runs this hook).
+/// Timer-tick hook: asks the next poll for the tick's duties, and ends this CPU's doorbell
+/// throttle once its time is up.
 fn on_tick() {
     WORK.fetch_or(WORK_HOOK | WORK_SCAN, Ordering::Relaxed);
-    let until = THROTTLED_UNTIL.load(Ordering::Relaxed);
-    let me = cpu::try_current().map_or(0, |c| c.index);
-    if until != 0 && me == THROTTLED_CPU.load(Ordering::Relaxed) && tsc::read() >= until {
-        THROTTLED_UNTIL.store(0, Ordering::Relaxed);
-        // Back to the normal task priority (nothing else in this kernel raises it).
-        x86_64::registers::control::Cr8::write_raw(0);
-    }
-}
-
-/// APIC ID of the CPU that serves `peer`'s mailboxes (its first CPU), from the shared table.
-pub fn doorbell_cpu(peer: InstanceId) -> Option<u32> {
-    let res = region::get()?.instance(peer).ok()?.resources().ok()?;
-    res.cpus().first().copied()
+    doorbell::end_throttle();
 }
 
 /// Sends an encoded slot to `to` (the low-level path; tests use it to send malformed slots),
@@ -318,7 +272,7 @@ fn send_slot_within(to: InstanceId, slot: &Slot, wait_ms: u64) -> Result<(), Sen
 fn send_out_within(to: InstanceId, out: Outgoing<'_>, wait_ms: u64) -> Result<(), SendError> {
     let mut doorbell = Doorbell::default();
     let sent = publish(to, out, wait_ms, &mut doorbell);
-    doorbell.ring(to);
+    doorbell.ring(to, telemetry(to));
     sent
 }
 
@@ -340,29 +294,8 @@ pub fn send_batch(
         }
         sent += 1;
     }
-    doorbell.ring(to);
+    doorbell.ring(to, telemetry(to));
     (sent, result)
-}
-
-/// A doorbell owed to a receiver: some message published since the last ring found it armed.
-#[derive(Default)]
-struct Doorbell {
-    owed: bool,
-}
-
-impl Doorbell {
-    /// Sends the IPI if one is owed.
-    fn ring(&mut self, to: InstanceId) {
-        if !core::mem::take(&mut self.owed) {
-            return;
-        }
-        if let Some(apic) = doorbell_cpu(to) {
-            cpu::current().with_lapic(|l| l.send_ipi(crate::arch::vectors::MESSAGE_IPI, apic));
-            if let Some(t) = telemetry(to) {
-                t.record_ipi_sent();
-            }
-        }
-    }
 }
 
 /// Publishes one slot in the mailbox to `to`, waiting up to `wait_ms` for room. Records in
@@ -420,7 +353,7 @@ fn publish(
                         < *deadline
                             .get_or_insert_with(|| tsc::read() + wait_ms * tsc::ticks_per_ms()) =>
             {
-                doorbell.ring(to);
+                doorbell.ring(to, telemetry(to));
                 // Drain our own inbox while we wait: the peer may be waiting for room in it.
                 poll();
                 core::hint::spin_loop();

@@ -7,6 +7,12 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MKBOOTD1");
 pub const MAX_CPUS: usize = 64;
 pub const MAX_TESTS: usize = 256;
 pub const MAX_IOAPICS: usize = 4;
+/// Instances whose plan CPUs a descriptor lists (`mk_plan::MAX_INSTANCES`).
+pub const PLAN_INSTANCES: usize = 16;
+/// CPUs per instance a descriptor lists: the first ones of its partition, where its
+/// mailboxes are served (a first CPU never moves; a respawn starts on the first of them
+/// instance 0 holds).
+pub const PLAN_CPUS_EACH: usize = 8;
 
 /// A linear framebuffer, as instance 0 got it from the bootloader.
 #[repr(C)]
@@ -60,6 +66,11 @@ pub struct BootDescriptor {
     /// `memory::launch::prepare`, which copies it into the instance's memory.
     pub archive_virt: u64,
     pub archive_len: u64,
+    /// The boot plan's first CPUs of every instance (`plan_cpus[k][..plan_cpu_counts[k]]`):
+    /// this instance's private copy, from which it decides where a doorbell may go (never
+    /// from the shared table another instance can write).
+    pub plan_cpu_counts: [u8; PLAN_INSTANCES],
+    pub plan_cpus: [[u32; PLAN_CPUS_EACH]; PLAN_INSTANCES],
 }
 
 impl BootDescriptor {
@@ -95,6 +106,8 @@ impl BootDescriptor {
             tests: [0; MAX_TESTS],
             archive_virt: 0,
             archive_len: 0,
+            plan_cpu_counts: [0; PLAN_INSTANCES],
+            plan_cpus: [[0; PLAN_CPUS_EACH]; PLAN_INSTANCES],
         }
     }
 
@@ -113,6 +126,30 @@ impl BootDescriptor {
 
     pub fn cpus(&self) -> &[u32] {
         &self.apic_ids[..(self.cpu_count as usize).min(MAX_CPUS)]
+    }
+
+    /// The plan's CPUs the descriptor lists, as `(instance, APIC ID)`.
+    pub fn plan_cpus(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
+        self.plan_cpus
+            .iter()
+            .zip(self.plan_cpu_counts)
+            .enumerate()
+            .flat_map(|(k, (cpus, n))| {
+                cpus.iter()
+                    .take(usize::from(n))
+                    .map(move |&apic| (k as u16, apic))
+            })
+    }
+
+    /// Lists `cpus`, the plan's CPUs of instance `k` (the first [`PLAN_CPUS_EACH`]).
+    pub fn set_plan_cpus(&mut self, k: usize, cpus: &[u32]) {
+        if let (Some(slot), Some(count)) =
+            (self.plan_cpus.get_mut(k), self.plan_cpu_counts.get_mut(k))
+        {
+            let n = cpus.len().min(PLAN_CPUS_EACH);
+            slot[..n].copy_from_slice(&cpus[..n]);
+            *count = n as u8;
+        }
     }
 
     pub fn tests(&self) -> &str {

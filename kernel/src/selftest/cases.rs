@@ -88,6 +88,7 @@ pub(super) static CASES: &[Case] = &[
     case("rogue_scribble_all", |_, arg| {
         rogue::rogue_scribble_all(arg)
     }),
+    case("interrupt_flood", |_, arg| services::interrupt_flood(arg)),
     // Instance 0's wait for the instances it starts.
     case("start_wait", |_, arg| start::start_wait(arg)),
     case("slow_start", |_, arg| start::slow_start(arg)),

@@ -157,6 +157,12 @@ pub(super) mod job {
     /// the victim's state word. Result: the balance's
     /// status code + 1 (0: no answer) in bits 0..16, the mask's in bits 16..32.
     pub const FORGE: u64 = 13;
+    /// Behave as a hostile instance against the interrupt surface (issue 15, item 10):
+    /// publish 0xFF (the xAPIC broadcast) as this instance's first CPU, then send up to
+    /// `arg >> 8` IPIs on each of the timer, probe and a device vector, and a few NMIs and
+    /// IPIs on a vector with no handler, into the first CPU of instance `arg & 0xFF`, for
+    /// at most 5 s; result: the IPIs sent.
+    pub const FLOOD: u64 = 14;
 }
 
 /// Programs every ramdisk must hold, each a loadable ELF (`ramdisk_programs`).
@@ -336,6 +342,7 @@ fn run_job() {
             }
         }
         job::FORGE => forge(arg),
+        job::FLOOD => flood(arg),
         job::BALANCE_LINE => {
             match crate::services::irq::balance(
                 (arg & 0xFFFF_FFFF) as usize,
@@ -400,6 +407,58 @@ fn forge(arg: u64) -> u64 {
         let _ = v.overrule_state(InstanceState::Stopped);
     }
     balance | mask << 16
+}
+
+/// Job `FLOOD` (see [`job::FLOOD`]).
+fn flood(arg: u64) -> u64 {
+    use crate::arch::{tsc, vectors};
+    let Some(r) = crate::shared::region::get() else {
+        return 0;
+    };
+    let victim = iid((arg & 0xFF) as usize);
+    let count = arg >> 8;
+    let Some(target) = r
+        .instance(victim)
+        .and_then(|i| i.resources())
+        .ok()
+        .and_then(|res| res.cpus().first().copied())
+    else {
+        return 0;
+    };
+    // Doorbells meant for this instance would now go to every CPU, were senders to obey.
+    if let Ok(me) = r.instance(crate::instance::id()) {
+        let ranges = me
+            .resources()
+            .map(|res| res.ranges().to_vec())
+            .unwrap_or_default();
+        let _ = me.publish_resources(&[0xFF], &ranges);
+    }
+    let line = crate::services::irq::rtc_gsi().min(vectors::IRQ_COUNT as u32 - 1) as u8;
+    let flooded = [
+        vectors::LAPIC_TIMER,
+        vectors::PROBE_IPI,
+        vectors::IRQ_BASE + line,
+    ];
+    let deadline = tsc::read() + 5000 * tsc::ticks_per_ms();
+    let cpu = crate::arch::cpu::current();
+    let mut sent = 0;
+    for i in 0..count {
+        for v in flooded {
+            cpu.with_lapic(|l| l.send_ipi(v, target));
+        }
+        sent += flooded.len() as u64;
+        if i % 1000 == 0 {
+            cpu.with_lapic(|l| {
+                l.send_nmi(target);
+                l.send_ipi(0x99, target);
+            });
+            sent += 2;
+            if tsc::read() > deadline {
+                break;
+            }
+        }
+    }
+    sent
 }
 
 /// Halts for `ms` without arming the doorbells or draining (jobs `QUIET`, `SINKS`).

@@ -500,10 +500,14 @@ fn export(mut p: Parcel, to: u8) -> (Parcel, Vec<Exported>, Vec<mk_ipc::ObjId>) 
         };
         match to_pool(id, to) {
             Some((frame, e)) => {
-                let pages = e.lease.pages;
+                let (pages, generation) = (e.lease.pages, e.lease.generation);
                 out.push(e);
                 *slot = slot.map(|c| Cap {
-                    object: Object::PoolPages { frame, pages },
+                    object: Object::PoolPages {
+                        frame,
+                        pages,
+                        generation,
+                    },
                     ..c
                 });
             }
@@ -575,13 +579,18 @@ fn cancel_exported(e: Vec<Exported>) {
 fn import(mut p: Parcel, from: InstanceId) -> Parcel {
     for slot in p.caps.iter_mut() {
         let Some(Cap {
-            object: Object::PoolPages { frame, pages },
+            object:
+                Object::PoolPages {
+                    frame,
+                    pages,
+                    generation,
+                },
             ..
         }) = *slot
         else {
             continue;
         };
-        let local = from_pool(frame, pages, from).and_then(|run| {
+        let local = from_pool(frame, pages, generation, from).and_then(|run| {
             let n = run.pages() as u32;
             runs(|r| r.insert(run)).ok().map(|id| (id, n))
         });
@@ -599,10 +608,11 @@ fn import(mut p: Parcel, from: InstanceId) -> Parcel {
     p
 }
 
-fn from_pool(frame: u64, pages: u32, from: InstanceId) -> Option<PageRun> {
+fn from_pool(frame: u64, pages: u32, generation: u32, from: InstanceId) -> Option<PageRun> {
     let p = mk_wire::LargeDataPayload {
         pool_frame: frame,
         page_count: pages,
+        generation,
         byte_len: u64::from(pages) * 4096,
     };
     let data = messaging::bulk::receive_large(from, &p).ok()?;

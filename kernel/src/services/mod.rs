@@ -122,6 +122,7 @@ fn on_poll() {
     ipc::on_poll();
     crate::console::refresh_screen();
     entry::heal_if_due();
+    messaging::doorbell::report();
     if crate::instance::id().is_supervisor() {
         lifecycle::watch();
     } else {

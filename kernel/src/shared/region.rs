@@ -78,7 +78,13 @@ fn publish(all: Allocation<'static, PeerTelemetry>, phys: u64) {
     let pool_phys = phys + all.layout.pool.offset as u64;
     let region = REGION.call_once(|| all.region);
     crate::arch::ioapic::use_shared_lock(region.ioapic_lock(), crate::instance::id());
-    POOL.call_once(|| (all.pool, pool_phys));
+    // Per-instance quota: half the pool once there are two instances, so that no instance
+    // can hold every page (`mk_pool::Pool::with_quota`); the whole pool for one alone.
+    let quota = match region.instance_count() {
+        0 | 1 => all.pool.pages(),
+        _ => all.pool.pages() / 2,
+    };
+    POOL.call_once(|| (all.pool.with_quota(quota), pool_phys));
     TELEMETRY.call_once(|| all.telemetry);
 }
 

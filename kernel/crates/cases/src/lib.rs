@@ -84,6 +84,7 @@ pub const NAMES: &[&str] = &[
     "rogue_no_drain",
     "rogue_locks",
     "rogue_scribble_all",
+    "interrupt_flood",
     // Instance 0's wait for the instances it starts (forced deadlines, a slowed boot).
     "start_wait",
     "slow_start",

@@ -53,8 +53,13 @@ pub enum Object {
     Pages { id: ObjId, pages: u32 },
     /// A run of shared-pool pages on its way to another instance (only in a cross-instance
     /// message: the receiving kernel accepts the run, checks its owner words, copies it into
-    /// its own pages and hands the receiver an [`Object::Pages`]).
-    PoolPages { frame: u64, pages: u32 },
+    /// its own pages and hands the receiver an [`Object::Pages`]), with the pool generation
+    /// of the hand-over, which the receiving kernel accepts it with.
+    PoolPages {
+        frame: u64,
+        pages: u32,
+        generation: u32,
+    },
 }
 
 impl Object {
@@ -95,7 +100,7 @@ impl Object {
             Self::IoPorts { base, len } => (me, u64::from(base) << 16 | u64::from(len)),
             Self::Mmio { phys, pages } => (me, phys | u64::from(pages.min(4095))),
             Self::Pages { id, pages } => (me, id.raw() | u64::from(pages) << 48),
-            Self::PoolPages { frame, pages } => (me, frame << 12 | u64::from(pages.min(4095))),
+            Self::PoolPages { frame, pages, .. } => (me, frame << 12 | u64::from(pages.min(4095))),
         }
     }
 }

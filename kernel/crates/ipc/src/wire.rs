@@ -79,7 +79,15 @@ fn cap_words(c: &Cap) -> Option<(u64, u64)> {
     let (instance, id, extra) = match c.object {
         Object::NameService => (0u8, 0u64, u64::from(c.badge)),
         Object::Endpoint { instance, id } => (instance, id.raw(), u64::from(c.badge)),
-        Object::PoolPages { frame, pages } if frame < 1 << 40 => (0, frame, u64::from(pages)),
+        // Pool pages: the page count in bits 40..56 of the first word, the generation in the
+        // second word's upper half.
+        Object::PoolPages {
+            frame,
+            pages,
+            generation,
+        } if frame < 1 << 40 && pages <= 0xFFFF => {
+            (0, frame | u64::from(pages) << 40, u64::from(generation))
+        }
         _ => return None,
     };
     let a = id | u64::from(instance) << 48 | (c.object.kind() as u64) << 56;
@@ -105,13 +113,13 @@ fn cap_of(a: u64, b: u64) -> Result<Cap, WireError> {
             extra,
         ),
         Some(CapKind::Pages)
-            if (a >> 40) & 0xFFFF == 0
-                && (1..=mk_abi::ipc::MAX_GRANT_PAGES).contains(&u64::from(extra)) =>
+            if (1..=mk_abi::ipc::MAX_GRANT_PAGES).contains(&((a >> 40) & 0xFFFF)) =>
         {
             (
                 Object::PoolPages {
                     frame: a & 0xFF_FFFF_FFFF,
-                    pages: extra,
+                    pages: ((a >> 40) & 0xFFFF) as u32,
+                    generation: extra,
                 },
                 0,
             )

@@ -190,6 +190,49 @@ pub enum Error {
     },
     /// A run of zero pages (or a pool of zero pages).
     ZeroPages,
+    /// `instance` would hold more than its quota: it holds `held` pages (owned, or handed
+    /// over and not yet accepted), asked for `asked` more, and may hold `quota`. The fault is
+    /// `instance`'s: it keeps too many pages (a leak, or a peer sending it more than it
+    /// releases).
+    OverQuota {
+        instance: u16,
+        held: u32,
+        asked: u32,
+        quota: u32,
+    },
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::BadMagic => f.write_str("not a formatted pool (bad magic)"),
+            Self::VersionMismatch => f.write_str("the pool's header is of another layout"),
+            Self::RegionTooSmall { need, have } => {
+                write!(f, "the pool needs {need} bytes, {have} given")
+            }
+            Self::Misaligned => f.write_str("misaligned base or offset"),
+            Self::OutOfRange => f.write_str("pages outside the pool (the caller's numbers)"),
+            Self::Exhausted => f.write_str("no free run of that many pages"),
+            Self::WrongOwner { page, found } => write!(f, "page {page} is {found:?}"),
+            Self::WrongGeneration { page, given, found } => write!(
+                f,
+                "page {page} has generation {found}, the lease or message says {given} (stale or forged)"
+            ),
+            Self::NotInTransit { page, found } => {
+                write!(f, "page {page} is not in transit (it is {found:?})")
+            }
+            Self::ZeroPages => f.write_str("a run of zero pages"),
+            Self::OverQuota {
+                instance,
+                held,
+                asked,
+                quota,
+            } => write!(
+                f,
+                "instance {instance} holds {held} pages and asked for {asked} more: over its quota of {quota}"
+            ),
+        }
+    }
 }
 
 /// A run of pages held under one generation: what a sender tells its receiver (three numbers,
@@ -258,6 +301,8 @@ pub struct Pool<'a> {
     words: &'a [AtomicU64],
     pages: u32,
     data_offset: usize,
+    /// Most pages one instance may hold through this view ([`Pool::with_quota`]).
+    quota: u32,
 }
 
 impl core::fmt::Debug for Pool<'_> {
@@ -356,7 +401,53 @@ impl<'a> Pool<'a> {
             words: raw.slice(PAGE, pages as usize)?,
             pages,
             data_offset: data_offset(pages),
+            quota: pages,
         })
+    }
+
+    /// This view with a per-instance quota: [`Pool::alloc`] and [`Pool::accept`] refuse
+    /// ([`Error::OverQuota`]) to let one instance hold more than `quota` pages, counting the
+    /// pages it owns and those it handed over that are not accepted yet. The quota is each
+    /// instance's own setting (every instance passes the same one): it bounds what a buggy
+    /// instance takes through this API and what a peer can make a receiver hold, not what a
+    /// hostile instance writes into the owner words directly.
+    pub fn with_quota(self, quota: u32) -> Self {
+        Self { quota, ..self }
+    }
+
+    /// The per-instance quota of this view (the page count when none was set).
+    pub fn quota(&self) -> u32 {
+        self.quota
+    }
+
+    /// Pages `instance` holds right now: owned, or handed over by it and not yet accepted (a
+    /// snapshot).
+    pub fn held_by(&self, instance: u16) -> u32 {
+        self.words
+            .iter()
+            .filter(|w| match decode(w.load(Ordering::Acquire)).0 {
+                Owner::Owned(o) => o == instance,
+                Owner::InTransit { from, .. } => from == instance,
+                Owner::Free | Owner::Invalid(_) => false,
+            })
+            .count() as u32
+    }
+
+    /// [`Error::OverQuota`] if `instance` may not take `asked` more pages.
+    fn check_quota(&self, instance: u16, asked: u32) -> Result<(), Error> {
+        if self.quota >= self.pages {
+            return Ok(());
+        }
+        let held = self.held_by(instance);
+        if held.saturating_add(asked) > self.quota {
+            return Err(Error::OverQuota {
+                instance,
+                held,
+                asked,
+                quota: self.quota,
+            });
+        }
+        Ok(())
     }
 
     /// Number of data pages.
@@ -466,6 +557,7 @@ impl<'a> Pool<'a> {
         if pages > self.pages {
             return Err(Error::Exhausted);
         }
+        self.check_quota(by, pages)?;
         let generation = self.fresh_generation();
         let owned = encode(Owner::Owned(by), generation);
         let freed = encode(Owner::Free, generation);
@@ -602,7 +694,35 @@ impl<'a> Pool<'a> {
     /// cancelled or reclaimed), [`Error::WrongOwner`] (in transit to someone else),
     /// [`Error::WrongGeneration`] (a stale message).
     pub fn accept(&self, first: u32, pages: u32, to: u16, generation: u32) -> Result<Lease, Error> {
+        self.range(first, pages)?;
+        self.check_quota(to, pages)?;
         self.finish(first, pages, to, generation, true)
+    }
+
+    /// [`Pool::accept`], and the run must come from `from` (the instance the message came
+    /// from): a run in transit to `to` from anyone else is [`Error::WrongOwner`], untouched.
+    /// This is what a receiver should use: the three numbers come from the message, the
+    /// sender from the channel it arrived on.
+    pub fn accept_from(
+        &self,
+        first: u32,
+        pages: u32,
+        from: u16,
+        to: u16,
+        generation: u32,
+    ) -> Result<Lease, Error> {
+        self.range(first, pages)?;
+        match self.owner(first)? {
+            (Owner::InTransit { from: f, to: t }, _) if f == from && t == to => {}
+            (Owner::InTransit { from: f, to: t }, _) => {
+                return Err(Error::WrongOwner {
+                    page: first,
+                    found: Owner::InTransit { from: f, to: t },
+                });
+            }
+            (found, _) => return Err(Error::NotInTransit { page: first, found }),
+        }
+        self.accept(first, pages, to, generation)
     }
 
     /// The sender takes back a run it handed over and the receiver has not accepted (e.g. the

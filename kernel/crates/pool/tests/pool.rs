@@ -821,3 +821,92 @@ fn restore_header_undoes_writes_into_the_layout_words() {
         assert_eq!(attach(&r).unwrap().pages(), 8);
     }
 }
+
+#[test]
+fn quota_bounds_what_one_instance_holds() {
+    let r = Region::new(region_size(16));
+    let p = init(&r, 16).with_quota(6);
+    assert_eq!(p.quota(), 6);
+    let a = p.alloc(1, 4).unwrap();
+    assert_eq!(p.held_by(1), 4);
+    assert_eq!(
+        p.alloc(1, 3),
+        Err(Error::OverQuota {
+            instance: 1,
+            held: 4,
+            asked: 3,
+            quota: 6
+        })
+    );
+    // Another instance has its own quota.
+    let b = p.alloc(2, 6).unwrap();
+    // Handed over and not accepted: still counted against the sender.
+    let a = p.hand_over(a, 1, 2).unwrap();
+    assert_eq!(p.held_by(1), 4);
+    assert!(p.alloc(1, 3).is_err());
+    // The receiver at its quota cannot accept: the run stays in transit, the sender cancels.
+    assert_eq!(
+        p.accept(a.first, a.pages, 2, a.generation),
+        Err(Error::OverQuota {
+            instance: 2,
+            held: 6,
+            asked: 4,
+            quota: 6
+        })
+    );
+    let a = p.cancel(a, 1).unwrap();
+    p.release(b, 2).unwrap();
+    let a = p.hand_over(a, 1, 2).unwrap();
+    let a = p.accept(a.first, a.pages, 2, a.generation).unwrap();
+    assert_eq!((p.held_by(1), p.held_by(2)), (0, 4));
+    p.release(a, 2).unwrap();
+    assert!(p.alloc(1, 6).is_ok());
+    // Without a quota, one instance may take every page.
+    let r = Region::new(region_size(8));
+    let p = init(&r, 8);
+    assert!(p.alloc(1, 8).is_ok());
+    assert!(
+        Error::OverQuota {
+            instance: 3,
+            held: 1,
+            asked: 2,
+            quota: 2
+        }
+        .to_string()
+        .contains("instance 3")
+    );
+}
+
+#[test]
+fn accept_from_checks_the_sender_and_the_messages_generation() {
+    let r = Region::new(region_size(8));
+    let p = init(&r, 8);
+    let l = p.alloc(1, 2).unwrap();
+    let l = p.hand_over(l, 1, 2).unwrap();
+    // Claimed to come from 3: refused, nothing changes.
+    assert_eq!(
+        p.accept_from(l.first, l.pages, 3, 2, l.generation),
+        Err(Error::WrongOwner {
+            page: l.first,
+            found: Owner::InTransit { from: 1, to: 2 }
+        })
+    );
+    // The message's generation is checked, not the one in the word.
+    assert!(matches!(
+        p.accept_from(l.first, l.pages, 1, 2, l.generation.wrapping_add(1)),
+        Err(Error::WrongGeneration { .. })
+    ));
+    // Not in transit at all.
+    assert!(matches!(
+        p.accept_from(5, 1, 1, 2, l.generation),
+        Err(Error::NotInTransit { .. })
+    ));
+    assert_eq!(
+        p.accept_from(7, 2, 1, 2, l.generation),
+        Err(Error::OutOfRange)
+    );
+    let got = p.accept_from(l.first, l.pages, 1, 2, l.generation).unwrap();
+    assert_eq!(got, l);
+    p.release(got, 2).unwrap();
+    assert_all_free(&p);
+}

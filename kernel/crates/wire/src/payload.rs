@@ -553,6 +553,10 @@ pub struct LargeDataPayload {
     pub pool_frame: u64,
     /// Frames holding the data.
     pub page_count: u32,
+    /// The pool generation the sender's hand-over gave the run (`mk_pool::Lease`): the
+    /// receiver accepts the pages only with this generation, never with the one it finds in
+    /// the owner words (which anyone can write).
+    pub generation: u32,
     /// Bytes of data, starting at the first frame.
     pub byte_len: u64,
 }
@@ -567,16 +571,17 @@ impl Fixed for LargeDataPayload {
     fn write(&self, w: &mut Wr<'_>) {
         w.u64(self.pool_frame);
         w.u32(self.page_count);
-        w.u32(0);
+        w.u32(self.generation);
         w.u64(self.byte_len);
     }
     fn read(r: &mut Rd<'_>) -> Result<Self, PayloadFault> {
         let pool_frame = r.u64();
         let page_count = r.u32();
-        reserved_zero(r.u32().into())?;
+        let generation = r.u32();
         let p = Self {
             pool_frame,
             page_count,
+            generation,
             byte_len: r.u64(),
         };
         p.check()?;

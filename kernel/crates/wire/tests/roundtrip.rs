@@ -53,6 +53,7 @@ fn large_data_round_trips_for_any_kind() {
     let large = Payload::LargeData(LargeDataPayload {
         pool_frame: 0x4000,
         page_count: 3,
+        generation: 0x0FFF_FFFF,
         byte_len: 3 * 4096 - 1,
     });
     for kind in all_kinds() {
@@ -377,6 +378,7 @@ fn malformed_query_reply_and_large_data_rejected() {
         Payload::LargeData(LargeDataPayload {
             pool_frame: 1,
             page_count: 1,
+            generation: 7,
             byte_len: 4096,
         }),
     )
@@ -388,9 +390,19 @@ fn malformed_query_reply_and_large_data_rejected() {
     let mut s = base;
     s[HEADER_LEN + 8..HEADER_LEN + 12].copy_from_slice(&0u32.to_le_bytes());
     assert_eq!(decode(&s), Err(BadPayload(PayloadFault::LargeDataRange)));
+    // Bytes 12..16 carry the pool generation, any value.
     let mut s = base;
-    s[HEADER_LEN + 12] = 1;
-    assert_eq!(decode(&s), Err(BadPayload(PayloadFault::ReservedNonZero)));
+    s[HEADER_LEN + 12..HEADER_LEN + 16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    match decode(&s) {
+        Ok(m) => assert!(matches!(
+            m.payload,
+            Payload::LargeData(LargeDataPayload {
+                generation: 0xdead_beef,
+                ..
+            })
+        )),
+        Err(e) => panic!("{e:?}"),
+    }
 }
 
 #[test]

@@ -189,6 +189,14 @@ impl Lapic {
         unsafe { self.inner.send_ipi(vector, dest) }
     }
 
+    /// Sends an NMI to `dest` (the tests' rogue instance does, as any instance could).
+    pub fn send_nmi(&mut self, dest: u32) {
+        let dest = self.icr_dest(dest);
+        // SAFETY: an NMI runs `dest`'s NMI handler, which in this kernel only counts and
+        // returns (`interrupts::nmi`); it changes no memory the sender relies on.
+        unsafe { self.inner.send_nmi(dest) }
+    }
+
     /// Sends INIT to `dest` (the first step of starting a CPU).
     pub fn send_init(&mut self, dest: u32) {
         let dest = self.icr_dest(dest);
