@@ -693,8 +693,7 @@ fn fence(peer: InstanceId, e: mk_mailbox::Error) {
     }
     FENCES.fetch_add(1, Ordering::Relaxed);
     // At most 4 lines a second, whatever the peers do.
-    let second = tsc::read() / (tsc::ticks_per_ms() * 1000).max(1);
-    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(second) {
+    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(tsc::seconds()) {
         crate::warn!(
             "mailbox from instance {peer}: {e:?}; fenced until instance 0 resets it ({suppressed} similar suppressed)"
         );

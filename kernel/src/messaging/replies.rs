@@ -98,8 +98,7 @@ pub(super) fn flush(try_send: impl Fn(InstanceId, &Message) -> Attempt) {
 fn dropped(peer: InstanceId, why: &str) {
     static LOG: mk_dispatch::LogLimiter = mk_dispatch::LogLimiter::new(0, 4);
     REPLIES_DROPPED.fetch_add(1, Ordering::Relaxed);
-    let second = tsc::read() / (tsc::ticks_per_ms() * 1000).max(1);
-    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(second) {
+    if let mk_dispatch::LogDecision::Log { suppressed } = LOG.check(tsc::seconds()) {
         crate::warn!("reply to instance {peer} dropped: {why} ({suppressed} similar suppressed)");
     }
 }

@@ -50,6 +50,11 @@ pub fn nanos() -> u64 {
     ((read() as u128 * 1_000_000) / ticks_per_ms() as u128) as u64
 }
 
+/// Whole seconds since the TSC's origin (the unit of the log limiters' windows).
+pub fn seconds() -> u64 {
+    read() / (ticks_per_ms() * 1000).max(1)
+}
+
 /// Busy-waits `micros` microseconds on the TSC.
 pub fn spin_micros(micros: u64) {
     let end = read() + micros * ticks_per_ms() / 1000;
