@@ -90,7 +90,7 @@ pub(super) fn on_ipi() {
         THROTTLES.fetch_add(1, Ordering::Relaxed);
         // Raising the task priority only holds back the doorbell's class on this CPU; its
         // own timer tick lowers it again (`end_throttle`).
-        x86_64::registers::control::Cr8::write_raw(crate::arch::vectors::MESSAGE_CLASS);
+        cpu::set_task_priority(crate::arch::vectors::MESSAGE_CLASS);
     }
 }
 
@@ -103,7 +103,7 @@ pub(super) fn end_throttle() {
     if until != 0 && tsc::read() >= until {
         t.until.store(0, Ordering::Relaxed);
         // Back to the normal task priority (nothing else in this kernel raises it).
-        x86_64::registers::control::Cr8::write_raw(0);
+        cpu::set_task_priority(0);
     }
 }
 

@@ -202,6 +202,12 @@ pub fn user_io_ports_allowed(port: u16) -> bool {
     })
 }
 
+/// Holds back, on the running CPU, every interrupt vector of priority class `class` and below
+/// (the task priority, CR8); 0 lets every vector through again.
+pub fn set_task_priority(class: u8) {
+    x86_64::registers::control::Cr8::write_raw(u64::from(class & 0xF));
+}
+
 /// End of interrupt on the running CPU. Only for interrupt handlers.
 pub fn eoi() {
     if let Some(cpu) = try_current() {

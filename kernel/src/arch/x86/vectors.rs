@@ -9,7 +9,7 @@ pub const PIC_SPURIOUS_2: u8 = super::pic::PIC2_VECTOR + 7;
 /// timer (class 3) and device interrupts still arrive.
 pub const MESSAGE_IPI: u8 = 0x2C;
 /// Priority class of `MESSAGE_IPI`, for CR8.
-pub const MESSAGE_CLASS: u64 = (MESSAGE_IPI >> 4) as u64;
+pub const MESSAGE_CLASS: u8 = MESSAGE_IPI >> 4;
 pub const LAPIC_TIMER: u8 = 0x30;
 /// "A task was made ready on your CPU": gets a CPU out of `hlt` (or a task in ring 3 back to
 /// its scheduler) at once instead of at its next tick. The handler only counts and EOIs.
