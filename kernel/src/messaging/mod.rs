@@ -107,22 +107,26 @@ static DEPTH: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize:
 const MAX_DEPTH: usize = 4;
 /// The messages one drain took, copied out of the rings straight into these buffers, one
 /// batch per nesting level: they are dispatched after the receiving ends are unlocked, so that
-/// a handler can poll again. Each batch also keeps the message its slots are decoded into
-/// (`mk_wire::decode_into`: a payload is copied once more, into it, and nothing is moved).
+/// a handler can poll again. Each batch also keeps the messages its slots are decoded into
+/// (`mk_wire::DecodeBuf`: a payload is copied once more, into them, and nothing is moved).
 struct Batch {
     len: usize,
-    peers: [InstanceId; BATCH],
+    /// Which peer sent which slots, one entry per mailbox drained (not per message): run `i`
+    /// is `runs[i].0`'s messages, the slots before `runs[i].1` and from the run before's end.
+    runs: [(InstanceId, usize); MAX_PEERS],
+    nruns: usize,
     slots: [Slot; BATCH],
-    msg: Message,
+    msg: mk_wire::DecodeBuf,
 }
 /// Messages one poll takes at most (two rings' worth); what is left waits for the next poll.
 const BATCH: usize = 2 * mk_mailbox::SLOTS;
 static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
     Mutex::new(Batch {
         len: 0,
-        peers: [InstanceId::ZERO; BATCH],
+        runs: [(InstanceId::ZERO, 0); MAX_PEERS],
+        nruns: 0,
         slots: [[0; SLOT_SIZE]; BATCH],
-        msg: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
+        msg: mk_wire::DecodeBuf::new(),
     })
 }; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
@@ -311,7 +315,7 @@ fn publish(
     let inst = region
         .instance(to)
         .map_err(|_| SendError::NoSuchInstance(to))?;
-    if inst.state() != Ok(mk_shared::InstanceState::Running) && !trusted_running(to) {
+    if !inst.is_running() && !trusted_running(to) {
         return Err(SendError::NotRunning(to));
     }
     let senders = SENDERS.get().ok_or(SendError::NotReady)?;
@@ -578,6 +582,7 @@ fn poll_locked(
     let mut batch = batch.lock();
     let batch = &mut *batch;
     batch.len = 0;
+    batch.nruns = 0;
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
@@ -604,10 +609,15 @@ fn poll_locked(
             let room_len = room.len();
             match r.drain_into(room) {
                 Ok(n) => {
-                    if let Some(p) = batch.peers.get_mut(batch.len..batch.len + n) {
-                        p.fill(peer);
+                    // One run per mailbox: each peer's bit comes up once per drain, and there
+                    // are at most `MAX_PEERS` of them.
+                    if n > 0
+                        && let Some(run) = batch.runs.get_mut(batch.nruns)
+                    {
+                        batch.len += n;
+                        *run = (peer, batch.len);
+                        batch.nruns += 1;
                     }
-                    batch.len += n;
                     // A whole ring, or the batch full: more may be waiting, look again next
                     // poll.
                     if n == mk_mailbox::SLOTS || n == room_len {
@@ -637,29 +647,48 @@ fn poll_locked(
     // Dispatched with the receiving ends unlocked: a handler may drain again. Replies go out
     // as they come (a reply that waits for room drains one level deeper, into the next batch).
     let Batch {
-        peers, slots, msg, ..
+        runs,
+        nruns,
+        slots,
+        msg,
+        ..
     } = batch;
-    for (peer, slot) in peers.iter().zip(slots.iter()).take(taken) {
-        match d.dispatch_with(*peer, slot, msg) {
-            Ok(DispatchOutcome::Handled {
-                reply: Some(reply), ..
-            }) => send_reply(*peer, &reply),
-            Ok(_) => {}
-            Err(reject) => {
-                if let Some(reply) = d.reply_for_reject(slot, &reject) {
-                    send_reply(*peer, &reply);
-                }
-                if let mk_dispatch::LogDecision::Log { suppressed } =
-                    d.log_limiter().check(tsc::read())
-                {
-                    crate::warn!(
-                        "rejected a message from instance {peer}: {reject} ({suppressed} similar suppressed)"
-                    );
-                }
+    let mut start = 0;
+    for &(peer, end) in runs.iter().take(*nruns) {
+        for slot in slots.get(start..end).unwrap_or_default() {
+            dispatch_one(d, peer, slot, msg);
+        }
+        start = end;
+    }
+    taken
+}
+
+/// Dispatches one slot of a batch from `peer`, and sends the reply its handler made (or the
+/// refusal a request without handler gets); logs a rejection, at a limited rate.
+#[inline]
+fn dispatch_one(
+    d: &Dispatcher<'static, 32, 64>,
+    peer: InstanceId,
+    slot: &Slot,
+    msg: &mut mk_wire::DecodeBuf,
+) {
+    match d.dispatch_with(peer, slot, msg) {
+        Ok(DispatchOutcome::Handled {
+            reply: Some(reply), ..
+        }) => send_reply(peer, &reply),
+        Ok(_) => {}
+        Err(reject) => {
+            if let Some(reply) = d.reply_for_reject(slot, &reject) {
+                send_reply(peer, &reply);
+            }
+            if let mk_dispatch::LogDecision::Log { suppressed } = d.log_limiter().check(tsc::read())
+            {
+                crate::warn!(
+                    "rejected a message from instance {peer}: {reject} ({suppressed} similar suppressed)"
+                );
             }
         }
     }
-    taken
 }
 
 /// A reply never waits inside a poll for room in the peer's mailbox: what finds it full waits

@@ -87,7 +87,9 @@ mod telemetry;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use mk_wire::{DecodeError, Kind, Message, MsgFlags, Payload, Slot, Status, UserPayload};
+use mk_wire::{
+    DecodeBuf, DecodeError, Kind, Message, MsgFlags, Payload, Slot, Status, UserPayload,
+};
 
 pub use mk_ids::InstanceId;
 
@@ -301,23 +303,23 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
     ) -> Result<DispatchOutcome, Reject> {
-        let mut msg = Message::request(self.instance, Kind::Ping, 0, Payload::Empty);
-        self.dispatch_with(expected_sender, slot, &mut msg)
+        let mut buf = DecodeBuf::new();
+        self.dispatch_with(expected_sender, slot, &mut buf)
     }
 
-    /// [`dispatch`](Self::dispatch), decoding into `msg`, a message the caller keeps from one
-    /// slot to the next (see [`mk_wire::decode_into`]: a USER payload is then copied once).
+    /// [`dispatch`](Self::dispatch), decoding into `buf`, which the caller keeps from one
+    /// slot to the next (see [`mk_wire::DecodeBuf`]: a USER payload is then copied once).
     pub fn dispatch_with(
         &self,
         expected_sender: InstanceId,
         slot: &Slot,
-        msg: &mut Message,
+        buf: &mut DecodeBuf,
     ) -> Result<DispatchOutcome, Reject> {
         let peer = self.peer(expected_sender);
         if let Some(p) = peer {
             p.received.fetch_add(1, Relaxed);
         }
-        let result = self.dispatch_inner(expected_sender, slot, peer, msg);
+        let result = self.dispatch_inner(expected_sender, slot, peer, buf);
         if let Err(reject) = &result {
             self.rejects.record(reject.reason());
             if let Some(p) = peer {
@@ -332,10 +334,9 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
         peer: Option<&PeerTelemetry>,
-        msg: &mut Message,
+        buf: &mut DecodeBuf,
     ) -> Result<DispatchOutcome, Reject> {
-        mk_wire::decode_into(slot, msg).map_err(Reject::Malformed)?;
-        let msg = &*msg;
+        let msg = buf.decode(slot).map_err(Reject::Malformed)?;
         if msg.sender != expected_sender {
             return Err(Reject::SenderMismatch {
                 expected: expected_sender,

@@ -109,13 +109,56 @@ pub struct Registry<const N: usize> {
 /// Buckets of a registry's hash index (at least twice the entries: probes stay short).
 const BUCKETS: usize = 128;
 
-/// The entries, and an open-addressing index over their codes so that a lookup costs a hash
-/// and a probe or two, not a pass over every entry (it runs for every message received).
+/// USER subtypes below this are found through the direct table (the others by hash).
+const USER_DIRECT: usize = 256;
+/// Slots of the direct table: the typed kinds ([`Kind::TYPED`], in order), then USER
+/// subtypes `0..USER_DIRECT`.
+const DIRECT: usize = Kind::TYPED.len() + USER_DIRECT;
+
+/// The direct table's slot of `kind`: `None` for a USER subtype of `USER_DIRECT` or more.
+#[inline]
+const fn direct_slot(kind: Kind) -> Option<usize> {
+    Some(match kind {
+        Kind::IrqForward => 0,
+        Kind::IrqBalance => 1,
+        Kind::IrqMask => 2,
+        Kind::IrqUnmask => 3,
+        Kind::CpuAdd => 4,
+        Kind::CpuRemove => 5,
+        Kind::MemAdd => 6,
+        Kind::MemRemove => 7,
+        Kind::Query => 8,
+        Kind::Heartbeat => 9,
+        Kind::Shutdown => 10,
+        Kind::Ping => 11,
+        Kind::User(sub) => {
+            if (sub as usize) < USER_DIRECT {
+                Kind::TYPED.len() + sub as usize
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+/// The kind whose direct slot is `slot` (`slot < DIRECT`).
+fn direct_kind(slot: usize) -> Kind {
+    Kind::TYPED
+        .get(slot)
+        .copied()
+        .unwrap_or(Kind::User(slot.saturating_sub(Kind::TYPED.len()) as u16))
+}
+
+/// The entries, and two indexes over them so that a lookup costs a load or a hash and a probe
+/// or two, not a pass over every entry (it runs for every message received).
 struct Table<const N: usize> {
     entries: [Option<Entry>; N],
     /// `1 + index` into `entries` of the entry whose code hashes here (or after, with linear
     /// probing); 0: empty. Rebuilt on every registration change.
     index: [u8; BUCKETS],
+    /// By [`direct_slot`] of a kind: `1 + index` into `entries` of the handler its lookup
+    /// finds (its `Kind` handler, else its type's); 0: none. Rebuilt with `index`.
+    direct: [u8; DIRECT],
 }
 
 impl<const N: usize> Table<N> {
@@ -137,20 +180,42 @@ impl<const N: usize> Table<N> {
                 *slot = i as u8 + 1;
             }
         }
+        for slot in 0..DIRECT {
+            let kind = direct_kind(slot);
+            let found = self
+                .find_index(HandlerKey::Kind(kind).code())
+                .or_else(|| self.find_index(HandlerKey::Type(kind.msg_type()).code()));
+            if let Some(d) = self.direct.get_mut(slot) {
+                *d = found.unwrap_or(0);
+            }
+        }
+    }
+
+    /// `1 + index` of the entry whose key has `code`.
+    #[inline]
+    fn find_index(&self, code: u64) -> Option<u8> {
+        let start = Self::bucket(code);
+        // At most N entries in BUCKETS > N buckets: an empty bucket ends every probe.
+        for b in (start..).take(BUCKETS) {
+            let i = *self.index.get(b % BUCKETS)?;
+            let e = self.entries.get(usize::from(i).checked_sub(1)?)?.as_ref()?;
+            if e.code == code {
+                return Some(i);
+            }
+        }
+        None
     }
 
     #[inline]
     fn find(&self, code: u64) -> Option<&'static dyn Handler> {
-        let start = Self::bucket(code);
-        // At most N entries in BUCKETS > N buckets: an empty bucket ends every probe.
-        for b in (start..).take(BUCKETS) {
-            let i = usize::from(*self.index.get(b % BUCKETS)?);
-            let e = self.entries.get(i.checked_sub(1)?)?.as_ref()?;
-            if e.code == code {
-                return Some(e.handler);
-            }
-        }
-        None
+        self.handler(self.find_index(code)?)
+    }
+
+    /// The handler of entry `i - 1`.
+    #[inline]
+    fn handler(&self, i: u8) -> Option<&'static dyn Handler> {
+        let e = self.entries.get(usize::from(i).checked_sub(1)?)?.as_ref()?;
+        Some(e.handler)
     }
 }
 
@@ -182,6 +247,7 @@ impl<const N: usize> Registry<N> {
             entries: spin::RwLock::new(Table {
                 entries: [None; N],
                 index: [0; BUCKETS],
+                direct: [0; DIRECT],
             }),
         }
     }
@@ -234,9 +300,15 @@ impl<const N: usize> Registry<N> {
     }
 
     /// The handler for `kind`: its `Kind` handler, else its type's.
+    #[inline]
     pub fn lookup(&self, kind: Kind) -> Option<&'static dyn Handler> {
-        // Keys found by their numbers: the `Kind` handler, else the type's.
         let table = self.entries.read();
+        // Most kinds: one load from the direct table, which already holds the type's handler
+        // for a kind without one.
+        if let Some(slot) = direct_slot(kind) {
+            return table.handler(*table.direct.get(slot)?);
+        }
+        // Keys found by their numbers: the `Kind` handler, else the type's.
         table
             .find(HandlerKey::Kind(kind).code())
             .or_else(|| table.find(HandlerKey::Type(kind.msg_type()).code()))

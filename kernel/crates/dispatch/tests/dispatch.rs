@@ -778,3 +778,42 @@ fn a_full_registry_finds_each_handler_through_its_index() {
     }
     assert!(reg.lookup(Kind::User(0x7777)).is_none());
 }
+
+/// The direct table (typed kinds and USER subtypes below 256) gives what the hashed keys
+/// give: a kind's own handler, else its type's, else none; and follows registrations and
+/// removals, on either side of the table's edge (USER 255 and 256).
+#[test]
+fn the_direct_table_finds_kind_then_type_handlers() {
+    static HANDLERS: [fn(&Message) -> Option<Reply>; 2] = [echo, refuse];
+    let reg: Registry<8> = Registry::new();
+    let which = |h: &'static dyn Handler| {
+        let ping = Message::request(iid(1), Kind::Ping, 1, ping_payload());
+        usize::from(h.handle(&ping).map(|r| r.status) == Some(Status::Refused))
+    };
+    let find = |k: Kind| reg.lookup(k).map(which);
+    for k in [Kind::Ping, Kind::User(6), Kind::User(255), Kind::User(256)] {
+        assert_eq!(find(k), None, "{k:?}");
+    }
+    reg.register(HandlerKey::Type(MsgType::User), &HANDLERS[0])
+        .unwrap();
+    reg.register(HandlerKey::Kind(Kind::User(6)), &HANDLERS[1])
+        .unwrap();
+    reg.register(HandlerKey::Kind(Kind::User(256)), &HANDLERS[1])
+        .unwrap();
+    reg.register(HandlerKey::Kind(Kind::Ping), &HANDLERS[1])
+        .unwrap();
+    assert_eq!(find(Kind::User(6)), Some(1));
+    assert_eq!(find(Kind::User(7)), Some(0));
+    assert_eq!(find(Kind::User(255)), Some(0));
+    assert_eq!(find(Kind::User(256)), Some(1));
+    assert_eq!(find(Kind::User(257)), Some(0));
+    assert_eq!(find(Kind::Ping), Some(1));
+    assert_eq!(find(Kind::Heartbeat), None);
+    reg.unregister(HandlerKey::Kind(Kind::User(6))).unwrap();
+    assert_eq!(find(Kind::User(6)), Some(0));
+    reg.unregister(HandlerKey::Type(MsgType::User)).unwrap();
+    assert_eq!(find(Kind::User(6)), None);
+    assert_eq!(find(Kind::User(256)), Some(1));
+    reg.unregister(HandlerKey::Kind(Kind::Ping)).unwrap();
+    assert_eq!(find(Kind::Ping), None);
+}

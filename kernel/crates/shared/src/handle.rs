@@ -191,6 +191,7 @@ impl<'a> SharedRegion<'a> {
     }
 
     /// Entry of instance `i` (`< instance_count()`).
+    #[inline]
     pub fn instance(&self, i: InstanceId) -> Result<Instance<'a>, Error> {
         let e = self
             .instances

@@ -115,6 +115,13 @@ impl Instance<'_> {
         self.id
     }
 
+    /// Whether the state word says `Running` (Acquire, as [`Self::state`]): the send path's
+    /// check, one load and one compare, inlined into the caller.
+    #[inline]
+    pub fn is_running(&self) -> bool {
+        self.e.status.state.load(Ordering::Acquire) == InstanceState::Running as u32
+    }
+
     /// Current state (Acquire: what the writer published before the transition is visible).
     pub fn state(&self) -> Result<InstanceState, Error> {
         let v = self.e.status.state.load(Ordering::Acquire);

@@ -86,8 +86,8 @@ mod payload;
 mod types;
 
 pub use message::{
-    DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, decode, decode_into,
-    encode, encode_parts, expected_payload, offset,
+    DecodeBuf, DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, decode,
+    decode_into, encode, encode_parts, expected_payload, offset,
 };
 pub use mk_ids::InstanceId;
 pub use payload::{

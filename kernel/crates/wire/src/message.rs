@@ -142,6 +142,7 @@ pub enum Payload {
 
 impl Payload {
     /// Which structure this is.
+    #[inline]
     pub const fn kind(&self) -> PayloadKind {
         match self {
             Self::Empty => PayloadKind::Empty,
@@ -235,6 +236,7 @@ impl Payload {
 
 /// The payload structure a message must carry, given its header. `None` when the flags
 /// contradict the status (`LARGE_DATA` on an error reply).
+#[inline]
 pub const fn expected_payload(kind: Kind, flags: MsgFlags, status: Status) -> Option<PayloadKind> {
     let reply = flags.contains(MsgFlags::REPLY);
     let error_reply = reply && !matches!(status, Status::Ok);
@@ -559,6 +561,70 @@ pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
 /// is copied once, straight into `out`'s when `out` already holds one (no message is built
 /// and then moved). On `Err`, `out` holds no meaningful message (it may be half written).
 pub fn decode_into(slot: &Slot, out: &mut Message) -> Result<(), DecodeError> {
+    fill(check(slot)?, out)
+}
+
+/// Where a receiver decodes its messages ([`DecodeBuf::decode`]): two messages it keeps, one
+/// for USER payloads and one for the others, so that each keeps its payload's variant from
+/// one message to the next. A USER payload is then always copied once, straight into place,
+/// whatever came before it (a heartbeat between two USER messages does not make the next one
+/// build a payload and move it).
+#[derive(Debug, Clone)]
+pub struct DecodeBuf {
+    user: Message,
+    other: Message,
+}
+
+impl Default for DecodeBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DecodeBuf {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self {
+            user: Message::request(
+                InstanceId::ZERO,
+                Kind::User(0),
+                0,
+                Payload::User(UserPayload::EMPTY),
+            ),
+            other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
+        }
+    }
+
+    /// [`decode`]s `slot` into one of the two messages kept, and returns it. On `Err`, neither
+    /// holds a meaningful message.
+    pub fn decode(&mut self, slot: &Slot) -> Result<&Message, DecodeError> {
+        let c = check(slot)?;
+        let out = if let PayloadKind::User = c.expected {
+            &mut self.user
+        } else {
+            &mut self.other
+        };
+        fill(c, out)?;
+        Ok(out)
+    }
+}
+
+/// A slot's header, checked, and its payload's bytes: what [`fill`] writes into a message.
+struct Checked<'s> {
+    sender: u16,
+    kind: Kind,
+    flags: MsgFlags,
+    status: Status,
+    msg_id: u64,
+    timestamp: u64,
+    expected: PayloadKind,
+    payload_len: u16,
+    bytes: &'s [u8],
+}
+
+/// The header checks of [`decode`], in its order, up to the payload's values.
+#[inline(always)]
+fn check(slot: &Slot) -> Result<Checked<'_>, DecodeError> {
     let raw = RawHeader::read(slot);
     if raw.version != PROTOCOL_VERSION {
         return Err(DecodeError::BadVersion { found: raw.version });
@@ -585,17 +651,33 @@ pub fn decode_into(slot: &Slot, out: &mut Message) -> Result<(), DecodeError> {
     let bytes = slot
         .get(HEADER_LEN..HEADER_LEN + len)
         .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?;
-    match (&mut out.payload, expected) {
+    Ok(Checked {
+        sender: raw.sender,
+        kind,
+        flags,
+        status,
+        msg_id: raw.msg_id,
+        timestamp: raw.timestamp,
+        expected,
+        payload_len: raw.payload_len,
+        bytes,
+    })
+}
+
+/// Reads the payload (its size and values checked) into `out`, then the header's fields.
+#[inline(always)]
+fn fill(c: Checked<'_>, out: &mut Message) -> Result<(), DecodeError> {
+    match (&mut out.payload, c.expected) {
         (Payload::User(u), PayloadKind::User) => u
-            .set(bytes)
-            .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?,
-        (p, kind) => *p = Payload::read(kind, bytes)?,
+            .set(c.bytes)
+            .ok_or(DecodeError::PayloadTooLong(c.payload_len))?,
+        (p, kind) => *p = Payload::read(kind, c.bytes)?,
     }
-    out.sender = InstanceId::new(raw.sender);
-    out.kind = kind;
-    out.flags = flags;
-    out.status = status;
-    out.msg_id = raw.msg_id;
-    out.timestamp = raw.timestamp;
+    out.sender = InstanceId::new(c.sender);
+    out.kind = c.kind;
+    out.flags = c.flags;
+    out.status = c.status;
+    out.msg_id = c.msg_id;
+    out.timestamp = c.timestamp;
     Ok(())
 }

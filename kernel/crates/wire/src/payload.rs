@@ -773,11 +773,16 @@ impl QueryReply {
 }
 
 /// Opaque USER payload, 0..=224 bytes.
+///
+/// The bytes come first and on an 8-byte boundary (`repr(C, align(8))`): a decoder's copy
+/// into them moves whole words from the first byte to the last (`rep movsq`, no odd bytes at
+/// either end), as the mailbox's copies do.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C, align(8))]
 pub struct UserPayload {
-    len: u8,
     // Bytes past `len` are always zero, so the derived equality compares contents.
     data: [u8; MAX_PAYLOAD],
+    len: u8,
 }
 
 impl core::fmt::Debug for UserPayload {
@@ -789,6 +794,12 @@ impl core::fmt::Debug for UserPayload {
 }
 
 impl UserPayload {
+    /// No bytes.
+    pub const EMPTY: Self = Self {
+        data: [0; MAX_PAYLOAD],
+        len: 0,
+    };
+
     /// A payload holding `bytes`; `None` when longer than [`MAX_PAYLOAD`].
     pub fn new(bytes: &[u8]) -> Option<Self> {
         // A full payload is copied as is (nothing to zero behind it).
@@ -812,7 +823,10 @@ impl UserPayload {
     pub fn set(&mut self, bytes: &[u8]) -> Option<()> {
         let old = usize::from(self.len);
         self.data.get_mut(..bytes.len())?.copy_from_slice(bytes);
-        if let Some(stale) = self.data.get_mut(bytes.len()..old) {
+        // Nothing to clear when the new contents are at least as long (a call saved).
+        if old > bytes.len()
+            && let Some(stale) = self.data.get_mut(bytes.len()..old)
+        {
             stale.fill(0);
         }
         self.len = bytes.len() as u8;

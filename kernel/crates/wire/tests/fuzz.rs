@@ -127,6 +127,7 @@ proptest! {
         flip in proptest::option::of(0..SLOT_SIZE * 8),
     ) {
         let mut kept = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        let mut buf = DecodeBuf::new();
         for msg in msgs {
             let mut slot = encoded(&msg);
             if let Some(bit) = flip {
@@ -136,6 +137,12 @@ proptest! {
                 (Ok(fresh), Ok(())) => prop_assert_eq!(fresh, kept),
                 (Err(a), Err(b)) => prop_assert_eq!(a, b),
                 (a, b) => prop_assert!(false, "decode {:?}, decode_into {:?}", a, b),
+            }
+            // The same through a DecodeBuf kept across the messages.
+            match (decode(&slot), buf.decode(&slot)) {
+                (Ok(fresh), Ok(m)) => prop_assert_eq!(&fresh, m),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "decode {:?}, DecodeBuf {:?}", a, b),
             }
         }
     }
