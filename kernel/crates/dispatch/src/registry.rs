@@ -324,3 +324,22 @@ impl<const N: usize> Registry<N> {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `direct_slot` numbers the typed kinds by hand: it must agree with `Kind::TYPED`'s
+    /// order, which `direct_kind` follows, for every slot of the table.
+    #[test]
+    fn direct_slots_and_kinds_agree() {
+        for slot in 0..DIRECT {
+            assert_eq!(direct_slot(direct_kind(slot)), Some(slot), "slot {slot}");
+        }
+        for (i, &kind) in Kind::TYPED.iter().enumerate() {
+            assert_eq!(direct_slot(kind), Some(i), "{kind:?}");
+        }
+        assert_eq!(direct_slot(Kind::User(USER_DIRECT as u16)), None);
+        assert_eq!(direct_slot(Kind::User(u16::MAX)), None);
+    }
+}
