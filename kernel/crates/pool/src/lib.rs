@@ -712,17 +712,13 @@ impl<'a> Pool<'a> {
         generation: u32,
     ) -> Result<Lease, Error> {
         self.range(first, pages)?;
-        match self.owner(first)? {
-            (Owner::InTransit { from: f, to: t }, _) if f == from && t == to => {}
-            (Owner::InTransit { from: f, to: t }, _) => {
-                return Err(Error::WrongOwner {
-                    page: first,
-                    found: Owner::InTransit { from: f, to: t },
-                });
+        match self.owner(first)?.0 {
+            Owner::InTransit { from: f, to: t } if f == from && t == to => {
+                self.accept(first, pages, to, generation)
             }
-            (found, _) => return Err(Error::NotInTransit { page: first, found }),
+            found @ Owner::InTransit { .. } => Err(Error::WrongOwner { page: first, found }),
+            found => Err(Error::NotInTransit { page: first, found }),
         }
-        self.accept(first, pages, to, generation)
     }
 
     /// The sender takes back a run it handed over and the receiver has not accepted (e.g. the
