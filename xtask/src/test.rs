@@ -26,6 +26,14 @@ pub struct Tally {
     failures: Vec<String>,
 }
 
+/// `text` cut to at most `max` characters (an ellipsis marks the cut).
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 impl Tally {
     pub fn pass(&mut self) {
         self.passed += 1;
@@ -295,7 +303,9 @@ fn run_boot(b: &Boot, accel: Accel, image: &Path, logs: &Path, tally: &mut Tally
                     Some(p) => {
                         println!("FAIL   {full} ({tag}; boot {secs:.1} s): {p}");
                         tally.failed += 1;
-                        tally.failures.push(full);
+                        // The reason goes into the closing list too: where only the end of
+                        // the output is kept (CI), it still says why.
+                        tally.failures.push(format!("{full}: {}", shorten(&p, 300)));
                         boot_failed = true;
                     }
                 }

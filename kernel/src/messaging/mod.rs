@@ -22,7 +22,7 @@ pub mod bulk;
 pub mod doorbell;
 mod replies;
 
-pub use replies::{REPLIES_DROPPED, REPLIES_QUEUED};
+pub use replies::{REPLIES_DROPPED, REPLIES_QUEUED, waiting as replies_waiting};
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -497,6 +497,21 @@ pub fn poll() -> usize {
     poll_flagged(inbox)
 }
 
+/// Drains `peer`'s mailbox now, up to `wait_ms` while another CPU of this instance drains
+/// (instance 0, before it marks the channels of an instance that stopped dead: what that
+/// instance sent before it wrote `Stopped`, the answer to SHUTDOWN among them, is still in the
+/// ring, and a dead channel is drained no more).
+pub fn drain_from(peer: InstanceId, wait_ms: u64) {
+    let bit = 1u64 << (peer.index() & 63);
+    LEFTOVER.fetch_or(bit, Ordering::Relaxed);
+    let deadline = tsc::read() + wait_ms * tsc::ticks_per_ms();
+    // A drain takes the bit; one that filled its batch (or took a whole ring) sets it again.
+    while LEFTOVER.load(Ordering::Relaxed) & bit != 0 && tsc::read() < deadline {
+        poll();
+        core::hint::spin_loop();
+    }
+}
+
 /// For a measurement that wants a poll's own cost without the timer tick's duties in it:
 /// runs the poll hook now if a poll was asked to, and leaves the tick's look at every mailbox
 /// to the next tick (the flagged mailboxes are still drained by the next poll). Drains nothing.
@@ -554,7 +569,7 @@ fn poll_flagged(inbox: &Inbox<'static>) -> usize {
         POLLER.store(0, Ordering::Release);
     }
     if work & WORK_HOOK != 0 {
-        replies::flush(reply_attempt);
+        flush_replies();
         if let Some(hook) = POLL_HOOK.get() {
             hook();
         }
@@ -689,6 +704,12 @@ fn dispatch_one(
             }
         }
     }
+}
+
+/// Sends the replies that wait for room, each peer's in order, until a mailbox is full again
+/// (every poll that runs the hook does it first).
+pub fn flush_replies() {
+    replies::flush(reply_attempt);
 }
 
 /// A reply never waits inside a poll for room in the peer's mailbox: what finds it full waits

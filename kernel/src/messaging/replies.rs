@@ -102,3 +102,8 @@ fn dropped(peer: InstanceId, why: &str) {
         crate::warn!("reply to instance {peer} dropped: {why} ({suppressed} similar suppressed)");
     }
 }
+
+/// Replies waiting for room in `peer`'s mailbox.
+pub fn waiting(peer: InstanceId) -> usize {
+    QUEUES.lock().get(peer.index()).map_or(0, VecDeque::len)
+}

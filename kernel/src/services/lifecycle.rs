@@ -226,6 +226,9 @@ pub fn collect_stopped(k: InstanceId) {
         return;
     }
     let Some(r) = region::get() else { return };
+    // What `k` sent before it wrote `Stopped` (its answer to SHUTDOWN, its last heartbeats) is
+    // taken before its channels are marked dead.
+    crate::messaging::drain_from(k, 100);
     let got = take_back(r, k);
     info!(
         "instance {k} stopped; took back {} CPU(s), {} IRQ line(s), {} MiB",
@@ -299,18 +302,38 @@ pub fn handle_shutdown(m: &Message) -> Option<Reply> {
     if let Payload::Shutdown(p) = m.payload
         && p.flags.contains(mk_wire::ShutdownFlags::CRASH)
     {
+        ASKED_AT.store(tsc::read(), Ordering::SeqCst);
         CRASH_ASKED.store(true, Ordering::SeqCst);
         crate::messaging::want_poll_hook();
         return Some(Reply::ok(Payload::Empty));
     }
+    ASKED_AT.store(tsc::read(), Ordering::SeqCst);
     SHUTDOWN_ASKED.store(true, Ordering::SeqCst);
-    // Carried out by the poll hook, after this drain has sent the reply.
+    // Carried out by the poll hook, once the reply has left (`finish_shutdown_if_asked`).
     crate::messaging::want_poll_hook();
     Some(Reply::ok(Payload::Empty))
 }
 
-/// After a drain: carries out a requested shutdown (the reply has been sent by then).
+/// When the SHUTDOWN was taken (TSC).
+static ASKED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// How long a stopping instance waits for its answer to leave (ms): a reply that found
+/// instance 0's mailbox full waits in the reply queue, and an instance that stopped with it
+/// there would leave instance 0 waiting for an answer that cannot come.
+pub const ANSWER_GRACE_MS: u64 = 2000;
+
+/// After a drain: carries out a requested shutdown once its answer has left (or
+/// [`ANSWER_GRACE_MS`] have passed); until then asks the next poll to look again.
 pub fn finish_shutdown_if_asked() {
+    if !CRASH_ASKED.load(Ordering::SeqCst) && !SHUTDOWN_ASKED.load(Ordering::SeqCst) {
+        return;
+    }
+    crate::messaging::flush_replies();
+    let grace = ASKED_AT.load(Ordering::SeqCst) + ANSWER_GRACE_MS * tsc::ticks_per_ms();
+    if crate::messaging::replies_waiting(InstanceId::ZERO) > 0 && tsc::read() < grace {
+        crate::messaging::want_poll_hook();
+        return;
+    }
     if CRASH_ASKED.load(Ordering::SeqCst) {
         panic!("deliberate crash requested by instance 0 (SHUTDOWN with CRASH)");
     }
