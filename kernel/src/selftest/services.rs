@@ -704,11 +704,19 @@ fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
             listed(from)
         )
     })?;
-    let joined = region::read_report(iid(to), REPORT_JOINED).unwrap_or(0);
-    ensure(
-        joined & 0xFFFF_FFFF == u64::from(apic) && joined >> 32 > joins_before,
-        || format!("instance {to}'s join report is {joined:#x}"),
-    )?;
+    // The CPU writes it from its own entry, which may run after the receiver answered.
+    let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
+    loop {
+        let joined = region::read_report(iid(to), REPORT_JOINED).unwrap_or(0);
+        if joined & 0xFFFF_FFFF == u64::from(apic) && joined >> 32 > joins_before {
+            break;
+        }
+        ensure(tsc::read() < deadline, || {
+            format!("instance {to}'s join report is {joined:#x} after 2 s")
+        })?;
+        messaging::poll();
+        core::hint::spin_loop();
+    }
     let t0 = ticks_in(to, apic)?;
     tsc::spin_micros(100_000);
     let t1 = ticks_in(to, apic)?;
