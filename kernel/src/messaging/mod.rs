@@ -569,7 +569,7 @@ fn poll_flagged(inbox: &Inbox<'static>) -> usize {
         POLLER.store(0, Ordering::Release);
     }
     if work & WORK_HOOK != 0 {
-        flush_replies();
+        replies::flush(reply_attempt);
         if let Some(hook) = POLL_HOOK.get() {
             hook();
         }
@@ -704,12 +704,6 @@ fn dispatch_one(
             }
         }
     }
-}
-
-/// Sends the replies that wait for room, each peer's in order, until a mailbox is full again
-/// (every poll that runs the hook does it first).
-pub fn flush_replies() {
-    replies::flush(reply_attempt);
 }
 
 /// A reply never waits inside a poll for room in the peer's mailbox: what finds it full waits

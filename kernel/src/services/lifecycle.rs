@@ -328,7 +328,7 @@ pub fn finish_shutdown_if_asked() {
     if !CRASH_ASKED.load(Ordering::SeqCst) && !SHUTDOWN_ASKED.load(Ordering::SeqCst) {
         return;
     }
-    crate::messaging::flush_replies();
+    // The poll that runs this hook flushed the reply queue just before.
     let grace = ASKED_AT.load(Ordering::SeqCst) + ANSWER_GRACE_MS * tsc::ticks_per_ms();
     if crate::messaging::replies_waiting(InstanceId::ZERO) > 0 && tsc::read() < grace {
         crate::messaging::want_poll_hook();
