@@ -9,7 +9,7 @@
 //! ```
 //!
 //! then exits QEMU with success or failure. Also the small helpers every case uses: the
-//! [`Outcome`] of a case, [`ensure`], the parsing of a numeric argument, the partition plan.
+//! [`Outcome`] of a case, [`ensure`], [`wait_until`], the parsing of a numeric argument, the partition plan.
 
 use alloc::format;
 use alloc::string::String;
@@ -78,6 +78,26 @@ pub(super) fn finish() -> ! {
 
 pub(super) fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
     if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// Waits (polling instance 0's mailboxes) up to `ms` for `done`.
+pub(super) fn wait_until(
+    what: &str,
+    ms: u64,
+    mut done: impl FnMut() -> Result<bool, String>,
+) -> Outcome {
+    use crate::arch::tsc;
+    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        ensure(tsc::read() < deadline, || {
+            format!("{what}: not within {ms} ms")
+        })?;
+        crate::messaging::poll();
+        tsc::spin_micros(2_000);
+    }
 }
 
 /// A case's numeric argument (`madt_cpus=2`, `msg_ping=50`...).

@@ -12,7 +12,7 @@ use mk_abi::TaskId;
 use mk_shared::{InstanceState, Owner, Resource};
 use mk_wire::{Kind, Message};
 
-use super::harness::{Outcome, ensure, number};
+use super::harness::{Outcome, ensure, number, wait_until};
 use super::peer::{self, job, start_job, user, wait_job};
 use super::tasks::{run_to_end, spawn, wait_status};
 use crate::arch::tsc;
@@ -30,21 +30,6 @@ fn expect_zero(k: InstanceId, what: &str, status: u64) -> Outcome {
 
 fn ipc_stats(k: InstanceId) -> Result<[u64; 15], String> {
     control::ipc_stats(k).map_err(|e| format!("ipc stats of {k}: {e}"))
-}
-
-/// Waits (polling instance 0's mailboxes) up to `ms` for `done`.
-fn wait_until(what: &str, ms: u64, mut done: impl FnMut() -> Result<bool, String>) -> Outcome {
-    let deadline = tsc::read() + ms * tsc::ticks_per_ms();
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        ensure(tsc::read() < deadline, || {
-            format!("{what}: not within {ms} ms")
-        })?;
-        messaging::poll();
-        tsc::spin_micros(2_000);
-    }
 }
 
 /// Runs a server `echo NAME` on `server` and `pingpong NAME N quit` on `client`; both must end

@@ -11,7 +11,7 @@ use core::sync::atomic::Ordering;
 use mk_shared::{InstanceState, Owner, Resource};
 use mk_wire::{Kind, Message, Payload, QueryPayload, QueryWhat, ShutdownFlags, Status};
 
-use super::harness::{Outcome, ensure, plan};
+use super::harness::{Outcome, ensure, plan, wait_until};
 use super::peer::{self, job, start_job, user, wait_job};
 use crate::arch::tsc;
 use crate::instance::iid;
@@ -705,18 +705,16 @@ fn move_and_check(apic: u32, from: usize, to: usize) -> Outcome {
         )
     })?;
     // The CPU writes it from its own entry, which may run after the receiver answered.
-    let deadline = tsc::read() + 2000 * tsc::ticks_per_ms();
-    loop {
-        let joined = region::read_report(iid(to), REPORT_JOINED).unwrap_or(0);
-        if joined & 0xFFFF_FFFF == u64::from(apic) && joined >> 32 > joins_before {
-            break;
-        }
-        ensure(tsc::read() < deadline, || {
-            format!("instance {to}'s join report is {joined:#x} after 2 s")
-        })?;
-        messaging::poll();
-        core::hint::spin_loop();
-    }
+    let joined = || region::read_report(iid(to), REPORT_JOINED).unwrap_or(0);
+    wait_until(
+        &format!("instance {to}'s join report naming CPU {apic}"),
+        2000,
+        || {
+            let j = joined();
+            Ok(j & 0xFFFF_FFFF == u64::from(apic) && j >> 32 > joins_before)
+        },
+    )
+    .map_err(|e| format!("{e} (it is {:#x})", joined()))?;
     let t0 = ticks_in(to, apic)?;
     tsc::spin_micros(100_000);
     let t1 = ticks_in(to, apic)?;

@@ -299,15 +299,14 @@ pub fn handle_shutdown(m: &Message) -> Option<Reply> {
     if !m.sender.is_supervisor() {
         return Some(Reply::error(Status::Refused));
     }
+    ASKED_AT.store(tsc::read(), Ordering::SeqCst);
     if let Payload::Shutdown(p) = m.payload
         && p.flags.contains(mk_wire::ShutdownFlags::CRASH)
     {
-        ASKED_AT.store(tsc::read(), Ordering::SeqCst);
         CRASH_ASKED.store(true, Ordering::SeqCst);
         crate::messaging::want_poll_hook();
         return Some(Reply::ok(Payload::Empty));
     }
-    ASKED_AT.store(tsc::read(), Ordering::SeqCst);
     SHUTDOWN_ASKED.store(true, Ordering::SeqCst);
     // Carried out by the poll hook, once the reply has left (`finish_shutdown_if_asked`).
     crate::messaging::want_poll_hook();
