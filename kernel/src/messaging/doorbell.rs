@@ -142,10 +142,16 @@ pub(super) struct Doorbell {
 impl Doorbell {
     /// Sends the IPI if one is owed, to the CPU [`doorbell_cpu`] allows, and counts it in
     /// `telemetry` (the sender's counters for `to`).
+    #[inline]
     pub(super) fn ring(&mut self, to: InstanceId, telemetry: Option<&PeerTelemetry>) {
-        if !core::mem::take(&mut self.owed) {
-            return;
+        if core::mem::take(&mut self.owed) {
+            Self::send(to, telemetry);
         }
+    }
+
+    /// The IPI itself, out of line: most sends owe none (the receiver was awake).
+    #[inline(never)]
+    fn send(to: InstanceId, telemetry: Option<&PeerTelemetry>) {
         if let Some(apic) = doorbell_cpu(to) {
             cpu::current().with_lapic(|l| l.send_ipi(crate::arch::vectors::MESSAGE_IPI, apic));
             if let Some(t) = telemetry {

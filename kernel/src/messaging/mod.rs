@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mk_dispatch::{CallState, DispatchOutcome, Dispatcher, HandlerKey, PeerTelemetry, Reply};
 use mk_hook::{Full, Hook};
 use mk_mailbox::{DoorbellMode, Inbox, MailboxMatrix, ReceiverEnd, SenderEnd};
-use mk_wire::{Kind, Message, Payload, SLOT_SIZE, Slot};
+use mk_wire::{Kind, Message, Payload, Received, Slot};
 use spin::{Mutex, Once};
 
 use crate::arch::{interrupts, tsc};
@@ -107,16 +107,17 @@ static DEPTH: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize:
 const MAX_DEPTH: usize = 4;
 /// The messages one drain took, copied out of the rings straight into these buffers, one
 /// batch per nesting level: they are dispatched after the receiving ends are unlocked, so that
-/// a handler can poll again. Each batch also keeps the messages its slots are decoded into
-/// (`mk_wire::DecodeBuf`: a payload is copied once more, into them, and nothing is moved).
+/// a handler can poll again. Each is copied in two parts (`mk_wire::Received`): its header,
+/// and its payload straight into the payload of the message it is decoded as in place, so a
+/// USER message is copied once in all; a message of another kind is decoded into `other`.
 struct Batch {
     len: usize,
     /// Which peer sent which slots, one entry per mailbox drained (not per message): run `i`
     /// is `runs[i].0`'s messages, the slots before `runs[i].1` and from the run before's end.
     runs: [(InstanceId, usize); MAX_PEERS],
     nruns: usize,
-    slots: [Slot; BATCH],
-    msg: mk_wire::DecodeBuf,
+    slots: [Received; BATCH],
+    other: Message,
 }
 /// Messages one poll takes at most (two rings' worth); what is left waits for the next poll.
 const BATCH: usize = 2 * mk_mailbox::SLOTS;
@@ -125,8 +126,8 @@ static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
         len: 0,
         runs: [(InstanceId::ZERO, 0); MAX_PEERS],
         nruns: 0,
-        slots: [[0; SLOT_SIZE]; BATCH],
-        msg: mk_wire::DecodeBuf::new(),
+        slots: [const { Received::new() }; BATCH],
+        other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
     })
 }; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
@@ -276,7 +277,10 @@ fn send_slot_within(to: InstanceId, slot: &Slot, wait_ms: u64) -> Result<(), Sen
 fn send_out_within(to: InstanceId, out: Outgoing<'_>, wait_ms: u64) -> Result<(), SendError> {
     let mut doorbell = Doorbell::default();
     let sent = publish(to, out, wait_ms, &mut doorbell);
-    doorbell.ring(to, telemetry(to));
+    // The counters are looked up only for a doorbell owed (most sends owe none).
+    if doorbell.owed {
+        doorbell.ring(to, telemetry(to));
+    }
     sent
 }
 
@@ -622,7 +626,7 @@ fn poll_locked(
             let Some(r) = slot else { continue };
             let room = batch.slots.get_mut(batch.len..).unwrap_or_default();
             let room_len = room.len();
-            match r.drain_into(room) {
+            match r.drain_into_parts(room, Received::parts_mut) {
                 Ok(n) => {
                     // One run per mailbox: each peer's bit comes up once per drain, and there
                     // are at most `MAX_PEERS` of them.
@@ -665,13 +669,13 @@ fn poll_locked(
         runs,
         nruns,
         slots,
-        msg,
+        other,
         ..
     } = batch;
     let mut start = 0;
     for &(peer, end) in runs.iter().take(*nruns) {
-        for slot in slots.get(start..end).unwrap_or_default() {
-            dispatch_one(d, peer, slot, msg);
+        for rx in slots.get_mut(start..end).unwrap_or_default() {
+            dispatch_one(d, peer, rx, other);
         }
         start = end;
     }
@@ -684,16 +688,20 @@ fn poll_locked(
 fn dispatch_one(
     d: &Dispatcher<'static, 32, 64>,
     peer: InstanceId,
-    slot: &Slot,
-    msg: &mut mk_wire::DecodeBuf,
+    rx: &mut Received,
+    other: &mut Message,
 ) {
-    match d.dispatch_with(peer, slot, msg) {
+    match d.dispatch_received(peer, rx, other) {
         Ok(DispatchOutcome::Handled {
             reply: Some(reply), ..
         }) => send_reply(peer, &reply),
         Ok(_) => {}
         Err(reject) => {
-            if let Some(reply) = d.reply_for_reject(slot, &reject) {
+            // Only a request without handler is answered: the slot is put back together
+            // for that one (not for every malformed message of a flood).
+            if matches!(reject, mk_dispatch::Reject::NoHandler(_))
+                && let Some(reply) = d.reply_for_reject(&rx.slot(), &reject)
+            {
                 send_reply(peer, &reply);
             }
             if let mk_dispatch::LogDecision::Log { suppressed } = d.log_limiter().check(tsc::read())

@@ -87,9 +87,7 @@ mod telemetry;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use mk_wire::{
-    DecodeBuf, DecodeError, Kind, Message, MsgFlags, Payload, Slot, Status, UserPayload,
-};
+use mk_wire::{DecodeError, Kind, Message, MsgFlags, Payload, Received, Slot, Status, UserPayload};
 
 pub use mk_ids::InstanceId;
 
@@ -303,23 +301,41 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
     ) -> Result<DispatchOutcome, Reject> {
-        let mut buf = DecodeBuf::new();
-        self.dispatch_with(expected_sender, slot, &mut buf)
+        let mut other = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        self.dispatch_received(expected_sender, &mut Received::from_slot(slot), &mut other)
     }
 
-    /// [`dispatch`](Self::dispatch), decoding into `buf`, which the caller keeps from one
-    /// slot to the next (see [`mk_wire::DecodeBuf`]: a USER payload is then copied once).
-    pub fn dispatch_with(
+    /// [`dispatch`](Self::dispatch) of a message copied out of its slot in two parts
+    /// ([`mk_wire::Received`]: a USER payload is then copied once in all), decoded in place; a
+    /// message of another kind is decoded into `other`.
+    pub fn dispatch_received(
         &self,
         expected_sender: InstanceId,
-        slot: &Slot,
-        buf: &mut DecodeBuf,
+        rx: &mut Received,
+        other: &mut Message,
     ) -> Result<DispatchOutcome, Reject> {
-        let peer = self.peer(expected_sender);
+        let peer = self.count_received(expected_sender);
+        let result = self.dispatch_decoded(expected_sender, rx.decode(other), peer);
+        self.count_rejected(result, peer)
+    }
+
+    /// Counts a message from `sender`; its counters, if it has a row.
+    #[inline]
+    fn count_received(&self, sender: InstanceId) -> Option<&PeerTelemetry> {
+        let peer = self.peer(sender);
         if let Some(p) = peer {
             p.received.fetch_add(1, Relaxed);
         }
-        let result = self.dispatch_inner(expected_sender, slot, peer, buf);
+        peer
+    }
+
+    /// Counts a rejection in `result`, if it is one, and hands `result` on.
+    #[inline]
+    fn count_rejected(
+        &self,
+        result: Result<DispatchOutcome, Reject>,
+        peer: Option<&PeerTelemetry>,
+    ) -> Result<DispatchOutcome, Reject> {
         if let Err(reject) = &result {
             self.rejects.record(reject.reason());
             if let Some(p) = peer {
@@ -329,14 +345,14 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         result
     }
 
-    fn dispatch_inner(
+    #[inline]
+    fn dispatch_decoded(
         &self,
         expected_sender: InstanceId,
-        slot: &Slot,
+        decoded: Result<&Message, DecodeError>,
         peer: Option<&PeerTelemetry>,
-        buf: &mut DecodeBuf,
     ) -> Result<DispatchOutcome, Reject> {
-        let msg = buf.decode(slot).map_err(Reject::Malformed)?;
+        let msg = decoded.map_err(Reject::Malformed)?;
         if msg.sender != expected_sender {
             return Err(Reject::SenderMismatch {
                 expected: expected_sender,

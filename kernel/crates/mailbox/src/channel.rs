@@ -107,6 +107,25 @@ fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [
     bump(&chan.rx.received);
 }
 
+/// [`take_slot`] into a header and a tail kept apart ([`crate::layout::Slot::read_parts`]).
+#[inline]
+fn take_slot_parts(
+    chan: &Channel,
+    consumed: &mut u64,
+    expected: &mut u32,
+    head: &mut [u8; crate::HEAD],
+    tail: &mut [u8; MSG_SIZE - crate::HEAD],
+) {
+    let slot = &chan.slots[(*consumed % SLOTS as u64) as usize];
+    head[0..4].copy_from_slice(&expected.to_le_bytes());
+    slot.read_parts(head, tail);
+    *consumed = consumed.wrapping_add(1);
+    *expected = seq_next(*expected);
+    // Release: as in `take_slot`.
+    chan.rx.ack.store(*consumed, Ordering::Release);
+    bump(&chan.rx.received);
+}
+
 /// The sending end of channel `from -> to`. One per channel (claimed from the
 /// [`crate::MailboxMatrix`]); released on drop.
 pub struct SenderEnd<'a> {
@@ -500,6 +519,40 @@ impl<'a> ReceiverEnd<'a> {
                 Err(()) => break,
             }
             take_slot(self.chan, &mut self.consumed, &mut self.expected, buf);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// [`Self::drain_into`] for a caller that keeps each message's header and the bytes after
+    /// it apart: `parts` gives, for each element of `out`, where its first [`crate::HEAD`]
+    /// bytes and the rest go (`None`: not there, the drain ends before it). Still one copy
+    /// per message out of shared memory.
+    pub fn drain_into_parts<E>(
+        &mut self,
+        out: &mut [E],
+        mut parts: impl FnMut(
+            &mut E,
+        )
+            -> Option<(&mut [u8; crate::HEAD], &mut [u8; MSG_SIZE - crate::HEAD])>,
+    ) -> Result<usize, Error> {
+        op_check(self.chan, self.generation, self.fault)?;
+        let mut n = 0;
+        for e in out.iter_mut().take(SLOTS) {
+            match self.look() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(()) if n == 0 => return Err(self.mark_fault()),
+                Err(()) => break,
+            }
+            let Some((head, tail)) = parts(e) else { break };
+            take_slot_parts(
+                self.chan,
+                &mut self.consumed,
+                &mut self.expected,
+                head,
+                tail,
+            );
             n += 1;
         }
         Ok(n)

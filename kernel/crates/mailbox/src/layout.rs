@@ -205,6 +205,23 @@ impl Slot {
         mk_raw::copy_from_words(&mut out[8..], &self.body);
     }
 
+    /// [`Self::read_payload`] into two places: message bytes 4..[`crate::HEAD`] into
+    /// `head[4..]` and the bytes after them into `tail` (each word an atomic load, ordered as
+    /// there). For a receiver that keeps a message's header and payload apart (the payload
+    /// copied once, straight to where it is used).
+    #[inline]
+    pub fn read_parts(
+        &self,
+        head: &mut [u8; crate::HEAD],
+        tail: &mut [u8; MSG_SIZE - crate::HEAD],
+    ) {
+        const HEAD_WORDS: usize = (crate::HEAD - 8) / 8;
+        head[4..8].copy_from_slice(&self.head.load(Ordering::Relaxed).to_ne_bytes());
+        let (head_words, tail_words) = self.body.split_at(HEAD_WORDS);
+        mk_raw::copy_from_words(&mut head[8..], head_words);
+        mk_raw::copy_from_words(tail, tail_words);
+    }
+
     pub fn zero(&self) {
         self.seq.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);

@@ -86,7 +86,7 @@ mod payload;
 mod types;
 
 pub use message::{
-    DecodeBuf, DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, decode,
+    DecodeError, EncodeError, Message, Payload, PayloadKind, RawHeader, Received, decode,
     decode_into, encode, encode_parts, expected_payload, offset,
 };
 pub use mk_ids::InstanceId;

@@ -61,27 +61,36 @@ pub struct RawHeader {
 impl RawHeader {
     /// Reads the header of `slot`.
     pub fn read(slot: &Slot) -> Self {
+        match slot.first_chunk::<HEADER_LEN>() {
+            Some(head) => Self::read_head(head),
+            None => Self::read_head(&[0; HEADER_LEN]),
+        }
+    }
+
+    /// Reads a header kept apart from its payload (its slot's first [`HEADER_LEN`] bytes).
+    #[inline]
+    pub fn read_head(head: &[u8; HEADER_LEN]) -> Self {
         // Fixed offsets into a fixed-size array: the bounds checks fold away.
         Self {
-            seq: u32::from_le_bytes(at::<{ offset::SEQ }, 4>(slot)),
-            version: at::<{ offset::VERSION }, 1>(slot)[0],
-            flags: at::<{ offset::FLAGS }, 1>(slot)[0],
-            sender: u16::from_le_bytes(at::<{ offset::SENDER }, 2>(slot)),
-            ty: u16::from_le_bytes(at::<{ offset::TYPE }, 2>(slot)),
-            subtype: u16::from_le_bytes(at::<{ offset::SUBTYPE }, 2>(slot)),
-            payload_len: u16::from_le_bytes(at::<{ offset::PAYLOAD_LEN }, 2>(slot)),
-            status: u16::from_le_bytes(at::<{ offset::STATUS }, 2>(slot)),
-            msg_id: u64::from_le_bytes(at::<{ offset::MSG_ID }, 8>(slot)),
-            timestamp: u64::from_le_bytes(at::<{ offset::TIMESTAMP }, 8>(slot)),
+            seq: u32::from_le_bytes(at::<{ offset::SEQ }, 4>(head)),
+            version: at::<{ offset::VERSION }, 1>(head)[0],
+            flags: at::<{ offset::FLAGS }, 1>(head)[0],
+            sender: u16::from_le_bytes(at::<{ offset::SENDER }, 2>(head)),
+            ty: u16::from_le_bytes(at::<{ offset::TYPE }, 2>(head)),
+            subtype: u16::from_le_bytes(at::<{ offset::SUBTYPE }, 2>(head)),
+            payload_len: u16::from_le_bytes(at::<{ offset::PAYLOAD_LEN }, 2>(head)),
+            status: u16::from_le_bytes(at::<{ offset::STATUS }, 2>(head)),
+            msg_id: u64::from_le_bytes(at::<{ offset::MSG_ID }, 8>(head)),
+            timestamp: u64::from_le_bytes(at::<{ offset::TIMESTAMP }, 8>(head)),
         }
     }
 }
 
-/// The `N` bytes of `slot` at offset `O` (zeros if out of bounds, which no caller's constants
+/// The `N` bytes of `head` at offset `O` (zeros if out of bounds, which no caller's constants
 /// are).
 #[inline(always)]
-fn at<const O: usize, const N: usize>(slot: &Slot) -> [u8; N] {
-    slot.get(O..O + N)
+fn at<const O: usize, const N: usize>(head: &[u8; HEADER_LEN]) -> [u8; N] {
+    head.get(O..O + N)
         .and_then(|b| <[u8; N]>::try_from(b).ok())
         .unwrap_or([0; N])
 }
@@ -564,53 +573,8 @@ pub fn decode_into(slot: &Slot, out: &mut Message) -> Result<(), DecodeError> {
     fill(check(slot)?, out)
 }
 
-/// Where a receiver decodes its messages ([`DecodeBuf::decode`]): two messages it keeps, one
-/// for USER payloads and one for the others, so that each keeps its payload's variant from
-/// one message to the next. A USER payload is then always copied once, straight into place,
-/// whatever came before it (a heartbeat between two USER messages does not make the next one
-/// build a payload and move it).
-#[derive(Debug, Clone)]
-pub struct DecodeBuf {
-    user: Message,
-    other: Message,
-}
-
-impl Default for DecodeBuf {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DecodeBuf {
-    /// Empty.
-    pub const fn new() -> Self {
-        Self {
-            user: Message::request(
-                InstanceId::ZERO,
-                Kind::User(0),
-                0,
-                Payload::User(UserPayload::EMPTY),
-            ),
-            other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
-        }
-    }
-
-    /// [`decode`]s `slot` into one of the two messages kept, and returns it. On `Err`, neither
-    /// holds a meaningful message.
-    pub fn decode(&mut self, slot: &Slot) -> Result<&Message, DecodeError> {
-        let c = check(slot)?;
-        let out = if let PayloadKind::User = c.expected {
-            &mut self.user
-        } else {
-            &mut self.other
-        };
-        fill(c, out)?;
-        Ok(out)
-    }
-}
-
-/// A slot's header, checked, and its payload's bytes: what [`fill`] writes into a message.
-struct Checked<'s> {
+/// A slot's header, checked: what [`fill`] writes into a message besides the payload.
+struct Header {
     sender: u16,
     kind: Kind,
     flags: MsgFlags,
@@ -619,13 +583,44 @@ struct Checked<'s> {
     timestamp: u64,
     expected: PayloadKind,
     payload_len: u16,
+}
+
+impl Header {
+    /// Writes the header's fields into `out` (its payload is the caller's).
+    #[inline(always)]
+    fn write(&self, out: &mut Message) {
+        out.sender = InstanceId::new(self.sender);
+        out.kind = self.kind;
+        out.flags = self.flags;
+        out.status = self.status;
+        out.msg_id = self.msg_id;
+        out.timestamp = self.timestamp;
+    }
+}
+
+/// A slot's header, checked, and its payload's bytes: what [`fill`] writes into a message.
+struct Checked<'s> {
+    header: Header,
     bytes: &'s [u8],
 }
 
 /// The header checks of [`decode`], in its order, up to the payload's values.
 #[inline(always)]
 fn check(slot: &Slot) -> Result<Checked<'_>, DecodeError> {
-    let raw = RawHeader::read(slot);
+    let (head, rest) = slot
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(DecodeError::PayloadTooLong(0))?;
+    let header = check_header(head)?;
+    let bytes = rest
+        .get(..usize::from(header.payload_len))
+        .ok_or(DecodeError::PayloadTooLong(header.payload_len))?;
+    Ok(Checked { header, bytes })
+}
+
+/// The checks of [`decode`] that need only the header, in its order.
+#[inline(always)]
+fn check_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
+    let raw = RawHeader::read_head(head);
     if raw.version != PROTOCOL_VERSION {
         return Err(DecodeError::BadVersion { found: raw.version });
     }
@@ -648,10 +643,7 @@ fn check(slot: &Slot) -> Result<Checked<'_>, DecodeError> {
     }
     let expected =
         expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?;
-    let bytes = slot
-        .get(HEADER_LEN..HEADER_LEN + len)
-        .ok_or(DecodeError::PayloadTooLong(raw.payload_len))?;
-    Ok(Checked {
+    Ok(Header {
         sender: raw.sender,
         kind,
         flags,
@@ -660,24 +652,114 @@ fn check(slot: &Slot) -> Result<Checked<'_>, DecodeError> {
         timestamp: raw.timestamp,
         expected,
         payload_len: raw.payload_len,
-        bytes,
     })
 }
 
 /// Reads the payload (its size and values checked) into `out`, then the header's fields.
 #[inline(always)]
 fn fill(c: Checked<'_>, out: &mut Message) -> Result<(), DecodeError> {
-    match (&mut out.payload, c.expected) {
+    let h = &c.header;
+    match (&mut out.payload, h.expected) {
         (Payload::User(u), PayloadKind::User) => u
             .set(c.bytes)
-            .ok_or(DecodeError::PayloadTooLong(c.payload_len))?,
+            .ok_or(DecodeError::PayloadTooLong(h.payload_len))?,
         (p, kind) => *p = Payload::read(kind, c.bytes)?,
     }
-    out.sender = InstanceId::new(c.sender);
-    out.kind = c.kind;
-    out.flags = c.flags;
-    out.status = c.status;
-    out.msg_id = c.msg_id;
-    out.timestamp = c.timestamp;
+    h.write(out);
     Ok(())
+}
+
+/// A message as a receiver copies it out of a mailbox slot, in two parts, and decodes it in
+/// place: its header bytes, and its payload bytes copied straight into the payload of the
+/// USER message it keeps. A USER message (the IPC of tasks) is then copied once in all, out
+/// of shared memory to where its handler reads it; a message of another kind is decoded from
+/// those bytes into a message of the caller's ([`Received::decode`]). The checks are
+/// [`decode`]'s, in its order, on the copy.
+#[derive(Debug, Clone)]
+pub struct Received {
+    head: [u8; HEADER_LEN],
+    /// Always holds a USER payload: the place of the payload bytes.
+    msg: Message,
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Received {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self {
+            head: [0; HEADER_LEN],
+            msg: Message::request(
+                InstanceId::ZERO,
+                Kind::User(0),
+                0,
+                Payload::User(UserPayload::EMPTY),
+            ),
+        }
+    }
+
+    /// Holding `slot`'s bytes, as a drain copies them.
+    pub fn from_slot(slot: &Slot) -> Self {
+        let mut rx = Self::new();
+        if let (Some((head, payload)), Some((h, p))) =
+            (rx.parts_mut(), slot.split_first_chunk::<HEADER_LEN>())
+            && let Ok(p) = <&[u8; MAX_PAYLOAD]>::try_from(p)
+        {
+            *head = *h;
+            *payload = *p;
+        }
+        rx
+    }
+
+    /// Where a slot's bytes are copied: its header, and all [`MAX_PAYLOAD`] bytes after it
+    /// (whatever the payload's length; [`Self::decode`] keeps only the payload's). `None` only
+    /// if the kept message lost its USER payload, which nothing here lets happen.
+    pub fn parts_mut(&mut self) -> Option<(&mut [u8; HEADER_LEN], &mut [u8; MAX_PAYLOAD])> {
+        match &mut self.msg.payload {
+            Payload::User(u) => Some((&mut self.head, u.whole_mut())),
+            _ => None,
+        }
+    }
+
+    /// The slot as it was copied (header and the payload bytes), for a diagnostic or an
+    /// answer to a refused message. Only after [`Self::parts_mut`] was written and before
+    /// [`Self::decode`] cut the payload to its length does it hold every byte.
+    pub fn slot(&self) -> Slot {
+        let mut slot = [0; SLOT_SIZE];
+        let (head, rest) = slot.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&self.head);
+        if let Payload::User(u) = &self.msg.payload {
+            let bytes = u.as_bytes();
+            if let Some(dst) = rest.get_mut(..bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        }
+        slot
+    }
+
+    /// [`decode`]s the copied slot: a USER message in place (returned from here), any other
+    /// into `other`. On `Err`, neither holds a meaningful message.
+    pub fn decode<'a>(&'a mut self, other: &'a mut Message) -> Result<&'a Message, DecodeError> {
+        let h = check_header(&self.head)?;
+        let len = usize::from(h.payload_len);
+        let Payload::User(u) = &mut self.msg.payload else {
+            return Err(DecodeError::PayloadTooLong(h.payload_len));
+        };
+        if let PayloadKind::User = h.expected {
+            u.keep(len);
+            h.write(&mut self.msg);
+            return Ok(&self.msg);
+        }
+        let bytes = u
+            .as_bytes()
+            .get(..len)
+            .ok_or(DecodeError::PayloadTooLong(h.payload_len))?;
+        other.payload = Payload::read(h.expected, bytes)?;
+        h.write(other);
+        Ok(other)
+    }
 }

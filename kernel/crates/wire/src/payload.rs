@@ -833,6 +833,25 @@ impl UserPayload {
         Some(())
     }
 
+    /// All [`MAX_PAYLOAD`] bytes, for a writer that fills them in place (a receiver's copy out
+    /// of a mailbox slot, [`crate::Received`]): the length becomes [`MAX_PAYLOAD`] (so no byte
+    /// lies past it, whatever is written), until [`Self::keep`] sets the real one.
+    pub(crate) fn whole_mut(&mut self) -> &mut [u8; MAX_PAYLOAD] {
+        self.len = MAX_PAYLOAD as u8;
+        &mut self.data
+    }
+
+    /// Keeps the first `len` bytes (at most [`MAX_PAYLOAD`]) and zeroes the rest.
+    pub(crate) fn keep(&mut self, len: usize) {
+        let len = len.min(MAX_PAYLOAD);
+        if let Some(rest) = self.data.get_mut(len..)
+            && !rest.is_empty()
+        {
+            rest.fill(0);
+        }
+        self.len = len as u8;
+    }
+
     /// The payload bytes.
     pub fn as_bytes(&self) -> &[u8] {
         self.data.get(..usize::from(self.len)).unwrap_or(&[])

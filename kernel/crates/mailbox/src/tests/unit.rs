@@ -152,6 +152,36 @@ fn drain_into_copies_in_order_and_stops_at_the_room_given() {
 }
 
 #[test]
+fn drain_into_parts_puts_each_messages_head_and_tail_where_asked_in_order() {
+    let mut r = Region::new(2);
+    let m = r.init(2);
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    // Each element keeps its parts apart, the tail first: nothing relies on them adjoining.
+    let mut out = [([0u8; MSG_SIZE - crate::HEAD], 0u8, [0u8; crate::HEAD]); SLOTS + 4];
+    for round in 0..60usize {
+        while tx.try_send(&make_msg(0, 1, sent)).is_ok() {
+            sent += 1;
+        }
+        let room = round % (SLOTS + 4);
+        let n = rx
+            .drain_into_parts(&mut out[..room], |(tail, _, head)| Some((head, tail)))
+            .unwrap();
+        assert_eq!(n, room.min(SLOTS));
+        for (tail, _, head) in &out[..n] {
+            let mut msg = [0u8; MSG_SIZE];
+            msg[..crate::HEAD].copy_from_slice(head);
+            msg[crate::HEAD..].copy_from_slice(tail);
+            assert_eq!(check_msg(0, 1, &msg), recvd);
+            assert_eq!(seq_in(&msg), seq_of(recvd));
+            recvd += 1;
+        }
+    }
+    assert_eq!(m.stats(id(0), id(1)).unwrap().received, recvd);
+}
+
+#[test]
 fn a_message_sent_in_parts_arrives_as_head_then_tail() {
     let mut r = Region::new(2);
     let m = r.init(2);
