@@ -340,6 +340,9 @@ pub fn wait_sunk(to: InstanceId, want: u64, timeout_ms: u64) -> Result<(), Strin
                 "instance {to} took {got} of {want} messages in {timeout_ms} ms"
             ));
         }
+        // Under TCG's round robin (instruction-count mode) a vCPU that spins without `pause`
+        // keeps the others from running: the peers this waits for would starve.
+        core::hint::spin_loop();
     }
 }
 
