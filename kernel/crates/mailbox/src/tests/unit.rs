@@ -699,6 +699,28 @@ fn drain_into_hands_out_what_it_took_before_a_corrupt_slot() {
 }
 
 #[test]
+fn drain_into_parts_hands_out_what_it_took_before_a_corrupt_slot() {
+    let mut r = Region::new(2);
+    let m = r.init(2);
+    let mut tx = m.sender_end(id(0), id(1)).unwrap();
+    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+    for i in 0..2 {
+        let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
+    }
+    m.chan(id(0), id(1)).unwrap().slots[2]
+        .seq
+        .store(4242, Ordering::Release);
+    let mut out = [([0u8; crate::HEAD], [0u8; MSG_SIZE - crate::HEAD]); 8];
+    type Parts = ([u8; crate::HEAD], [u8; MSG_SIZE - crate::HEAD]);
+    fn parts(e: &mut Parts) -> Option<(&mut [u8; crate::HEAD], &mut [u8; MSG_SIZE - crate::HEAD])> {
+        Some((&mut e.0, &mut e.1))
+    }
+    assert_eq!(rx.drain_into_parts(&mut out, parts), Ok(2));
+    assert_eq!(u64::from_le_bytes(out[1].0[4..12].try_into().unwrap()), 1);
+    assert_eq!(rx.drain_into_parts(&mut out, parts), Err(Error::Corrupt));
+}
+
+#[test]
 fn restore_header_undoes_any_write_into_it() {
     // The header's words (the rest of its cache line is padding).
     let header = 32;
