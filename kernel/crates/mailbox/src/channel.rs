@@ -509,19 +509,10 @@ impl<'a> ReceiverEnd<'a> {
     /// some messages ends the drain with those (they were acknowledged: they must reach the
     /// caller); the next call reports it ([`Error::Corrupt`]).
     pub fn drain_into(&mut self, out: &mut [[u8; MSG_SIZE]]) -> Result<usize, Error> {
-        op_check(self.chan, self.generation, self.fault)?;
-        let mut n = 0;
-        for buf in out.iter_mut().take(SLOTS) {
-            match self.look() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(()) if n == 0 => return Err(self.mark_fault()),
-                Err(()) => break,
-            }
-            take_slot(self.chan, &mut self.consumed, &mut self.expected, buf);
-            n += 1;
-        }
-        Ok(n)
+        self.drain_into_parts(out, |buf| {
+            let (head, tail) = buf.split_first_chunk_mut::<{ crate::HEAD }>()?;
+            Some((head, tail.try_into().ok()?))
+        })
     }
 
     /// [`Self::drain_into`] for a caller that keeps each message's header and the bytes after

@@ -682,42 +682,43 @@ fn needs_repair_finds_faults_and_broken_headers_and_a_reset_repairs_them() {
 
 #[test]
 fn drain_into_hands_out_what_it_took_before_a_corrupt_slot() {
-    let mut r = Region::new(2);
-    let m = r.init(2);
-    let mut tx = m.sender_end(id(0), id(1)).unwrap();
-    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
-    for i in 0..2 {
-        let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
-    }
-    m.chan(id(0), id(1)).unwrap().slots[2]
-        .seq
-        .store(4242, Ordering::Release);
-    let mut out = [[0u8; MSG_SIZE]; 8];
-    // The two good messages (acknowledged) come out; the corrupt slot is reported next.
-    assert_eq!(rx.drain_into(&mut out), Ok(2));
-    assert_eq!(rx.drain_into(&mut out), Err(Error::Corrupt));
-}
-
-#[test]
-fn drain_into_parts_hands_out_what_it_took_before_a_corrupt_slot() {
-    let mut r = Region::new(2);
-    let m = r.init(2);
-    let mut tx = m.sender_end(id(0), id(1)).unwrap();
-    let mut rx = m.receiver_end(id(0), id(1)).unwrap();
-    for i in 0..2 {
-        let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
-    }
-    m.chan(id(0), id(1)).unwrap().slots[2]
-        .seq
-        .store(4242, Ordering::Release);
-    let mut out = [([0u8; crate::HEAD], [0u8; MSG_SIZE - crate::HEAD]); 8];
     type Parts = ([u8; crate::HEAD], [u8; MSG_SIZE - crate::HEAD]);
     fn parts(e: &mut Parts) -> Option<(&mut [u8; crate::HEAD], &mut [u8; MSG_SIZE - crate::HEAD])> {
         Some((&mut e.0, &mut e.1))
     }
-    assert_eq!(rx.drain_into_parts(&mut out, parts), Ok(2));
-    assert_eq!(u64::from_le_bytes(out[1].0[4..12].try_into().unwrap()), 1);
-    assert_eq!(rx.drain_into_parts(&mut out, parts), Err(Error::Corrupt));
+    // Whole buffers (`drain_into`), then parts kept apart (`drain_into_parts`).
+    for apart in [false, true] {
+        let mut r = Region::new(2);
+        let m = r.init(2);
+        let mut tx = m.sender_end(id(0), id(1)).unwrap();
+        let mut rx = m.receiver_end(id(0), id(1)).unwrap();
+        for i in 0..2 {
+            let _ = tx.try_send(&make_msg(0, 1, i)).unwrap();
+        }
+        m.chan(id(0), id(1)).unwrap().slots[2]
+            .seq
+            .store(4242, Ordering::Release);
+        let (mut whole, mut split) = (
+            [[0u8; MSG_SIZE]; 8],
+            [([0; crate::HEAD], [0; MSG_SIZE - crate::HEAD]); 8],
+        );
+        let mut drain = |rx: &mut crate::ReceiverEnd<'_>| {
+            if apart {
+                rx.drain_into_parts(&mut split, parts)
+            } else {
+                rx.drain_into(&mut whole)
+            }
+        };
+        // The two good messages (acknowledged) come out; the corrupt slot is reported next.
+        assert_eq!(drain(&mut rx), Ok(2), "apart: {apart}");
+        assert_eq!(drain(&mut rx), Err(Error::Corrupt), "apart: {apart}");
+        let second = if apart {
+            split[1].0
+        } else {
+            whole[1][..crate::HEAD].try_into().unwrap()
+        };
+        assert_eq!(u64::from_le_bytes(second[4..12].try_into().unwrap()), 1);
+    }
 }
 
 #[test]
