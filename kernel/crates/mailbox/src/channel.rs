@@ -96,15 +96,11 @@ fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
 /// `expected` are the receiver's running count and next sequence number.
 #[inline]
 fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [u8; MSG_SIZE]) {
-    let slot = &chan.slots[(*consumed % SLOTS as u64) as usize];
-    out[0..4].copy_from_slice(&expected.to_le_bytes());
-    slot.read_payload(out);
-    *consumed = consumed.wrapping_add(1);
-    *expected = seq_next(*expected);
-    // Release: our loads of the slot above happen before the sender's Acquire load of this ack,
-    // hence before it overwrites the slot. From here on only `out` is used.
-    chan.rx.ack.store(*consumed, Ordering::Release);
-    bump(&chan.rx.received);
+    let (head, tail) = out.split_at_mut(crate::HEAD);
+    // Both conversions hold by the constants' sizes (the compiler drops the check).
+    if let (Ok(head), Ok(tail)) = (head.try_into(), tail.try_into()) {
+        take_slot_parts(chan, consumed, expected, head, tail);
+    }
 }
 
 /// [`take_slot`] into a header and a tail kept apart ([`crate::layout::Slot::read_parts`]).
@@ -121,7 +117,8 @@ fn take_slot_parts(
     slot.read_parts(head, tail);
     *consumed = consumed.wrapping_add(1);
     *expected = seq_next(*expected);
-    // Release: as in `take_slot`.
+    // Release: our loads of the slot above happen before the sender's Acquire load of this ack,
+    // hence before it overwrites the slot. From here on only the copy is used.
     chan.rx.ack.store(*consumed, Ordering::Release);
     bump(&chan.rx.received);
 }

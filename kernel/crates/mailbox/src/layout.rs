@@ -196,19 +196,11 @@ impl Slot {
         }
     }
 
-    /// Copies message bytes 4..256 out of the slot (each word an atomic load, as `Relaxed`:
-    /// ordered after the Acquire load of `seq` that preceded it and before the Release store of
-    /// the acknowledgement after it).
-    #[inline]
-    pub fn read_payload(&self, out: &mut [u8; MSG_SIZE]) {
-        out[4..8].copy_from_slice(&self.head.load(Ordering::Relaxed).to_ne_bytes());
-        mk_raw::copy_from_words(&mut out[8..], &self.body);
-    }
-
-    /// [`Self::read_payload`] into two places: message bytes 4..[`crate::HEAD`] into
-    /// `head[4..]` and the bytes after them into `tail` (each word an atomic load, ordered as
-    /// there). For a receiver that keeps a message's header and payload apart (the payload
-    /// copied once, straight to where it is used).
+    /// Copies message bytes 4..256 out of the slot, in two places: bytes 4..[`crate::HEAD`]
+    /// into `head[4..]` and the bytes after them into `tail` (each word an atomic load, as
+    /// `Relaxed`: ordered after the Acquire load of `seq` that preceded it and before the
+    /// Release store of the acknowledgement after it). A receiver that keeps a message's
+    /// header and payload apart has the payload copied once, straight to where it is used.
     #[inline]
     pub fn read_parts(
         &self,
