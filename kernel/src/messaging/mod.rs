@@ -323,38 +323,80 @@ fn publish(
         return Err(SendError::NotRunning(to));
     }
     let senders = SENDERS.get().ok_or(SendError::NotReady)?;
+    // One attempt first, the common case: a ring with room. Waiting for room, and claiming
+    // a channel reset under us, are out of line (`publish_again`).
+    let outcome = match attempt(senders, to, out)? {
+        Ok(o) => o,
+        Err(e) => publish_again(senders, to, out, wait_ms, doorbell, e)?,
+    };
+    let t = telemetry(to);
+    if let Some(t) = t {
+        t.record_sent();
+    }
+    if outcome.need_doorbell {
+        doorbell.owed = true;
+    } else if let Some(t) = t {
+        t.record_ipi_suppressed();
+    }
+    Ok(())
+}
+
+/// One attempt to publish `out` to `to`, under the senders' lock: the mailbox's answer, or
+/// the caller's error (no such instance, a message that does not encode).
+#[inline(always)]
+fn attempt(
+    senders: &Mutex<Senders>,
+    to: InstanceId,
+    out: Outgoing<'_>,
+) -> Result<Result<mk_mailbox::SendOutcome, mk_mailbox::Error>, SendError> {
+    let mut senders = senders.lock();
+    let Senders {
+        ends,
+        header,
+        scratch,
+    } = &mut *senders;
+    Ok(
+        match ends
+            .get_mut(to.index())
+            .ok_or(SendError::NoSuchInstance(to))?
+        {
+            // Encoded again on every attempt: a drain while we waited may have used the
+            // buffer for a reply.
+            Some(sender) => match out {
+                Outgoing::Message(m) => {
+                    let payload = mk_wire::encode_parts(m, header, scratch)
+                        .map_err(|_| SendError::Invalid)?;
+                    sender.try_send_parts(header, payload)
+                }
+                Outgoing::Slot(slot) => sender.try_send(slot),
+            },
+            // Not claimed at init (the channel was dead then): claim it (`publish_again`).
+            None => Err(mk_mailbox::Error::Dead),
+        },
+    )
+}
+
+/// What [`publish`] does when its first attempt did not go through (`first`): waits up to
+/// `wait_ms` for room (ringing the doorbell, draining our own inbox), claims a channel that was
+/// reset under us (once), and tries again.
+#[cold]
+#[inline(never)]
+fn publish_again(
+    senders: &Mutex<Senders>,
+    to: InstanceId,
+    out: Outgoing<'_>,
+    wait_ms: u64,
+    doorbell: &mut Doorbell,
+    first: mk_mailbox::Error,
+) -> Result<mk_mailbox::SendOutcome, SendError> {
     // The deadline is taken only once the mailbox turns out to be full: the fast path reads no
     // clock (RDTSC may exit to the hypervisor).
     let mut deadline = None;
     let mut reattached = false;
-    let outcome = loop {
-        let attempt = {
-            let mut senders = senders.lock();
-            let Senders {
-                ends,
-                header,
-                scratch,
-            } = &mut *senders;
-            match ends
-                .get_mut(to.index())
-                .ok_or(SendError::NoSuchInstance(to))?
-            {
-                // Encoded again on every attempt: a drain while we waited may have used the
-                // buffer for a reply.
-                Some(sender) => match out {
-                    Outgoing::Message(m) => {
-                        let payload = mk_wire::encode_parts(m, header, scratch)
-                            .map_err(|_| SendError::Invalid)?;
-                        sender.try_send_parts(header, payload)
-                    }
-                    Outgoing::Slot(slot) => sender.try_send(slot),
-                },
-                // Not claimed at init (the channel was dead then): claim it below.
-                None => Err(mk_mailbox::Error::Dead),
-            }
-        };
-        match attempt {
-            Ok(o) => break o,
+    let mut result = Err(first);
+    loop {
+        match result {
+            Ok(o) => return Ok(o),
             Err(mk_mailbox::Error::Full)
                 if wait_ms > 0
                     && tsc::read()
@@ -380,17 +422,8 @@ fn publish(
             }
             Err(e) => return Err(SendError::Mailbox(e)),
         }
-    };
-    let t = telemetry(to);
-    if let Some(t) = t {
-        t.record_sent();
+        result = attempt(senders, to, out)?;
     }
-    if outcome.need_doorbell {
-        doorbell.owed = true;
-    } else if let Some(t) = t {
-        t.record_ipi_suppressed();
-    }
-    Ok(())
 }
 
 /// Whether `to` runs for all this instance knows without its state word, which any instance

@@ -78,7 +78,7 @@ pub(crate) fn attach_check(chan: &Channel, from: InstanceId, to: InstanceId) -> 
 /// Per-operation check: state Active and same generation as at attach, and this end found no
 /// fault. A reset is reported before a fault: a faulted end learns that instance 0 reset the
 /// channel (and claims the new one) instead of staying faulted for good.
-#[inline]
+#[inline(always)]
 fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
     let h = &chan.header;
     // Acquire: if a reset completed (Release store of Active) we also see its new generation.
@@ -121,6 +121,14 @@ fn take_slot_parts(
     // hence before it overwrites the slot. From here on only the copy is used.
     chan.rx.ack.store(*consumed, Ordering::Release);
     bump(&chan.rx.received);
+}
+
+/// A message as a sender hands it over: whole, or in two parts ([`SenderEnd::try_send_parts`]).
+/// (An enum rather than a closure: the send is inlined into its callers, closure and all.)
+#[derive(Clone, Copy)]
+enum Outgoing<'m> {
+    Whole(&'m [u8; MSG_SIZE]),
+    Parts(&'m [u8; crate::HEAD], &'m [u8]),
 }
 
 /// The sending end of channel `from -> to`. One per channel (claimed from the
@@ -236,11 +244,8 @@ impl<'a> SenderEnd<'a> {
         Ok(SLOTS - self.in_flight() as usize)
     }
 
-    fn send_inner(
-        &mut self,
-        write: impl FnOnce(&crate::layout::Slot),
-        count_full: bool,
-    ) -> Result<SendOutcome, Error> {
+    #[inline(always)]
+    fn send_inner(&mut self, msg: Outgoing<'_>, count_full: bool) -> Result<SendOutcome, Error> {
         op_check(self.chan, self.generation, self.fault)?;
         if self.in_flight() >= SLOTS as u64 {
             self.refresh_ack()?;
@@ -252,7 +257,10 @@ impl<'a> SenderEnd<'a> {
             }
         }
         let slot = &self.chan.slots[(self.sent % SLOTS as u64) as usize];
-        write(slot);
+        match msg {
+            Outgoing::Whole(msg) => slot.write_payload(msg),
+            Outgoing::Parts(head, tail) => slot.write_parts(head, tail),
+        }
         // Release: the payload stores above happen before any Acquire load that reads this
         // sequence number, i.e. before the receiver's copy.
         slot.seq.store(self.next_seq, Ordering::Release);
@@ -273,7 +281,7 @@ impl<'a> SenderEnd<'a> {
     /// So either the receiver's re-check sees our message (and does not halt), or we see
     /// `armed == 1` (and ring): never both miss. Reading a stale `armed == 1` after the receiver
     /// has woken only costs a spurious IPI, which the receiver tolerates.
-    #[inline]
+    #[inline(always)]
     fn doorbell(&mut self) -> SendOutcome {
         let need = match self.mode {
             DoorbellMode::Always => true,
@@ -296,7 +304,7 @@ impl<'a> SenderEnd<'a> {
     /// are ignored: the mailbox puts the sequence number there. The message is never
     /// overwritten or dropped once `Ok` is returned.
     pub fn try_send(&mut self, msg: &[u8; MSG_SIZE]) -> Result<SendOutcome, Error> {
-        self.send_inner(|slot| slot.write_payload(msg), true)
+        self.send_inner(Outgoing::Whole(msg), true)
     }
 
     /// [`Self::try_send`] of a message given in two parts, copied straight into the slot: its
@@ -304,6 +312,7 @@ impl<'a> SenderEnd<'a> {
     /// them. The slot's bytes past the tail are not cleared (they hold an earlier message of
     /// this sender): for formats that carry their own length, like the wire crate's.
     /// [`Error::TooLong`] if the parts do not fit a slot (nothing sent).
+    #[inline(always)]
     pub fn try_send_parts(
         &mut self,
         head: &[u8; crate::HEAD],
@@ -314,7 +323,7 @@ impl<'a> SenderEnd<'a> {
                 len: crate::HEAD + tail.len(),
             });
         }
-        self.send_inner(|slot| slot.write_parts(head, tail), true)
+        self.send_inner(Outgoing::Parts(head, tail), true)
     }
 
     /// Sends `msg`, waiting while the ring is full until `now() >= deadline`, then returns
@@ -327,7 +336,7 @@ impl<'a> SenderEnd<'a> {
         deadline: u64,
     ) -> Result<SendOutcome, Error> {
         loop {
-            match self.send_inner(|slot| slot.write_payload(msg), false) {
+            match self.send_inner(Outgoing::Whole(msg), false) {
                 Err(Error::Full) => {
                     if now() >= deadline {
                         bump(&self.chan.tx.busy);

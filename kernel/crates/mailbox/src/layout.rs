@@ -177,7 +177,7 @@ impl Slot {
     /// (at most `MSG_SIZE - HEAD` bytes, checked by the caller): bytes 4..HEAD of `head`, then
     /// `tail`, each word an atomic store. The slot's bytes past the tail keep what they held (a
     /// message this sender sent before): the reader's format must not look past its length.
-    #[inline]
+    #[inline(always)]
     pub fn write_parts(&self, head: &[u8; crate::HEAD], tail: &[u8]) {
         const HEAD_WORDS: usize = (crate::HEAD - 8) / 8;
         let mut word = [0u8; 4];

@@ -414,7 +414,7 @@ pub fn put_back_u64(word: &AtomicU64, want: u64) -> usize {
 /// aligned stores, each one atomic (like a `Relaxed` store): the way into a message slot others
 /// may read concurrently. Copies `min(dst.len(), src.len() / 8)` words. On x86_64 one `rep movsq` (what a message costs is counted
 /// in instructions, and the loop of atomic stores costs two or three per word).
-#[inline]
+#[inline(always)]
 pub fn copy_to_words(dst: &[AtomicU64], src: &[u8]) {
     let n = dst.len().min(src.len() / 8);
     #[cfg(target_arch = "x86_64")]
@@ -444,7 +444,7 @@ pub fn copy_to_words(dst: &[AtomicU64], src: &[u8]) {
 /// atomically (like a `Relaxed` load): the copy out of a message slot that the peer may change
 /// under us. Copies `min(dst.len() / 8, src.len())` words; the result is a private copy to validate. On x86_64 one
 /// `rep movsq`.
-#[inline]
+#[inline(always)]
 pub fn copy_from_words(dst: &mut [u8], src: &[AtomicU64]) {
     let n = (dst.len() / 8).min(src.len());
     #[cfg(target_arch = "x86_64")]

@@ -185,6 +185,7 @@ impl Payload {
         }
     }
 
+    #[inline(always)]
     fn check(&self) -> Result<(), PayloadFault> {
         match self {
             Self::Empty | Self::User(_) => Ok(()),
@@ -245,7 +246,7 @@ impl Payload {
 
 /// The payload structure a message must carry, given its header. `None` when the flags
 /// contradict the status (`LARGE_DATA` on an error reply).
-#[inline]
+#[inline(always)]
 pub const fn expected_payload(kind: Kind, flags: MsgFlags, status: Status) -> Option<PayloadKind> {
     let reply = flags.contains(MsgFlags::REPLY);
     let error_reply = reply && !matches!(status, Status::Ok);
@@ -373,7 +374,8 @@ impl Message {
     }
 
     /// Checks every rule [`decode`] enforces, so that a message that validates encodes and
-    /// decodes back to itself.
+    /// decodes back to itself. Inlined: every send runs it, and its errors are cold.
+    #[inline(always)]
     pub fn validate(&self) -> Result<(), EncodeError> {
         let bits = self.flags.bits();
         if MsgFlags::from_bits(bits).is_none()
@@ -505,13 +507,14 @@ impl core::error::Error for EncodeError {}
 
 /// Writes the header's bytes 4..32 of `msg` (with a payload of `payload_len` bytes), at
 /// fixed offsets of a fixed-size array: no bounds to check at run time.
-#[inline]
+#[inline(always)]
 fn write_header(msg: &Message, payload_len: usize, h: &mut [u8; HEADER_LEN]) {
     h[offset::VERSION] = PROTOCOL_VERSION;
     h[offset::FLAGS] = msg.flags.bits();
     h[offset::SENDER..offset::SENDER + 2].copy_from_slice(&msg.sender.raw().to_le_bytes());
-    h[offset::TYPE..offset::TYPE + 2].copy_from_slice(&msg.kind.msg_type().code().to_le_bytes());
-    h[offset::SUBTYPE..offset::SUBTYPE + 2].copy_from_slice(&msg.kind.subtype_code().to_le_bytes());
+    let (ty, sub) = msg.kind.codes();
+    h[offset::TYPE..offset::TYPE + 2].copy_from_slice(&ty.to_le_bytes());
+    h[offset::SUBTYPE..offset::SUBTYPE + 2].copy_from_slice(&sub.to_le_bytes());
     h[offset::PAYLOAD_LEN..offset::PAYLOAD_LEN + 2]
         .copy_from_slice(&(payload_len as u16).to_le_bytes());
     h[offset::STATUS..offset::STATUS + 2].copy_from_slice(&msg.status.code().to_le_bytes());
@@ -540,17 +543,32 @@ pub fn encode(msg: &Message, slot: &mut Slot) -> Result<usize, EncodeError> {
 /// mailbox's, left as they are), and the payload, which is returned: a USER payload's own
 /// bytes (nothing copied), any other written into `scratch`. The slot's bytes past the payload
 /// are not the encoder's concern ([`decode`] ignores them).
+///
+/// Inlined into the sender, USER first (the IPC of tasks); the other kinds' payloads are
+/// written out of line.
+#[inline(always)]
 pub fn encode_parts<'a>(
     msg: &'a Message,
     header: &mut [u8; HEADER_LEN],
     scratch: &'a mut [u8; MAX_PAYLOAD],
 ) -> Result<&'a [u8], EncodeError> {
     msg.validate()?;
-    let payload_len = msg.payload.encoded_len();
-    write_header(msg, payload_len, header);
     if let Payload::User(u) = &msg.payload {
+        write_header(msg, u.len(), header);
         return Ok(u.as_bytes());
     }
+    encode_typed_parts(msg, header, scratch)
+}
+
+/// [`encode_parts`] of a validated message whose payload is not USER.
+#[inline(never)]
+fn encode_typed_parts<'a>(
+    msg: &Message,
+    header: &mut [u8; HEADER_LEN],
+    scratch: &'a mut [u8; MAX_PAYLOAD],
+) -> Result<&'a [u8], EncodeError> {
+    let payload_len = msg.payload.encoded_len();
+    write_header(msg, payload_len, header);
     msg.payload.write(&mut Wr::at(scratch, 0));
     Ok(scratch.get(..payload_len).unwrap_or(&[]))
 }

@@ -118,7 +118,16 @@ impl Kind {
 
     /// The subtype wire code (header bytes 10..12).
     pub const fn subtype_code(self) -> u16 {
-        match self {
+        self.codes().1
+    }
+
+    /// The (type, subtype) wire codes (header bytes 8..12), found in one step: a typed kind's
+    /// subtype code carries its type's code in its top four bits (`IrqForward` is `0x1001`,
+    /// type `0x1000`), so one table of subtype codes gives both.
+    #[inline(always)]
+    pub const fn codes(self) -> (u16, u16) {
+        let sub = match self {
+            Self::User(sub) => return (MsgType::User.code(), sub),
             Self::IrqForward => 0x1001,
             Self::IrqBalance => 0x1002,
             Self::IrqMask => 0x1003,
@@ -131,12 +140,17 @@ impl Kind {
             Self::Heartbeat => 0x3001,
             Self::Shutdown => 0x3002,
             Self::Ping => 0x3003,
-            Self::User(sub) => sub,
-        }
+        };
+        (sub & 0xF000, sub)
     }
 
     /// Parses a (type, subtype) code pair.
+    #[inline]
     pub const fn from_codes(ty: u16, sub: u16) -> Result<Self, DecodeError> {
+        // USER first: the IPC of tasks, most of the traffic.
+        if ty == MsgType::User.code() {
+            return Ok(Self::User(sub));
+        }
         let Some(msg_type) = MsgType::from_code(ty) else {
             return Err(DecodeError::UnknownType(ty));
         };

@@ -471,6 +471,11 @@ fn codes_are_consistent() {
         assert_eq!(back, kind);
         assert_eq!(kind.subtype_code() & 0xf000, kind.msg_type().code());
     }
+    // `codes` (what the encoder writes) is the type's code and the subtype's, for every kind.
+    for kind in all_kinds() {
+        assert_eq!(kind.codes(), (kind.msg_type().code(), kind.subtype_code()));
+        assert_eq!(Kind::from_codes(kind.codes().0, kind.codes().1), Ok(kind));
+    }
     for t in MsgType::ALL {
         assert_eq!(MsgType::from_code(t.code()), Some(t));
     }
