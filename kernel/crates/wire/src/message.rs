@@ -377,6 +377,22 @@ impl Message {
     /// decodes back to itself. Inlined: every send runs it, and its errors are cold.
     #[inline(always)]
     pub fn validate(&self) -> Result<(), EncodeError> {
+        self.validate_header()?;
+        let bits = self.flags.bits();
+        let Some(expected) = expected_payload(self.kind, self.flags, self.status) else {
+            return Err(EncodeError::BadFlags { found: bits });
+        };
+        let found = self.payload.kind();
+        if expected != found {
+            return Err(EncodeError::PayloadMismatch { expected, found });
+        }
+        self.payload.check().map_err(EncodeError::BadPayload)
+    }
+
+    /// The rules of [`Self::validate`] that do not look at the kind or the payload: flags,
+    /// status, message id.
+    #[inline(always)]
+    fn validate_header(&self) -> Result<(), EncodeError> {
         let bits = self.flags.bits();
         if MsgFlags::from_bits(bits).is_none()
             || self.flags.contains(MsgFlags::REPLY | MsgFlags::NEEDS_REPLY)
@@ -389,14 +405,7 @@ impl Message {
         if self.msg_id == 0 && (self.is_reply() || self.needs_reply()) {
             return Err(EncodeError::ZeroMsgId);
         }
-        let Some(expected) = expected_payload(self.kind, self.flags, self.status) else {
-            return Err(EncodeError::BadFlags { found: bits });
-        };
-        let found = self.payload.kind();
-        if expected != found {
-            return Err(EncodeError::PayloadMismatch { expected, found });
-        }
-        self.payload.check().map_err(EncodeError::BadPayload)
+        Ok(())
     }
 }
 
@@ -509,10 +518,20 @@ impl core::error::Error for EncodeError {}
 /// fixed offsets of a fixed-size array: no bounds to check at run time.
 #[inline(always)]
 fn write_header(msg: &Message, payload_len: usize, h: &mut [u8; HEADER_LEN]) {
+    write_header_codes(msg, msg.kind.codes(), payload_len, h);
+}
+
+/// [`write_header`] with the kind's (type, subtype) codes already known.
+#[inline(always)]
+fn write_header_codes(
+    msg: &Message,
+    (ty, sub): (u16, u16),
+    payload_len: usize,
+    h: &mut [u8; HEADER_LEN],
+) {
     h[offset::VERSION] = PROTOCOL_VERSION;
     h[offset::FLAGS] = msg.flags.bits();
     h[offset::SENDER..offset::SENDER + 2].copy_from_slice(&msg.sender.raw().to_le_bytes());
-    let (ty, sub) = msg.kind.codes();
     h[offset::TYPE..offset::TYPE + 2].copy_from_slice(&ty.to_le_bytes());
     h[offset::SUBTYPE..offset::SUBTYPE + 2].copy_from_slice(&sub.to_le_bytes());
     h[offset::PAYLOAD_LEN..offset::PAYLOAD_LEN + 2]
@@ -552,6 +571,15 @@ pub fn encode_parts<'a>(
     header: &mut [u8; HEADER_LEN],
     scratch: &'a mut [u8; MAX_PAYLOAD],
 ) -> Result<&'a [u8], EncodeError> {
+    // A USER message with a USER payload and no LARGE_DATA passes `validate` on its header
+    // rules alone (its kind and payload agree, and a USER payload has no values to check).
+    if let (Kind::User(sub), Payload::User(u)) = (msg.kind, &msg.payload)
+        && !msg.flags.contains(MsgFlags::LARGE_DATA)
+    {
+        msg.validate_header()?;
+        write_header_codes(msg, (MsgType::User.code(), sub), u.len(), header);
+        return Ok(u.as_bytes());
+    }
     msg.validate()?;
     if let Payload::User(u) = &msg.payload {
         write_header(msg, u.len(), header);
@@ -646,7 +674,13 @@ fn check_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if flags.contains(MsgFlags::REPLY | MsgFlags::NEEDS_REPLY) {
         return Err(DecodeError::BadFlags { found: raw.flags });
     }
-    let kind = Kind::from_codes(raw.ty, raw.subtype)?;
+    // USER (the IPC of tasks, most of the traffic) takes any subtype: no table to look in.
+    let user = raw.ty == MsgType::User.code();
+    let kind = if user {
+        Kind::User(raw.subtype)
+    } else {
+        Kind::from_codes(raw.ty, raw.subtype)?
+    };
     let len = usize::from(raw.payload_len);
     if len > MAX_PAYLOAD {
         return Err(DecodeError::PayloadTooLong(raw.payload_len));
@@ -659,8 +693,11 @@ fn check_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if raw.msg_id == 0 && (reply || flags.contains(MsgFlags::NEEDS_REPLY)) {
         return Err(DecodeError::ZeroMsgId);
     }
-    let expected =
-        expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?;
+    let expected = if user && !flags.contains(MsgFlags::LARGE_DATA) {
+        PayloadKind::User
+    } else {
+        expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?
+    };
     Ok(Header {
         sender: raw.sender,
         kind,

@@ -256,6 +256,53 @@ fn malformed_headers_rejected() {
     );
 }
 
+/// A USER header is checked on a shorter path (any subtype, no table): the same refusals as
+/// any other kind's, LARGE_DATA included.
+#[test]
+fn malformed_user_headers_rejected() {
+    use DecodeError::*;
+    let user = |f: &dyn Fn(&mut Slot)| {
+        let msg = Message::request(
+            InstanceId::new(1),
+            Kind::User(0xbeef),
+            5,
+            Payload::User(UserPayload::new(&[1; 9]).unwrap()),
+        );
+        let mut slot = encoded(&msg);
+        f(&mut slot);
+        decode(&slot)
+    };
+    assert_eq!(user(&|_| {}).map(|m| m.kind), Ok(Kind::User(0xbeef)));
+    assert_eq!(user(&|s| s[4] = 9), Err(BadVersion { found: 9 }));
+    assert_eq!(user(&|s| s[5] = 0x03), Err(BadFlags { found: 0x03 }));
+    assert_eq!(user(&|s| put16(s, 12, 225)), Err(PayloadTooLong(225)));
+    assert_eq!(user(&|s| put16(s, 14, 10)), Err(BadStatus(10)));
+    assert_eq!(user(&|s| put16(s, 14, 1)), Err(StatusInRequest(1)));
+    assert_eq!(
+        user(&|s| {
+            s[5] = 0x02;
+            s[16..24].fill(0)
+        }),
+        Err(ZeroMsgId)
+    );
+    // LARGE_DATA on an error reply.
+    assert_eq!(
+        user(&|s| {
+            s[5] = 0x09;
+            put16(s, 14, 1)
+        }),
+        Err(BadFlags { found: 0x09 })
+    );
+    // LARGE_DATA with a 9-byte payload.
+    assert_eq!(
+        user(&|s| s[5] = 0x08),
+        Err(PayloadSizeMismatch {
+            expected: 24,
+            found: 9
+        })
+    );
+}
+
 fn corrupt_payload(kind: Kind, off: usize, bytes: &[u8]) -> Result<Message, DecodeError> {
     let mut slot = encoded(&request(kind));
     slot[HEADER_LEN + off..HEADER_LEN + off + bytes.len()].copy_from_slice(bytes);
