@@ -112,10 +112,8 @@ const MAX_DEPTH: usize = 4;
 /// USER message is copied once in all; a message of another kind is decoded into `other`.
 struct Batch {
     len: usize,
-    /// Which peer sent which slots, one entry per mailbox drained (not per message): run `i`
-    /// is `runs[i].0`'s messages, the slots before `runs[i].1` and from the run before's end.
-    runs: [(InstanceId, usize); MAX_PEERS],
-    nruns: usize,
+    /// Which peer sent each slot (the channel's identity, not the header's claim).
+    from: [InstanceId; BATCH],
     slots: [Received; BATCH],
     other: Message,
 }
@@ -124,8 +122,7 @@ const BATCH: usize = 2 * mk_mailbox::SLOTS;
 static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
     Mutex::new(Batch {
         len: 0,
-        runs: [(InstanceId::ZERO, 0); MAX_PEERS],
-        nruns: 0,
+        from: [InstanceId::ZERO; BATCH],
         slots: [const { Received::new() }; BATCH],
         other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
     })
@@ -634,46 +631,41 @@ fn poll_locked(
     let mut batch = batch.lock();
     let batch = &mut *batch;
     batch.len = 0;
-    batch.nruns = 0;
     {
         let mut receivers = receivers.lock();
         let me = crate::instance::id();
-        // Only the flagged peers' mailboxes, lowest first.
-        let mut flagged = peers & ((1u64 << receivers.len().min(63)) - 1);
-        if receivers.len() >= 64 {
-            flagged = peers;
-        }
+        // Only the flagged peers' mailboxes, lowest first. A bit past the last peer (only a
+        // broken peer sets one) ends the walk: every bit after it is past the last peer too.
+        let mut flagged = peers;
         while flagged != 0 {
             let index = flagged.trailing_zeros() as usize;
             flagged &= flagged - 1;
-            let bit = 1u64 << index;
             let Some(slot) = receivers.get_mut(index) else {
                 break;
             };
             let peer = InstanceId::new(index as u16);
-            if slot.is_none() && peer != me {
+            if slot.is_none() {
+                if peer == me {
+                    continue;
+                }
                 // A peer whose channels were marked dead may have been started again (reset
                 // channels): take the new receiving end. Fails quietly while still dead.
                 *slot = MATRIX.get().and_then(|m| m.receiver_end(peer, me).ok());
             }
             let Some(r) = slot else { continue };
-            let room = batch.slots.get_mut(batch.len..).unwrap_or_default();
+            let start = batch.len;
+            let room = batch.slots.get_mut(start..).unwrap_or_default();
             let room_len = room.len();
             match r.drain_into_parts(room, Received::parts_mut) {
                 Ok(n) => {
-                    // One run per mailbox: each peer's bit comes up once per drain, and there
-                    // are at most `MAX_PEERS` of them.
-                    if n > 0
-                        && let Some(run) = batch.runs.get_mut(batch.nruns)
-                    {
-                        batch.len += n;
-                        *run = (peer, batch.len);
-                        batch.nruns += 1;
+                    for from in batch.from.get_mut(start..start + n).unwrap_or_default() {
+                        *from = peer;
                     }
+                    batch.len = start + n;
                     // A whole ring, or the batch full: more may be waiting, look again next
                     // poll.
                     if n == mk_mailbox::SLOTS || n == room_len {
-                        LEFTOVER.fetch_or(bit, Ordering::Relaxed);
+                        LEFTOVER.fetch_or(1u64 << index, Ordering::Relaxed);
                     }
                 }
                 Err(mk_mailbox::Error::Dead) => {
@@ -693,24 +685,13 @@ fn poll_locked(
         }
     }
     let taken = batch.len;
-    if taken == 0 {
-        return 0;
-    }
     // Dispatched with the receiving ends unlocked: a handler may drain again. Replies go out
     // as they come (a reply that waits for room drains one level deeper, into the next batch).
     let Batch {
-        runs,
-        nruns,
-        slots,
-        other,
-        ..
+        from, slots, other, ..
     } = batch;
-    let mut start = 0;
-    for &(peer, end) in runs.iter().take(*nruns) {
-        for rx in slots.get_mut(start..end).unwrap_or_default() {
-            dispatch_one(d, peer, rx, other);
-        }
-        start = end;
+    for (rx, &peer) in slots.iter_mut().zip(from.iter()).take(taken) {
+        dispatch_one(d, peer, rx, other);
     }
     taken
 }

@@ -92,14 +92,41 @@ fn op_check(chan: &Channel, generation: u32, fault: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Copies the next (full) slot of `chan` out into `out` and acknowledges it; `consumed` and
-/// `expected` are the receiver's running count and next sequence number.
+/// Where a receiver is in its ring: messages consumed (running count, mirrors `rx.ack`), the
+/// sequence number the next slot holds when full, and the one it holds when it is empty
+/// (`SLOTS` messages back: the lap before), kept so that a look compares and computes nothing.
+#[derive(Clone, Copy)]
+pub(crate) struct Cursor {
+    pub(crate) consumed: u64,
+    pub(crate) expected: u32,
+    pub(crate) lapped: u32,
+}
+
+impl Cursor {
+    pub(crate) fn at(consumed: u64) -> Self {
+        let expected = seq_of(consumed);
+        Self {
+            consumed,
+            expected,
+            lapped: seq_back(expected, SLOTS as u32),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn advance(&mut self) {
+        self.consumed = self.consumed.wrapping_add(1);
+        self.expected = seq_next(self.expected);
+        self.lapped = seq_next(self.lapped);
+    }
+}
+
+/// Copies the next (full) slot of `chan` out into `out` and acknowledges it, at `at`.
 #[inline]
-fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [u8; MSG_SIZE]) {
+fn take_slot(chan: &Channel, at: &mut Cursor, out: &mut [u8; MSG_SIZE]) {
     let (head, tail) = out.split_at_mut(crate::HEAD);
     // Both conversions hold by the constants' sizes (the compiler drops the check).
     if let (Ok(head), Ok(tail)) = (head.try_into(), tail.try_into()) {
-        take_slot_parts(chan, consumed, expected, head, tail);
+        take_slot_parts(chan, at, head, tail);
     }
 }
 
@@ -107,19 +134,17 @@ fn take_slot(chan: &Channel, consumed: &mut u64, expected: &mut u32, out: &mut [
 #[inline]
 fn take_slot_parts(
     chan: &Channel,
-    consumed: &mut u64,
-    expected: &mut u32,
+    at: &mut Cursor,
     head: &mut [u8; crate::HEAD],
     tail: &mut [u8; MSG_SIZE - crate::HEAD],
 ) {
-    let slot = &chan.slots[(*consumed % SLOTS as u64) as usize];
-    head[0..4].copy_from_slice(&expected.to_le_bytes());
+    let slot = &chan.slots[(at.consumed % SLOTS as u64) as usize];
+    head[0..4].copy_from_slice(&at.expected.to_le_bytes());
     slot.read_parts(head, tail);
-    *consumed = consumed.wrapping_add(1);
-    *expected = seq_next(*expected);
+    at.advance();
     // Release: our loads of the slot above happen before the sender's Acquire load of this ack,
     // hence before it overwrites the slot. From here on only the copy is used.
-    chan.rx.ack.store(*consumed, Ordering::Release);
+    chan.rx.ack.store(at.consumed, Ordering::Release);
     bump(&chan.rx.received);
 }
 
@@ -378,9 +403,7 @@ pub struct ReceiverEnd<'a> {
     from: InstanceId,
     to: InstanceId,
     generation: u32,
-    /// Messages consumed (running count), mirrors `rx.ack`.
-    consumed: u64,
-    expected: u32,
+    at: Cursor,
     fault: bool,
     /// Where `drain` copies each message before handing it out: kept here so that a drain does
     /// not clear a fresh 256-byte buffer every time (every byte is overwritten by the copy).
@@ -410,8 +433,7 @@ impl<'a> ReceiverEnd<'a> {
             from,
             to,
             generation,
-            consumed,
-            expected: seq_of(consumed),
+            at: Cursor::at(consumed),
             fault,
             buf: [0; MSG_SIZE],
         })
@@ -429,7 +451,7 @@ impl<'a> ReceiverEnd<'a> {
 
     /// Messages received so far on this channel (running count since init / reset).
     pub fn received(&self) -> u64 {
-        self.consumed
+        self.at.consumed
     }
 
     fn mark_fault(&mut self) -> Error {
@@ -449,12 +471,12 @@ impl<'a> ReceiverEnd<'a> {
     /// [`Self::peek`] without marking the fault (`Err(())`: the slot is corrupt).
     #[inline]
     fn look(&self) -> Result<bool, ()> {
-        let slot = &self.chan.slots[(self.consumed % SLOTS as u64) as usize];
+        let slot = &self.chan.slots[(self.at.consumed % SLOTS as u64) as usize];
         // Acquire: pairs with the sender's Release store of seq; the payload is visible.
         let seq = slot.seq.load(Ordering::Acquire);
-        if seq == self.expected {
+        if seq == self.at.expected {
             Ok(true)
-        } else if seq == 0 || seq == seq_back(self.expected, SLOTS as u32) {
+        } else if seq == 0 || seq == self.at.lapped {
             Ok(false)
         } else {
             Err(())
@@ -464,7 +486,7 @@ impl<'a> ReceiverEnd<'a> {
     /// Copies the next (full) slot out and acknowledges it.
     #[inline]
     fn take(&mut self, out: &mut [u8; MSG_SIZE]) {
-        take_slot(self.chan, &mut self.consumed, &mut self.expected, out);
+        take_slot(self.chan, &mut self.at, out);
     }
 
     /// Receives one message into `out` if there is one: `Ok(true)`; `Ok(false)` if empty. The
@@ -495,12 +517,7 @@ impl<'a> ReceiverEnd<'a> {
         }
         let mut n = 0;
         loop {
-            take_slot(
-                self.chan,
-                &mut self.consumed,
-                &mut self.expected,
-                &mut self.buf,
-            );
+            take_slot(self.chan, &mut self.at, &mut self.buf);
             n += 1;
             f(&self.buf);
             if n >= limit || !self.peek()? {
@@ -543,13 +560,7 @@ impl<'a> ReceiverEnd<'a> {
                 Err(()) => break,
             }
             let Some((head, tail)) = parts(e) else { break };
-            take_slot_parts(
-                self.chan,
-                &mut self.consumed,
-                &mut self.expected,
-                head,
-                tail,
-            );
+            take_slot_parts(self.chan, &mut self.at, head, tail);
             n += 1;
         }
         Ok(n)

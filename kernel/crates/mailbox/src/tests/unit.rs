@@ -1,7 +1,7 @@
 use core::sync::atomic::Ordering;
 
 use super::{Region, check_msg, id, make_msg};
-use crate::channel::{seq_back, seq_next, seq_of};
+use crate::channel::{Cursor, seq_back, seq_next, seq_of};
 use crate::{
     CHANNEL_SIZE, ChannelState, DoorbellMode, Error, MSG_SIZE, MailboxMatrix, RateLimiter,
     ReceiverEnd, SLOTS, SenderEnd, VERSION, region_size,
@@ -41,6 +41,21 @@ fn seq_helpers() {
     for c in [0u64, 5, u32::MAX as u64 - 3, u32::MAX as u64 * 3 + 2] {
         assert_eq!(seq_next(seq_of(c)), seq_of(c + 1));
         assert_eq!(seq_back(seq_of(c + 16), 16), seq_of(c));
+    }
+}
+
+/// A receiver's cursor keeps the sequence number of the lap before as it advances, across the
+/// wrap of the sequence numbers (which skip 0).
+#[test]
+fn cursor_keeps_the_lap_before() {
+    for start in [0u64, 3, u32::MAX as u64 - 40, u32::MAX as u64 * 2 - 1] {
+        let mut at = Cursor::at(start);
+        for _ in 0..100 {
+            assert_eq!(at.expected, seq_of(at.consumed));
+            assert_eq!(at.lapped, seq_back(at.expected, crate::SLOTS as u32));
+            assert_ne!(at.lapped, 0);
+            at.advance();
+        }
     }
 }
 
