@@ -112,18 +112,27 @@ const MAX_DEPTH: usize = 4;
 /// USER message is copied once in all; a message of another kind is decoded into `other`.
 struct Batch {
     len: usize,
-    /// Which peer sent each slot (the channel's identity, not the header's claim).
-    from: [InstanceId; BATCH],
-    slots: [Received; BATCH],
+    slots: [Taken; BATCH],
     other: Message,
+}
+
+/// One message of a [`Batch`]: what was copied out of the ring, and the peer whose ring it
+/// was (the channel's identity, not the header's claim).
+struct Taken {
+    from: InstanceId,
+    rx: Received,
 }
 /// Messages one poll takes at most (two rings' worth); what is left waits for the next poll.
 const BATCH: usize = 2 * mk_mailbox::SLOTS;
 static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
     Mutex::new(Batch {
         len: 0,
-        from: [InstanceId::ZERO; BATCH],
-        slots: [const { Received::new() }; BATCH],
+        slots: [const {
+            Taken {
+                from: InstanceId::ZERO,
+                rx: Received::new(),
+            }
+        }; BATCH],
         other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
     })
 }; MAX_DEPTH];
@@ -656,11 +665,12 @@ fn poll_locked(
             let start = batch.len;
             let room = batch.slots.get_mut(start..).unwrap_or_default();
             let room_len = room.len();
-            match r.drain_into_parts(room, Received::parts_mut) {
+            // Each message's sender is recorded as it is copied.
+            match r.drain_into_parts(room, |t| {
+                t.from = peer;
+                t.rx.parts_mut()
+            }) {
                 Ok(n) => {
-                    for from in batch.from.get_mut(start..start + n).unwrap_or_default() {
-                        *from = peer;
-                    }
                     batch.len = start + n;
                     // A whole ring, or the batch full: more may be waiting, look again next
                     // poll.
@@ -687,11 +697,9 @@ fn poll_locked(
     let taken = batch.len;
     // Dispatched with the receiving ends unlocked: a handler may drain again. Replies go out
     // as they come (a reply that waits for room drains one level deeper, into the next batch).
-    let Batch {
-        from, slots, other, ..
-    } = batch;
-    for (rx, &peer) in slots.iter_mut().zip(from.iter()).take(taken) {
-        dispatch_one(d, peer, rx, other);
+    let Batch { slots, other, .. } = batch;
+    for t in slots.iter_mut().take(taken) {
+        dispatch_one(d, t.from, &mut t.rx, other);
     }
     taken
 }
