@@ -277,9 +277,17 @@ impl<const N: usize> PendingCalls<N> {
                 {
                     return CallState::Invalid;
                 }
-                let reply = slot.reply.lock().take();
+                // The reply is copied once, straight into the answer (not taken out of the slot
+                // and then moved into it).
+                let mut reply = slot.reply.lock();
+                let answer = match &*reply {
+                    Some(m) => CallState::Ready(*m),
+                    None => CallState::Invalid,
+                };
+                *reply = None;
+                drop(reply);
                 slot.word.store(pack(token.generation, FREE), Release);
-                reply.map_or(CallState::Invalid, CallState::Ready)
+                answer
             }
             EXPIRED => {
                 if slot

@@ -217,8 +217,13 @@ impl Payload {
         }
     }
 
-    fn read(kind: PayloadKind, bytes: &[u8]) -> Result<Self, DecodeError> {
-        Ok(match kind {
+    /// Reads a payload of structure `kind` from `bytes` (its size and values checked) straight
+    /// into `out`: each arm writes its variant in place, so no payload-sized value is built and
+    /// then copied (a payload is about 230 bytes; most variants are a few words). A USER
+    /// payload is copied into `out`'s own when `out` holds one. On `Err`, `out` is unchanged or
+    /// half written.
+    fn read_into(kind: PayloadKind, bytes: &[u8], out: &mut Self) -> Result<(), DecodeError> {
+        match kind {
             PayloadKind::Empty => {
                 if !bytes.is_empty() {
                     return Err(DecodeError::PayloadSizeMismatch {
@@ -226,21 +231,26 @@ impl Payload {
                         found: bytes.len() as u16,
                     });
                 }
-                Self::Empty
+                *out = Self::Empty;
             }
-            PayloadKind::IoIrq => Self::IoIrq(read_fixed(bytes)?),
-            PayloadKind::Cpu => Self::Cpu(read_fixed(bytes)?),
-            PayloadKind::Mem => Self::Mem(read_fixed(bytes)?),
-            PayloadKind::Query => Self::Query(read_fixed(bytes)?),
-            PayloadKind::QueryReply => Self::QueryReply(QueryReply::read(bytes)?),
-            PayloadKind::Heartbeat => Self::Heartbeat(read_fixed(bytes)?),
-            PayloadKind::Shutdown => Self::Shutdown(read_fixed(bytes)?),
-            PayloadKind::Ping => Self::Ping(read_fixed(bytes)?),
-            PayloadKind::LargeData => Self::LargeData(read_fixed(bytes)?),
-            PayloadKind::User => Self::User(
-                UserPayload::new(bytes).ok_or(DecodeError::PayloadTooLong(bytes.len() as u16))?,
-            ),
-        })
+            PayloadKind::IoIrq => *out = Self::IoIrq(read_fixed(bytes)?),
+            PayloadKind::Cpu => *out = Self::Cpu(read_fixed(bytes)?),
+            PayloadKind::Mem => *out = Self::Mem(read_fixed(bytes)?),
+            PayloadKind::Query => *out = Self::Query(read_fixed(bytes)?),
+            PayloadKind::QueryReply => *out = Self::QueryReply(QueryReply::read(bytes)?),
+            PayloadKind::Heartbeat => *out = Self::Heartbeat(read_fixed(bytes)?),
+            PayloadKind::Shutdown => *out = Self::Shutdown(read_fixed(bytes)?),
+            PayloadKind::Ping => *out = Self::Ping(read_fixed(bytes)?),
+            PayloadKind::LargeData => *out = Self::LargeData(read_fixed(bytes)?),
+            PayloadKind::User => {
+                let too_long = DecodeError::PayloadTooLong(bytes.len() as u16);
+                match out {
+                    Self::User(u) => u.set(bytes).ok_or(too_long)?,
+                    _ => *out = Self::User(UserPayload::new(bytes).ok_or(too_long)?),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -760,12 +770,7 @@ fn check_any_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
 #[inline(always)]
 fn fill(c: Checked<'_>, out: &mut Message) -> Result<(), DecodeError> {
     let h = &c.header;
-    match (&mut out.payload, h.expected) {
-        (Payload::User(u), PayloadKind::User) => u
-            .set(c.bytes)
-            .ok_or(DecodeError::PayloadTooLong(h.payload_len))?,
-        (p, kind) => *p = Payload::read(kind, c.bytes)?,
-    }
+    Payload::read_into(h.expected, c.bytes, &mut out.payload)?;
     h.write(out);
     Ok(())
 }
@@ -859,7 +864,7 @@ impl Received {
             .as_bytes()
             .get(..len)
             .ok_or(DecodeError::PayloadTooLong(h.payload_len))?;
-        other.payload = Payload::read(h.expected, bytes)?;
+        Payload::read_into(h.expected, bytes, &mut other.payload)?;
         h.write(other);
         Ok(other)
     }
