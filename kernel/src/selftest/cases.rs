@@ -27,6 +27,7 @@ pub(super) static CASES: &[Case] = &[
     case("frames_unique", |_, _| hardware::frames_unique()),
     case("timer_rate", |_, _| hardware::timer_rate()),
     case("ipi_self", |_, _| hardware::ipi_self()),
+    case("irq_held_back", |_, _| hardware::irq_held_back()),
     case("ioapic_rtc", |c, _| hardware::ioapic_rtc(c.platform)),
     case("io_bitmap", |_, _| hardware::io_bitmap()),
     // Instances and the partition plan.

@@ -30,6 +30,7 @@ pub const NAMES: &[&str] = &[
     "frames_unique",
     "timer_rate",
     "ipi_self",
+    "irq_held_back",
     "ioapic_rtc",
     "io_bitmap",
     // Instances and the partition plan.

@@ -453,6 +453,12 @@ fn handle_line(line: usize) {
     }
 }
 
+/// The lines whose interrupt the gate holds back right now, waiting for the next tick (one
+/// bit per line).
+pub fn held_back_lines() -> u64 {
+    HELD_BACK.load(Ordering::Relaxed)
+}
+
 /// From a tick taken: handles once each line the gate held back since the last tick.
 fn handle_held_back() {
     if HELD_BACK.load(Ordering::Relaxed) == 0 {
