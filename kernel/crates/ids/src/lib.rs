@@ -14,6 +14,11 @@
 
 use core::fmt;
 
+/// The xAPIC broadcast destination (APIC ID 255): an IPI to it goes to every CPU (an INIT to
+/// it resets every CPU but the sender's), and it is what an x2APIC ID of 255 becomes in an
+/// xAPIC ICR. A number the ledger never hands out as a CPU and a doorbell never goes to.
+pub const XAPIC_BROADCAST: u32 = 0xFF;
+
 /// The id of a kernel instance: `0` is the supervisor (the instance started by the bootloader,
 /// which starts the others and brokers resources), `1..` the instances it starts.
 ///

@@ -37,8 +37,7 @@ mod region_tests;
 #[cfg(test)]
 mod tests;
 
-/// The xAPIC broadcast destination: an INIT to it resets every CPU but the sender's.
-pub const BROADCAST_APIC: u32 = 0xFF;
+pub use mk_ids::XAPIC_BROADCAST;
 
 /// What the record says of one resource.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -306,7 +305,7 @@ impl Ledger {
         let mut madt: Vec<u32> = madt
             .iter()
             .copied()
-            .filter(|&a| a != BROADCAST_APIC && (a as usize) < MAX_APIC_IDS)
+            .filter(|&a| a != XAPIC_BROADCAST && (a as usize) < MAX_APIC_IDS)
             .collect();
         madt.sort_unstable();
         madt.dedup();
@@ -512,7 +511,7 @@ impl Ledger {
             .iter()
             .copied()
             .filter(|&a| {
-                a != BROADCAST_APIC
+                a != XAPIC_BROADCAST
                     && !running_here.contains(&a)
                     && self.entry(Resource::Cpu(a)).is_some_and(|e| e.involves(k))
             })

@@ -15,7 +15,7 @@ const CHUNK: u64 = mk_shared::MEM_CHUNK_SIZE;
 /// (and 255, which must never count). Memory: instance 1 chunks 10..14, instance 2 14..18.
 /// Instance 0 holds every IRQ line.
 fn ledger() -> Ledger {
-    let mut l = Ledger::new(3, &[0, 1, 2, 3, 4, BROADCAST_APIC]).unwrap();
+    let mut l = Ledger::new(3, &[0, 1, 2, 3, 4, XAPIC_BROADCAST]).unwrap();
     for (apic, k) in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2)] {
         l.give(Resource::Cpu(apic), id(k)).unwrap();
     }
@@ -272,13 +272,13 @@ proptest! {
         }
         let got = l.cpus_to_stop(id(dead), &here);
         for &a in &got {
-            prop_assert!(a != BROADCAST_APIC);
+            prop_assert!(a != XAPIC_BROADCAST);
             prop_assert!(madt.contains(&a));
             prop_assert!(!here.contains(&a));
             prop_assert_eq!(holders[a as usize], dead);
         }
         for &a in &madt {
-            if a != BROADCAST_APIC && holders[a as usize] == dead && !here.contains(&a) {
+            if a != XAPIC_BROADCAST && holders[a as usize] == dead && !here.contains(&a) {
                 prop_assert!(got.contains(&a));
             }
         }

@@ -211,7 +211,7 @@ impl Every {
 pub const BOOK_CPUS: usize = 512;
 
 /// The xAPIC broadcast destination (and what `icr_dest` makes of x2APIC ID 255).
-pub const XAPIC_BROADCAST: u32 = 0xFF;
+pub use mk_ids::XAPIC_BROADCAST;
 /// The x2APIC broadcast destination.
 pub const X2APIC_BROADCAST: u32 = u32::MAX;
 
