@@ -16,7 +16,7 @@
 
 use core::arch::global_asm;
 
-use mk_hook::{Full, Hook};
+use mk_hook::Full;
 use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
@@ -96,12 +96,22 @@ unsafe extern "C" {
     fn mk_syscall_entry();
 }
 
-/// The tasks layer's system call handler.
-static HANDLER: Hook<fn(&mut SyscallFrame)> = Hook::new();
+/// The tasks layer's system call handler: installed once per instance and never replaced, so
+/// a `Once` (one load to find it on every call) rather than a replaceable `Hook`.
+static HANDLER: spin::Once<fn(&mut SyscallFrame)> = spin::Once::new();
 
-/// Installs the system call handler (once per instance).
+/// Installs the system call handler (once per instance; `Full` if one is already installed).
 pub fn set_handler(handler: fn(&mut SyscallFrame)) -> Result<(), Full> {
-    HANDLER.set(handler)
+    let mut installed = false;
+    HANDLER.call_once(|| {
+        installed = true;
+        handler
+    });
+    if installed {
+        Ok(())
+    } else {
+        Err(Full { capacity: 1 })
+    }
 }
 
 /// Flags a task may keep across a system call: the arithmetic flags and DF. IF is always set
