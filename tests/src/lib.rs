@@ -681,7 +681,7 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: 300,
-        note: "op.send, op.recv, op.poll_empty in instructions (TCG icount) within their budgets; user system calls and task switches run (bench_user)",
+        note: "op.send, op.recv, op.poll_empty and a null system call in instructions (TCG icount) within their budgets; task switches run (bench_user)",
     });
     // Instance 0's wait for the instances it starts, with forced deadlines: instance 2 gets 1 ms
     // (given up on while it boots: it must end dead, stopped, reclaimed, silent), instance 3 a

@@ -75,6 +75,14 @@ pub const BUDGETS: &[Budget] = &[
         aim: 150,
     },
     Budget {
+        // A system call the kernel refuses at decode, from ring 3 and back (`sysbench null`,
+        // run by the `bench_user` case). Set on 2026-11-29 from a count of 97 (115 before the
+        // calls' functions were kept out of `dispatch`).
+        figure: "sys.null",
+        budget: 105,
+        aim: 100,
+    },
+    Budget {
         figure: "op.poll_empty",
         // The aim is met: the aim is the budget.
         budget: 40,

@@ -7,6 +7,10 @@
 //! - `yield`: N `yield` calls. Run two of them pinned to one CPU: every yield switches to the
 //!   other task, so one loop round is two switches; `task.switch` is the time per switch
 //!   (from one task's `yield` to the other's return from its own), both system calls included.
+//!
+//! `sysbench null N BUDGET`: as `null`, and exits with status 3 (after printing the figure
+//! and its budget) when a call took more than BUDGET instructions: the budget test's check
+//! (`kernel/crates/bench/src/budgets.rs`).
 
 #![no_std]
 #![no_main]
@@ -15,6 +19,9 @@
 use mk_user::{Args, println, raw_syscall, rdtsc};
 
 mk_user::entry!(main);
+
+/// The exit status of a figure over its budget.
+const OVER_BUDGET: u64 = 3;
 
 fn main(args: Args) -> u64 {
     let (Some(what), Some(n)) = (args.get(0), args.number(1)) else {
@@ -33,7 +40,15 @@ fn main(args: Args) -> u64 {
             }
             let per = (rdtsc() - start) / n;
             println!("BENCH sys.null unit=ns_per_op value={per} n={n}");
-            0
+            match args.number(2) {
+                Some(budget) if per > budget => {
+                    println!(
+                        "sysbench: sys.null took {per} instructions, over its budget of {budget}"
+                    );
+                    OVER_BUDGET
+                }
+                _ => 0,
+            }
         }
         "yield" => {
             let start = rdtsc();
