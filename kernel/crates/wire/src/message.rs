@@ -384,7 +384,8 @@ impl Message {
     }
 
     /// Checks every rule [`decode`] enforces, so that a message that validates encodes and
-    /// decodes back to itself. Inlined: every send runs it, and its errors are cold.
+    /// decodes back to itself. Inlined: the send path runs it (a USER message only its header
+    /// rules, [`encode_parts`]), and its errors are cold.
     #[inline(always)]
     pub fn validate(&self) -> Result<(), EncodeError> {
         self.validate_header()?;
