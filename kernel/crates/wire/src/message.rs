@@ -731,13 +731,7 @@ fn check_any_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if flags.contains(MsgFlags::REPLY | MsgFlags::NEEDS_REPLY) {
         return Err(DecodeError::BadFlags { found: raw.flags });
     }
-    // USER (the IPC of tasks, most of the traffic) takes any subtype: no table to look in.
-    let user = raw.ty == MsgType::User.code();
-    let kind = if user {
-        Kind::User(raw.subtype)
-    } else {
-        Kind::from_codes(raw.ty, raw.subtype)?
-    };
+    let kind = Kind::from_codes(raw.ty, raw.subtype)?;
     let len = usize::from(raw.payload_len);
     if len > MAX_PAYLOAD {
         return Err(DecodeError::PayloadTooLong(raw.payload_len));
@@ -750,11 +744,8 @@ fn check_any_header(head: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if raw.msg_id == 0 && (reply || flags.contains(MsgFlags::NEEDS_REPLY)) {
         return Err(DecodeError::ZeroMsgId);
     }
-    let expected = if user && !flags.contains(MsgFlags::LARGE_DATA) {
-        PayloadKind::User
-    } else {
-        expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?
-    };
+    let expected =
+        expected_payload(kind, flags, status).ok_or(DecodeError::BadFlags { found: raw.flags })?;
     Ok(Header {
         sender: raw.sender,
         kind,
