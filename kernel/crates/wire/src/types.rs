@@ -145,12 +145,7 @@ impl Kind {
     }
 
     /// Parses a (type, subtype) code pair.
-    #[inline]
     pub const fn from_codes(ty: u16, sub: u16) -> Result<Self, DecodeError> {
-        // USER first: the IPC of tasks, most of the traffic.
-        if ty == MsgType::User.code() {
-            return Ok(Self::User(sub));
-        }
         let Some(msg_type) = MsgType::from_code(ty) else {
             return Err(DecodeError::UnknownType(ty));
         };
