@@ -234,6 +234,12 @@ fn print_path(f: &PathFigures) {
     );
 }
 
+/// Whether the guest runs under QEMU's instruction-count mode: the TSC then calibrates at
+/// about 1 000 MHz (one tick per instruction), and the budgets' counts can be checked.
+pub(super) fn instruction_count_mode() -> bool {
+    (990..=1010).contains(&(tsc::ticks_per_ms() / 1000))
+}
+
 /// `bench_path=R`: `op.send`, `op.recv` and `op.poll_empty` (R rounds), as `BENCH` lines.
 pub(super) fn bench_path(arg: &str) -> Outcome {
     let f = measure_path(parse_n(arg)?)?;
@@ -246,8 +252,8 @@ pub(super) fn bench_path(arg: &str) -> Outcome {
 /// figure over its budget; fails too when the TSC does not run at 1 GHz (not in
 /// instruction-count mode: the figures would be times, not instruction counts).
 pub(super) fn bench_budget(arg: &str) -> Outcome {
-    let mhz = tsc::ticks_per_ms() / 1000;
-    if !(990..=1010).contains(&mhz) {
+    if !instruction_count_mode() {
+        let mhz = tsc::ticks_per_ms() / 1000;
         return Err(format!(
             "the TSC runs at {mhz} MHz: not QEMU's instruction-count mode (1 instruction = 1 ns)"
         ));

@@ -440,9 +440,8 @@ pub(super) fn user_crash_pings(arg: &str) -> Outcome {
 pub(super) fn bench_user(arg: &str) -> Outcome {
     let n: u64 = number(arg)?;
     let k = iid(1);
-    let mhz = crate::arch::tsc::ticks_per_ms() / 1000;
     let budget = mk_bench::budgets::budget_of("sys.null").ok_or("sys.null has no budget")?;
-    let line = if (990..=1010).contains(&mhz) {
+    let line = if super::bench::instruction_count_mode() {
         println!(
             "bench_user: sys.null budget {}, aim {}",
             budget.budget, budget.aim
