@@ -387,6 +387,9 @@ pub struct Scheduler<T> {
     max_tasks: usize,
     live: usize,
     cpus: Vec<Cpu<T>>,
+    /// Tasks in all run queues together: an idle CPU with an empty queue learns from it, in one
+    /// load, that there is nothing to steal (instead of looking at every CPU's queue).
+    queued: usize,
     sleepers: BTreeSet<(u64, TaskId)>,
 }
 
@@ -421,6 +424,7 @@ impl<T> Scheduler<T> {
             max_tasks: max_tasks.min(u32::MAX as usize),
             live: 0,
             cpus,
+            queued: 0,
             sleepers: BTreeSet::new(),
         }
     }
@@ -574,8 +578,15 @@ impl<T> Scheduler<T> {
             t.state = State::Ready;
             t.cpu = cpu;
         }
+        self.push_ready(cpu, id);
+    }
+
+    /// Puts `id` at the tail of `cpu`'s run queue: the one way a queue grows, so that
+    /// `queued` stays the sum of the queues' lengths.
+    fn push_ready(&mut self, cpu: usize, id: TaskId) {
         if let Some(c) = self.cpus.get_mut(cpu) {
             c.queue.push_back(id);
+            self.queued += 1;
         }
     }
 
@@ -650,9 +661,7 @@ impl<T> Scheduler<T> {
             generation: slot.generation,
         };
         self.live += 1;
-        if let Some(c) = self.cpus.get_mut(cpu) {
-            c.queue.push_back(id);
-        }
+        self.push_ready(cpu, id);
         Ok(id)
     }
 
@@ -702,15 +711,14 @@ impl<T> Scheduler<T> {
             c.online = false;
             moved.extend(c.queue.drain(..));
         }
+        self.queued -= moved.len();
         for &id in &moved {
             let target = self.least_loaded(None).unwrap_or(cpu);
             if let Some(t) = self.task_mut(id) {
                 t.cpu = target;
                 t.pinned = false;
             }
-            if let Some(c) = self.cpus.get_mut(target) {
-                c.queue.push_back(id);
-            }
+            self.push_ready(target, id);
         }
         for t in self.slots.iter_mut().filter_map(|s| s.task.as_mut()) {
             if t.cpu == cpu {
@@ -756,6 +764,7 @@ impl<T> Scheduler<T> {
             Some(id) => id,
             None => self.steal(cpu)?,
         };
+        self.queued -= 1;
         if let Some(t) = self.task_mut(id) {
             t.state = State::Running { cpu };
             t.cpu = cpu;
@@ -768,6 +777,11 @@ impl<T> Scheduler<T> {
 
     /// Takes the unpinned task nearest the back of the longest other queue (ties: lowest CPU).
     fn steal(&mut self, thief: usize) -> Option<TaskId> {
+        // The thief's own queue is empty, so nothing queued anywhere (the common idle case)
+        // is known without looking at every CPU.
+        if self.queued == 0 {
+            return None;
+        }
         let slots = &self.slots;
         let stealable = |id: &TaskId| {
             slots
@@ -800,9 +814,7 @@ impl<T> Scheduler<T> {
             t.state = State::Ready;
             t.cpu = cpu;
         }
-        if let Some(c) = self.cpus.get_mut(cpu) {
-            c.queue.push_back(id);
-        }
+        self.push_ready(cpu, id);
     }
 
     /// Blocks `cpu`'s current task for `why`. No-op if `cpu` runs nothing.
@@ -879,7 +891,9 @@ impl<T> Scheduler<T> {
             State::Exited { .. } => return Err(SchedError::Exited),
             State::Ready => {
                 if let Some(c) = self.cpus.get_mut(queue_cpu) {
+                    let before = c.queue.len();
                     c.queue.retain(|&q| q != id);
+                    self.queued -= before - c.queue.len();
                 }
             }
             State::Blocked(Block::Sleep { until }) => {
@@ -1023,6 +1037,9 @@ impl<T> Scheduler<T> {
             if !c.online && (c.current.is_some() || !c.queue.is_empty()) {
                 return Err("offline CPU runs or queues tasks");
             }
+        }
+        if queued_count != self.queued {
+            return Err("the queued count is not the sum of the queues' lengths");
         }
         let mut live = 0;
         let mut ready = 0;
