@@ -475,8 +475,9 @@ pub fn call(
     timeout_ms: u64,
 ) -> Result<Message, CallFailure> {
     let d = dispatcher().ok_or(CallFailure::Send(SendError::NotReady))?;
-    let (req, token) = d
-        .prepare_call(to, kind, payload, timeout_ms * tsc::ticks_per_ms())
+    let mut req = Message::request(crate::instance::id(), kind, 0, payload);
+    let token = d
+        .prepare_call_in(to, &mut req, timeout_ms * tsc::ticks_per_ms())
         .map_err(|_| CallFailure::Send(SendError::Invalid))?;
     if let Err(e) = send(to, &req) {
         d.cancel_call(&token);

@@ -509,6 +509,37 @@ fn pending_table_capacity_and_reuse() {
 }
 
 #[test]
+fn prepare_call_in_stamps_the_request_where_it_lies() {
+    let d: D = Dispatcher::new(iid(0), zero_clock, &[], 1, 1);
+    // Whatever the caller put in sender, id and status is replaced; its flags are kept.
+    let mut req = Message::request(iid(5), Kind::Ping, 77, ping_payload())
+        .with_flags(MsgFlags::HIGH_PRIORITY);
+    req.status = Status::Busy;
+    let token = d.prepare_call_in(iid(1), &mut req, 50).unwrap();
+    assert_eq!(req.sender, iid(0));
+    assert_ne!(req.msg_id, 77);
+    assert_ne!(req.msg_id, 0);
+    assert_eq!(req.status, Status::Ok);
+    assert_eq!(req.flags, MsgFlags::HIGH_PRIORITY | MsgFlags::NEEDS_REPLY);
+    assert_eq!(req.payload, ping_payload());
+    assert!(req.validate().is_ok());
+    assert_eq!(d.poll_call(&token), CallState::Pending);
+    // The next call gets the next id, the same as `prepare_call` would give.
+    let (second, _) = d
+        .prepare_call(iid(1), Kind::Ping, ping_payload(), 50)
+        .unwrap();
+    assert_eq!(second.msg_id, req.msg_id + 1);
+    // A request that does not validate records no call.
+    let mut bad = Message::request(iid(0), Kind::Ping, 0, Payload::Empty);
+    let before = d.pending().outstanding();
+    assert!(matches!(
+        d.prepare_call_in(iid(1), &mut bad, 5),
+        Err(CallError::Invalid(EncodeError::PayloadMismatch { .. }))
+    ));
+    assert_eq!(d.pending().outstanding(), before);
+}
+
+#[test]
 fn log_limiter_bursts_and_reports_suppressed() {
     let l = LogLimiter::new(100, 3);
     for _ in 0..3 {

@@ -751,8 +751,11 @@ impl<T> Scheduler<T> {
     pub fn pick_next(&mut self, cpu: usize, now: u64) -> Option<TaskId> {
         self.wake_sleepers(now);
         let c = self.cpus.get_mut(cpu)?;
-        let dying = core::mem::take(&mut c.dying);
-        c.dead.extend(dying);
+        // (Most passes find none: an idle CPU comes here on every pass of its serve loop.)
+        if !c.dying.is_empty() {
+            let dying = core::mem::take(&mut c.dying);
+            c.dead.extend(dying);
+        }
         if c.current.is_some() {
             self.preempt(cpu);
         }
