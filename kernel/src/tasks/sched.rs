@@ -57,9 +57,29 @@ pub static EXITS: AtomicU64 = AtomicU64::new(0);
 /// Task switches (scheduler to task) since boot.
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
 
+/// Changes made to the scheduler so far: every [`with`] counts one (under the lock, so one
+/// writer at a time), whether or not `f` changed anything.
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// Per CPU: the [`CHANGES`] count at which the CPU found itself quiet
+/// ([`Scheduler::is_quiet`]: nothing to run, to steal, to wake or to free); `u64::MAX` when
+/// not. While the count has not moved, its idle loop skips the scheduler without its lock.
+static QUIET_AT: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(u64::MAX) }; MAX_SLOTS];
+
 /// Runs `f` on the scheduler, with interrupts off.
 pub fn with<R>(f: impl FnOnce(&mut Scheduler<Task>) -> R) -> Option<R> {
-    x86_64::instructions::interrupts::without_interrupts(|| SCHED.lock().as_mut().map(f))
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut s = SCHED.lock();
+        let r = s.as_mut().map(f);
+        changed();
+        r
+    })
+}
+
+/// Counts a change (called with the scheduler's lock held). Published with `Release`: a CPU
+/// that reads the new count (`Acquire`) then sees the change itself.
+fn changed() {
+    CHANGES.store(CHANGES.load(Ordering::Relaxed) + 1, Ordering::Release);
 }
 
 /// Sets up the scheduler (once, on the instance's first CPU) and installs the hooks through
@@ -76,6 +96,7 @@ pub fn init() -> Result<(), InitError> {
             let _ = sched.set_cpu_online(slot, false);
         }
         *s = Some(sched);
+        changed();
     }
     interrupts::set_user_fault_handler(user_fault).map_err(|_| InitError::Hooks)?;
     interrupts::set_user_return_hook(user_return).map_err(|_| InitError::Hooks)?;
@@ -143,12 +164,36 @@ pub fn run_one() -> bool {
 
 fn run_one_locked_out() -> bool {
     let me = slot();
+    // Quiet since the last change: nothing to pick or to free, known without the lock (which
+    // idle CPUs would otherwise take on every pass of their loops).
+    let changes = CHANGES.load(Ordering::Acquire);
+    let quiet_at = QUIET_AT.get(me);
+    if quiet_at.is_some_and(|q| q.load(Ordering::Relaxed) == changes) {
+        return false;
+    }
     let now = tsc::read();
-    let (picked, dead) = with(|s| {
-        let picked = s.pick_next(me, now);
-        (picked, take_all_dead(s, me))
-    })
-    .unwrap_or_default();
+    let (picked, dead) = {
+        let mut s = SCHED.lock();
+        match s.as_mut() {
+            Some(s) => {
+                let sleepers = s.sleepers();
+                let picked = s.pick_next(me, now);
+                let dead = take_all_dead(s, me);
+                // A pass that picked nothing and woke nobody changed nothing another CPU
+                // could see (only this CPU's own dead were taken): it is not counted, so that
+                // idle CPUs do not keep each other from their quiet.
+                if picked.is_some() || s.sleepers() != sleepers {
+                    changed();
+                } else if s.is_quiet(me)
+                    && let Some(q) = quiet_at
+                {
+                    q.store(CHANGES.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                (picked, dead)
+            }
+            None => (None, alloc::vec::Vec::new()),
+        }
+    };
     // Tasks that ended on this CPU: their stacks are no longer in use; freed outside the lock.
     drop(dead);
     let Some(id) = picked else {

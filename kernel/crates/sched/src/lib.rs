@@ -778,6 +778,25 @@ impl<T> Scheduler<T> {
         Some(id)
     }
 
+    /// Tasks asleep ([`Block::Sleep`]) with a deadline not yet passed to [`pick_next`](Self::pick_next).
+    pub fn sleepers(&self) -> usize {
+        self.sleepers.len()
+    }
+
+    /// Whether `cpu` has nothing to do until someone else changes the scheduler: it runs
+    /// nothing and holds no payload of an exited task, no task is queued on any CPU, and no
+    /// task sleeps (a sleeper becomes due with time alone). Then [`pick_next`](Self::pick_next)
+    /// on `cpu` gives `None` whatever `now`, and [`take_dead`](Self::take_dead) gives `None`:
+    /// an idle loop may skip both until the next change. True for a CPU out of range.
+    pub fn is_quiet(&self, cpu: usize) -> bool {
+        self.queued == 0
+            && self.sleepers.is_empty()
+            && self
+                .cpus
+                .get(cpu)
+                .is_none_or(|c| c.current.is_none() && c.dying.is_empty() && c.dead.is_empty())
+    }
+
     /// Takes the unpinned task nearest the back of the longest other queue (ties: lowest CPU).
     fn steal(&mut self, thief: usize) -> Option<TaskId> {
         // The thief's own queue is empty, so nothing queued anywhere (the common idle case)

@@ -755,6 +755,35 @@ fn offline_cpu_loses_no_task() {
 }
 
 #[test]
+fn quiet_only_with_nothing_queued_sleeping_running_or_dead() {
+    let mut s = S::new(8, 2);
+    assert!(s.is_quiet(0) && s.is_quiet(1));
+    let a = s.spawn("a", 1, None, Some(0)).unwrap();
+    // Queued on CPU 0: CPU 1 could steal it (it is pinned, but stealing is pick_next's call).
+    assert!(!s.is_quiet(0) && !s.is_quiet(1));
+    assert_eq!(s.pick_next(0, 0), Some(a));
+    assert!(!s.is_quiet(0), "CPU 0 runs a");
+    assert!(s.is_quiet(1));
+    s.block(0, Block::Sleep { until: 50 });
+    assert!(
+        !s.is_quiet(0) && !s.is_quiet(1),
+        "a sleeper becomes due with time alone"
+    );
+    assert_eq!(s.pick_next(0, 10), None);
+    assert_eq!(s.pick_next(0, 50), Some(a));
+    s.exit(a, 0).unwrap();
+    assert!(
+        !s.is_quiet(0),
+        "a's payload is still to be handed out on CPU 0"
+    );
+    assert_eq!(s.pick_next(0, 60), None);
+    assert_eq!(s.take_dead(0), Some(1));
+    assert!(s.is_quiet(0) && s.is_quiet(1));
+    assert!(s.is_quiet(7), "a CPU out of range has nothing to do");
+    ok(&s);
+}
+
+#[test]
 fn threaded_under_a_lock() {
     use std::sync::{Arc, Mutex};
     let s = Arc::new(Mutex::new(S::new(64, 4)));
@@ -1277,6 +1306,26 @@ proptest! {
             prop_assert!(m.owed.get(&cpu).is_none_or(|o| o.is_empty()));
         }
         m.check();
+    }
+
+    /// A quiet CPU has nothing to pick and nothing to free, whatever the time, until the
+    /// scheduler is changed (the kernel's idle loop skips its pass on that promise).
+    #[test]
+    fn a_quiet_cpu_has_nothing_to_do(
+        ops in prop::collection::vec(op(), 1..120),
+        later in 0u64..1_000_000,
+    ) {
+        let mut m = Model::new(8);
+        for op in &ops {
+            m.apply(op);
+        }
+        for cpu in 0..CPUS + 1 {
+            if m.s.is_quiet(cpu) {
+                prop_assert_eq!(m.s.pick_next(cpu, m.now.saturating_add(later)), None);
+                prop_assert!(m.s.take_dead(cpu).is_none());
+                prop_assert!(m.s.is_quiet(cpu));
+            }
+        }
     }
 
     #[test]
