@@ -676,12 +676,12 @@ fn instance_boots(boots: &mut Vec<Boot>) {
         firmware: Firmware::Bios,
         smp: 2,
         memory_mib: 512,
-        cases: &["instances=2", "bench_budget=20", "bench_user=200"],
+        cases: &["instances=2", "bench_budget=20", "bench_user=200", "ipi_rate=600"],
         plan: None,
         shape: Shape::DEFAULT,
         expect: Expect::Pass,
         timeout_secs: 300,
-        note: "op.send, op.recv, op.poll_empty and a null system call in instructions (TCG icount) within their budgets; task switches run (bench_user)",
+        note: "op.send, op.recv, op.poll_empty and a null system call in instructions (TCG icount) within their budgets; task switches run (bench_user); calls faster than the doorbell's rate never wait for a tick (ipi_rate)",
     });
     // Instance 0's wait for the instances it starts, with forced deadlines: instance 2 gets 1 ms
     // (given up on while it boots: it must end dead, stopped, reclaimed, silent), instance 3 a

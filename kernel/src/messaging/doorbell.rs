@@ -8,9 +8,9 @@
 //!   second. The message is still delivered: the receiver looks at every mailbox on each
 //!   timer tick.
 //! * Receiving: each CPU has its own doorbell bucket ([`mk_surface::Bucket`]); a CPU flooded
-//!   past it blocks the doorbell's priority class (CR8) for [`THROTTLE_MS`], during which it
-//!   polls on timer ticks instead, and only that CPU lowers it again ([`end_throttle`], from
-//!   its own timer tick).
+//!   past it blocks the doorbell's priority class (CR8) for [`THROTTLE_MS`], during which its
+//!   serve loop polls instead of halting ([`throttled`]), and only that CPU lowers it again
+//!   ([`end_throttle`], from its own timer tick).
 //!
 //! [`report`] logs, from thread context and at most once a second, what the interrupt
 //! surface counted since (floods dropped, NMIs, unexpected vectors, refused doorbells).
@@ -73,8 +73,8 @@ pub fn learn_plan(cpus: impl Iterator<Item = (u16, u32)>) -> Result<(), mk_surfa
 
 /// Runs in the doorbell's IPI handler. Handling happens in thread context (the serve loop);
 /// here we only enforce the doorbell rate, per CPU: a CPU that is flooded gets the doorbell's
-/// class blocked (CR8, task priority = its class) for `THROTTLE_MS`, during which it polls on
-/// timer ticks instead, so no peer can keep a CPU in its interrupt handler.
+/// class blocked (CR8, task priority = its class) for `THROTTLE_MS`, during which it polls
+/// instead (its serve loop does not halt), so no peer can keep a CPU in its interrupt handler.
 pub(super) fn on_ipi() {
     let Some(me) = cpu::try_current() else {
         return;
@@ -105,6 +105,15 @@ pub(super) fn end_throttle() {
         // Back to the normal task priority (nothing else in this kernel raises it).
         cpu::set_task_priority(0);
     }
+}
+
+/// Whether this CPU keeps the doorbell's class blocked now (a peer rang it past its rate). No
+/// doorbell reaches it until its timer tick ends the throttle: its serve loop polls meanwhile
+/// rather than halt (a message sent to a halted, throttled CPU would wait for a tick).
+pub(super) fn throttled() -> bool {
+    cpu::try_current()
+        .and_then(|c| THROTTLE.get(c.index as usize))
+        .is_some_and(|t| t.until.load(Ordering::Relaxed) != 0)
 }
 
 /// Limits the log lines about refused doorbells to one a second.

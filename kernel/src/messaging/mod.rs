@@ -856,6 +856,14 @@ pub fn serve_forever() -> ! {
         if idle_poll() {
             continue;
         }
+        // Throttled (a peer rang past the doorbell's rate): no doorbell wakes this CPU until
+        // its tick ends the throttle, so a halt would keep each message sent meanwhile waiting
+        // up to a tick (10 ms). Poll instead, as in pure polling mode, until then: the
+        // throttle keeps the CPU out of the doorbell's handler, not from its messages.
+        if doorbell::throttled() {
+            core::hint::spin_loop();
+            continue;
+        }
         x86_64::instructions::interrupts::disable();
         // A task made ready on this CPU since `run_one` looked (its wake-up IPI may have come
         // before interrupts went off): look again rather than sleep until the next tick.

@@ -240,6 +240,51 @@ pub(super) fn instruction_count_mode() -> bool {
     (990..=1010).contains(&(tsc::ticks_per_ms() / 1000))
 }
 
+/// `ipi_rate=N`, in instruction-count mode: N PING calls back to back to instance 1, which
+/// halts between them (no idle polling), so that each is a doorbell. A round trip is about
+/// 3 000 instructions (3 µs of the guest's clock), far beyond the doorbell's budget (20 000 a
+/// second after a burst of 256): instance 1's first CPU gets throttled. Checks that it was,
+/// and that no call waited for a timer tick meanwhile (each under 1 000 000 instructions; a
+/// tick is 10 000 000): a throttled CPU polls rather than halt (it used to halt, and answer
+/// at its next tick only).
+pub(super) fn ipi_rate(arg: &str) -> Outcome {
+    if !instruction_count_mode() {
+        return Err(String::from(
+            "not in instruction-count mode: the figures would be times, not instruction counts",
+        ));
+    }
+    let n = parse_n(arg)?;
+    let peer = iid(1);
+    let before = super::peer::peer_stats(1)?.throttles;
+    crate::services::bench::set_idle_poll(peer, Some(0))?;
+    let mut worst = 0;
+    for nonce in 0..n as u64 {
+        let ping = mk_wire::Payload::Ping(mk_wire::PingPayload { nonce, sent_at: 0 });
+        let t0 = tsc::read();
+        let reply = crate::messaging::call(peer, mk_wire::Kind::Ping, ping, 1000)
+            .map_err(|e| format!("ping {nonce}: {e:?}"))?;
+        worst = worst.max(ns(tsc::read() - t0));
+        if reply.payload != ping {
+            return Err(format!("ping {nonce} answered with another payload"));
+        }
+    }
+    let throttles = super::peer::peer_stats(1)?.throttles - before;
+    println!(
+        "ipi_rate: {n} calls to a halting instance 1; its doorbell throttled {throttles} time(s); the slowest round trip {worst} instructions"
+    );
+    if throttles == 0 {
+        return Err(format!(
+            "instance 1 was never throttled: {n} calls did not test a throttled receiver"
+        ));
+    }
+    if worst >= 1_000_000 {
+        return Err(format!(
+            "a call took {worst} instructions: it waited for a timer tick while instance 1 was throttled"
+        ));
+    }
+    Ok(())
+}
+
 /// `bench_path=R`: `op.send`, `op.recv` and `op.poll_empty` (R rounds), as `BENCH` lines.
 pub(super) fn bench_path(arg: &str) -> Outcome {
     let f = measure_path(parse_n(arg)?)?;

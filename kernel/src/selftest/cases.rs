@@ -56,6 +56,7 @@ pub(super) static CASES: &[Case] = &[
     // Benchmarks.
     case("bench_ipi", |_, arg| bench::bench_ipi(arg)),
     case("bench_rtt", |_, arg| bench::bench_rtt(arg)),
+    case("ipi_rate", |_, arg| bench::ipi_rate(arg)),
     case("bench_tput", |_, arg| bench::bench_tput(arg)),
     case("bench_all", |_, arg| bench::bench_all(arg)),
     case("bench_boot", |_, _| bench::bench_boot()),

@@ -172,6 +172,12 @@ fn control(to: InstanceId, op: u64, arg: u64) -> Result<Vec<u64>, String> {
     Ok(payload_words(&reply.payload))
 }
 
+/// Sets instance `to`'s idle polling: `Some(µs)` before its serve loop halts (0: at once),
+/// `None` for polling forever.
+pub fn set_idle_poll(to: InstanceId, micros: Option<u64>) -> Result<(), String> {
+    control(to, op::IDLE_POLL, micros.unwrap_or(FOREVER)).map(|_| ())
+}
+
 /// Instance `to`'s idle accounting and sink count.
 pub struct IdleSnapshot {
     pub polling_ns: u64,

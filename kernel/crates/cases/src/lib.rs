@@ -59,6 +59,7 @@ pub const NAMES: &[&str] = &[
     // Benchmarks (`cargo xtask bench`).
     "bench_ipi",
     "bench_rtt",
+    "ipi_rate",
     "bench_tput",
     "bench_all",
     "bench_boot",
