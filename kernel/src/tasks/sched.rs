@@ -158,19 +158,24 @@ pub fn kill_pending() -> bool {
 /// Runs one slice of one ready task on the running CPU, if there is one: until it yields,
 /// blocks, exits or is preempted. Returns whether a task ran. Called with interrupts in any
 /// state; returns with them as they were.
+#[inline]
 pub fn run_one() -> bool {
+    // Quiet since the last change: nothing to pick or to free, known without the lock (which
+    // idle CPUs would otherwise take on every pass of their loops), and without a call.
+    let changes = CHANGES.load(Ordering::Acquire);
+    if QUIET_AT
+        .get(slot())
+        .is_some_and(|q| q.load(Ordering::Relaxed) == changes)
+    {
+        return false;
+    }
     x86_64::instructions::interrupts::without_interrupts(run_one_locked_out)
 }
 
+#[inline(never)]
 fn run_one_locked_out() -> bool {
     let me = slot();
-    // Quiet since the last change: nothing to pick or to free, known without the lock (which
-    // idle CPUs would otherwise take on every pass of their loops).
-    let changes = CHANGES.load(Ordering::Acquire);
     let quiet_at = QUIET_AT.get(me);
-    if quiet_at.is_some_and(|q| q.load(Ordering::Relaxed) == changes) {
-        return false;
-    }
     let now = tsc::read();
     let (picked, dead) = {
         let mut s = SCHED.lock();
