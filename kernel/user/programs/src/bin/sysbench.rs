@@ -25,7 +25,7 @@ const OVER_BUDGET: u64 = 3;
 
 fn main(args: Args) -> u64 {
     let (Some(what), Some(n)) = (args.get(0), args.number(1)) else {
-        println!("sysbench: usage: sysbench null|yield N");
+        println!("sysbench: usage: sysbench null|yield N [BUDGET]");
         return 1;
     };
     if n == 0 {
@@ -40,15 +40,7 @@ fn main(args: Args) -> u64 {
             }
             let per = (rdtsc() - start) / n;
             println!("BENCH sys.null unit=ns_per_op value={per} n={n}");
-            match args.number(2) {
-                Some(budget) if per > budget => {
-                    println!(
-                        "sysbench: sys.null took {per} instructions, over its budget of {budget}"
-                    );
-                    OVER_BUDGET
-                }
-                _ => 0,
-            }
+            judged("sys.null", per, args.number(2))
         }
         "yield" => {
             let start = rdtsc();
@@ -57,11 +49,23 @@ fn main(args: Args) -> u64 {
             }
             let per = (rdtsc() - start) / (2 * n);
             println!("BENCH task.switch unit=ns_per_op value={per} n={n}");
-            0
+            judged("task.switch", per, args.number(2))
         }
         other => {
             println!("sysbench: unknown measurement {other}");
             1
         }
+    }
+}
+
+/// The exit status for a figure of `per` (instructions, in instruction-count mode) against its
+/// budget, if one was given: [`OVER_BUDGET`] over it, 0 else.
+fn judged(figure: &str, per: u64, budget: Option<u64>) -> u64 {
+    match budget {
+        Some(budget) if per > budget => {
+            println!("sysbench: {figure} took {per} instructions, over its budget of {budget}");
+            OVER_BUDGET
+        }
+        _ => 0,
     }
 }
