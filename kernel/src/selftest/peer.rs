@@ -294,9 +294,12 @@ pub(super) fn set_more_jobs(run: fn(u64, u64) -> u64) -> Result<(), mk_hook::Ful
 }
 
 /// The serve loop's hook: runs a job instance 0 asked for. It runs on every pass of the
-/// loop, so the look is kept apart from the jobs (whose frame is large).
+/// loop, so the look is kept apart from the jobs (whose frame is large). The job is taken out
+/// before it runs: the lock must not be held while it runs (a job may never return, as the
+/// probe whose fault handler serves on from there).
 fn run_job() {
-    if let Some((kind, arg)) = JOB.lock().take() {
+    let job = JOB.lock().take();
+    if let Some((kind, arg)) = job {
         run_job_now(kind, arg);
     }
 }
