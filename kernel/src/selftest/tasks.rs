@@ -432,6 +432,9 @@ pub(super) fn user_crash_pings(arg: &str) -> Outcome {
     })
 }
 
+/// `sysbench`'s exit status for a figure over the budget it was given (its `OVER_BUDGET`).
+const SYSBENCH_OVER_BUDGET: u64 = 3;
+
 /// `bench_user=N`: the system call and task switch figures, measured by `sysbench` tasks in
 /// instance 1 (they print the `BENCH` lines): N refused system calls, then two tasks pinned to
 /// the instance's first CPU yielding to each other N times each. In instruction-count mode
@@ -459,7 +462,7 @@ pub(super) fn bench_user(arg: &str) -> Outcome {
     };
     let status = run_to_end(k, &line, 600_000)?;
     ensure(status == 0, || {
-        if status == 3 {
+        if status == SYSBENCH_OVER_BUDGET {
             format!(
                 "sys.null over its budget of {} instructions (kernel/crates/bench/src/budgets.rs; the figure is in instance 1's BENCH line)",
                 budget.budget
@@ -478,7 +481,7 @@ pub(super) fn bench_user(arg: &str) -> Outcome {
     for id in [a, b] {
         let status = wait_status(k, id, 600_000)?;
         ensure(status == 0, || {
-            if status == 3 {
+            if status == SYSBENCH_OVER_BUDGET {
                 format!(
                     "task.switch over its budget of {} instructions (kernel/crates/bench/src/budgets.rs; the figure is in instance 1's BENCH line)",
                     switch.budget
