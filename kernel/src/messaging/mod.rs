@@ -27,7 +27,7 @@ pub use replies::{REPLIES_DROPPED, REPLIES_QUEUED, waiting as replies_waiting};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use mk_dispatch::{CallState, DispatchOutcome, Dispatcher, HandlerKey, PeerTelemetry, Reply};
+use mk_dispatch::{CallState, Dispatched, Dispatcher, HandlerKey, PeerTelemetry, Reply};
 use mk_hook::{Full, Hook};
 use mk_mailbox::{DoorbellMode, Inbox, MailboxMatrix, ReceiverEnd, SenderEnd};
 use mk_wire::{Kind, Message, Payload, Received, Slot};
@@ -114,6 +114,8 @@ struct Batch {
     len: usize,
     slots: [Taken; BATCH],
     other: Message,
+    /// Where the dispatcher writes a handler's reply (sent before the next is dispatched).
+    reply: Message,
 }
 
 /// One message of a [`Batch`]: what was copied out of the ring, and the peer whose ring it
@@ -134,6 +136,7 @@ static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
             }
         }; BATCH],
         other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
+        reply: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
     })
 }; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.
@@ -698,9 +701,14 @@ fn poll_locked(
     let taken = batch.len;
     // Dispatched with the receiving ends unlocked: a handler may drain again. Replies go out
     // as they come (a reply that waits for room drains one level deeper, into the next batch).
-    let Batch { slots, other, .. } = batch;
+    let Batch {
+        slots,
+        other,
+        reply,
+        ..
+    } = batch;
     for t in slots.iter_mut().take(taken) {
-        dispatch_one(d, t.from, &mut t.rx, other);
+        dispatch_one(d, t.from, &mut t.rx, other, reply);
     }
     taken
 }
@@ -713,11 +721,10 @@ fn dispatch_one(
     peer: InstanceId,
     rx: &mut Received,
     other: &mut Message,
+    reply: &mut Message,
 ) {
-    match d.dispatch_received(peer, rx, other) {
-        Ok(DispatchOutcome::Handled {
-            reply: Some(reply), ..
-        }) => send_reply(peer, &reply),
+    match d.dispatch_into(peer, rx, other, reply) {
+        Ok(Dispatched::Handled { replied: true, .. }) => send_reply(peer, reply),
         Ok(_) => {}
         Err(reject) => {
             // Only a request without handler is answered: the slot is put back together

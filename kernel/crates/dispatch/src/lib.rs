@@ -15,7 +15,8 @@
 //! 4. gives a request to the handler registered for its (type, subtype), else for its type,
 //!    else rejects it ([`Reject::NoHandler`]);
 //! 5. if the request has `NEEDS_REPLY` and the handler answered, returns the encoded-ready
-//!    reply message in [`DispatchOutcome::Handled`] for the caller to send back.
+//!    reply message in [`DispatchOutcome::Handled`] for the caller to send back
+//!    ([`Dispatcher::dispatch_into`] writes it into the caller's buffer instead).
 //!
 //! No handler ever sees a message that failed a check. Every rejection is counted by reason
 //! ([`RejectReason`]) in the dispatcher's counters and in the peer's [`PeerTelemetry`]; a
@@ -173,6 +174,30 @@ pub enum DispatchOutcome {
     },
 }
 
+/// What [`Dispatcher::dispatch_into`] did with a valid message: a [`DispatchOutcome`] whose
+/// reply was written where the caller asked. A reply is message-sized: returned by value it
+/// would be copied at every level it passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// A handler ran on a request.
+    Handled {
+        /// The request's kind.
+        kind: Kind,
+        /// The request's id.
+        msg_id: u64,
+        /// Whether a reply was written (the request has `NEEDS_REPLY` and the handler
+        /// answered); already validated: [`mk_wire::encode`] accepts it.
+        replied: bool,
+    },
+    /// A reply completed an outstanding call; collect it with [`Dispatcher::poll_call`].
+    ReplyDelivered {
+        /// The call.
+        token: CallToken,
+        /// Ticks between the call and its reply.
+        latency: u64,
+    },
+}
+
 /// Monotonic message ids, never 0.
 #[derive(Debug)]
 pub struct MsgIdAllocator {
@@ -314,8 +339,37 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         rx: &mut Received,
         other: &mut Message,
     ) -> Result<DispatchOutcome, Reject> {
+        let mut reply = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        Ok(
+            match self.dispatch_into(expected_sender, rx, other, &mut reply)? {
+                Dispatched::Handled {
+                    kind,
+                    msg_id,
+                    replied,
+                } => DispatchOutcome::Handled {
+                    kind,
+                    msg_id,
+                    reply: replied.then_some(reply),
+                },
+                Dispatched::ReplyDelivered { token, latency } => {
+                    DispatchOutcome::ReplyDelivered { token, latency }
+                }
+            },
+        )
+    }
+
+    /// [`dispatch_received`](Self::dispatch_received), the reply (if any) written into
+    /// `reply` rather than returned: what a receive loop calls, with a reply buffer of its
+    /// own. `reply` is left as it was when no reply is written.
+    pub fn dispatch_into(
+        &self,
+        expected_sender: InstanceId,
+        rx: &mut Received,
+        other: &mut Message,
+        reply: &mut Message,
+    ) -> Result<Dispatched, Reject> {
         let peer = self.count_received(expected_sender);
-        let result = self.dispatch_decoded(expected_sender, rx.decode(other), peer);
+        let result = self.dispatch_decoded(expected_sender, rx.decode(other), peer, reply);
         self.count_rejected(result, peer)
     }
 
@@ -333,9 +387,9 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
     #[inline]
     fn count_rejected(
         &self,
-        result: Result<DispatchOutcome, Reject>,
+        result: Result<Dispatched, Reject>,
         peer: Option<&PeerTelemetry>,
-    ) -> Result<DispatchOutcome, Reject> {
+    ) -> Result<Dispatched, Reject> {
         if let Err(reject) = &result {
             self.rejects.record(reject.reason());
             if let Some(p) = peer {
@@ -351,7 +405,8 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         decoded: Result<&Message, DecodeError>,
         peer: Option<&PeerTelemetry>,
-    ) -> Result<DispatchOutcome, Reject> {
+        reply: &mut Message,
+    ) -> Result<Dispatched, Reject> {
         let msg = decoded.map_err(Reject::Malformed)?;
         if msg.sender != expected_sender {
             return Err(Reject::SenderMismatch {
@@ -369,7 +424,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
                 p.calls_completed.fetch_add(1, Relaxed);
                 p.latency.record(done.latency);
             }
-            return Ok(DispatchOutcome::ReplyDelivered {
+            return Ok(Dispatched::ReplyDelivered {
                 token: done.token,
                 latency: done.latency,
             });
@@ -380,32 +435,39 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
             .ok_or(Reject::NoHandler(msg.kind))?;
         self.handled.fetch_add(1, Relaxed);
         let answer = handler.handle(msg);
-        // Two returns rather than one built from a `reply` variable: the outcome is written
-        // where the caller wants it, not built and then copied (it is message-sized).
-        match answer {
-            Some(r) if msg.needs_reply() => Ok(DispatchOutcome::Handled {
-                kind: msg.kind,
-                msg_id: msg.msg_id,
-                reply: Some(self.build_reply(msg, r)),
-            }),
-            _ => Ok(DispatchOutcome::Handled {
-                kind: msg.kind,
-                msg_id: msg.msg_id,
-                reply: None,
-            }),
-        }
+        let replied = match &answer {
+            Some(r) if msg.needs_reply() => {
+                self.build_reply_into(msg, r, reply);
+                true
+            }
+            _ => false,
+        };
+        Ok(Dispatched::Handled {
+            kind: msg.kind,
+            msg_id: msg.msg_id,
+            replied,
+        })
     }
 
-    /// The reply message for `request`; a handler answer that would not encode becomes an
+    /// Writes into `out` the reply to `request` that `answer` makes, its payload copied once
+    /// and its header written in place; a handler answer that would not encode becomes an
     /// `InternalError` reply, except an error answer without the payload its kind's replies
     /// carry (`Reply::error` to a USER request): it keeps its status, with the kind's empty
     /// payload.
-    fn build_reply(&self, request: &Message, answer: Reply) -> Message {
-        let status = answer.status;
-        let reply = Message::reply_to(request, self.instance, status, answer.payload);
-        if reply.validate().is_ok() {
-            return reply;
+    #[inline]
+    fn build_reply_into(&self, request: &Message, answer: &Reply, out: &mut Message) {
+        out.payload = answer.payload;
+        out.make_reply_to(request, self.instance, answer.status);
+        if out.validate().is_err() {
+            *out = self.refusal(request, answer.status);
         }
+    }
+
+    /// What a `status` answer to `request` that would not encode becomes (see
+    /// [`build_reply_into`](Self::build_reply_into)).
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, request: &Message, status: Status) -> Message {
         if status != Status::Ok {
             let refusal = self.error_reply(request, status);
             if refusal.validate().is_ok() {

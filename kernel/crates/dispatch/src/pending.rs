@@ -146,6 +146,21 @@ impl<const N: usize> PendingCalls<N> {
         }
     }
 
+    /// `msg_id`'s home slot: where [`begin_call`](Self::begin_call) looks first for a free
+    /// slot and [`complete`](Self::complete) first for the call. Ids drawn one after another
+    /// from a counter (`next_msg_id`) have different homes, so a call usually sits in its own
+    /// and a reply finds it at the first look, however many calls are outstanding.
+    const fn home(msg_id: u64) -> usize {
+        (msg_id % N as u64) as usize
+    }
+
+    /// Every slot with its index, from `msg_id`'s home on, wrapping around.
+    fn slots_from_home(&self, msg_id: u64) -> impl Iterator<Item = (usize, &CallSlot)> {
+        let home = Self::home(msg_id);
+        let (before, after) = self.slots.split_at(home);
+        (home..).zip(after).chain(before.iter().enumerate())
+    }
+
     /// Records a call to `peer` with id `msg_id`, started at `now`, that times out at
     /// `deadline` (tick at or after which [`expire`](Self::expire) gives up on it).
     pub fn begin_call(
@@ -158,7 +173,7 @@ impl<const N: usize> PendingCalls<N> {
         if msg_id == 0 {
             return Err(CallError::ZeroMsgId);
         }
-        for (index, slot) in self.slots.iter().enumerate() {
+        for (index, slot) in self.slots_from_home(msg_id) {
             let word = slot.word.load(Relaxed);
             if state(word) != FREE {
                 continue;
@@ -193,7 +208,7 @@ impl<const N: usize> PendingCalls<N> {
         reply: &Message,
         now: u64,
     ) -> Result<Completed, StaleReply> {
-        for (index, slot) in self.slots.iter().enumerate() {
+        for (index, slot) in self.slots_from_home(reply.msg_id) {
             let word = slot.word.load(Acquire);
             if state(word) != WAITING
                 || slot.msg_id.load(Relaxed) != reply.msg_id
@@ -350,5 +365,54 @@ impl<const N: usize> PendingCalls<N> {
     /// Capacity.
     pub const fn capacity(&self) -> usize {
         N
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iid(i: u16) -> InstanceId {
+        InstanceId::new(i)
+    }
+
+    fn reply(msg_id: u64) -> Message {
+        Message::request(iid(1), mk_wire::Kind::Ping, msg_id, mk_wire::Payload::Empty)
+    }
+
+    /// Ids from a counter land each in its home slot, and a reply is matched there.
+    #[test]
+    fn a_call_sits_in_its_home_slot() {
+        let table = PendingCalls::<8>::new();
+        let tokens: Vec<_> = (1..=8)
+            .map(|id| table.begin_call(iid(1), id, 0, 100).unwrap())
+            .collect();
+        for t in &tokens {
+            assert_eq!(t.index, PendingCalls::<8>::home(t.msg_id), "{t:?}");
+        }
+        for t in tokens.iter().rev() {
+            let done = table.complete(iid(1), &reply(t.msg_id), 5).unwrap();
+            assert_eq!(done.token, *t);
+            assert!(matches!(table.poll(t), CallState::Ready(m) if m.msg_id == t.msg_id));
+        }
+        assert_eq!(table.outstanding(), 0);
+    }
+
+    /// A home taken by another call: the next free slot after it (wrapping), and the reply
+    /// still finds it.
+    #[test]
+    fn a_taken_home_sends_the_call_on_and_the_reply_after_it() {
+        let table = PendingCalls::<4>::new();
+        let a = table.begin_call(iid(1), 3, 0, 100).unwrap();
+        let b = table.begin_call(iid(1), 7, 0, 100).unwrap();
+        let c = table.begin_call(iid(1), 11, 0, 100).unwrap();
+        assert_eq!((a.index, b.index, c.index), (3, 0, 1));
+        assert_eq!(table.complete(iid(1), &reply(11), 0).unwrap().token, c);
+        assert_eq!(table.complete(iid(1), &reply(7), 0).unwrap().token, b);
+        assert_eq!(table.complete(iid(1), &reply(3), 0).unwrap().token, a);
+        assert_eq!(
+            table.complete(iid(1), &reply(3), 0),
+            Err(StaleReply { msg_id: 3 })
+        );
     }
 }

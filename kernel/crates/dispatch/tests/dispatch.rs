@@ -848,3 +848,68 @@ fn the_direct_table_finds_kind_then_type_handlers() {
     reg.unregister(HandlerKey::Kind(Kind::Ping)).unwrap();
     assert_eq!(find(Kind::Ping), None);
 }
+
+/// `dispatch_into` writes the reply into the caller's buffer (the one `dispatch` returns),
+/// and leaves the buffer as it was for a request that gets none and for a rejected message.
+#[test]
+fn dispatch_into_writes_the_reply_where_asked_and_nothing_else() {
+    let d: D = Dispatcher::new(iid(5), zero_clock, &[], 100, 10);
+    d.registry()
+        .register(HandlerKey::Kind(Kind::Ping), ECHO)
+        .unwrap();
+    let untouched = Message::request(iid(3), Kind::Heartbeat, 77, Payload::Empty);
+    let mut other = untouched;
+    let mut reply = untouched;
+
+    let slot = ping_from(iid(1), 8);
+    let DispatchOutcome::Handled {
+        reply: Some(returned),
+        ..
+    } = d.dispatch(iid(1), &slot).unwrap()
+    else {
+        panic!("no reply from dispatch");
+    };
+    let done = d.dispatch_into(
+        iid(1),
+        &mut Received::from_slot(&slot),
+        &mut other,
+        &mut reply,
+    );
+    assert_eq!(
+        done,
+        Ok(Dispatched::Handled {
+            kind: Kind::Ping,
+            msg_id: 8,
+            replied: true
+        })
+    );
+    assert_eq!(reply, returned);
+    assert_eq!(reply.payload, ping_payload());
+    assert_eq!((reply.sender, reply.msg_id), (iid(5), 8));
+    assert!(reply.is_reply());
+
+    // One-way: handled, no reply written.
+    let oneway = slot_of(&Message::request(iid(1), Kind::Ping, 9, ping_payload()));
+    let mut reply = untouched;
+    let done = d.dispatch_into(
+        iid(1),
+        &mut Received::from_slot(&oneway),
+        &mut other,
+        &mut reply,
+    );
+    assert!(matches!(
+        done,
+        Ok(Dispatched::Handled { replied: false, .. })
+    ));
+    assert_eq!(reply, untouched);
+
+    // From the wrong peer: rejected, no reply written.
+    let done = d.dispatch_into(
+        iid(2),
+        &mut Received::from_slot(&slot),
+        &mut other,
+        &mut reply,
+    );
+    assert!(matches!(done, Err(Reject::SenderMismatch { .. })));
+    assert_eq!(reply, untouched);
+}

@@ -311,6 +311,19 @@ pub struct Message {
     pub payload: Payload,
 }
 
+/// The flags of a reply to `request` carrying `payload`: `REPLY`, the request's
+/// `HIGH_PRIORITY`, and `LARGE_DATA` for a large-data payload.
+const fn reply_flags(request: &Message, payload: &Payload) -> MsgFlags {
+    let mut flags = MsgFlags::REPLY;
+    if request.flags.contains(MsgFlags::HIGH_PRIORITY) {
+        flags = flags.union(MsgFlags::HIGH_PRIORITY);
+    }
+    if let Payload::LargeData(_) = payload {
+        flags = flags.union(MsgFlags::LARGE_DATA);
+    }
+    flags
+}
+
 impl Message {
     /// A request without flags, status `Ok`, timestamp 0.
     pub const fn request(sender: InstanceId, kind: Kind, msg_id: u64, payload: Payload) -> Self {
@@ -333,22 +346,27 @@ impl Message {
         status: Status,
         payload: Payload,
     ) -> Self {
-        let mut flags = MsgFlags::REPLY;
-        if request.flags.contains(MsgFlags::HIGH_PRIORITY) {
-            flags = flags.union(MsgFlags::HIGH_PRIORITY);
-        }
-        if let Payload::LargeData(_) = payload {
-            flags = flags.union(MsgFlags::LARGE_DATA);
-        }
         Self {
             sender,
             kind: request.kind,
-            flags,
+            flags: reply_flags(request, &payload),
             status,
             msg_id: request.msg_id,
             timestamp: request.timestamp,
             payload,
         }
+    }
+
+    /// Makes this message, its payload kept, the reply to `request` from `sender` with
+    /// `status`: the header [`reply_to`](Self::reply_to) would write, written in place (a
+    /// message is about 300 bytes; building one and moving it would copy it).
+    pub const fn make_reply_to(&mut self, request: &Message, sender: InstanceId, status: Status) {
+        self.sender = sender;
+        self.kind = request.kind;
+        self.flags = reply_flags(request, &self.payload);
+        self.status = status;
+        self.msg_id = request.msg_id;
+        self.timestamp = request.timestamp;
     }
 
     /// Returns the message with `flags` added.
