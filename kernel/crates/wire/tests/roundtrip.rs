@@ -48,6 +48,33 @@ fn every_reply_round_trips() {
     }
 }
 
+/// `make_reply_to` writes in place the header `reply_to` builds, whatever the message held
+/// before (another kind, sender, flags, status, id), keeping its payload: for every kind and
+/// status, with a high-priority request, and with a large-data payload.
+#[test]
+fn make_reply_to_writes_what_reply_to_builds() {
+    let large = Payload::LargeData(LargeDataPayload {
+        pool_frame: 0x4000,
+        page_count: 1,
+        generation: 7,
+        byte_len: 100,
+    });
+    for kind in all_kinds() {
+        let req = request(kind).with_flags(MsgFlags::HIGH_PRIORITY);
+        for status in Status::ALL {
+            for payload in [reply_payload(kind), Payload::Empty, large] {
+                let built = Message::reply_to(&req, InstanceId::new(2), status, payload);
+                let mut stale = Message::request(InstanceId::new(7), Kind::Heartbeat, 99, payload)
+                    .with_flags(MsgFlags::NEEDS_REPLY);
+                stale.status = Status::Busy;
+                stale.timestamp = 12345;
+                stale.make_reply_to(&req, InstanceId::new(2), status);
+                assert_eq!(stale, built, "{kind:?} {status:?} {payload:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn large_data_round_trips_for_any_kind() {
     let large = Payload::LargeData(LargeDataPayload {
