@@ -135,8 +135,8 @@ static BATCHES: [Mutex<Batch>; MAX_DEPTH] = [const {
                 rx: Received::new(),
             }
         }; BATCH],
-        other: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
-        reply: Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty),
+        other: Message::BLANK,
+        reply: Message::BLANK,
     })
 }; MAX_DEPTH];
 /// Fallback per-peer counters, used only if the shared telemetry table is missing.

@@ -326,7 +326,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         expected_sender: InstanceId,
         slot: &Slot,
     ) -> Result<DispatchOutcome, Reject> {
-        let mut other = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        let mut other = Message::BLANK;
         self.dispatch_received(expected_sender, &mut Received::from_slot(slot), &mut other)
     }
 
@@ -339,7 +339,7 @@ impl<'a, const H: usize, const P: usize> Dispatcher<'a, H, P> {
         rx: &mut Received,
         other: &mut Message,
     ) -> Result<DispatchOutcome, Reject> {
-        let mut reply = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+        let mut reply = Message::BLANK;
         Ok(
             match self.dispatch_into(expected_sender, rx, other, &mut reply)? {
                 Dispatched::Handled {

@@ -325,6 +325,10 @@ const fn reply_flags(request: &Message, payload: &Payload) -> MsgFlags {
 }
 
 impl Message {
+    /// A message whose contents mean nothing: the initial value of a buffer that a message is
+    /// decoded or built into.
+    pub const BLANK: Self = Self::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+
     /// A request without flags, status `Ok`, timestamp 0.
     pub const fn request(sender: InstanceId, kind: Kind, msg_id: u64, payload: Payload) -> Self {
         Self {
@@ -636,7 +640,7 @@ fn encode_typed_parts<'a>(
 /// Checks, in order: version, flags, type, subtype, payload length bound, status, message id,
 /// payload size for the kind, payload values.
 pub fn decode(slot: &Slot) -> Result<Message, DecodeError> {
-    let mut msg = Message::request(InstanceId::ZERO, Kind::Ping, 0, Payload::Empty);
+    let mut msg = Message::BLANK;
     decode_into(slot, &mut msg)?;
     Ok(msg)
 }
