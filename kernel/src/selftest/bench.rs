@@ -112,6 +112,8 @@ struct PathFigures {
     recv: u64,
     /// `op.poll_empty`: one `poll()` finding nothing.
     poll_empty: u64,
+    /// `op.send.ring` and `op.recv.ring`: the mailbox's own share of `send` and `recv`.
+    ring: crate::services::bench::RingTicks,
     peers: usize,
     /// Sends that rang a doorbell (the receiver was armed), left out of `send`.
     send_ipis: u64,
@@ -128,6 +130,7 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
     let peer = iid(1);
     let floor = tsc_floor();
     let (poll_empty, peers) = poll_empty_ticks(64);
+    let ring = crate::services::bench::ring_ticks(64)?;
     let msg = sink_message(1);
     let row =
         crate::shared::region::telemetry_row(crate::instance::id()).ok_or("no telemetry table")?;
@@ -204,6 +207,7 @@ fn measure_path(rounds: usize) -> Result<PathFigures, String> {
         send: median(&mut sends),
         recv: median(&mut recvs),
         poll_empty,
+        ring,
         peers,
         send_ipis,
     })
@@ -232,6 +236,12 @@ fn print_path(f: &PathFigures) {
         "BENCH op.poll_empty unit=ns_per_op value={ns_poll} ticks={} peers={} n=64",
         f.poll_empty, f.peers
     );
+    for (name, ticks) in [("op.send.ring", f.ring.send), ("op.recv.ring", f.ring.recv)] {
+        println!(
+            "BENCH {name} unit=ns_per_op value={} ticks={ticks} n=64",
+            ns(ticks)
+        );
+    }
 }
 
 /// Whether the guest runs under QEMU's instruction-count mode: the TSC then calibrates at

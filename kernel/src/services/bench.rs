@@ -496,6 +496,80 @@ pub fn median_ticks(n: usize, mut one: impl FnMut() -> u64) -> u64 {
     v[v.len() / 2]
 }
 
+/// The mailbox's own share of `op.send` and `op.recv` (TSC ticks, each the median of `n`, the
+/// TSC floor taken off): the same 256-byte SINK message, encoded once beforehand, sent into a
+/// ring with room by `SenderEnd::try_send_parts` (the ring's checks, the copy, the sequence
+/// number, the summary bit, the doorbell check) and drained by `ReceiverEnd::drain_into_parts`
+/// (the ring's checks, the copy, the acknowledgement). No encoding, validation, lock, state
+/// word, telemetry or dispatch: what `messaging` adds on top is the difference. The channel is
+/// a private one (a two-instance mailbox matrix in this instance's heap, both ends here), so
+/// nobody else sees its messages.
+pub fn ring_ticks(n: usize) -> Result<RingTicks, String> {
+    use mk_mailbox::{InstanceId as Id, MailboxMatrix, Raw};
+    use mk_raw::{PAGE, Page};
+    let pages: Vec<Page> = (0..mk_mailbox::region_size(2).div_ceil(PAGE))
+        .map(|_| Page::default())
+        .collect();
+    let matrix = MailboxMatrix::init(Raw::from_pages(&pages), 2)
+        .map_err(|e| format!("a private mailbox matrix: {e:?}"))?;
+    let (a, b) = (Id::new(0), Id::new(1));
+    let mut tx = matrix
+        .sender_end(a, b)
+        .map_err(|e| format!("its sending end: {e:?}"))?;
+    let mut rx = matrix
+        .receiver_end(a, b)
+        .map_err(|e| format!("its receiving end: {e:?}"))?;
+    let msg = sink_message(1);
+    let mut header = [0; mk_wire::HEADER_LEN];
+    let mut scratch = [0; mk_wire::MAX_PAYLOAD];
+    let payload = mk_wire::encode_parts(&msg, &mut header, &mut scratch)
+        .map_err(|e| format!("encoding a SINK message: {e:?}"))?;
+    let mut out = [mk_wire::Received::new()];
+    let floor = tsc_floor();
+    let (mut sends, mut recvs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n.max(1) {
+        let mut sent = Err(mk_mailbox::Error::Full);
+        let t = timed(|| sent = tx.try_send_parts(&header, payload));
+        match sent {
+            Ok(o) if !o.need_doorbell => {}
+            other => return Err(format!("message {i} into the private ring: {other:?}")),
+        }
+        sends.push(t.saturating_sub(floor));
+        let mut taken = Ok(0);
+        let t = timed(|| taken = rx.drain_into_parts(&mut out, |r| r.parts_mut()));
+        if taken != Ok(1) {
+            return Err(format!("message {i} out of the private ring: {taken:?}"));
+        }
+        // Checked after the timing: what came out decodes to what went in.
+        let mut other = Message::BLANK;
+        match out[0].decode(&mut other) {
+            Ok(m) if m.msg_id == msg.msg_id && m.payload == msg.payload => {}
+            other => {
+                return Err(format!(
+                    "message {i} came out of the private ring changed: {other:?}"
+                ));
+            }
+        }
+        recvs.push(t.saturating_sub(floor));
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    Ok(RingTicks {
+        send: median(sends),
+        recv: median(recvs),
+    })
+}
+
+/// [`ring_ticks`]' two figures.
+pub struct RingTicks {
+    /// `op.send.ring`: one message into the ring.
+    pub send: u64,
+    /// `op.recv.ring`: one message out of it.
+    pub recv: u64,
+}
+
 /// `op.poll_empty`: one `poll()` of this instance's empty inbox (its summary word read: no
 /// peer flagged a message, no poll hook asked for), timed alone, the median of `n`, the TSC floor taken off; and
 /// how many peers it looked at. Each call is timed on its own (no loop around it), so that in
