@@ -49,6 +49,12 @@ pub fn sys_call(h: u64, ptr: u64, timeout_ms: u64) -> SysResult {
 
 fn recv_into(h: u64, ptr: u64) -> SysResult {
     check_writable(ptr)?;
+    recv_checked(h, ptr)
+}
+
+/// [`recv_into`] once `ptr` was found writable (only the task itself changes its address
+/// space, and it is in this system call).
+fn recv_checked(h: u64, ptr: u64) -> SysResult {
     let mut msg = IpcMsg::empty();
     let kind: Received = ipc::recv(current()?, Handle(h), &mut msg)?;
     write_msg(ptr, &msg)?;
@@ -75,7 +81,7 @@ pub fn sys_reply_recv(h: u64, ptr: u64) -> SysResult {
         Ok(()) | Err(Error::NothingToReply) => {}
         Err(e) => return Err(e),
     }
-    recv_into(h, ptr)
+    recv_checked(h, ptr)
 }
 
 #[inline(never)]

@@ -20,52 +20,29 @@ pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8
     if len > max {
         return Err(Error::BadLength);
     }
-    let me = current()?;
     let mut buf = vec![0u8; len as usize];
-    sched::with(|s| {
-        s.get(me).map(|t| {
-            t.space
-                .read_user(ptr, &mut buf)
-                .map_err(|_| Error::BadAddress)
-        })
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)??;
+    copy_in_to(ptr, &mut buf)?;
     Ok(buf)
 }
 
 /// Copies `buf.len()` bytes from the running task's memory at `ptr` (no allocation).
 pub(crate) fn copy_in_to(ptr: u64, buf: &mut [u8]) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get(me)
-            .map(|t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)?
+    sched::with_running(|_, t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
+        .ok_or(Error::NoSuchTask)?
 }
 
 /// Whether the running task's memory at `ptr..ptr + len` is writable by the kernel's copies.
 pub(crate) fn check_out(ptr: u64, len: u64) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get(me).map(|t| {
-            t.space
-                .check_user_writable(ptr, len)
-                .map_err(|_| Error::BadAddress)
-        })
+    sched::with_running(|_, t| {
+        t.space
+            .check_user_writable(ptr, len)
+            .map_err(|_| Error::BadAddress)
     })
-    .flatten()
     .ok_or(Error::NoSuchTask)?
 }
 
 /// Copies `data` into the running task's memory at `ptr`.
 pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
-    let me = current()?;
-    sched::with(|s| {
-        s.get_mut(me)
-            .map(|t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
-    })
-    .flatten()
-    .ok_or(Error::NoSuchTask)?
+    sched::with_running_mut(|_, t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
+        .ok_or(Error::NoSuchTask)?
 }

@@ -76,6 +76,34 @@ pub fn with<R>(f: impl FnOnce(&mut Scheduler<Task>) -> R) -> Option<R> {
     })
 }
 
+/// Runs `f` on the scheduler without changing it, with interrupts off. Not counted as a
+/// change: nothing changes through `&`, so an idle CPU's quiet ([`QUIET_AT`]) holds.
+pub fn read<R>(f: impl FnOnce(&Scheduler<Task>) -> R) -> Option<R> {
+    x86_64::instructions::interrupts::without_interrupts(|| SCHED.lock().as_ref().map(f))
+}
+
+/// Runs `f` on the task running on this CPU (its id and record), read only, under one lock
+/// ([`read`]); `None` if no task runs here.
+pub fn with_running<R>(f: impl FnOnce(TaskId, &Task) -> R) -> Option<R> {
+    let me = slot();
+    read(|s| {
+        let id = s.current(me)?;
+        s.get(id).map(|t| f(id, t))
+    })
+    .flatten()
+}
+
+/// [`with_running`] for a change to the running task's record (its address space), under one
+/// lock ([`with`], counted as a change).
+pub fn with_running_mut<R>(f: impl FnOnce(TaskId, &mut Task) -> R) -> Option<R> {
+    let me = slot();
+    with(|s| {
+        let id = s.current(me)?;
+        s.get_mut(id).map(|t| f(id, t))
+    })
+    .flatten()
+}
+
 /// Counts a change (called with the scheduler's lock held). Published with `Release`: a CPU
 /// that reads the new count (`Acquire`) then sees the change itself.
 fn changed() {
@@ -378,7 +406,7 @@ pub fn spawn_with(
 /// The running task's id, if a task runs on this CPU.
 pub fn current() -> Option<TaskId> {
     let me = slot();
-    with(|s| s.current(me)).flatten()
+    read(|s| s.current(me)).flatten()
 }
 
 /// Gives the CPU to the next ready task (the caller goes to the tail of its CPU's queue).
