@@ -793,8 +793,10 @@ impl AddressSpace {
     }
 
     /// Checks `[va, va + len)` for a copy and that every page is mapped, user accessible, and
-    /// writable if `write`.
-    fn check_copy(&self, va: u64, len: u64, write: bool) -> Result<(), UserFault> {
+    /// writable if `write`. Returns where `va` is in the physical map when the whole range
+    /// lies in one page (a system call's small buffers, the common case): the copy then needs
+    /// no second walk. `None`: it spans pages (or is empty); copy it by [`Self::pieces`].
+    fn check_copy(&self, va: u64, len: u64, write: bool) -> Result<Option<u64>, UserFault> {
         if len > MAX_COPY {
             return Err(UserFault::TooLong { len, max: MAX_COPY });
         }
@@ -802,9 +804,11 @@ impl AddressSpace {
         if end > USER_END {
             return Err(UserFault::OutsideUser { va, len });
         }
-        let mut page = va & !(PAGE_SIZE - 1);
+        let first = va & !(PAGE_SIZE - 1);
+        let mut page = first;
+        let mut first_entry = None;
         while page < end {
-            let (_, flags) = self.walk(page).ok_or(UserFault::NotMapped { va: page })?;
+            let (e, flags) = self.walk(page).ok_or(UserFault::NotMapped { va: page })?;
             if !flags.contains(PageTableFlags::USER_ACCESSIBLE) {
                 return Err(UserFault::NotMapped { va: page });
             }
@@ -815,9 +819,15 @@ impl AddressSpace {
             if flags.contains(DEVICE) {
                 return Err(UserFault::Device { va: page });
             }
+            first_entry.get_or_insert(e);
             page += PAGE_SIZE;
         }
-        Ok(())
+        Ok(match first_entry {
+            Some(e) if len > 0 && end <= first + PAGE_SIZE => {
+                Some(frames::phys_to_virt((e & ADDR_MASK) + (va - first)))
+            }
+            _ => None,
+        })
     }
 
     /// Runs `f(frame's kernel address, offset in buf, length)` for each page-sized piece of
@@ -842,13 +852,19 @@ impl AddressSpace {
     /// Whether `[va, va + len)` could be written by `write_user` (mapped, user accessible,
     /// writable, not a device): a check before an operation whose result must be deliverable.
     pub fn check_user_writable(&self, va: u64, len: u64) -> Result<(), UserFault> {
-        self.check_copy(va, len, true)
+        self.check_copy(va, len, true).map(|_| ())
     }
 
     /// Copies `buf.len()` bytes from user address `va` (every page mapped and user accessible).
     pub fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), UserFault> {
         let len = buf.len() as u64;
-        self.check_copy(va, len, false)?;
+        if let Some(src) = self.check_copy(va, len, false)? {
+            // SAFETY: `src..src + len` is inside one user frame of this space (walked just
+            // now by `check_copy`), in the physical map; the frame holds only user bytes, no
+            // Rust object, and `buf` is a kernel buffer, so the ranges do not overlap.
+            unsafe { core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), buf.len()) }
+            return Ok(());
+        }
         self.pieces(va, len, |src, off, n| {
             // SAFETY: `src..src + n` is inside one user frame of this space (walked just now),
             // in the physical map; the frame holds only user bytes, no Rust object, and `buf`
@@ -862,8 +878,8 @@ impl AddressSpace {
     /// Nothing is written unless all of it can be.
     pub fn write_user(&mut self, va: u64, data: &[u8]) -> Result<(), UserFault> {
         let len = data.len() as u64;
-        self.check_copy(va, len, true)?;
-        self.copy_in(va, data);
+        let one_page = self.check_copy(va, len, true)?;
+        self.copy_in(va, data, one_page);
         Ok(())
     }
 
@@ -872,12 +888,21 @@ impl AddressSpace {
     /// user accessible.
     pub fn load_bytes(&mut self, va: u64, data: &[u8]) -> Result<(), UserFault> {
         let len = data.len() as u64;
-        self.check_copy(va, len, false)?;
-        self.copy_in(va, data);
+        let one_page = self.check_copy(va, len, false)?;
+        self.copy_in(va, data, one_page);
         Ok(())
     }
 
-    fn copy_in(&mut self, va: u64, data: &[u8]) {
+    /// Copies `data` to user address `va`, checked by `check_copy`, which gave `one_page`.
+    fn copy_in(&mut self, va: u64, data: &[u8], one_page: Option<u64>) {
+        if let Some(dst) = one_page {
+            // SAFETY: `dst..dst + data.len()` is inside one user frame of this space (walked
+            // by `check_copy` just before, under the same `&mut self`), in the physical map,
+            // holding only user bytes; `&mut self` makes this the only writer from the
+            // kernel; `data` is a kernel buffer, so no overlap.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) }
+            return;
+        }
         self.pieces(va, data.len() as u64, |dst, off, n| {
             // SAFETY: `dst..dst + n` is inside one user frame of this space (walked just now),
             // in the physical map, holding only user bytes; `&mut self` makes this the only
