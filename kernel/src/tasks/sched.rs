@@ -205,12 +205,19 @@ fn run_one_locked_out() -> bool {
     let me = slot();
     let quiet_at = QUIET_AT.get(me);
     let now = tsc::read();
-    let (picked, dead) = {
+    let (picked, ready, dead) = {
         let mut s = SCHED.lock();
         match s.as_mut() {
             Some(s) => {
                 let sleepers = s.sleepers();
                 let picked = s.pick_next(me, now);
+                // The common case, under the same lock: the picked task's context is there
+                // (it is not still on its way out of another CPU); it is started here at once.
+                let ready = picked.and_then(|id| s.get_mut(id)).and_then(|t| {
+                    let ctx = t.context.take()?;
+                    start_here(t);
+                    Some(ctx)
+                });
                 let dead = take_all_dead(s, me);
                 // A pass that picked nothing and woke nobody changed nothing another CPU
                 // could see (only this CPU's own dead were taken): it is not counted, so that
@@ -222,9 +229,9 @@ fn run_one_locked_out() -> bool {
                 {
                     q.store(CHANGES.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
-                (picked, dead)
+                (picked, ready, dead)
             }
-            None => (None, alloc::vec::Vec::new()),
+            None => (None, None, alloc::vec::Vec::new()),
         }
     };
     // Tasks that ended on this CPU: their stacks are no longer in use; freed outside the lock.
@@ -232,29 +239,13 @@ fn run_one_locked_out() -> bool {
     let Some(id) = picked else {
         return false;
     };
-    // The task may still be on its way out of another CPU: wait for its context.
-    let ctx = loop {
-        match with(|s| s.get_mut(id).map(|t| t.context.take())) {
-            Some(Some(Some(ctx))) => break ctx,
-            Some(Some(None)) => core::hint::spin_loop(),
-            // Gone (it cannot be, while Running here): nothing to run.
-            _ => return false,
-        }
+    let ctx = match ready {
+        Some(ctx) => ctx,
+        None => match wait_for_context(id) {
+            Some(ctx) => ctx,
+            None => return false,
+        },
     };
-    let started = with(|s| {
-        s.get(id).map(|t| {
-            cpu::current().set_kernel_stack(t.stack.top());
-            t.space.activate();
-            // Exactly this task's ports (none for most): every way into ring 3 passes here,
-            // so whatever the previous task on this CPU was allowed is denied again before
-            // this one runs. Left as it is when the task comes back: ring 0 ignores the
-            // bitmap, and the next task switched in here replaces it.
-            cpu::set_user_io_ports(&t.io_ports);
-        })
-    });
-    if !matches!(started, Some(Some(()))) {
-        return false;
-    }
     RESCHED[me].store(false, Ordering::Relaxed);
     SWITCHES.fetch_add(1, Ordering::Relaxed);
     SLICE_START[me].store(tsc::read(), Ordering::Relaxed);
@@ -275,6 +266,39 @@ fn run_one_locked_out() -> bool {
     // Freed outside the lock (the address space gives its frames back).
     drop(dead);
     true
+}
+
+/// Makes this CPU ready to enter task `t`: its kernel stack for interrupts and system calls,
+/// its address space, and exactly its I/O ports (none for most): every way into ring 3 passes
+/// here, so whatever the previous task on this CPU was allowed is denied again before this one
+/// runs. Left as it is when the task comes back: ring 0 ignores the bitmap, and the next task
+/// switched in here replaces it.
+fn start_here(t: &Task) {
+    cpu::current().set_kernel_stack(t.stack.top());
+    t.space.activate();
+    cpu::set_user_io_ports(&t.io_ports);
+}
+
+/// The context of task `id`, picked to run here while it was still on its way out of another
+/// CPU: waited for, then the task started here ([`start_here`]). `None`: it is gone (it cannot
+/// be, while it is running here), nothing to run.
+#[cold]
+fn wait_for_context(id: TaskId) -> Option<Context> {
+    loop {
+        match with(|s| {
+            s.get_mut(id).map(|t| {
+                let ctx = t.context.take();
+                if ctx.is_some() {
+                    start_here(t);
+                }
+                ctx
+            })
+        }) {
+            Some(Some(Some(ctx))) => return Some(ctx),
+            Some(Some(None)) => core::hint::spin_loop(),
+            _ => return None,
+        }
+    }
 }
 
 /// The payloads of the tasks that ended while running on CPU `cpu` and that it has left.
