@@ -86,10 +86,12 @@ pub const BUDGETS: &[Budget] = &[
         // A task switch from ring 3 and back (`sysbench yield`, two tasks on one CPU; two
         // `yield` calls per switch counted in), run by the `bench_user` case with N = 200.
         // Set on 2026-11-29 from a count of 398 (438 before the scheduler's idle and pick
-        // paths were cut). Longer runs count more (the test harness's status polls: see
-        // docs/benchmark.md), so it is checked only for runs of `TASK_SWITCH_N` switches.
+        // paths were cut); lowered the same day from a count of 374, once a picked task was
+        // started under the lock that picked it. Longer runs count more (not explained, and
+        // not the test harness's waiting: see docs/benchmark.md), so it is checked only for
+        // runs of `TASK_SWITCH_N` switches.
         figure: "task.switch",
-        budget: 440,
+        budget: 410,
         aim: 400,
     },
     Budget {
