@@ -863,11 +863,6 @@ impl Received {
 
     /// [`decode`]s the copied slot: a USER message in place (returned from here), any other
     /// into `other`. On `Err`, neither holds a meaningful message.
-    ///
-    /// Inlined into its callers: the receive loop (`op.recv`) pays no call for it, however many
-    /// other callers there are (a second one, in a benchmark, once made the compiler keep it
-    /// out of line: 28 more instructions per message received).
-    #[inline(always)]
     pub fn decode<'a>(&'a mut self, other: &'a mut Message) -> Result<&'a Message, DecodeError> {
         let h = check_header(&self.head)?;
         let len = usize::from(h.payload_len);
