@@ -27,13 +27,13 @@ pub(crate) fn copy_in(ptr: u64, len: u64, max: u64) -> Result<alloc::vec::Vec<u8
 
 /// Copies `buf.len()` bytes from the running task's memory at `ptr` (no allocation).
 pub(crate) fn copy_in_to(ptr: u64, buf: &mut [u8]) -> Result<(), Error> {
-    sched::with_running(|_, t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
+    sched::with_running(|t| t.space.read_user(ptr, buf).map_err(|_| Error::BadAddress))
         .ok_or(Error::NoSuchTask)?
 }
 
 /// Whether the running task's memory at `ptr..ptr + len` is writable by the kernel's copies.
 pub(crate) fn check_out(ptr: u64, len: u64) -> Result<(), Error> {
-    sched::with_running(|_, t| {
+    sched::with_running(|t| {
         t.space
             .check_user_writable(ptr, len)
             .map_err(|_| Error::BadAddress)
@@ -43,6 +43,6 @@ pub(crate) fn check_out(ptr: u64, len: u64) -> Result<(), Error> {
 
 /// Copies `data` into the running task's memory at `ptr`.
 pub(crate) fn copy_out(ptr: u64, data: &[u8]) -> Result<(), Error> {
-    sched::with_running_mut(|_, t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
+    sched::with_running_mut(|t| t.space.write_user(ptr, data).map_err(|_| Error::BadAddress))
         .ok_or(Error::NoSuchTask)?
 }

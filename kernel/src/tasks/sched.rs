@@ -82,24 +82,20 @@ pub fn read<R>(f: impl FnOnce(&Scheduler<Task>) -> R) -> Option<R> {
     x86_64::instructions::interrupts::without_interrupts(|| SCHED.lock().as_ref().map(f))
 }
 
-/// Runs `f` on the task running on this CPU (its id and record), read only, under one lock
+/// Runs `f` on the record of the task running on this CPU, read only, under one lock
 /// ([`read`]); `None` if no task runs here.
-pub fn with_running<R>(f: impl FnOnce(TaskId, &Task) -> R) -> Option<R> {
+pub fn with_running<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
     let me = slot();
-    read(|s| {
-        let id = s.current(me)?;
-        s.get(id).map(|t| f(id, t))
-    })
-    .flatten()
+    read(|s| s.get(s.current(me)?).map(f)).flatten()
 }
 
 /// [`with_running`] for a change to the running task's record (its address space), under one
 /// lock ([`with`], counted as a change).
-pub fn with_running_mut<R>(f: impl FnOnce(TaskId, &mut Task) -> R) -> Option<R> {
+pub fn with_running_mut<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
     let me = slot();
     with(|s| {
         let id = s.current(me)?;
-        s.get_mut(id).map(|t| f(id, t))
+        s.get_mut(id).map(f)
     })
     .flatten()
 }
