@@ -325,6 +325,32 @@ fn spans(area: Area) -> Vec<(usize, usize)> {
     spans
 }
 
+/// Waits, draining this instance's inbox, until every running peer has taken all this
+/// instance sent it and no reply of this instance waits for room, or `ticks` have passed.
+fn wait_until_taken(ticks: u64) {
+    let me = crate::instance::id();
+    let Some(r) = region::get() else {
+        return;
+    };
+    let Ok(matrix) = r.mailbox() else {
+        return;
+    };
+    let until = tsc::read() + ticks;
+    while tsc::read() < until {
+        let taken = r.ids().filter(|&p| p != me).all(|p| {
+            messaging::replies_waiting(p) == 0
+                && matrix
+                    .stats(me, p)
+                    .is_ok_and(|s| s.state != mk_mailbox::ChannelState::Active || s.acked == s.sent)
+        });
+        if taken {
+            return;
+        }
+        messaging::poll();
+        core::hint::spin_loop();
+    }
+}
+
 /// Random 8-byte stores into `area` for `secs` seconds, in bursts with polls between them (so
 /// the rogue keeps beating). Returns how many stores were made.
 fn scribble(secs: u64, seed: u64, area: Area) -> u64 {
@@ -341,6 +367,10 @@ fn scribble(secs: u64, seed: u64, area: Area) -> u64 {
             "whole region"
         }
     );
+    // The answer to the request that started this job may still be in one of the rings about
+    // to be written over: a store into its slot would turn it into a corrupt channel before
+    // the caller read it, and the caller would wait for it in vain.
+    wait_until_taken(ms(1000));
     let mut rng = Rng(seed | 1);
     let until = tsc::read() + ms(secs * 1000);
     let mut stores = 0;
